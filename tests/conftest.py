@@ -1,0 +1,40 @@
+"""Fixtures shared by every test folder.
+
+Face photos come from ``../shared/data`` beside the project (see its README). A user's clone
+has none: tests that need it skip with the reason. CI always has it, and there (``CI`` set) a
+missing data folder fails the run instead of skipping silently.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
+DEFAULT_BUNDLE = ROOT / "models" / "celebs8"
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """``../shared/data`` (or ``$CELEBXAI_DATA``): celebs8/, others/, wild_others/."""
+    if not (DATA_ROOT / "celebs8").is_dir():
+        message = f"face data not found at {DATA_ROOT} (see README: Data)"
+        if os.environ.get("CI"):
+            pytest.fail(message + " -- CI must have it", pytrace=False)
+        pytest.skip(message)
+    return DATA_ROOT
+
+
+@pytest.fixture(scope="session")
+def celebs_root(data_root: Path) -> Path:
+    return data_root / "celebs8"
+
+
+@pytest.fixture(scope="session")
+def default_bundle() -> Path:
+    """The committed default model bundle."""
+    if not (DEFAULT_BUNDLE / "meta.json").is_file():
+        pytest.fail(f"default bundle missing at {DEFAULT_BUNDLE}", pytrace=False)
+    return DEFAULT_BUNDLE
