@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..preprocess import Preprocessing
 from .dlib_format import AffineRecord, ConvRecord, DlibFormatError, FcRecord, read_records
 
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -94,6 +95,8 @@ class DlibResNet29(nn.Module):
     (N, 128) face embedding."""
 
     embedding_dim = 128
+    gradcam_layer = "layer3"  # 8x8 maps: the last stage with more than a handful of cells
+    preprocessing = Preprocessing(INPUT_SIZE, INPUT_SIZE, MEAN_RGB, STD_RGB)
 
     def __init__(self) -> None:
         super().__init__()
@@ -111,15 +114,22 @@ class DlibResNet29(nn.Module):
         self.fc = nn.Linear(in_channels, self.embedding_dim, bias=False)
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        """Named parts from the input side to the output side (units of staged unfreezing)."""
+        """Named convolutional parts, input side first."""
         return [("stem", self.stem)] + [
             (f"layer{i}", getattr(self, f"layer{i}")) for i in range(1, len(STAGES) + 1)
-        ] + [("fc", self.fc)]
+        ]
+
+    def embedding_layers(self) -> nn.Module:
+        return self.fc
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """Last stage's (N, 256, h, w) -> (N, 128): global average pool, then the linear map."""
+        return self.fc(x.mean(dim=(2, 3)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _, stage in self.stages()[:-1]:
+        for _, stage in self.stages():
             x = stage(x)
-        return self.fc(x.mean(dim=(2, 3)))
+        return self.embed(x)
 
     def load_dlib(self, path: str | Path | None = None) -> "DlibResNet29":
         """Copy dlib's weights from its .dat file into this network; returns self."""

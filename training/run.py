@@ -1,0 +1,202 @@
+"""The three commands behind ``python -m training``: fit, export, evaluate."""
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from . import report
+from .augment import eval_transforms, train_transforms
+from .backbones import build_backbone
+from .baseline import linear_probe
+from .data import SPLITS, FaceDataset, class_weights, scan, split
+from .export import onnx_logits, write_bundle
+from .fit import Stage, fit, predict
+from .model import FaceClassifier
+from .preprocess import Preprocessing
+
+log = logging.getLogger("training")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("--device cuda was asked for, but torch sees no CUDA device")
+    log.info("training on %s", name)
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _stages(args) -> list[Stage]:
+    names = [s.strip() for s in args.stages.split(",") if s.strip()]
+    if not (len(names) == len(args.epochs) == len(args.lr)):
+        raise ValueError(f"--stages ({len(names)}), --epochs ({len(args.epochs)}) and --lr ({len(args.lr)}) need one value per stage")
+    return [Stage(n, e, lr) for n, e, lr in zip(names, args.epochs, args.lr)]
+
+
+def _limit(tree, per_class: int | None, seed: int):
+    if per_class:
+        rng = np.random.default_rng(seed)
+        kept = []
+        for index in range(len(tree.classes)):
+            items = [s for s in tree.samples if s[1] == index]
+            kept += [items[i] for i in sorted(rng.permutation(len(items))[:per_class])]
+        tree.samples = kept
+    return tree
+
+
+def _stack(dataset: FaceDataset, prep: Preprocessing) -> torch.Tensor:
+    return prep.standardise(dataset.images)
+
+
+def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, test_set: FaceDataset, out: Path, report_dir: Path | None) -> dict:
+    args = ckpt["args"]
+    meta_extra = {
+        "architecture": {
+            "backbone": args["backbone"], "head": "batchnorm-dropout-linear",
+            "embedding_dim": model.backbone.embedding_dim,
+            "parameters": sum(p.numel() for p in model.parameters()),
+        },
+        "training": ckpt["training"],
+        "metrics": ckpt["metrics"],
+        "license_note": "Trained on face photos for research and education only (see the data's README).",
+    }
+    return write_bundle(
+        out, model=model, prep=prep, classes=ckpt["classes"], parity_inputs=_stack(test_set, prep),
+        split=ckpt["split"], meta_extra=meta_extra, report_dir=report_dir, version=args["version"],
+    )
+
+
+def fit_command(args) -> int:
+    started = time.perf_counter()
+    seed_everything(args.seed)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    stages = _stages(args)
+    tree = _limit(scan(args.data), args.limit_per_class, args.seed)
+    parts = split(tree, val=args.val, test=args.test, seed=args.seed)
+    backbone, prep = build_backbone(args.backbone, args.weights)
+    root = Path(args.data)
+    sets = {
+        name: FaceDataset(root, parts[name], prep, train_transforms(preset=args.augment) if name == "train" else eval_transforms(), desc=name)
+        for name in SPLITS
+    }
+    generator = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(sets["train"], batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator)
+    plain = {name: DataLoader(sets[name], batch_size=64) for name in SPLITS}
+    log.info("data: %s", {name: len(s) for name, s in sets.items()})
+
+    baseline = None
+    if not args.no_baseline:
+        baseline = linear_probe(backbone.to(device), plain, prep.standardise, device, seed=args.seed)
+        log.info("baseline (frozen features + logistic regression): %s", baseline)
+
+    model = FaceClassifier(backbone, len(tree.classes), dropout=args.dropout)
+    weights = class_weights(sets["train"].labels, len(tree.classes))
+    history = fit(
+        model, train_loader, plain["val"], prep.standardise, stages=stages, class_weights=weights,
+        optimizer=args.optimizer, weight_decay=args.weight_decay, unfreeze_last=args.unfreeze_last,
+        lr_decay=args.lr_decay, patience=args.patience, label_smoothing=args.label_smoothing, device=device,
+    )
+    run_dir = Path(args.run_dir or Path("runs") / Path(args.out).name)
+    report_dir = run_dir / "report"
+    report_dir.mkdir(parents=True, exist_ok=True)
+    metrics = {}
+    for name in SPLITS:
+        logits, labels = predict(model, plain[name], prep.standardise, device)
+        metrics[name] = report.classification_metrics(labels.numpy(), logits.argmax(1).numpy(), tree.classes)
+        if name == "test":
+            report.plot_confusion(labels.numpy(), logits.argmax(1).numpy(), tree.classes,
+                                  report_dir / "confusion_test.png", "Test split: fine-tuned model")
+    if baseline:
+        metrics["baseline_linear_probe"] = {split_name: {"accuracy": acc} for split_name, acc in baseline.items()}
+    report.plot_curves(history, report_dir / "curves.png")
+    report.write_json({"metrics": metrics, "history": history}, report_dir / "metrics.json")
+    wall = time.perf_counter() - started
+    ckpt = {
+        "args": vars(args),
+        "classes": tree.classes,
+        "split": {"root": str(args.data), "seed": args.seed, "val": args.val, "test": args.test,
+                  "splits": {name: [list(s) for s in parts[name]] for name in SPLITS}},
+        "training": {
+            "data": {"root": str(args.data), "counts": {name: tree.counts(parts[name]) for name in SPLITS},
+                     "skipped_files": tree.skipped},
+            "args": {k: v for k, v in vars(args).items() if k != "log_level"},
+            "stages": [vars(s) for s in stages],
+            "history": history,
+            "device": str(device),
+            "torch_threads": torch.get_num_threads(),
+            "wall_time_s": round(wall, 1),
+        },
+        "metrics": metrics,
+        "state_dict": model.state_dict(),
+    }
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    meta = _export(ckpt, model, prep, sets["test"], Path(args.out), report_dir)
+    print(summary_table(meta))
+    return 0
+
+
+def summary_table(meta: dict) -> str:
+    m = meta["metrics"]
+    rows = ["| model | train | val | test |", "| --- | --- | --- | --- |"]
+    if "baseline_linear_probe" in m:
+        b = m["baseline_linear_probe"]
+        rows.append(f"| frozen {meta['architecture']['backbone']} features + logistic regression | "
+                    + " | ".join(f"{b[s]['accuracy']:.4f}" for s in SPLITS) + " |")
+    rows.append("| staged fine-tuning (head -> top -> all) | " + " | ".join(f"{m[s]['accuracy']:.4f}" for s in SPLITS) + " |")
+    t = meta["training"]
+    rows.append(f"\ntraining wall time {t['wall_time_s']} s on {t['device']} ({t['torch_threads']} threads); "
+                f"ONNX parity max |diff| {meta['parity']['max_abs_diff']:.2e} over {meta['parity']['images']} images")
+    return "\n".join(rows)
+
+
+def export_command(args) -> int:
+    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    a = ckpt["args"]
+    backbone, prep = build_backbone(a["backbone"], "none")
+    model = FaceClassifier(backbone, len(ckpt["classes"]), dropout=a["dropout"])
+    model.load_state_dict(ckpt["state_dict"])
+    root = Path(args.data or ckpt["split"]["root"])
+    test_set = FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"]["test"]], prep, desc="test")
+    report_dir = Path(args.checkpoint).parent / "report"
+    meta = _export(ckpt, model, prep, test_set, Path(args.out), report_dir if report_dir.is_dir() else None)
+    print(f"wrote {args.out} (parity max |diff| {meta['parity']['max_abs_diff']:.2e})")
+    return 0
+
+
+def evaluate_command(args) -> int:
+    bundle = Path(args.bundle)
+    meta = json.loads((bundle / "meta.json").read_text())
+    recorded = json.loads((bundle / "split.json").read_text())
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
+    classes = [c["id"] for c in meta["classes"]]
+    root = Path(args.data or recorded["root"])
+    if args.split == "all":
+        tree = scan(root)
+        if tree.classes != classes:
+            raise ValueError(f"{root} has classes {tree.classes}, the bundle {classes}")
+        samples = tree.samples
+    else:
+        samples = [tuple(s) for s in recorded["splits"][args.split]]
+    dataset = FaceDataset(root, samples, prep, desc=args.split)
+    logits = onnx_logits(bundle / "model.onnx", _stack(dataset, prep).numpy())
+    result = report.classification_metrics(dataset.labels.numpy(), logits.argmax(1), classes)
+    print(f"{bundle} on {args.split} ({len(samples)} images under {root}): accuracy {result['accuracy']:.4f}")
+    for name in classes:
+        c = result["per_class"][name]
+        print(f"  {name:<20} precision {c['precision']:.3f} recall {c['recall']:.3f} n={int(c['support'])}")
+    return 0
