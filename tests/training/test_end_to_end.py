@@ -1,0 +1,117 @@
+"""A tiny real run: fit -> export -> reload -> predict, and the export's parity guard."""
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import numpy_helper
+
+from training.__main__ import main
+from training.export import ParityError, check_parity, onnx_logits
+from training.preprocess import Preprocessing
+
+
+def _add_to_last_initializer(source, target, delta: float) -> None:
+    """Write ``source`` ONNX to ``target`` with ``delta`` added to its last weight (a head one)."""
+    graph = onnx.load(str(source))
+    last = graph.graph.initializer[-1]
+    last.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(last) + delta, last.name))
+    onnx.save(graph, str(target))
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(celebs_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle") / "tiny"
+    run_dir = tmp_path_factory.mktemp("run")
+    code = main([
+        "fit", "--data", str(celebs_root), "--out", str(out), "--run-dir", str(run_dir),
+        "--limit-per-class", "7", "--epochs", "2,1,1", "--batch-size", "16", "--threads", "2",
+    ])
+    assert code == 0
+    return out, run_dir
+
+
+def test_bundle_has_the_contracted_files_and_hashes(tiny_bundle):
+    out, run_dir = tiny_bundle
+    meta = json.loads((out / "meta.json").read_text())
+    assert {"model.onnx", "model.pt2", "split.json", "report/curves.png", "report/confusion_test.png"} <= set(meta["files"])
+    for name, entry in meta["files"].items():
+        assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
+    assert [c["id"] for c in meta["classes"]][:2] == ["gwyneth_paltrow", "halle_berry"]
+    assert meta["classes"][-1]["name"] == "Tom Hanks"
+    assert meta["input"]["height"] == 150 and meta["input"]["std"] == [256.0, 256.0, 256.0]
+    assert meta["parity"]["max_abs_diff"] <= 1e-4 and meta["parity"]["argmax_equal"]
+    assert meta["gradcam_layer"] in [layer["name"] for layer in meta["layers"]]
+    assert meta["training"]["wall_time_s"] > 0
+    assert "baseline_linear_probe" in meta["metrics"] and 0 <= meta["metrics"]["test"]["accuracy"] <= 1
+    assert (run_dir / "checkpoint.pt").is_file()
+    split = json.loads((out / "split.json").read_text())
+    assert {len(split["splits"][s]) for s in ("val", "test")} == {8}
+    assert not set(map(tuple, split["splits"]["train"])) & set(map(tuple, split["splits"]["test"]))
+
+
+def test_reloaded_onnx_and_twin_predict_the_same_on_real_images(tiny_bundle, celebs_root):
+    out, _ = tiny_bundle
+    meta = json.loads((out / "meta.json").read_text())
+    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
+    files = [sorted((celebs_root / c["id"]).glob("*.png"))[-1] for c in meta["classes"][:4]]
+    x = prep.standardise(torch.from_numpy(np.stack([prep.load(f) for f in files])).permute(0, 3, 1, 2))
+    onnx_out = onnx_logits(out / "model.onnx", x.numpy())
+    twin = torch.export.load(str(out / "model.pt2")).module()
+    logits, activations = twin(x)
+    assert onnx_out.shape == (4, 8)
+    assert np.abs(onnx_out - logits.detach().numpy()).max() <= 1e-4
+    assert set(activations) == {layer["name"] for layer in meta["layers"]}
+    x.requires_grad_(True)
+    grad = torch.autograd.grad(twin(x)[0][:, 0].sum(), x)[0]
+    assert grad.shape == x.shape and grad.abs().sum() > 0
+
+
+def test_evaluate_command_reads_the_recorded_split(tiny_bundle, capsys):
+    out, _ = tiny_bundle
+    assert main(["evaluate", "--bundle", str(out), "--split", "test"]) == 0
+    assert "on test (8 images" in capsys.readouterr().out
+
+
+def test_export_command_rebuilds_the_bundle_from_the_checkpoint(tiny_bundle, tmp_path):
+    out, run_dir = tiny_bundle
+    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path / "again")]) == 0
+    a = json.loads((out / "meta.json").read_text())
+    b = json.loads((tmp_path / "again" / "meta.json").read_text())
+    assert a["metrics"] == b["metrics"] and a["classes"] == b["classes"]
+
+
+def test_parity_check_fails_on_an_altered_onnx(tiny_bundle, tmp_path):
+    out, run_dir = tiny_bundle
+    altered = tmp_path / "altered.onnx"
+    _add_to_last_initializer(out / "model.onnx", altered, 0.5)
+
+    from training.backbones import build_backbone
+    from training.model import FaceClassifier
+
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=False)
+    model = FaceClassifier(build_backbone("dlib-resnet29", "none")[0], 8)
+    model.load_state_dict(ckpt["state_dict"])
+    probe = torch.randn(4, 3, 150, 150)
+    assert check_parity(out / "model.onnx", model, probe)["max_abs_diff"] <= 1e-4
+    with pytest.raises(ParityError, match="does not reproduce"):
+        check_parity(altered, model, probe)
+
+
+def test_failed_parity_leaves_no_bundle_behind(tiny_bundle, tmp_path, monkeypatch):
+    from training import export as export_module
+
+    def broken_export(model, example, path):
+        real_onnx_export(model, example, path)
+        _add_to_last_initializer(path, path, 0.5)
+
+    real_onnx_export = export_module.export_onnx
+    monkeypatch.setattr(export_module, "export_onnx", broken_export)
+    _, run_dir = tiny_bundle
+    target = tmp_path / "never"
+    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(target)]) == 2
+    assert not target.exists() and list(tmp_path.iterdir()) == []
