@@ -1,0 +1,105 @@
+"""``create_app`` builds the FastAPI app; ``lifespan`` loads, checks and warms up the model.
+
+Loading happens once per app, in the lifespan, on a worker thread. If it fails the app still
+serves: ``/healthz`` answers, and ``/readyz`` and every model endpoint answer 503 ``not_ready``
+with the reason. Explanation endpoints plug in as one more router in ``ROUTERS``.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import yaml
+from fastapi import APIRouter, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from . import __version__
+from .body_limit import BodySizeLimitMiddleware
+from .bundle import ONNX_FILE
+from .deps import API_KEY_HEADER
+from .errors import install_error_handlers
+from .metrics import MetricsMiddleware
+from .model import load_model
+from .routes import meta, metrics, predict
+from .settings import Settings, get_settings
+from .state import ServiceState
+
+log = logging.getLogger(__name__)
+
+ROUTERS: tuple[APIRouter, ...] = (predict.router, meta.router, metrics.router)
+# Room for the multipart framing around the file within the body size limit.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+DESCRIPTION = (
+    "Explainable face classification: which of the model's people is in a photo, and why. "
+    "Images are sent as multipart field `file` (JPEG, PNG, WebP or BMP). Every error is "
+    '`{"error": {"code": ..., "message": ...}}` with a stable code.'
+)
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: ServiceState = app.state.service
+    settings = state.settings
+    try:
+        model = await asyncio.to_thread(load_model, settings, state.metrics.observe_batch)
+    except Exception as exc:  # any failure keeps the app up and not ready, saying why
+        state.phase = "failed"
+        state.reason = f"model bundle {settings.model} cannot be served: {exc}"
+        log.error("%s", state.reason, exc_info=exc)
+    else:
+        model.start()
+        state.model, state.phase, state.reason = model, "ready", "ready"
+        state.metrics.ready.set(1)
+        state.metrics.model_info.info(
+            {
+                "name": model.meta.name,
+                "version": model.meta.version,
+                "provider": model.engine.provider,
+                "onnx_sha256": model.meta.files[ONNX_FILE].sha256,
+            }
+        )
+    try:
+        yield
+    finally:
+        state.metrics.ready.set(0)
+        if state.model is not None:
+            await state.model.close()
+            state.model = None
+        state.phase, state.reason = "stopped", "the service is shutting down"
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The service app for ``settings`` (default: from the environment, see ``Settings``)."""
+    settings = settings or get_settings()
+    app = FastAPI(
+        title="celebxai",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.service = ServiceState(settings)
+    install_error_handlers(app)
+    for router in ROUTERS:
+        app.include_router(router)
+    # Added innermost first: CORS wraps metrics, which wraps the body limit.
+    app.add_middleware(
+        BodySizeLimitMiddleware,
+        max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=app.state.service.metrics)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=[API_KEY_HEADER, "Content-Type"],
+        )
+    return app
+
+
+def openapi_yaml() -> str:
+    """The app's OpenAPI document as YAML: what ``openapi.yaml`` at the repo root must hold."""
+    document = create_app(Settings()).openapi()
+    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)

@@ -1,0 +1,192 @@
+"""The model bundle on disk (models/README.md): metadata, file checks, the torch twin, parity.
+
+Nothing here imports the training package: a bundle is self-describing. Every check raises
+``BundleError`` with a message fit for ``/readyz``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .preprocess import InputSpec, Preprocessor
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+META_FILE = "meta.json"
+ONNX_FILE = "model.onnx"
+TWIN_FILE = "model.pt2"
+DEFAULT_PARITY_TOLERANCE = 1e-4
+PROBE_SEED = 20261126
+PROBE_BATCH = 2
+_HASH_CHUNK_BYTES = 1024 * 1024
+
+
+class BundleError(Exception):
+    """A bundle that cannot be served; the message says why."""
+
+
+class ClassInfo(BaseModel):
+    id: str
+    name: str
+
+
+class FileInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int | None = None
+
+
+class LayerInfo(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str
+    channels: int | None = None
+    height: int | None = None
+    width: int | None = None
+
+
+class BundleMeta(BaseModel):
+    """``meta.json``. Unknown keys are kept, so newer bundles pass through ``/model`` intact."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    schema_version: int
+    name: str
+    version: str
+    created_at: str | None = None
+    architecture: dict[str, Any] = Field(default_factory=dict)
+    classes: list[ClassInfo] = Field(min_length=1)
+    input: InputSpec
+    gradcam_layer: str | None = None
+    layers: list[LayerInfo] = Field(default_factory=list)
+    files: dict[str, FileInfo]
+    parity: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def parity_tolerance(self) -> float:
+        return float(self.parity.get("tolerance", DEFAULT_PARITY_TOLERANCE))
+
+
+def read_meta(bundle_dir: Path) -> BundleMeta:
+    """Parse and validate ``bundle_dir/meta.json``."""
+    path = bundle_dir / META_FILE
+    if not bundle_dir.is_dir():
+        raise BundleError(f"model bundle directory not found: {bundle_dir}")
+    if not path.is_file():
+        raise BundleError(f"{path} is missing")
+    try:
+        meta = BundleMeta.model_validate(json.loads(path.read_text(encoding="utf-8")))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    except ValidationError as exc:
+        raise BundleError(f"{path} does not match the bundle format: {exc}") from exc
+    if meta.schema_version != SCHEMA_VERSION:
+        raise BundleError(
+            f"{path}: schema_version {meta.schema_version} is not supported (expected "
+            f"{SCHEMA_VERSION})"
+        )
+    for required in (ONNX_FILE, TWIN_FILE):
+        if required not in meta.files:
+            raise BundleError(f"{path}: 'files' does not list {required}")
+    return meta
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        while chunk := stream.read(_HASH_CHUNK_BYTES):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify_files(bundle_dir: Path, meta: BundleMeta) -> None:
+    """Check that every file listed in ``meta.files`` exists with its sha256."""
+    problems = []
+    for name, info in sorted(meta.files.items()):
+        path = bundle_dir / name
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        actual = sha256_of(path)
+        if actual != info.sha256:
+            problems.append(f"{name} has sha256 {actual}, meta.json says {info.sha256}")
+    if problems:
+        raise BundleError("bundle file check failed: " + "; ".join(problems))
+    log.info("bundle %s: sha256 of %d files verified", bundle_dir, len(meta.files))
+
+
+def load_twin(bundle_dir: Path) -> Any:
+    """The differentiable twin: ``torch.export`` program as a callable module.
+
+    It maps ``(N, 3, H, W)`` float32 to ``(logits, {layer name: activation})``. The export
+    already fixed eval mode (dropout off, batch-norm statistics frozen).
+    """
+    import torch  # imported here: torch takes seconds to import and only loading needs it
+
+    path = bundle_dir / TWIN_FILE
+    try:
+        return torch.export.load(str(path)).module()
+    except Exception as exc:  # torch raises many types for a bad archive
+        raise BundleError(f"cannot load the torch twin {path}: {exc}") from exc
+
+
+def probe_batch(preprocess: Preprocessor) -> np.ndarray:
+    """A fixed, seeded ``(2, 3, H, W)`` input: random RGB images through the real preprocessing."""
+    rng = np.random.default_rng(PROBE_SEED)
+    width, height = preprocess.size
+    images = rng.integers(0, 256, size=(PROBE_BATCH, height, width, 3), dtype=np.uint8)
+    return np.stack([preprocess(Image.fromarray(pixels)) for pixels in images])
+
+
+def check_parity(
+    meta: BundleMeta,
+    onnx_forward: Callable[[np.ndarray], np.ndarray],
+    twin: Any,
+    probe: np.ndarray,
+) -> float:
+    """Compare ONNX and twin logits on ``probe``; returns the max absolute difference.
+
+    Also checks shapes against ``meta.classes`` and that the twin returns an activation for every
+    layer in ``meta.layers``. Raises ``BundleError`` on any mismatch.
+    """
+    import torch
+
+    onnx_logits = onnx_forward(probe)
+    with torch.no_grad():
+        output = twin(torch.from_numpy(probe))
+    if not (isinstance(output, (tuple, list)) and len(output) == 2):
+        raise BundleError("the torch twin must return (logits, activations)")
+    twin_logits, activations = output
+    twin_logits = twin_logits.detach().cpu().numpy()
+    expected_shape = (probe.shape[0], len(meta.classes))
+    for label, logits in (("ONNX", onnx_logits), ("twin", twin_logits)):
+        if logits.shape != expected_shape:
+            raise BundleError(
+                f"{label} logits have shape {logits.shape}, expected {expected_shape} "
+                f"({len(meta.classes)} classes in meta.json)"
+            )
+    missing = [layer.name for layer in meta.layers if layer.name not in activations]
+    if meta.gradcam_layer and meta.gradcam_layer not in activations:
+        missing.append(meta.gradcam_layer)
+    if missing:
+        raise BundleError(f"the torch twin returns no activation for layers {missing}")
+    max_diff = float(np.max(np.abs(onnx_logits.astype(np.float64) - twin_logits)))
+    if not max_diff <= meta.parity_tolerance:  # also catches NaN
+        raise BundleError(
+            f"ONNX and torch twin disagree: max |logit difference| {max_diff:.3g} on the probe "
+            f"input exceeds the tolerance {meta.parity_tolerance:.3g}"
+        )
+    log.info("parity: ONNX vs twin max |diff| %.3g (tolerance %.3g)", max_diff, meta.parity_tolerance)
+    return max_diff

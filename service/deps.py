@@ -1,0 +1,95 @@
+"""Dependencies every router uses, as ``Annotated`` aliases.
+
+- ``SettingsDep``: this app's ``Settings``.
+- ``StateDep``: this app's ``ServiceState`` (metrics, model, readiness).
+- ``ModelDep``: the loaded ``ServingModel``; 503 ``not_ready`` until loading succeeded.
+- ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``).
+- ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``.
+
+An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
+errors and limits as ``/predict``.
+"""
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import Depends, File, Request, Security, UploadFile
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+
+from .errors import InvalidApiKey, MissingApiKey, NotReady, Overloaded
+from .images import DecodedImage, ImageLimits, decode_image, read_upload
+from .model import ServingModel
+from .settings import Settings
+from .state import ServiceState
+
+API_KEY_HEADER = "X-API-Key"
+_api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="required when the service is configured with an API key",
+)
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_model(state: StateDep) -> ServingModel:
+    if state.model is None:
+        raise NotReady(state.reason, headers={"Retry-After": "5"})
+    return state.model
+
+
+ModelDep = Annotated[ServingModel, Depends(get_model)]
+
+
+async def api_key_guard(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """401 unless the request carries the configured API key (no-op when none is configured)."""
+    if settings.api_key is None:
+        return
+    if not key:
+        raise MissingApiKey(f"this service requires an API key in the {API_KEY_HEADER} header")
+    if not secrets.compare_digest(key.encode(), settings.api_key.get_secret_value().encode()):
+        raise InvalidApiKey(f"the {API_KEY_HEADER} header does not hold a valid API key")
+
+
+async def in_flight_slot(state: StateDep) -> AsyncIterator[None]:
+    """Hold one of ``max_in_flight`` slots for the request; 503 ``overloaded`` when none is free."""
+    if not state.limiter.try_acquire():
+        raise Overloaded(
+            f"more than {state.limiter.limit} image requests in progress; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        yield
+    finally:
+        state.limiter.release()
+
+
+async def image_intake(
+    settings: SettingsDep,
+    file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
+) -> DecodedImage:
+    received_at = time.perf_counter()
+    limits = ImageLimits.from_settings(settings)
+    data = await read_upload(file, limits.max_upload_bytes)
+    return await run_in_threadpool(decode_image, data, limits, received_at)
+
+
+ImageDep = Annotated[DecodedImage, Depends(image_intake)]

@@ -1,0 +1,288 @@
+"""Inference: one ONNX Runtime session, and a dynamic batcher in front of it.
+
+Concurrent ``/predict`` requests each submit one preprocessed image to ``DynamicBatcher``; it
+collects them for at most ``batch_timeout_ms`` after the oldest arrived (or until
+``max_batch_size``), runs them as one batch and hands each caller its row - the scheme of
+Triton's dynamic batcher. All model runs, batched predictions and the explanation methods'
+forward passes alike, go through one single-thread executor, so they queue instead of fighting
+over the cores; ONNX Runtime parallelises inside each run.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class EngineError(Exception):
+    """The ONNX model cannot be run as asked (e.g. CUDA requested but unavailable)."""
+
+
+def choose_providers(requested: str, available: list[str]) -> list[str]:
+    """ONNX Runtime providers, in priority order, for ``requested`` = auto | cpu | cuda."""
+    if requested == "cpu":
+        return [CPU]
+    if requested == "cuda":
+        if CUDA not in available:
+            raise EngineError(
+                f"providers=cuda, but ONNX Runtime offers only {available}; install "
+                "onnxruntime-gpu (the gpu extra) on a machine with a CUDA device, or use auto/cpu"
+            )
+        return [CUDA, CPU]
+    if requested == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise EngineError(f"unknown providers {requested!r}; valid: auto, cpu, cuda")
+
+
+def create_session(model_path: Path, providers: str, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session on the providers asked for; logs which one runs."""
+    if providers != "cpu" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels (installed with torch) this way
+        ort.preload_dlls()
+    available = ort.get_available_providers()
+    chosen = choose_providers(providers, available)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+    active = session.get_providers()
+    if providers == "cuda" and active[0] != CUDA:
+        raise EngineError(f"providers=cuda, but ONNX Runtime runs on {active[0]}")
+    if providers == "auto" and CUDA not in available:
+        log.info("no CUDA execution provider in this onnxruntime; running on CPU")
+    log.info(
+        "ONNX Runtime %s runs %s on %s (intra-op threads: %s)",
+        ort.__version__,
+        model_path.name,
+        active[0],
+        threads or f"auto, {os.cpu_count()} cores",
+    )
+    return session
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """How one request went through the batcher."""
+
+    batch_size: int
+    queue_ms: float
+    """from submission until its batch started running"""
+    inference_ms: float
+    """the batch's model run"""
+
+
+@dataclass
+class _Pending:
+    item: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, BatchStats]]
+    submitted_at: float
+
+
+BatchObserver = Callable[[int, float, float], None]
+"""Called after every batch with (batch size, seconds of inference, seconds the oldest waited)."""
+
+
+class DynamicBatcher:
+    """Collects single inputs into batches for ``run``: ``(N, ...) -> (N, ...)``.
+
+    ``start()`` and ``submit()`` must be called from the event loop that serves requests.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        executor: ThreadPoolExecutor,
+        *,
+        max_batch_size: int,
+        timeout_s: float,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+        self._observer = observer
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("batcher already started")
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting; callers still waiting get ``asyncio.CancelledError``."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        assert self._queue is not None
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    @property
+    def pending(self) -> int:
+        """Inputs waiting for a batch."""
+        return 0 if self._queue is None else self._queue.qsize()
+
+    async def submit(self, item: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+        """Run one input (without the batch axis); returns its output row and batch stats."""
+        if self._queue is None or self._task is None or self._task.done():
+            raise RuntimeError("batcher is not running")
+        future: asyncio.Future[tuple[np.ndarray, BatchStats]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait(_Pending(item, future, time.perf_counter()))
+        return await future
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = await self._collect(self._queue)
+            batch = [pending for pending in batch if not pending.future.done()]  # caller gone
+            if batch:
+                await self._run_batch(batch)
+
+    async def _collect(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
+        batch = [await queue.get()]
+        deadline = batch[0].submitted_at + self.timeout_s
+        while len(batch) < self.max_batch_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            inputs = np.stack([pending.item for pending in batch])
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+        except Exception as exc:  # every waiting caller gets the failure, the batcher lives on
+            log.exception("batch of %d failed", len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        inference_s = time.perf_counter() - started
+        if self._observer is not None:
+            self._observer(len(batch), inference_s, started - batch[0].submitted_at)
+        for row, pending in zip(outputs, batch, strict=True):
+            if not pending.future.done():
+                stats = BatchStats(
+                    batch_size=len(batch),
+                    queue_ms=(started - pending.submitted_at) * 1000,
+                    inference_ms=inference_s * 1000,
+                )
+                pending.future.set_result((row, stats))
+
+
+class Engine:
+    """The ONNX session, its executor and the dynamic batcher: the one way to run the model.
+
+    - ``run(batch)``: synchronous forward pass, ``(N, 3, H, W)`` float32 -> ``(N, C)`` logits.
+    - ``await infer(batch)``: the same on the inference thread, in chunks of ``max_batch_size``
+      (explanation methods send their perturbation batches here).
+    - ``await submit(x)``: one ``(3, H, W)`` input through the dynamic batcher -> ``(C,)`` logits.
+    """
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        max_batch_size: int,
+        batch_timeout_s: float,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.session = session
+        self.provider: str = session.get_providers()[0]
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self._observer = observer
+        self._executor: ThreadPoolExecutor | None = None
+        self.batcher: DynamicBatcher | None = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        return logits
+
+    def warm_up(self, example: np.ndarray) -> float:
+        """Run batches of 1 and ``max_batch_size`` copies of ``example`` once; returns seconds."""
+        started = time.perf_counter()
+        for size in sorted({1, self.max_batch_size}):
+            self.run(np.repeat(example[None], size, axis=0))
+        return time.perf_counter() - started
+
+    async def infer(self, batch: np.ndarray) -> np.ndarray:
+        if len(batch) == 0:
+            raise ValueError("infer() needs at least one input")
+        executor = self._running_executor()
+        loop = asyncio.get_running_loop()
+        outputs = []
+        for start in range(0, len(batch), self.max_batch_size):
+            chunk = batch[start : start + self.max_batch_size]
+            outputs.append(await loop.run_in_executor(executor, self.run, chunk))
+        return np.concatenate(outputs)
+
+    async def submit(self, item: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+        if self.batcher is None:
+            raise RuntimeError("engine is not started")
+        return await self.batcher.submit(item)
+
+    def start(self) -> None:
+        """Start the inference thread and the batcher (from the serving event loop)."""
+        if self._executor is not None:
+            raise RuntimeError("engine already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.batcher = DynamicBatcher(
+            self.run,
+            self._executor,
+            max_batch_size=self.max_batch_size,
+            timeout_s=self.batch_timeout_s,
+            observer=self._observer,
+        )
+        self.batcher.start()
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+            self.batcher = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _running_executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            raise RuntimeError("engine is not started")
+        return self._executor

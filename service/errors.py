@@ -1,0 +1,143 @@
+"""Error codes and the handlers that render every error as ``{"error": {"code", "message"}}``.
+
+Guard clauses anywhere in the service raise a ``ServiceError`` subclass; the handlers installed
+by ``install_error_handlers`` turn it, FastAPI's own validation errors and Starlette's 404/405
+into the same JSON shape. The codes are part of the API: clients match on them, so never rename
+one (README, "Error codes").
+"""
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger(__name__)
+
+
+class ServiceError(StarletteHTTPException):
+    """An error with a stable code. Subclasses fix ``status`` and ``code``.
+
+    It is a Starlette ``HTTPException`` so that it passes through FastAPI's body parsing
+    unchanged when raised while the request body is read (the upload size limit).
+    """
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal_error"
+
+    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
+        super().__init__(status_code=self.status, detail=message, headers=headers)
+        self.message = message
+
+
+class EmptyFile(ServiceError):
+    status, code = 400, "empty_file"
+
+
+class CorruptImage(ServiceError):
+    status, code = 400, "corrupt_image"
+
+
+class MissingApiKey(ServiceError):
+    status, code = 401, "missing_api_key"
+
+
+class InvalidApiKey(ServiceError):
+    status, code = 401, "invalid_api_key"
+
+
+class FileTooLarge(ServiceError):
+    status, code = 413, "file_too_large"
+
+
+class TooManyPixels(ServiceError):
+    status, code = 413, "too_many_pixels"
+
+
+class UnsupportedFormat(ServiceError):
+    status, code = 415, "unsupported_format"
+
+
+class ImageTooSmall(ServiceError):
+    status, code = 422, "image_too_small"
+
+
+class NotReady(ServiceError):
+    status, code = 503, "not_ready"
+
+
+class Overloaded(ServiceError):
+    status, code = 503, "overloaded"
+
+
+VALIDATION_ERROR = "validation_error"
+INTERNAL_ERROR = "internal_error"
+# Codes for errors that Starlette/FastAPI raise themselves, by status.
+HTTP_STATUS_CODES: dict[int, str] = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: FileTooLarge.code,
+}
+
+
+def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+    return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+
+async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    code = HTTP_STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return error_response(exc.status_code, code, message, exc.headers)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()))
+        problems.append(f"{where}: {error.get('msg', 'invalid')}")
+    return error_response(422, VALIDATION_ERROR, "; ".join(problems) or "invalid request")
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, INTERNAL_ERROR, "internal server error")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Render every error of ``app`` in the one JSON error shape."""
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(Exception, _unexpected_error)
+
+
+def all_error_codes() -> dict[str, int]:
+    """Every code the service can answer with, mapped to its HTTP status (for docs and tests)."""
+    codes = {cls.code: cls.status for cls in _subclasses(ServiceError)}
+    codes.update({code: status for status, code in HTTP_STATUS_CODES.items()})
+    codes[VALIDATION_ERROR] = 422
+    codes[INTERNAL_ERROR] = 500
+    return codes
+
+
+def _subclasses(cls: type) -> list[type]:
+    found = []
+    for sub in cls.__subclasses__():
+        found.append(sub)
+        found.extend(_subclasses(sub))
+    return found

@@ -1,0 +1,124 @@
+"""Prometheus metrics, one registry per app (so several apps can live in one test process).
+
+``ServiceMetrics`` owns the registry and the collectors; ``MetricsMiddleware`` counts every HTTP
+request by route template, method and status, and times it.
+"""
+from __future__ import annotations
+
+import time
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+PREFIX = "celebxai"
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+UNMATCHED = "unmatched"
+
+
+class ServiceMetrics:
+    """The collectors of one app; ``render()`` gives the Prometheus text exposition."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        labels = ("endpoint", "method", "status")
+        self.requests = Counter(
+            f"{PREFIX}_http_requests",
+            "HTTP requests answered, by route template, method and status",
+            labels,
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_http_request_duration_seconds",
+            "time from request start to the end of the response",
+            labels,
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.in_flight = Gauge(
+            f"{PREFIX}_http_requests_in_flight",
+            "HTTP requests being processed",
+            registry=self.registry,
+        )
+        self.batch_size = Histogram(
+            f"{PREFIX}_batch_size",
+            "inputs per model run of the dynamic batcher",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_inference = Histogram(
+            f"{PREFIX}_batch_inference_seconds",
+            "duration of one batched model run",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.batch_wait = Histogram(
+            f"{PREFIX}_batch_queue_wait_seconds",
+            "how long the oldest input of a batch waited before the batch ran",
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.model_info = Info(
+            f"{PREFIX}_model", "the loaded model bundle", registry=self.registry
+        )
+        self.ready = Gauge(
+            f"{PREFIX}_ready",
+            "1 when the model is loaded, checked and warmed up, else 0",
+            registry=self.registry,
+        )
+
+    def observe_batch(self, size: int, inference_s: float, wait_s: float) -> None:
+        self.batch_size.observe(size)
+        self.batch_inference.observe(inference_s)
+        self.batch_wait.observe(wait_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class MetricsMiddleware:
+    """Pure ASGI middleware: counts and times every HTTP request of ``app``."""
+
+    def __init__(self, app: ASGIApp, metrics: ServiceMetrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500  # what the client gets if the app fails before starting a response
+
+        async def send_with_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        self.metrics.in_flight.inc()
+        try:
+            await self.app(scope, receive, send_with_status)
+        finally:
+            self.metrics.in_flight.dec()
+            labels = (route_template(scope), scope["method"], str(status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+
+def route_template(scope: Scope) -> str:
+    """The path template of the route that served ``scope`` (bounded label values).
+
+    The router records the matched route in the scope; no route (a 404) gives ``unmatched``.
+    """
+    return getattr(scope.get("route"), "path", UNMATCHED)

@@ -1,0 +1,148 @@
+"""The model as served: a checked bundle, its ONNX engine and torch twin, loaded once.
+
+``load_model`` runs every load-time check of models/README.md (sha256 of every file, ONNX vs
+twin parity on a fixed probe input) and warms the session up; any failure raises
+``BundleError``/``EngineError`` and the app stays not-ready with that message.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from starlette.concurrency import run_in_threadpool
+
+from .bundle import (
+    ONNX_FILE,
+    BundleError,
+    BundleMeta,
+    check_parity,
+    load_twin,
+    probe_batch,
+    read_meta,
+    verify_files,
+)
+from .engine import BatchObserver, BatchStats, Engine, create_session
+from .images import DecodedImage
+from .preprocess import Box, Preprocessor
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading found, for ``/model`` and ``/readyz``."""
+
+    files_verified: int
+    parity_max_abs_diff: float
+    parity_tolerance: float
+    load_ms: float
+    warmup_ms: float
+    loaded_at: datetime
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The model's answer for one image."""
+
+    probabilities: np.ndarray
+    """``(C,)`` float64 softmax of the logits, in ``meta.classes`` order"""
+    batch: BatchStats
+    preprocess_ms: float
+
+    @property
+    def top(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+
+class ServingModel:
+    """A loaded, checked bundle. ``engine`` runs the ONNX graph (batched); ``twin`` is the torch
+    module for gradient methods: ``twin(x) -> (logits, {layer: activation})``."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        meta: BundleMeta,
+        preprocess: Preprocessor,
+        engine: Engine,
+        twin: Any,
+        report: LoadReport,
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.meta = meta
+        self.preprocess = preprocess
+        self.engine = engine
+        self.twin = twin
+        self.report = report
+
+    async def classify(self, image: DecodedImage, box: Box) -> Classification:
+        """Class probabilities for the ``box`` region of ``image``, through the batcher."""
+        started = time.perf_counter()
+        model_input = await run_in_threadpool(self.preprocess, image.rgb, box)
+        preprocess_ms = (time.perf_counter() - started) * 1000
+        logits, stats = await self.engine.submit(model_input)
+        return Classification(softmax(logits), stats, preprocess_ms)
+
+    def start(self) -> None:
+        self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Softmax over the last axis, in float64."""
+    shifted = logits.astype(np.float64) - np.max(logits, axis=-1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=-1, keepdims=True)
+
+
+def load_model(settings: Settings, observer: BatchObserver | None = None) -> ServingModel:
+    """Load and check the bundle at ``settings.model`` (blocking; seconds). Not started yet."""
+    started = time.perf_counter()
+    bundle_dir = settings.model.resolve()
+    log.info("loading model bundle %s", bundle_dir)
+    meta = read_meta(bundle_dir)
+    verify_files(bundle_dir, meta)
+    try:
+        preprocess = Preprocessor(meta.input)
+    except ValueError as exc:
+        raise BundleError(f"meta.json input: {exc}") from exc
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    session = create_session(bundle_dir / ONNX_FILE, settings.providers, settings.threads)
+    engine = Engine(
+        session,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_s=settings.batch_timeout_ms / 1000,
+        observer=observer,
+    )
+    twin = load_twin(bundle_dir)
+    probe = probe_batch(preprocess)
+    max_diff = check_parity(meta, engine.run, twin, probe)
+    warmup_s = engine.warm_up(probe[0])
+    report = LoadReport(
+        files_verified=len(meta.files),
+        parity_max_abs_diff=max_diff,
+        parity_tolerance=meta.parity_tolerance,
+        load_ms=(time.perf_counter() - started) * 1000,
+        warmup_ms=warmup_s * 1000,
+        loaded_at=datetime.now(UTC),
+    )
+    log.info(
+        "model %s %s ready: %d classes, %s, loaded in %.0f ms (warm-up %.0f ms)",
+        meta.name,
+        meta.version,
+        len(meta.classes),
+        engine.provider,
+        report.load_ms,
+        report.warmup_ms,
+    )
+    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report)

@@ -1,0 +1,170 @@
+"""Response bodies of the HTTP API, named by role. Field descriptions end up in openapi.yaml."""
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .bundle import BundleMeta
+from .errors import all_error_codes
+from .images import DecodedImage
+from .model import Classification, ServingModel
+from .preprocess import Box
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable error code (README: Error codes)")
+    message: str = Field(description="what went wrong, for people")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorDetail
+
+
+class ClassProbability(BaseModel):
+    id: str = Field(description="class id")
+    name: str = Field(description="display name")
+    probability: float = Field(ge=0, le=1)
+
+
+class FaceBox(BaseModel):
+    """The image region that was classified, in pixels of the uploaded image (after EXIF
+    orientation)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    source: Literal["whole_image", "detector"] = Field(
+        description="whole_image: no face detection, the full image was used"
+    )
+
+
+class ImageInfo(BaseModel):
+    width: int
+    height: int
+    format: str = Field(description="format sniffed from the bytes: JPEG, PNG, WEBP or BMP")
+    mode: str = Field(description="Pillow mode of the upload before conversion to RGB")
+    frames: int = Field(description="frames in the file; only the first is used")
+
+
+class ModelRef(BaseModel):
+    name: str
+    version: str
+
+
+class PredictTimings(BaseModel):
+    decode_ms: float = Field(description="reading and decoding the upload")
+    preprocess_ms: float = Field(description="crop, resize and normalise")
+    queue_ms: float = Field(description="waiting in the dynamic batcher")
+    inference_ms: float = Field(description="the batched model run this image was part of")
+    total_ms: float = Field(description="from the start of image intake to the response")
+
+
+class PredictionResponse(BaseModel):
+    label: str = Field(description="predicted class id")
+    name: str = Field(description="display name of the predicted class")
+    probability: float = Field(description="probability of the predicted class")
+    probabilities: list[ClassProbability] = Field(
+        description="every class, most probable first"
+    )
+    face_box: FaceBox
+    image: ImageInfo
+    model: ModelRef
+    batch_size: int = Field(description="how many requests shared this image's model run")
+    timings: PredictTimings
+
+    @classmethod
+    def build(
+        cls, model: ServingModel, image: DecodedImage, box: Box, result: Classification
+    ) -> PredictionResponse:
+        classes = model.meta.classes
+        order = sorted(range(len(classes)), key=lambda i: -result.probabilities[i])
+        ranked = [
+            ClassProbability(
+                id=classes[i].id, name=classes[i].name, probability=float(result.probabilities[i])
+            )
+            for i in order
+        ]
+        top = ranked[0]
+        return cls(
+            label=top.id,
+            name=top.name,
+            probability=top.probability,
+            probabilities=ranked,
+            face_box=FaceBox(
+                x=box.x, y=box.y, width=box.width, height=box.height, source="whole_image"
+            ),
+            image=ImageInfo(
+                width=image.width,
+                height=image.height,
+                format=image.format,
+                mode=image.source_mode,
+                frames=image.frames,
+            ),
+            model=ModelRef(name=model.meta.name, version=model.meta.version),
+            batch_size=result.batch.batch_size,
+            timings=PredictTimings(
+                decode_ms=image.decode_ms,
+                preprocess_ms=result.preprocess_ms,
+                queue_ms=result.batch.queue_ms,
+                inference_ms=result.batch.inference_ms,
+                total_ms=(time.perf_counter() - image.received_at) * 1000,
+            ),
+        )
+
+
+class RuntimeInfo(BaseModel):
+    provider: str = Field(description="ONNX Runtime execution provider in use")
+    max_batch_size: int
+    batch_timeout_ms: float
+    threads: int = Field(description="intra-op threads (0 = one per core)")
+    files_verified: int = Field(description="bundle files whose sha256 matched meta.json")
+    parity_max_abs_diff: float = Field(description="ONNX vs twin on the probe input")
+    parity_tolerance: float
+    load_ms: float
+    warmup_ms: float
+    loaded_at: datetime
+
+
+class ModelResponse(BaseModel):
+    """The bundle's meta.json as loaded, and how it runs."""
+
+    meta: BundleMeta
+    runtime: RuntimeInfo
+
+
+class HealthResponse(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class ReadinessResponse(BaseModel):
+    status: Literal["ready"] = "ready"
+    model: ModelRef
+    provider: str
+
+
+_ERROR_DESCRIPTIONS = {
+    400: "empty or corrupt upload",
+    401: "API key missing or wrong",
+    413: "upload or image too large",
+    415: "not a JPEG, PNG, WebP or BMP image",
+    422: "invalid request or image too small",
+    503: "model not ready, or too many requests in flight",
+}
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` entries for the given error statuses, listing their codes."""
+    codes = all_error_codes()
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        names = sorted(code for code, code_status in codes.items() if code_status == status)
+        description = _ERROR_DESCRIPTIONS.get(status, "error")
+        responses[status] = {
+            "model": ErrorResponse,
+            "description": f"{description} (codes: {', '.join(names)})",
+        }
+    return responses

@@ -1,0 +1,97 @@
+"""All configuration of the service, in one typed class.
+
+Every field can be set through an environment variable ``CELEBXAI_<FIELD>`` (for example
+``CELEBXAI_MODEL=models/other``), a ``.env`` file in the working directory, or a command-line
+flag of ``python -m service`` (``--model``, ``--max-batch-size``, ...). List fields take a
+comma-separated string. Routes receive the settings through ``SettingsDep`` (see ``deps``), so
+tests build an app with ``create_app(Settings(...))`` instead of touching the environment.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "CELEBXAI_"
+DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "celebs8"
+
+Providers = Literal["auto", "cpu", "cuda"]
+
+
+class Settings(BaseSettings):
+    """Configuration of one service instance; see the README's Configuration table."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True
+    )
+
+    model: Path = Field(
+        DEFAULT_MODEL, description="model bundle directory (meta.json, model.onnx, model.pt2)"
+    )
+    host: str = Field("127.0.0.1", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
+    providers: Providers = Field(
+        "auto",
+        description="ONNX Runtime execution provider: auto (CUDA when available, else CPU), "
+        "cpu, or cuda (fail when CUDA is unavailable)",
+    )
+    threads: int = Field(
+        0, ge=0, description="intra-op threads for ONNX Runtime and torch; 0 = one per core"
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="largest batch the dynamic batcher sends to the model"
+    )
+    batch_timeout_ms: float = Field(
+        4.0,
+        ge=0,
+        description="how long the batcher waits for more requests after the first one (ms)",
+    )
+    max_in_flight: int = Field(
+        256,
+        ge=1,
+        description="image requests processed at once; more are refused with 503 overloaded",
+    )
+    max_upload_bytes: int = Field(
+        10 * 1024 * 1024, ge=1, description="largest accepted upload (bytes); larger gives 413"
+    )
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=1,
+        description="largest accepted width x height, checked before decoding; larger gives 413",
+    )
+    min_image_side: int = Field(
+        16, ge=1, description="smallest accepted width and height (pixels); smaller gives 422"
+    )
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
+        description="origins allowed by CORS (comma-separated); empty disables CORS",
+    )
+    api_key: SecretStr | None = Field(
+        None,
+        description="when set, image endpoints and /model require it in the X-API-Key header",
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", description="log level of the service and uvicorn"
+    )
+    access_log: bool = Field(True, description="log one line per request (uvicorn access log)")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("api_key", mode="before")
+    @classmethod
+    def _empty_key_is_none(cls, value: object) -> object:
+        return None if value == "" else value
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings read from the environment (cached: read once)."""
+    return Settings()

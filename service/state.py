@@ -1,0 +1,46 @@
+"""What one app instance holds between requests (``app.state.service``)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from .metrics import ServiceMetrics
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .model import ServingModel
+
+Phase = Literal["loading", "ready", "failed", "stopped"]
+
+
+class InFlightLimiter:
+    """Counts image requests in progress; ``try_acquire`` says no beyond ``limit``.
+
+    Used from the event loop only, so a plain counter is enough.
+    """
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.active = 0
+
+    def try_acquire(self) -> bool:
+        if self.active >= self.limit:
+            return False
+        self.active += 1
+        return True
+
+    def release(self) -> None:
+        self.active -= 1
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
+    model: ServingModel | None = None
+    phase: Phase = "loading"
+    reason: str = "the model bundle is loading"
+    limiter: InFlightLimiter = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limiter = InFlightLimiter(self.settings.max_in_flight)
