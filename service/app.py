@@ -78,6 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        generate_unique_id_function=lambda route: route.name,  # operationId = function name
     )
     app.state.service = ServiceState(settings)
     install_error_handlers(app)

@@ -59,6 +59,9 @@ def create_session(model_path: Path, providers: str, threads: int) -> ort.Infere
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle ORT threads would otherwise spin between runs, taking the cores that the event loop
+    # and image decoding need while the next batch is being collected.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
     active = session.get_providers()
     if providers == "cuda" and active[0] != CUDA:

@@ -1,0 +1,221 @@
+"""Throughput of /predict over HTTP against the model's raw batched throughput.
+
+One run prints:
+1. raw ONNX Runtime throughput (images/s) for each batch size, and the best;
+2. /predict throughput, p50 and p95 latency at each concurrency level (default 1, 8, 32),
+   measured over HTTP against a real uvicorn process started from ``python -m service``, and
+   each throughput as a ratio to the best raw figure.
+
+The load generator is a small keep-alive HTTP/1.1 client on raw asyncio streams with the
+multipart requests built in advance, so that the client takes as little CPU as possible from the
+server on the same machine. Real face photos from ../shared/data are cycled through.
+
+    python bench/bench_predict.py [--duration 10] [--concurrency 1 8 32] [--threads 0]
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from service.bundle import ONNX_FILE, read_meta
+from service.engine import create_session
+from service.preprocess import Preprocessor
+
+ROOT = Path(__file__).resolve().parents[1]
+
+DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
+BOUNDARY = "celebxai-bench-boundary"
+BATCH_SIZE_PATTERN = re.compile(rb'"batch_size":(\d+)')
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=ROOT / "models" / "celebs8",
+                        help="bundle directory (default: models/celebs8)")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
+                        help="face data root with celebs8/ (default: ../shared/data)")
+    parser.add_argument("--images", type=int, default=64, help="distinct photos to cycle (default: 64)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads, raw and served alike (default: 0 = cores)")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64],
+                        help="raw batch sizes to try (default: 1 4 8 16 32 64)")
+    parser.add_argument("--raw-seconds", type=float, default=3.0,
+                        help="seconds per raw batch size (default: 3)")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
+                        help="HTTP concurrency levels (default: 1 8 32)")
+    parser.add_argument("--duration", type=float, default=10.0,
+                        help="seconds measured per concurrency level (default: 10)")
+    parser.add_argument("--warmup", type=float, default=2.0,
+                        help="seconds of unmeasured load before each level (default: 2)")
+    parser.add_argument("--max-batch-size", type=int, default=32,
+                        help="server's dynamic batcher max batch (default: 32)")
+    parser.add_argument("--batch-timeout-ms", type=float, default=4.0,
+                        help="server's dynamic batcher timeout (default: 4)")
+    return parser
+
+
+def load_photos(data: Path, count: int) -> list[bytes]:
+    paths = sorted((data / "celebs8").glob("*/*.png"))
+    if not paths:
+        raise SystemExit(f"no face photos under {data / 'celebs8'}; pass --data")
+    step = max(1, len(paths) // count)
+    return [path.read_bytes() for path in paths[::step][:count]]
+
+
+def raw_throughput(args: argparse.Namespace, photos: list[bytes]) -> dict[int, float]:
+    """images/s of session.run for each batch size, on preprocessed real photos."""
+    import io
+
+    from PIL import Image
+
+    meta = read_meta(args.model)
+    preprocess = Preprocessor(meta.input)
+    inputs = np.stack([preprocess(Image.open(io.BytesIO(p)).convert("RGB")) for p in photos])
+    session = create_session(args.model / ONNX_FILE, "auto", args.threads)
+    input_name = session.get_inputs()[0].name
+    results = {}
+    for batch_size in args.batch_sizes:
+        batch = np.resize(inputs, (batch_size, *inputs.shape[1:]))
+        session.run(None, {input_name: batch})  # warm-up
+        images, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < args.raw_seconds:
+            session.run(None, {input_name: batch})
+            images += batch_size
+        results[batch_size] = images / elapsed
+        print(f"  raw batch {batch_size:>3}: {results[batch_size]:8.1f} images/s", flush=True)
+    return results
+
+
+def multipart_request(port: int, photo: bytes) -> bytes:
+    body = (
+        f"--{BOUNDARY}\r\n"
+        'Content-Disposition: form-data; name="file"; filename="face.png"\r\n'
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (
+        "POST /predict HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1])
+    length = int(re.search(rb"(?i)content-length:\s*(\d+)", head).group(1))
+    return status, await reader.readexactly(length)
+
+
+async def load_level(port: int, requests: list[bytes], concurrency: int, warmup: float,
+                     duration: float) -> dict[str, float]:
+    """Closed-loop load: ``concurrency`` connections, each sending its next request on reply."""
+    start = time.perf_counter()
+    measure_from, stop_at = start + warmup, start + warmup + duration
+    latencies: list[float] = []
+    batch_sizes: list[int] = []
+    failures = 0
+
+    async def client(offset: int) -> None:
+        nonlocal failures
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        index = offset
+        try:
+            while (sent := time.perf_counter()) < stop_at:
+                writer.write(requests[index % len(requests)])
+                index += concurrency
+                status, body = await read_response(reader)
+                done = time.perf_counter()
+                if sent >= measure_from and done <= stop_at:
+                    latencies.append(done - sent)
+                    if status != 200:
+                        failures += 1
+                    elif match := BATCH_SIZE_PATTERN.search(body):
+                        batch_sizes.append(int(match.group(1)))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(client(i) for i in range(concurrency)))
+    measured = np.array(latencies) * 1000
+    return {
+        "throughput": len(latencies) / duration,
+        "p50": float(np.percentile(measured, 50)),
+        "p95": float(np.percentile(measured, 95)),
+        "mean_batch": float(np.mean(batch_sizes)) if batch_sizes else 0.0,
+        "failures": failures,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+    command = [
+        sys.executable, "-m", "service", "--model", str(args.model), "--host", "127.0.0.1",
+        "--port", str(port), "--threads", str(args.threads), "--access-log", "false",
+        "--log-level", "warning", "--max-batch-size", str(args.max_batch_size),
+        "--batch-timeout-ms", str(args.batch_timeout_ms), "--max-in-flight", "1024",
+    ]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CELEBXAI_")}
+    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"server exited with {server.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
+                return server
+        except (urllib.error.URLError, ConnectionError):
+            time.sleep(0.5)
+    server.terminate()
+    raise SystemExit("server did not become ready within 120 s")
+
+
+def main(args: argparse.Namespace) -> None:
+    photos = load_photos(args.data, args.images)
+    print(f"model {args.model}, {len(photos)} photos, {os.cpu_count()} CPU cores, "
+          f"threads={args.threads or 'auto'}", flush=True)
+
+    print("raw ONNX Runtime (session.run on preprocessed input):", flush=True)
+    raw = raw_throughput(args, photos)
+    best_batch = max(raw, key=raw.get)
+    best = raw[best_batch]
+    print(f"raw best: {best:.1f} images/s at batch {best_batch}\n", flush=True)
+
+    port = free_port()
+    server = start_server(args, port)
+    try:
+        requests = [multipart_request(port, photo) for photo in photos]
+        print(f"POST /predict over HTTP (uvicorn, max batch {args.max_batch_size}, "
+              f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):")
+        print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
+              f"{'batch':>6} {'errors':>6}")
+        for concurrency in args.concurrency:
+            result = asyncio.run(
+                load_level(port, requests, concurrency, args.warmup, args.duration)
+            )
+            print(f"  {concurrency:>11} {result['throughput']:8.1f} {result['throughput'] / best:6.2f} "
+                  f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
+                  f"{result['failures']:>6}", flush=True)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

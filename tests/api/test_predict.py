@@ -1,0 +1,112 @@
+"""POST /predict on real face photos."""
+from __future__ import annotations
+
+import io
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import image_bytes as ib
+from service.model import softmax
+from service.preprocess import Box
+
+
+def test_predicts_the_right_celebrity_for_held_out_photos(post_image, held_out_faces):
+    results = []
+    for path, class_id in held_out_faces:
+        response = post_image(path.read_bytes(), filename=path.name)
+        assert response.status_code == 200, response.text
+        results.append(response.json()["label"] == class_id)
+
+    # the bundle's test accuracy is well above this; a few misses are allowed, chance is 1/8
+    assert sum(results) >= 0.8 * len(results), f"{sum(results)}/{len(results)} correct"
+
+
+def test_response_shape(post_image, held_out_faces, serving_model):
+    path, _ = held_out_faces[0]
+
+    body = post_image(path.read_bytes()).json()
+
+    classes = serving_model.meta.classes
+    probabilities = [entry["probability"] for entry in body["probabilities"]]
+    assert [entry["id"] for entry in body["probabilities"]] != []
+    assert sorted(entry["id"] for entry in body["probabilities"]) == sorted(c.id for c in classes)
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert sum(probabilities) == pytest.approx(1.0, abs=1e-6)
+    assert body["label"] == body["probabilities"][0]["id"]
+    assert body["probability"] == probabilities[0]
+    assert body["name"] == next(c.name for c in classes if c.id == body["label"])
+    with Image.open(path) as image:
+        width, height = image.size
+    assert body["face_box"] == {"x": 0, "y": 0, "width": width, "height": height, "source": "whole_image"}
+    assert body["image"] == {"width": width, "height": height, "format": "PNG", "mode": "RGB", "frames": 1}
+    assert body["model"] == {"name": serving_model.meta.name, "version": serving_model.meta.version}
+    assert 1 <= body["batch_size"] <= serving_model.engine.max_batch_size
+    timings = body["timings"]
+    assert set(timings) == {"decode_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert all(value >= 0 for value in timings.values())
+    assert timings["total_ms"] >= timings["inference_ms"]
+
+
+def test_probabilities_match_the_onnx_model_run_directly(post_image, held_out_faces, serving_model):
+    path, _ = held_out_faces[1]
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    x = serving_model.preprocess(rgb, Box.whole(rgb))
+    expected = softmax(serving_model.engine.run(x[None]))[0]
+
+    body = post_image(path.read_bytes()).json()
+
+    got = {entry["id"]: entry["probability"] for entry in body["probabilities"]}
+    for index, info in enumerate(serving_model.meta.classes):
+        assert got[info.id] == pytest.approx(expected[index], abs=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "params"),
+    [("JPEG", {"quality": 95}), ("WEBP", {"lossless": True}), ("BMP", {})],
+)
+def test_other_formats_of_the_same_face_agree(post_image, held_out_faces, image_format, params):
+    path, _ = held_out_faces[2]
+    with Image.open(path) as image:
+        converted = ib.encode(image.convert("RGB"), image_format, **params)
+
+    reference = post_image(path.read_bytes()).json()
+    other = post_image(converted, filename="face.bin").json()
+
+    assert other["image"]["format"] == image_format
+    assert other["label"] == reference["label"]
+    assert other["probability"] == pytest.approx(reference["probability"], abs=0.05)
+
+
+def test_grey_photo_from_the_wild_is_classified(post_image, data_root):
+    path = sorted((data_root / "wild_others").glob("*.jpg"))[0]
+
+    response = post_image(path.read_bytes(), filename=path.name, content_type="image/jpeg")
+
+    assert response.status_code == 200
+    assert response.json()["image"]["mode"] == "L"
+
+
+def test_exif_rotation_is_reported_in_the_face_box(post_image):
+    response = post_image(ib.exif_rotated_jpeg((80, 40)), filename="r.jpg", content_type="image/jpeg")
+
+    assert response.status_code == 200
+    box = response.json()["face_box"]
+    assert (box["width"], box["height"]) == (40, 80)
+
+
+def test_concurrent_requests_are_batched_with_the_same_answers(post_image, held_out_faces):
+    photos = [path.read_bytes() for path, _ in held_out_faces[:8]]
+    sequential = [post_image(data).json() for data in photos]
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda data: post_image(data).json(), photos * 3))
+
+    assert max(body["batch_size"] for body in concurrent) > 1
+    for index, body in enumerate(concurrent):
+        reference = sequential[index % len(photos)]
+        assert body["label"] == reference["label"]
+        assert body["probability"] == pytest.approx(reference["probability"], abs=1e-5)

@@ -1,0 +1,161 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+
+from service.engine import CPU, CUDA, DynamicBatcher, EngineError, choose_providers
+
+
+@pytest.mark.parametrize(
+    ("requested", "available", "expected"),
+    [
+        ("auto", [CPU], [CPU]),
+        ("auto", [CUDA, CPU], [CUDA, CPU]),
+        ("cpu", [CUDA, CPU], [CPU]),
+        ("cuda", [CUDA, CPU], [CUDA, CPU]),
+    ],
+)
+def test_choose_providers(requested, available, expected):
+    assert choose_providers(requested, available) == expected
+
+
+def test_cuda_without_cuda_fails_loudly():
+    with pytest.raises(EngineError, match="onnxruntime-gpu"):
+        choose_providers("cuda", [CPU])
+
+
+def test_unknown_provider_lists_the_valid_ones():
+    with pytest.raises(EngineError, match="auto, cpu, cuda"):
+        choose_providers("tpu", [CPU])
+
+
+class RecordingModel:
+    """A stand-in model: doubles its input and records each batch size."""
+
+    def __init__(self, delay_s: float = 0.0, fail: bool = False) -> None:
+        self.batch_sizes: list[int] = []
+        self.delay_s = delay_s
+        self.fail = fail
+        self.lock = threading.Lock()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        with self.lock:
+            self.batch_sizes.append(len(batch))
+        if self.fail:
+            raise RuntimeError("model exploded")
+        threading.Event().wait(self.delay_s)
+        return batch * 2
+
+
+async def _run(model, inputs, *, max_batch_size, timeout_s, observed=None):
+    with ThreadPoolExecutor(max_workers=1) as executor:
+        batcher = DynamicBatcher(
+            model,
+            executor,
+            max_batch_size=max_batch_size,
+            timeout_s=timeout_s,
+            observer=None if observed is None else lambda *args: observed.append(args),
+        )
+        batcher.start()
+        try:
+            return await asyncio.gather(
+                *(batcher.submit(x) for x in inputs), return_exceptions=True
+            )
+        finally:
+            await batcher.stop()
+
+
+def test_concurrent_submissions_share_batches_and_get_their_own_rows():
+    model = RecordingModel(delay_s=0.01)
+    inputs = [np.full(3, i, dtype=np.float32) for i in range(20)]
+    observed: list[tuple] = []
+
+    results = asyncio.run(_run(model, inputs, max_batch_size=8, timeout_s=0.05, observed=observed))
+
+    for i, (row, stats) in enumerate(results):
+        np.testing.assert_array_equal(row, np.full(3, 2 * i))
+        assert 1 <= stats.batch_size <= 8
+        assert stats.queue_ms >= 0 and stats.inference_ms >= 0
+    assert max(model.batch_sizes) == 8
+    assert sum(model.batch_sizes) == 20
+    assert [size for size, _, _ in observed] == model.batch_sizes
+
+
+def test_zero_timeout_still_batches_what_is_already_queued():
+    model = RecordingModel(delay_s=0.02)
+    inputs = [np.zeros(2, dtype=np.float32) for _ in range(10)]
+
+    asyncio.run(_run(model, inputs, max_batch_size=4, timeout_s=0.0))
+
+    # no waiting for more, but whatever is queued when a batch starts goes in, up to the max
+    assert model.batch_sizes == [4, 4, 2]
+
+
+def test_a_lone_request_waits_at_most_the_timeout():
+    model = RecordingModel()
+
+    ((row, stats),) = asyncio.run(
+        _run(model, [np.ones(2, dtype=np.float32)], max_batch_size=8, timeout_s=0.02)
+    )
+
+    assert stats.batch_size == 1
+    assert 15 <= stats.queue_ms < 500
+
+
+def test_a_failing_batch_fails_each_caller_and_the_batcher_goes_on():
+    async def scenario():
+        model = RecordingModel(fail=True)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher = DynamicBatcher(model, executor, max_batch_size=4, timeout_s=0.01)
+            batcher.start()
+            first = await asyncio.gather(
+                *(batcher.submit(np.zeros(1)) for _ in range(3)), return_exceptions=True
+            )
+            model.fail = False
+            second = await batcher.submit(np.ones(1))
+            await batcher.stop()
+        return first, second
+
+    first, (row, _) = asyncio.run(scenario())
+
+    assert all(isinstance(result, RuntimeError) for result in first)
+    np.testing.assert_array_equal(row, [2.0])
+
+
+def test_cancelled_callers_are_dropped_from_the_batch():
+    async def scenario():
+        model = RecordingModel(delay_s=0.05)
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher = DynamicBatcher(model, executor, max_batch_size=8, timeout_s=0.0)
+            batcher.start()
+            busy = asyncio.ensure_future(batcher.submit(np.zeros(1)))  # occupies the model
+            await asyncio.sleep(0.01)
+            gone = asyncio.ensure_future(batcher.submit(np.zeros(1)))
+            kept = asyncio.ensure_future(batcher.submit(np.ones(1)))
+            await asyncio.sleep(0)
+            gone.cancel()
+            await busy
+            row, stats = await kept
+            await batcher.stop()
+        return model.batch_sizes, stats
+
+    batch_sizes, stats = asyncio.run(scenario())
+
+    assert batch_sizes == [1, 1]
+    assert stats.batch_size == 1
+
+
+def test_submit_before_start_is_an_error():
+    batcher = DynamicBatcher(RecordingModel(), ThreadPoolExecutor(1), max_batch_size=2, timeout_s=0)
+
+    with pytest.raises(RuntimeError, match="not running"):
+        asyncio.run(batcher.submit(np.zeros(1)))
+
+
+def test_invalid_batch_size():
+    with pytest.raises(ValueError, match="max_batch_size"):
+        DynamicBatcher(RecordingModel(), ThreadPoolExecutor(1), max_batch_size=0, timeout_s=0)
