@@ -7,7 +7,15 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.engine import CPU, CUDA, DynamicBatcher, EngineError, choose_providers
+from service.engine import (
+    CPU,
+    CUDA,
+    DynamicBatcher,
+    Engine,
+    EngineError,
+    choose_providers,
+    create_session,
+)
 
 
 @pytest.mark.parametrize(
@@ -159,3 +167,30 @@ def test_submit_before_start_is_an_error():
 def test_invalid_batch_size():
     with pytest.raises(ValueError, match="max_batch_size"):
         DynamicBatcher(RecordingModel(), ThreadPoolExecutor(1), max_batch_size=0, timeout_s=0)
+
+
+@pytest.fixture(scope="module")
+def session(default_bundle):
+    return create_session(default_bundle / "model.onnx", "cpu", threads=2)
+
+
+def test_engine_infer_chunks_like_one_run_and_close_releases_everything(session):
+    async def scenario():
+        engine = Engine(session, max_batch_size=4, batch_timeout_s=0.001)
+        engine.start()
+        try:
+            batch = np.random.default_rng(0).normal(size=(10, 3, 150, 150)).astype(np.float32)
+            chunked = await engine.infer(batch)
+            row, stats = await engine.submit(batch[3])
+        finally:
+            await engine.close()
+        return engine, batch, chunked, row, stats
+
+    engine, batch, chunked, row, stats = asyncio.run(scenario())
+
+    np.testing.assert_allclose(chunked, engine.run(batch), atol=1e-5)
+    np.testing.assert_allclose(row, chunked[3], atol=1e-5)
+    assert stats.batch_size == 1
+    assert engine.batcher is None
+    with pytest.raises(RuntimeError, match="not started"):
+        asyncio.run(engine.infer(batch))
