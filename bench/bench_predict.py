@@ -88,12 +88,14 @@ def raw_throughput(args: argparse.Namespace, photos: list[bytes]) -> dict[int, f
     for batch_size in args.batch_sizes:
         batch = np.resize(inputs, (batch_size, *inputs.shape[1:]))
         session.run(None, {input_name: batch})  # warm-up
-        images, started = 0, time.perf_counter()
+        images, started, cpu_started = 0, time.perf_counter(), time.process_time()
         while (elapsed := time.perf_counter() - started) < args.raw_seconds:
             session.run(None, {input_name: batch})
             images += batch_size
+        cpu_ms = (time.process_time() - cpu_started) * 1000 / images
         results[batch_size] = images / elapsed
-        print(f"  raw batch {batch_size:>3}: {results[batch_size]:8.1f} images/s", flush=True)
+        print(f"  raw batch {batch_size:>3}: {results[batch_size]:8.1f} images/s "
+              f"({cpu_ms:5.2f} CPU ms/image)", flush=True)
     return results
 
 
@@ -126,10 +128,10 @@ async def load_level(port: int, requests: list[bytes], concurrency: int, warmup:
     measure_from, stop_at = start + warmup, start + warmup + duration
     latencies: list[float] = []
     batch_sizes: list[int] = []
-    failures = 0
+    failures = completed = 0
 
     async def client(offset: int) -> None:
-        nonlocal failures
+        nonlocal failures, completed
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         index = offset
         try:
@@ -138,6 +140,7 @@ async def load_level(port: int, requests: list[bytes], concurrency: int, warmup:
                 index += concurrency
                 status, body = await read_response(reader)
                 done = time.perf_counter()
+                completed += 1
                 if sent >= measure_from and done <= stop_at:
                     latencies.append(done - sent)
                     if status != 200:
@@ -155,7 +158,17 @@ async def load_level(port: int, requests: list[bytes], concurrency: int, warmup:
         "p95": float(np.percentile(measured, 95)),
         "mean_batch": float(np.mean(batch_sizes)) if batch_sizes else 0.0,
         "failures": failures,
+        "completed": completed,
     }
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid``, all threads (Linux /proc; NaN elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def free_port() -> int:
@@ -204,14 +217,17 @@ def main(args: argparse.Namespace) -> None:
         print(f"POST /predict over HTTP (uvicorn, max batch {args.max_batch_size}, "
               f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):")
         print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
-              f"{'batch':>6} {'errors':>6}")
+              f"{'batch':>6} {'errors':>6} {'server CPU ms/req':>18}")
         for concurrency in args.concurrency:
+            cpu_before = process_cpu_seconds(server.pid)
             result = asyncio.run(
                 load_level(port, requests, concurrency, args.warmup, args.duration)
             )
+            # over every request of the level, warm-up included
+            cpu_ms = (process_cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["completed"], 1)
             print(f"  {concurrency:>11} {result['throughput']:8.1f} {result['throughput'] / best:6.2f} "
                   f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
-                  f"{result['failures']:>6}", flush=True)
+                  f"{result['failures']:>6} {cpu_ms:18.2f}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)

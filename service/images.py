@@ -194,7 +194,8 @@ def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:
 
 def _apply_exif_orientation(image: Image.Image) -> Image.Image:
     try:
-        return ImageOps.exif_transpose(image)
+        ImageOps.exif_transpose(image, in_place=True)  # in place: no copy when nothing to turn
+        return image
     except _DECODE_ERRORS as exc:
         # A broken EXIF block does not make the pixels unusable: keep them as stored.
         log.warning("ignoring unreadable EXIF orientation: %s", exc)
