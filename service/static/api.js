@@ -1,0 +1,93 @@
+// The service's public HTTP API, as the page uses it: the same endpoints, multipart field and
+// X-API-Key header as curl users. Every failure becomes an ApiError with the API's error code.
+
+export const API_KEY_HEADER = "X-API-Key";
+const KEY_STORAGE = "celebxai.apiKey";
+
+export class ApiError extends Error {
+  constructor(code, message, status = 0) {
+    super(message);
+    this.code = code;
+    this.status = status;
+  }
+}
+
+export const apiKey = {
+  get: () => sessionStorage.getItem(KEY_STORAGE) || "",
+  set: (value) =>
+    value ? sessionStorage.setItem(KEY_STORAGE, value) : sessionStorage.removeItem(KEY_STORAGE),
+};
+
+function headers() {
+  const key = apiKey.get();
+  return key ? { [API_KEY_HEADER]: key } : {};
+}
+
+async function send(path, init) {
+  let response;
+  try {
+    response = await fetch(path, { ...init, headers: { ...headers(), ...init.headers } });
+  } catch (error) {
+    if (error.name === "AbortError") throw error;
+    throw new ApiError("network_error", "the service did not answer (is it running?)");
+  }
+  if (response.ok) return response;
+  throw await errorOf(response);
+}
+
+async function errorOf(response) {
+  try {
+    const body = await response.json();
+    if (body?.error?.code) return new ApiError(body.error.code, body.error.message, response.status);
+  } catch {
+    // not the API's JSON error shape: fall through to the status line
+  }
+  return new ApiError(`http_${response.status}`, response.statusText || "request failed", response.status);
+}
+
+/** GET ``path`` and parse its JSON body. */
+export async function getJson(path, { signal } = {}) {
+  const response = await send(path, { method: "GET", signal });
+  return response.json();
+}
+
+/** POST ``file`` as multipart field ``file`` to ``path`` with query ``params``; resolves to
+ * the parsed JSON (``as: "json"``) or the body as a Blob (``as: "blob"``, e.g. a PNG). */
+export async function postImage(path, file, { params = {}, as = "json", signal } = {}) {
+  const query = new URLSearchParams();
+  for (const [name, value] of Object.entries(params)) {
+    if (value !== "" && value !== undefined && value !== null) query.set(name, String(value));
+  }
+  const body = new FormData();
+  body.append("file", file, file.name || "photo");
+  const url = query.size ? `${path}?${query}` : path;
+  const response = await send(url, { method: "POST", body, signal });
+  return as === "blob" ? response.blob() : response.json();
+}
+
+const PLAIN_WORDS = {
+  unsupported_format:
+    "That file is not a photo the service can read. Please choose a JPEG, PNG, WebP or BMP image.",
+  corrupt_image: "The photo seems damaged or incomplete: it could not be decoded.",
+  empty_file: "That file is empty.",
+  file_too_large: "That file is too large for this service.",
+  too_many_pixels: "That photo has too many pixels. Please choose a smaller one.",
+  image_too_small: "That photo is too small to recognise a face in.",
+  missing_api_key: "This service needs an API key. Enter it under “API key” at the top, then try again.",
+  invalid_api_key: "The API key was not accepted. Check it under “API key” at the top.",
+  not_ready: "The model is not ready yet (still loading, or it failed to load). Try again in a moment.",
+  overloaded: "The service is busy right now. Try again in a moment.",
+  validation_error: "One of the settings is not accepted.",
+  bad_request: "The service could not read the request.",
+  not_found: "This service does not offer that endpoint (is it an older version?).",
+  network_error: "Could not reach the service. Is it still running?",
+};
+
+/** ``{summary, detail}``: what went wrong in plain words, and the API's own message and code. */
+export function describeError(error) {
+  if (!(error instanceof ApiError)) {
+    return { summary: "Something went wrong in the page.", detail: String(error?.message ?? error) };
+  }
+  const summary = PLAIN_WORDS[error.code] ?? "The service could not do that.";
+  return { summary, detail: `${error.message} (${error.code})` };
+}

@@ -1,0 +1,185 @@
+// One explanation panel: the heatmap (a transparent PNG from the API) laid over the photo with
+// CSS, an opacity slider, the method's controls, and a Re-run button.
+
+import { describeError, postImage } from "./api.js";
+import { isSigned } from "./methods.js";
+
+let nextId = 0;
+
+export class ExplanationPanel {
+  /** ``spec``: an entry of PANELS; ``parameters``: its endpoint's query parameters (Map). */
+  constructor(spec, parameters) {
+    this.spec = spec;
+    this.parameters = parameters;
+    this.photo = null;
+    this.heatUrl = null;
+    this.abort = null;
+    this.element = this.#build();
+  }
+
+  /** A new photo ``{file, url}``, the classes ``[{id, name}]`` to offer as targets, and the
+   * predicted class's id. */
+  show(photo, classes, predicted) {
+    this.photo = photo;
+    this.base.src = photo.url;
+    this.#setHeat(null);
+    this.classNames = new Map(classes.map((c) => [c.id, c.name]));
+    this.predicted = predicted;
+    this.target.replaceChildren(new Option(`predicted: ${this.classNames.get(predicted)}`, ""));
+    for (const { id, name } of classes) this.target.append(new Option(name, id));
+    this.target.value = "";
+  }
+
+  setTarget(classId) {
+    this.target.value = classId;
+  }
+
+  /** Fetch the heatmap for the current photo and controls; replaces any run in progress. */
+  async run() {
+    if (!this.photo) return;
+    this.abort?.abort();
+    const abort = (this.abort = new AbortController());
+    const params = { ...this.#params(), ...this.spec.fixed, format: "png" };
+    const method = params.method ?? this.spec.id;
+    const started = performance.now();
+    this.#setBusy(true);
+    this.error.hidden = true;
+    try {
+      const png = await postImage(this.spec.path, this.photo.file, { params, as: "blob", signal: abort.signal });
+      if (abort.signal.aborted) return;
+      const seconds = (performance.now() - started) / 1000;
+      const className = this.classNames.get(params.target) ?? this.classNames.get(this.predicted);
+      this.heat.alt = `${this.spec.title} heatmap (${method.replaceAll("_", " ")}) for ${className}, laid over the photo`;
+      await this.#setHeat(png);
+      this.#setLegend(method, className);
+      this.timing.textContent = `${seconds.toFixed(1)} s`;
+      this.rerun.classList.remove("attention");
+      this.element.dataset.state = "done";
+    } catch (error) {
+      if (abort.signal.aborted || error.name === "AbortError") return;
+      const { summary, detail } = describeError(error);
+      this.error.replaceChildren(summary, Object.assign(document.createElement("small"), { textContent: detail }));
+      this.error.hidden = false;
+      this.timing.textContent = "";
+      this.element.dataset.state = "error";
+    } finally {
+      if (this.abort === abort) this.#setBusy(false);
+    }
+  }
+
+  #params() {
+    const values = {};
+    for (const input of this.form.querySelectorAll("[name]")) {
+      values[input.name] = input.type === "checkbox" ? input.checked : input.value;
+    }
+    return values;
+  }
+
+  #setBusy(busy) {
+    this.element.setAttribute("aria-busy", String(busy));
+    this.element.dataset.state = busy ? "busy" : this.element.dataset.state;
+    this.spinner.hidden = !busy;
+    this.rerun.disabled = busy;
+  }
+
+  async #setHeat(blob) {
+    if (this.heatUrl) URL.revokeObjectURL(this.heatUrl);
+    this.heatUrl = blob ? URL.createObjectURL(blob) : null;
+    if (!this.heatUrl) {
+      this.heat.removeAttribute("src");
+      this.heat.hidden = true;
+      return;
+    }
+    this.heat.src = this.heatUrl;
+    this.heat.hidden = false;
+    await this.heat.decode().catch(() => {});
+  }
+
+  #setLegend(method, className) {
+    const signed = isSigned(method);
+    this.legend.className = `legend ${signed ? "signed" : "unsigned"}`;
+    this.legendLow.textContent = signed ? `against ${className}` : "no influence";
+    this.legendHigh.textContent = signed ? `for ${className}` : "strong influence";
+    this.legend.hidden = false;
+  }
+
+  #build() {
+    const id = `panel-${this.spec.id}-${nextId++}`;
+    const root = document.getElementById("panel-template").content.firstElementChild.cloneNode(true);
+    const part = (name) => root.querySelector(`[data-part="${name}"]`);
+    root.dataset.method = this.spec.id;
+    root.setAttribute("aria-labelledby", `${id}-title`);
+    Object.assign(part("title"), { id: `${id}-title`, textContent: this.spec.title });
+    part("teaches").textContent = this.spec.teaches;
+    this.base = part("base");
+    this.heat = part("heat");
+    this.spinner = part("spinner");
+    this.timing = part("timing");
+    this.error = part("error");
+    this.legend = part("legend");
+    this.legendLow = part("legend-low");
+    this.legendHigh = part("legend-high");
+    this.form = part("form");
+    this.rerun = part("rerun");
+
+    const opacity = part("opacity");
+    const shown = part("opacity-value");
+    opacity.id = `${id}-opacity`;
+    part("opacity-label").htmlFor = opacity.id;
+    opacity.addEventListener("input", () => {
+      this.heat.style.opacity = String(opacity.value / 100);
+      shown.value = `${opacity.value}%`;
+    });
+
+    this.target = this.#field(part("fields"), `${id}-target`, "Explain class", document.createElement("select"));
+    this.target.name = "target";
+    for (const control of this.spec.controls) this.#control(part("fields"), id, control);
+
+    this.form.addEventListener("input", (event) => {
+      if (event.target !== opacity) this.rerun.classList.add("attention");
+    });
+    this.form.addEventListener("submit", (event) => {
+      event.preventDefault();
+      if (this.form.reportValidity()) this.run();
+    });
+    return root;
+  }
+
+  // A labelled input for one query parameter, typed by its schema; skipped when the API does
+  // not have it.
+  #control(fields, id, { name, label, exclude = [] }) {
+    const schema = this.parameters.get(name);
+    if (!schema) return;
+    let input;
+    if (schema.choices) {
+      input = document.createElement("select");
+      for (const choice of schema.choices.filter((c) => !exclude.includes(c))) {
+        input.append(new Option(String(choice).replaceAll("_", " "), choice));
+      }
+    } else {
+      input = document.createElement("input");
+      input.type = schema.type === "boolean" ? "checkbox" : "number";
+      if (schema.type === "integer") input.step = "1";
+      if (schema.minimum !== undefined) input.min = schema.minimum;
+      if (schema.maximum !== undefined) input.max = schema.maximum;
+      input.inputMode = "numeric";
+    }
+    input.name = name;
+    if (schema.default !== undefined && schema.default !== null) {
+      if (input.type === "checkbox") input.checked = Boolean(schema.default);
+      else input.value = schema.default;
+    }
+    if (schema.description) input.title = schema.description;
+    this.#field(fields, `${id}-${name}`, label, input);
+  }
+
+  #field(fields, id, label, input) {
+    const wrapper = document.createElement("div");
+    wrapper.className = "field";
+    const caption = Object.assign(document.createElement("label"), { htmlFor: id, textContent: label });
+    input.id = id;
+    wrapper.append(caption, input);
+    fields.append(wrapper);
+    return input;
+  }
+}
