@@ -1,0 +1,294 @@
+"""Explanation methods: faithfulness, a sanity check, speed against common tools, latency.
+
+One run prints four tables, all on test-split faces of the bundle's split.json:
+1. latency of every method at default parameters on one face: p50 and p90 over ``--runs``;
+2. speed against what users would otherwise run, on the same faces: captum's ``Occlusion`` with
+   its defaults (one perturbation per forward pass, on the PyTorch twin) against our batched
+   occlusion on ONNX Runtime, same window and stride; the ``lime`` package's ``lime_image`` with
+   its defaults (quickshift, 1000 samples, batch size 10, top 5 labels; progress bar off) on the
+   same ONNX model against our LIME, at its default and at 1000 samples;
+3. model randomisation (Adebayo et al. 2018): the classifier head (the twin's last linear
+   layer) gets random weights; Spearman rank correlation between each gradient method's map
+   before and after (near 1 = the map ignores what the head learned);
+4. deletion and insertion AUC (Petsiuk et al. 2018) of every method at its default parameters
+   and of a random heatmap, averaged over ``--n`` faces (deletion: lower is better; insertion:
+   higher is better), each for the predicted class.
+
+    python bench/bench_explain.py [--n 50] [--threads 2] [--runs 20] [--speed-images 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.stats import spearmanr
+
+from service.bundle import ONNX_FILE, load_twin, read_meta
+from service.engine import create_session
+from service.explain import EXPLAINERS, GRADIENT_METHODS, ModelHandle
+from service.explain.faithfulness import deletion_auc, insertion_auc
+from service.explain.twin import LogitsOnly
+from service.model import softmax
+from service.preprocess import Preprocessor
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
+RANDOM = "random"
+
+log = logging.getLogger("bench_explain")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "models" / "celebs8",
+        help="bundle directory (default: models/celebs8)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="face data root with celebs8/ (default: ../shared/data)",
+    )
+    parser.add_argument(
+        "--n", type=int, default=50, help="test faces for the AUC table (default: 50)"
+    )
+    parser.add_argument(
+        "--steps", type=int, default=20, help="deletion/insertion steps per curve (default: 20)"
+    )
+    parser.add_argument(
+        "--sanity-images",
+        type=int,
+        default=10,
+        help="faces for the randomisation check (default: 10)",
+    )
+    parser.add_argument(
+        "--speed-images", type=int, default=5, help="faces for the speed comparison (default: 5)"
+    )
+    parser.add_argument(
+        "--runs", type=int, default=20, help="timed runs per method for latency (default: 20)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        help="torch and ONNX Runtime intra-op threads (default: 2)",
+    )
+    return parser
+
+
+def load_faces(
+    bundle: Path, data: Path, count: int, preprocess: Preprocessor
+) -> list[tuple[np.ndarray, int, Image.Image]]:
+    """``count`` test-split faces spread evenly over the split: (model input, label, photo at
+    the model's input size)."""
+    items = json.loads((bundle / "split.json").read_text())["splits"]["test"]
+    step = max(1, len(items) // count)
+    faces = []
+    for relative, label in items[::step][:count]:
+        photo = Image.open(data / "celebs8" / relative).convert("RGB")
+        faces.append(
+            (preprocess(photo), label, photo.resize(preprocess.size, Image.Resampling.BILINEAR))
+        )
+    return faces
+
+
+def timed(function: Callable[[], object]) -> float:
+    started = time.perf_counter()
+    function()
+    return time.perf_counter() - started
+
+
+def faithfulness_table(handle: ModelHandle, faces, steps: int) -> None:
+    rng = np.random.default_rng(0)
+    rows: dict[str, dict[str, list[float]]] = {
+        name: {"deletion": [], "insertion": [], "seconds": []} for name in [*EXPLAINERS, RANDOM]
+    }
+    for index, (x, _, _) in enumerate(faces, 1):
+        target = int(np.argmax(handle.forward(x[None])[0]))
+        maps = {}
+        for name, method in EXPLAINERS.items():
+            explainer = method(handle)
+            started = time.perf_counter()
+            maps[name] = explainer.attribute(x, target).values
+            rows[name]["seconds"].append(time.perf_counter() - started)
+        maps[RANDOM] = rng.random(x.shape[1:])
+        for name, values in maps.items():
+            rows[name]["deletion"].append(
+                deletion_auc(handle.forward, x, values, target, steps=steps)
+            )
+            rows[name]["insertion"].append(
+                insertion_auc(handle.forward, x, values, target, steps=steps)
+            )
+        log.info("faithfulness: %d/%d faces", index, len(faces))
+    print(
+        f"\n4. Faithfulness on {len(faces)} test faces, predicted class, {steps} steps "
+        "(deletion: lower is better; insertion: higher is better)"
+    )
+    print(f"{'method':<22}{'deletion AUC':>18}{'insertion AUC':>18}{'mean time (s)':>15}")
+    for name, row in rows.items():
+        deletion, insertion = np.array(row["deletion"]), np.array(row["insertion"])
+        seconds = f"{np.mean(row['seconds']):.3f}" if row["seconds"] else "-"
+        print(f"{name:<22}{_mean_sem(deletion):>18}{_mean_sem(insertion):>18}{seconds:>15}")
+
+
+def _mean_sem(values: np.ndarray) -> str:
+    sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+    return f"{values.mean():.3f} ± {sem:.3f}"
+
+
+def randomised_head(bundle: Path) -> torch.nn.Module:
+    """A fresh copy of the twin whose last linear layer (the last 2-D weight and its bias) is
+    re-drawn from a normal distribution with the trained weights' standard deviation."""
+    twin = load_twin(bundle)
+    parameters = dict(twin.named_parameters())
+    weight_name = [name for name, p in parameters.items() if p.ndim == 2][-1]
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name in (weight_name, weight_name.removesuffix("weight") + "bias"):
+            if name in parameters:
+                p = parameters[name]
+                p.copy_(torch.randn(p.shape, generator=generator) * p.std())
+    log.info("randomised %s (and its bias)", weight_name)
+    return twin
+
+
+def randomisation_table(handle: ModelHandle, random_handle: ModelHandle, faces) -> None:
+    print(
+        f"\n3. Model randomisation (classifier head re-drawn), {len(faces)} faces, true class: "
+        "Spearman rank correlation of maps before/after (lower = more sensitive to the model)"
+    )
+    print(f"{'method':<22}{'mean rho':>10}{'min':>8}{'max':>8}")
+    for name in GRADIENT_METHODS:
+        rhos = []
+        for x, label, _ in faces:
+            before = EXPLAINERS[name](handle).attribute(x, target=label).values
+            after = EXPLAINERS[name](random_handle).attribute(x, target=label).values
+            rhos.append(spearmanr(before.ravel(), after.ravel()).statistic)
+        print(f"{name:<22}{np.mean(rhos):>10.3f}{np.min(rhos):>8.3f}{np.max(rhos):>8.3f}")
+
+
+def speed_table(handle: ModelHandle, preprocess: Preprocessor, faces) -> None:
+    from captum.attr import Occlusion as CaptumOcclusion
+    from lime import lime_image
+
+    occlusion = EXPLAINERS["occlusion"].Params()
+    lime_defaults = EXPLAINERS["lime"].Params()
+    captum = CaptumOcclusion(LogitsOnly(handle.twin))
+
+    def captum_occlusion(x: np.ndarray, target: int) -> None:
+        with torch.no_grad():
+            captum.attribute(
+                torch.from_numpy(x[None]),
+                sliding_window_shapes=(3, occlusion.window, occlusion.window),
+                strides=(3, occlusion.stride, occlusion.stride),
+                target=target,
+            )
+
+    def classifier_fn(images: np.ndarray) -> np.ndarray:
+        batch = np.stack([preprocess(Image.fromarray(image.astype(np.uint8))) for image in images])
+        return softmax(handle.forward(batch))
+
+    def lime_package(photo: Image.Image) -> None:
+        lime_image.LimeImageExplainer(random_state=0).explain_instance(
+            np.asarray(photo), classifier_fn, random_seed=0, progress_bar=False
+        )
+
+    occlusion_ours, lime_ours = EXPLAINERS["occlusion"](handle), EXPLAINERS["lime"](handle)
+    captum_seconds = mean_seconds(lambda x, target, photo: captum_occlusion(x, target), faces)
+    lime_package_seconds = mean_seconds(lambda x, target, photo: lime_package(photo), faces)
+    rows = [
+        (
+            "occlusion",
+            "captum Occlusion, 1 per pass, twin",
+            captum_seconds,
+            f"ours, batch {occlusion.batch_size}, ONNX",
+            mean_seconds(lambda x, target, photo: occlusion_ours.attribute(x, target), faces),
+        ),
+        (
+            "lime",
+            "lime_image defaults (1000, batch 10)",
+            lime_package_seconds,
+            f"ours, defaults ({lime_defaults.num_samples})",
+            mean_seconds(lambda x, target, photo: lime_ours.attribute(x, target), faces),
+        ),
+        (
+            "lime",
+            "lime_image defaults (1000, batch 10)",
+            lime_package_seconds,
+            "ours, 1000 samples",
+            mean_seconds(
+                lambda x, target, photo: lime_ours.attribute(x, target, num_samples=1000), faces
+            ),
+        ),
+    ]
+    print(f"\n2. Speed against common tools, same {len(faces)} faces, seconds per face (mean)")
+    print(f"{'method':<11}{'theirs':<38}{'s':>8}  {'ours':<26}{'s':>8}{'speed-up':>10}")
+    for method, their_name, theirs, our_name, ours in rows:
+        print(
+            f"{method:<11}{their_name:<38}{theirs:>8.3f}  {our_name:<26}{ours:>8.3f}"
+            f"{theirs / ours:>9.1f}x"
+        )
+
+
+def mean_seconds(explain: Callable[[np.ndarray, int, Image.Image], object], faces) -> float:
+    """Mean seconds of ``explain(x, label, photo)`` over ``faces``, after one warm-up call."""
+    explain(*faces[0])
+    return float(np.mean([timed(lambda face=face: explain(*face)) for face in faces]))
+
+
+def latency_table(handle: ModelHandle, face, runs: int) -> None:
+    x = face[0]
+    print(
+        f"\n1. Latency at default parameters, one {x.shape[2]}x{x.shape[1]} model input, "
+        f"{runs} runs after one warm-up"
+    )
+    print(f"{'method':<22}{'p50 (s)':>10}{'p90 (s)':>10}  parameters")
+    for name, method in EXPLAINERS.items():
+        explainer = method(handle)
+        explainer.attribute(x)
+        seconds = sorted(timed(lambda e=explainer: e.attribute(x)) for _ in range(runs))
+        p90 = seconds[min(len(seconds) - 1, int(round(0.9 * (len(seconds) - 1))))]
+        params = ", ".join(f"{k}={v}" for k, v in method.Params().model_dump().items()) or "-"
+        print(f"{name:<22}{statistics.median(seconds):>10.3f}{p90:>10.3f}  {params}")
+
+
+def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(args.threads)
+    meta = read_meta(args.model)
+    preprocess = Preprocessor(meta.input)
+    session = create_session(args.model / ONNX_FILE, "cpu", args.threads)
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"input": batch})[0]
+
+    handle = ModelHandle(forward, load_twin(args.model), meta.gradcam_layer)
+    random_handle = ModelHandle(forward, randomised_head(args.model), meta.gradcam_layer)
+    faces = load_faces(
+        args.model, args.data, max(args.n, args.sanity_images, args.speed_images), preprocess
+    )
+    print(
+        f"bundle {meta.name} {meta.version} ({args.model}); torch and ONNX Runtime threads: "
+        f"{args.threads}; {os.cpu_count()} cores"
+    )
+    latency_table(handle, faces[0], args.runs)
+    speed_table(handle, preprocess, faces[: args.speed_images])
+    randomisation_table(handle, random_handle, faces[: args.sanity_images])
+    faithfulness_table(handle, faces[: args.n], args.steps)
+
+
+if __name__ == "__main__":
+    main(get_args_parser().parse_args())

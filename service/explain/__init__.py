@@ -1,0 +1,46 @@
+"""Explanation methods: which pixels made the model choose a class.
+
+Every method is an ``Explainer`` (``base.py``) with one call shape, like captum's::
+
+    handle = ModelHandle(forward=onnx_run, twin=twin, gradcam_layer=meta.gradcam_layer)
+    heatmap = EXPLAINERS["occlusion"](handle).attribute(x, target=None, window=24, stride=12)
+
+``x`` is one ``(3, H, W)`` float32 model input; ``target`` defaults to the predicted class; the
+keyword arguments are the method's ``Params`` (defaults and bounds as data). The result is a
+``Heatmap`` in model-input coordinates; ``render`` draws it over the uploaded image, and
+``ExplanationCache`` keeps recent results. Adding a method: one module, one line below.
+"""
+
+from __future__ import annotations
+
+from .base import Explainer, ExplainError, InvalidTarget, MethodParams, ModelHandle
+from .cache import ExplanationCache, array_digest, cache_key
+from .gradcam import GradCam, UnknownLayer
+from .gradient import GradientSaliency
+from .heatmap import Heatmap, place_in_box
+from .integrated_gradients import IntegratedGradients
+from .lime import Lime
+from .occlusion import Occlusion
+from .smoothgrad import SmoothGrad
+
+EXPLAINERS: dict[str, type[Explainer]] = {
+    method.name: method
+    for method in (GradientSaliency, SmoothGrad, IntegratedGradients, GradCam, Occlusion, Lime)
+}
+GRADIENT_METHODS = tuple(name for name, method in EXPLAINERS.items() if method.needs_twin)
+
+__all__ = [
+    "EXPLAINERS",
+    "GRADIENT_METHODS",
+    "ExplainError",
+    "Explainer",
+    "ExplanationCache",
+    "Heatmap",
+    "InvalidTarget",
+    "MethodParams",
+    "ModelHandle",
+    "UnknownLayer",
+    "array_digest",
+    "cache_key",
+    "place_in_box",
+]

@@ -1,0 +1,143 @@
+"""The one interface of every explanation method.
+
+A method is a subclass of ``Explainer`` that sets four class attributes and overrides
+``_attribute``; ``attribute`` does everything else (input and parameter checks, the default
+target, packing the result as a ``Heatmap``)::
+
+    explainer = Occlusion(handle)
+    heatmap = explainer.attribute(x, target=3, window=24)   # x: (3, H, W) float32 model input
+
+Parameters are a pydantic model per method (``Params``): defaults and upper bounds are data,
+so the HTTP layer turns them into query parameters and out-of-range values into 422s.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict
+
+from .heatmap import Heatmap
+
+Forward = Callable[[np.ndarray], np.ndarray]
+"""A batched forward pass: ``(N, 3, H, W)`` float32 model input -> ``(N, C)`` logits (for
+example an ONNX Runtime session's run)."""
+
+UNSIGNED_RANGE = (0.0, 1.0)
+SIGNED_RANGE = (-1.0, 1.0)
+
+
+class ExplainError(ValueError):
+    """A request a method cannot honour (bad target, unknown layer); the message says why."""
+
+
+class InvalidTarget(ExplainError):
+    """``target`` is not a class index of the model."""
+
+
+class MethodParams(BaseModel):
+    """Base of every method's parameters: unknown names are errors, instances are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(MethodParams):
+    """A method without parameters of its own."""
+
+
+@dataclass(frozen=True)
+class ModelHandle:
+    """What the methods may use of a model.
+
+    - ``forward``: the batched forward function (ONNX); perturbation methods only use this.
+    - ``twin``: the differentiable torch module, ``(N, 3, H, W) -> (logits, {layer: (N, C_l,
+      H_l, W_l)})``; gradient methods use it. ``None`` where only perturbation methods run.
+    - ``gradcam_layer``: the twin's activation that Grad-CAM uses by default (meta.json).
+    """
+
+    forward: Forward
+    twin: Any = None
+    gradcam_layer: str | None = None
+
+
+class Explainer(ABC):
+    """Base class: subclasses set ``name``, ``Params``, ``signed``, ``units`` and override
+    ``_attribute``, which returns raw values; ``attribute`` scales them by their largest
+    magnitude into ``value_range``: ``(0, 1)`` unsigned, ``(-1, 1)`` signed."""
+
+    name: ClassVar[str]
+    Params: ClassVar[type[MethodParams]] = NoParams
+    signed: ClassVar[bool]
+    units: ClassVar[str]
+    needs_twin: ClassVar[bool] = False
+
+    def __init__(self, model: ModelHandle) -> None:
+        if self.needs_twin and model.twin is None:
+            raise ValueError(f"{self.name} needs the model's differentiable twin")
+        self.model = model
+
+    @property
+    def value_range(self) -> tuple[float, float]:
+        return SIGNED_RANGE if self.signed else UNSIGNED_RANGE
+
+    def attribute(self, inputs: np.ndarray, target: int | None = None, **params: Any) -> Heatmap:
+        """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``.
+
+        ``target`` defaults to the predicted class. ``params`` are this method's ``Params``
+        fields; an unknown name or a value outside its bounds raises pydantic's
+        ``ValidationError``, a bad target ``InvalidTarget`` (an ``ExplainError``); both are
+        ``ValueError``.
+        Returns an ``(H, W)`` heatmap in ``value_range``.
+        """
+        checked = self.Params.model_validate(params)
+        x = _check_input(inputs)
+        logits = np.asarray(self.model.forward(x[None]), dtype=np.float32)[0]
+        target = resolve_target(target, len(logits), int(np.argmax(logits)))
+        raw = np.asarray(self._attribute(x, target, checked, logits), dtype=np.float64)
+        if raw.shape != x.shape[1:]:
+            raise RuntimeError(f"{self.name} returned shape {raw.shape}, expected {x.shape[1:]}")
+        if not np.all(np.isfinite(raw)):
+            raise RuntimeError(f"{self.name} produced non-finite values")
+        scale = float(np.max(np.abs(raw)))
+        values = raw / scale if scale > 0 else raw
+        low, high = self.value_range
+        return Heatmap(
+            values=np.clip(values, low, high),  # unsigned: cuts rounding below zero
+            method=self.name,
+            target=target,
+            signed=self.signed,
+            value_range=self.value_range,
+            units=self.units,
+            scale=scale,
+            logits=logits,
+            params=checked.model_dump(),
+        )
+
+    @abstractmethod
+    def _attribute(self, x: np.ndarray, target: int, params: Any, logits: np.ndarray) -> np.ndarray:
+        """Raw ``(H, W)`` values in ``units`` for ``x`` ``(3, H, W)``, a valid ``target``, this
+        method's checked ``params`` and ``x``'s ``(C,)`` logits (so perturbation methods need
+        no extra pass for the unperturbed score). Non-negative for an unsigned method;
+        ``attribute`` scales them into ``value_range``."""
+
+
+def resolve_target(target: int | None, num_classes: int, predicted: int) -> int:
+    """``target`` checked against ``num_classes``, or ``predicted`` when it is None."""
+    if target is None:
+        return predicted
+    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
+        raise InvalidTarget(f"target must be a class index, got {target!r}")
+    if not 0 <= target < num_classes:
+        raise InvalidTarget(f"target {target} is not a class index: valid 0..{num_classes - 1}")
+    return int(target)
+
+
+def _check_input(inputs: np.ndarray) -> np.ndarray:
+    x = np.asarray(inputs)
+    if x.ndim != 3 or x.shape[0] != 3:
+        raise ValueError(f"expected one (3, H, W) model input, got shape {x.shape}")
+    return np.ascontiguousarray(x, dtype=np.float32)

@@ -1,0 +1,87 @@
+"""Deletion and insertion curves (Petsiuk et al. 2018, RISE): is a heatmap faithful?
+
+Pixels are ranked by heatmap value, most important first (ties in random order). Deletion
+replaces them, in ``steps`` equal portions, with the deletion baseline and follows the
+target's probability down: a faithful map makes it fall fast, so a *lower* area under the
+curve is better. Insertion starts from the blurred image and puts the pixels back in the same
+order: a *higher* area is better. Areas are the trapezoid rule over the removed fraction in
+[0, 1]. All ``steps + 1`` images of a curve go through the forward function in batches.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Forward
+from .perturb import Baseline, baseline_image, target_scores
+
+DELETION_BASELINE: Baseline = "zero"
+INSERTION_BASELINE: Baseline = "blur"
+
+
+def pixel_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Flat pixel indices of an ``(H, W)`` map, largest value first, ties in random order."""
+    flat = np.asarray(values, dtype=np.float64).ravel()
+    return np.lexsort((rng.random(flat.size), -flat))
+
+
+def probability_curve(
+    forward: Forward,
+    start: np.ndarray,
+    end: np.ndarray,
+    order: np.ndarray,
+    target: int,
+    steps: int,
+    batch_size: int,
+) -> np.ndarray:
+    """Target probability while pixels switch from ``start`` to ``end`` (both ``(3, H, W)``)
+    in ``order``, ``steps`` equal portions: ``(steps + 1,)``, the first for ``start``."""
+    _, height, width = start.shape
+    switched_at = np.empty(order.size, dtype=np.int64)
+    switched_at[order] = np.arange(order.size)  # rank of every pixel
+    switched_at = switched_at.reshape(height, width)
+    counts = np.round(np.linspace(0, order.size, steps + 1)).astype(np.int64)
+
+    def images(first: int, stop: int) -> np.ndarray:
+        switched = switched_at[None] < counts[first:stop, None, None]  # (n, H, W)
+        return np.where(switched[:, None], end[None], start[None])
+
+    return target_scores(forward, images, steps + 1, target, batch_size, "probability")
+
+
+def area_under(curve: np.ndarray) -> float:
+    """Trapezoid area of a curve sampled at equal steps over [0, 1]."""
+    return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
+
+
+def deletion_auc(
+    forward: Forward,
+    x: np.ndarray,
+    values: np.ndarray,
+    target: int,
+    *,
+    steps: int = 20,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> float:
+    """Area under the deletion curve of heatmap ``values`` ``(H, W)`` for ``x`` ``(3, H, W)``
+    (lower = more faithful)."""
+    order = pixel_order(values, np.random.default_rng(seed))
+    end = baseline_image(x, DELETION_BASELINE)
+    return area_under(probability_curve(forward, x, end, order, target, steps, batch_size))
+
+
+def insertion_auc(
+    forward: Forward,
+    x: np.ndarray,
+    values: np.ndarray,
+    target: int,
+    *,
+    steps: int = 20,
+    batch_size: int = 32,
+    seed: int = 0,
+) -> float:
+    """Area under the insertion curve (higher = more faithful)."""
+    order = pixel_order(values, np.random.default_rng(seed))
+    start = baseline_image(x, INSERTION_BASELINE)
+    return area_under(probability_curve(forward, start, x, order, target, steps, batch_size))

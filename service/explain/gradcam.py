@@ -1,0 +1,56 @@
+"""Grad-CAM (Selvaraju et al. 2017) at one of the twin's activations.
+
+The twin returns its activations, so no hooks: ``ReLU(sum_c mean_hw(d score / d A_c) * A_c)``
+with the gradient from ``torch.autograd.grad``, upsampled (bilinear) to the input size.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .base import Explainer, ExplainError, MethodParams
+from .twin import as_batch, input_gradients
+
+
+class GradCamParams(MethodParams):
+    layer: str | None = Field(
+        None,
+        max_length=64,
+        description="the twin's activation to use (default: meta.json's gradcam_layer)",
+    )
+
+
+class UnknownLayer(ExplainError):
+    """``layer`` is not one of the twin's activations."""
+
+
+class GradCam(Explainer):
+    """Unsigned, [0, 1]: the class activation map divided by its maximum (all zero where no
+    channel supports the target)."""
+
+    name = "gradcam"
+    Params = GradCamParams
+    signed = False
+    units = "gradient-weighted activation of the layer for the target logit"
+    needs_twin = True
+
+    def _attribute(
+        self, x: np.ndarray, target: int, params: GradCamParams, logits: np.ndarray
+    ) -> np.ndarray:
+        layer = params.layer or self.model.gradcam_layer
+        with input_gradients(self.model.twin):
+            logits, activations = self.model.twin(as_batch(x))
+            if layer not in activations:
+                raise UnknownLayer(
+                    f"layer {layer!r} is not an activation of the model; valid: "
+                    f"{', '.join(activations)}"
+                )
+            activation = activations[layer]
+            (gradient,) = torch.autograd.grad(logits[0, target], activation)
+        weights = gradient.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
+        cam = F.interpolate(cam, size=x.shape[1:], mode="bilinear", align_corners=False)
+        return cam[0, 0].numpy()

@@ -1,0 +1,69 @@
+"""What perturbation methods share: baseline images and batched scoring on a forward function."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Literal
+
+import numpy as np
+from scipy.ndimage import gaussian_filter
+
+from ..model import softmax
+from .base import Forward
+
+Baseline = Literal["zero", "mean", "blur"]
+BASELINE_HELP = (
+    "zero = 0 in model-input space, i.e. the normalisation mean colour (a flat grey-brown); "
+    "mean = the image's own mean colour; blur = the image under a Gaussian blur "
+    "(sigma = 5% of its side)"
+)
+BLUR_SIGMA_FRACTION = 0.05
+Score = Literal["probability", "logit"]
+SCORE_HELP = (
+    "the target's score that perturbations change: its softmax probability (bounded, but flat "
+    "where the model is very sure) or its logit"
+)
+
+
+def baseline_image(x: np.ndarray, kind: Baseline) -> np.ndarray:
+    """The uninformative ``(3, H, W)`` float32 image that stands in for removed pixels of ``x``."""
+    if kind == "zero":
+        return np.zeros_like(x)
+    if kind == "mean":
+        return np.broadcast_to(x.mean(axis=(1, 2), keepdims=True), x.shape).astype(np.float32)
+    if kind == "blur":
+        sigma = BLUR_SIGMA_FRACTION * max(x.shape[1:])
+        return gaussian_filter(x, sigma=(0, sigma, sigma), mode="nearest").astype(np.float32)
+    raise ValueError(f"unknown baseline {kind!r}; valid: zero, mean, blur")
+
+
+def target_scores(
+    forward: Forward,
+    make_batch: Callable[[int, int], np.ndarray],
+    count: int,
+    target: int,
+    batch_size: int,
+    score: Score,
+) -> np.ndarray:
+    """``score`` of ``target`` for ``count`` perturbed inputs, ``batch_size`` per forward pass.
+
+    ``make_batch(start, stop)`` builds inputs ``start..stop-1`` as ``(stop - start, 3, H, W)``
+    float32, so only one batch is in memory at a time. Returns ``(count,)`` float64.
+    """
+    scores = np.empty(count, dtype=np.float64)
+    for start, stop in batch_bounds(count, batch_size):
+        scores[start:stop] = score_of(forward(make_batch(start, stop)), target, score)
+    return scores
+
+
+def score_of(logits: np.ndarray, target: int, score: Score) -> np.ndarray:
+    """``(N, C)`` logits -> ``(N,)`` float64 score of ``target``: softmax probability or logit."""
+    logits = np.asarray(logits)
+    if score == "probability":
+        return softmax(logits)[:, target]
+    return logits[:, target].astype(np.float64)
+
+
+def batch_bounds(count: int, batch_size: int) -> Iterator[tuple[int, int]]:
+    for start in range(0, count, batch_size):
+        yield start, min(start + batch_size, count)

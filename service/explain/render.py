@@ -1,0 +1,100 @@
+"""Drawing heatmaps, for every method alike: colour, transparency, overlay, PNG, JSON rows.
+
+Unsigned maps (``[0, 1]``) use a sequential colormap (inferno), signed maps (``[-1, 1]``) a
+diverging one (red = evidence for the target, blue = against, white = neither). Opacity grows
+with magnitude, so unimportant pixels stay see-through. Colormaps are 256-entry lookup tables
+interpolated from anchor colours taken from matplotlib's ``inferno`` and ``RdBu_r`` at 17 even
+steps, so the service needs no plotting library.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from ..images import encode_png
+from .heatmap import BoxCorners, Heatmap
+
+DEFAULT_OPACITY = 0.8
+JSON_DECIMALS = 4
+
+_INFERNO_ANCHORS = (
+    (0, 0, 4), (11, 7, 36), (33, 12, 74), (61, 9, 101), (87, 16, 110), (113, 25, 110),
+    (138, 34, 106), (163, 44, 97), (188, 55, 84), (210, 70, 68), (228, 90, 49), (241, 115, 29),
+    (249, 142, 9), (252, 172, 17), (249, 203, 53), (242, 234, 105), (252, 255, 164),
+)  # fmt: skip
+_RDBU_R_ANCHORS = (
+    (5, 48, 97), (23, 82, 144), (42, 113, 178), (63, 142, 192), (107, 172, 209),
+    (155, 201, 224), (194, 221, 236), (224, 236, 243), (247, 246, 246), (251, 229, 216),
+    (251, 204, 180), (245, 170, 137), (228, 128, 102), (208, 85, 72), (186, 40, 50),
+    (147, 14, 38), (103, 0, 31),
+)  # fmt: skip
+
+
+def lookup_table(anchors: tuple[tuple[int, int, int], ...], size: int = 256) -> np.ndarray:
+    """``(size, 3)`` uint8 colours linearly interpolated between evenly spaced ``anchors``."""
+    colours = np.asarray(anchors, dtype=np.float64)
+    positions = np.linspace(0.0, 1.0, len(colours))
+    steps = np.linspace(0.0, 1.0, size)
+    channels = [np.interp(steps, positions, colours[:, c]) for c in range(3)]
+    return np.round(np.stack(channels, axis=1)).astype(np.uint8)
+
+
+SEQUENTIAL = lookup_table(_INFERNO_ANCHORS)
+DIVERGING = lookup_table(_RDBU_R_ANCHORS)
+
+
+def colorize(values: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
+    """``(H, W)`` values in ``[0, 1]`` (or ``[-1, 1]`` if ``signed``) -> ``(H, W, 4)`` uint8 RGBA,
+    alpha = ``opacity`` x magnitude."""
+    if not 0.0 <= opacity <= 1.0:
+        raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    if signed:
+        clipped = np.clip(values, -1.0, 1.0)
+        index = np.round((clipped + 1.0) * 127.5).astype(np.intp)
+        table = DIVERGING
+    else:
+        clipped = np.clip(values, 0.0, 1.0)
+        index = np.round(clipped * 255.0).astype(np.intp)
+        table = SEQUENTIAL
+    alpha = np.round(np.abs(clipped) * opacity * 255.0).astype(np.uint8)
+    return np.dstack([table[index], alpha])
+
+
+def heatmap_image(
+    heatmap: Heatmap,
+    image_size: tuple[int, int],
+    box: BoxCorners | None = None,
+    opacity: float = DEFAULT_OPACITY,
+) -> Image.Image:
+    """Transparent RGBA heatmap of ``image_size`` = ``(width, height)``, the map placed in
+    ``box`` (default: the whole image) and transparent outside it."""
+    placed = heatmap.place(image_size, box)
+    return Image.fromarray(colorize(placed, heatmap.signed, opacity))
+
+
+def heatmap_png(
+    heatmap: Heatmap,
+    image_size: tuple[int, int],
+    box: BoxCorners | None = None,
+    opacity: float = DEFAULT_OPACITY,
+) -> bytes:
+    """``heatmap_image`` as PNG bytes (RGBA), ready to lay over the uploaded image."""
+    return encode_png(heatmap_image(heatmap, image_size, box, opacity))
+
+
+def overlay_png(
+    image: Image.Image,
+    heatmap: Heatmap,
+    box: BoxCorners | None = None,
+    opacity: float = DEFAULT_OPACITY,
+) -> bytes:
+    """``image`` with the heatmap blended over it (in ``box``), as RGB PNG bytes."""
+    layer = heatmap_image(heatmap, image.size, box, opacity)
+    blended = Image.alpha_composite(image.convert("RGBA"), layer)
+    return encode_png(blended.convert("RGB"))
+
+
+def as_rows(values: np.ndarray, decimals: int = JSON_DECIMALS) -> list[list[float]]:
+    """A ``(H, W)`` array as JSON-friendly rows of rounded floats."""
+    return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()

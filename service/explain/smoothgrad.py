@@ -1,0 +1,53 @@
+"""SmoothGrad (Smilkov et al. 2017): gradient saliency averaged over noisy copies of the input."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from captum.attr import NoiseTunnel, Saliency
+from pydantic import Field
+
+from .base import Explainer, MethodParams
+from .twin import as_batch, channel_max_abs, input_gradients
+
+
+class SmoothGradParams(MethodParams):
+    samples: int = Field(16, ge=1, le=64, description="noisy copies averaged")
+    noise: float = Field(
+        0.15,
+        ge=0.0,
+        le=1.0,
+        description="noise standard deviation, as a fraction of the "
+        "input's value range (max - min)",
+    )
+    batch_size: int = Field(8, ge=1, le=64, description="noisy copies per forward/backward pass")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="noise seed: same seed, same map")
+
+
+class SmoothGrad(Explainer):
+    """Unsigned, [0, 1]: mean |gradient| over the noisy copies, largest over channels, divided
+    by its maximum."""
+
+    name = "smoothgrad"
+    Params = SmoothGradParams
+    signed = False
+    units = "mean |d target logit / d input value| over noisy copies, largest over channels"
+    needs_twin = True
+
+    def _attribute(
+        self, x: np.ndarray, target: int, params: SmoothGradParams, logits: np.ndarray
+    ) -> np.ndarray:
+        stdev = params.noise * float(x.max() - x.min())
+        # captum draws the noise from torch's global generator: seed it, and restore it after.
+        with torch.random.fork_rng(devices=[]), input_gradients(self.model.twin) as logits_fn:
+            torch.manual_seed(params.seed)
+            gradients = NoiseTunnel(Saliency(logits_fn)).attribute(
+                as_batch(x),
+                target=target,
+                nt_type="smoothgrad",
+                nt_samples=params.samples,
+                nt_samples_batch_size=params.batch_size,
+                stdevs=stdev,
+                abs=True,
+            )
+        return channel_max_abs(gradients)

@@ -1,0 +1,57 @@
+"""The torch twin as gradient methods use it.
+
+``input_gradients`` is the one place that changes torch state for an explanation: it turns
+gradient mode on and freezes the twin's parameters (only input and activation gradients are
+needed), and puts both back in ``finally``, whatever happens in between.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class LogitsOnly(nn.Module):
+    """The twin with its activations dropped: ``(N, 3, H, W) -> (N, C)`` logits (captum's
+    ``forward_func`` shape)."""
+
+    def __init__(self, twin: Any) -> None:
+        super().__init__()
+        self.twin = twin
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        logits, _ = self.twin(inputs)
+        return logits
+
+
+@contextmanager
+def input_gradients(twin: Any) -> Iterator[LogitsOnly]:
+    """Gradient mode on and the twin's parameters frozen for the block; both restored after."""
+    parameters = list(twin.parameters())
+    flags = [parameter.requires_grad for parameter in parameters]
+    grad_was_enabled = torch.is_grad_enabled()
+    try:
+        for parameter in parameters:
+            parameter.requires_grad_(False)
+        torch.set_grad_enabled(True)
+        yield LogitsOnly(twin)
+    finally:
+        for parameter, flag in zip(parameters, flags, strict=True):
+            parameter.requires_grad_(flag)
+        torch.set_grad_enabled(grad_was_enabled)
+
+
+def as_batch(x: np.ndarray) -> torch.Tensor:
+    """``(3, H, W)`` float32 array as a fresh ``(1, 3, H, W)`` tensor that requires grad."""
+    return torch.from_numpy(np.array(x[None], dtype=np.float32)).requires_grad_(True)
+
+
+def channel_max_abs(attributions: torch.Tensor) -> np.ndarray:
+    """``(1, 3, H, W)`` attributions -> ``(H, W)``: largest magnitude over channels (Simonyan
+    et al. 2014)."""
+    return attributions.detach().abs().amax(dim=1)[0].cpu().numpy()

@@ -1,0 +1,62 @@
+"""The real default bundle and real test-split faces, loaded once for the explanation tests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.bundle import BundleMeta, load_twin, read_meta
+from service.engine import create_session
+from service.explain import ModelHandle
+from service.preprocess import Preprocessor
+
+THREADS = 2
+
+
+@pytest.fixture(scope="session")
+def bundle_meta(default_bundle: Path) -> BundleMeta:
+    return read_meta(default_bundle)
+
+
+@pytest.fixture(scope="session")
+def preprocess(bundle_meta: BundleMeta) -> Preprocessor:
+    return Preprocessor(bundle_meta.input)
+
+
+@pytest.fixture(scope="session")
+def handle(default_bundle: Path, bundle_meta: BundleMeta) -> ModelHandle:
+    """ONNX forward (CPU, two threads) and the torch twin of the default bundle."""
+    session = create_session(default_bundle / "model.onnx", "cpu", THREADS)
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return session.run(["logits"], {"input": batch})[0]
+
+    return ModelHandle(forward, load_twin(default_bundle), bundle_meta.gradcam_layer)
+
+
+@pytest.fixture(scope="session")
+def test_faces(
+    default_bundle: Path, celebs_root: Path, preprocess: Preprocessor
+) -> list[tuple[np.ndarray, int, Image.Image]]:
+    """One test-split face per class from the bundle's split.json: (model input, class index,
+    RGB photo)."""
+    split = json.loads((default_bundle / "split.json").read_text())
+    first_of_class: dict[int, str] = {}
+    for relative, label in split["splits"]["test"]:
+        first_of_class.setdefault(label, relative)
+    faces = []
+    for label, relative in sorted(first_of_class.items()):
+        photo = Image.open(celebs_root / relative).convert("RGB")
+        faces.append((preprocess(photo), label, photo))
+    return faces
+
+
+@pytest.fixture(scope="session")
+def face(test_faces: list[tuple[np.ndarray, int, Image.Image]]) -> tuple[np.ndarray, int]:
+    """One face and its class index."""
+    x, label, _ = test_faces[0]
+    return x, label

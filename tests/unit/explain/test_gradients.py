@@ -1,0 +1,133 @@
+"""Gradient methods on the twin: the maths against plain autograd, and no state left behind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from service.explain import (
+    GradCam,
+    GradientSaliency,
+    IntegratedGradients,
+    ModelHandle,
+    SmoothGrad,
+    UnknownLayer,
+)
+from service.explain.twin import input_gradients
+
+
+def _input_gradient(twin, x: np.ndarray, target: int) -> torch.Tensor:
+    inputs = torch.from_numpy(x[None].copy()).requires_grad_(True)
+    with torch.enable_grad():
+        logits, _ = twin(inputs)
+        (gradient,) = torch.autograd.grad(logits[0, target], inputs)
+    return gradient[0]
+
+
+def test_gradient_saliency_is_abs_gradient_max_over_channels(handle, face):
+    x, label = face
+    expected = _input_gradient(handle.twin, x, label).abs().amax(dim=0).numpy()
+    heatmap = GradientSaliency(handle).attribute(x, target=label)
+    np.testing.assert_allclose(heatmap.values, expected / expected.max(), atol=1e-5)
+    assert heatmap.scale == pytest.approx(float(expected.max()), rel=1e-5)
+
+
+def test_gradcam_matches_the_formula_at_the_bundle_layer(handle, face):
+    x, label = face
+    inputs = torch.from_numpy(x[None].copy()).requires_grad_(True)
+    with torch.enable_grad():
+        logits, activations = handle.twin(inputs)
+        activation = activations[handle.gradcam_layer]
+        (gradient,) = torch.autograd.grad(logits[0, label], activation)
+    cam = F.relu((gradient.mean(dim=(2, 3), keepdim=True) * activation.detach()).sum(1, True))
+    cam = F.interpolate(cam, size=x.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+    expected = (cam / cam.max()).numpy()
+    np.testing.assert_allclose(
+        GradCam(handle).attribute(x, target=label).values, expected, atol=1e-5
+    )
+
+
+def test_gradcam_layer_can_be_chosen(handle, face, bundle_meta):
+    x, label = face
+    deep, shallow = (
+        GradCam(handle).attribute(x, target=label, layer=layer.name)
+        for layer in (bundle_meta.layers[-2], bundle_meta.layers[1])
+    )
+    assert not np.allclose(deep.values, shallow.values, atol=1e-2)
+
+
+def test_integrated_gradients_complete_to_the_logit_difference(handle, face):
+    """Completeness (Sundararajan et al. 2017): attributions sum to f(x) - f(baseline)."""
+    x, label = face
+    heatmap = IntegratedGradients(handle).attribute(x, target=label, steps=64, baseline="zero")
+    total = float(heatmap.values.astype(np.float64).sum() * heatmap.scale)
+    logits = handle.forward(np.stack([x, np.zeros_like(x)]))
+    expected = float(logits[0, label] - logits[1, label])
+    assert total == pytest.approx(expected, rel=0.1, abs=0.05)
+
+
+def test_smoothgrad_same_seed_same_map_and_global_rng_untouched(handle, face):
+    x, _ = face
+    torch.manual_seed(1234)
+    before = torch.get_rng_state()
+    first = SmoothGrad(handle).attribute(x, samples=4, seed=7)
+    second = SmoothGrad(handle).attribute(x, samples=4, seed=7)
+    other = SmoothGrad(handle).attribute(x, samples=4, seed=8)
+    assert torch.equal(torch.get_rng_state(), before)
+    np.testing.assert_array_equal(first.values, second.values)
+    assert not np.allclose(first.values, other.values)
+
+
+def _hooks(module: torch.nn.Module) -> int:
+    return sum(
+        len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
+        for m in module.modules()
+    )
+
+
+def test_nothing_is_left_behind_after_an_error(handle, face):
+    x, _ = face
+    parameters = list(handle.twin.parameters())
+    flags = [p.requires_grad for p in parameters]
+    hooks = _hooks(handle.twin)
+    with torch.no_grad():
+        with pytest.raises(UnknownLayer, match="valid: stem"):
+            GradCam(handle).attribute(x, layer="no_such_layer")
+        assert not torch.is_grad_enabled()
+    assert [p.requires_grad for p in parameters] == flags
+    assert _hooks(handle.twin) == hooks
+    assert all(p.grad is None for p in parameters)
+
+
+def test_input_gradients_restores_state_when_the_block_raises(handle):
+    twin = handle.twin
+    parameters = list(twin.parameters())
+    flags = [p.requires_grad for p in parameters]
+    parameters[0].requires_grad_(True)  # a caller's setting must survive, not be reset to False
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="boom"):
+            with input_gradients(twin):
+                assert torch.is_grad_enabled()
+                assert not any(p.requires_grad for p in parameters)
+                raise RuntimeError("boom")
+        assert parameters[0].requires_grad
+        assert [p.requires_grad for p in parameters[1:]] == flags[1:]
+    finally:
+        parameters[0].requires_grad_(flags[0])
+
+
+def test_a_failing_twin_leaves_grad_mode_as_it_was(handle, face):
+    def broken_twin(inputs):
+        raise RuntimeError("twin failed")
+
+    class Broken(torch.nn.Module):
+        forward = staticmethod(broken_twin)
+
+    failing = ModelHandle(handle.forward, Broken(), handle.gradcam_layer)
+    for method in (GradientSaliency, GradCam, IntegratedGradients):
+        with torch.no_grad():
+            with pytest.raises(RuntimeError, match="twin failed"):
+                method(failing).attribute(face[0])
+            assert not torch.is_grad_enabled()
