@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from importlib.resources import files
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import jsonschema
 import pytest
 import yaml
+from packaging.requirements import Requirement
 
 from service.settings import ENV_PREFIX, Settings
 
@@ -74,8 +77,13 @@ def test_gpu_profile_reserves_an_nvidia_device_and_uses_onnxruntime_gpu(compose)
     assert "/readyz" in " ".join(gpu["healthcheck"]["test"])
 
 
+def _built_services(compose: dict) -> dict[str, dict]:
+    """The services built from the Dockerfile here (the load test runs a stock image)."""
+    return {name: service for name, service in compose["services"].items() if "build" in service}
+
+
 def test_build_contexts_and_dockerfiles_exist(compose):
-    for name, service in compose["services"].items():
+    for name, service in _built_services(compose).items():
         context = ROOT / service["build"]["context"]
         assert context.is_dir(), name
         assert (context / service["build"].get("dockerfile", "Dockerfile")).is_file(), name
@@ -86,7 +94,7 @@ def test_environment_names_settings_that_exist(compose):
     dockerfile_env = re.findall(rf"\b{ENV_PREFIX}([A-Z_]+)=", (ROOT / "Dockerfile").read_text())
     compose_env = [
         name.removeprefix(ENV_PREFIX)
-        for service in compose["services"].values()
+        for service in _built_services(compose).values()
         for name in service.get("environment", {})
     ]
 
@@ -109,3 +117,48 @@ def test_dockerfile_copies_files_that_exist_and_are_not_ignored():
         assert (ROOT / source).exists(), source
         assert source not in ignored, source
     assert (ROOT / "models" / "celebs8").is_dir()
+
+
+def test_loadtest_profile_runs_the_ci_locustfile_against_api(compose):
+    loadtest = compose["services"]["loadtest"]
+    env = loadtest["environment"]
+    # target in the container -> source here, with ${VAR:-default} read as its default
+    mounts = {
+        PurePosixPath(v["target"]): ROOT / re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", v["source"])
+        for v in loadtest["volumes"]
+    }
+
+    def source_of(container_path: str) -> Path:
+        path = PurePosixPath(container_path)
+        (target,) = [t for t in mounts if path.is_relative_to(t)]
+        return mounts[target] / path.relative_to(target)
+
+    image, version = loadtest["image"].split(":")
+    dev_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    (locust,) = [Requirement(dep) for dep in dev_extra if dep.startswith("locust")]
+
+    assert loadtest["profiles"] == ["loadtest"]
+    assert source_of(env["LOCUST_LOCUSTFILE"]).resolve() == ROOT / "tests" / "load" / "locustfile.py"
+    assert source_of(env["CELEBXAI_DATA"]).resolve() == (ROOT.parent / "shared" / "data").resolve()
+    assert image == "locustio/locust" and version in locust.specifier
+    assert env["LOCUST_HOST"] == "http://api:8000"
+    assert loadtest["depends_on"]["api"]["condition"] == "service_healthy"
+
+
+def test_loadtest_environment_names_locust_options_that_exist(compose):
+    """Every LOCUST_* variable is one of locust's options or the locustfile's own (listed by a
+    subprocess: importing locust here would monkey-patch this test process with gevent)."""
+    script = (
+        "import json, runpy, sys; from locust import events; "
+        "from locust.argument_parser import get_parser; parser = get_parser(); "
+        "runpy.run_path(sys.argv[1]); events.init_command_line_parser.fire(parser=parser); "
+        "print(json.dumps([a.env_var for a in parser._actions if getattr(a, 'env_var', None)]))"
+    )
+    known = subprocess.run(
+        [sys.executable, "-c", script, str(ROOT / "tests" / "load" / "locustfile.py")],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    used = [name for name in compose["services"]["loadtest"]["environment"] if name.startswith("LOCUST_")]
+
+    assert "LOCUST_REPORT_JSON" in used
+    assert set(used) <= set(json.loads(known.splitlines()[-1]))
