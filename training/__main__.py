@@ -10,6 +10,7 @@ from .backbones import BACKBONES
 from .fit import OPTIMIZERS
 
 DEFAULT_DATA = "../shared/data/celebs8"
+DEFAULT_OTHERS = "../shared/data/others"
 
 
 def _floats(text: str) -> list[float]:
@@ -33,12 +34,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--backbone", default="dlib-resnet29", choices=BACKBONES)
     fit.add_argument("--weights", default="default", help="'default' (pretrained), 'none' (random) or a weights file")
     fit.add_argument("--stages", default="head,top,all", help="comma-separated stages: head, top, all")
-    fit.add_argument("--epochs", type=_ints, default=[6, 5, 5], help="epochs per stage, comma-separated")
-    fit.add_argument("--lr", type=_floats, default=[3e-3, 5e-4, 2e-4], help="learning rate per stage")
+    fit.add_argument("--epochs", type=_ints, default=[5, 6, 10], help="epochs per stage, comma-separated")
+    fit.add_argument("--lr", type=_floats, default=[3e-3, 3e-4, 1e-4], help="learning rate per stage")
     fit.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     fit.add_argument("--weight-decay", type=float, default=1e-4)
     fit.add_argument("--unfreeze-last", type=int, default=2, help="backbone stages trained in stage 'top'")
-    fit.add_argument("--lr-decay", type=float, default=0.5, help="per-unit learning-rate factor towards the input in stage 'all'")
+    fit.add_argument("--lr-decay", type=float, default=0.5, help="learning-rate factor per unit from the head towards the input")
     fit.add_argument("--patience", type=int, default=3, help="early stopping: epochs without val-loss improvement")
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--dropout", type=float, default=0.3)
@@ -52,11 +53,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     fit.add_argument("--no-baseline", action="store_true", help="skip the frozen-features linear baseline")
     fit.add_argument("--version", default="1.0.0", help="version string recorded in the bundle")
+    fit.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces <root>/<person>/*.png for the "
+                     "'none of the classes' threshold; 'none' skips it")
 
     export = sub.add_parser("export", help="export a bundle from a fit checkpoint", formatter_class=fmt)
     export.add_argument("--checkpoint", required=True, help="runs/<name>/checkpoint.pt written by fit")
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--data", default=None, help="image root (default: the one recorded in the checkpoint)")
+    export.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces for the open-set threshold; 'none' skips it")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a bundle's ONNX model on a split or a tree", formatter_class=fmt)
     evaluate.add_argument("--bundle", default="models/celebs8")

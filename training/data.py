@@ -6,6 +6,7 @@ a few thousand 150x150 faces are ~100 MB and decoding them every epoch would dom
 """
 from __future__ import annotations
 
+import copy
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -107,11 +108,18 @@ class FaceDataset(Dataset):
     """In-memory images: item ``i`` is ``(transform(image) (3, H, W) uint8, label)``."""
 
     def __init__(self, root: Path, samples, prep: Preprocessing, transform=None, desc: str = "") -> None:
+        self.root = Path(root)
         self.samples = list(samples)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
         images = [prep.load(root / rel) for rel, _ in tqdm(self.samples, desc=f"decode {desc}", leave=False)]
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         self.transform = transform
+
+    def with_transform(self, transform) -> "FaceDataset":
+        """The same images (shared, not copied) under another transform."""
+        view = copy.copy(self)
+        view.transform = transform
+        return view
 
     def __len__(self) -> int:
         return len(self.samples)

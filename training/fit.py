@@ -3,8 +3,9 @@
 Stage plan (``--stages``; epochs and learning rates per stage are flags):
 * ``head`` -- only the new head learns; the backbone is frozen, batch-norm statistics included;
 * ``top``  -- the head, the embedding layer(s) and the last ``unfreeze_last`` backbone stages;
-* ``all``  -- everything, with the learning rate shrinking by ``lr_decay`` per unit towards the
-  input (early filters are generic and need the least change).
+* ``all``  -- everything.
+In every stage the learning rate shrinks by ``lr_decay`` per unit from the head towards the
+input: early filters are generic and need the least change.
 
 Optimizer parameter groups are built from ``requires_grad``, so a stage is nothing but a set of
 flags. Each stage stops early when validation loss has not improved for ``patience`` epochs; the
@@ -134,8 +135,7 @@ def fit(
     best_loss, best_state = math.inf, copy.deepcopy(model.state_dict())
     for stage in stages:
         set_trainable(model, trainable_units(model, stage.name, unfreeze_last))
-        decay = lr_decay if stage.name == "all" else 1.0
-        opt = make_optimizer(optimizer, param_groups(model, stage.lr, decay), weight_decay)
+        opt = make_optimizer(optimizer, param_groups(model, stage.lr, lr_decay), weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(stage.epochs, 1))
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log.info("stage %s: %d epochs, lr %g, %d trainable parameters", stage.name, stage.epochs, stage.lr, n_trainable)

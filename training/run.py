@@ -17,7 +17,9 @@ from .backbones import build_backbone
 from .baseline import linear_probe
 from .data import SPLITS, FaceDataset, class_weights, scan, split
 from .export import onnx_logits, write_bundle
+from .alignment import landmark_template
 from .fit import Stage, fit, predict
+from .open_set import calibrate, max_softmax, split_identities
 from .model import FaceClassifier
 from .preprocess import Preprocessing
 
@@ -61,8 +63,29 @@ def _stack(dataset: FaceDataset, prep: Preprocessing) -> torch.Tensor:
     return prep.standardise(dataset.images)
 
 
-def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, test_set: FaceDataset, out: Path, report_dir: Path | None) -> dict:
+def _logits(model: FaceClassifier, dataset: FaceDataset, prep: Preprocessing) -> np.ndarray:
+    return predict(model, DataLoader(dataset, batch_size=64), prep.standardise, torch.device("cpu"))[0].numpy()
+
+
+def _open_set(model: FaceClassifier, prep: Preprocessing, sets: dict, others: str, seed: int) -> dict:
+    """meta.json's ``open_set`` block, calibrated on strangers' faces under ``others``."""
+    tree = scan(others)
+    calibration_ids, held_out_ids = split_identities(tree.classes, seed)
+    strangers = {
+        name: FaceDataset(tree.root, [s for s in tree.samples if tree.classes[s[1]] in ids], prep, desc=name)
+        for name, ids in (("unknown_calibration", calibration_ids), ("unknown_held_out", held_out_ids))
+    }
+    scores = {name: max_softmax(_logits(model, d, prep)) for name, d in {**strangers, "val": sets["val"], "test": sets["test"]}.items()}
+    block = calibrate(scores, calibration_ids, held_out_ids)
+    log.info("open set: threshold %.3f, held-out %s", block["threshold"], block["held_out"])
+    return block
+
+
+def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, sets: dict, out: Path,
+            report_dir: Path | None, others: str | None) -> dict:
+    """Write the bundle for a trained model: ``sets`` are the split's datasets (train/val/test)."""
     args = ckpt["args"]
+    model = model.cpu().eval()
     meta_extra = {
         "architecture": {
             "backbone": args["backbone"], "head": "batchnorm-dropout-linear",
@@ -71,10 +94,16 @@ def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, test_set: Fa
         },
         "training": ckpt["training"],
         "metrics": ckpt["metrics"],
+        "face_alignment": {
+            "detector": "dlib-hog-frontal", "landmarks": "dlib-5-point",
+            **landmark_template(sets["train"].root, [rel for rel, _ in sets["train"].samples]),
+        },
         "license_note": "Trained on face photos for research and education only (see the data's README).",
     }
+    if others:
+        meta_extra["open_set"] = _open_set(model, prep, sets, others, ckpt["split"]["seed"])
     return write_bundle(
-        out, model=model, prep=prep, classes=ckpt["classes"], parity_inputs=_stack(test_set, prep),
+        out, model=model, prep=prep, classes=ckpt["classes"], parity_inputs=_stack(sets["test"], prep),
         split=ckpt["split"], meta_extra=meta_extra, report_dir=report_dir, version=args["version"],
     )
 
@@ -90,12 +119,12 @@ def fit_command(args) -> int:
     parts = split(tree, val=args.val, test=args.test, seed=args.seed)
     backbone, prep = build_backbone(args.backbone, args.weights)
     root = Path(args.data)
-    sets = {
-        name: FaceDataset(root, parts[name], prep, train_transforms(preset=args.augment) if name == "train" else eval_transforms(), desc=name)
-        for name in SPLITS
-    }
+    sets = {name: FaceDataset(root, parts[name], prep, eval_transforms(), desc=name) for name in SPLITS}
     generator = torch.Generator().manual_seed(args.seed)
-    train_loader = DataLoader(sets["train"], batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator)
+    train_loader = DataLoader(
+        sets["train"].with_transform(train_transforms(preset=args.augment)),
+        batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator,
+    )
     plain = {name: DataLoader(sets[name], batch_size=64) for name in SPLITS}
     log.info("data: %s", {name: len(s) for name, s in sets.items()})
 
@@ -145,7 +174,7 @@ def fit_command(args) -> int:
         "state_dict": model.state_dict(),
     }
     torch.save(ckpt, run_dir / "checkpoint.pt")
-    meta = _export(ckpt, model, prep, sets["test"], Path(args.out), report_dir)
+    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir, _others(args))
     print(summary_table(meta))
     return 0
 
@@ -171,11 +200,15 @@ def export_command(args) -> int:
     model = FaceClassifier(backbone, len(ckpt["classes"]), dropout=a["dropout"])
     model.load_state_dict(ckpt["state_dict"])
     root = Path(args.data or ckpt["split"]["root"])
-    test_set = FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"]["test"]], prep, desc="test")
+    sets = {name: FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"][name]], prep, desc=name) for name in SPLITS}
     report_dir = Path(args.checkpoint).parent / "report"
-    meta = _export(ckpt, model, prep, test_set, Path(args.out), report_dir if report_dir.is_dir() else None)
+    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir if report_dir.is_dir() else None, _others(args))
     print(f"wrote {args.out} (parity max |diff| {meta['parity']['max_abs_diff']:.2e})")
     return 0
+
+
+def _others(args) -> str | None:
+    return None if args.others == "none" else args.others
 
 
 def evaluate_command(args) -> int:

@@ -78,3 +78,12 @@ def test_reader_rejects_a_truncated_file(tmp_path):
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(DlibFormatError):
         DlibResNet29().load_dlib(cut)
+
+
+def test_folded_norm_scales_are_moved_out_of_the_filters(net):
+    """Filters get He-initialisation scale (so Adam's fixed-size steps suit them); the
+    function itself is unchanged, which ``test_embeddings_match_dlib`` checks."""
+    for conv, _ in net.conv_affine_pairs():
+        rms = conv.weight.detach().pow(2).mean(dim=(1, 2, 3)).sqrt()
+        expected = (2.0 / conv.weight[0].numel()) ** 0.5
+        assert torch.allclose(rms, torch.full_like(rms, expected), rtol=1e-4)

@@ -131,19 +131,24 @@ class DlibResNet29(nn.Module):
             x = stage(x)
         return self.embed(x)
 
+    def conv_affine_pairs(self) -> list[tuple[nn.Conv2d, Affine]]:
+        """Every conv with the affine that follows it, in file (input-to-output) order."""
+        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
+        affines = [m for m in self.modules() if isinstance(m, Affine)]
+        return list(zip(convs, affines))
+
     def load_dlib(self, path: str | Path | None = None) -> "DlibResNet29":
         """Copy dlib's weights from its .dat file into this network; returns self."""
         records = read_records(path or default_weights_path())
-        convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
-        affines = [m for m in self.modules() if isinstance(m, Affine)]
-        want = [ConvRecord, AffineRecord] * len(convs) + [FcRecord]
+        pairs = self.conv_affine_pairs()
+        want = [ConvRecord, AffineRecord] * len(pairs) + [FcRecord]
         if [type(r) for r in records] != want:
             raise DlibFormatError(
-                f"expected {len(convs)} conv/affine pairs and one fc layer, "
+                f"expected {len(pairs)} conv/affine pairs and one fc layer, "
                 f"found {[type(r).__name__ for r in records]}"
             )
         with torch.no_grad():
-            for conv, affine, conv_rec, affine_rec in zip(convs, affines, records[0::2], records[1::2]):
+            for (conv, affine), conv_rec, affine_rec in zip(pairs, records[0::2], records[1::2]):
                 _copy(conv.weight, conv_rec.weight)
                 _copy(conv.bias, conv_rec.bias)
                 if conv.stride != conv_rec.stride or conv.padding != conv_rec.padding:
@@ -151,7 +156,27 @@ class DlibResNet29(nn.Module):
                 _copy(affine.weight, affine_rec.gamma)
                 _copy(affine.bias, affine_rec.beta)
             _copy(self.fc.weight, records[-1].weight)
+        self.rescale_folded_norms()
         return self
+
+    @torch.no_grad()
+    def rescale_folded_norms(self) -> None:
+        """Move each filter's scale from its conv into the following affine; same function.
+
+        dlib folded batch norm into the affines, leaving conv filters with an RMS of ~1e-3..4e-4
+        against affine scales of ~10. Optimizers that take steps of a fixed size per weight
+        (Adam, RMSprop) would then rewrite the deep filters in a few steps. After rescaling,
+        every filter has He-initialisation scale (RMS sqrt(2 / fan_in)), as in a network
+        trained with batch norm, and ``affine(conv(x))`` is unchanged:
+        ``g * (w * x + b) = (g * s) * ((w / s) * x + b / s)``.
+        """
+        for conv, affine in self.conv_affine_pairs():
+            fan_in = conv.weight[0].numel()
+            rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp(min=1e-12)
+            scale = rms / (2.0 / fan_in) ** 0.5
+            conv.weight.div_(scale[:, None, None, None])
+            conv.bias.div_(scale)
+            affine.weight.mul_(scale)
 
 
 def _copy(param: torch.Tensor, value) -> None:

