@@ -22,13 +22,19 @@ from .deps import API_KEY_HEADER
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
 from .model import load_model
-from .routes import meta, metrics, page, predict
+from .routes import explain, meta, metrics, page, predict
 from .settings import Settings, get_settings
 from .state import ServiceState
 
 log = logging.getLogger(__name__)
 
-ROUTERS: tuple[APIRouter, ...] = (predict.router, meta.router, metrics.router, page.router)
+ROUTERS: tuple[APIRouter, ...] = (
+    predict.router,
+    explain.router,
+    meta.router,
+    metrics.router,
+    page.router,
+)
 # Room for the multipart framing around the file within the body size limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DESCRIPTION = (

@@ -18,7 +18,7 @@ class IntegratedGradientsParams(MethodParams):
     steps: int = Field(32, ge=2, le=256, description="points on the path from baseline to input")
     baseline: Baseline = Field("zero", description="the path's start: " + BASELINE_HELP)
     batch_size: int = Field(16, ge=1, le=128, description="path points per forward/backward pass")
-    method: Literal["gausslegendre", "riemann_trapezoid"] = Field(
+    quadrature: Literal["gausslegendre", "riemann_trapezoid"] = Field(
         "gausslegendre", description="quadrature rule along the path"
     )
 
@@ -43,7 +43,7 @@ class IntegratedGradients(Explainer):
                 baselines=baseline,
                 target=target,
                 n_steps=params.steps,
-                method=params.method,
+                method=params.quadrature,
                 internal_batch_size=params.batch_size,
             )
         return attributions.detach().sum(dim=1)[0].cpu().numpy()

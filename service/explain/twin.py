@@ -7,6 +7,7 @@ needed), and puts both back in ``finally``, whatever happens in between.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -29,21 +30,28 @@ class LogitsOnly(nn.Module):
         return logits
 
 
+# One gradient computation at a time: torch already spreads each over every core, and the
+# parameters' flags are state shared by every thread that uses the twin.
+_TWIN_LOCK = threading.Lock()
+
+
 @contextmanager
 def input_gradients(twin: Any) -> Iterator[LogitsOnly]:
-    """Gradient mode on and the twin's parameters frozen for the block; both restored after."""
-    parameters = list(twin.parameters())
-    flags = [parameter.requires_grad for parameter in parameters]
-    grad_was_enabled = torch.is_grad_enabled()
-    try:
-        for parameter in parameters:
-            parameter.requires_grad_(False)
-        torch.set_grad_enabled(True)
-        yield LogitsOnly(twin)
-    finally:
-        for parameter, flag in zip(parameters, flags, strict=True):
-            parameter.requires_grad_(flag)
-        torch.set_grad_enabled(grad_was_enabled)
+    """Gradient mode on and the twin's parameters frozen for the block; both restored after.
+    Blocks of different threads run one after another."""
+    with _TWIN_LOCK:
+        parameters = list(twin.parameters())
+        flags = [parameter.requires_grad for parameter in parameters]
+        grad_was_enabled = torch.is_grad_enabled()
+        try:
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+            torch.set_grad_enabled(True)
+            yield LogitsOnly(twin)
+        finally:
+            for parameter, flag in zip(parameters, flags, strict=True):
+                parameter.requires_grad_(flag)
+            torch.set_grad_enabled(grad_was_enabled)
 
 
 def as_batch(x: np.ndarray) -> torch.Tensor:

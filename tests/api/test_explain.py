@@ -1,0 +1,176 @@
+"""POST /saliency, /occlusion, /lime on real face photos: formats, targets, limits, cache."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import image_bytes as ib
+
+# Cheap parameters per (path, method); defaults are timed by bench/bench_explain.py.
+CASES = [
+    ("/saliency", {"method": "gradient"}),
+    ("/saliency", {"method": "smoothgrad", "samples": 4}),
+    ("/saliency", {"method": "integrated_gradients", "steps": 8}),
+    ("/saliency", {"method": "gradcam"}),
+    ("/occlusion", {"window": 50, "stride": 25}),
+    ("/lime", {"num_samples": 32, "num_segments": 20}),
+]
+CASE_IDS = [params.get("method", path.strip("/")) for path, params in CASES]
+SIGNED = {"integrated_gradients", "occlusion", "lime"}
+
+
+@pytest.fixture(scope="module")
+def explain(client):
+    """``explain(path, data, **params)``: POST ``data`` as ``file`` with query ``params``."""
+
+    def post(path: str, data: bytes, **params: object):
+        return client.post(path, params=params, files={"file": ("face.png", data, "image/png")})
+
+    return post
+
+
+def _png(response) -> Image.Image:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "image/png"
+    image = Image.open(io.BytesIO(response.content))
+    image.load()
+    return image
+
+
+@pytest.mark.parametrize(("path", "params"), CASES, ids=CASE_IDS)
+def test_json_heatmap_in_image_coordinates(explain, face_bytes, path, params):
+    response = explain(path, face_bytes, **params)
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    method = params.get("method", path.strip("/"))
+    assert body["method"] == method
+    width, height = body["image"]["width"], body["image"]["height"]
+    heatmap = body["heatmap"]
+    assert (heatmap["width"], heatmap["height"]) == (width, height)
+    values = np.array(heatmap["values"])
+    assert values.shape == (height, width) and np.isfinite(values).all()
+    assert heatmap["signed"] == (method in SIGNED)
+    low, high = heatmap["value_range"]
+    assert (low, high) == ((-1, 1) if heatmap["signed"] else (0, 1))
+    assert low <= values.min() and values.max() <= high and values.max() > 0
+    assert body["target"]["id"] == body["label"]  # default: the predicted class
+    assert {k: v for k, v in params.items() if k != "method"}.items() <= body["parameters"].items()
+    assert body["timings"]["total_ms"] >= body["timings"]["explain_ms"] >= 0
+
+
+@pytest.mark.parametrize(("path", "params"), CASES, ids=CASE_IDS)
+def test_png_is_rgba_and_overlay_rgb_at_the_upload_size(explain, path, params, held_out_faces):
+    path_on_disk, _ = held_out_faces[3]
+    with Image.open(path_on_disk) as photo:
+        wide = ib.encode(photo.convert("RGB").resize((300, 200)), "JPEG", quality=95)
+
+    heat = _png(explain(path, wide, format="png", **params))
+    overlay = _png(explain(path, wide, format="overlay", **params))
+
+    assert (heat.mode, heat.size) == ("RGBA", (300, 200))
+    assert (overlay.mode, overlay.size) == ("RGB", (300, 200))
+
+
+def test_json_grid_of_a_large_upload_is_scaled_down(explain, held_out_faces):
+    with Image.open(held_out_faces[0][0]) as photo:
+        large = ib.encode(photo.convert("RGB").resize((640, 480)), "PNG")
+
+    heatmap = explain("/saliency", large).json()["heatmap"]
+
+    assert (heatmap["width"], heatmap["height"]) == (256, 192)
+    assert np.array(heatmap["values"]).shape == (192, 256)
+
+
+@pytest.mark.parametrize(("path", "params"), CASES, ids=CASE_IDS)
+def test_target_selects_the_class_explained(explain, face_bytes, path, params, serving_model):
+    default = explain(path, face_bytes, **params).json()
+    other = next(c.id for c in serving_model.meta.classes if c.id != default["label"])
+
+    chosen = explain(path, face_bytes, target=other, **params).json()
+
+    assert chosen["target"]["id"] == other and chosen["label"] == default["label"]
+    assert not np.allclose(chosen["heatmap"]["values"], default["heatmap"]["values"], atol=1e-3)
+
+
+def test_repeated_request_comes_from_the_cache(explain, held_out_faces):
+    data = held_out_faces[4][0].read_bytes()
+    params = {"window": 40, "stride": 20, "baseline": "blur"}
+
+    first = explain("/occlusion", data, **params).json()
+    second = explain("/occlusion", data, **params).json()
+    as_png = explain("/occlusion", data, format="png", **params)
+
+    assert (first["cached"], second["cached"]) == (False, True)
+    assert second["timings"]["explain_ms"] == 0
+    assert second["heatmap"] == first["heatmap"]
+    assert as_png.status_code == 200
+
+
+def test_same_lime_seed_same_map(explain, held_out_faces):
+    data = held_out_faces[5][0].read_bytes()
+    params = {"num_samples": 32, "num_segments": 16, "seed": 5}
+
+    first = explain("/lime", data, **params).json()
+    # the cache must not be what makes them equal: change a parameter that does not alter it
+    second = explain("/lime", data, top_features=200, **params).json()  # keeps all
+    other_seed = explain("/lime", data, **{**params, "seed": 6}).json()
+
+    assert second["cached"] is False
+    assert second["heatmap"]["values"] == first["heatmap"]["values"]
+    assert other_seed["heatmap"]["values"] != first["heatmap"]["values"]
+
+
+# (path, params, part of the message)
+INVALID = [
+    ("/occlusion", {"window": 97}, "query.window: Input should be less than or equal to 96"),
+    ("/occlusion", {"window": 30, "stride": 40}, "stride (40) must not exceed window (30)"),
+    (
+        "/occlusion",
+        {"baseline": "noise"},
+        "query.baseline: Input should be 'zero', 'mean' or 'blur'",
+    ),
+    (
+        "/lime",
+        {"num_samples": 5000},
+        "query.num_samples: Input should be less than or equal to 2000",
+    ),
+    (
+        "/lime",
+        {"num_segments": 2},
+        "query.num_segments: Input should be greater than or equal to 4",
+    ),
+    ("/lime", {"batch_size": 8}, "query.batch_size: Extra inputs are not permitted"),
+    ("/saliency", {"method": "lime"}, "query.method: Input should be"),
+    ("/saliency", {"samples": 4}, "samples does not apply to method=gradient"),
+    ("/saliency", {"method": "smoothgrad", "samples": 65}, "less than or equal to 64"),
+    ("/saliency", {"method": "gradcam", "layer": "nope"}, "layer 'nope' is not an activation"),
+    ("/saliency", {"target": "nobody"}, "'nobody' is not a class id; valid: gwyneth_paltrow"),
+    ("/saliency", {"format": "gif"}, "query.format: Input should be 'json', 'png' or 'overlay'"),
+]
+
+
+@pytest.mark.parametrize(("path", "params", "message"), INVALID)
+def test_invalid_parameters_are_422_with_the_limit(explain, face_bytes, path, params, message):
+    response = explain(path, face_bytes, **params)
+
+    assert response.status_code == 422
+    error = response.json()["error"]
+    assert error["code"] == "validation_error"
+    assert message in error["message"]
+
+
+@pytest.mark.parametrize("path", ["/saliency", "/occlusion", "/lime"])
+def test_bad_upload_and_missing_key_get_their_codes(client, explain, path):
+    gif = ib.encode(ib.noise_image(), "GIF")
+    assert explain(path, gif).json()["error"]["code"] == "unsupported_format"
+
+    response = client.post(
+        path, files={"file": ("f.png", b"x", "image/png")}, headers={"X-API-Key": ""}
+    )
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_api_key"
