@@ -10,6 +10,9 @@ order: a *higher* area is better. Areas are the trapezoid rule over the removed 
 
 from __future__ import annotations
 
+from functools import partial
+from typing import Literal
+
 import numpy as np
 
 from .base import Forward
@@ -17,6 +20,7 @@ from .perturb import Baseline, baseline_image, target_scores
 
 DELETION_BASELINE: Baseline = "zero"
 INSERTION_BASELINE: Baseline = "blur"
+Curve = Literal["deletion", "insertion"]
 
 
 def pixel_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -54,7 +58,8 @@ def area_under(curve: np.ndarray) -> float:
     return float(np.trapezoid(curve, dx=1.0 / (len(curve) - 1)))
 
 
-def deletion_auc(
+def curve_auc(
+    curve: Curve,
     forward: Forward,
     x: np.ndarray,
     values: np.ndarray,
@@ -64,24 +69,18 @@ def deletion_auc(
     batch_size: int = 32,
     seed: int = 0,
 ) -> float:
-    """Area under the deletion curve of heatmap ``values`` ``(H, W)`` for ``x`` ``(3, H, W)``
-    (lower = more faithful)."""
+    """Area under the ``curve`` of heatmap ``values`` ``(H, W)`` for ``x`` ``(3, H, W)``:
+    deletion (``x`` to the deletion baseline; lower = more faithful) or insertion (the blurred
+    image to ``x``; higher = more faithful). ``seed`` orders tied pixels."""
+    if curve == "deletion":
+        start, end = x, baseline_image(x, DELETION_BASELINE)
+    elif curve == "insertion":
+        start, end = baseline_image(x, INSERTION_BASELINE), x
+    else:
+        raise ValueError(f"unknown curve {curve!r}; valid: deletion, insertion")
     order = pixel_order(values, np.random.default_rng(seed))
-    end = baseline_image(x, DELETION_BASELINE)
-    return area_under(probability_curve(forward, x, end, order, target, steps, batch_size))
+    return area_under(probability_curve(forward, start, end, order, target, steps, batch_size))
 
 
-def insertion_auc(
-    forward: Forward,
-    x: np.ndarray,
-    values: np.ndarray,
-    target: int,
-    *,
-    steps: int = 20,
-    batch_size: int = 32,
-    seed: int = 0,
-) -> float:
-    """Area under the insertion curve (higher = more faithful)."""
-    order = pixel_order(values, np.random.default_rng(seed))
-    start = baseline_image(x, INSERTION_BASELINE)
-    return area_under(probability_curve(forward, start, x, order, target, steps, batch_size))
+deletion_auc = partial(curve_auc, "deletion")
+insertion_auc = partial(curve_auc, "insertion")

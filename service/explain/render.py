@@ -61,16 +61,23 @@ def colorize(values: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY)
     return np.dstack([table[index], alpha])
 
 
-def heatmap_image(
-    heatmap: Heatmap,
-    image_size: tuple[int, int],
-    box: BoxCorners | None = None,
-    opacity: float = DEFAULT_OPACITY,
-) -> Image.Image:
-    """Transparent RGBA heatmap of ``image_size`` = ``(width, height)``, the map placed in
-    ``box`` (default: the whole image) and transparent outside it."""
-    placed = heatmap.place(image_size, box)
-    return Image.fromarray(colorize(placed, heatmap.signed, opacity))
+def rgba_image(placed: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY) -> Image.Image:
+    """A transparent RGBA picture of a map already in image coordinates (``(height, width)``,
+    e.g. from ``Heatmap.place`` or any other mapping onto the image)."""
+    return Image.fromarray(colorize(placed, signed, opacity))
+
+
+def rgba_png(placed: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY) -> bytes:
+    """``rgba_image`` as PNG bytes."""
+    return encode_png(rgba_image(placed, signed, opacity))
+
+
+def blend_png(
+    image: Image.Image, placed: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY
+) -> bytes:
+    """``image`` (RGB) with the map (in its coordinates) blended over it, as RGB PNG bytes."""
+    layer = rgba_image(placed, signed, opacity)
+    return encode_png(Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB"))
 
 
 def heatmap_png(
@@ -79,8 +86,9 @@ def heatmap_png(
     box: BoxCorners | None = None,
     opacity: float = DEFAULT_OPACITY,
 ) -> bytes:
-    """``heatmap_image`` as PNG bytes (RGBA), ready to lay over the uploaded image."""
-    return encode_png(heatmap_image(heatmap, image_size, box, opacity))
+    """Transparent RGBA PNG of ``image_size`` = ``(width, height)``, the map placed in ``box``
+    (default: the whole image) and transparent outside it: ready to lay over the upload."""
+    return rgba_png(heatmap.place(image_size, box), heatmap.signed, opacity)
 
 
 def overlay_png(
@@ -90,9 +98,7 @@ def overlay_png(
     opacity: float = DEFAULT_OPACITY,
 ) -> bytes:
     """``image`` with the heatmap blended over it (in ``box``), as RGB PNG bytes."""
-    layer = heatmap_image(heatmap, image.size, box, opacity)
-    blended = Image.alpha_composite(image.convert("RGBA"), layer)
-    return encode_png(blended.convert("RGB"))
+    return blend_png(image, heatmap.place(image.size, box), heatmap.signed, opacity)
 
 
 def as_rows(values: np.ndarray, decimals: int = JSON_DECIMALS) -> list[list[float]]:

@@ -13,9 +13,11 @@ from service.explain.render import (
     DIVERGING,
     SEQUENTIAL,
     as_rows,
+    blend_png,
     colorize,
     heatmap_png,
     overlay_png,
+    rgba_png,
 )
 
 from .test_heatmap import make_heatmap
@@ -96,3 +98,14 @@ def test_rows_are_json_friendly_and_rounded():
     rows = as_rows(np.array([[0.123456, -1.0], [0.5, 2e-7]], np.float32), decimals=3)
     assert rows == [[0.123, -1.0], [0.5, 0.0]]
     assert json.loads(json.dumps(rows)) == rows
+
+
+def test_a_map_placed_by_any_mapping_renders_at_its_size(test_faces):
+    _, _, photo = test_faces[0]
+    placed = np.zeros((photo.height, photo.width), np.float32)
+    placed[10:30, 20:60] = 0.9  # e.g. a face crop mapped back through an affine transform
+    heat = _decode(rgba_png(placed, signed=False))
+    blended = _decode(blend_png(photo, placed, signed=False))
+    assert (heat.mode, heat.size) == ("RGBA", photo.size)
+    assert (blended.mode, blended.size) == ("RGB", photo.size)
+    assert np.asarray(heat)[20, 40, 3] > 150 and np.asarray(heat)[50, 5, 3] == 0
