@@ -10,12 +10,13 @@ import json
 import logging
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .faces import AlignmentSpec
 from .preprocess import InputSpec, Preprocessor
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,16 @@ class LayerInfo(BaseModel):
     width: int | None = None
 
 
+class OpenSetSpec(BaseModel):
+    """``meta.json["open_set"]``: a face is one of the classes when its score (the largest
+    class probability) is at least ``threshold``."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    score: Literal["max_softmax_probability"]
+    threshold: float = Field(ge=0, le=1)
+
+
 class BundleMeta(BaseModel):
     """``meta.json``. Unknown keys are kept, so newer bundles pass through ``/model`` intact."""
 
@@ -73,6 +84,8 @@ class BundleMeta(BaseModel):
     parity: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
+    face_alignment: AlignmentSpec | None = None
+    open_set: OpenSetSpec | None = None
 
     @property
     def parity_tolerance(self) -> float:

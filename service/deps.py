@@ -4,6 +4,8 @@
 - ``StateDep``: this app's ``ServiceState`` (metrics, model, readiness).
 - ``ModelDep``: the loaded ``ServingModel``; 503 ``not_ready`` until loading succeeded.
 - ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``).
+- ``FaceDep``: the face to classify or explain in that image (``faces.py``; query parameters
+  ``detect`` and ``face``).
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``.
 
 An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
@@ -16,10 +18,11 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import Depends, File, Request, Security, UploadFile
+from fastapi import Depends, File, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 
+from .faces import FaceChoice, choose_face
 from .errors import InvalidApiKey, MissingApiKey, NotReady, Overloaded
 from .images import DecodedImage, ImageLimits, decode_image, read_upload
 from .model import ServingModel
@@ -93,3 +96,21 @@ async def image_intake(
 
 
 ImageDep = Annotated[DecodedImage, Depends(image_intake)]
+
+
+async def face_choice(
+    model: ModelDep,
+    image: ImageDep,
+    detect: Annotated[
+        bool, Query(description="find the face first; false: the image already is a tight face crop")
+    ] = True,
+    face: Annotated[
+        int | None,
+        Query(ge=0, description="which detected face to use: an index into `faces` (preferred first); "
+              "default 0, the largest and most central"),
+    ] = None,
+) -> FaceChoice:
+    return await run_in_threadpool(choose_face, model.faces, image.rgb, detect=detect, index=face)
+
+
+FaceDep = Annotated[FaceChoice, Depends(face_choice)]

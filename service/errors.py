@@ -66,6 +66,14 @@ class ImageTooSmall(ServiceError):
     status, code = 422, "image_too_small"
 
 
+class NoFace(ServiceError):
+    status, code = 422, "no_face"
+
+
+class FaceNotFound(ServiceError):
+    status, code = 422, "face_index_out_of_range"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

@@ -7,6 +7,7 @@ twin parity on a fixed probe input) and warms the session up; any failure raises
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from .bundle import (
@@ -27,8 +29,8 @@ from .bundle import (
     verify_files,
 )
 from .engine import BatchObserver, BatchStats, Engine, create_session
-from .images import DecodedImage
-from .preprocess import Box, Preprocessor
+from .faces import FaceFinder
+from .preprocess import Preprocessor
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -62,7 +64,8 @@ class Classification:
 
 class ServingModel:
     """A loaded, checked bundle. ``engine`` runs the ONNX graph (batched); ``twin`` is the torch
-    module for gradient methods: ``twin(x) -> (logits, {layer: activation})``."""
+    module for gradient methods: ``twin(x) -> (logits, {layer: activation})``; ``faces`` finds and
+    aligns faces when the bundle says how (``meta.face_alignment``), else it is None."""
 
     def __init__(
         self,
@@ -72,6 +75,7 @@ class ServingModel:
         engine: Engine,
         twin: Any,
         report: LoadReport,
+        faces: FaceFinder | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.meta = meta
@@ -79,11 +83,12 @@ class ServingModel:
         self.engine = engine
         self.twin = twin
         self.report = report
+        self.faces = faces
 
-    async def classify(self, image: DecodedImage, box: Box) -> Classification:
-        """Class probabilities for the ``box`` region of ``image``, through the batcher."""
+    async def classify(self, crop: Image.Image) -> Classification:
+        """Class probabilities for ``crop`` (RGB, e.g. an aligned face), through the batcher."""
         started = time.perf_counter()
-        model_input = await run_in_threadpool(self.preprocess, image.rgb, box)
+        model_input = await run_in_threadpool(self.preprocess, crop)
         preprocess_ms = (time.perf_counter() - started) * 1000
         logits, stats = await self.engine.submit(model_input)
         return Classification(softmax(logits), stats, preprocess_ms)
@@ -125,6 +130,12 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         observer=observer,
     )
     twin = load_twin(bundle_dir)
+    faces = None
+    if meta.face_alignment is not None:
+        faces = FaceFinder(meta.face_alignment, workers=settings.threads or os.cpu_count() or 1)
+        log.info("face detection on: %s + %s", meta.face_alignment.detector, meta.face_alignment.landmarks)
+    else:
+        log.warning("bundle has no face_alignment: every image is classified whole, as a face crop")
     probe = probe_batch(preprocess)
     max_diff = check_parity(meta, engine.run, twin, probe)
     warmup_s = engine.warm_up(probe[0])
@@ -145,4 +156,4 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         report.load_ms,
         report.warmup_ms,
     )
-    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report)
+    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report, faces)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field
 
 from .bundle import BundleMeta
 from .errors import all_error_codes
+from .faces import FaceChoice
 from .images import DecodedImage
 from .model import Classification, ServingModel
 from .preprocess import Box
@@ -38,8 +39,30 @@ class FaceBox(BaseModel):
     width: int
     height: int
     source: Literal["whole_image", "detector"] = Field(
-        description="whole_image: no face detection, the full image was used"
+        description="detector: the face found in the photo (cropped upright, aligned by its "
+        "landmarks); whole_image: no face detection, the full image was used"
     )
+
+    @classmethod
+    def of(cls, box: Box, source: Literal["whole_image", "detector"]) -> FaceBox:
+        return cls(x=box.x, y=box.y, width=box.width, height=box.height, source=source)
+
+
+class DetectedFace(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float = Field(description="detector confidence (SVM margin): higher is surer, 0 is its usual cut-off")
+
+
+class OpenSetVerdict(BaseModel):
+    """Is the face one of the model's classes at all? A softmax always names a class, even for a
+    stranger; this says whether to believe it."""
+
+    known: bool = Field(description="true: one of the classes; false: most likely none of them")
+    score: float = Field(description="the decision score (the largest class probability)")
+    threshold: float = Field(description="known when score >= threshold (calibrated on strangers' faces)")
 
 
 class ImageInfo(BaseModel):
@@ -57,6 +80,7 @@ class ModelRef(BaseModel):
 
 class PredictTimings(BaseModel):
     decode_ms: float = Field(description="reading and decoding the upload")
+    detect_ms: float = Field(description="finding and aligning the face")
     preprocess_ms: float = Field(description="crop, resize and normalise")
     queue_ms: float = Field(description="waiting in the dynamic batcher")
     inference_ms: float = Field(description="the batched model run this image was part of")
@@ -71,6 +95,9 @@ class PredictionResponse(BaseModel):
         description="every class, most probable first"
     )
     face_box: FaceBox
+    faces: list[DetectedFace] = Field(description="every face found, preferred (largest, most central) first")
+    face_index: int | None = Field(description="which of `faces` was classified; null: the whole image")
+    open_set: OpenSetVerdict | None = Field(description="null when the bundle has no open-set calibration")
     image: ImageInfo
     model: ModelRef
     batch_size: int = Field(description="how many requests shared this image's model run")
@@ -78,7 +105,7 @@ class PredictionResponse(BaseModel):
 
     @classmethod
     def build(
-        cls, model: ServingModel, image: DecodedImage, box: Box, result: Classification
+        cls, model: ServingModel, image: DecodedImage, face: FaceChoice, result: Classification
     ) -> PredictionResponse:
         classes = model.meta.classes
         order = sorted(range(len(classes)), key=lambda i: -result.probabilities[i])
@@ -94,9 +121,15 @@ class PredictionResponse(BaseModel):
             name=top.name,
             probability=top.probability,
             probabilities=ranked,
-            face_box=FaceBox(
-                x=box.x, y=box.y, width=box.width, height=box.height, source="whole_image"
-            ),
+            face_box=FaceBox.of(face.box, "whole_image" if face.index is None else "detector"),
+            faces=[
+                DetectedFace(x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height, score=f.score)
+                for f in face.faces
+            ],
+            face_index=face.index,
+            open_set=OpenSetVerdict(
+                known=top.probability >= spec.threshold, score=top.probability, threshold=spec.threshold
+            ) if (spec := model.meta.open_set) else None,
             image=ImageInfo(
                 width=image.width,
                 height=image.height,
@@ -108,6 +141,7 @@ class PredictionResponse(BaseModel):
             batch_size=result.batch.batch_size,
             timings=PredictTimings(
                 decode_ms=image.decode_ms,
+                detect_ms=face.detect_ms,
                 preprocess_ms=result.preprocess_ms,
                 queue_ms=result.batch.queue_ms,
                 inference_ms=result.batch.inference_ms,

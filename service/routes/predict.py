@@ -3,8 +3,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from ..deps import ImageDep, ModelDep, api_key_guard, in_flight_slot
-from ..preprocess import Box
+from ..deps import FaceDep, ImageDep, ModelDep, api_key_guard, in_flight_slot
 from ..schemas import PredictionResponse, error_responses
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_guard), Depends(in_flight_slot)])
@@ -15,8 +14,8 @@ router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_guard), Depen
     summary="Classify a face image",
     responses=error_responses(400, 401, 413, 415, 422, 503),
 )
-async def predict(model: ModelDep, image: ImageDep) -> PredictionResponse:
-    """Label, display name and the probability of every class for the uploaded image."""
-    box = Box.whole(image.rgb)  # face detection will choose the box here
-    result = await model.classify(image, box)
-    return PredictionResponse.build(model, image, box, result)
+async def predict(model: ModelDep, image: ImageDep, face: FaceDep) -> PredictionResponse:
+    """Find the face, then its label, display name, the probability of every class and whether
+    it is one of the classes at all (``open_set``)."""
+    result = await model.classify(face.aligned.crop)
+    return PredictionResponse.build(model, image, face, result)

@@ -10,13 +10,15 @@ from PIL import Image
 
 import image_bytes as ib
 from service.model import softmax
-from service.preprocess import Box
 
 
 def test_predicts_the_right_celebrity_for_held_out_photos(post_image, held_out_faces):
     results = []
     for path, class_id in held_out_faces:
         response = post_image(path.read_bytes(), filename=path.name)
+        if response.status_code == 422 and response.json()["error"]["code"] == "no_face":
+            results.append(False)  # ~3% of tight crops defeat the detector: a miss, not an error
+            continue
         assert response.status_code == 200, response.text
         results.append(response.json()["label"] == class_id)
 
@@ -40,12 +42,17 @@ def test_response_shape(post_image, held_out_faces, serving_model):
     assert body["name"] == next(c.name for c in classes if c.id == body["label"])
     with Image.open(path) as image:
         width, height = image.size
-    assert body["face_box"] == {"x": 0, "y": 0, "width": width, "height": height, "source": "whole_image"}
+    box = body["face_box"]
+    assert box["source"] == "detector" and body["face_index"] == 0
+    assert {k: box[k] for k in ("x", "y", "width", "height")} == {k: body["faces"][0][k] for k in ("x", "y", "width", "height")}
+    assert 0 <= box["x"] < box["x"] + box["width"] <= width and 0 <= box["y"] < box["y"] + box["height"] <= height
+    assert box["width"] >= width / 3  # a tight crop: the face fills much of it
+    assert body["open_set"]["threshold"] == serving_model.meta.open_set.threshold
     assert body["image"] == {"width": width, "height": height, "format": "PNG", "mode": "RGB", "frames": 1}
     assert body["model"] == {"name": serving_model.meta.name, "version": serving_model.meta.version}
     assert 1 <= body["batch_size"] <= serving_model.engine.max_batch_size
     timings = body["timings"]
-    assert set(timings) == {"decode_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(timings) == {"decode_ms", "detect_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"}
     assert all(value >= 0 for value in timings.values())
     assert timings["total_ms"] >= timings["inference_ms"]
 
@@ -54,7 +61,8 @@ def test_probabilities_match_the_onnx_model_run_directly(post_image, held_out_fa
     path, _ = held_out_faces[1]
     with Image.open(path) as image:
         rgb = image.convert("RGB")
-    x = serving_model.preprocess(rgb, Box.whole(rgb))
+    face = serving_model.faces.detect(rgb)[0]
+    x = serving_model.preprocess(serving_model.faces.align(rgb, face).crop)
     expected = softmax(serving_model.engine.run(x[None]))[0]
 
     body = post_image(path.read_bytes()).json()
@@ -78,7 +86,8 @@ def test_other_formats_of_the_same_face_agree(post_image, held_out_faces, image_
 
     assert other["image"]["format"] == image_format
     assert other["label"] == reference["label"]
-    assert other["probability"] == pytest.approx(reference["probability"], abs=0.05)
+    # re-encoding moves the landmarks a little, and with them the aligned crop
+    assert other["probability"] == pytest.approx(reference["probability"], abs=0.1)
 
 
 def test_grey_photo_from_the_wild_is_classified(post_image, data_root):
@@ -91,7 +100,9 @@ def test_grey_photo_from_the_wild_is_classified(post_image, data_root):
 
 
 def test_exif_rotation_is_reported_in_the_face_box(post_image):
-    response = post_image(ib.exif_rotated_jpeg((80, 40)), filename="r.jpg", content_type="image/jpeg")
+    response = post_image(
+        ib.exif_rotated_jpeg((80, 40)), filename="r.jpg", content_type="image/jpeg", path="/predict?detect=false"
+    )
 
     assert response.status_code == 200
     box = response.json()["face_box"]
