@@ -98,8 +98,9 @@ export class ExplanationPanel {
   #setLegend(method, className) {
     const signed = isSigned(method);
     this.legend.className = `legend ${signed ? "signed" : "unsigned"}`;
-    this.legendLow.textContent = signed ? `against ${className}` : "no influence";
-    this.legendHigh.textContent = signed ? `for ${className}` : "strong influence";
+    this.legendLow.textContent = signed ? "against" : "none";
+    this.legendTarget.textContent = className;
+    this.legendHigh.textContent = signed ? "for" : "strong";
     this.legend.hidden = false;
   }
 
@@ -118,6 +119,7 @@ export class ExplanationPanel {
     this.error = part("error");
     this.legend = part("legend");
     this.legendLow = part("legend-low");
+    this.legendTarget = part("legend-target");
     this.legendHigh = part("legend-high");
     this.form = part("form");
     this.rerun = part("rerun");

@@ -6,7 +6,12 @@ import re
 import pytest
 from fastapi.testclient import TestClient
 
-MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+MEDIA_TYPES = {
+    ".html": "text/html",
+    ".js": "text/javascript",
+    ".css": "text/css",
+    ".svg": "image/svg+xml",
+}
 
 
 @pytest.fixture(scope="module")
@@ -42,11 +47,16 @@ def test_page_is_served_without_an_api_key(anonymous):
 def test_every_asset_the_page_loads_is_served(anonymous):
     assets = _assets(anonymous)
 
-    assert {"/static/app.js", "/static/style.css", "/static/favicon.svg", "/static/api.js"} <= assets
+    assert {
+        "/static/app.js",
+        "/static/style.css",
+        "/static/favicon.svg",
+        "/static/api.js",
+    } <= assets
     for path in sorted(assets):
         response = anonymous.get(path)
         assert response.status_code == 200, path
-        suffix = path[path.rindex("."):]
+        suffix = path[path.rindex(".") :]
         assert response.headers["content-type"].startswith(MEDIA_TYPES[suffix]), path
         assert response.headers["cache-control"] == "no-cache", path
 
