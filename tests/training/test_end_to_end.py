@@ -24,12 +24,13 @@ def _add_to_last_initializer(source, target, delta: float) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_bundle(celebs_root, tmp_path_factory):
+def tiny_bundle(celebs_root, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     run_dir = tmp_path_factory.mktemp("run")
     code = main([
         "fit", "--data", str(celebs_root), "--out", str(out), "--run-dir", str(run_dir),
         "--limit-per-class", "7", "--epochs", "2,1,1", "--batch-size", "16", "--threads", "2",
+        "--others", str(data_root / "others"),
     ])
     assert code == 0
     return out, run_dir
@@ -47,6 +48,9 @@ def test_bundle_has_the_contracted_files_and_hashes(tiny_bundle):
     assert meta["parity"]["max_abs_diff"] <= 1e-4 and meta["parity"]["argmax_equal"]
     assert meta["gradcam_layer"] in [layer["name"] for layer in meta["layers"]]
     assert meta["training"]["wall_time_s"] > 0
+    assert len(meta["face_alignment"]["points"]) == 5 and meta["face_alignment"]["width"] == 112
+    assert 0 < meta["open_set"]["threshold"] <= 1
+    assert not set(meta["open_set"]["calibration"]["unknown_identities"]) & set(meta["open_set"]["held_out"]["unknown_identities"])
     assert "baseline_linear_probe" in meta["metrics"] and 0 <= meta["metrics"]["test"]["accuracy"] <= 1
     assert (run_dir / "checkpoint.pt").is_file()
     split = json.loads((out / "split.json").read_text())
@@ -79,7 +83,7 @@ def test_evaluate_command_reads_the_recorded_split(tiny_bundle, capsys):
 
 def test_export_command_rebuilds_the_bundle_from_the_checkpoint(tiny_bundle, tmp_path):
     out, run_dir = tiny_bundle
-    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path / "again")]) == 0
+    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path / "again"), "--others", "none"]) == 0
     a = json.loads((out / "meta.json").read_text())
     b = json.loads((tmp_path / "again" / "meta.json").read_text())
     assert a["metrics"] == b["metrics"] and a["classes"] == b["classes"]
@@ -113,5 +117,23 @@ def test_failed_parity_leaves_no_bundle_behind(tiny_bundle, tmp_path, monkeypatc
     monkeypatch.setattr(export_module, "export_onnx", broken_export)
     _, run_dir = tiny_bundle
     target = tmp_path / "never"
-    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(target)]) == 2
+    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(target), "--others", "none"]) == 2
     assert not target.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_open_set_threshold_and_rates():
+    import numpy as np
+
+    from training.open_set import choose_threshold, rates, split_identities
+
+    known = np.array([0.9, 0.95, 0.99, 0.85, 0.6])
+    unknown = np.array([0.3, 0.5, 0.7, 0.4])
+    threshold = choose_threshold(known, unknown)
+    assert 0.7 < threshold <= 0.85
+    r = rates(known, unknown, threshold)
+    assert r["false_acceptance_rate"] == 0 and r["false_rejection_rate"] == pytest.approx(0.2)
+    assert r["auroc"] == pytest.approx(19 / 20)
+    cal, held = split_identities(["a", "b", "c", "d", "e"], seed=0)
+    assert len(cal) == 2 and len(held) == 3 and not set(cal) & set(held)
+    with pytest.raises(ValueError, match="two strangers"):
+        split_identities(["a"], seed=0)
