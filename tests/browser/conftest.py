@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from load.harness import free_port, stop_server  # tests/load: the same service process helpers
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
@@ -64,18 +64,12 @@ class LiveService:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
 def live_service(
     default_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveService]:
     """``python -m service`` on the default bundle with an API key, once it is ready."""
-    port = _free_port()
+    port = free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"
     command = [
         sys.executable, "-m", "service", "--model", str(default_bundle), "--host", "127.0.0.1",
@@ -91,12 +85,7 @@ def live_service(
         _wait_ready(service)
         yield service
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_server(process)
 
 
 def _wait_ready(service: LiveService) -> None:
