@@ -32,6 +32,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rss-growth-mib", type=float, default=DEFAULTS.rss_growth_limit_mib,
                         help="largest allowed growth of the server's RSS peak from the first to "
                         f"the last third of the run (default: {DEFAULTS.rss_growth_limit_mib:g})")
+    parser.add_argument("--malloc-arenas", type=int, default=DEFAULTS.malloc_arenas,
+                        help="MALLOC_ARENA_MAX of the local server; 0: glibc's default, as in "
+                        f"production (default: {DEFAULTS.malloc_arenas})")
     parser.add_argument("--photos-per-class", type=int, default=DEFAULTS.photos_per_class,
                         help=f"face photos per class (default: {DEFAULTS.photos_per_class})")
     parser.add_argument("--model", type=Path, default=DEFAULTS.model,
@@ -59,6 +62,7 @@ def main(args: argparse.Namespace) -> int:
         run_time=args.run_time,
         host=args.host,
         rss_growth_limit_mib=args.rss_growth_mib,
+        malloc_arenas=args.malloc_arenas,
         photos_per_class=args.photos_per_class,
         model=args.model,
         data=args.data,

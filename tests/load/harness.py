@@ -31,7 +31,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psutil
 
@@ -58,6 +58,11 @@ class LoadConfig:
     run_time: str = "45s"
     host: str | None = None  # None: start a local server; else load that one (no RSS check)
     rss_growth_limit_mib: float = 64.0
+    # glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
+    # freed memory there: with the default, RSS under this mix climbs for minutes before it
+    # levels off (+62 MiB over 120 s here, against +15 MiB with 2 arenas), which would hide a
+    # leak; 0 leaves glibc's default
+    malloc_arenas: int = 2
     photos_per_class: int = 2
     model: Path = DEFAULT_BUNDLE
     data: Path | None = None  # face data root (celebs8/); None: the locustfile's default
@@ -119,14 +124,17 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, log_file: Path) -> subprocess.Popen:
-    """``python -m service`` on 127.0.0.1:``port``, returned once ``/readyz`` answers 200."""
+def start_server(model: Path, port: int, log_file: Path, malloc_arenas: int = 0) -> subprocess.Popen:
+    """``python -m service`` on 127.0.0.1:``port``, returned once ``/readyz`` answers 200.
+    ``malloc_arenas``: glibc's MALLOC_ARENA_MAX for the process (0: glibc's default)."""
     command = [
         sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1",
         "--port", str(port), "--access-log", "false", "--log-level", "warning",
     ]
     # the service's defaults, not whatever the calling shell configured
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELEBXAI_")}
+    if malloc_arenas:
+        env["MALLOC_ARENA_MAX"] = str(malloc_arenas)
     with log_file.open("wb") as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
@@ -155,13 +163,20 @@ def tail(path: Path, lines: int = 30) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
 
+class Sample(NamedTuple):
+    time: float  # unix time
+    rss: int  # bytes, the process and its children
+    threads: int = 0
+
+
 class RssSampler:
-    """Samples the resident set size of a process (and its children) every ``interval`` s."""
+    """Samples the resident set size and thread count of a process (and its children) every
+    ``interval`` s."""
 
     def __init__(self, pid: int, interval: float = 1.0) -> None:
         self.process = psutil.Process(pid)
         self.interval = interval
-        self.samples: list[tuple[float, int]] = []  # (unix time, bytes)
+        self.samples: list[Sample] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="rss-sampler", daemon=True)
 
@@ -180,15 +195,16 @@ class RssSampler:
                     return
                 processes = [self.process, *self.process.children(recursive=True)]
                 rss = sum(p.memory_info().rss for p in processes)
+                threads = sum(p.num_threads() for p in processes)
             except psutil.NoSuchProcess:
                 return
-            self.samples.append((time.time(), rss))
+            self.samples.append(Sample(time.time(), rss, threads))
             self._stop.wait(self.interval)
 
 
-def check_rss(samples: list[tuple[float, int]], start: float, stop: float, limit_mib: float) -> RssCheck | None:
+def check_rss(samples: list[Sample], start: float, stop: float, limit_mib: float) -> RssCheck | None:
     """Compare the peaks of the first and last third of the samples taken in [start, stop]."""
-    during = [rss / MIB for t, rss in samples if start <= t <= stop]
+    during = [sample.rss / MIB for sample in samples if start <= sample.time <= stop]
     if len(during) < 3:
         return None
     third = len(during) // 3
@@ -246,7 +262,7 @@ def run_load_test(config: LoadConfig) -> LoadResult:
         write_results(result, samples=[])
         return result
     port = free_port()
-    server = start_server(config.model, port, config.out_dir / "server.log")
+    server = start_server(config.model, port, config.out_dir / "server.log", config.malloc_arenas)
     try:
         with RssSampler(server.pid) as sampler:
             code, report = run_locust(config, f"http://127.0.0.1:{port}")
@@ -298,14 +314,14 @@ def judge(config: LoadConfig, code: int, report: dict[str, Any], rss: RssCheck |
 # -- results -----------------------------------------------------------------------------------
 
 
-def write_results(result: LoadResult, samples: list[tuple[float, int]]) -> None:
+def write_results(result: LoadResult, samples: list[Sample]) -> None:
     out_dir = result.config.out_dir
-    started = result.report.get("started_at") or (samples[0][0] if samples else 0.0)
+    started = result.report.get("started_at") or (samples[0].time if samples else 0.0)
     with (out_dir / "rss.csv").open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["seconds_from_load_start", "rss_mib"])
-        for t, rss in samples:
-            writer.writerow([f"{t - started:.1f}", f"{rss / MIB:.1f}"])
+        writer.writerow(["seconds_from_load_start", "rss_mib", "threads"])
+        for sample in samples:
+            writer.writerow([f"{sample.time - started:.1f}", f"{sample.rss / MIB:.1f}", sample.threads])
     rss = result.rss
     document = {
         "passed": result.passed,
@@ -326,15 +342,17 @@ def format_summary(result: LoadResult) -> str:
         f"load test: {config.users} users for {report['duration_s']:.0f} s against {report['host']}, "
         f"{report['photos']} face photos; endpoints {' '.join(report['endpoints_run'])}"
     ]
+    if report["photos_passed_over"]:
+        lines.append(f"  photos the service refused unloaded, passed over: {report['photos_passed_over']}")
     for path, why in report["endpoints_skipped"].items():
         lines.append(f"  skipped {path}: {why}")
     lines.append(
-        f"  {'endpoint':<30} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
+        f"  {'endpoint':<34} {'requests':>8} {'req/s':>7} {'p50 ms':>7} {'p95 ms':>7} "
         f"{'p99 ms':>7} {'failed':>6}"
     )
     for entry in report["endpoints"]:
         lines.append(
-            f"  {entry['method'] + ' ' + entry['name']:<30} {entry['requests']:>8} "
+            f"  {entry['method'] + ' ' + entry['name']:<34} {entry['requests']:>8} "
             f"{entry['rps']:>7.1f} {entry['p50_ms']:>7.0f} {entry['p95_ms']:>7.0f} "
             f"{entry['p99_ms']:>7.0f} {entry['failures']:>6}"
         )
@@ -349,7 +367,8 @@ def format_summary(result: LoadResult) -> str:
         lines.append(
             f"  server RSS: {rss.start_mib:.0f} MiB at start, {rss.end_mib:.0f} MiB at end; peak "
             f"{rss.first_third_peak_mib:.0f} MiB in the first third, {rss.last_third_peak_mib:.0f} "
-            f"in the last: {rss.growth_mib:+.1f} MiB (limit {rss.limit_mib:.0f})"
+            f"in the last: {rss.growth_mib:+.1f} MiB (limit {rss.limit_mib:.0f}; "
+            f"MALLOC_ARENA_MAX={config.malloc_arenas or 'default'})"
         )
     elif config.host is not None:
         lines.append("  server RSS: not measured (remote host)")

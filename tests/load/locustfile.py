@@ -8,14 +8,16 @@ sends a bad upload (truncated image, text, empty file) that must get its 4xx and
 Before users start (``test_start``) the file discovers the service instead of assuming it: the
 paths and query parameters in its OpenAPI document (an explanation endpoint that the server
 lacks is dropped from the mix, and said so), the classes (``/model``), and, for each photo, the
-label and probabilities of one unloaded ``/predict``. Under load:
+label and probabilities of one unloaded ``/predict`` (photos the service refuses unloaded, with
+no face found say, are passed over). Under load:
 
 - a 5xx or a connection error (refused, reset, timeout) is a failure;
 - a valid upload must get 200, except that an explanation may be refused with 503 ``overloaded``
   and a ``Retry-After`` header (documented back-pressure): that is counted apart, under its own
   name in the statistics, and the user waits as told;
-- ``/predict`` must give every photo its unloaded label and probabilities (within float noise),
-  and images answered as PNG must have the uploaded photo's size;
+- ``/predict`` must give every photo its unloaded label and probabilities (within float noise);
+  an explanation in JSON must explain the class asked for with a well-formed heatmap, and give
+  a photo the same prediction every time; one in PNG must have the uploaded photo's size;
 - a bad upload must get exactly its status and error code.
 
 After the users stop (``test_stop``) it checks that nothing was lost: per endpoint, the server's
@@ -51,6 +53,7 @@ from typing import Any
 import gevent
 import requests
 from locust import HttpUser, between, events, task
+from locust.exception import StopUser
 from locust.env import Environment
 
 log = logging.getLogger("celebxai.load")
@@ -62,6 +65,8 @@ READY_TIMEOUT_S = 120.0
 PROBABILITY_TOLERANCE = 1e-3
 BACKPRESSURE = (503, "overloaded")
 MAX_RETRY_AFTER_S = 5.0
+# photos tried per photo wanted, where the service refuses some (no face found)
+CANDIDATES_PER_PHOTO = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC_LINE = re.compile(
     r'^celebxai_http_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$', re.M
@@ -71,12 +76,20 @@ METRIC_LABEL = re.compile(r'(\w+)="([^"]*)"')
 PREDICT = "/predict"
 
 
-def _any_class(rng: random.Random, plan: Plan) -> str:
+def _any_class(rng: random.Random, plan: Plan, path: str) -> str | int:
+    """A random class: its index where the server's ``target`` is an integer, else its id."""
+    if "integer" in _types(plan.explanations[path]["target"]):
+        return rng.randrange(len(plan.class_ids))
     return rng.choice(plan.class_ids)
 
 
-def _any_seed(rng: random.Random, plan: Plan) -> int:
+def _any_seed(rng: random.Random, plan: Plan, path: str) -> int:
     return rng.randrange(1_000_000)
+
+
+def _types(schema: dict[str, Any]) -> set[str]:
+    """The JSON types an OpenAPI schema allows (``anyOf`` for optional values)."""
+    return {schema["type"]} if "type" in schema else {t for s in schema.get("anyOf", []) for t in _types(s)}
 
 
 # Cheap, realistic query parameters per explanation endpoint; a callable is drawn anew for each
@@ -117,6 +130,22 @@ def _options(parser: Any) -> None:
 
 
 @dataclass(frozen=True)
+class Answer:
+    """A classification: the label and every class's probability (from /predict, or the
+    prediction an explanation in JSON comes with)."""
+
+    label: str
+    probabilities: dict[str, float]
+    margin: float  # top probability minus the runner-up's
+
+    @classmethod
+    def of(cls, body: dict[str, Any]) -> Answer:
+        probabilities = {p["id"]: p["probability"] for p in body["probabilities"]}
+        ranked = sorted(probabilities.values(), reverse=True)
+        return cls(body["label"], probabilities, ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0))
+
+
+@dataclass(frozen=True)
 class Photo:
     """A face photo and its unloaded /predict answer."""
 
@@ -124,9 +153,7 @@ class Photo:
     data: bytes
     width: int
     height: int
-    label: str
-    probabilities: dict[str, float]
-    margin: float  # top probability minus the runner-up's
+    answer: Answer
 
 
 @dataclass(frozen=True)
@@ -145,7 +172,7 @@ class Plan:
     photos: list[Photo]
     class_ids: list[str]
     bad_uploads: list[BadUpload]
-    explanations: dict[str, set[str]]  # path -> the names of its query parameters
+    explanations: dict[str, dict[str, Any]]  # path -> {query parameter: its schema}
 
 
 def bad_uploads(photo: bytes) -> list[BadUpload]:
@@ -189,6 +216,8 @@ LEDGER = Ledger()
 RUN: dict[str, Any] = {"setup_error": None, "started_at": None, "stopped_at": None}
 SERVER_COUNTS_BEFORE: dict[str, float] = {}
 SKIPPED: dict[str, str] = {}
+EXPLANATION_REFERENCES: dict[tuple[str, Path], Answer] = {}  # (endpoint, photo) -> first answer
+PASSED_OVER: Counter[str] = Counter()  # photos the service refused unloaded, by status and code
 LOST_COUNTS: dict[str, dict[str, float]] = {}
 
 
@@ -212,10 +241,10 @@ def _wait_ready(session: requests.Session, host: str) -> None:
         gevent.sleep(1)
 
 
-def _query_parameters(openapi: dict[str, Any], path: str) -> set[str]:
+def _query_parameters(openapi: dict[str, Any], path: str) -> dict[str, Any]:
     operation = openapi["paths"][path].get("post", {})
-    known = {p["name"] for p in operation.get("parameters", []) if p.get("in") == "query"}
-    if missing := sorted({"format", *EXPLANATIONS[path]} - known):
+    known = {p["name"]: p.get("schema", {}) for p in operation.get("parameters", []) if p.get("in") == "query"}
+    if missing := sorted({"format", *EXPLANATIONS[path]} - set(known)):
         log.warning("%s has no query parameter %s: the server's default applies", path, missing)
     return known
 
@@ -224,37 +253,44 @@ def _project_root() -> Path:
     return Path(__file__).resolve().parents[2]  # this file is tests/load/locustfile.py
 
 
-def _choose_photos(data_root: Path, class_ids: list[str], per_class: int) -> list[Path]:
-    paths = []
+def choose_photos(
+    session: requests.Session, host: str, data_root: Path, class_ids: list[str], per_class: int
+) -> list[Photo]:
+    """Up to ``per_class`` photos of each class that the service classifies, each with its
+    unloaded answer. A photo it refuses with a 4xx (no face found, say) is passed over, counted
+    in ``PASSED_OVER`` by status and code; any other answer stops the run."""
+    photos = []
     for class_id in class_ids:
-        paths.extend(sorted((data_root / "celebs8" / class_id).glob("*.png"))[:per_class])
-    if not paths:
+        candidates = sorted((data_root / "celebs8" / class_id).glob("*.png"))
+        chosen = 0
+        for path in candidates[: per_class * CANDIDATES_PER_PHOTO]:
+            photo = _baseline(session, host, path)
+            if photo is not None:
+                photos.append(photo)
+                chosen += 1
+            if chosen == per_class:
+                break
+    if not photos:
         raise RuntimeError(
-            f"no face photos for the model's classes under {data_root / 'celebs8'} "
-            "(set CELEBXAI_DATA)"
+            f"no face photo of the model's classes under {data_root / 'celebs8'} that the service "
+            f"classifies (set CELEBXAI_DATA; passed over: {dict(PASSED_OVER) or 'none'})"
         )
-    return paths
+    return photos
 
 
-def _baseline(session: requests.Session, host: str, path: Path) -> Photo:
-    """The photo's answer from one /predict with nothing else running."""
+def _baseline(session: requests.Session, host: str, path: Path) -> Photo | None:
+    """The photo's answer from one /predict with nothing else running (None: refused, 4xx)."""
     data = path.read_bytes()
     response = session.post(
         f"{host}{PREDICT}", files={"file": (path.name, data, "image/png")}, timeout=REQUEST_TIMEOUT_S
     )
+    if 400 <= response.status_code < 500:
+        PASSED_OVER[f"{response.status_code} {error_code(response)}"] += 1
+        return None
     if response.status_code != 200:
         raise RuntimeError(f"unloaded /predict of {path} answered {response.status_code}: {response.text}")
     body = response.json()
-    ranked = sorted((p["probability"] for p in body["probabilities"]), reverse=True)
-    return Photo(
-        path=path,
-        data=data,
-        width=body["image"]["width"],
-        height=body["image"]["height"],
-        label=body["label"],
-        probabilities={p["id"]: p["probability"] for p in body["probabilities"]},
-        margin=ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0),
-    )
+    return Photo(path, data, body["image"]["width"], body["image"]["height"], Answer.of(body))
 
 
 def server_request_counts(session: requests.Session, host: str) -> dict[str, float]:
@@ -286,10 +322,10 @@ def discover(environment: Environment) -> Plan:
             log.warning("%s is not served: its task is skipped", path)
     data_root = Path(os.environ.get("CELEBXAI_DATA") or _project_root().parent / "shared" / "data")
     per_class = environment.parsed_options.photos_per_class if environment.parsed_options else 2
-    photos = [_baseline(session, host, p) for p in _choose_photos(data_root, class_ids, per_class)]
+    photos = choose_photos(session, host, data_root, class_ids, per_class)
     log.info(
-        "%d photos of %d classes, baseline labels recorded; endpoints: %s",
-        len(photos), len(class_ids), ", ".join([PREDICT, *explanations]),
+        "%d photos of %d classes, baseline answers recorded (passed over: %s); endpoints: %s",
+        len(photos), len(class_ids), dict(PASSED_OVER) or "none", ", ".join([PREDICT, *explanations]),
     )
     SERVER_COUNTS_BEFORE.update(server_request_counts(session, host))
     return Plan(photos, class_ids, bad_uploads(photos[0].data), explanations)
@@ -371,6 +407,8 @@ class FaceUser(HttpUser):
     wait_time = between(0.05, 0.5)
 
     def on_start(self) -> None:
+        if PLAN is None:  # the setup failed; the runner is quitting
+            raise StopUser()
         if key := os.environ.get("CELEBXAI_API_KEY"):
             self.client.headers[API_KEY_HEADER] = key
         self.rng = random.Random()
@@ -406,7 +444,7 @@ class FaceUser(HttpUser):
             if response.status_code != 200:
                 fail(response, WRONG_STATUS, PREDICT, f"{response.status_code} {error_code(response)}")
                 return
-            check_prediction(response, photo, PREDICT)
+            settle(response, PREDICT, answer_problem(response.json(), photo.answer, photo))
 
     @task(4)
     @endpoint("/saliency")
@@ -427,24 +465,20 @@ class FaceUser(HttpUser):
         photo = self.photo()
         wanted = {**EXPLANATIONS[path], "format": next(self.formats)}
         params = {
-            name: value(self.rng, PLAN) if callable(value) else value
+            name: value(self.rng, PLAN, path) if callable(value) else value
             for name, value in wanted.items()
             if name in PLAN.explanations[path]
         }
-        answer_format = params.get("format", "json")
         retry_after = 0.0
         with self.post(path, path, (photo.path.name, photo.data, "image/png"), params) as response:
             if not self.check_transport(response, path, path):
                 return
             if is_backpressure(response):
-                response.request_meta["name"] = f"{path} (503 overloaded)"
-                LEDGER.backpressure[path] += 1
-                response.success()
-                retry_after = float(response.headers["Retry-After"])
+                retry_after = accept_backpressure(response, path)
             elif response.status_code != 200:
                 fail(response, WRONG_STATUS, path, f"{response.status_code} {error_code(response)}")
             else:
-                check_explanation(response, photo, answer_format, path)
+                settle(response, path, explanation_problem(response, path, photo, params))
         if retry_after:
             gevent.sleep(min(retry_after, MAX_RETRY_AFTER_S))
 
@@ -453,15 +487,20 @@ class FaceUser(HttpUser):
         bad = self.rng.choice(PLAN.bad_uploads)
         path = self.rng.choice(sorted(enabled_paths()))
         name = f"{path} (bad input)"
+        retry_after = 0.0
         with self.post(path, name, ("upload.png", bad.data, bad.content_type)) as response:
             if not self.check_transport(response, path, name):
                 return
             got = (response.status_code, error_code(response))
-            if got != (bad.status, bad.code):
+            if path != PREDICT and is_backpressure(response):
+                retry_after = accept_backpressure(response, path)
+            elif got != (bad.status, bad.code):
                 fail(response, BAD_INPUT_MISHANDLED, name,
                      f"{bad.kind}: expected {bad.status} {bad.code}, got {got[0]} {got[1]}")
             else:
                 response.success()
+        if retry_after:
+            gevent.sleep(min(retry_after, MAX_RETRY_AFTER_S))
 
 
 # -- checks ------------------------------------------------------------------------------------
@@ -479,6 +518,15 @@ def error_code(response: Any) -> str:
         return "(no error code)"
 
 
+def accept_backpressure(response: Any, path: str) -> float:
+    """Count a refusal of an explanation as back-pressure, under its own name in the
+    statistics (its latency is not an explanation's); the seconds Retry-After asks to wait."""
+    response.request_meta["name"] = f"{path} (503 overloaded)"
+    LEDGER.backpressure[path] += 1
+    response.success()
+    return float(response.headers["Retry-After"])
+
+
 def is_backpressure(response: Any) -> bool:
     """503 ``overloaded`` with a Retry-After header: documented back-pressure, not a failure."""
     return (
@@ -487,37 +535,66 @@ def is_backpressure(response: Any) -> bool:
     )
 
 
-def check_prediction(response: Any, photo: Photo, name: str) -> None:
-    """The answer must be the photo's unloaded one: same label, same probabilities."""
-    body = response.json()
-    probabilities = {p["id"]: p["probability"] for p in body["probabilities"]}
-    drift = max(abs(probabilities.get(k, -1.0) - v) for k, v in photo.probabilities.items())
+def settle(response: Any, name: str, problem: str | None) -> None:
+    """Mark the answer right, or a wrong answer saying why."""
+    if problem:
+        fail(response, WRONG_ANSWER, name, problem)
+    else:
+        response.success()
+
+
+def answer_problem(body: dict[str, Any], expected: Answer, photo: Photo) -> str | None:
+    """How ``body``'s classification differs from ``expected`` (None: it does not)."""
+    answer = Answer.of(body)
+    drift = max(abs(answer.probabilities.get(k, -1.0) - v) for k, v in expected.probabilities.items())
     if drift > PROBABILITY_TOLERANCE:
-        fail(response, WRONG_ANSWER, name,
-             f"{photo.path.name}: probabilities moved by {drift:.2g} from the unloaded answer")
-    elif body["label"] != photo.label and photo.margin > 2 * PROBABILITY_TOLERANCE:
-        fail(response, WRONG_ANSWER, name,
-             f"{photo.path.name}: label {body['label']!r}, unloaded {photo.label!r}")
-    else:
-        response.success()
+        return f"{photo.path.name}: probabilities moved by {drift:.2g} from the reference answer"
+    if answer.label != expected.label and expected.margin > 2 * PROBABILITY_TOLERANCE:
+        return f"{photo.path.name}: label {answer.label!r}, reference {expected.label!r}"
+    return None
 
 
-def check_explanation(response: Any, photo: Photo, answer_format: str, name: str) -> None:
+def explanation_problem(response: Any, path: str, photo: Photo, params: dict[str, Any]) -> str | None:
+    """What is wrong with an explanation of ``photo`` from ``path`` asked for with ``params``
+    (None: nothing).
+
+    json: the class explained is the one asked for, the heatmap grid has the upload's aspect
+    and its declared shape, values lie in its value range, and the prediction it comes with is
+    the one the endpoint gave for the photo the first time. (Not /predict's: an endpoint may
+    classify another region of the image; comparing endpoints is the API tests' job.)
+    png and overlay: a PNG the size of the upload.
+    """
+    answer_format = params.get("format", "json")
     content_type = response.headers.get("Content-Type", "")
-    if answer_format == "json":
-        if not content_type.startswith("application/json"):
-            fail(response, WRONG_ANSWER, name, f"format=json answered {content_type}")
-            return
-        response.success()
-        return
-    size = png_size(response.content)
-    if size is None:
-        fail(response, WRONG_ANSWER, name, f"format={answer_format} is not a PNG ({content_type})")
-    elif size != (photo.width, photo.height):
-        fail(response, WRONG_ANSWER, name,
-             f"format={answer_format}: {size[0]}x{size[1]} image for a {photo.width}x{photo.height} upload")
-    else:
-        response.success()
+    if answer_format != "json":
+        size = png_size(response.content)
+        if size is None:
+            return f"format={answer_format} answered {content_type}, not a PNG"
+        if size != (photo.width, photo.height):
+            return (f"format={answer_format}: {size[0]}x{size[1]} image for a "
+                    f"{photo.width}x{photo.height} upload")
+        return None
+    try:
+        body = response.json()
+        heatmap = body["heatmap"]
+        if "target" in params:
+            target = params["target"]
+            wanted = target if isinstance(target, str) else PLAN.class_ids[target]
+            if body["target"]["id"] != wanted:
+                return f"explained {body['target']['id']!r}, asked for {wanted!r}"
+        width, height, rows = heatmap["width"], heatmap["height"], heatmap["values"]
+        if len(rows) != height or any(len(row) != width for row in rows):
+            return f"heatmap grid is not the declared {width}x{height}"
+        if abs(width * photo.height - height * photo.width) > max(photo.width, photo.height):
+            return f"{width}x{height} heatmap for a {photo.width}x{photo.height} upload"
+        low, high = heatmap["value_range"]
+        if not all(low <= value <= high for row in rows for value in row):
+            return f"heatmap values outside its range {low}..{high}"
+        # an endpoint's first answer for a photo is the reference for its later ones
+        reference = EXPLANATION_REFERENCES.setdefault((path, photo.path), Answer.of(body))
+        return answer_problem(body, reference, photo)
+    except (ValueError, KeyError, TypeError, IndexError) as exc:
+        return f"unreadable format=json answer ({content_type}): {exc!r}"
 
 
 # -- the report --------------------------------------------------------------------------------
@@ -561,6 +638,7 @@ def build_report(environment: Environment) -> dict[str, Any]:
         "stopped_at": stopped,
         "duration_s": duration,
         "photos": len(PLAN.photos) if PLAN else 0,
+        "photos_passed_over": dict(PASSED_OVER),
         "endpoints_run": sorted(enabled_paths()) if PLAN else [],
         "endpoints_skipped": SKIPPED,
         "endpoints": endpoints,

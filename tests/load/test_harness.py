@@ -5,7 +5,7 @@ from typing import Any
 
 import pytest
 
-from .harness import MIB, LoadConfig, check_rss, judge, seconds
+from .harness import MIB, LoadConfig, Sample, check_rss, judge, seconds
 
 CONFIG = LoadConfig()
 
@@ -14,7 +14,7 @@ def report(**changes: Any) -> dict[str, Any]:
     """A clean locust report: /predict answered, nothing wrong."""
     clean: dict[str, Any] = {
         "host": "http://127.0.0.1:1234", "users": 10, "setup_error": None,
-        "started_at": 100.0, "stopped_at": 145.0, "duration_s": 45.0, "photos": 16,
+        "started_at": 100.0, "stopped_at": 145.0, "duration_s": 45.0, "photos": 16, "photos_passed_over": {},
         "endpoints_run": ["/predict"], "endpoints_skipped": {},
         "endpoints": [{"name": "/predict", "method": "POST", "requests": 900, "failures": 0,
                        "rps": 20.0, "p50_ms": 20, "p95_ms": 90, "p99_ms": 200,
@@ -26,7 +26,7 @@ def report(**changes: Any) -> dict[str, Any]:
 
 
 def flat_rss(mib: float = 1000.0) -> Any:
-    return check_rss([(100.0 + i, int(mib * MIB)) for i in range(46)], 100.0, 145.0, 64.0)
+    return check_rss([Sample(100.0 + i, int(mib * MIB)) for i in range(46)], 100.0, 145.0, 64.0)
 
 
 @pytest.mark.parametrize(
@@ -45,8 +45,8 @@ def test_a_bad_duration_is_refused(text):
 def test_rss_growth_compares_the_peaks_of_the_first_and_last_thirds():
     # warm-up inside the first third, then flat, then 80 MiB more in the last third
     mib = [900, 1000] + [1000] * 28 + [1080] * 15
-    samples = [(100.0 + i, int(m * MIB)) for i, m in enumerate(mib)]
-    samples.append((200.0, 5000 * MIB))  # after the load phase: ignored
+    samples = [Sample(100.0 + i, int(m * MIB)) for i, m in enumerate(mib)]
+    samples.append(Sample(200.0, 5000 * MIB))  # after the load phase: ignored
 
     rss = check_rss(samples, 100.0, 145.0, limit_mib=64.0)
 
@@ -56,7 +56,7 @@ def test_rss_growth_compares_the_peaks_of_the_first_and_last_thirds():
 
 
 def test_a_warm_up_in_the_first_third_is_not_growth():
-    samples = [(100.0 + i, int((700 + min(i, 10) * 30) * MIB)) for i in range(46)]
+    samples = [Sample(100.0 + i, int((700 + min(i, 10) * 30) * MIB)) for i in range(46)]
 
     rss = check_rss(samples, 100.0, 145.0, limit_mib=64.0)
 
@@ -91,7 +91,7 @@ def test_every_kind_of_failure_fails_the_run(kind, name):
 
 
 def test_memory_growth_over_the_limit_fails_the_run():
-    samples = [(100.0 + i, int((1000 + 3 * i) * MIB)) for i in range(46)]  # 3 MiB/s: peaks at 14 s and 45 s
+    samples = [Sample(100.0 + i, int((1000 + 3 * i) * MIB)) for i in range(46)]  # 3 MiB/s: peaks at 14 s and 45 s
 
     result = judge(CONFIG, 0, report(), check_rss(samples, 100.0, 145.0, limit_mib=64.0))
 
