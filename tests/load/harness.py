@@ -236,7 +236,8 @@ def run_locust(config: LoadConfig, host: str) -> tuple[int, dict[str, Any]]:
     """Run locust to the end; its exit code and the locustfile's report ({} if none)."""
     out_dir = config.out_dir
     report_file = out_dir / "report.json"
-    report_file.unlink(missing_ok=True)
+    for stale in (report_file, out_dir / "locust.log"):  # locust appends to its log file
+        stale.unlink(missing_ok=True)
     env = {k: v for k, v in os.environ.items() if not k.startswith("LOCUST_")}
     if config.data is not None:
         env["CELEBXAI_DATA"] = str(config.data)
