@@ -302,7 +302,7 @@ def judge(config: LoadConfig, code: int, report: dict[str, Any], rss: RssCheck |
         problems.append("no /predict request was answered")
     if code not in (0, -1) and not problems:
         problems.append(f"locust exited with {code} ({logs})")
-    if rss is None and config.host is None:
+    if rss is None and config.host is None and not report["setup_error"]:
         problems.append("too few RSS samples during the load phase")
     elif rss is not None and not rss.ok:
         problems.append(

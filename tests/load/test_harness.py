@@ -107,10 +107,10 @@ def test_a_run_that_did_nothing_fails():
 
 
 def test_a_setup_failure_or_missing_report_fails():
-    setup = judge(CONFIG, 2, report(setup_error="RuntimeError: no face photos"), None)
+    setup = judge(CONFIG, 2, report(setup_error="RuntimeError: no face photos", answered={}), None)
     missing = judge(CONFIG, 1, {}, None)
 
-    assert setup.problems[0] == "setup failed: RuntimeError: no face photos"
+    assert setup.problems == ["setup failed: RuntimeError: no face photos"]
     assert missing.problems[0].startswith("locust wrote no report")
 
 
