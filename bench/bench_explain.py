@@ -5,7 +5,7 @@ One run prints four tables, all on test-split faces of the bundle's split.json:
 2. speed against what users would otherwise run, on the same faces: captum's ``Occlusion`` with
    its defaults (one perturbation per forward pass, on the PyTorch twin) against our batched
    occlusion on ONNX Runtime, same window and stride; the ``lime`` package's ``lime_image`` with
-   its defaults (quickshift, 1000 samples, batch size 10, top 5 labels; progress bar off) on the
+   its defaults (quickshift, 1000 samples, batch size 10, top 5 labels) on the
    same ONNX model against our LIME, at its default and at 1000 samples;
 3. model randomisation (Adebayo et al. 2018): the classifier head (the twin's last linear
    layer) gets random weights; Spearman rank correlation between each gradient method's map
@@ -44,6 +44,7 @@ from service.preprocess import Preprocessor
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
 RANDOM = "random"
+SECTIONS = ("latency", "speed", "sanity", "faithfulness")
 
 log = logging.getLogger("bench_explain")
 
@@ -79,6 +80,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--runs", type=int, default=20, help="timed runs per method for latency (default: 20)"
+    )
+    parser.add_argument(
+        "--only",
+        nargs="+",
+        choices=SECTIONS,
+        default=list(SECTIONS),
+        help=f"tables to print (default: all: {' '.join(SECTIONS)})",
     )
     parser.add_argument(
         "--threads",
@@ -203,7 +211,7 @@ def speed_table(handle: ModelHandle, preprocess: Preprocessor, faces) -> None:
 
     def lime_package(photo: Image.Image) -> None:
         lime_image.LimeImageExplainer(random_state=0).explain_instance(
-            np.asarray(photo), classifier_fn, random_seed=0, progress_bar=False
+            np.asarray(photo), classifier_fn, random_seed=0
         )
 
     occlusion_ours, lime_ours = EXPLAINERS["occlusion"](handle), EXPLAINERS["lime"](handle)
@@ -282,12 +290,17 @@ def main(args: argparse.Namespace) -> None:
     )
     print(
         f"bundle {meta.name} {meta.version} ({args.model}); torch and ONNX Runtime threads: "
-        f"{args.threads}; {os.cpu_count()} cores"
+        f"{args.threads}; {os.cpu_count()} cores; OMP_WAIT_POLICY="
+        f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}; load average {os.getloadavg()[0]:.1f}"
     )
-    latency_table(handle, faces[0], args.runs)
-    speed_table(handle, preprocess, faces[: args.speed_images])
-    randomisation_table(handle, random_handle, faces[: args.sanity_images])
-    faithfulness_table(handle, faces[: args.n], args.steps)
+    if "latency" in args.only:
+        latency_table(handle, faces[0], args.runs)
+    if "speed" in args.only:
+        speed_table(handle, preprocess, faces[: args.speed_images])
+    if "sanity" in args.only:
+        randomisation_table(handle, random_handle, faces[: args.sanity_images])
+    if "faithfulness" in args.only:
+        faithfulness_table(handle, faces[: args.n], args.steps)
 
 
 if __name__ == "__main__":
