@@ -64,7 +64,7 @@ class LiveService:
         return self.log.read_text(errors="replace")[-4000:]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def live_service(
     default_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveService]:
@@ -104,7 +104,7 @@ def _wait_ready(service: LiveService) -> None:
     pytest.fail(f"the service was not ready within {READY_TIMEOUT_S} s:\n{service.log_text()}")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser(chromium_path: str) -> Iterator[object]:
     try:
         from playwright.sync_api import sync_playwright
@@ -157,7 +157,7 @@ class KnownFace:
     prediction: dict  # the service's /predict answer for it
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def recognised_face(
     live_service: LiveService, default_bundle: Path, celebs_root: Path
 ) -> KnownFace:
