@@ -16,7 +16,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     CELEBXAI_HOST=0.0.0.0 \
     CELEBXAI_PORT=8000 \
-    CELEBXAI_MODEL=/app/models/celebs8
+    CELEBXAI_MODEL=/app/models/celebs8 \
+    MALLOC_ARENA_MAX=2
+# MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas otherwise let RSS creep up for minutes
+# under mixed explanation traffic (README, "Load testing"); the load test runs the same way.
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 celebxai
