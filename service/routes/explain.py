@@ -1,7 +1,9 @@
 """POST /saliency, /occlusion, /lime: why the model chose a class, as a heatmap.
 
-Each endpoint takes the common query parameters ``target`` (class id; default: the predicted
-class) and ``format`` (json | png | overlay) plus its methods' own parameters, whose defaults
+Each explains the face ``/predict`` classifies (``FaceDep``: query parameters ``detect`` and
+``face``) and lays the map back onto the upload through the face's alignment. Each takes the
+common query parameters ``target`` (class id; default: the predicted class) and ``format``
+(json | png | overlay) plus its methods' own parameters, whose defaults
 and bounds come from the methods' ``Params`` models (``service.explain``), so out-of-range
 values are 422 ``validation_error`` saying the limit. ``batch_size`` is not offered: it changes
 speed and memory, never the map. Perturbation methods send their forward passes through the
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 from collections.abc import Iterable
 from typing import Annotated, Any, Literal, NoReturn
@@ -22,11 +25,11 @@ import numpy as np
 from fastapi import APIRouter, Depends, Query
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import ONNX_FILE
-from ..deps import ImageDep, ModelDep, api_key_guard, in_flight_slot
+from ..deps import FaceDep, ImageDep, ModelDep, api_key_guard, in_flight_slot
 from ..explain import (
     EXPLAINERS,
     GRADIENT_METHODS,
@@ -37,10 +40,10 @@ from ..explain import (
     array_digest,
     cache_key,
 )
-from ..explain.render import as_rows, heatmap_png, overlay_png
+from ..explain.render import as_rows, blend_png, rgba_png
+from ..faces import AlignedFace, FaceChoice
 from ..images import DecodedImage
 from ..model import ServingModel
-from ..preprocess import Box
 from ..schemas import ClassProbability, FaceBox, ImageInfo, ModelRef, error_responses
 
 # Not exposed over HTTP: it trades memory for speed and never changes the map.
@@ -87,7 +90,9 @@ def _query_model(name: str, methods: Iterable[str], **extra: Any) -> type[BaseMo
                 info = copy.copy(info)
                 info.description = f"{info.description} ({method} only)"
             fields[field_name] = (info.annotation, info)
-    return create_model(name, __config__=ConfigDict(extra="forbid"), **fields)
+    # Unknown names are ignored, as everywhere in the API: other dependencies (the face choice's
+    # ``detect`` and ``face``) read their own query parameters from the same query string.
+    return create_model(name, **fields)
 
 
 SaliencyQuery = _query_model(
@@ -103,9 +108,9 @@ LimeQuery = _query_model("LimeQuery", ["lime"])
 
 
 class HeatmapGrid(BaseModel):
-    """The heatmap in the coordinates of the uploaded image: row ``r``, column ``c`` is image
-    pixel ``(c * image width / width, r * image height / height)``; the grid is the image's own
-    size unless a side exceeds 256, then scaled down to fit."""
+    """The heatmap in the coordinates of the uploaded image, 0 outside the face: row ``r``,
+    column ``c`` is image pixel ``(c * image width / width, r * image height / height)``; the
+    grid is the image's own size unless a side exceeds 256, then scaled down to fit."""
 
     width: int
     height: int
@@ -121,6 +126,7 @@ class HeatmapGrid(BaseModel):
 
 class ExplainTimings(BaseModel):
     decode_ms: float
+    detect_ms: float = Field(description="finding and aligning the face")
     preprocess_ms: float
     explain_ms: float = Field(description="computing the heatmap (0 when it came from the cache)")
     total_ms: float
@@ -137,7 +143,8 @@ class ExplanationResponse(BaseModel):
     probabilities: list[ClassProbability] = Field(description="every class, most probable first")
     parameters: dict[str, Any] = Field(description="every parameter of the method, as used")
     heatmap: HeatmapGrid
-    face_box: FaceBox
+    face_box: FaceBox = Field(description="the face explained (the region /predict classifies)")
+    face_index: int | None = Field(description="which detected face; null: the whole image")
     image: ImageInfo
     model: ModelRef
     cached: bool = Field(description="whether the heatmap came from the result cache")
@@ -164,6 +171,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 async def saliency(
     model: ModelDep,
     image: ImageDep,
+    face: FaceDep,
     query: Annotated[SaliencyQuery, Query()],  # type: ignore[valid-type]
 ) -> ExplanationResponse:
     method = query.method
@@ -175,7 +183,7 @@ async def saliency(
             f"{', '.join(foreign)} does not apply to method={method}; its parameters: "
             f"{', '.join(sorted(own - SERVER_SIDE_PARAMS)) or 'none'}",
         )
-    return await _explain(model, image, method, query, own)
+    return await _explain(model, image, face, method, query, own)
 
 
 @router.post(
@@ -189,9 +197,10 @@ async def saliency(
 async def occlusion(
     model: ModelDep,
     image: ImageDep,
+    face: FaceDep,
     query: Annotated[OcclusionQuery, Query()],  # type: ignore[valid-type]
 ) -> ExplanationResponse:
-    return await _explain(model, image, "occlusion", query)
+    return await _explain(model, image, face, "occlusion", query)
 
 
 @router.post(
@@ -205,14 +214,16 @@ async def occlusion(
 async def lime(
     model: ModelDep,
     image: ImageDep,
+    face: FaceDep,
     query: Annotated[LimeQuery, Query()],  # type: ignore[valid-type]
 ) -> ExplanationResponse:
-    return await _explain(model, image, "lime", query)
+    return await _explain(model, image, face, "lime", query)
 
 
 async def _explain(
     model: ServingModel,
     image: DecodedImage,
+    face: FaceChoice,
     method: str,
     query: BaseModel,
     own: Iterable[str] | None = None,
@@ -220,10 +231,9 @@ async def _explain(
     own = set(own if own is not None else EXPLAINERS[method].Params.model_fields)
     params = {name: value for name, value in query.model_dump().items() if name in own}
     target = _class_index(model, query.target)  # type: ignore[attr-defined]
-    box = Box.whole(image.rgb)  # the same region /predict classifies
 
     started = time.perf_counter()
-    x = await run_in_threadpool(model.preprocess, image.rgb, box)
+    x = await run_in_threadpool(model.preprocess, face.aligned.crop)  # what /predict classifies
     preprocess_ms = (time.perf_counter() - started) * 1000
 
     key = cache_key(
@@ -241,16 +251,27 @@ async def _explain(
         CACHE.put(key, heatmap)
     explain_ms = 0.0 if cached else (time.perf_counter() - started) * 1000
 
-    corners = (box.x, box.y, box.x + box.width, box.y + box.height)
     fmt = query.format  # type: ignore[attr-defined]
-    if fmt == "png":
-        png = await run_in_threadpool(heatmap_png, heatmap, image.rgb.size, corners)
+    if fmt in ("png", "overlay"):
+        png = await run_in_threadpool(_render_png, fmt, image, face.aligned, heatmap)
         return Response(png, media_type=PNG_MEDIA_TYPE)
+    grid = await run_in_threadpool(_json_grid, heatmap, face.aligned, image.rgb.size)
+    timings = ExplainTimings(
+        decode_ms=image.decode_ms,
+        detect_ms=face.detect_ms,
+        preprocess_ms=preprocess_ms,
+        explain_ms=explain_ms,
+        total_ms=(time.perf_counter() - image.received_at) * 1000,
+    )
+    return _response(model, image, face, method, heatmap, grid, cached, timings)
+
+
+def _render_png(fmt: Format, image: DecodedImage, aligned: AlignedFace, heatmap: Heatmap) -> bytes:
+    """The heatmap laid back from the face crop onto the upload, as ``fmt`` (png | overlay)."""
+    placed = aligned.to_image(heatmap.values, image.rgb.size)
     if fmt == "overlay":
-        png = await run_in_threadpool(overlay_png, image.rgb, heatmap, corners)
-        return Response(png, media_type=PNG_MEDIA_TYPE)
-    grid = await run_in_threadpool(_json_grid, heatmap, image.rgb.size, corners)
-    return _response(model, image, box, method, heatmap, grid, cached, preprocess_ms, explain_ms)
+        return blend_png(image.rgb, placed, heatmap.signed)
+    return rgba_png(placed, heatmap.signed)
 
 
 async def _compute(
@@ -286,14 +307,15 @@ def _reject(loc: tuple[str, ...], message: str) -> NoReturn:
     raise RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])
 
 
-def _json_grid(
-    heatmap: Heatmap, image_size: tuple[int, int], box: tuple[int, int, int, int]
-) -> HeatmapGrid:
+def _json_grid(heatmap: Heatmap, aligned: AlignedFace, image_size: tuple[int, int]) -> HeatmapGrid:
+    """The heatmap laid back onto the upload, on a grid of the image's size scaled down to at
+    most ``MAX_JSON_SIDE`` a side."""
     width, height = image_size
     factor = min(1.0, MAX_JSON_SIDE / max(width, height))
     grid_size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    x0, y0, x1, y1 = (round(corner * factor) for corner in box)
-    grid_box = (x0, y0, max(x1, x0 + 1), max(y1, y0 + 1))
+    # grid cell -> image pixel (divide by the factor) -> crop pixel (the face's matrix)
+    to_crop = aligned.matrix * np.array([[1 / factor, 1 / factor, 1.0]])
+    on_grid = dataclasses.replace(aligned, matrix=to_crop).to_image(heatmap.values, grid_size)
     return HeatmapGrid(
         width=grid_size[0],
         height=grid_size[1],
@@ -301,20 +323,19 @@ def _json_grid(
         value_range=heatmap.value_range,
         units=heatmap.units,
         scale=heatmap.scale,
-        values=as_rows(heatmap.place(grid_size, grid_box)),
+        values=as_rows(on_grid),
     )
 
 
 def _response(
     model: ServingModel,
     image: DecodedImage,
-    box: Box,
+    face: FaceChoice,
     method: str,
     heatmap: Heatmap,
     grid: HeatmapGrid,
     cached: bool,
-    preprocess_ms: float,
-    explain_ms: float,
+    timings: ExplainTimings,
 ) -> ExplanationResponse:
     classes = model.meta.classes
     probabilities = heatmap.probabilities
@@ -336,9 +357,8 @@ def _response(
         probabilities=ranked,
         parameters=heatmap.params,
         heatmap=grid,
-        face_box=FaceBox(
-            x=box.x, y=box.y, width=box.width, height=box.height, source="whole_image"
-        ),
+        face_box=FaceBox.of(face.box, "whole_image" if face.index is None else "detector"),
+        face_index=face.index,
         image=ImageInfo(
             width=image.width,
             height=image.height,
@@ -348,10 +368,5 @@ def _response(
         ),
         model=ModelRef(name=model.meta.name, version=model.meta.version),
         cached=cached,
-        timings=ExplainTimings(
-            decode_ms=image.decode_ms,
-            preprocess_ms=preprocess_ms,
-            explain_ms=explain_ms,
-            total_ms=(time.perf_counter() - image.received_at) * 1000,
-        ),
+        timings=timings,
     )

@@ -144,7 +144,6 @@ INVALID = [
         {"num_segments": 2},
         "query.num_segments: Input should be greater than or equal to 4",
     ),
-    ("/lime", {"batch_size": 8}, "query.batch_size: Extra inputs are not permitted"),
     ("/saliency", {"method": "lime"}, "query.method: Input should be"),
     ("/saliency", {"samples": 4}, "samples does not apply to method=gradient"),
     ("/saliency", {"method": "smoothgrad", "samples": 65}, "less than or equal to 64"),
@@ -174,3 +173,48 @@ def test_bad_upload_and_missing_key_get_their_codes(client, explain, path):
     )
     assert response.status_code == 401
     assert response.json()["error"]["code"] == "missing_api_key"
+
+
+def _face_in_scene(held_out_faces) -> tuple[bytes, tuple[int, int, int, int]]:
+    """A face crop pasted, slightly rotated, into a 640x480 face-free scene; and where."""
+    rng = np.random.default_rng(3)
+    noise = rng.integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    scene = Image.fromarray(noise).resize((640, 480), Image.Resampling.BICUBIC)
+    face = Image.open(held_out_faces[0][0]).convert("RGB").resize((200, 200)).rotate(10)
+    scene.paste(face, (380, 140))
+    return ib.encode(scene, "PNG"), (380, 140, 580, 340)
+
+
+def test_the_face_predict_uses_is_explained_and_mapped_back(explain, post_image, held_out_faces):
+    data, (x0, y0, x1, y1) = _face_in_scene(held_out_faces)
+    predicted = post_image(data).json()
+
+    body = explain("/saliency", data, method="gradcam").json()
+    heat = np.asarray(_png(explain("/saliency", data, method="gradcam", format="png")))
+
+    assert body["face_box"] == predicted["face_box"] and body["face_box"]["source"] == "detector"
+    assert body["face_index"] == predicted["face_index"] == 0
+    assert body["label"] == predicted["label"]
+    assert body["probability"] == pytest.approx(predicted["probability"], abs=1e-4)
+    values = np.array(body["heatmap"]["values"])  # 256 x 192 grid over the 640 x 480 photo
+    assert values.shape == (192, 256)
+    row, column = np.unravel_index(np.argmax(values), values.shape)
+    assert y0 <= row / 0.4 <= y1 and x0 <= column / 0.4 <= x1  # the peak is on the face
+    assert values[:, : round(300 * 0.4)].max() == 0  # nothing far from the aligned crop
+    assert heat.shape == (480, 640, 4)
+    assert heat[:, :300, 3].max() == 0 and heat[y0:y1, x0:x1, 3].max() > 150
+
+
+def test_detect_false_explains_the_whole_upload(explain, face_bytes):
+    body = explain("/occlusion", face_bytes, detect="false", window=50, stride=25).json()
+
+    assert body["face_box"]["source"] == "whole_image" and body["face_index"] is None
+
+
+def test_no_face_is_422_no_face(explain):
+    blank = ib.encode(ib.noise_image((320, 240)), "PNG")
+
+    response = explain("/lime", blank, num_samples=32)
+
+    assert response.status_code == 422
+    assert response.json()["error"]["code"] == "no_face"
