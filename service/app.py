@@ -22,7 +22,7 @@ from .deps import API_KEY_HEADER
 from .errors import install_error_handlers
 from .metrics import MetricsMiddleware
 from .model import load_model
-from .routes import explain, meta, metrics, page, predict
+from .routes import explain, insight, meta, metrics, page, predict
 from .settings import Settings, get_settings
 from .state import ServiceState
 
@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 ROUTERS: tuple[APIRouter, ...] = (
     predict.router,
     explain.router,
+    insight.router,
     meta.router,
     metrics.router,
     page.router,

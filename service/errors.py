@@ -74,6 +74,22 @@ class FaceNotFound(ServiceError):
     status, code = 422, "face_index_out_of_range"
 
 
+class UnknownLayer(ServiceError):
+    status, code = 422, "unknown_layer"
+
+
+class UnknownChannel(ServiceError):
+    status, code = 422, "unknown_channel"
+
+
+class UnknownClass(ServiceError):
+    status, code = 422, "unknown_class"
+
+
+class NoTopPatches(ServiceError):
+    status, code = 404, "no_top_patches"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate|export`` -- see ``--help`` of each command."""
+"""``python -m training fit|evaluate|export|insight`` -- see ``--help`` of each command."""
 from __future__ import annotations
 
 import argparse
@@ -8,6 +8,7 @@ import sys
 from .augment import PRESETS
 from .backbones import BACKBONES
 from .fit import OPTIMIZERS
+from .insight import PER_CHANNEL
 
 DEFAULT_DATA = "../shared/data/celebs8"
 DEFAULT_OTHERS = "../shared/data/others"
@@ -55,18 +56,30 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument("--version", default="1.0.0", help="version string recorded in the bundle")
     fit.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces <root>/<person>/*.png for the "
                      "'none of the classes' threshold; 'none' skips it")
+    fit.add_argument("--no-insight", action="store_true", help="skip the top patches (see the insight command)")
 
     export = sub.add_parser("export", help="export a bundle from a fit checkpoint", formatter_class=fmt)
     export.add_argument("--checkpoint", required=True, help="runs/<name>/checkpoint.pt written by fit")
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument("--data", default=None, help="image root (default: the one recorded in the checkpoint)")
     export.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces for the open-set threshold; 'none' skips it")
+    export.add_argument("--no-insight", action="store_true", help="skip the top patches (see the insight command)")
 
     evaluate = sub.add_parser("evaluate", help="evaluate a bundle's ONNX model on a split or a tree", formatter_class=fmt)
     evaluate.add_argument("--bundle", default="models/celebs8")
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
                           help="split recorded in the bundle; 'all' = every image under --data")
     evaluate.add_argument("--data", default=None, help="image root (default: the one recorded in the bundle)")
+
+    insight = sub.add_parser("insight", help="store the training patches that excite each channel most in a bundle "
+                             "(meta.json updated; model files untouched)", formatter_class=fmt)
+    insight.add_argument("--bundle", default="models/celebs8")
+    insight.add_argument("--data", default=None, help="image root (default: the one recorded in the bundle's split.json)")
+    insight.add_argument("--layers", default=None, help="comma-separated layers of the bundle (default: those whose "
+                         "units see only part of the input; stem,layer1,layer2 for dlib-resnet29)")
+    insight.add_argument("--per-channel", type=int, default=PER_CHANNEL, help="patches per channel")
+    insight.add_argument("--limit", type=int, default=None, help="use only the first this many training images (quick runs)")
+    insight.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     return parser
 
 
@@ -76,7 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     from . import run  # heavy imports only after --help
 
     try:
-        return {"fit": run.fit_command, "export": run.export_command, "evaluate": run.evaluate_command}[args.command](args)
+        commands = {"fit": run.fit_command, "export": run.export_command, "evaluate": run.evaluate_command,
+                    "insight": run.insight_command}
+        return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         logging.getLogger("training").error("%s", error)
         return 2

@@ -41,3 +41,8 @@ class Preprocessing:
 
     def to_meta(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_meta(cls, block: dict) -> "Preprocessing":
+        """The inverse of ``to_meta``: from a bundle's ``meta.json["input"]``."""
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})

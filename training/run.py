@@ -1,4 +1,4 @@
-"""The three commands behind ``python -m training``: fit, export, evaluate."""
+"""The commands behind ``python -m training``: fit, export, evaluate, insight."""
 from __future__ import annotations
 
 import json
@@ -19,6 +19,7 @@ from .data import SPLITS, FaceDataset, class_weights, scan, split
 from .export import onnx_logits, write_bundle
 from .alignment import landmark_template
 from .fit import Stage, fit, predict
+from .insight import write_insight
 from .open_set import calibrate, max_softmax, split_identities
 from .model import FaceClassifier
 from .preprocess import Preprocessing
@@ -82,8 +83,9 @@ def _open_set(model: FaceClassifier, prep: Preprocessing, sets: dict, others: st
 
 
 def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, sets: dict, out: Path,
-            report_dir: Path | None, others: str | None) -> dict:
-    """Write the bundle for a trained model: ``sets`` are the split's datasets (train/val/test)."""
+            report_dir: Path | None, others: str | None, insight: bool = True) -> dict:
+    """Write the bundle for a trained model: ``sets`` are the split's datasets (train/val/test);
+    ``insight``: add the top patches (``write_insight``) once the bundle is in place."""
     args = ckpt["args"]
     model = model.cpu().eval()
     meta_extra = {
@@ -102,10 +104,13 @@ def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, sets: dict, 
     }
     if others:
         meta_extra["open_set"] = _open_set(model, prep, sets, others, ckpt["split"]["seed"])
-    return write_bundle(
+    meta = write_bundle(
         out, model=model, prep=prep, classes=ckpt["classes"], parity_inputs=_stack(sets["test"], prep),
         split=ckpt["split"], meta_extra=meta_extra, report_dir=report_dir, version=args["version"],
     )
+    if insight:
+        meta["insight"] = write_insight(out, data_root=sets["train"].root)
+    return meta
 
 
 def fit_command(args) -> int:
@@ -174,7 +179,7 @@ def fit_command(args) -> int:
         "state_dict": model.state_dict(),
     }
     torch.save(ckpt, run_dir / "checkpoint.pt")
-    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir, _others(args))
+    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir, _others(args), not args.no_insight)
     print(summary_table(meta))
     return 0
 
@@ -202,7 +207,8 @@ def export_command(args) -> int:
     root = Path(args.data or ckpt["split"]["root"])
     sets = {name: FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"][name]], prep, desc=name) for name in SPLITS}
     report_dir = Path(args.checkpoint).parent / "report"
-    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir if report_dir.is_dir() else None, _others(args))
+    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir if report_dir.is_dir() else None,
+                   _others(args), not args.no_insight)
     print(f"wrote {args.out} (parity max |diff| {meta['parity']['max_abs_diff']:.2e})")
     return 0
 
@@ -215,7 +221,7 @@ def evaluate_command(args) -> int:
     bundle = Path(args.bundle)
     meta = json.loads((bundle / "meta.json").read_text())
     recorded = json.loads((bundle / "split.json").read_text())
-    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
+    prep = Preprocessing.from_meta(meta["input"])
     classes = [c["id"] for c in meta["classes"]]
     root = Path(args.data or recorded["root"])
     if args.split == "all":
@@ -232,4 +238,14 @@ def evaluate_command(args) -> int:
     for name in classes:
         c = result["per_class"][name]
         print(f"  {name:<20} precision {c['precision']:.3f} recall {c['recall']:.3f} n={int(c['support'])}")
+    return 0
+
+
+def insight_command(args) -> int:
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    layers = tuple(name.strip() for name in args.layers.split(",") if name.strip()) if args.layers else None
+    block = write_insight(Path(args.bundle), Path(args.data) if args.data else None, layers, args.per_channel, args.limit)
+    print(f"wrote {args.bundle}/{block['top_patches']}: top {block['per_channel']} patches per channel of "
+          f"{', '.join(block['layers'])} from {block['images']} training images; meta.json updated")
     return 0

@@ -1,0 +1,344 @@
+"""/insight/*: what the network has learned, layer by layer.
+
+- ``GET /insight/filters``: the filters that make a layer's channels, as a grid image;
+- ``POST /insight/activations``: a photo's strongest activation maps in a layer;
+- ``GET /insight/receptive-field``: every layer's receptive field, from the twin's graph;
+- ``GET /insight/top-patches``: the training patches that excite a channel most (stored in
+  the bundle by ``python -m training insight``);
+- ``GET /insight/maximize``: an image synthesised to excite a class or a channel.
+
+Layer names are those of ``meta.json`` ``layers``. Grids follow ``service.insight.grid``: tiles
+row by row, ``ceil(sqrt(n))`` columns, 2-pixel white gaps.
+"""
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+from PIL import Image
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from starlette.concurrency import run_in_threadpool
+
+from ..bundle import TWIN_FILE
+from ..deps import FaceDep, ModelDep, api_key_guard, in_flight_slot
+from ..errors import NoTopPatches, UnknownChannel, UnknownClass, UnknownLayer
+from ..explain.render import as_rows
+from ..images import encode_png
+from ..insight.architecture import AxisField
+from ..insight.grid import GAP, GridLayout
+from ..insight.inspector import Grid, Inspector, inspector_for
+from ..insight.maximize import MaximizeParams, Objective
+from ..insight.patches import Patch
+from ..schemas import FaceBox, error_responses
+
+PNG_MEDIA_TYPE = "image/png"
+CHANNELS_HEADER = "X-Channels"
+MAX_TOP = 256
+
+router = APIRouter(prefix="/insight", tags=["insight"], dependencies=[Depends(api_key_guard)])
+
+
+def get_inspector(model: ModelDep) -> Inspector:
+    return inspector_for(model)
+
+
+InspectorDep = Annotated[Inspector, Depends(get_inspector)]
+LayerQuery = Annotated[str, Query(description="layer name, as meta.json `layers` lists them (e.g. stem, layer1 ... layer5)")]
+ChannelQuery = Annotated[int, Query(ge=0, description="channel index in the layer, from 0")]
+FormatQuery = Annotated[Literal["png", "json"], Query(description="png: the grid image; json: the numbers")]
+
+
+class GridInfo(BaseModel):
+    """Where the tiles of a grid PNG are: tile ``i`` is at column ``i % columns``, row
+    ``i // columns``; its top-left pixel at ``(gap + column * (tile + gap), gap + row * (tile
+    + gap))``."""
+
+    columns: int
+    rows: int
+    tile: int = Field(description="tile side in pixels")
+    gap: int = Field(description="white pixels between and around tiles")
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, layout: GridLayout) -> GridInfo:
+        return cls(columns=layout.columns, rows=layout.rows, tile=layout.tile, gap=GAP,
+                   width=layout.width, height=layout.height)
+
+
+class ActivationMap(BaseModel):
+    channel: int
+    mean: float = Field(description="mean activation over the map (the ranking)")
+    max: float = Field(description="largest activation in the map")
+    values: list[list[float]] = Field(description="the map, rows top to bottom, 4 decimals")
+
+
+class ActivationsResponse(BaseModel):
+    """A layer's strongest activation maps for the uploaded face, strongest first."""
+
+    layer: str
+    channels: int = Field(description="channels in the layer")
+    maps: list[ActivationMap]
+    grid: GridInfo = Field(description="the layout of the png format's grid (tile i = maps[i])")
+    face_box: FaceBox
+    face_index: int | None = Field(description="which detected face was used; null: the whole image")
+
+
+class AxisInfo(BaseModel):
+    size: int = Field(description="input pixels a unit's field spans (may exceed the input)")
+    jump: int = Field(description="input pixels between neighbouring units: the effective stride")
+    start: float = Field(description="centre of unit 0's field in input pixel indices; unit i's is start + i * jump")
+    first: int = Field(description="first input pixel any unit of the layer can see")
+    last: int = Field(description="last input pixel any unit of the layer can see (a window that does not "
+                      "fit drops the input's last pixels)")
+
+    @classmethod
+    def of(cls, axis: AxisField) -> AxisInfo:
+        return cls(size=axis.size, jump=axis.jump, start=axis.start, first=axis.first, last=axis.last)
+
+
+class LayerField(BaseModel):
+    name: str
+    channels: int
+    height: int
+    width: int
+    rows: AxisInfo = Field(description="along the height")
+    cols: AxisInfo = Field(description="along the width")
+
+
+class ReceptiveFieldResponse(BaseModel):
+    """Every layer's receptive field in the model input (``input_height x input_width``
+    pixels), computed from the kernel sizes, strides and paddings in the twin's graph: unit
+    ``(r, c)`` sees input rows ``start + r * jump +- (size - 1) / 2``, clipped to
+    ``first .. last`` (likewise columns)."""
+
+    input_height: int
+    input_width: int
+    layers: list[LayerField]
+
+
+class TopPatchesResponse(BaseModel):
+    """The training patches that excite one channel most, strongest first (one per image)."""
+
+    layer: str
+    channel: int
+    split: Literal["train"]
+    images: int = Field(description="training images searched")
+    field_size: int = Field(description="receptive field side in model-input pixels; patches show it whole")
+    patches: list[Patch]
+    grid: GridInfo = Field(description="the layout of the png format's grid (tile i = patches[i])")
+
+
+class MaximizeQuery(MaximizeParams):
+    """``class`` or ``layer`` with ``channel``, plus the synthesis parameters."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    class_: str | None = Field(None, alias="class", description="class id whose logit to maximise")
+    layer: str | None = Field(None, description="layer of the channel whose mean activation to maximise")
+    channel: int | None = Field(None, ge=0, description="channel of `layer`")
+    format: Literal["png", "json"] = Field("png", description="png: the image; json: the scores and the image as a data URL")
+
+    @model_validator(mode="after")
+    def _one_objective(self) -> MaximizeQuery:
+        if (self.class_ is None) == (self.layer is None) or (self.layer is None) != (self.channel is None):
+            raise ValueError("give either class, or layer and channel")
+        return self
+
+
+class SynthesisResponse(BaseModel):
+    """An image synthesised by gradient ascent from noise, and how far the score rose."""
+
+    objective: str = Field(description="`class <id>` (its logit) or `<layer> channel <c>` (its mean activation)")
+    score_start: float = Field(description="the score of the starting noise")
+    score_end: float = Field(description="the score of the returned 8-bit image")
+    probability_start: float | None = Field(description="for a class: its softmax probability at the start")
+    probability_end: float | None = Field(description="for a class: its softmax probability for the returned image")
+    steps: int = Field(description="steps taken")
+    stopped_early: bool = Field(description="the time limit (`max_seconds`) ended the ascent before `steps`")
+    elapsed_ms: float = Field(description="time the synthesis took when it was computed")
+    cached: bool = Field(description="whether it came from the cache")
+    parameters: dict[str, Any]
+    image: str = Field(description="the image, a PNG data URL of the model's input size")
+
+
+GRID_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {PNG_MEDIA_TYPE: {}}, "description": "grid PNG"}}
+EITHER_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {PNG_MEDIA_TYPE: {}}, "description": "JSON (format=json) or the PNG (format=png)"}
+}
+
+
+@router.get(
+    "/filters",
+    summary="A layer's filters as an image grid",
+    description="The filters that make the layer's channels (for a stage, its last convolution), one "
+    "tile per filter. The first layer's (the stem's 32 7x7 filters on RGB) are drawn in colour; deeper "
+    "filters, with many input channels, as the grey mean over their input channels. Each filter is "
+    "scaled by its own largest magnitude: mid-grey is 0. A k x k filter is enlarged to k * (48 // k) "
+    "pixels (7x7: 42, 3x3: 48).",
+    response_class=Response,
+    responses={**GRID_RESPONSE, **error_responses(401, 422, 503)},
+)
+async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
+    _check_layer(inspector, layer)
+    grid = await run_in_threadpool(inspector.filters, layer)
+    return Response(grid.png, media_type=PNG_MEDIA_TYPE)
+
+
+@router.post(
+    "/activations",
+    summary="A photo's strongest activation maps in a layer",
+    description="The face is found and aligned as for /predict; the `top` channels of the layer "
+    "with the largest mean activation, strongest first, as an inferno-coloured grid on one scale "
+    "(black 0, pale yellow the largest value shown). An s x s map is enlarged to s * (96 // s) "
+    "pixels. The PNG's `X-Channels` header lists the channel of every tile.",
+    responses={**EITHER_RESPONSE, **error_responses(400, 401, 413, 415, 422, 503)},
+    dependencies=[Depends(in_flight_slot)],
+)
+async def activations(
+    model: ModelDep,
+    inspector: InspectorDep,
+    face: FaceDep,
+    layer: LayerQuery,
+    top: Annotated[int, Query(ge=1, le=MAX_TOP, description="how many channels (all when the layer has fewer)")] = 16,
+    format: FormatQuery = "png",
+) -> ActivationsResponse:  # or the PNG Response
+    _check_layer(inspector, layer)
+    x = await run_in_threadpool(model.preprocess, face.aligned.crop)
+    found = await run_in_threadpool(inspector.activations, x, layer, top)
+    grid = await run_in_threadpool(inspector.activation_grid, found)
+    if format == "png":
+        return _png(grid, {CHANNELS_HEADER: ",".join(map(str, found.channels))})
+    return ActivationsResponse(
+        layer=layer,
+        channels=inspector.channels[layer],
+        maps=[
+            ActivationMap(channel=c, mean=m, max=p, values=as_rows(values))
+            for c, m, p, values in zip(found.channels, found.means, found.peaks, found.maps)
+        ],
+        grid=GridInfo.of(grid.layout),
+        face_box=FaceBox.of(face.box, "whole_image" if face.index is None else "detector"),
+        face_index=face.index,
+    )
+
+
+@router.get(
+    "/receptive-field",
+    summary="Every layer's receptive field",
+    responses=error_responses(401, 503),
+)
+async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
+    """Size, jump (effective stride) and start of every layer's receptive field, from the
+    convolution and pooling kernels, strides and paddings in the twin's graph."""
+    fields = await run_in_threadpool(lambda: inspector.fields)
+    spec = inspector.model.meta.input
+    return ReceptiveFieldResponse(
+        input_height=spec.height,
+        input_width=spec.width,
+        layers=[
+            LayerField(name=name, channels=f.shape[0], height=f.shape[1], width=f.shape[2],
+                       rows=AxisInfo.of(f.rows), cols=AxisInfo.of(f.cols))
+            for name, f in fields.items()
+        ],
+    )
+
+
+@router.get(
+    "/top-patches",
+    summary="The training patches that excite a channel most",
+    description="Computed offline from the bundle's training split and stored in the bundle "
+    "(`python -m training insight`): for each of the channel's top images, the patch under the unit "
+    "where it peaks, cropped to that unit's receptive field (parts outside the image in the input "
+    "mean colour), strongest first. Patch tiles are enlarged by 96 // tile (stem: 11 px -> 88).",
+    responses={**EITHER_RESPONSE, **error_responses(401, 404, 422, 503)},
+)
+async def top_patches(
+    inspector: InspectorDep, layer: LayerQuery, channel: ChannelQuery, format: FormatQuery = "png"
+) -> TopPatchesResponse:  # or the PNG Response
+    stored = inspector.top_patches
+    if stored is None:
+        raise NoTopPatches(
+            f"bundle {inspector.model.meta.name} stores no top patches; "
+            "compute them with `python -m training insight --bundle <bundle dir>`"
+        )
+    twin_sha256 = inspector.model.meta.files[TWIN_FILE].sha256
+    if stored.index.model_sha256 != twin_sha256:
+        raise NoTopPatches(
+            f"the stored top patches were computed by another model (twin sha256 "
+            f"{stored.index.model_sha256[:12]}..., served {twin_sha256[:12]}...); recompute them with "
+            "`python -m training insight --bundle <bundle dir>`"
+        )
+    if layer not in stored.layers:
+        raise UnknownLayer(f"no top patches for layer {layer!r}; stored for: {', '.join(stored.layers)}")
+    _check_channel(inspector, layer, channel)
+    grid = await run_in_threadpool(inspector.patch_grid, layer, channel)
+    if format == "png":
+        return _png(grid)
+    return TopPatchesResponse(
+        layer=layer, channel=channel, split=stored.index.split, images=stored.index.images,
+        field_size=stored.index.layers[layer].field_size, patches=stored.patches(layer, channel),
+        grid=GridInfo.of(grid.layout),
+    )
+
+
+@router.get(
+    "/maximize",
+    summary="An image synthesised to excite a class or a channel",
+    description="Gradient ascent on the pixels through the twin (Simonyan et al. 2014), from "
+    "smooth random colours plus noise, with L2 and total-variation penalties, jitter and a blur "
+    "every few steps. Give `class`, or `layer` and `channel`. At most `steps` steps and "
+    "`max_seconds` seconds; results are cached per model and parameters.",
+    responses={**EITHER_RESPONSE, **error_responses(401, 422, 503)},
+    dependencies=[Depends(in_flight_slot)],
+)
+async def maximize(
+    inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()]
+) -> SynthesisResponse:  # or the PNG Response
+    objective = _objective(inspector, query)
+    params = MaximizeParams(**query.model_dump(include=set(MaximizeParams.model_fields)))
+    result, cached = await run_in_threadpool(inspector.synthesize, objective, params)
+    png = await run_in_threadpool(_encode, result.image)
+    name = f"class {query.class_}" if query.class_ is not None else f"{query.layer} channel {query.channel}"
+    if query.format == "png":
+        return Response(png, media_type=PNG_MEDIA_TYPE)
+    return SynthesisResponse(
+        objective=name, score_start=result.score_start, score_end=result.score_end,
+        probability_start=result.probability_start, probability_end=result.probability_end,
+        steps=result.steps, stopped_early=result.stopped_early, elapsed_ms=result.elapsed_ms,
+        cached=cached, parameters=params.model_dump(),
+        image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+    )
+
+
+def _objective(inspector: Inspector, query: MaximizeQuery) -> Objective:
+    if query.class_ is not None:
+        ids = [info.id for info in inspector.model.meta.classes]
+        if query.class_ not in ids:
+            raise UnknownClass(f"{query.class_!r} is not a class id; valid: {', '.join(ids)}")
+        return Objective(class_index=ids.index(query.class_))
+    layer, channel = str(query.layer), int(query.channel or 0)  # both given: checked by the query model
+    _check_layer(inspector, layer)
+    _check_channel(inspector, layer, channel)
+    return Objective(layer=layer, channel=channel)
+
+
+def _check_layer(inspector: Inspector, layer: str) -> None:
+    if layer not in inspector.channels:
+        raise UnknownLayer(f"{layer!r} is not a layer of this model; valid: {', '.join(inspector.layers)}")
+
+
+def _check_channel(inspector: Inspector, layer: str, channel: int) -> None:
+    channels = inspector.channels[layer]
+    if channel >= channels:
+        raise UnknownChannel(f"layer {layer} has {channels} channels: valid channels are 0..{channels - 1}")
+
+
+def _png(grid: Grid, headers: dict[str, str] | None = None) -> Response:
+    return Response(grid.png, media_type=PNG_MEDIA_TYPE, headers=headers)
+
+
+def _encode(pixels: np.ndarray) -> bytes:
+    return encode_png(Image.fromarray(pixels))
