@@ -21,6 +21,7 @@ GAP = 2
 BACKGROUND = 255
 FILTER_TILE = 48
 MAP_TILE = 96
+SCALE_QUANTILE = 0.995
 
 
 @dataclass(frozen=True)
@@ -90,10 +91,11 @@ def filter_tiles(weights: np.ndarray) -> list[np.ndarray]:
 
 def map_tiles(maps: np.ndarray) -> list[np.ndarray]:
     """``(n, s, s)`` non-negative activation maps -> inferno tiles of about ``MAP_TILE`` pixels,
-    on one scale for all (black 0, pale yellow the largest value among them), so brighter
-    tiles are stronger maps."""
+    on one scale for all, so brighter tiles are stronger maps: black is 0, pale yellow the
+    ``SCALE_QUANTILE`` quantile of all their values and above (a few outlying cells would
+    otherwise leave every map dark)."""
     maps = np.asarray(maps, dtype=np.float64)
-    peak = maps.max() if maps.size else 0.0
+    peak = float(np.quantile(maps, SCALE_QUANTILE, method="lower")) if maps.size else 0.0
     scaled = np.clip(maps / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(maps)
     coloured = SEQUENTIAL[np.round(scaled * 255).astype(np.intp)]
     zoom = zoom_for(maps.shape[-1], MAP_TILE)

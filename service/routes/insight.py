@@ -135,7 +135,7 @@ class TopPatchesResponse(BaseModel):
 class MaximizeQuery(MaximizeParams):
     """``class`` or ``layer`` with ``channel``, plus the synthesis parameters."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+    model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     class_: str | None = Field(None, alias="class", description="class id whose logit to maximise")
     layer: str | None = Field(None, description="layer of the channel whose mean activation to maximise")
@@ -193,7 +193,7 @@ async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
     summary="A photo's strongest activation maps in a layer",
     description="The face is found and aligned as for /predict; the `top` channels of the layer "
     "with the largest mean activation, strongest first, as an inferno-coloured grid on one scale "
-    "(black 0, pale yellow the largest value shown). An s x s map is enlarged to s * (96 // s) "
+    "(black 0, pale yellow the 99.5th percentile of the values shown and above). An s x s map is enlarged to s * (96 // s) "
     "pixels. The PNG's `X-Channels` header lists the channel of every tile.",
     responses={**EITHER_RESPONSE, **error_responses(400, 401, 413, 415, 422, 503)},
     dependencies=[Depends(in_flight_slot)],

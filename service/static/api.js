@@ -23,7 +23,9 @@ function headers() {
   return key ? { [API_KEY_HEADER]: key } : {};
 }
 
-async function send(path, init) {
+/** ``fetch`` with the API key; resolves to the Response when it is a success, else throws the
+ * ApiError (for callers that need the headers or the body in another form). */
+export async function send(path, init) {
   let response;
   try {
     response = await fetch(path, { ...init, headers: { ...headers(), ...init.headers } });

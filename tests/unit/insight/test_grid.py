@@ -50,13 +50,12 @@ def test_first_layer_filters_are_colour_and_deeper_ones_grey():
 
 
 def test_maps_share_one_scale():
-    maps = np.zeros((2, 8, 8))
-    maps[0, 2, 3] = 4.0
-    maps[1, 5, 5] = 2.0
+    maps = np.stack([np.full((8, 8), 4.0), np.full((8, 8), 2.0), np.zeros((8, 8))])
+    maps[0, 0, 0] = 400.0  # one outlying cell does not set the scale
 
-    strong, weak = map_tiles(maps)
+    strong, weak, silent = map_tiles(maps)
 
     assert strong.shape == (96, 96, 3)  # 8 x 12
-    assert tuple(strong[2 * 12, 3 * 12]) == tuple(SEQUENTIAL[255])
-    assert tuple(weak[5 * 12, 5 * 12]) == tuple(SEQUENTIAL[128])
-    assert tuple(weak[0, 0]) == tuple(SEQUENTIAL[0])
+    assert tuple(strong[50, 50]) == tuple(strong[0, 0]) == tuple(SEQUENTIAL[255])
+    assert tuple(weak[50, 50]) == tuple(SEQUENTIAL[128])
+    assert tuple(silent[50, 50]) == tuple(SEQUENTIAL[0])
