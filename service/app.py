@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "Content-Type"],
+            expose_headers=[insight.CHANNELS_HEADER],  # which channel each activation tile shows
         )
     return app
 

@@ -143,6 +143,16 @@ def test_activation_maps_of_a_real_photo_are_non_trivial(client, post_image, hel
     _save("activations_layer2.png", png.content)
 
 
+def test_other_web_origins_may_read_the_channels_header(client, api_settings, face_bytes):
+    origin = api_settings.cors_origins[0]
+    response = client.post("/insight/activations?layer=stem&top=4", files={"file": ("f.png", face_bytes, "image/png")},
+                           headers={"Origin": origin})
+
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == origin
+    assert "x-channels" in response.headers["access-control-expose-headers"].lower()
+
+
 def test_activation_maps_differ_between_faces(post_image, held_out_faces):
     first, other = (post_image(path.read_bytes(), path="/insight/activations?layer=layer3&top=128&format=json").json()
                     for path, _ in (held_out_faces[0], held_out_faces[-1]))
