@@ -17,7 +17,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CELEBXAI_HOST=0.0.0.0 \
     CELEBXAI_PORT=8000 \
     CELEBXAI_MODEL=/app/models/celebs8 \
-    MALLOC_ARENA_MAX=2
+    MALLOC_ARENA_MAX=2 \
+    OMP_WAIT_POLICY=PASSIVE
 # MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas otherwise let RSS creep up for minutes
 # under mixed explanation traffic (README, "Load testing"); the load test runs the same way.
 

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import typing
 from pathlib import Path
 
-from pydantic import ValidationError
+# Before torch loads: its OpenMP threads otherwise busy-wait between parallel regions, which next
+# to any other busy process (a second worker, a load generator, a shared CPU) makes gradient
+# explanations 20-70x slower. An explicit OMP_WAIT_POLICY in the environment still wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from .settings import ENV_PREFIX, Settings
+from pydantic import ValidationError  # noqa: E402
+
+from .settings import ENV_PREFIX, Settings  # noqa: E402
 
 OPENAPI_COMMAND = "python -m service --export-openapi openapi.yaml"
 _METAVARS = {"model": "DIR", "host": "ADDR", "port": "PORT", "api_key": "KEY"}

@@ -72,10 +72,19 @@ class ImageInfo(BaseModel):
     mode: str = Field(description="Pillow mode of the upload before conversion to RGB")
     frames: int = Field(description="frames in the file; only the first is used")
 
+    @classmethod
+    def of(cls, image: DecodedImage) -> ImageInfo:
+        return cls(width=image.width, height=image.height, format=image.format,
+                   mode=image.source_mode, frames=image.frames)
+
 
 class ModelRef(BaseModel):
     name: str
     version: str
+
+    @classmethod
+    def of(cls, model: ServingModel) -> ModelRef:
+        return cls(name=model.meta.name, version=model.meta.version)
 
 
 class PredictTimings(BaseModel):
@@ -130,14 +139,8 @@ class PredictionResponse(BaseModel):
             open_set=OpenSetVerdict(
                 known=top.probability >= spec.threshold, score=top.probability, threshold=spec.threshold
             ) if (spec := model.meta.open_set) else None,
-            image=ImageInfo(
-                width=image.width,
-                height=image.height,
-                format=image.format,
-                mode=image.source_mode,
-                frames=image.frames,
-            ),
-            model=ModelRef(name=model.meta.name, version=model.meta.version),
+            image=ImageInfo.of(image),
+            model=ModelRef.of(model),
             batch_size=result.batch.batch_size,
             timings=PredictTimings(
                 decode_ms=image.decode_ms,

@@ -9,7 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
+# As ``python -m service`` does: torch's OpenMP threads must not busy-wait while the test
+# process shares two cores with the uvicorn servers the load and browser tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))

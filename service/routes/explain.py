@@ -359,14 +359,8 @@ def _response(
         heatmap=grid,
         face_box=FaceBox.of(face.box, "whole_image" if face.index is None else "detector"),
         face_index=face.index,
-        image=ImageInfo(
-            width=image.width,
-            height=image.height,
-            format=image.format,
-            mode=image.source_mode,
-            frames=image.frames,
-        ),
-        model=ModelRef(name=model.meta.name, version=model.meta.version),
+        image=ImageInfo.of(image),
+        model=ModelRef.of(model),
         cached=cached,
         timings=timings,
     )

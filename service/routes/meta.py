@@ -50,6 +50,6 @@ async def healthz() -> HealthResponse:
 async def readyz(model: ModelDep) -> ReadinessResponse:
     """200 once the bundle is loaded, checked and warmed up; else 503 ``not_ready`` saying why."""
     return ReadinessResponse(
-        model=ModelRef(name=model.meta.name, version=model.meta.version),
+        model=ModelRef.of(model),
         provider=model.engine.provider,
     )
