@@ -6,7 +6,8 @@
 - ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``).
 - ``FaceDep``: the face to classify or explain in that image (``faces.py``; query parameters
   ``detect`` and ``face``).
-- ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``.
+- ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
+  ``explanation_slot`` too on routers whose work is expensive (explanations).
 
 An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
 errors and limits as ``/predict``.
@@ -83,6 +84,22 @@ async def in_flight_slot(state: StateDep) -> AsyncIterator[None]:
         yield
     finally:
         state.limiter.release()
+
+
+async def explanation_slot(state: StateDep) -> AsyncIterator[None]:
+    """Wait for one of ``max_explanations`` turns; 503 ``overloaded`` (Retry-After) when
+    ``explanation_queue`` requests are already waiting."""
+    gate = state.explanations
+    if not gate.admitted.try_acquire():
+        raise Overloaded(
+            f"{gate.concurrent} explanation(s) running and {gate.queue} waiting; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    try:
+        async with gate.running:
+            yield
+    finally:
+        gate.admitted.release()
 
 
 async def image_intake(

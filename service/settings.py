@@ -54,6 +54,15 @@ class Settings(BaseSettings):
         ge=1,
         description="image requests processed at once; more are refused with 503 overloaded",
     )
+    max_explanations: int = Field(
+        2, ge=1, description="explanations (/saliency, /occlusion, /lime) computed at once"
+    )
+    explanation_queue: int = Field(
+        8,
+        ge=0,
+        description="explanations waiting for a turn; more are refused with 503 overloaded "
+        "(Retry-After), so that /predict stays fast",
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="largest accepted upload (bytes); larger gives 413"
     )

@@ -1,6 +1,7 @@
 """What one app instance holds between requests (``app.state.service``)."""
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
@@ -33,6 +34,17 @@ class InFlightLimiter:
         self.active -= 1
 
 
+class ExplanationGate:
+    """Bounds explanation work: ``running`` at most ``concurrent`` at once, and at most ``queue``
+    more admitted to wait for a turn; ``admitted`` says no beyond that. Explanations cost 10 to
+    100 times a prediction, so without this a burst of them would starve ``/predict``."""
+
+    def __init__(self, concurrent: int, queue: int) -> None:
+        self.concurrent, self.queue = concurrent, queue
+        self.admitted = InFlightLimiter(concurrent + queue)
+        self.running = asyncio.Semaphore(concurrent)
+
+
 @dataclass
 class ServiceState:
     settings: Settings
@@ -41,6 +53,8 @@ class ServiceState:
     phase: Phase = "loading"
     reason: str = "the model bundle is loading"
     limiter: InFlightLimiter = field(init=False)
+    explanations: ExplanationGate = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)
+        self.explanations = ExplanationGate(self.settings.max_explanations, self.settings.explanation_queue)

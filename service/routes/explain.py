@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import ONNX_FILE
-from ..deps import FaceDep, ImageDep, ModelDep, api_key_guard, in_flight_slot
+from ..deps import FaceDep, ImageDep, ModelDep, api_key_guard, explanation_slot, in_flight_slot
 from ..explain import (
     EXPLAINERS,
     GRADIENT_METHODS,
@@ -59,7 +59,10 @@ Format = Literal["json", "png", "overlay"]
 # Keys hold the model's sha256, so apps serving different bundles never share entries.
 CACHE = ExplanationCache(CACHE_ENTRIES)
 
-router = APIRouter(tags=["explain"], dependencies=[Depends(api_key_guard), Depends(in_flight_slot)])
+router = APIRouter(
+    tags=["explain"],
+    dependencies=[Depends(api_key_guard), Depends(in_flight_slot), Depends(explanation_slot)],
+)
 
 
 def _query_model(name: str, methods: Iterable[str], **extra: Any) -> type[BaseModel]:

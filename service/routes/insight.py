@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import TWIN_FILE
-from ..deps import FaceDep, ModelDep, api_key_guard, in_flight_slot
+from ..deps import FaceDep, ModelDep, api_key_guard, explanation_slot, in_flight_slot
 from ..errors import NoTopPatches, UnknownChannel, UnknownClass, UnknownLayer
 from ..explain.render import as_rows
 from ..images import encode_png
@@ -292,7 +292,7 @@ async def top_patches(
     "every few steps. Give `class`, or `layer` and `channel`. At most `steps` steps and "
     "`max_seconds` seconds; results are cached per model and parameters.",
     responses={**EITHER_RESPONSE, **error_responses(401, 422, 503)},
-    dependencies=[Depends(in_flight_slot)],
+    dependencies=[Depends(in_flight_slot), Depends(explanation_slot)],
 )
 async def maximize(
     inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()]
