@@ -5,27 +5,17 @@ Staged fine-tuning is only worth its cost if it beats this on the same test spli
 """
 from __future__ import annotations
 
-import numpy as np
-import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-
-@torch.no_grad()
-def embeddings(backbone, loader, standardise, device) -> tuple[np.ndarray, np.ndarray]:
-    """(features (N, D), labels (N,)) from the frozen backbone, in eval mode."""
-    backbone.eval()
-    feats, labels = [], []
-    for images, y in loader:
-        feats.append(backbone(standardise(images.to(device))).cpu())
-        labels.append(y)
-    return torch.cat(feats).numpy(), torch.cat(labels).numpy()
+from .fit import predict
 
 
 def linear_probe(backbone, loaders: dict, standardise, device, seed: int = 0) -> dict[str, float]:
     """Accuracy per split of a logistic regression on frozen embeddings (trained on ``train``)."""
-    data = {name: embeddings(backbone, loader, standardise, device) for name, loader in loaders.items()}
+    data = {name: tuple(t.numpy() for t in predict(backbone, loader, standardise, device))
+            for name, loader in loaders.items()}
     clf = make_pipeline(
         StandardScaler(), LogisticRegression(max_iter=5000, class_weight="balanced", random_state=seed)
     )

@@ -95,7 +95,8 @@ def train_one_epoch(model, loader, standardise, criterion, optimizer, device, de
 
 @torch.no_grad()
 def predict(model, loader, standardise, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits (N, C), labels (N,)) over ``loader``, in eval mode."""
+    """(outputs (N, ...), labels (N,)) of ``model`` over ``loader``, in eval mode: logits of a
+    classifier, embeddings of a backbone."""
     model.eval()
     outputs, targets = [], []
     for images, labels in loader:
