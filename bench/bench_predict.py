@@ -2,7 +2,8 @@
 
 One run prints:
 1. raw ONNX Runtime throughput (images/s) for each batch size, and the best;
-2. /predict throughput, p50 and p95 latency at each concurrency level (default 1, 8, 32),
+2. /predict throughput, p50 and p95 latency at each concurrency level (default 1, 8, 32), with
+   face detection (the default) and without (``detect=false``: the model path alone),
    measured over HTTP against a real uvicorn process started from ``python -m service``, and
    each throughput as a ratio to the best raw figure.
 
@@ -58,6 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="seconds measured per concurrency level (default: 10)")
     parser.add_argument("--warmup", type=float, default=2.0,
                         help="seconds of unmeasured load before each level (default: 2)")
+    parser.add_argument("--paths", nargs="+", default=["/predict", "/predict?detect=false"],
+                        help="request paths to load, each at every concurrency (default: /predict "
+                        "with face detection, then without: the model path alone)")
     parser.add_argument("--max-batch-size", type=int, default=32,
                         help="server's dynamic batcher max batch (default: 32)")
     parser.add_argument("--batch-timeout-ms", type=float, default=4.0,
@@ -101,14 +105,14 @@ def raw_throughput(
     return results
 
 
-def multipart_request(port: int, photo: bytes) -> bytes:
+def multipart_request(port: int, photo: bytes, path: str = "/predict") -> bytes:
     body = (
         f"--{BOUNDARY}\r\n"
         'Content-Disposition: form-data; name="file"; filename="face.png"\r\n'
         "Content-Type: image/png\r\n\r\n"
     ).encode() + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
     head = (
-        "POST /predict HTTP/1.1\r\n"
+        f"POST {path} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\n"
         f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\n"
         f"Content-Length: {len(body)}\r\n\r\n"
@@ -215,21 +219,22 @@ def main(args: argparse.Namespace) -> None:
     port = free_port()
     server = start_server(args, port)
     try:
-        requests = [multipart_request(port, photo) for photo in photos]
-        print(f"POST /predict over HTTP (uvicorn, max batch {args.max_batch_size}, "
-              f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):")
-        print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
-              f"{'batch':>6} {'errors':>6} {'server CPU ms/req':>18}")
-        for concurrency in args.concurrency:
-            cpu_before = process_cpu_seconds(server.pid)
-            result = asyncio.run(
-                load_level(port, requests, concurrency, args.warmup, args.duration)
-            )
-            # over every request of the level, warm-up included
-            cpu_ms = (process_cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["completed"], 1)
-            print(f"  {concurrency:>11} {result['throughput']:8.1f} {result['throughput'] / best:6.2f} "
-                  f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
-                  f"{result['failures']:>6} {cpu_ms:18.2f}", flush=True)
+        for path in args.paths:
+            requests = [multipart_request(port, photo, path) for photo in photos]
+            print(f"POST {path} over HTTP (uvicorn, max batch {args.max_batch_size}, "
+                  f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):")
+            print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
+                  f"{'batch':>6} {'errors':>6} {'server CPU ms/req':>18}")
+            for concurrency in args.concurrency:
+                cpu_before = process_cpu_seconds(server.pid)
+                result = asyncio.run(
+                    load_level(port, requests, concurrency, args.warmup, args.duration)
+                )
+                # over every request of the level, warm-up included
+                cpu_ms = (process_cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["completed"], 1)
+                print(f"  {concurrency:>11} {result['throughput']:8.1f} {result['throughput'] / best:6.2f} "
+                      f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
+                      f"{result['failures']:>6} {cpu_ms:18.2f}", flush=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
