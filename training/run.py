@@ -15,7 +15,7 @@ from . import report
 from .augment import eval_transforms, train_transforms
 from .backbones import build_backbone
 from .baseline import linear_probe
-from .data import SPLITS, FaceDataset, class_weights, scan, split
+from .data import SPLITS, DataError, FaceDataset, class_weights, scan, split
 from .export import onnx_logits, write_bundle
 from .alignment import landmark_template
 from .fit import Stage, fit, predict
@@ -120,6 +120,7 @@ def fit_command(args) -> int:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
     stages = _stages(args)
+    others = _others(args)
     tree = _limit(scan(args.data), args.limit_per_class, args.seed)
     parts = split(tree, val=args.val, test=args.test, seed=args.seed)
     backbone, prep = build_backbone(args.backbone, args.weights)
@@ -179,7 +180,7 @@ def fit_command(args) -> int:
         "state_dict": model.state_dict(),
     }
     torch.save(ckpt, run_dir / "checkpoint.pt")
-    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir, _others(args), not args.no_insight)
+    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir, others, not args.no_insight)
     print(summary_table(meta))
     return 0
 
@@ -214,7 +215,13 @@ def export_command(args) -> int:
 
 
 def _others(args) -> str | None:
-    return None if args.others == "none" else args.others
+    """``--others`` as a path, None for ``none``; checked up front, not after a long fit."""
+    if args.others == "none":
+        return None
+    if not Path(args.others).is_dir():
+        raise DataError(f"--others {args.others} is not a directory of strangers' faces; "
+                        "pass --others none to skip the 'none of the classes' calibration")
+    return args.others
 
 
 def evaluate_command(args) -> int:

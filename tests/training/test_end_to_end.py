@@ -137,3 +137,12 @@ def test_open_set_threshold_and_rates():
     assert len(cal) == 2 and len(held) == 3 and not set(cal) & set(held)
     with pytest.raises(ValueError, match="two strangers"):
         split_identities(["a"], seed=0)
+
+
+def test_missing_strangers_folder_fails_before_training(celebs_root, tmp_path, caplog):
+    out = tmp_path / "bundle"
+    code = main(["fit", "--data", str(celebs_root), "--out", str(out), "--run-dir", str(tmp_path / "run"),
+                 "--others", str(tmp_path / "nobody")])
+    assert code == 2
+    assert "--others none" in caplog.text
+    assert not out.exists() and not (tmp_path / "run").exists()
