@@ -8,12 +8,16 @@
   ``detect`` and ``face``).
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
   ``explanation_slot`` too on routers whose work is expensive (explanations).
+- ``ClientDep``: the request's ``Cancellation``, cancelled when the client hangs up; expensive
+  work checks it between batches, and a request it stopped is answered (to nobody) and
+  counted in ``/metrics`` as 499 ``client_closed_request``.
 
 An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
 errors and limits as ``/predict``.
 """
 from __future__ import annotations
 
+import asyncio
 import secrets
 import time
 from collections.abc import AsyncIterator
@@ -22,9 +26,11 @@ from typing import Annotated
 from fastapi import Depends, File, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
 
+from .cancellation import Cancellation, Cancelled
 from .faces import FaceChoice, choose_face
-from .errors import InvalidApiKey, MissingApiKey, NotReady, Overloaded
+from .errors import ClientClosedRequest, InvalidApiKey, MissingApiKey, NotReady, Overloaded
 from .images import DecodedImage, ImageLimits, decode_image, read_upload
 from .model import ServingModel
 from .settings import Settings
@@ -86,9 +92,39 @@ async def in_flight_slot(state: StateDep) -> AsyncIterator[None]:
         state.limiter.release()
 
 
-async def explanation_slot(state: StateDep) -> AsyncIterator[None]:
+async def client_cancellation(request: Request, state: StateDep) -> AsyncIterator[Cancellation]:
+    """The request's ``Cancellation``, cancelled as soon as its client hangs up.
+
+    FastAPI has read the body before dependencies run, so from here on the ASGI ``receive()``
+    has nothing more to give but ``http.disconnect``, which uvicorn sends when the connection
+    is lost (or once the response is complete): a watcher task waits for it instead of
+    polling ``Request.is_disconnected()``. Work stopped by the cancellation (``Cancelled``)
+    becomes 499 ``client_closed_request``. Every forward pass the work runs is counted in
+    ``celebxai_explanation_batches``.
+    """
+    cancellation = Cancellation(on_batch=state.metrics.explanation_batches.inc)
+    watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, cancellation))
+    try:
+        yield cancellation
+    except Cancelled as exc:
+        raise ClientClosedRequest(f"work stopped: {exc}") from exc
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, cancellation: Cancellation) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # the rest of a body nobody reads (a GET's empty one)
+    cancellation.cancel("the client closed the connection")
+
+
+ClientDep = Annotated[Cancellation, Depends(client_cancellation)]
+
+
+async def explanation_slot(state: StateDep, cancellation: ClientDep) -> AsyncIterator[None]:
     """Wait for one of ``max_explanations`` turns; 503 ``overloaded`` (Retry-After) when
-    ``explanation_queue`` requests are already waiting."""
+    ``explanation_queue`` requests are already waiting. A request whose client hangs up while
+    it waits leaves the queue at once (``Cancelled``)."""
     gate = state.explanations
     if not gate.admitted.try_acquire():
         raise Overloaded(
@@ -96,8 +132,12 @@ async def explanation_slot(state: StateDep) -> AsyncIterator[None]:
             headers={"Retry-After": "2"},
         )
     try:
-        async with gate.running:
+        await cancellation.guard(gate.running.acquire())
+        try:
+            cancellation.check()  # the turn came as the client left: run nothing
             yield
+        finally:
+            gate.running.release()
     finally:
         gate.admitted.release()
 

@@ -6,6 +6,10 @@ collects them for at most ``batch_timeout_ms`` after the oldest arrived (or unti
 Triton's dynamic batcher. All model runs, batched predictions and the explanation methods'
 forward passes alike, go through one single-thread executor, so they queue instead of fighting
 over the cores; ONNX Runtime parallelises inside each run.
+
+Work whose client has gone is dropped (``service.cancellation``): ``infer`` checks its
+``Cancellation`` when each chunk's turn on the inference thread comes, so chunks queued behind
+other work never run; ``submit`` gives up its place in the batcher.
 """
 from __future__ import annotations
 
@@ -16,10 +20,13 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+
+from .cancellation import Cancellation
 
 log = logging.getLogger(__name__)
 
@@ -213,9 +220,11 @@ class Engine:
     """The ONNX session, its executor and the dynamic batcher: the one way to run the model.
 
     - ``run(batch)``: synchronous forward pass, ``(N, 3, H, W)`` float32 -> ``(N, C)`` logits.
-    - ``await infer(batch)``: the same on the inference thread, in chunks of ``max_batch_size``
-      (explanation methods send their perturbation batches here).
-    - ``await submit(x)``: one ``(3, H, W)`` input through the dynamic batcher -> ``(C,)`` logits.
+    - ``await infer(batch, cancellation)``: the same on the inference thread, in chunks of
+      ``max_batch_size`` (explanation methods send their perturbation batches here); a cancelled
+      ``cancellation`` stops it before its next chunk with ``Cancelled``.
+    - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
+      ``(C,)`` logits; ``Cancelled`` (the input leaves the queue) once ``cancellation`` is.
     """
 
     def __init__(
@@ -247,21 +256,33 @@ class Engine:
             self.run(np.repeat(example[None], size, axis=0))
         return time.perf_counter() - started
 
-    async def infer(self, batch: np.ndarray) -> np.ndarray:
+    async def infer(
+        self, batch: np.ndarray, cancellation: Cancellation | None = None
+    ) -> np.ndarray:
         if len(batch) == 0:
             raise ValueError("infer() needs at least one input")
         executor = self._running_executor()
         loop = asyncio.get_running_loop()
+        # checked on the inference thread when the chunk's turn comes, not when it is queued
+        run = partial(self._run_chunk, cancellation or Cancellation())
         outputs = []
         for start in range(0, len(batch), self.max_batch_size):
             chunk = batch[start : start + self.max_batch_size]
-            outputs.append(await loop.run_in_executor(executor, self.run, chunk))
+            outputs.append(await loop.run_in_executor(executor, run, chunk))
         return np.concatenate(outputs)
 
-    async def submit(self, item: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+    def _run_chunk(self, cancellation: Cancellation, chunk: np.ndarray) -> np.ndarray:
+        cancellation.batch()
+        return self.run(chunk)
+
+    async def submit(
+        self, item: np.ndarray, cancellation: Cancellation | None = None
+    ) -> tuple[np.ndarray, BatchStats]:
         if self.batcher is None:
             raise RuntimeError("engine is not started")
-        return await self.batcher.submit(item)
+        if cancellation is None:
+            return await self.batcher.submit(item)
+        return await cancellation.guard(self.batcher.submit(item))
 
     def start(self) -> None:
         """Start the inference thread and the batcher (from the serving event loop)."""

@@ -98,6 +98,13 @@ class Overloaded(ServiceError):
     status, code = 503, "overloaded"
 
 
+class ClientClosedRequest(ServiceError):
+    """The client hung up before the answer was ready and its work was dropped. Nobody reads
+    the response: the status (nginx's 499) is there for ``/metrics`` and the access log."""
+
+    status, code = 499, "client_closed_request"
+
+
 VALIDATION_ERROR = "validation_error"
 INTERNAL_ERROR = "internal_error"
 # Codes for errors that Starlette/FastAPI raise themselves, by status.

@@ -68,6 +68,12 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.explanation_batches = Counter(
+            f"{PREFIX}_explanation_batches",
+            "forward passes run for explanations and syntheses: perturbation batches on the "
+            "ONNX model and passes of the twin (work cancelled with its client stops adding)",
+            registry=self.registry,
+        )
         self.model_info = Info(
             f"{PREFIX}_model", "the loaded model bundle", registry=self.registry
         )

@@ -15,12 +15,13 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
+from ..cancellation import Cancellation
 from .heatmap import Heatmap
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -51,17 +52,21 @@ class NoParams(MethodParams):
 
 @dataclass(frozen=True)
 class ModelHandle:
-    """What the methods may use of a model.
+    """What the methods may use of a model, for one piece of work.
 
     - ``forward``: the batched forward function (ONNX); perturbation methods only use this.
     - ``twin``: the differentiable torch module, ``(N, 3, H, W) -> (logits, {layer: (N, C_l,
       H_l, W_l)})``; gradient methods use it. ``None`` where only perturbation methods run.
     - ``gradcam_layer``: the twin's activation that Grad-CAM uses by default (meta.json).
+    - ``cancellation``: checked between batches (perturbation batches, the twin's passes); once
+      cancelled, ``attribute`` raises ``Cancelled`` at the next batch. A request's is cancelled
+      when its client hangs up; the default never is.
     """
 
     forward: Forward
     twin: Any = None
     gradcam_layer: str | None = None
+    cancellation: Cancellation = field(default_factory=Cancellation)
 
 
 class Explainer(ABC):
@@ -90,11 +95,12 @@ class Explainer(ABC):
         ``target`` defaults to the predicted class. ``params`` are this method's ``Params``
         fields; an unknown name or a value outside its bounds raises pydantic's
         ``ValidationError``, a bad target ``InvalidTarget`` (an ``ExplainError``); both are
-        ``ValueError``.
+        ``ValueError``. ``Cancelled`` (not a ``ValueError``) once ``model.cancellation`` is.
         Returns an ``(H, W)`` heatmap in ``value_range``.
         """
         checked = self.Params.model_validate(params)
         x = _check_input(inputs)
+        self.model.cancellation.check()
         logits = np.asarray(self.model.forward(x[None]), dtype=np.float32)[0]
         target = resolve_target(target, len(logits), int(np.argmax(logits)))
         raw = np.asarray(self._attribute(x, target, checked, logits), dtype=np.float64)

@@ -42,6 +42,7 @@ class GradCam(Explainer):
     ) -> np.ndarray:
         layer = params.layer or self.model.gradcam_layer
         with input_gradients(self.model.twin):
+            self.model.cancellation.batch()
             logits, activations = self.model.twin(as_batch(x))
             if layer not in activations:
                 raise UnknownLayer(

@@ -20,6 +20,6 @@ class GradientSaliency(Explainer):
     def _attribute(
         self, x: np.ndarray, target: int, params: MethodParams, logits: np.ndarray
     ) -> np.ndarray:
-        with input_gradients(self.model.twin) as logits_fn:
+        with input_gradients(self.model.twin, self.model.cancellation) as logits_fn:
             gradients = Saliency(logits_fn).attribute(as_batch(x), target=target, abs=True)
         return channel_max_abs(gradients)

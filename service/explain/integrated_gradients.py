@@ -37,7 +37,7 @@ class IntegratedGradients(Explainer):
         self, x: np.ndarray, target: int, params: IntegratedGradientsParams, logits: np.ndarray
     ) -> np.ndarray:
         baseline = torch.from_numpy(baseline_image(x, params.baseline)[None])
-        with input_gradients(self.model.twin) as logits_fn:
+        with input_gradients(self.model.twin, self.model.cancellation) as logits_fn:
             attributions = CaptumIntegratedGradients(logits_fn).attribute(
                 as_batch(x),
                 baselines=baseline,

@@ -79,6 +79,7 @@ class Lime(Explainer):
             target,
             params.batch_size,
             params.score,
+            self.model.cancellation,
         )
         weights = fit_surrogate(patterns.astype(np.float64), scores, pattern_kernel(patterns))
         weights = select_features(weights, params.positive_only, params.top_features)

@@ -71,7 +71,13 @@ class Occlusion(Explainer):
 
         original = score_of(logits[None], target, params.score)[0]
         scores = target_scores(
-            self.model.forward, occluded, len(corners), target, params.batch_size, params.score
+            self.model.forward,
+            occluded,
+            len(corners),
+            target,
+            params.batch_size,
+            params.score,
+            self.model.cancellation,
         )
         total = np.zeros((height, width), dtype=np.float64)
         count = np.zeros((height, width), dtype=np.float64)

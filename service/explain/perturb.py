@@ -8,6 +8,7 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
+from ..cancellation import Cancellation
 from ..model import softmax
 from .base import Forward
 
@@ -44,14 +45,18 @@ def target_scores(
     target: int,
     batch_size: int,
     score: Score,
+    cancellation: Cancellation | None = None,
 ) -> np.ndarray:
     """``score`` of ``target`` for ``count`` perturbed inputs, ``batch_size`` per forward pass.
 
     ``make_batch(start, stop)`` builds inputs ``start..stop-1`` as ``(stop - start, 3, H, W)``
     float32, so only one batch is in memory at a time. Returns ``(count,)`` float64.
+    ``Cancelled`` before the next batch once ``cancellation`` is cancelled.
     """
     scores = np.empty(count, dtype=np.float64)
     for start, stop in batch_bounds(count, batch_size):
+        if cancellation is not None:
+            cancellation.check()
         scores[start:stop] = score_of(forward(make_batch(start, stop)), target, score)
     return scores
 

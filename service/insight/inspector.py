@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from ..bundle import TWIN_FILE
+from ..cancellation import Cancellation
 from ..explain.cache import ExplanationCache
 from ..images import encode_png
 from ..model import ServingModel
@@ -112,14 +113,20 @@ class Inspector:
         zoom = zoom_for(tiles[0].shape[0], MAP_TILE)
         return _grid([enlarge(tile, zoom) for tile in tiles])
 
-    def synthesize(self, objective: Objective, params: MaximizeParams) -> tuple[Synthesis, bool]:
+    def synthesize(
+        self,
+        objective: Objective,
+        params: MaximizeParams,
+        cancellation: Cancellation | None = None,
+    ) -> tuple[Synthesis, bool]:
         """The synthesised image for ``objective`` (blocking; seconds unless cached), and
-        whether it came from the cache."""
+        whether it came from the cache. A cancelled synthesis raises ``Cancelled`` and is not
+        cached."""
         key = "|".join((self.model.meta.files[TWIN_FILE].sha256, repr(objective), params.model_dump_json()))
         found = self._syntheses.get(key)
         if found is not None:
             return found, True  # type: ignore[return-value]
-        result = synthesize(self.model.twin, self._codec, objective, params)
+        result = synthesize(self.model.twin, self._codec, objective, params, cancellation)
         self._syntheses.put(key, result)  # type: ignore[arg-type]
         return result, False
 

@@ -9,6 +9,9 @@ blur every few steps, and clipping to the valid pixel range. Adam takes the step
 
 The score is the class's logit (the unnormalised score, as Simonyan et al. use: the softmax
 could rise by pushing the other classes down), or the mean activation of one channel of a layer.
+
+Every pass of the twin goes through the work's ``Cancellation`` first, so a synthesis whose
+client has gone stops at its next step.
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..cancellation import Cancellation
 from ..explain.twin import input_gradients
 from ..preprocess import InputSpec
 
@@ -110,9 +114,17 @@ class PixelCodec:
         return channels.flip(0) if self._bgr else channels
 
 
-def synthesize(twin: Any, codec: PixelCodec, objective: Objective, params: MaximizeParams) -> Synthesis:
+def synthesize(
+    twin: Any,
+    codec: PixelCodec,
+    objective: Objective,
+    params: MaximizeParams,
+    cancellation: Cancellation | None = None,
+) -> Synthesis:
     """Run the ascent (blocking; seconds). Gradient passes hold the twin one step at a time, so
-    other gradient requests interleave."""
+    other gradient requests interleave. ``Cancelled`` at the next step once ``cancellation``
+    is cancelled."""
+    cancellation = cancellation or Cancellation()
     started = time.perf_counter()
     generator = torch.Generator().manual_seed(params.seed)
     height, width = codec.size
@@ -120,7 +132,7 @@ def synthesize(twin: Any, codec: PixelCodec, objective: Objective, params: Maxim
     coarse = low + (high - low) * torch.rand(1, 3, START_GRID, START_GRID, generator=generator)
     x = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
     x = torch.maximum(torch.minimum(x + START_NOISE * torch.randn(x.shape, generator=generator), high), low)
-    start = _evaluate(twin, codec.to_input(codec.to_pixels(x[0]))[None], objective)
+    start = _evaluate(twin, codec.to_input(codec.to_pixels(x[0]))[None], objective, cancellation)
     x.requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=params.lr)
     done, stopped_early = 0, False
@@ -130,6 +142,7 @@ def synthesize(twin: Any, codec: PixelCodec, objective: Objective, params: Maxim
             break
         shift = torch.randint(-params.jitter, params.jitter + 1, (2,), generator=generator).tolist()
         with input_gradients(twin):
+            cancellation.batch()
             logits, activations = twin(torch.roll(x, shifts=shift, dims=(2, 3)))
             score = objective.score(logits, activations)[0]
             loss = -score + params.l2 * x.pow(2).mean() + params.tv * _total_variation(x)
@@ -142,7 +155,7 @@ def synthesize(twin: Any, codec: PixelCodec, objective: Objective, params: Maxim
             x.copy_(torch.maximum(torch.minimum(x, high), low))
         done += 1
     image = codec.to_pixels(x[0])
-    end = _evaluate(twin, codec.to_input(image)[None], objective)
+    end = _evaluate(twin, codec.to_input(image)[None], objective, cancellation)
     return Synthesis(
         image=image, score_start=start[0], score_end=end[0], probability_start=start[1],
         probability_end=end[1], steps=done, stopped_early=stopped_early,
@@ -150,7 +163,10 @@ def synthesize(twin: Any, codec: PixelCodec, objective: Objective, params: Maxim
     )
 
 
-def _evaluate(twin: Any, x: torch.Tensor, objective: Objective) -> tuple[float, float | None]:
+def _evaluate(
+    twin: Any, x: torch.Tensor, objective: Objective, cancellation: Cancellation
+) -> tuple[float, float | None]:
+    cancellation.batch()
     with torch.no_grad():
         logits, activations = twin(x)
     probability = None

@@ -8,6 +8,8 @@ and bounds come from the methods' ``Params`` models (``service.explain``), so ou
 values are 422 ``validation_error`` saying the limit. ``batch_size`` is not offered: it changes
 speed and memory, never the map. Perturbation methods send their forward passes through the
 engine's inference thread (``Engine.infer``), where they queue with ``/predict`` batches.
+A request whose client hangs up (``ClientDep``) leaves the explanation queue, or stops at its
+next batch, and is counted as 499 in ``/metrics``.
 Results are kept in a bounded LRU keyed by model, model input, method, parameters and target,
 so switching ``format`` or re-running is free.
 """
@@ -29,7 +31,16 @@ from pydantic import BaseModel, Field, ValidationError, create_model
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import ONNX_FILE
-from ..deps import FaceDep, ImageDep, ModelDep, api_key_guard, explanation_slot, in_flight_slot
+from ..cancellation import Cancellation
+from ..deps import (
+    ClientDep,
+    FaceDep,
+    ImageDep,
+    ModelDep,
+    api_key_guard,
+    explanation_slot,
+    in_flight_slot,
+)
 from ..explain import (
     EXPLAINERS,
     GRADIENT_METHODS,
@@ -176,6 +187,7 @@ async def saliency(
     image: ImageDep,
     face: FaceDep,
     query: Annotated[SaliencyQuery, Query()],  # type: ignore[valid-type]
+    cancellation: ClientDep,
 ) -> ExplanationResponse:
     method = query.method
     own = set(EXPLAINERS[method].Params.model_fields)
@@ -186,7 +198,7 @@ async def saliency(
             f"{', '.join(foreign)} does not apply to method={method}; its parameters: "
             f"{', '.join(sorted(own - SERVER_SIDE_PARAMS)) or 'none'}",
         )
-    return await _explain(model, image, face, method, query, own)
+    return await _explain(model, image, face, method, query, cancellation, own)
 
 
 @router.post(
@@ -202,8 +214,9 @@ async def occlusion(
     image: ImageDep,
     face: FaceDep,
     query: Annotated[OcclusionQuery, Query()],  # type: ignore[valid-type]
+    cancellation: ClientDep,
 ) -> ExplanationResponse:
-    return await _explain(model, image, face, "occlusion", query)
+    return await _explain(model, image, face, "occlusion", query, cancellation)
 
 
 @router.post(
@@ -219,8 +232,9 @@ async def lime(
     image: ImageDep,
     face: FaceDep,
     query: Annotated[LimeQuery, Query()],  # type: ignore[valid-type]
+    cancellation: ClientDep,
 ) -> ExplanationResponse:
-    return await _explain(model, image, face, "lime", query)
+    return await _explain(model, image, face, "lime", query, cancellation)
 
 
 async def _explain(
@@ -229,6 +243,7 @@ async def _explain(
     face: FaceChoice,
     method: str,
     query: BaseModel,
+    cancellation: Cancellation,
     own: Iterable[str] | None = None,
 ) -> Any:
     own = set(own if own is not None else EXPLAINERS[method].Params.model_fields)
@@ -250,7 +265,7 @@ async def _explain(
     heatmap = CACHE.get(key)
     cached = heatmap is not None
     if heatmap is None:
-        heatmap = await _compute(model, method, x, target, params)
+        heatmap = await _compute(model, method, x, target, params, cancellation)
         CACHE.put(key, heatmap)
     explain_ms = 0.0 if cached else (time.perf_counter() - started) * 1000
 
@@ -278,15 +293,23 @@ def _render_png(fmt: Format, image: DecodedImage, aligned: AlignedFace, heatmap:
 
 
 async def _compute(
-    model: ServingModel, method: str, x: np.ndarray, target: int | None, params: dict[str, Any]
+    model: ServingModel,
+    method: str,
+    x: np.ndarray,
+    target: int | None,
+    params: dict[str, Any],
+    cancellation: Cancellation,
 ) -> Heatmap:
-    """Run the method on a worker thread; its forward passes go to the inference thread."""
+    """Run the method on a worker thread; its forward passes go to the inference thread. Once
+    the client has gone it stops at the next batch with ``Cancelled`` (answered 499)."""
     loop = asyncio.get_running_loop()
 
     def forward(batch: np.ndarray) -> np.ndarray:
-        return asyncio.run_coroutine_threadsafe(model.engine.infer(batch), loop).result()
+        infer = model.engine.infer(batch, cancellation)
+        return asyncio.run_coroutine_threadsafe(infer, loop).result()
 
-    explainer = EXPLAINERS[method](ModelHandle(forward, model.twin, model.meta.gradcam_layer))
+    handle = ModelHandle(forward, model.twin, model.meta.gradcam_layer, cancellation)
+    explainer = EXPLAINERS[method](handle)
     try:
         return await run_in_threadpool(lambda: explainer.attribute(x, target, **params))
     except ValidationError as exc:  # a rule across parameters, e.g. occlusion's stride <= window

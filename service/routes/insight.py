@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import TWIN_FILE
-from ..deps import FaceDep, ModelDep, api_key_guard, explanation_slot, in_flight_slot
+from ..deps import ClientDep, FaceDep, ModelDep, api_key_guard, explanation_slot, in_flight_slot
 from ..errors import NoTopPatches, UnknownChannel, UnknownClass, UnknownLayer
 from ..explain.render import as_rows
 from ..images import encode_png
@@ -290,16 +290,17 @@ async def top_patches(
     description="Gradient ascent on the pixels through the twin (Simonyan et al. 2014), from "
     "smooth random colours plus noise, with L2 and total-variation penalties, jitter and a blur "
     "every few steps. Give `class`, or `layer` and `channel`. At most `steps` steps and "
-    "`max_seconds` seconds; results are cached per model and parameters.",
+    "`max_seconds` seconds; results are cached per model and parameters. A client that hangs "
+    "up stops the ascent at its next step.",
     responses={**EITHER_RESPONSE, **error_responses(401, 422, 503)},
     dependencies=[Depends(in_flight_slot), Depends(explanation_slot)],
 )
 async def maximize(
-    inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()]
+    inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()], cancellation: ClientDep
 ) -> SynthesisResponse:  # or the PNG Response
     objective = _objective(inspector, query)
     params = MaximizeParams(**query.model_dump(include=set(MaximizeParams.model_fields)))
-    result, cached = await run_in_threadpool(inspector.synthesize, objective, params)
+    result, cached = await run_in_threadpool(inspector.synthesize, objective, params, cancellation)
     png = await run_in_threadpool(_encode, result.image)
     name = f"class {query.class_}" if query.class_ is not None else f"{query.layer} channel {query.channel}"
     if query.format == "png":

@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from service.cancellation import Cancellation, Cancelled
 from service.engine import (
     CPU,
     CUDA,
@@ -194,3 +195,98 @@ def test_engine_infer_chunks_like_one_run_and_close_releases_everything(session)
     assert engine.batcher is None
     with pytest.raises(RuntimeError, match="not started"):
         asyncio.run(engine.infer(batch))
+
+
+class EngineOnModel(Engine):
+    """The engine with a stand-in model instead of an ONNX session (``run`` is its one use)."""
+
+    def __init__(self, model: RecordingModel, max_batch_size: int, timeout_s: float) -> None:
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_s = timeout_s
+        self._observer = None
+        self._executor = None
+        self.batcher = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        return self.model(batch)
+
+
+def test_infer_stops_before_the_next_chunk_once_cancelled():
+    model = RecordingModel()
+    passes: list[int] = []
+
+    def hang_up_during_the_first_pass() -> None:
+        passes.append(len(passes))
+        cancellation.cancel("client hung up")
+
+    cancellation = Cancellation(on_batch=hang_up_during_the_first_pass)
+
+    async def scenario():
+        engine = EngineOnModel(model, max_batch_size=4, timeout_s=0.001)
+        engine.start()
+        try:
+            await engine.infer(np.zeros((16, 2), dtype=np.float32), cancellation)
+        finally:
+            await engine.close()
+
+    with pytest.raises(Cancelled, match="client hung up"):
+        asyncio.run(scenario())
+
+    # the chunk running when it was cancelled finishes; the next three never start
+    assert model.batch_sizes == [4]
+    assert passes == [0]
+
+
+def test_a_chunk_queued_behind_other_work_is_dropped_when_its_turn_comes():
+    model = RecordingModel(delay_s=0.1)
+
+    async def scenario():
+        engine = EngineOnModel(model, max_batch_size=8, timeout_s=0.001)
+        engine.start()
+        try:
+            busy = asyncio.ensure_future(engine.infer(np.zeros((8, 2), dtype=np.float32)))
+            await asyncio.sleep(0.02)  # the busy chunk holds the inference thread
+            cancellation = Cancellation()
+            queued = asyncio.ensure_future(
+                engine.infer(np.ones((8, 2), dtype=np.float32), cancellation)
+            )
+            await asyncio.sleep(0.01)
+            cancellation.cancel("client hung up")
+            await busy
+            with pytest.raises(Cancelled):
+                await queued
+        finally:
+            await engine.close()
+
+    asyncio.run(scenario())
+
+    assert model.batch_sizes == [8]  # the queued chunk never reached the model
+
+
+def test_a_submission_whose_client_left_leaves_the_batcher_queue():
+    model = RecordingModel(delay_s=0.05)
+
+    async def scenario():
+        engine = EngineOnModel(model, max_batch_size=8, timeout_s=0.0)
+        engine.start()
+        try:
+            busy = asyncio.ensure_future(engine.submit(np.zeros(1, dtype=np.float32)))
+            await asyncio.sleep(0.01)  # a batch of one is running
+            cancellation = Cancellation()
+            gone = asyncio.ensure_future(engine.submit(np.ones(1, dtype=np.float32), cancellation))
+            kept = asyncio.ensure_future(engine.submit(np.full(1, 2, dtype=np.float32)))
+            await asyncio.sleep(0)
+            cancellation.cancel("client hung up")
+            with pytest.raises(Cancelled):
+                await gone
+            await busy
+            row, _ = await kept
+        finally:
+            await engine.close()
+        return row
+
+    row = asyncio.run(scenario())
+
+    np.testing.assert_array_equal(row, [4.0])
+    assert model.batch_sizes == [1, 1]  # the second batch holds only the one still wanted

@@ -5,6 +5,7 @@ import asyncio
 
 import pytest
 
+from service.cancellation import Cancellation, Cancelled
 from service.deps import explanation_slot
 from service.errors import Overloaded
 from service.settings import Settings
@@ -17,7 +18,7 @@ def test_gate_runs_n_queues_m_and_refuses_the_rest():
     release = asyncio.Event()
 
     async def request(index: int) -> None:
-        slot = explanation_slot(state)
+        slot = explanation_slot(state, Cancellation())
         try:
             await slot.__anext__()
         except Overloaded as error:
@@ -36,6 +37,44 @@ def test_gate_runs_n_queues_m_and_refuses_the_rest():
         release.set()
         await asyncio.gather(*tasks)
         assert running == [0, 1, 2]  # the waiting one ran once a turn was free
+        assert state.explanations.admitted.active == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_request_whose_client_left_gives_up_its_place():
+    state = ServiceState(Settings(_env_file=None, max_explanations=1, explanation_queue=2))
+    order: list[str] = []
+
+    async def scenario() -> None:
+        running = explanation_slot(state, Cancellation())
+        await running.__anext__()  # holds the one turn
+        gone, kept = Cancellation(), Cancellation()
+        waiting_gone = explanation_slot(state, gone)
+        waiting_kept = explanation_slot(state, kept)
+
+        async def wait(slot, name: str) -> None:
+            try:
+                await slot.__anext__()
+            except Cancelled:
+                order.append(f"{name} left")
+                return
+            order.append(f"{name} runs")
+            with pytest.raises(StopAsyncIteration):
+                await slot.__anext__()
+
+        tasks = [asyncio.create_task(wait(waiting_gone, "gone")),
+                 asyncio.create_task(wait(waiting_kept, "kept"))]
+        await asyncio.sleep(0.01)
+        assert state.explanations.admitted.active == 3
+        gone.cancel("client hung up")
+        await asyncio.sleep(0.01)
+        assert order == ["gone left"]  # at once, while the turn is still taken
+        assert state.explanations.admitted.active == 2
+        with pytest.raises(StopAsyncIteration):
+            await running.__anext__()  # the running one finishes: the turn passes on
+        await asyncio.gather(*tasks)
+        assert order == ["gone left", "kept runs"]
         assert state.explanations.admitted.active == 0
 
     asyncio.run(scenario())

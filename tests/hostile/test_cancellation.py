@@ -1,0 +1,144 @@
+"""Clients that hang up on expensive requests: their work stops, measured in the service's own
+counters, and /metrics counts them as 499, not 200.
+
+Each test sends its requests whole to a real ``python -m service`` (default settings: 2
+explanations at once, 8 waiting, the rest refused with 503), lets them run for a while, reads
+``celebxai_explanation_batches`` (forward passes run for explanations and syntheses), then closes
+every socket. What may still run after that is the pass each running request had in flight,
+and one more that may have started between the reading and the hang-up.
+"""
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.hostile.conftest import ServiceProcess
+from tests.hostile.hang_up import (
+    explanation_batches,
+    request_counts,
+    send_request,
+    status_of,
+    wait_for,
+)
+from tests.image_bytes import face_png
+
+MAX_EXPLANATIONS = 2  # the service's default max_explanations
+PASSES_AFTER_HANG_UP = 2 * MAX_EXPLANATIONS
+RUN_BEFORE_HANG_UP_S = 1.5
+SETTLE_TIMEOUT_S = 60.0
+
+
+@pytest.fixture(scope="module")
+def face(celebs_root: Path) -> bytes:
+    return face_png(celebs_root, "tom_hanks")
+
+
+def _hang_up_after(service: ServiceProcess, sockets: list, wait_s: float) -> int:
+    """Wait, read the pass counter, then close every socket; returns the counter read."""
+    time.sleep(wait_s)
+    before = explanation_batches(service.url)
+    for sock in sockets:
+        sock.close()
+    return before
+
+
+def _predict(service: ServiceProcess, face: bytes) -> dict:
+    boundary = uuid.uuid4().hex
+    body = (
+        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + face + f"\r\n--{boundary}--\r\n".encode()
+    request = urllib.request.Request(
+        f"{service.url}/predict?detect=false",
+        data=body,
+        headers={"Content-Type": f"multipart/form-data; boundary={boundary}"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return json.loads(response.read())
+
+
+def test_abandoned_lime_requests_stop_and_count_as_499(
+    service_process: ServiceProcess, face: bytes
+):
+    service = service_process
+    sent = 16
+    sockets = [
+        send_request(
+            service.url,
+            "POST",
+            "/lime",
+            {"num_samples": 1000, "seed": seed, "detect": "false"},
+            ("face.png", face),
+        )
+        for seed in range(sent)
+    ]
+    # /predict keeps answering while explanations run
+    assert _predict(service, face)["label"] == "tom_hanks"
+    refused = sum(status_of(sock, timeout_s=0.2) == 503 for sock in sockets)
+
+    before = _hang_up_after(service, sockets, RUN_BEFORE_HANG_UP_S)
+
+    wait_for(
+        lambda: sum(request_counts(service.url, "/lime").values()) == sent,
+        SETTLE_TIMEOUT_S,
+        f"all {sent} /lime requests answered",
+    )
+    counts = request_counts(service.url, "/lime")
+    after = explanation_batches(service.url)
+    assert counts == {"499": sent - refused, "503": refused}
+    assert refused == sent - 10  # 2 running + 8 waiting admitted; the queue holds no more
+    # A whole run is 1 + ceil(1000 / 32) = 33 passes each; the 10 admitted would run 330.
+    assert before >= 1, "the running explanations had started"
+    assert after - before <= PASSES_AFTER_HANG_UP
+    assert _predict(service, face)["label"] == "tom_hanks"
+
+
+def test_abandoned_syntheses_stop_and_count_as_499(service_process: ServiceProcess, face: bytes):
+    service = service_process
+    sent = 4
+    sockets = [
+        send_request(
+            service.url,
+            "GET",
+            "/insight/maximize",
+            {"class": "tom_hanks", "steps": 300, "max_seconds": 60, "seed": 1000 + seed},
+        )
+        for seed in range(sent)
+    ]
+    # /predict keeps answering while syntheses run
+    assert _predict(service, face)["label"] == "tom_hanks"
+
+    before = _hang_up_after(service, sockets, RUN_BEFORE_HANG_UP_S)
+
+    wait_for(
+        lambda: sum(request_counts(service.url, "/insight/maximize").values()) == sent,
+        SETTLE_TIMEOUT_S,
+        f"all {sent} /insight/maximize requests answered",
+    )
+    after = explanation_batches(service.url)
+    assert request_counts(service.url, "/insight/maximize") == {"499": sent}
+    # 300 steps each would be 1200 passes of the twin
+    assert after - before <= PASSES_AFTER_HANG_UP
+
+
+def test_a_request_that_waits_for_its_answer_still_gets_it(
+    service_process: ServiceProcess, face: bytes
+):
+    """The watcher must not mistake the end of the request body for a hang-up."""
+    sock = send_request(
+        service_process.url,
+        "POST",
+        "/lime",
+        {"num_samples": 16, "seed": 99, "detect": "false"},
+        ("face.png", face),
+    )
+    try:
+        assert status_of(sock, timeout_s=SETTLE_TIMEOUT_S) == 200
+    finally:
+        sock.close()
