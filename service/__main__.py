@@ -73,27 +73,44 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        parser.error(str(exc))
+        from .errors import describe_validation_errors
+
+        parser.error(f"invalid settings: {describe_validation_errors(exc.errors())}")
     serve(settings)
     return 0
 
 
 def serve(settings: Settings) -> None:
+    """Run the app under uvicorn with the service's bounds on slow and oversized clients
+    (``connection_limits``) and an access log that never shows a key from a query string."""
     import uvicorn
 
+    from . import access_log
     from .app import create_app
+    from .connection_limits import ConnectionLimits, protocol_class
 
     logging.basicConfig(
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_header_bytes=settings.max_header_bytes,
+    )
+    closed = app.state.connections_closed
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=settings.access_log,
+        http=protocol_class(limits, on_refused=lambda reason: closed.labels(reason=reason).inc()),
+        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # float works
     )
+    access_log.install()  # after uvicorn.Config, which (re)configures uvicorn's loggers
+    uvicorn.Server(config).run()
 
 
 def export_openapi(path: str) -> int:

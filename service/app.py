@@ -13,17 +13,21 @@ from contextlib import asynccontextmanager
 
 import yaml
 from fastapi import APIRouter, FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 
 from . import __version__
+from .api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
 from .body_limit import BodySizeLimitMiddleware
-from .bundle import ONNX_FILE
-from .deps import API_KEY_HEADER
+from .bundle import ONNX_FILE, BundleError
+from .engine import EngineError
+from .connection_limits import refusal_counter
+from .cors import JsonCORSMiddleware
 from .errors import install_error_handlers
+from .head_requests import HeadAsGetMiddleware
 from .metrics import MetricsMiddleware
 from .model import load_model
-from .routes import explain, insight, meta, metrics, page, predict
-from .settings import Settings, get_settings
+from .routes import docs, explain, insight, meta, metrics, page, predict
+from .security_headers import SecurityHeadersMiddleware
+from .settings import ENV_PREFIX, Settings, get_settings
 from .state import ServiceState
 
 log = logging.getLogger(__name__)
@@ -35,6 +39,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     meta.router,
     metrics.router,
     page.router,
+    docs.router,
 )
 # Room for the multipart framing around the file within the body size limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -49,12 +54,14 @@ DESCRIPTION = (
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     settings = state.settings
+    log_authentication(settings)
     try:
         model = await asyncio.to_thread(load_model, settings, state.metrics.observe_batch)
     except Exception as exc:  # any failure keeps the app up and not ready, saying why
         state.phase = "failed"
-        state.reason = f"model bundle {settings.model} cannot be served: {exc}"
-        log.error("%s", state.reason, exc_info=exc)
+        state.reason = f"the model bundle cannot be served: {public_reason(exc)}"
+        # The log has what clients are not shown: the bundle's path and the whole error.
+        log.error("model bundle %s cannot be served: %s", settings.model, exc, exc_info=exc)
     else:
         model.start()
         state.model, state.phase, state.reason = model, "ready", "ready"
@@ -77,6 +84,30 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.phase, state.reason = "stopped", "the service is shutting down"
 
 
+def public_reason(exc: Exception) -> str:
+    """Why loading failed, in words a client may read: a ``BundleError`` or ``EngineError``
+    says it without paths or dumps; anything else is named by its type only (details in the
+    log)."""
+    if isinstance(exc, (BundleError, EngineError)):
+        return str(exc)
+    return f"loading failed ({type(exc).__name__}); the service log has the details"
+
+
+def log_authentication(settings: Settings) -> None:
+    if settings.api_key is None:
+        log.warning(
+            "API key authentication is OFF: every endpoint is open (set %sAPI_KEY to require "
+            "a key)",
+            ENV_PREFIX,
+        )
+    else:
+        log.info(
+            "API key authentication is on: image, explanation, insight and /model endpoints "
+            "need the %s header",
+            API_KEY_HEADER,
+        )
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The service app for ``settings`` (default: from the environment, see ``Settings``)."""
     settings = settings or get_settings()
@@ -85,26 +116,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        docs_url=None,  # served offline by routes.docs
+        redoc_url=None,
         generate_unique_id_function=lambda route: route.name,  # operationId = function name
     )
     app.state.service = ServiceState(settings)
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)
-    # Added innermost first: CORS wraps metrics, which wraps the body limit.
+    app.state.connections_closed = refusal_counter(app.state.service.metrics.registry)
+    # Added innermost first. From the outside in: security headers on every response, CORS,
+    # HEAD as GET, metrics, the API key (before any body is read), the body size limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
     )
+    app.add_middleware(ApiKeyFirstMiddleware, api_key=settings.api_key)
     app.add_middleware(MetricsMiddleware, metrics=app.state.service.metrics)
+    app.add_middleware(HeadAsGetMiddleware)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=[API_KEY_HEADER, "Content-Type"],
             expose_headers=[insight.CHANNELS_HEADER],  # which channel each activation tile shows
         )
+    app.add_middleware(SecurityHeadersMiddleware)
     return app
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from .errors import describe_validation_errors
 from .faces import AlignmentSpec
 from .preprocess import InputSpec, Preprocessor
 
@@ -95,24 +96,31 @@ class BundleMeta(BaseModel):
 def read_meta(bundle_dir: Path) -> BundleMeta:
     """Parse and validate ``bundle_dir/meta.json``."""
     path = bundle_dir / META_FILE
+    # Messages name files within the bundle, never the bundle's path: /readyz shows them to
+    # anyone, and the service log (which has the path) is where operators look.
     if not bundle_dir.is_dir():
-        raise BundleError(f"model bundle directory not found: {bundle_dir}")
+        raise BundleError("the model bundle directory does not exist")
     if not path.is_file():
-        raise BundleError(f"{path} is missing")
+        raise BundleError(f"{META_FILE} is missing")
     try:
         meta = BundleMeta.model_validate(json.loads(path.read_text(encoding="utf-8")))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{path} is not valid JSON: {exc}") from exc
+    except json.JSONDecodeError as exc:
+        raise BundleError(
+            f"{META_FILE} is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from exc
+    except UnicodeDecodeError as exc:
+        raise BundleError(f"{META_FILE} is not UTF-8 text") from exc
     except ValidationError as exc:
-        raise BundleError(f"{path} does not match the bundle format: {exc}") from exc
+        problems = describe_validation_errors(exc.errors())
+        raise BundleError(f"{META_FILE} does not match the bundle format: {problems}") from exc
     if meta.schema_version != SCHEMA_VERSION:
         raise BundleError(
-            f"{path}: schema_version {meta.schema_version} is not supported (expected "
+            f"{META_FILE}: schema_version {meta.schema_version} is not supported (expected "
             f"{SCHEMA_VERSION})"
         )
     for required in (ONNX_FILE, TWIN_FILE):
         if required not in meta.files:
-            raise BundleError(f"{path}: 'files' does not list {required}")
+            raise BundleError(f"{META_FILE}: 'files' does not list {required}")
     return meta
 
 
@@ -152,7 +160,8 @@ def load_twin(bundle_dir: Path) -> Any:
     try:
         return torch.export.load(str(path)).module()
     except Exception as exc:  # torch raises many types for a bad archive
-        raise BundleError(f"cannot load the torch twin {path}: {exc}") from exc
+        # torch's message may hold paths and internals: it goes to the log with the chain
+        raise BundleError(f"cannot load the torch twin {TWIN_FILE} ({type(exc).__name__})") from exc
 
 
 def probe_batch(preprocess: Preprocessor) -> np.ndarray:

@@ -8,8 +8,10 @@ one (README, "Error codes").
 from __future__ import annotations
 
 import logging
+import re
 from http import HTTPStatus
-from typing import ClassVar
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -50,6 +52,12 @@ class InvalidApiKey(ServiceError):
     status, code = 401, "invalid_api_key"
 
 
+class RequestTimeout(ServiceError):
+    """The request head or body did not arrive in time (``connection_limits``)."""
+
+    status, code = 408, "request_timeout"
+
+
 class FileTooLarge(ServiceError):
     status, code = 413, "file_too_large"
 
@@ -60,6 +68,18 @@ class TooManyPixels(ServiceError):
 
 class UnsupportedFormat(ServiceError):
     status, code = 415, "unsupported_format"
+
+
+class HeadersTooLarge(ServiceError):
+    """The request line and headers exceed ``max_header_bytes`` (``connection_limits``)."""
+
+    status, code = 431, "headers_too_large"
+
+
+class CorsRefused(ServiceError):
+    """A CORS preflight for an origin, method or header that the service does not allow."""
+
+    status, code = 403, "cors_refused"
 
 
 class ImageTooSmall(ServiceError):
@@ -136,12 +156,36 @@ async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResp
     return error_response(exc.status_code, code, message, exc.headers)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = []
-    for error in exc.errors():
+_OBJECT_REPR = re.compile(r"\s*<[^<>]*? at 0x[0-9a-fA-F]+>")
+
+
+def exception_text(exc: BaseException) -> str:
+    """``str(exc)`` fit for a client: without object reprs such as Pillow's
+    ``<_io.BytesIO object at 0x7f...>``, which say nothing to it and show the server's memory."""
+    text = _OBJECT_REPR.sub("", str(exc)).strip()
+    return text or type(exc).__name__
+
+
+def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
+    """Pydantic's errors as one line, ``where: what; ...``, each problem once.
+
+    Only the location and message are kept: never the input value, a URL or a type dump, which
+    say nothing to a client and may echo what it sent. The same problem reported twice (a
+    parameter read by two dependencies, a union's branches) is said once.
+    """
+    problems: list[str] = []
+    for error in errors:
         where = ".".join(str(part) for part in error.get("loc", ()))
-        problems.append(f"{where}: {error.get('msg', 'invalid')}")
-    return error_response(422, VALIDATION_ERROR, "; ".join(problems) or "invalid request")
+        message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        problem = f"{where}: {message}" if where else message
+        if problem not in problems:
+            problems.append(problem)
+    return "; ".join(problems)
+
+
+async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    message = describe_validation_errors(exc.errors()) or "invalid request"
+    return error_response(422, VALIDATION_ERROR, message)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

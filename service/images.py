@@ -30,6 +30,7 @@ from .errors import (
     ImageTooSmall,
     TooManyPixels,
     UnsupportedFormat,
+    exception_text,
 )
 from .settings import Settings
 
@@ -154,7 +155,9 @@ def decode_image(data: bytes, limits: ImageLimits, received_at: float | None = N
     except Image.DecompressionBombError as exc:
         raise TooManyPixels(str(exc)) from exc
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"{image_format} data is truncated or corrupt: {exc}") from exc
+        raise CorruptImage(
+            f"{image_format} data is truncated or corrupt: {exception_text(exc)}"
+        ) from exc
     rgb = to_rgb(_apply_exif_orientation(image))
     return DecodedImage(
         rgb=rgb,
@@ -176,7 +179,9 @@ def _open(data: bytes, image_format: str, max_pixels: int) -> Image.Image:
             f"image has more pixels than the limit of {max_pixels}: {exc}"
         ) from exc
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(f"cannot read the {image_format} header: {exc}") from exc
+        raise CorruptImage(
+            f"cannot read the {image_format} header: {exception_text(exc)}"
+        ) from exc
 
 
 def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:

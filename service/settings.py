@@ -85,7 +85,31 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level of the service and uvicorn"
     )
-    access_log: bool = Field(True, description="log one line per request (uvicorn access log)")
+    access_log: bool = Field(
+        True,
+        description="log one line per request (uvicorn access log; values of key-like query "
+        "parameters are redacted)",
+    )
+    keep_alive_timeout_s: float = Field(
+        5.0, gt=0, description="an idle kept-alive connection is closed after this long (s)"
+    )
+    header_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description="a request's line and headers must arrive within this long of its first "
+        "byte (of the connection opening, for its first request); else 408 and close (s)",
+    )
+    body_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a request body that stalls (no byte) for this long is answered 408 and "
+        "its connection closed (s)",
+    )
+    max_header_bytes: int = Field(
+        64 * 1024,
+        ge=1024,
+        description="largest request line plus headers (bytes); larger gives 431 and a close",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod
@@ -96,8 +120,15 @@ class Settings(BaseSettings):
 
     @field_validator("api_key", mode="before")
     @classmethod
-    def _empty_key_is_none(cls, value: object) -> object:
-        return None if value == "" else value
+    def _empty_key_is_an_error(cls, value: object) -> object:
+        # An empty CELEBXAI_API_KEY (e.g. from an unset shell variable) would otherwise
+        # silently turn authentication off.
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                f"the API key is empty; unset {ENV_PREFIX}API_KEY (and drop --api-key) to serve "
+                "without authentication, or give a non-empty key"
+            )
+        return value
 
 
 @lru_cache(maxsize=1)

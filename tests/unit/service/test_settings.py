@@ -6,7 +6,7 @@ import sys
 import pytest
 from pydantic import ValidationError
 
-from service.__main__ import build_parser
+from service.__main__ import build_parser, main
 from service.settings import DEFAULT_MODEL, Settings
 
 
@@ -36,10 +36,35 @@ def test_environment_variables_use_the_prefix(monkeypatch, tmp_path):
     assert "s3cret" not in repr(settings)
 
 
-def test_empty_api_key_means_none(monkeypatch):
-    monkeypatch.setenv("CELEBXAI_API_KEY", "")
+@pytest.mark.parametrize("key", ["", "   "])
+def test_an_empty_api_key_is_an_error_not_no_authentication(monkeypatch, key):
+    monkeypatch.setenv("CELEBXAI_API_KEY", key)
+
+    with pytest.raises(ValidationError, match="API key is empty"):
+        Settings(_env_file=None)
+
+
+def test_an_unset_api_key_means_no_authentication(monkeypatch):
+    monkeypatch.delenv("CELEBXAI_API_KEY", raising=False)
 
     assert Settings(_env_file=None).api_key is None
+
+
+def test_connection_bounds_have_finite_defaults():
+    settings = Settings(_env_file=None)
+
+    assert 0 < settings.keep_alive_timeout_s <= settings.header_timeout_s <= 60
+    assert 0 < settings.body_timeout_s <= 120
+    assert 16 * 1024 <= settings.max_header_bytes <= 1024 * 1024
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("header_timeout_s", "0"), ("body_timeout_s", "-1"), ("max_header_bytes", "100")],
+)
+def test_connection_bounds_must_be_positive(field, value):
+    with pytest.raises(ValidationError):
+        Settings(_env_file=None, **{field: value})
 
 
 @pytest.mark.parametrize(
@@ -79,3 +104,15 @@ def test_invalid_cli_value_exits_with_usage_error():
 
     assert result.returncode == 2
     assert "port" in result.stderr
+
+
+def test_an_empty_api_key_stops_start_up_with_a_clear_message(monkeypatch, capsys):
+    monkeypatch.setenv("CELEBXAI_API_KEY", "")
+
+    with pytest.raises(SystemExit) as stopped:
+        main([])
+
+    assert stopped.value.code == 2
+    error = capsys.readouterr().err
+    assert "invalid settings: api_key: the API key is empty" in error
+    assert "errors.pydantic.dev" not in error and "input_value" not in error
