@@ -150,3 +150,36 @@ def test_oversized_chunked_body_is_refused_while_reading(client, api_settings, p
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "file_too_large"
     assert post_image(face_bytes).status_code == 200
+
+
+def test_a_keyless_upload_is_refused_before_its_body_is_read(client, face_bytes):
+    sent: list[int] = []
+
+    def body():
+        sent.append(1)
+        yield face_bytes
+
+    key = client.headers.pop("X-API-Key")
+    try:
+        response = client.post(
+            "/predict",
+            content=body(),
+            headers={"Content-Type": "multipart/form-data; boundary=x",
+                     "Content-Length": str(10 * 2**20)},
+        )
+    finally:
+        client.headers["X-API-Key"] = key
+
+    assert response.status_code == 401
+    assert response.json()["error"]["code"] == "missing_api_key"
+    assert response.headers["connection"] == "close"
+    assert sent == [], "the body was read before the key was checked"
+
+
+def test_a_corrupt_png_is_described_without_an_object_repr(post_image):
+    response = post_image(ib.PNG_SIGNATURE + b"\x00not a png" * 10)
+
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "corrupt_image"
+    assert " at 0x" not in error["message"] and "BytesIO" not in error["message"]

@@ -88,3 +88,58 @@ def test_cors_ignores_other_origins(client):
 
     assert response.status_code == 200
     assert "access-control-allow-origin" not in response.headers
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/", "/model", "/metrics", "/docs"])
+def test_head_answers_like_get_without_a_body(client, path):
+    get, head = client.get(path), client.head(path)
+
+    assert head.status_code == get.status_code == 200
+    assert head.content == b""
+    assert head.headers["content-type"] == get.headers["content-type"]
+
+
+def test_head_on_a_post_only_path_is_405(client):
+    response = client.head("/predict")
+
+    assert response.status_code == 405
+
+
+def test_a_refused_cors_preflight_is_json(client):
+    response = client.options(
+        "/predict",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+
+    assert response.status_code == 403
+    assert response.json()["error"] == {
+        "code": "cors_refused",
+        "message": "CORS preflight refused: origin not allowed",
+    }
+
+
+def test_readyz_of_a_missing_bundle_names_no_path(make_settings, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from service.app import create_app
+
+    app = create_app(make_settings(model=tmp_path / "hidden-dir" / "bundle"))
+    with TestClient(app) as client:
+        response = client.get("/readyz")
+
+    assert response.status_code == 503
+    message = response.json()["error"]["message"]
+    assert message == (
+        "the model bundle cannot be served: the model bundle directory does not exist"
+    )
+
+
+def test_docs_are_served_by_the_service_itself(client):
+    page = client.get("/docs")
+
+    assert page.status_code == 200
+    assert "//" not in page.text.replace("<!doctype html>", "")
+    for asset in ("docs/assets/swagger-ui-bundle.js", "docs/assets/swagger-ui.css", "static/docs.js"):
+        assert f'"{asset}"' in page.text
+        assert client.get(f"/{asset}").status_code == 200
+    assert client.get("/redoc").status_code == 404  # not offered (it would need a CDN)
