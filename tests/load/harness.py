@@ -1,7 +1,8 @@
 """Run ``locustfile.py`` against a real service process and judge the run.
 
 The code behind both the CI test (``test_load.py``) and the soak command (``python -m
-tests.load``): start ``python -m service`` on a free loopback port (unless a host is given),
+tests.load soak``): start the service as the README does (``python -m service``, only
+``--port`` added, and ``--model`` for another bundle; no allocator or other variables set),
 sample its resident memory every second, run locust headless for a bounded time, then read
 locust's report and list every problem:
 
@@ -9,12 +10,14 @@ locust's report and list every problem:
   valid upload, a changed answer, a bad upload not refused with its 4xx, a lost request);
 - a setup that failed, no ``/predict`` answered at all, locust exiting non-zero, the server
   process dying;
-- the server's RSS peak in the last third of the load phase above its peak in the first third
-  by more than ``rss_growth_limit_mib`` (a leak grows it; warm-up falls in the first third).
+- memory that does not level off: the least-squares slope of the server's RSS over the last
+  half of the load phase (after warm-up) above ``rss_slope_limit_mib_per_min``, or its peak
+  above ``rss_peak_ratio_limit`` times its RSS at the end of warm-up. A slope, not a
+  comparison of peaks: growth that starts in the first seconds and goes on stays visible.
 
-Results go to ``out_dir``: ``results.json`` (the figures and the verdict), ``rss.csv`` (memory
-over time), locust's ``locust_stats.csv``, ``locust_stats_history.csv`` and
-``locust_failures.csv``, and the logs of locust and of the server.
+Results go to ``out_dir``: ``results.json`` (the figures and the verdict), ``rss.csv`` and
+``rss.png`` (memory over time), locust's ``locust_stats.csv``, ``locust_stats_history.csv``
+and ``locust_failures.csv``, and the logs of locust and of the server.
 """
 from __future__ import annotations
 
@@ -35,6 +38,8 @@ from typing import Any, NamedTuple
 
 import psutil
 
+from .plot import plot_rss
+
 ROOT = Path(__file__).resolve().parents[2]
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 ARTIFACTS = ROOT / "tests" / "artifacts" / "load"
@@ -51,42 +56,67 @@ DURATION_PART = re.compile(r"(\d+)\s*([hms])")
 
 @dataclass(frozen=True)
 class LoadConfig:
-    """One load run. The defaults are CI's: about a minute on a shared 2-core machine."""
+    """One load run. The defaults are CI's: 90 s on a shared 2-core machine; ``SOAK`` is the
+    long run of ``python -m tests.load soak``."""
 
     users: int = 10
     spawn_rate: float = 5.0
-    run_time: str = "45s"
+    run_time: str = "90s"
     host: str | None = None  # None: start a local server; else load that one (no RSS check)
-    rss_growth_limit_mib: float = 64.0
-    # glibc gives each thread that allocates an arena of its own (up to 8 per core) and keeps
-    # freed memory there: with the default, RSS under this mix climbs for minutes before it
-    # levels off (+62 MiB over 120 s here, against +15 MiB with 2 arenas), which would hide a
-    # leak; 0 leaves glibc's default
-    malloc_arenas: int = 2
+    # RSS is judged after this: the model's buffers, thread pools and caches filling up
+    warmup_s: float = 30.0
+    rss_slope_limit_mib_per_min: float = 6.0  # 30 MiB over 5 minutes
+    rss_peak_ratio_limit: float = 1.5  # peak over the RSS at the end of warm-up
     photos_per_class: int = 2
     model: Path = DEFAULT_BUNDLE
     data: Path | None = None  # face data root (celebs8/); None: the locustfile's default
     out_dir: Path = ARTIFACTS
 
 
+SOAK = LoadConfig(users=32, spawn_rate=8.0, run_time="10m", warmup_s=60.0,
+                  out_dir=ROOT / "tests" / "artifacts" / "soak")
+
+
 @dataclass(frozen=True)
 class RssCheck:
-    """The server's resident memory over the load phase, in MiB."""
+    """The server's resident memory over the load phase, in MiB; judged over the last half
+    (never earlier than the end of warm-up)."""
 
     start_mib: float
+    warm_mib: float  # at the end of warm-up
     end_mib: float
-    first_third_peak_mib: float
-    last_third_peak_mib: float
-    limit_mib: float
+    peak_mib: float
+    slope_mib_per_min: float  # least-squares fit over the judged window
+    window_start_s: float  # the judged window, in seconds from the start of the load
+    window_end_s: float
+    slope_limit_mib_per_min: float
+    peak_ratio_limit: float
     samples: int
 
     @property
-    def growth_mib(self) -> float:
-        return self.last_third_peak_mib - self.first_third_peak_mib
+    def window_s(self) -> float:
+        return self.window_end_s - self.window_start_s
+
+    @property
+    def window_growth_mib(self) -> float:
+        """The fitted growth over the judged window."""
+        return self.slope_mib_per_min * self.window_s / 60
+
+    @property
+    def peak_ratio(self) -> float:
+        return self.peak_mib / self.warm_mib
+
+    @property
+    def slope_ok(self) -> bool:
+        return self.slope_mib_per_min <= self.slope_limit_mib_per_min
+
+    @property
+    def peak_ok(self) -> bool:
+        return self.peak_ratio <= self.peak_ratio_limit
 
     @property
     def ok(self) -> bool:
-        return self.growth_mib <= self.limit_mib
+        return self.slope_ok and self.peak_ok
 
 
 @dataclass
@@ -124,19 +154,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(model: Path, port: int, log_file: Path, malloc_arenas: int = 0) -> subprocess.Popen:
-    """``python -m service`` on 127.0.0.1:``port``, returned once ``/readyz`` answers 200.
-    ``malloc_arenas``: glibc's MALLOC_ARENA_MAX for the process (0: glibc's default)."""
-    command = [
-        sys.executable, "-m", "service", "--model", str(model), "--host", "127.0.0.1",
-        "--port", str(port), "--access-log", "false", "--log-level", "warning",
-    ]
-    # the service's defaults, not whatever the calling shell configured
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CELEBXAI_")}
-    if malloc_arenas:
-        env["MALLOC_ARENA_MAX"] = str(malloc_arenas)
+def server_command(port: int, model: Path = DEFAULT_BUNDLE) -> list[str]:
+    """The README's serve command on ``port`` (``--model`` only for another bundle)."""
+    command = [sys.executable, "-m", "service", "--port", str(port)]
+    if model.resolve() != DEFAULT_BUNDLE.resolve():
+        command += ["--model", str(model)]
+    return command
+
+
+def start_server(model: Path, port: int, log_file: Path) -> subprocess.Popen:
+    """``python -m service`` on 127.0.0.1:``port``, returned once ``/readyz`` answers 200. The
+    environment is the caller's minus every ``CELEBXAI_`` and ``MALLOC_`` variable: the
+    service's own defaults, its own allocator policy (``service.allocator``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELEBXAI_", "MALLOC_"))}
     with log_file.open("wb") as log:
-        server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        server = subprocess.Popen(
+            server_command(port, model), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -202,20 +236,42 @@ class RssSampler:
             self._stop.wait(self.interval)
 
 
-def check_rss(samples: list[Sample], start: float, stop: float, limit_mib: float) -> RssCheck | None:
-    """Compare the peaks of the first and last third of the samples taken in [start, stop]."""
-    during = [sample.rss / MIB for sample in samples if start <= sample.time <= stop]
-    if len(during) < 3:
+def check_rss(
+    samples: list[Sample], start: float, stop: float, config: LoadConfig
+) -> RssCheck | None:
+    """Judge the samples taken in [start, stop]: the slope over the last half (from the end
+    of warm-up at the earliest) and the peak against the RSS at the end of warm-up."""
+    during = [sample for sample in samples if start <= sample.time <= stop]
+    window_from = max(start + config.warmup_s, (start + stop) / 2)
+    window = [sample for sample in during if sample.time >= window_from]
+    if len(window) < 3:
         return None
-    third = len(during) // 3
+    warm = min(window_from, start + config.warmup_s)
+    warm_mib = next(sample.rss for sample in during if sample.time >= warm) / MIB
     return RssCheck(
-        start_mib=during[0],
-        end_mib=during[-1],
-        first_third_peak_mib=max(during[:third]),
-        last_third_peak_mib=max(during[-third:]),
-        limit_mib=limit_mib,
+        start_mib=during[0].rss / MIB,
+        warm_mib=warm_mib,
+        end_mib=during[-1].rss / MIB,
+        peak_mib=max(sample.rss for sample in during) / MIB,
+        slope_mib_per_min=slope_per_minute(window),
+        window_start_s=window[0].time - start,
+        window_end_s=window[-1].time - start,
+        slope_limit_mib_per_min=config.rss_slope_limit_mib_per_min,
+        peak_ratio_limit=config.rss_peak_ratio_limit,
         samples=len(during),
     )
+
+
+def slope_per_minute(samples: list[Sample]) -> float:
+    """Least-squares slope of RSS over time, MiB per minute."""
+    times = [sample.time for sample in samples]
+    values = [sample.rss / MIB for sample in samples]
+    mean_t, mean_v = sum(times) / len(times), sum(values) / len(values)
+    spread = sum((t - mean_t) ** 2 for t in times)
+    if spread == 0:
+        return 0.0
+    covariance = sum((t - mean_t) * (v - mean_v) for t, v in zip(times, values, strict=True))
+    return covariance / spread * 60
 
 
 # -- the run -----------------------------------------------------------------------------------
@@ -263,7 +319,7 @@ def run_load_test(config: LoadConfig) -> LoadResult:
         write_results(result, samples=[])
         return result
     port = free_port()
-    server = start_server(config.model, port, config.out_dir / "server.log", config.malloc_arenas)
+    server = start_server(config.model, port, config.out_dir / "server.log")
     try:
         with RssSampler(server.pid) as sampler:
             code, report = run_locust(config, f"http://127.0.0.1:{port}")
@@ -272,8 +328,7 @@ def run_load_test(config: LoadConfig) -> LoadResult:
         stop_server(server)
     rss = None
     if report.get("started_at"):
-        rss = check_rss(sampler.samples, report["started_at"], report["stopped_at"],
-                        config.rss_growth_limit_mib)
+        rss = check_rss(sampler.samples, report["started_at"], report["stopped_at"], config)
     result = judge(config, code, report, rss)
     if not alive:
         result.problems.append(f"the server died during the run:\n{tail(config.out_dir / 'server.log')}")
@@ -304,11 +359,17 @@ def judge(config: LoadConfig, code: int, report: dict[str, Any], rss: RssCheck |
         problems.append(f"locust exited with {code} ({logs})")
     if rss is None and config.host is None and not report["setup_error"]:
         problems.append("too few RSS samples during the load phase")
-    elif rss is not None and not rss.ok:
-        problems.append(
-            f"server RSS grew by {rss.growth_mib:.1f} MiB from the first to the last third of "
-            f"the run (limit {rss.limit_mib:.0f} MiB)"
-        )
+    elif rss is not None:
+        if not rss.slope_ok:
+            problems.append(
+                f"server RSS still grows: {rss.slope_mib_per_min:+.1f} MiB/min over the last "
+                f"{rss.window_s:.0f} s (limit {rss.slope_limit_mib_per_min:g} MiB/min)"
+            )
+        if not rss.peak_ok:
+            problems.append(
+                f"server RSS peaked at {rss.peak_mib:.0f} MiB, {rss.peak_ratio:.2f} x its "
+                f"{rss.warm_mib:.0f} MiB after warm-up (limit {rss.peak_ratio_limit:g} x)"
+            )
     return LoadResult(config, report, rss, problems)
 
 
@@ -324,15 +385,31 @@ def write_results(result: LoadResult, samples: list[Sample]) -> None:
         for sample in samples:
             writer.writerow([f"{sample.time - started:.1f}", f"{sample.rss / MIB:.1f}", sample.threads])
     rss = result.rss
+    if samples:
+        plot_rss(samples, started, rss, out_dir / "rss.png")
+    figures = (
+        {"window_growth_mib": rss.window_growth_mib, "peak_ratio": rss.peak_ratio} if rss else {}
+    )
     document = {
         "passed": result.passed,
         "problems": result.problems,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result.config).items()},
-        "rss": {**asdict(rss), "growth_mib": rss.growth_mib} if rss else None,
+        "rss": {**asdict(rss), **figures} if rss else None,
+        "shed_rate": shed_rate(result.report) if result.report else None,
         "locust": result.report,
     }
     (out_dir / "results.json").write_text(json.dumps(document, indent=2))
     (out_dir / "summary.txt").write_text(result.summary() + "\n")
+
+
+def shed_rate(report: dict[str, Any]) -> float:
+    """The share of valid explanation requests refused with 503 ``overloaded``."""
+    shed = sum(report["backpressure"].values())
+    served = sum(
+        entry["requests"] for entry in report["endpoints"]
+        if entry["name"] in report["endpoints_run"] and entry["name"] != "/predict"
+    )
+    return shed / (shed + served) if shed + served else 0.0
 
 
 def format_summary(result: LoadResult) -> str:
@@ -364,13 +441,22 @@ def format_summary(result: LoadResult) -> str:
         f"bad inputs mishandled: {tally.get('bad_input_mishandled', 0)}, lost: {tally.get('lost', 0)}; "
         f"503 back-pressure (Retry-After): {sum(report['backpressure'].values())}"
     )
+    answered = sum(entry["requests"] for entry in report["endpoints"])
+    lines.append(
+        f"  requests answered: {answered}; explanations shed with 503 overloaded: "
+        f"{shed_rate(report):.1%}"
+    )
     if rss := result.rss:
         lines.append(
-            f"  server RSS: {rss.start_mib:.0f} MiB at start, {rss.end_mib:.0f} MiB at end; peak "
-            f"{rss.first_third_peak_mib:.0f} MiB in the first third, {rss.last_third_peak_mib:.0f} "
-            f"in the last: {rss.growth_mib:+.1f} MiB (limit {rss.limit_mib:.0f}; "
-            f"MALLOC_ARENA_MAX={config.malloc_arenas or 'default'})"
+            f"  server RSS: {rss.start_mib:.0f} MiB at start, {rss.warm_mib:.0f} after warm-up "
+            f"({config.warmup_s:.0f} s), {rss.end_mib:.0f} at end, peak {rss.peak_mib:.0f} "
+            f"({rss.peak_ratio:.2f} x after warm-up; limit {rss.peak_ratio_limit:g} x)"
         )
+        lines.append(
+            f"  RSS slope over the last {rss.window_s:.0f} s: {rss.slope_mib_per_min:+.1f} MiB/min "
+            f"({rss.window_growth_mib:+.1f} MiB; limit {rss.slope_limit_mib_per_min:g} MiB/min)"
+        )
+        lines.append(f"  RSS over time: {config.out_dir / 'rss.png'}, {config.out_dir / 'rss.csv'}")
     elif config.host is not None:
         lines.append("  server RSS: not measured (remote host)")
     lines.append(f"  results: {config.out_dir}")

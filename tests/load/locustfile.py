@@ -396,7 +396,8 @@ def endpoint(path: str):
 
 
 class FaceUser(HttpUser):
-    """A client of the API: mostly predictions, some explanations, a trickle of bad uploads."""
+    """A client of the API: mostly predictions, some explanations, a trickle of bad uploads
+    (task weights 80 /predict, 10 /saliency, 5 /occlusion, 5 /lime, 3 bad uploads)."""
 
     wait_time = between(0.05, 0.5)
 
@@ -428,7 +429,7 @@ class FaceUser(HttpUser):
             return False
         return True
 
-    @task(20)
+    @task(80)
     @endpoint(PREDICT)
     def predict(self) -> None:
         photo = self.photo()
@@ -440,17 +441,17 @@ class FaceUser(HttpUser):
                 return
             settle(response, PREDICT, answer_problem(response.json(), photo.answer, photo))
 
-    @task(4)
+    @task(10)
     @endpoint("/saliency")
     def saliency(self) -> None:
         self.explain("/saliency")
 
-    @task(1)
+    @task(5)
     @endpoint("/occlusion")
     def occlusion(self) -> None:
         self.explain("/occlusion")
 
-    @task(1)
+    @task(5)
     @endpoint("/lime")
     def lime(self) -> None:
         self.explain("/lime")
@@ -476,7 +477,7 @@ class FaceUser(HttpUser):
         if retry_after:
             gevent.sleep(min(retry_after, MAX_RETRY_AFTER_S))
 
-    @task(1)
+    @task(3)
     def bad_upload(self) -> None:
         bad = self.rng.choice(PLAN.bad_uploads)
         path = self.rng.choice(sorted(enabled_paths()))

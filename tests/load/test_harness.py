@@ -25,8 +25,14 @@ def report(**changes: Any) -> dict[str, Any]:
     return clean | changes
 
 
+def rss_of(mib: list[float], config: LoadConfig = CONFIG) -> Any:
+    """The verdict on one sample a second from t=100 s, the load phase being all of them."""
+    samples = [Sample(100.0 + i, int(m * MIB)) for i, m in enumerate(mib)]
+    return check_rss(samples, 100.0, 100.0 + len(mib) - 1, config)
+
+
 def flat_rss(mib: float = 1000.0) -> Any:
-    return check_rss([Sample(100.0 + i, int(mib * MIB)) for i in range(46)], 100.0, 145.0, 64.0)
+    return rss_of([mib] * 91)
 
 
 @pytest.mark.parametrize(
@@ -42,25 +48,47 @@ def test_a_bad_duration_is_refused(text):
         seconds(text)
 
 
-def test_rss_growth_compares_the_peaks_of_the_first_and_last_thirds():
-    # warm-up inside the first third, then flat, then 80 MiB more in the last third
-    mib = [900, 1000] + [1000] * 28 + [1080] * 15
+def test_rss_is_judged_by_its_slope_over_the_last_half_after_warm_up():
+    # 30 s of warm-up (+300 MiB), flat to 45 s, then +1 MiB every 10 s (6 MiB/min) to 90 s
+    mib = [700 + 10 * i for i in range(30)] + [1000] * 16 + [1000 + (i + 1) / 10 for i in range(45)]
     samples = [Sample(100.0 + i, int(m * MIB)) for i, m in enumerate(mib)]
-    samples.append(Sample(200.0, 5000 * MIB))  # after the load phase: ignored
+    samples.append(Sample(300.0, 5000 * MIB))  # after the load phase: ignored
 
-    rss = check_rss(samples, 100.0, 145.0, limit_mib=64.0)
+    rss = check_rss(samples, 100.0, 190.0, CONFIG)
 
-    assert (rss.start_mib, rss.end_mib, rss.samples) == (900, 1080, 45)
-    assert (rss.first_third_peak_mib, rss.last_third_peak_mib, rss.growth_mib) == (1000, 1080, 80)
-    assert not rss.ok
+    assert (rss.start_mib, rss.warm_mib, rss.end_mib, rss.peak_mib) == (700, 1000, 1004.5, 1004.5)
+    assert (rss.window_start_s, rss.window_end_s, rss.samples) == (45, 90, 91)
+    assert rss.slope_mib_per_min == pytest.approx(6.0, abs=0.2)
+    assert rss.window_growth_mib == pytest.approx(4.5, abs=0.2)
 
 
-def test_a_warm_up_in_the_first_third_is_not_growth():
-    samples = [Sample(100.0 + i, int((700 + min(i, 10) * 30) * MIB)) for i in range(46)]
+def test_growth_that_starts_at_once_and_goes_on_fails():
+    # no plateau at all: +2 MiB/s from the first second; peaks of thirds would not tell it
+    # apart from a warm-up, the slope over the last half does
+    rss = rss_of([950 + 2 * i for i in range(91)])
 
-    rss = check_rss(samples, 100.0, 145.0, limit_mib=64.0)
+    assert rss.slope_mib_per_min == pytest.approx(120.0)
+    assert not rss.slope_ok and not rss.ok
 
-    assert rss.growth_mib == 0 and rss.ok
+
+def test_a_warm_up_is_not_growth():
+    rss = rss_of([700 + min(i, 25) * 12 for i in range(91)])
+
+    assert rss.slope_mib_per_min == 0 and rss.ok
+
+
+def test_a_peak_far_above_the_warm_rss_fails_even_when_it_falls_back():
+    # flat at 1000 MiB but one burst to 1600 MiB in the middle
+    rss = rss_of([1000] * 40 + [1600] * 5 + [1000] * 46)
+
+    assert rss.peak_ratio == pytest.approx(1.6)
+    assert rss.slope_ok and not rss.peak_ok
+
+
+def test_too_few_samples_after_warm_up_give_no_verdict():
+    short = LoadConfig(warmup_s=60.0)
+
+    assert rss_of([1000] * 61, short) is None
 
 
 def test_a_clean_run_passes():
@@ -90,14 +118,35 @@ def test_every_kind_of_failure_fails_the_run(kind, name):
     assert "FAILED" in result.summary()
 
 
-def test_memory_growth_over_the_limit_fails_the_run():
-    samples = [Sample(100.0 + i, int((1000 + 3 * i) * MIB)) for i in range(46)]  # 3 MiB/s: peaks at 14 s and 45 s
+def test_memory_growth_over_the_limits_fails_the_run():
+    rising = rss_of([1000 + i for i in range(91)])  # 60 MiB/min
+    burst = rss_of([1000] * 40 + [1600] * 5 + [1000] * 46)
 
-    result = judge(CONFIG, 0, report(), check_rss(samples, 100.0, 145.0, limit_mib=64.0))
+    rising_problems = judge(CONFIG, 0, report(), rising).problems
+    burst_problems = judge(CONFIG, 0, report(), burst).problems
 
-    assert result.problems == [
-        "server RSS grew by 93.0 MiB from the first to the last third of the run (limit 64 MiB)"
+    assert rising_problems == [
+        "server RSS still grows: +60.0 MiB/min over the last 45 s (limit 6 MiB/min)"
     ]
+    assert burst_problems == [
+        "server RSS peaked at 1600 MiB, 1.60 x its 1000 MiB after warm-up (limit 1.5 x)"
+    ]
+
+
+def test_the_summary_gives_the_memory_figures_and_the_shed_rate():
+    shed = report(
+        endpoints_run=["/lime", "/predict"], backpressure={"/lime": 1},
+        endpoints=[*report()["endpoints"],
+                   {"name": "/lime", "method": "POST", "requests": 3, "failures": 0, "rps": 0.1,
+                    "p50_ms": 900, "p95_ms": 2000, "p99_ms": 2500, "avg_ms": 1000.0,
+                    "max_ms": 2500.0}],
+    )
+
+    summary = judge(CONFIG, 0, shed, flat_rss()).summary()
+
+    assert "explanations shed with 503 overloaded: 25.0%" in summary
+    assert "1000 MiB at start, 1000 after warm-up (30 s), 1000 at end, peak 1000" in summary
+    assert "RSS slope over the last 45 s: +0.0 MiB/min" in summary
 
 
 def test_a_run_that_did_nothing_fails():
