@@ -19,6 +19,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pydantic import ValidationError  # noqa: E402
 
+from .allocator import configure_malloc  # noqa: E402
 from .settings import ENV_PREFIX, Settings  # noqa: E402
 
 OPENAPI_COMMAND = "python -m service --export-openapi openapi.yaml"
@@ -93,6 +94,7 @@ def serve(settings: Settings) -> None:
         level=settings.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    configure_malloc()  # before the model, its buffers and the worker threads exist
     app = create_app(settings)
     limits = ConnectionLimits(
         header_timeout_s=settings.header_timeout_s,
