@@ -5,7 +5,8 @@
 - ``X-Frame-Options: DENY`` and CSP ``frame-ancestors 'none'``: no other site frames the page.
 - ``Content-Security-Policy``: the page and ``/docs`` run only scripts and styles served by the
   service itself (no inline script, no other host). Images may be ``data:`` (Swagger UI's
-  icons) and ``blob:`` (the page shows the chosen photo and heatmaps from blobs).
+  icons) and ``blob:`` (the page shows the chosen photo and heatmaps from blobs, and reads
+  image blobs back with ``fetch``).
 - ``Referrer-Policy: no-referrer``: the page's URLs never leave with a request elsewhere.
 
 A header the app set itself is left as it is.
@@ -21,7 +22,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data: blob:",
-        "connect-src 'self'",
+        "connect-src 'self' blob:",
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
