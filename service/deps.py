@@ -3,7 +3,8 @@
 - ``SettingsDep``: this app's ``Settings``.
 - ``StateDep``: this app's ``ServiceState`` (metrics, model, readiness).
 - ``ModelDep``: the loaded ``ServingModel``; 503 ``not_ready`` until loading succeeded.
-- ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``).
+- ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``), within
+  the app's budget of decoded pixels (``pixel_budget.py``).
 - ``FaceDep``: the face to classify or explain in that image (``faces.py``; query parameters
   ``detect`` and ``face``).
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
@@ -30,8 +31,8 @@ from starlette.types import Receive
 from .cancellation import Cancellation, Cancelled
 from .api_key import API_KEY_HEADER, verify_api_key
 from .faces import FaceChoice, choose_face
-from .images import DecodedImage, ImageLimits, decode_image, read_upload
 from .errors import ClientClosedRequest, NotReady, Overloaded
+from .images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
 from .model import ServingModel
 from .settings import Settings
 from .state import ServiceState
@@ -141,13 +142,19 @@ async def explanation_slot(state: StateDep, cancellation: ClientDep) -> AsyncIte
 
 
 async def image_intake(
-    settings: SettingsDep,
+    state: StateDep,
     file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
-) -> DecodedImage:
+) -> AsyncIterator[DecodedImage]:
+    """The upload decoded, holding its width x height of the app's ``PixelBudget`` from before
+    decoding until the request is done (face search, rendering), so that large images are
+    decoded and processed a few at a time while small ones go on."""
     received_at = time.perf_counter()
-    limits = ImageLimits.from_settings(settings)
+    limits = ImageLimits.from_settings(state.settings)
     data = await read_upload(file, limits.max_upload_bytes)
-    return await run_in_threadpool(decode_image, data, limits, received_at)
+    header = await run_in_threadpool(read_header, data, limits)
+    del data  # the header keeps what Pillow needs
+    async with state.decodes.hold(header.pixels):
+        yield await run_in_threadpool(decode_pixels, header, received_at)
 
 
 ImageDep = Annotated[DecodedImage, Depends(image_intake)]

@@ -74,6 +74,13 @@ class Settings(BaseSettings):
     min_image_side: int = Field(
         16, ge=1, description="smallest accepted width and height (pixels); smaller gives 422"
     )
+    max_decodes: int = Field(
+        0,
+        ge=0,
+        description="images of max_image_pixels decoded and processed at once (smaller ones "
+        "share the same budget of max_decodes x max_image_pixels pixels; more wait); "
+        "0 = one per core",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
         description="origins allowed by CORS (comma-separated); empty disables CORS",

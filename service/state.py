@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 from .metrics import ServiceMetrics
+from .pixel_budget import PixelBudget
 from .settings import Settings
 
 if TYPE_CHECKING:
@@ -54,7 +55,9 @@ class ServiceState:
     reason: str = "the model bundle is loading"
     limiter: InFlightLimiter = field(init=False)
     explanations: ExplanationGate = field(init=False)
+    decodes: PixelBudget = field(init=False)
 
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)
         self.explanations = ExplanationGate(self.settings.max_explanations, self.settings.explanation_queue)
+        self.decodes = PixelBudget.from_settings(self.settings, self.metrics.registry)

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ..cancellation import Cancellation
-from .heatmap import Heatmap
+from .heatmap import Heatmap, scaled
 
 Forward = Callable[[np.ndarray], np.ndarray]
 """A batched forward pass: ``(N, 3, H, W)`` float32 model input -> ``(N, C)`` logits (for
@@ -72,7 +72,8 @@ class ModelHandle:
 class Explainer(ABC):
     """Base class: subclasses set ``name``, ``Params``, ``signed``, ``units`` and override
     ``_attribute``, which returns raw values; ``attribute`` scales them by their largest
-    magnitude into ``value_range``: ``(0, 1)`` unsigned, ``(-1, 1)`` signed."""
+    magnitude into ``value_range``: ``(0, 1)`` unsigned, ``(-1, 1)`` signed (unless the map is
+    negligible, see ``heatmap.scaled``)."""
 
     name: ClassVar[str]
     Params: ClassVar[type[MethodParams]] = NoParams
@@ -108,11 +109,9 @@ class Explainer(ABC):
             raise RuntimeError(f"{self.name} returned shape {raw.shape}, expected {x.shape[1:]}")
         if not np.all(np.isfinite(raw)):
             raise RuntimeError(f"{self.name} produced non-finite values")
-        scale = float(np.max(np.abs(raw)))
-        values = raw / scale if scale > 0 else raw
-        low, high = self.value_range
+        values, scale, negligible = scaled(raw, self.value_range)
         return Heatmap(
-            values=np.clip(values, low, high),  # unsigned: cuts rounding below zero
+            values=values,
             method=self.name,
             target=target,
             signed=self.signed,
@@ -121,6 +120,7 @@ class Explainer(ABC):
             scale=scale,
             logits=logits,
             params=checked.model_dump(),
+            negligible=negligible,
         )
 
     @abstractmethod

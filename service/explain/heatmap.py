@@ -20,6 +20,20 @@ from ..model import softmax
 BoxCorners = tuple[int, int, int, int]
 """``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive"""
 
+NEGLIGIBLE_SCALE = 1e-4
+"""A map whose largest raw magnitude is below this holds no evidence.
+
+Every method's units are the target's score -- a logit or a probability (occlusion, LIME,
+integrated gradients, Grad-CAM) or its change per unit of model input, which spans about 1 (the
+gradients) -- so one threshold serves all. 1e-4 is the tolerance the bundle's load check allows
+between the ONNX model and its twin on the same input (``parity_tolerance``): differences below
+it are what the service already accepts as "the same model", rounding noise. Measured with the
+default bundle: on a flat black or white image, integrated gradients, occlusion and LIME with
+the image's own mean colour as baseline reach 3e-8 to 7e-7 (0 with the blur baseline); on 12
+real test faces every method at its defaults is above 2.8e-2. The threshold sits 2 orders of
+magnitude from each.
+"""
+
 
 @dataclass(frozen=True)
 class Heatmap:
@@ -32,7 +46,10 @@ class Heatmap:
       ``target`` (removing it lowers the class score), negative = evidence against it.
 
     Every method divides its raw values by their largest magnitude ``scale``:
-    ``values * scale`` are in ``units`` (e.g. "drop of the target probability").
+    ``values * scale`` are in ``units`` (e.g. "drop of the target probability") -- unless the
+    map is ``negligible`` (``scale < NEGLIGIBLE_SCALE``): then ``values`` are the raw values,
+    all about 0, because stretching numerical noise to full strength would show a confident
+    map where there is no evidence (``scaled`` decides).
     ``logits`` are the model's logits for the unperturbed input, ``(C,)`` float32.
     """
 
@@ -45,6 +62,7 @@ class Heatmap:
     scale: float
     logits: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
+    negligible: bool = False
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2:
@@ -73,6 +91,16 @@ class Heatmap:
         ``(height, width)`` float32.
         """
         return place_in_box(self.values, image_size, box)
+
+
+def scaled(raw: np.ndarray, value_range: tuple[float, float]) -> tuple[np.ndarray, float, bool]:
+    """``raw`` ``(H, W)`` divided by its largest magnitude and clipped to ``value_range``, that
+    magnitude (``scale``), and whether the map is negligible: then the values are ``raw``
+    itself (clipped), not stretched."""
+    scale = float(np.max(np.abs(raw)))
+    negligible = scale < NEGLIGIBLE_SCALE
+    values = raw if negligible else raw / scale
+    return np.clip(values, *value_range), scale, negligible  # unsigned: cuts rounding below 0
 
 
 def place_in_box(

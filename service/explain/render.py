@@ -4,10 +4,13 @@ Unsigned maps (``[0, 1]``) use a sequential colormap (inferno), signed maps (``[
 diverging one (red = evidence for the target, blue = against, white = neither). Opacity grows
 with magnitude, so unimportant pixels stay see-through. Colormaps are 256-entry lookup tables
 interpolated from anchor colours taken from matplotlib's ``inferno`` and ``RdBu_r`` at 17 even
-steps, so the service needs no plotting library.
+steps, so the service needs no plotting library. Renders of large uploads are scaled down to at
+most ``MAX_RENDER_PIXELS``, which bounds the memory and time one PNG can take.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 from PIL import Image
@@ -17,6 +20,11 @@ from .heatmap import BoxCorners, Heatmap
 
 DEFAULT_OPACITY = 0.8
 JSON_DECIMALS = 4
+# PNG renders (format=png|overlay) are the upload's size up to this many pixels (2048 x 2048),
+# and scaled down to it beyond: the map itself has the model input's resolution (150 x 150), so
+# a larger render adds no detail, only memory (~25 bytes a pixel while drawing an overlay).
+MAX_RENDER_PIXELS = 2048 * 2048
+COLORIZE_ROWS = 256
 
 _INFERNO_ANCHORS = (
     (0, 0, 4), (11, 7, 36), (33, 12, 74), (61, 9, 101), (87, 16, 110), (113, 25, 110),
@@ -46,9 +54,22 @@ DIVERGING = lookup_table(_RDBU_R_ANCHORS)
 
 def colorize(values: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY) -> np.ndarray:
     """``(H, W)`` values in ``[0, 1]`` (or ``[-1, 1]`` if ``signed``) -> ``(H, W, 4)`` uint8 RGBA,
-    alpha = ``opacity`` x magnitude."""
+    alpha = ``opacity`` x magnitude.
+
+    Computed ``COLORIZE_ROWS`` rows at a time, so the float temporaries stay a few MB whatever
+    the image size: memory is the 4-byte-a-pixel result.
+    """
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
+    values = np.asarray(values)
+    rgba = np.empty((*values.shape, 4), dtype=np.uint8)
+    for top in range(0, values.shape[0], COLORIZE_ROWS):
+        rows = slice(top, top + COLORIZE_ROWS)
+        rgba[rows] = _colorize_rows(values[rows], signed, opacity)
+    return rgba
+
+
+def _colorize_rows(values: np.ndarray, signed: bool, opacity: float) -> np.ndarray:
     if signed:
         clipped = np.clip(values, -1.0, 1.0)
         index = np.round((clipped + 1.0) * 127.5).astype(np.intp)
@@ -59,6 +80,19 @@ def colorize(values: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY)
         table = SEQUENTIAL
     alpha = np.round(np.abs(clipped) * opacity * 255.0).astype(np.uint8)
     return np.dstack([table[index], alpha])
+
+
+def render_factor(image_size: tuple[int, int], max_pixels: int = MAX_RENDER_PIXELS) -> float:
+    """The factor (<= 1) by which a PNG of an image of ``image_size`` = ``(width, height)`` is
+    drawn: 1 up to ``max_pixels``, beyond it the largest that keeps the area within them."""
+    width, height = image_size
+    return min(1.0, math.sqrt(max_pixels / (width * height)))
+
+
+def scaled_size(image_size: tuple[int, int], factor: float) -> tuple[int, int]:
+    """``image_size`` times ``factor``, rounded, at least 1 pixel a side."""
+    width, height = image_size
+    return max(1, round(width * factor)), max(1, round(height * factor))
 
 
 def rgba_image(placed: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY) -> Image.Image:
@@ -75,7 +109,13 @@ def rgba_png(placed: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY)
 def blend_png(
     image: Image.Image, placed: np.ndarray, signed: bool, opacity: float = DEFAULT_OPACITY
 ) -> bytes:
-    """``image`` (RGB) with the map (in its coordinates) blended over it, as RGB PNG bytes."""
+    """``image`` (RGB) with the map (in its coordinates) blended over it, as RGB PNG bytes.
+
+    ``placed`` may be smaller than ``image`` (a render scaled down by ``render_factor``): the
+    image is then scaled down to it first."""
+    size = (placed.shape[1], placed.shape[0])
+    if image.size != size:
+        image = image.resize(size, Image.Resampling.BILINEAR, reducing_gap=3.0)
     layer = rgba_image(placed, signed, opacity)
     return encode_png(Image.alpha_composite(image.convert("RGBA"), layer).convert("RGB"))
 

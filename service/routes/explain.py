@@ -51,7 +51,14 @@ from ..explain import (
     array_digest,
     cache_key,
 )
-from ..explain.render import as_rows, blend_png, rgba_png
+from ..explain.render import (
+    MAX_RENDER_PIXELS,
+    as_rows,
+    blend_png,
+    render_factor,
+    rgba_png,
+    scaled_size,
+)
 from ..faces import AlignedFace, FaceChoice
 from ..images import DecodedImage
 from ..model import ServingModel
@@ -64,6 +71,8 @@ COMMON_PARAMS = frozenset({"target", "format"})
 MAX_JSON_SIDE = 256
 CACHE_ENTRIES = 64
 PNG_MEDIA_TYPE = "image/png"
+# On PNG answers: "true" when the map is negligible (drawn fully transparent), as in JSON.
+NEGLIGIBLE_HEADER = "X-Heatmap-Negligible"
 
 Format = Literal["json", "png", "overlay"]
 
@@ -135,6 +144,10 @@ class HeatmapGrid(BaseModel):
     value_range: tuple[float, float]
     units: str = Field(description="what values x scale measure")
     scale: float = Field(description="the largest raw magnitude: values x scale are in units")
+    negligible: bool = Field(
+        description="true when scale is below 1e-4 (the model's numerical noise): the map "
+        "holds no evidence, and values are the raw ones (about 0), not stretched by 1 / scale"
+    )
     values: list[list[float]] = Field(description="rows, top to bottom, 4 decimals")
 
 
@@ -168,7 +181,15 @@ class ExplanationResponse(BaseModel):
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "content": {PNG_MEDIA_TYPE: {}},
-        "description": "JSON (format=json), or a PNG (format=png: RGBA heatmap; overlay: RGB)",
+        "description": "JSON (format=json), or a PNG (format=png: RGBA heatmap; overlay: RGB), "
+        f"the upload's size up to {MAX_RENDER_PIXELS} pixels and scaled down to them beyond; "
+        f"its {NEGLIGIBLE_HEADER} header is true when the map is negligible (nothing drawn)",
+        "headers": {
+            NEGLIGIBLE_HEADER: {
+                "description": "true when the map is negligible (JSON's heatmap.negligible)",
+                "schema": {"type": "string", "enum": ["true", "false"]},
+            }
+        },
     },
     **error_responses(400, 401, 413, 415, 422, 503),
 }
@@ -272,7 +293,8 @@ async def _explain(
     fmt = query.format  # type: ignore[attr-defined]
     if fmt in ("png", "overlay"):
         png = await run_in_threadpool(_render_png, fmt, image, face.aligned, heatmap)
-        return Response(png, media_type=PNG_MEDIA_TYPE)
+        negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
+        return Response(png, media_type=PNG_MEDIA_TYPE, headers=negligible)
     grid = await run_in_threadpool(_json_grid, heatmap, face.aligned, image.rgb.size)
     timings = ExplainTimings(
         decode_ms=image.decode_ms,
@@ -285,8 +307,10 @@ async def _explain(
 
 
 def _render_png(fmt: Format, image: DecodedImage, aligned: AlignedFace, heatmap: Heatmap) -> bytes:
-    """The heatmap laid back from the face crop onto the upload, as ``fmt`` (png | overlay)."""
-    placed = aligned.to_image(heatmap.values, image.rgb.size)
+    """The heatmap laid back from the face crop onto the upload, as ``fmt`` (png | overlay), the
+    upload's size up to ``MAX_RENDER_PIXELS`` and scaled down to them beyond."""
+    factor = render_factor(image.rgb.size)
+    placed = _placed(heatmap, aligned, scaled_size(image.rgb.size, factor), factor)
     if fmt == "overlay":
         return blend_png(image.rgb, placed, heatmap.signed)
     return rgba_png(placed, heatmap.signed)
@@ -336,12 +360,9 @@ def _reject(loc: tuple[str, ...], message: str) -> NoReturn:
 def _json_grid(heatmap: Heatmap, aligned: AlignedFace, image_size: tuple[int, int]) -> HeatmapGrid:
     """The heatmap laid back onto the upload, on a grid of the image's size scaled down to at
     most ``MAX_JSON_SIDE`` a side."""
-    width, height = image_size
-    factor = min(1.0, MAX_JSON_SIDE / max(width, height))
-    grid_size = (max(1, round(width * factor)), max(1, round(height * factor)))
-    # grid cell -> image pixel (divide by the factor) -> crop pixel (the face's matrix)
-    to_crop = aligned.matrix * np.array([[1 / factor, 1 / factor, 1.0]])
-    on_grid = dataclasses.replace(aligned, matrix=to_crop).to_image(heatmap.values, grid_size)
+    factor = min(1.0, MAX_JSON_SIDE / max(image_size))
+    grid_size = scaled_size(image_size, factor)
+    on_grid = _placed(heatmap, aligned, grid_size, factor)
     return HeatmapGrid(
         width=grid_size[0],
         height=grid_size[1],
@@ -349,8 +370,18 @@ def _json_grid(heatmap: Heatmap, aligned: AlignedFace, image_size: tuple[int, in
         value_range=heatmap.value_range,
         units=heatmap.units,
         scale=heatmap.scale,
+        negligible=heatmap.negligible,
         values=as_rows(on_grid),
     )
+
+
+def _placed(
+    heatmap: Heatmap, aligned: AlignedFace, size: tuple[int, int], factor: float
+) -> np.ndarray:
+    """The map on a grid of ``size``: the upload's pixels times ``factor`` (<= 1)."""
+    # grid cell -> image pixel (divide by the factor) -> crop pixel (the face's matrix)
+    to_crop = aligned.matrix * np.array([[1 / factor, 1 / factor, 1.0]])
+    return dataclasses.replace(aligned, matrix=to_crop).to_image(heatmap.values, size)
 
 
 def _response(

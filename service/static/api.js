@@ -54,7 +54,8 @@ export async function getJson(path, { signal } = {}) {
 }
 
 /** POST ``file`` as multipart field ``file`` to ``path`` with query ``params``; resolves to
- * the parsed JSON (``as: "json"``) or the body as a Blob (``as: "blob"``, e.g. a PNG). */
+ * the parsed JSON (``as: "json"``), the body as a Blob (``as: "blob"``, e.g. a PNG) or the
+ * Response itself (``as: "response"``, to read headers too). */
 export async function postImage(path, file, { params = {}, as = "json", signal } = {}) {
   const query = new URLSearchParams();
   for (const [name, value] of Object.entries(params)) {
@@ -64,6 +65,7 @@ export async function postImage(path, file, { params = {}, as = "json", signal }
   body.append("file", file, file.name || "photo");
   const url = query.size ? `${path}?${query}` : path;
   const response = await send(url, { method: "POST", body, signal });
+  if (as === "response") return response;
   return as === "blob" ? response.blob() : response.json();
 }
 

@@ -4,6 +4,8 @@
 import { describeError, postImage } from "./api.js";
 import { isSigned } from "./methods.js";
 
+const NEGLIGIBLE_HEADER = "X-Heatmap-Negligible";
+
 let nextId = 0;
 
 export class ExplanationPanel {
@@ -23,6 +25,7 @@ export class ExplanationPanel {
     this.photo = photo;
     this.base.src = photo.url;
     this.#setHeat(null);
+    this.negligible.hidden = true;
     this.classNames = new Map(classes.map((c) => [c.id, c.name]));
     this.predicted = predicted;
     this.target.replaceChildren(new Option(`predicted: ${this.classNames.get(predicted)}`, ""));
@@ -45,13 +48,16 @@ export class ExplanationPanel {
     this.#setBusy(true);
     this.error.hidden = true;
     try {
-      const png = await postImage(this.spec.path, this.photo.file, { params, as: "blob", signal: abort.signal });
+      const response = await postImage(this.spec.path, this.photo.file, { params, as: "response", signal: abort.signal });
+      const png = await response.blob();
       if (abort.signal.aborted) return;
+      // A negligible map is drawn fully transparent: say so rather than show an empty photo.
+      const negligible = response.headers.get(NEGLIGIBLE_HEADER) === "true";
       const seconds = (performance.now() - started) / 1000;
       const className = this.classNames.get(params.target) ?? this.classNames.get(this.predicted);
       this.heat.alt = `${this.spec.title} heatmap (${method.replaceAll("_", " ")}) for ${className}, laid over the photo`;
       await this.#setHeat(png);
-      this.#setLegend(method, className);
+      this.#setLegend(method, className, negligible);
       this.timing.textContent = `${seconds.toFixed(1)} s`;
       this.rerun.classList.remove("attention");
       this.element.dataset.state = "done";
@@ -95,13 +101,15 @@ export class ExplanationPanel {
     await this.heat.decode().catch(() => {});
   }
 
-  #setLegend(method, className) {
+  #setLegend(method, className, negligible) {
     const signed = isSigned(method);
     this.legend.className = `legend ${signed ? "signed" : "unsigned"}`;
     this.legendLow.textContent = signed ? "against" : "none";
     this.legendTarget.textContent = className;
     this.legendHigh.textContent = signed ? "for" : "strong";
-    this.legend.hidden = false;
+    this.legend.hidden = negligible;
+    this.negligible.textContent = `No evidence for ${className}: the map is negligible (every value is below the model's numerical noise), so nothing is drawn.`;
+    this.negligible.hidden = !negligible;
   }
 
   #build() {
@@ -121,6 +129,9 @@ export class ExplanationPanel {
     this.legendLow = part("legend-low");
     this.legendTarget = part("legend-target");
     this.legendHigh = part("legend-high");
+    this.negligible = Object.assign(document.createElement("p"), { className: "hint negligible", hidden: true });
+    this.negligible.dataset.part = "negligible";
+    this.legend.after(this.negligible);
     this.form = part("form");
     this.rerun = part("rerun");
 

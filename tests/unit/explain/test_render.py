@@ -10,14 +10,19 @@ import pytest
 from PIL import Image
 
 from service.explain.render import (
+    COLORIZE_ROWS,
     DIVERGING,
+    MAX_RENDER_PIXELS,
     SEQUENTIAL,
+    _colorize_rows,
     as_rows,
     blend_png,
     colorize,
     heatmap_png,
     overlay_png,
+    render_factor,
     rgba_png,
+    scaled_size,
 )
 
 from .test_heatmap import make_heatmap
@@ -109,3 +114,41 @@ def test_a_map_placed_by_any_mapping_renders_at_its_size(test_faces):
     assert (heat.mode, heat.size) == ("RGBA", photo.size)
     assert (blended.mode, blended.size) == ("RGB", photo.size)
     assert np.asarray(heat)[20, 40, 3] > 150 and np.asarray(heat)[50, 5, 3] == 0
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_colorize_in_row_blocks_equals_the_whole_at_once(signed: bool):
+    rng = np.random.default_rng(1)
+    low = -1.2 if signed else -0.2
+    values = rng.uniform(low, 1.2, (COLORIZE_ROWS * 2 + 37, 61)).astype(np.float32)
+    np.testing.assert_array_equal(
+        colorize(values, signed, 0.7), _colorize_rows(values, signed, 0.7)
+    )
+
+
+@pytest.mark.parametrize(
+    ("size", "expected"),
+    [
+        ((112, 90), (112, 90)),  # small uploads render at their own size
+        ((2048, 2048), (2048, 2048)),  # up to the limit
+        ((6000, 6000), (2048, 2048)),  # a 36-megapixel upload: scaled to the limit
+        ((8000, 1000), (5793, 724)),  # the aspect ratio is kept
+    ],
+)
+def test_renders_are_at_most_max_render_pixels(size, expected):
+    factor = render_factor(size)
+    assert scaled_size(size, factor) == expected
+    width, height = scaled_size(size, factor)
+    assert width * height <= MAX_RENDER_PIXELS
+
+
+def test_an_overlay_of_a_scaled_down_render_scales_the_photo_down_with_it(test_faces):
+    _, _, photo = test_faces[0]
+    large = photo.resize((photo.width * 4, photo.height * 4))
+    placed = np.zeros((photo.height, photo.width), np.float32)  # the render's size
+    placed[10:30, 20:60] = 1.0
+    blended = _decode(blend_png(large, placed, signed=False, opacity=0.0))
+    assert (blended.mode, blended.size) == ("RGB", photo.size)
+    # opacity 0: the photo itself, scaled down (bilinear after a box reduction) to the render
+    reference = np.asarray(large.resize(photo.size, Image.Resampling.BILINEAR), np.int16)
+    assert np.abs(np.asarray(blended, np.int16) - reference).mean() < 2.0

@@ -18,7 +18,16 @@ from service.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from service.images import ImageLimits, decode_image, encode_png, read_upload, sniff_format, to_rgb
+from service.images import (
+    ImageLimits,
+    decode_image,
+    decode_pixels,
+    encode_png,
+    read_header,
+    read_upload,
+    sniff_format,
+    to_rgb,
+)
 
 LIMITS = ImageLimits(max_upload_bytes=2_000_000, max_image_pixels=4_000_000, min_image_side=16)
 
@@ -223,3 +232,17 @@ def test_encode_png_round_trips():
 
     assert decoded.mode == "RGBA"
     np.testing.assert_array_equal(np.asarray(decoded), np.asarray(original))
+
+
+def test_the_header_is_read_and_checked_before_any_pixel_is_decoded():
+    """The intake asks the pixel budget for ``header.pixels`` between the two steps: reading the
+    header must not decode, so a PNG whose pixel data is cut off passes it and fails later."""
+    noise = ib.noise_image()
+    data = encode_png(noise)
+    header = read_header(data[: len(data) // 2], LIMITS)
+    assert (header.format, header.byte_size) == ("PNG", len(data) // 2)
+    assert header.pixels == noise.width * noise.height
+    with pytest.raises(CorruptImage):
+        decode_pixels(header)
+    whole = decode_pixels(read_header(data, LIMITS))
+    assert whole.rgb.size == noise.size and whole.byte_size == len(data)
