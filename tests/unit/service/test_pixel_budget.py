@@ -43,7 +43,8 @@ def test_large_images_wait_while_small_ones_go_on():
         await asyncio.sleep(0.01)
         assert log == ["big1", "big2"] and budget.in_use == 72 * MEGA and budget.waiting == 1
         # A small photo fits beside them: it is not queued behind the waiting large one.
-        tasks["small"] = asyncio.create_task(_holder(budget, 250 * 250, log, "small", release["small"]))
+        small = _holder(budget, 250 * 250, log, "small", release["small"])
+        tasks["small"] = asyncio.create_task(small)
         await asyncio.sleep(0.01)
         assert log == ["big1", "big2", "small"] and budget.waiting == 1
         release["big1"].set()
