@@ -70,8 +70,8 @@ class Cancellation:
     async def guard(self, awaitable: Awaitable[T]) -> T:
         """``awaitable``'s result, or ``Cancelled`` as soon as this is cancelled; then the
         awaitable is cancelled too, so a queued wait (a semaphore, a batcher submission) gives
-        up its place. A result that arrived first is returned even if cancelled since."""
-        self.check()
+        up its place (already cancelled: it never starts). A result that arrived first is
+        returned even if cancelled since."""
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[None] = loop.create_future()
 
