@@ -115,9 +115,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         service = launch(Path(logs))
         try:
-            print(f"service: {ROOT} (python -m service, default settings), pid {service.process.pid}")
+            print(f"service: {ROOT} (python -m service, default settings)")
             print(f"clients hang up {args.hang_up_after:.1f} s after sending; /metrics by status")
-            print(f"{'phase':<34} {'CPU s':>8} {'settle s':>8} {'passes before/after':>20}   statuses")
+            print(
+                f"{'phase':<34} {'CPU s':>8} {'settle s':>8} {'passes before/after':>20}   "
+                "statuses"
+            )
             phase(
                 service, f"{args.lime} x /lime num_samples=1000", "/lime", lime,
                 args.hang_up_after,

@@ -39,7 +39,10 @@ class SmoothGrad(Explainer):
     ) -> np.ndarray:
         stdev = params.noise * float(x.max() - x.min())
         # captum draws the noise from torch's global generator: seed it, and restore it after.
-        with torch.random.fork_rng(devices=[]), input_gradients(self.model.twin, self.model.cancellation) as logits_fn:
+        with (
+            torch.random.fork_rng(devices=[]),
+            input_gradients(self.model.twin, self.model.cancellation) as logits_fn,
+        ):
             torch.manual_seed(params.seed)
             gradients = NoiseTunnel(Saliency(logits_fn)).attribute(
                 as_batch(x),
