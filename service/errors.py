@@ -120,7 +120,8 @@ class Overloaded(ServiceError):
 
 class ClientClosedRequest(ServiceError):
     """The client hung up before the answer was ready and its work was dropped. Nobody reads
-    the response: the status (nginx's 499) is there for ``/metrics`` and the access log."""
+    the response (uvicorn drops it, and logs no access line): the status, nginx's 499, is
+    there for ``/metrics``."""
 
     status, code = 499, "client_closed_request"
 
