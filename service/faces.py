@@ -11,8 +11,18 @@ was trained on.
 
 Which face: every detected face is returned, preferred first -- the largest, discounted by its
 distance from the image centre (``preference``). When no face is found the photo is padded by a
-quarter of its size on every side and searched again at twice the resolution with a lower
-threshold, which catches tight face crops whose face touches the border.
+quarter of its shorter side on every side and searched again, enlarged up to twice the first
+pass's resolution, with a lower threshold: that catches tight face crops whose face touches the
+border.
+
+What a request costs is bounded by the pixels searched, not by the upload: each pass searches a
+``SearchView`` -- the upload resized, then padded -- of at most ``SEARCH_MAX_PIXELS`` pixels
+(HOG time grows with the area), so two passes search at most twice that, whatever the upload's
+size or shape (a blank 20000x16 PNG searches 800x1 and 1601x2 pixels). The retry is skipped when
+the first pass alone took ``RETRY_TIME_BUDGET_S`` (a machine that busy answers ``no_face``
+sooner rather than later). A detector is held for the search itself only, never while an image
+is resized. Boxes and landmarks are found on the searched pixels and mapped back onto the upload
+by that view's one transform (``SearchView.to_image``).
 """
 from __future__ import annotations
 
@@ -30,18 +40,28 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import FaceNotFound, NoFace
+from .metrics import FaceSearchMetrics
 from .preprocess import Box
 
 log = logging.getLogger(__name__)
 
 LANDMARKS_FILE = "shape_predictor_5_face_landmarks.dat"
-# Photos are searched at most this large (longest side, pixels); HOG time grows with the area.
+# The first pass searches the upload at most this large (longest side, pixels).
 DETECTION_MAX_SIDE = 800
+# Every pass searches at most this many pixels, padding and enlargement included: dlib's HOG
+# takes ~0.25 us a pixel here (image pyramid included), so ~0.15 s of one core per pass.
+SEARCH_MAX_PIXELS = 640_000
+# The retry pads by this fraction of the shorter side (the face of a tight crop is about as
+# large as it; the longer side of a 20000x16 strip would pad it with millions of blank pixels)
+# and enlarges up to this factor over the first pass, so that faces down to ~40 px are found.
 RETRY_PADDING = 0.25
+RETRY_MAX_ENLARGEMENT = 2.0
 # The retry also accepts slightly less face-like windows (dlib's adjust_threshold): on tight
 # training crops it finds half of the faces the first pass missed, on background patches of
 # photos it adds ~3% false detections, which the open-set decision then treats as strangers.
 RETRY_THRESHOLD = -0.5
+# No retry when the first pass alone took this long (seconds): the machine is that busy.
+RETRY_TIME_BUDGET_S = 1.0
 
 
 class AlignmentSpec(BaseModel):
@@ -64,6 +84,14 @@ class Face:
     box: Box
     score: float
     landmarks: np.ndarray
+
+    def clipped_to(self, image: Image.Image) -> Face:
+        """This face with its box cut to ``image``'s bounds (a face touching the border is
+        found on padding, so its box may reach past the image)."""
+        box = self.box
+        x0, y0 = max(0, box.x), max(0, box.y)
+        x1, y1 = min(image.width, box.x + box.width), min(image.height, box.y + box.height)
+        return Face(Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0)), self.score, self.landmarks)
 
 
 @dataclass(frozen=True)
@@ -130,6 +158,62 @@ def landmarks_model_path() -> Path:
     return face_models_file(LANDMARKS_FILE)
 
 
+@dataclass(frozen=True)
+class SearchView:
+    """The pixels one detection pass searches: the upload resized to ``scale`` (per axis, as the
+    rounded size came out), then padded by ``pad`` pixels on every side, edge pixels repeated.
+
+    Coordinates are continuous, pixel ``i`` spanning ``[i, i + 1)``; a point ``u`` of the
+    upload lies at ``u * scale + pad`` here, the one transform ``to_image`` undoes.
+    """
+
+    pixels: np.ndarray  # (H, W, 3) uint8
+    scale: tuple[float, float]  # (x, y): searched pixels per upload pixel, before padding
+    pad: int
+
+    @classmethod
+    def of(cls, image: Image.Image, scale: float, padding: float = 0.0) -> SearchView:
+        """``image`` resized by ``scale`` (at least 1x1), padded by ``padding`` times the resized
+        image's shorter side."""
+        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        resized = image if (width, height) == image.size else image.resize(
+            (width, height), Image.Resampling.BILINEAR)
+        pixels = np.asarray(resized)
+        pad = round(padding * min(width, height))
+        if pad:
+            pixels = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
+        return cls(pixels, (width / image.width, height / image.height), pad)
+
+    @property
+    def area(self) -> int:
+        return self.pixels.shape[0] * self.pixels.shape[1]
+
+    def to_image(self, points: np.ndarray) -> np.ndarray:
+        """Continuous ``(N, 2)`` x, y here -> the same places on the upload."""
+        return (np.asarray(points, dtype=np.float64) - self.pad) / np.asarray(self.scale)
+
+
+def first_pass_scale(width: int, height: int) -> float:
+    """The first pass's scale: the upload as is, or shrunk to ``DETECTION_MAX_SIDE`` and
+    ``SEARCH_MAX_PIXELS``."""
+    return min(1.0, DETECTION_MAX_SIDE / max(width, height), _area_scale(width, height, 0.0))
+
+
+def retry_scale(width: int, height: int) -> float:
+    """The retry's scale: up to ``RETRY_MAX_ENLARGEMENT`` times the first pass's, as long as the
+    padded view stays within ``SEARCH_MAX_PIXELS``."""
+    return min(RETRY_MAX_ENLARGEMENT * first_pass_scale(width, height),
+               _area_scale(width, height, RETRY_PADDING))
+
+
+def _area_scale(width: int, height: int, padding: float) -> float:
+    """The largest scale whose view (``padding`` times the shorter side on every side) has at
+    most ``SEARCH_MAX_PIXELS`` pixels, less a margin for the rounding of its sides."""
+    grow = 2 * padding * min(width, height)
+    area = (width + grow) * (height + grow)
+    return (SEARCH_MAX_PIXELS / area) ** 0.5 * 0.995
+
+
 class FaceFinder:
     """Detects and aligns faces per an ``AlignmentSpec``. Safe to call from several threads: it
     keeps a pool of ``workers`` dlib detector + landmark model pairs, built up front (about half
@@ -141,6 +225,7 @@ class FaceFinder:
         self.spec = spec
         self._dlib = dlib
         self._template = np.asarray(spec.points, dtype=np.float64) * [spec.width, spec.height]
+        self.metrics = FaceSearchMetrics()
         predictor_path = str(landmarks_model_path())
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(max(1, workers)):
@@ -155,30 +240,39 @@ class FaceFinder:
             self._pool.put(models)
 
     def detect(self, image: Image.Image) -> list[Face]:
-        """Every face in ``image`` (RGB), preferred first (see ``preference``)."""
-        faces = self._search(image, upsample=0, pad=0, threshold=0.0)
-        if not faces:
-            pad = round(RETRY_PADDING * max(image.size))
-            faces = self._search(image, upsample=1, pad=pad, threshold=RETRY_THRESHOLD)
-        return sorted(faces, key=lambda f: -preference(f.box, image.width, image.height))
+        """Every face in ``image`` (RGB), preferred first (see ``preference``). At most two
+        passes of at most ``SEARCH_MAX_PIXELS`` each; both are counted in ``self.metrics``."""
+        started = time.perf_counter()
+        first = SearchView.of(image, first_pass_scale(*image.size))
+        faces = self._search(first, threshold=0.0)
+        searched = first.area
+        first_s = time.perf_counter() - started
+        if not faces and first_s < RETRY_TIME_BUDGET_S:
+            retry = SearchView.of(image, retry_scale(*image.size), RETRY_PADDING)
+            faces = self._search(retry, threshold=RETRY_THRESHOLD)
+            searched += retry.area
+        elif not faces:
+            log.warning("no retry of the face search: the first pass took %.2f s (budget %.2f s)",
+                        first_s, RETRY_TIME_BUDGET_S)
+        self.metrics.observe(searched, time.perf_counter() - started)
+        return sorted((face.clipped_to(image) for face in faces),
+                      key=lambda f: -preference(f.box, image.width, image.height))
 
-    def _search(self, image: Image.Image, upsample: int, pad: int, threshold: float) -> list[Face]:
-        scale = min(1.0, DETECTION_MAX_SIDE / max(image.size))
-        small = image if scale == 1.0 else image.resize(
-            (round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
-        pixels = np.asarray(small)
-        full = np.asarray(image)
-        if pad:
-            pixels = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-            full = pixels
-        faces = []
+    def _search(self, view: SearchView, threshold: float) -> list[Face]:
+        """Faces in ``view`` with their landmarks, in the upload's coordinates (boxes not yet
+        clipped to it). Holds a detector for the search only."""
+        found = []
         with self._models() as (detector, predictor):
-            rects, scores, _ = detector.run(pixels, upsample, threshold)
+            rects, scores, _ = detector.run(view.pixels, 0, threshold)
             for rect, score in zip(rects, scores):
-                left, top, right, bottom = (v / scale for v in (rect.left(), rect.top(), rect.right(), rect.bottom()))
-                shape = predictor(full, self._dlib.rectangle(round(left), round(top), round(right), round(bottom)))
-                points = np.array([[p.x, p.y] for p in shape.parts()], float) - pad
-                faces.append(Face(_clipped(left - pad, top - pad, right - pad, bottom - pad, image), float(score), points))
+                shape = predictor(view.pixels, rect)
+                found.append((rect, score, [(p.x, p.y) for p in shape.parts()]))
+        faces = []
+        for rect, score, parts in found:
+            # a rect spans pixels left..right inclusive; a landmark is a pixel's centre
+            corners = view.to_image([[rect.left(), rect.top()], [rect.right() + 1, rect.bottom() + 1]])
+            landmarks = view.to_image(np.asarray(parts, np.float64) + 0.5) - 0.5
+            faces.append(Face(_unclipped(corners), float(score), landmarks))
         return faces
 
     def align(self, image: Image.Image, face: Face) -> AlignedFace:
@@ -192,9 +286,9 @@ class FaceFinder:
         return AlignedFace(crop, matrix, face)
 
 
-def _clipped(left: float, top: float, right: float, bottom: float, image: Image.Image) -> Box:
-    x0, y0 = max(0, round(left)), max(0, round(top))
-    x1, y1 = min(image.width, round(right) + 1), min(image.height, round(bottom) + 1)
+def _unclipped(corners: np.ndarray) -> Box:
+    """The box with continuous corners ``[[x0, y0], [x1, y1]]``, rounded to whole pixels."""
+    (x0, y0), (x1, y1) = np.rint(corners).astype(int).tolist()
     return Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
 
 

@@ -5,7 +5,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .metrics import ServiceMetrics
+from .metrics import FaceSearchMetrics, ServiceMetrics
 from .pixel_budget import PixelBudget
 from .settings import Settings
 
@@ -60,4 +60,11 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)
         self.explanations = ExplanationGate(self.settings.max_explanations, self.settings.explanation_queue)
+        self.metrics.watch(self._face_search_metrics)
         self.decodes = PixelBudget.from_settings(self.settings, self.metrics.registry)
+
+    def _face_search_metrics(self) -> FaceSearchMetrics | None:
+        """The loaded model's face finder's metrics (it is made with the model, after the
+        registry); None before loading or for a bundle without face detection."""
+        faces = self.model.faces if self.model is not None else None
+        return faces.metrics if faces is not None else None
