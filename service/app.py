@@ -20,9 +20,11 @@ from .body_limit import BodySizeLimitMiddleware
 from .bundle import ONNX_FILE, BundleError
 from .engine import EngineError
 from .connection_limits import refusal_counter
+from .cache_metrics import CacheCollector
 from .cors import JsonCORSMiddleware
 from .errors import install_error_handlers
 from .head_requests import HeadAsGetMiddleware
+from .insight.inspector import SYNTHESES
 from .metrics import MetricsMiddleware
 from .model import load_model
 from .routes import docs, explain, insight, meta, metrics, page, predict
@@ -121,6 +123,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,  # operationId = function name
     )
     app.state.service = ServiceState(settings)
+    app.state.service.metrics.registry.register(
+        CacheCollector({"explanations": explain.CACHE, "syntheses": SYNTHESES})
+    )
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

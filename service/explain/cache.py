@@ -1,14 +1,19 @@
-"""A small, bounded, thread-safe LRU of computed heatmaps.
+"""A small, bounded, thread-safe LRU of computed heatmaps (or any immutable results).
 
 Keys are built by ``cache_key`` from everything that determines a heatmap: the model input
 (its digest), the method, its checked parameters, the requested target and the model (the
 ONNX file's sha256). Heatmaps are immutable, so a hit can be returned as is.
+
+The cache is bounded twice, in entries and in bytes (the arrays its values hold, ``nbytes``),
+so that no sequence of requests can make it hold more than ``max_bytes``; its size is
+exported in ``/metrics`` (``service.cache_metrics``).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import dataclasses
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
@@ -19,6 +24,18 @@ import numpy as np
 from .heatmap import Heatmap
 
 DEFAULT_MAX_ENTRIES = 64
+DEFAULT_MAX_BYTES = 16 * 1024 * 1024
+
+
+def nbytes(value: Any) -> int:
+    """Bytes held by ``value``'s arrays and byte strings: its own, or its dataclass fields'."""
+    if isinstance(value, np.ndarray):
+        return value.nbytes
+    if isinstance(value, bytes | bytearray):
+        return len(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return sum(nbytes(getattr(value, field.name)) for field in dataclasses.fields(value))
+    return 0
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -43,15 +60,22 @@ def cache_key(
 
 
 class ExplanationCache:
-    """Least-recently-used heatmaps, at most ``max_entries`` (0 disables caching)."""
+    """Least-recently-used heatmaps, at most ``max_entries`` and ``max_bytes`` (``nbytes`` of
+    the values); 0 entries disables caching. A value larger than ``max_bytes`` is not kept."""
 
-    def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES) -> None:
+    def __init__(
+        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         if max_entries < 0:
             raise ValueError(f"max_entries must be >= 0, got {max_entries}")
+        if max_bytes < 0:
+            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
         self.max_entries = max_entries
+        self.max_bytes = max_bytes
         self.hits = 0
         self.misses = 0
-        self._entries: OrderedDict[str, Heatmap] = OrderedDict()
+        self.bytes = 0  # nbytes of the values held
+        self._entries: OrderedDict[str, tuple[Heatmap, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -59,22 +83,27 @@ class ExplanationCache:
 
     def get(self, key: str) -> Heatmap | None:
         with self._lock:
-            heatmap = self._entries.get(key)
-            if heatmap is None:
+            entry = self._entries.get(key)
+            if entry is None:
                 self.misses += 1
                 return None
             self._entries.move_to_end(key)
             self.hits += 1
-            return heatmap
+            return entry[0]
 
     def put(self, key: str, heatmap: Heatmap) -> None:
-        if self.max_entries == 0:
+        size = nbytes(heatmap)
+        if self.max_entries == 0 or size > self.max_bytes:
             return
         with self._lock:
-            self._entries[key] = heatmap
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            previous = self._entries.pop(key, None)
+            if previous is not None:
+                self.bytes -= previous[1]
+            self._entries[key] = (heatmap, size)
+            self.bytes += size
+            while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
+                _, (_, evicted) = self._entries.popitem(last=False)
+                self.bytes -= evicted
 
     def get_or_compute(self, key: str, compute: Callable[[], Heatmap]) -> tuple[Heatmap, bool]:
         """The cached heatmap for ``key``, or ``compute()`` stored under it; and whether it was

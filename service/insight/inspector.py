@@ -35,6 +35,9 @@ from .maximize import MaximizeParams, Objective, PixelCodec, Synthesis, synthesi
 from .patches import TopPatches
 
 SYNTHESIS_CACHE_ENTRIES = 32
+SYNTHESIS_CACHE_BYTES = 8 * 1024 * 1024
+# One LRU of any immutable value for every model: keys hold the twin's sha256.
+SYNTHESES = ExplanationCache(SYNTHESIS_CACHE_ENTRIES, SYNTHESIS_CACHE_BYTES)
 
 
 @dataclass(frozen=True)
@@ -63,7 +66,6 @@ class Inspector:
         self.model = model
         self.channels = {layer.name: layer.channels or 0 for layer in model.meta.layers}
         self._filters: dict[str, Grid] = {}
-        self._syntheses = ExplanationCache(SYNTHESIS_CACHE_ENTRIES)  # an LRU of any immutable value
         self._codec = PixelCodec(model.meta.input)
 
     @property
@@ -123,11 +125,11 @@ class Inspector:
         whether it came from the cache. A cancelled synthesis raises ``Cancelled`` and is not
         cached."""
         key = "|".join((self.model.meta.files[TWIN_FILE].sha256, repr(objective), params.model_dump_json()))
-        found = self._syntheses.get(key)
+        found = SYNTHESES.get(key)
         if found is not None:
             return found, True  # type: ignore[return-value]
         result = synthesize(self.model.twin, self._codec, objective, params, cancellation)
-        self._syntheses.put(key, result)  # type: ignore[arg-type]
+        SYNTHESES.put(key, result)  # type: ignore[arg-type]
         return result, False
 
 
