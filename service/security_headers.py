@@ -5,8 +5,8 @@
 - ``X-Frame-Options: DENY`` and CSP ``frame-ancestors 'none'``: no other site frames the page.
 - ``Content-Security-Policy``: the page and ``/docs`` run only scripts and styles served by the
   service itself (no inline script, no other host). Images may be ``data:`` (Swagger UI's
-  icons) and ``blob:`` (the page shows the chosen photo and heatmaps from blobs, and reads
-  image blobs back with ``fetch``).
+  icons) and ``blob:`` (the page shows the chosen photo and heatmaps from blobs); the page
+  also reads ``data:`` and ``blob:`` images back with ``fetch`` (the insight tab does).
 - ``Referrer-Policy: no-referrer``: the page's URLs never leave with a request elsewhere.
 
 A header the app set itself is left as it is.
@@ -22,7 +22,7 @@ CONTENT_SECURITY_POLICY = "; ".join(
         "script-src 'self'",
         "style-src 'self'",
         "img-src 'self' data: blob:",
-        "connect-src 'self' blob:",
+        "connect-src 'self' data: blob:",
         "object-src 'none'",
         "base-uri 'none'",
         "form-action 'self'",
