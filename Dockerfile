@@ -17,10 +17,9 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CELEBXAI_HOST=0.0.0.0 \
     CELEBXAI_PORT=8000 \
     CELEBXAI_MODEL=/app/models/celebs8 \
-    MALLOC_ARENA_MAX=2 \
     OMP_WAIT_POLICY=PASSIVE
-# MALLOC_ARENA_MAX=2: glibc's per-thread malloc arenas otherwise let RSS creep up for minutes
-# under mixed explanation traffic (README, "Load testing"); the load test runs the same way.
+# No MALLOC_* variables: the service sets its own malloc policy at start-up (service/allocator.py;
+# README, "Memory"), so the image runs exactly what `python -m service` runs anywhere.
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 celebxai

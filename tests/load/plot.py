@@ -34,7 +34,7 @@ def plot_rss(samples: list[Sample], started: float, rss: RssCheck | None, path: 
         axes.set_xlabel("seconds from the start of the load")
         axes.set_ylabel("RSS (MiB)")
         axes.grid(alpha=0.3)
-        axes.legend(loc="lower right", fontsize=8)
+        axes.legend(loc="upper left", fontsize=8)
         figure.tight_layout()
         figure.savefig(path)
     finally:
