@@ -46,7 +46,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "loopback port; its memory is then not checked (default: start one)")
     parser.add_argument("--max-slope", type=float, dest="rss_slope_limit_mib_per_min",
                         help="largest allowed RSS slope over the last half, MiB per minute "
-                        f"(default: {LoadConfig.rss_slope_limit_mib_per_min:g})")
+                        f"(default: ci {LoadConfig.rss_slope_limit_mib_per_min:g}, "
+                        f"soak {SOAK.rss_slope_limit_mib_per_min:g})")
     parser.add_argument("--max-peak-ratio", type=float, dest="rss_peak_ratio_limit",
                         help="largest allowed RSS peak over the RSS after warm-up "
                         f"(default: {LoadConfig.rss_peak_ratio_limit:g})")

@@ -8,7 +8,7 @@ SUMMARIES = pytest.StashKey[list[str]]()
 
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", "load: runs the service under concurrent traffic for about a minute"
+        "markers", "load: runs the service under concurrent traffic for about two minutes"
     )
 
 

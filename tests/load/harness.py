@@ -65,7 +65,10 @@ class LoadConfig:
     host: str | None = None  # None: start a local server; else load that one (no RSS check)
     # RSS is judged after this: the model's buffers, thread pools and caches filling up
     warmup_s: float = 30.0
-    rss_slope_limit_mib_per_min: float = 6.0  # 30 MiB over 5 minutes
+    # Freed blocks go back to the system, so RSS saw-tooths by about +-10 MiB, and over CI's
+    # 45 s window a flat run has fitted +12 MiB/min: a wider bound than the soak's 6, still
+    # half of the 59 MiB/min of the code before the service set its own malloc policy
+    rss_slope_limit_mib_per_min: float = 30.0
     rss_peak_ratio_limit: float = 1.5  # peak over the RSS at the end of warm-up
     photos_per_class: int = 2
     model: Path = DEFAULT_BUNDLE
@@ -73,8 +76,9 @@ class LoadConfig:
     out_dir: Path = ARTIFACTS
 
 
+# 6 MiB/min: at most 30 MiB of growth over the last 5 minutes of 10
 SOAK = LoadConfig(users=32, spawn_rate=8.0, run_time="10m", warmup_s=60.0,
-                  out_dir=ROOT / "tests" / "artifacts" / "soak")
+                  rss_slope_limit_mib_per_min=6.0, out_dir=ROOT / "tests" / "artifacts" / "soak")
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import pytest
 
 from .harness import MIB, LoadConfig, Sample, check_rss, judge, seconds
 
-CONFIG = LoadConfig()
+CONFIG = LoadConfig(rss_slope_limit_mib_per_min=6.0)
 
 
 def report(**changes: Any) -> dict[str, Any]:
