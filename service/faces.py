@@ -29,9 +29,10 @@ from __future__ import annotations
 import importlib.util
 import logging
 import queue
+import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,6 +52,8 @@ DETECTION_MAX_SIDE = 800
 # Every pass searches at most this many pixels, padding and enlargement included: dlib's HOG
 # takes ~0.25 us a pixel here (image pyramid included), so ~0.15 s of one core per pass.
 SEARCH_MAX_PIXELS = 640_000
+# Searches larger than this (a 400x400 view) are "large": they may not hold every detector.
+SMALL_SEARCH_PIXELS = 160_000
 # The retry pads by this fraction of the shorter side (the face of a tight crop is about as
 # large as it; the longer side of a 20000x16 strip would pad it with millions of blank pixels)
 # and enlarges up to this factor over the first pass, so that faces down to ~40 px are found.
@@ -217,7 +220,9 @@ def _area_scale(width: int, height: int, padding: float) -> float:
 class FaceFinder:
     """Detects and aligns faces per an ``AlignmentSpec``. Safe to call from several threads: it
     keeps a pool of ``workers`` dlib detector + landmark model pairs, built up front (about half
-    a second each), and a call waits for a free pair."""
+    a second each), and a search waits for a free pair. Searches of more than
+    ``SMALL_SEARCH_PIXELS`` (large photos, retries on photos) hold at most ``workers - 1`` pairs
+    (at least one): a stream of them leaves a pair, and a core, to face crops and small photos."""
 
     def __init__(self, spec: AlignmentSpec, workers: int = 2) -> None:
         import dlib  # imported here: only bundles with face alignment need it
@@ -230,14 +235,19 @@ class FaceFinder:
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(max(1, workers)):
             self._pool.put((dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path)))
+        self._large_turns = threading.BoundedSemaphore(max(1, workers - 1))
 
     @contextmanager
-    def _models(self) -> Iterator[tuple[object, object]]:
-        models = self._pool.get()
-        try:
-            yield models
-        finally:
-            self._pool.put(models)
+    def _models(self, pixels: int) -> Iterator[tuple[object, object]]:
+        """A detector + landmark model pair for a search of ``pixels``, once one is free (and,
+        for a large search, once a large search's turn is)."""
+        turn = self._large_turns if pixels > SMALL_SEARCH_PIXELS else nullcontext()
+        with turn:
+            models = self._pool.get()
+            try:
+                yield models
+            finally:
+                self._pool.put(models)
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Every face in ``image`` (RGB), preferred first (see ``preference``). At most two
@@ -262,7 +272,7 @@ class FaceFinder:
         """Faces in ``view`` with their landmarks, in the upload's coordinates (boxes not yet
         clipped to it). Holds a detector for the search only."""
         found = []
-        with self._models() as (detector, predictor):
+        with self._models(view.area) as (detector, predictor):
             rects, scores, _ = detector.run(view.pixels, 0, threshold)
             for rect, score in zip(rects, scores):
                 shape = predictor(view.pixels, rect)

@@ -1,0 +1,99 @@
+"""The face detector's worst cases against ``python -m service`` as users start it.
+
+A blank 20000x16 PNG (1 KB) once made the detector's retry search a 216-megapixel image for 78 s
+and 7 GB; a 12-megapixel photo without a face runs both passes on the largest views allowed. The
+cost is checked through the service's own counter, ``celebxai_face_search_pixels`` (pixels
+searched per request, every pass), not by a clock; memory through the server's RSS.
+"""
+from __future__ import annotations
+
+import threading
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.faces import SEARCH_MAX_PIXELS
+
+from .detector_uploads import FACE, WORST_CASES
+
+# Two passes of at most SEARCH_MAX_PIXELS each; a bucket bound of the histogram.
+SEARCH_BOUND = 2 * SEARCH_MAX_PIXELS
+# A strip 16 pixels high is searched as a 1 or 2 pixel high view.
+STRIP_BOUND = 10_000
+# What the server may keep after the three uploads (the photo alone decodes to 36 MB of RGB).
+RSS_GROWTH_LIMIT_MIB = 128
+
+
+def _search_pixels(client: httpx.Client) -> dict[str, float]:
+    """The ``celebxai_face_search_pixels`` histogram now: ``count``, ``sum`` and, for the
+    bucket of ``SEARCH_BOUND``, ``within_bound`` (observations at most that)."""
+    values = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        if family.name != "celebxai_face_search_pixels":
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_count"):
+                values["count"] = sample.value
+            elif sample.name.endswith("_sum"):
+                values["sum"] = sample.value
+            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == SEARCH_BOUND:
+                values["within_bound"] = sample.value
+    assert set(values) == {"count", "sum", "within_bound"}, "no celebxai_face_search_pixels in /metrics"
+    return values
+
+
+def _post(client: httpx.Client, data: bytes, content_type: str) -> httpx.Response:
+    return client.post("/predict", files={"file": ("upload", data, content_type)})
+
+
+@pytest.fixture(scope="module")
+def uploads() -> dict[str, tuple[bytes, str]]:
+    return {name: (build(), content_type) for name, (build, content_type) in WORST_CASES.items()}
+
+
+def test_each_worst_case_answers_and_searches_a_bounded_area(service_process, uploads):
+    rss_before = service_process.rss_mib()
+    with httpx.Client(base_url=service_process.url, timeout=120) as client:
+        for name, (data, content_type) in uploads.items():
+            before = _search_pixels(client)
+            response = _post(client, data, content_type)
+            after = _search_pixels(client)
+
+            assert response.status_code in (200, 422), (name, response.text)
+            if response.status_code == 422:
+                assert response.json()["error"]["code"] == "no_face", name
+            assert after["count"] - before["count"] == 1, name
+            assert after["within_bound"] - before["within_bound"] == 1, (name, after["sum"] - before["sum"])
+            if name.startswith("blank-"):
+                assert after["sum"] - before["sum"] <= STRIP_BOUND, (name, after["sum"] - before["sum"])
+    growth = service_process.rss_mib() - rss_before
+    assert growth < RSS_GROWTH_LIMIT_MIB, f"RSS grew by {growth:.0f} MiB"
+
+
+def test_predict_answers_while_worst_cases_are_searched(service_process, uploads, celebs_root):
+    """Two faceless 12-megapixel photos and two blank strips at once, then a face: everything
+    is answered, the face correctly, and every search stays within the bound."""
+    with httpx.Client(base_url=service_process.url, timeout=120) as client:
+        before = _search_pixels(client)
+        answers: list[int] = []
+
+        def send(data: bytes, content_type: str) -> None:
+            with httpx.Client(base_url=service_process.url, timeout=120) as own:
+                answers.append(_post(own, data, content_type).status_code)
+
+        heavy = [uploads["photo-12mp"], uploads["photo-12mp"], uploads["blank-20000x16"],
+                 uploads["blank-8000x16"]]
+        senders = [threading.Thread(target=send, args=upload) for upload in heavy]
+        for sender in senders:
+            sender.start()
+        face = _post(client, (celebs_root / FACE).read_bytes(), "image/png")
+        for sender in senders:
+            sender.join()
+        after = _search_pixels(client)
+
+    assert face.status_code == 200, face.text
+    assert len(answers) == 4 and set(answers) <= {200, 422}, answers
+    searched = after["count"] - before["count"]
+    assert searched == 5
+    assert after["within_bound"] - before["within_bound"] == searched
