@@ -82,7 +82,9 @@ def face_search_totals(client: httpx.Client) -> dict[str, float]:
     return totals
 
 
-def post(client: httpx.Client, data: bytes, content_type: str, name: str = "upload") -> httpx.Response:
+def post(
+    client: httpx.Client, data: bytes, content_type: str, name: str = "upload"
+) -> httpx.Response:
     return client.post("/predict", files={"file": (name, data, content_type)})
 
 
@@ -103,17 +105,19 @@ def one_upload(client: httpx.Client, pid: int, name: str, data: bytes, content_t
     after = process.memory_info().rss / 2**20
     metrics = face_search_totals(client)
     if metrics:
-        pixels = metrics["celebxai_face_search_pixels_sum"] - before_metrics["celebxai_face_search_pixels_sum"]
-        seconds = (metrics["celebxai_face_detection_seconds_sum"]
-                   - before_metrics["celebxai_face_detection_seconds_sum"])
+        pixels, seconds = (metrics[f"{name}_sum"] - before_metrics[f"{name}_sum"]
+                           for name in FACE_METRICS)
         searched = f"searched {pixels:>9,.0f} px in {seconds:6.3f} s"
     else:
         searched = "searched n/a"
+    peak = max(rss.peak_mib, after)
     print(f"  {name:15s} {len(data):>9,d} B  {answer(response):12s} {elapsed:7.2f} s  "
-          f"RSS {before:6.0f} -> {after:6.0f} MiB (peak {max(rss.peak_mib, after):6.0f})  {searched}")
+          f"RSS {before:6.0f} -> {after:6.0f} MiB (peak {peak:6.0f})  {searched}")
 
 
-def predict_latencies(client: httpx.Client, face: bytes, duration_s: float) -> list[dict[str, float]]:
+def predict_latencies(
+    client: httpx.Client, face: bytes, duration_s: float
+) -> list[dict[str, float]]:
     """/predict on ``face`` one at a time for ``duration_s``: per request, the client's latency
     (``client_ms``) and the service's own ``timings`` (ms). Every answer must be 200."""
     latencies = []
@@ -163,13 +167,14 @@ def under_attack(url: str, client: httpx.Client, face: bytes, upload: tuple[byte
     context = multiprocessing.get_context("spawn")
     stop, answers = context.Event(), context.Queue()
     start = time.time() + 2.0  # once both are spawned
-    attackers = [context.Process(target=attack, args=(url, upload, timeout_s, start, period_s, stop, answers))
-                 for _ in range(2)]
+    arguments = (url, upload, timeout_s, start, period_s, stop, answers)
+    attackers = [context.Process(target=attack, args=arguments) for _ in range(2)]
     for process in attackers:
         process.start()
     time.sleep(max(0.0, start - time.time()))
     try:
-        return predict_latencies(client, face, duration_s), drain(answers, attackers, stop, timeout_s)
+        latencies = predict_latencies(client, face, duration_s)
+        return latencies, drain(answers, attackers, stop, timeout_s)
     finally:
         for process in attackers:
             process.kill()
@@ -192,7 +197,8 @@ def drain(answers: Queue, attackers: list, stop: Event, timeout_s: float) -> lis
 def checkout_launcher(checkout: Path) -> Callable:
     """``launch`` of ``checkout``'s ``tests/hostile/conftest.py``: it starts ``python -m service``
     in that checkout, so an older commit's worktree serves its own code."""
-    spec = importlib.util.spec_from_file_location("checkout_conftest", checkout / "tests" / "hostile" / "conftest.py")
+    conftest = checkout / "tests" / "hostile" / "conftest.py"
+    spec = importlib.util.spec_from_file_location("checkout_conftest", conftest)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up there
     spec.loader.exec_module(module)
@@ -200,17 +206,21 @@ def checkout_launcher(checkout: Path) -> Callable:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkout", type=Path, default=ROOT,
                         help="the checkout whose service to start (default: this one)")
     parser.add_argument("--uploads", default=None,
                         help="comma-separated worst cases to send alone (default: all)")
     parser.add_argument("--concurrent", default="blank-20000x16",
-                        help="the worst case two clients send during the /predict timing (default: %(default)s)")
+                        help="the worst case two clients send while /predict is timed "
+                        "(default: %(default)s)")
     parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds of /predict timing, alone and under attack (default: %(default)s)")
+                        help="seconds of /predict timing, alone and under attack "
+                        "(default: %(default)s)")
     parser.add_argument("--period", type=float, default=0.5,
-                        help="seconds between two worst-case uploads sent at once (default: %(default)s)")
+                        help="seconds between two worst-case uploads sent at once "
+                        "(default: %(default)s)")
     parser.add_argument("--face", type=Path, default=DEFAULT_FACE,
                         help="the face photo /predict is timed on (default: %(default)s)")
     parser.add_argument("--timeout", type=float, default=300.0,
@@ -222,7 +232,7 @@ def main() -> None:
     unknown = sorted(set(names + [args.concurrent]) - set(WORST_CASES))
     if unknown:
         raise SystemExit(f"unknown upload(s) {unknown}; valid: {sorted(WORST_CASES)}")
-    uploads = {name: (builder(), content_type) for name, (builder, content_type) in WORST_CASES.items()}
+    uploads = {name: (build(), content_type) for name, (build, content_type) in WORST_CASES.items()}
     face = args.face.read_bytes()
 
     with tempfile.TemporaryDirectory() as logs:
@@ -236,12 +246,16 @@ def main() -> None:
                 for name in names:
                     one_upload(client, service.process.pid, name, *uploads[name])
                 print(f"/predict on {args.face.name}, one request at a time:")
-                print(f"  alone:                      {summary(predict_latencies(client, face, args.duration))}")
-                latencies, answers = under_attack(service.url, client, face, uploads[args.concurrent],
-                                                  args.duration, args.period, args.timeout)
-                print(f"  two {args.concurrent} at once every {args.period:g} s: {summary(latencies)}")
+                alone = predict_latencies(client, face, args.duration)
+                print(f"  alone: {summary(alone)}")
+                latencies, answers = under_attack(
+                    service.url, client, face, uploads[args.concurrent], args.duration,
+                    args.period, args.timeout)
+                attack_name = f"two {args.concurrent} at once every {args.period:g} s"
+                print(f"  {attack_name}: {summary(latencies)}")
                 counts = {a: answers.count(a) for a in sorted(set(answers))}
-                print(f"  their answers meanwhile: {counts}; server RSS now {service.rss_mib():.0f} MiB")
+                rss = service.rss_mib()
+                print(f"  their answers meanwhile: {counts}; server RSS now {rss:.0f} MiB")
         finally:
             stop_server(service.process)
 

@@ -52,7 +52,8 @@ DETECTION_MAX_SIDE = 800
 # Every pass searches at most this many pixels, padding and enlargement included: dlib's HOG
 # takes ~0.25 us a pixel here (image pyramid included), so ~0.15 s of one core per pass.
 SEARCH_MAX_PIXELS = 640_000
-# Searches larger than this (a 400x400 view) are "large": they may not hold every detector.
+# A pass over more pixels than this (upload or view; 400x400) is "large": such passes take
+# turns, so that they never hold every detector and core.
 SMALL_SEARCH_PIXELS = 160_000
 # The retry pads by this fraction of the shorter side (the face of a tight crop is about as
 # large as it; the longer side of a 20000x16 strip would pad it with millions of blank pixels)
@@ -178,11 +179,10 @@ class SearchView:
     def of(cls, image: Image.Image, scale: float, padding: float = 0.0) -> SearchView:
         """``image`` resized by ``scale`` (at least 1x1), padded by ``padding`` times the resized
         image's shorter side."""
-        width, height = max(1, round(image.width * scale)), max(1, round(image.height * scale))
+        width, height, pad = _view_size(image.size, scale, padding)
         resized = image if (width, height) == image.size else image.resize(
             (width, height), Image.Resampling.BILINEAR)
         pixels = np.asarray(resized)
-        pad = round(padding * min(width, height))
         if pad:
             pixels = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
         return cls(pixels, (width / image.width, height / image.height), pad)
@@ -194,6 +194,18 @@ class SearchView:
     def to_image(self, points: np.ndarray) -> np.ndarray:
         """Continuous ``(N, 2)`` x, y here -> the same places on the upload."""
         return (np.asarray(points, dtype=np.float64) - self.pad) / np.asarray(self.scale)
+
+
+def _view_size(size: tuple[int, int], scale: float, padding: float) -> tuple[int, int, int]:
+    """Width and height of ``size`` resized by ``scale``, and the padding of its view."""
+    width, height = max(1, round(size[0] * scale)), max(1, round(size[1] * scale))
+    return width, height, round(padding * min(width, height))
+
+
+def view_area(size: tuple[int, int], scale: float, padding: float = 0.0) -> int:
+    """``SearchView.of(image of size, scale, padding).area``, without making it."""
+    width, height, pad = _view_size(size, scale, padding)
+    return (width + 2 * pad) * (height + 2 * pad)
 
 
 def first_pass_scale(width: int, height: int) -> float:
@@ -220,9 +232,10 @@ def _area_scale(width: int, height: int, padding: float) -> float:
 class FaceFinder:
     """Detects and aligns faces per an ``AlignmentSpec``. Safe to call from several threads: it
     keeps a pool of ``workers`` dlib detector + landmark model pairs, built up front (about half
-    a second each), and a search waits for a free pair. Searches of more than
-    ``SMALL_SEARCH_PIXELS`` (large photos, retries on photos) hold at most ``workers - 1`` pairs
-    (at least one): a stream of them leaves a pair, and a core, to face crops and small photos."""
+    a second each), and a search waits for a free pair. Passes over more than
+    ``SMALL_SEARCH_PIXELS`` (large uploads, retries on photos) take turns, at most
+    ``workers - 1`` at once (at least one), resizing included: a stream of them leaves a pair,
+    and a core, to face crops and small photos."""
 
     def __init__(self, spec: AlignmentSpec, workers: int = 2) -> None:
         import dlib  # imported here: only bundles with face alignment need it
@@ -238,29 +251,24 @@ class FaceFinder:
         self._large_turns = threading.BoundedSemaphore(max(1, workers - 1))
 
     @contextmanager
-    def _models(self, pixels: int) -> Iterator[tuple[object, object]]:
-        """A detector + landmark model pair for a search of ``pixels``, once one is free (and,
-        for a large search, once a large search's turn is)."""
-        turn = self._large_turns if pixels > SMALL_SEARCH_PIXELS else nullcontext()
-        with turn:
-            models = self._pool.get()
-            try:
-                yield models
-            finally:
-                self._pool.put(models)
+    def _models(self) -> Iterator[tuple[object, object]]:
+        """A detector + landmark model pair, once one is free."""
+        models = self._pool.get()
+        try:
+            yield models
+        finally:
+            self._pool.put(models)
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Every face in ``image`` (RGB), preferred first (see ``preference``). At most two
         passes of at most ``SEARCH_MAX_PIXELS`` each; both are counted in ``self.metrics``."""
         started = time.perf_counter()
-        first = SearchView.of(image, first_pass_scale(*image.size))
-        faces = self._search(first, threshold=0.0)
-        searched = first.area
+        faces, searched = self._search(image, first_pass_scale(*image.size), 0.0, threshold=0.0)
         first_s = time.perf_counter() - started
         if not faces and first_s < RETRY_TIME_BUDGET_S:
-            retry = SearchView.of(image, retry_scale(*image.size), RETRY_PADDING)
-            faces = self._search(retry, threshold=RETRY_THRESHOLD)
-            searched += retry.area
+            faces, retried = self._search(image, retry_scale(*image.size), RETRY_PADDING,
+                                          threshold=RETRY_THRESHOLD)
+            searched += retried
         elif not faces:
             log.warning("no retry of the face search: the first pass took %.2f s (budget %.2f s)",
                         first_s, RETRY_TIME_BUDGET_S)
@@ -268,22 +276,30 @@ class FaceFinder:
         return sorted((face.clipped_to(image) for face in faces),
                       key=lambda f: -preference(f.box, image.width, image.height))
 
-    def _search(self, view: SearchView, threshold: float) -> list[Face]:
-        """Faces in ``view`` with their landmarks, in the upload's coordinates (boxes not yet
-        clipped to it). Holds a detector for the search only."""
+    def _search(self, image: Image.Image, scale: float, padding: float, threshold: float,
+                ) -> tuple[list[Face], int]:
+        """One pass: faces in ``image``'s view at ``scale`` and ``padding``, with landmarks, in
+        the upload's coordinates (boxes not yet clipped to it), and the pixels searched. A large
+        pass (upload or view over ``SMALL_SEARCH_PIXELS``) first waits for a large turn, then
+        makes its view and searches it; a detector is held for the search only."""
+        pixels = max(image.width * image.height, view_area(image.size, scale, padding))
+        large = pixels > SMALL_SEARCH_PIXELS
         found = []
-        with self._models(view.area) as (detector, predictor):
-            rects, scores, _ = detector.run(view.pixels, 0, threshold)
-            for rect, score in zip(rects, scores):
-                shape = predictor(view.pixels, rect)
-                found.append((rect, score, [(p.x, p.y) for p in shape.parts()]))
+        with self._large_turns if large else nullcontext():
+            view = SearchView.of(image, scale, padding)
+            with self._models() as (detector, predictor):
+                rects, scores, _ = detector.run(view.pixels, 0, threshold)
+                for rect, score in zip(rects, scores):
+                    shape = predictor(view.pixels, rect)
+                    found.append((rect, score, [(p.x, p.y) for p in shape.parts()]))
         faces = []
         for rect, score, parts in found:
             # a rect spans pixels left..right inclusive; a landmark is a pixel's centre
-            corners = view.to_image([[rect.left(), rect.top()], [rect.right() + 1, rect.bottom() + 1]])
+            corners = view.to_image(
+                [[rect.left(), rect.top()], [rect.right() + 1, rect.bottom() + 1]])
             landmarks = view.to_image(np.asarray(parts, np.float64) + 0.5) - 0.5
             faces.append(Face(_unclipped(corners), float(score), landmarks))
-        return faces
+        return faces, view.area
 
     def align(self, image: Image.Image, face: Face) -> AlignedFace:
         """Crop ``face`` from ``image`` to the template's framing and size."""

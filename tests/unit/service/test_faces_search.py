@@ -22,6 +22,7 @@ from service.faces import (
     SearchView,
     first_pass_scale,
     retry_scale,
+    view_area,
 )
 
 FACE = "jennifer_aniston/4337.png"  # 112x112; the first pass finds its face (box 21, 37, 73, 73)
@@ -42,7 +43,8 @@ def crop(celebs_root: Path) -> Image.Image:
 
 
 def _searched_pixels(finder: FaceFinder) -> float:
-    return next(s.value for s in finder.metrics.pixels.collect()[0].samples if s.name.endswith("_sum"))
+    samples = finder.metrics.pixels.collect()[0].samples
+    return next(s.value for s in samples if s.name.endswith("_sum"))
 
 
 @pytest.mark.parametrize("size", [(16, 16), (112, 112), (250, 250), (640, 480), (1600, 1600),
@@ -52,6 +54,7 @@ def test_every_pass_searches_at_most_the_pixel_budget(size):
     first = SearchView.of(image, first_pass_scale(*size))
     retry = SearchView.of(image, retry_scale(*size), faces.RETRY_PADDING)
     assert first.area <= SEARCH_MAX_PIXELS and retry.area <= SEARCH_MAX_PIXELS
+    assert retry.area == view_area(size, retry_scale(*size), faces.RETRY_PADDING)
     if min(size) == 16 and max(size) > 1000:  # a strip stays a strip: no padding by its length
         assert first.area + retry.area <= 10_000
 
@@ -89,10 +92,13 @@ class Placement:
     scale: float  # upload pixels per crop pixel
 
 
-def _pasted(crop: Image.Image, canvas: tuple[int, int], at: tuple[int, int], scale: int) -> Placement:
+def _pasted(
+    crop: Image.Image, canvas: tuple[int, int], at: tuple[int, int], scale: int
+) -> Placement:
     """``crop`` enlarged ``scale`` times, pasted at ``at`` on a grey canvas."""
     image = Image.new("RGB", canvas, (128, 128, 128))
-    image.paste(crop.resize((crop.width * scale, crop.height * scale), Image.Resampling.BICUBIC), at)
+    enlarged = crop.resize((crop.width * scale, crop.height * scale), Image.Resampling.BICUBIC)
+    image.paste(enlarged, at)
     return Placement(image, lambda p: (p + 0.5) * scale - 0.5 + at, scale)
 
 
@@ -100,7 +106,8 @@ def _close_up(crop: Image.Image, region: tuple[float, float, float], side: int) 
     """The square ``region`` (left, top, width) of ``crop`` enlarged to ``side`` pixels: the face
     fills the frame, so the first pass misses it."""
     left, top, width = region
-    image = crop.resize((side, side), Image.Resampling.BICUBIC, box=(left, top, left + width, top + width))
+    box = (left, top, left + width, top + width)
+    image = crop.resize((side, side), Image.Resampling.BICUBIC, box=box)
     k = side / width
     return Placement(image, lambda p: (p + 0.5 - [left, top]) * k - 0.5, k)
 
@@ -117,10 +124,13 @@ def reference(finder: FaceFinder, crop: Image.Image) -> np.ndarray:
 
 
 @pytest.mark.parametrize(("case", "retry"), [
-    ("small, as it is", False), ("large, shrunk", False), ("wide strip, shrunk, then enlarged", True),
+    ("small, as it is", False), ("large, shrunk", False),
+    ("wide strip, shrunk, then enlarged", True),
     ("small close-up, padded and enlarged", True), ("large close-up, padded and shrunk", True),
 ])
-def test_box_and_landmarks_land_on_the_face_at_any_size_and_padding(finder, crop, reference, case, retry):
+def test_box_and_landmarks_land_on_the_face_at_any_size_and_padding(
+    finder, crop, reference, case, retry
+):
     placement = {
         "small, as it is": lambda: _pasted(crop, (300, 240), (100, 60), 1),
         "large, shrunk": lambda: _pasted(crop, (3000, 2200), (700, 400), 12),
