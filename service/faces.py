@@ -18,11 +18,12 @@ border.
 What a request costs is bounded by the pixels searched, not by the upload: each pass searches a
 ``SearchView`` -- the upload resized, then padded -- of at most ``SEARCH_MAX_PIXELS`` pixels
 (HOG time grows with the area), so two passes search at most twice that, whatever the upload's
-size or shape (a blank 20000x16 PNG searches 800x1 and 1601x2 pixels). The retry is skipped when
-the first pass alone took ``RETRY_TIME_BUDGET_S`` (a machine that busy answers ``no_face``
+size or shape (a blank 20000x16 PNG searches 800x1, then 1600x1 pixels). The retry is skipped
+when the first pass alone took ``RETRY_TIME_BUDGET_S`` (a machine that busy answers ``no_face``
 sooner rather than later). A detector is held for the search itself only, never while an image
-is resized. Boxes and landmarks are found on the searched pixels and mapped back onto the upload
-by that view's one transform (``SearchView.to_image``).
+is resized; large passes take turns (``FaceFinder``), so that they leave a detector and a core
+to small ones. Boxes and landmarks are found on the searched pixels and mapped back onto the
+upload by that view's one transform (``SearchView.to_image``).
 """
 from __future__ import annotations
 
