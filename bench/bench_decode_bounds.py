@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hostile import conftest as hostile  # noqa: E402
 from tests.hostile.heavy_uploads import (  # noqa: E402
-    RssPeak,
+    rss_peak,
     flat_png,
     latencies_while,
     post_at_once,
@@ -69,7 +69,7 @@ def percentiles(latencies: list[float]) -> str:
 def measure(service: hostile.ServiceProcess, label: str, work, face: bytes) -> None:
     before = service.rss_mib()
     started = time.perf_counter()
-    with RssPeak(service.process.pid) as rss:
+    with rss_peak(service.process.pid) as rss:
         statuses, latencies = latencies_while(work, f"{service.url}/predict?detect=false", face)
     seconds = time.perf_counter() - started
     after = service.rss_mib()

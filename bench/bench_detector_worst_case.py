@@ -24,7 +24,6 @@ import importlib.util
 import multiprocessing
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from multiprocessing.queues import Queue
@@ -34,13 +33,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import psutil
-from prometheus_client.parser import text_string_to_metric_families
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.hostile.detector_uploads import FACE, WORST_CASES  # noqa: E402
-from tests.load.harness import stop_server  # noqa: E402
+from tests.hostile.scrape import metric_samples  # noqa: E402
+from tests.load.harness import RssSampler, stop_server  # noqa: E402
 
 DEFAULT_FACE = ROOT.parent / "shared" / "data" / "celebs8" / FACE
 
@@ -48,38 +47,15 @@ SAMPLE_INTERVAL_S = 0.01
 FACE_METRICS = ("celebxai_face_search_pixels", "celebxai_face_detection_seconds")
 
 
-class RssSampler:
-    """The RSS of process ``pid`` (MiB), sampled every ``SAMPLE_INTERVAL_S`` in a thread."""
-
-    def __init__(self, pid: int) -> None:
-        self.process = psutil.Process(pid)
-        self.peak_mib = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak_mib = max(self.peak_mib, self.process.memory_info().rss / 2**20)
-            time.sleep(SAMPLE_INTERVAL_S)
-
-    def __enter__(self) -> RssSampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-
 def face_search_totals(client: httpx.Client) -> dict[str, float]:
     """``{name_sum: ..., name_count: ...}`` of the face-search histograms now (empty: none)."""
-    totals = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        if family.name in FACE_METRICS:
-            for sample in family.samples:
-                if sample.name.endswith(("_sum", "_count")):
-                    totals[sample.name] = sample.value
-    return totals
+    url = str(client.base_url).rstrip("/")
+    return {
+        sample.name: sample.value
+        for family in FACE_METRICS
+        for sample in metric_samples(url, family)
+        if sample.name.endswith(("_sum", "_count"))
+    }
 
 
 def post(
@@ -98,7 +74,7 @@ def one_upload(client: httpx.Client, pid: int, name: str, data: bytes, content_t
     process = psutil.Process(pid)
     before_metrics = face_search_totals(client)
     before = process.memory_info().rss / 2**20
-    with RssSampler(pid) as rss:
+    with RssSampler(pid, SAMPLE_INTERVAL_S) as rss:
         started = time.perf_counter()
         response = post(client, data, content_type, name)
         elapsed = time.perf_counter() - started

@@ -33,7 +33,9 @@ def test_failed_checks_keep_the_service_not_ready(
     make_settings, tampered_bundle, tmp_path, face_bytes, bundle_kind
 ):
     bundle = tampered_bundle if bundle_kind == "tampered" else tmp_path / "no-such-bundle"
-    expected_reason = "split.json has sha256" if bundle_kind == "tampered" else "not found"
+    expected_reason = (
+        "split.json has sha256" if bundle_kind == "tampered" else "directory does not exist"
+    )
     settings = make_settings(model=bundle, api_key=None)
 
     with TestClient(create_app(settings)) as client:

@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import socket
 import time
-import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from urllib.parse import urlencode, urlsplit
 
-from prometheus_client.parser import text_string_to_metric_families
+from .scrape import metric_samples
 
 REQUESTS = "celebxai_http_requests"
 EXPLANATION_BATCHES = "celebxai_explanation_batches"
@@ -54,27 +53,20 @@ def status_of(sock: socket.socket, timeout_s: float = 0.0) -> int | None:
     return int(first.split(b" ", 2)[1]) if first.startswith(b"HTTP/") else None
 
 
-def metrics(url: str) -> list:
-    with urllib.request.urlopen(f"{url}/metrics", timeout=10) as response:
-        return list(text_string_to_metric_families(response.read().decode()))
-
-
 def request_counts(url: str, endpoint: str) -> Counter[str]:
     """Requests answered on ``endpoint`` (a route template), by status."""
     counts: Counter[str] = Counter()
-    for family in metrics(url):
-        for sample in family.samples:
-            if sample.name == f"{REQUESTS}_total" and sample.labels["endpoint"] == endpoint:
-                counts[sample.labels["status"]] += int(sample.value)
+    for sample in metric_samples(url, REQUESTS):
+        if sample.name == f"{REQUESTS}_total" and sample.labels["endpoint"] == endpoint:
+            counts[sample.labels["status"]] += int(sample.value)
     return counts
 
 
 def explanation_batches(url: str) -> int:
     """Forward passes the service has run for explanations and syntheses so far."""
-    for family in metrics(url):
-        for sample in family.samples:
-            if sample.name == f"{EXPLANATION_BATCHES}_total":
-                return int(sample.value)
+    for sample in metric_samples(url, EXPLANATION_BATCHES):
+        if sample.name == f"{EXPLANATION_BATCHES}_total":
+            return int(sample.value)
     raise LookupError(f"{EXPLANATION_BATCHES}_total not in /metrics")
 
 

@@ -12,11 +12,11 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 
 import httpx
-import psutil
 from PIL import Image
+
+from tests.load.harness import RssSampler
 
 SAMPLE_INTERVAL_S = 0.01
 
@@ -28,34 +28,10 @@ def flat_png(side: int, colour: tuple[int, int, int] = (90, 120, 150)) -> bytes:
     return buffer.getvalue()
 
 
-@dataclass
-class RssPeak:
-    """Samples a process's RSS every ``SAMPLE_INTERVAL_S`` in a thread, between start/stop."""
-
-    pid: int
-    samples: list[float] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def _run(self) -> None:
-        process = psutil.Process(self.pid)
-        while not self._stop.is_set():
-            self.samples.append(process.memory_info().rss / 2**20)
-            time.sleep(SAMPLE_INTERVAL_S)
-
-    def __enter__(self) -> RssPeak:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    @property
-    def peak_mib(self) -> float:
-        return max(self.samples)
+def rss_peak(pid: int) -> RssSampler:
+    """A sampler of process ``pid``'s RSS every ``SAMPLE_INTERVAL_S``: ``with rss_peak(pid) as
+    rss: ...`` then ``rss.peak_mib``."""
+    return RssSampler(pid, SAMPLE_INTERVAL_S)
 
 
 def post_at_once(

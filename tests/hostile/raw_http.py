@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import json
 import socket
-import urllib.request
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from prometheus_client.parser import text_string_to_metric_families
+from .scrape import metric_samples
+
 
 BOUNDARY = "celebxai-raw-boundary"
 CONNECTIONS_CLOSED = "celebxai_connections_closed"
@@ -106,12 +106,8 @@ def multipart(data: bytes, filename: str = "face.png") -> tuple[bytes, dict[str,
 
 def closed_connections(url: str) -> dict[str, float]:
     """``/metrics``: connections the server closed, by reason."""
-    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as response:
-        text = response.read().decode()
-    counts: dict[str, float] = {}
-    for family in text_string_to_metric_families(text):
-        if family.name == CONNECTIONS_CLOSED:
-            for sample in family.samples:
-                if sample.name.endswith("_total"):
-                    counts[sample.labels["reason"]] = sample.value
-    return counts
+    return {
+        sample.labels["reason"]: sample.value
+        for sample in metric_samples(url, CONNECTIONS_CLOSED)
+        if sample.name.endswith("_total")
+    }

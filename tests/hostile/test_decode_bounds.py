@@ -20,7 +20,7 @@ from image_bytes import face_png
 from service.explain.render import MAX_RENDER_PIXELS
 
 from .conftest import ServiceProcess
-from .heavy_uploads import RssPeak, flat_png, latencies_while, post_at_once
+from .heavy_uploads import rss_peak, flat_png, latencies_while, post_at_once
 
 SIDE = 6000
 UPLOADS = 8
@@ -59,7 +59,7 @@ def test_concurrent_huge_decodes_stay_within_the_budget(
         responses = post_at_once(f"{service_process.url}/predict", big_png, UPLOADS)
         return [response.status_code for response in responses]
 
-    with RssPeak(service_process.process.pid) as rss:
+    with rss_peak(service_process.process.pid) as rss:
         statuses, latencies = latencies_while(
             uploads, f"{service_process.url}/predict?detect=false", face
         )
@@ -84,7 +84,7 @@ def test_a_render_of_a_huge_upload_is_bounded(
 ):
     url = f"{service_process.url}/saliency?method=gradient&detect=false&format={fmt}"
     before = service_process.rss_mib()
-    with RssPeak(service_process.process.pid) as rss:
+    with rss_peak(service_process.process.pid) as rss:
         (response,) = post_at_once(url, big_png, 1)
     assert response.status_code == 200, response.text
     image = Image.open(io.BytesIO(response.content))

@@ -11,11 +11,11 @@ import threading
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.faces import SEARCH_MAX_PIXELS
 
 from .detector_uploads import FACE, WORST_CASES
+from .scrape import metric_samples
 
 # Two passes of at most SEARCH_MAX_PIXELS each; a bucket bound of the histogram.
 SEARCH_BOUND = 2 * SEARCH_MAX_PIXELS
@@ -29,16 +29,13 @@ def _search_pixels(client: httpx.Client) -> dict[str, float]:
     """The ``celebxai_face_search_pixels`` histogram now: ``count``, ``sum`` and, for the
     bucket of ``SEARCH_BOUND``, ``within_bound`` (observations at most that)."""
     values = {}
-    for family in text_string_to_metric_families(client.get("/metrics").text):
-        if family.name != "celebxai_face_search_pixels":
-            continue
-        for sample in family.samples:
-            if sample.name.endswith("_count"):
-                values["count"] = sample.value
-            elif sample.name.endswith("_sum"):
-                values["sum"] = sample.value
-            elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == SEARCH_BOUND:
-                values["within_bound"] = sample.value
+    for sample in metric_samples(str(client.base_url).rstrip("/"), "celebxai_face_search_pixels"):
+        if sample.name.endswith("_count"):
+            values["count"] = sample.value
+        elif sample.name.endswith("_sum"):
+            values["sum"] = sample.value
+        elif sample.name.endswith("_bucket") and float(sample.labels["le"]) == SEARCH_BOUND:
+            values["within_bound"] = sample.value
     assert set(values) == {"count", "sum", "within_bound"}, "no face search histogram in /metrics"
     return values
 

@@ -19,7 +19,7 @@ import pytest
 from tests.load.harness import free_port, stop_server, tail
 
 from .conftest import ROOT, READY_TIMEOUT_S
-from .raw_http import connect, multipart, read_until_closed, request_head
+from .raw_http import connect, multipart, read_until_closed
 
 LEAK_PATTERNS = [
     re.compile(r" at 0x[0-9a-f]+"),  # object reprs

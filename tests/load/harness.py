@@ -239,6 +239,11 @@ class RssSampler:
             self.samples.append(Sample(time.time(), rss, threads))
             self._stop.wait(self.interval)
 
+    @property
+    def peak_mib(self) -> float:
+        """The largest RSS sampled so far (MiB); 0 before the first sample."""
+        return max((sample.rss for sample in self.samples), default=0) / MIB
+
 
 def check_rss(
     samples: list[Sample], start: float, stop: float, config: LoadConfig
