@@ -38,7 +38,7 @@ from service.engine import create_session
 from service.explain import EXPLAINERS, GRADIENT_METHODS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
 from service.explain.twin import LogitsOnly
-from service.model import softmax
+from service.common.softmax import softmax
 from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,7 +25,7 @@ from PIL import Image
 from service.bundle import ONNX_FILE, read_meta
 from service.engine import create_session
 from service.faces import FaceFinder
-from service.model import softmax
+from service.common.softmax import softmax
 from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,7 +1,7 @@
 """The result caches' sizes in ``/metrics``: entries and bytes held, and their bounds.
 
 A collector, read at scrape time, so the caches need not know about Prometheus; every cache
-is an ``ExplanationCache`` (bounded in entries and in bytes).
+is an ``LruCache`` (bounded in entries and in bytes).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from collections.abc import Iterator, Mapping
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from .explain.cache import ExplanationCache
+from .common.lru import LruCache
 from .metrics import PREFIX
 
 
@@ -18,7 +18,7 @@ class CacheCollector(Collector):
     """Gauges ``celebxai_cache_entries``, ``celebxai_cache_bytes`` and their ``_max`` bounds,
     labelled by cache name."""
 
-    def __init__(self, caches: Mapping[str, ExplanationCache]) -> None:
+    def __init__(self, caches: Mapping[str, LruCache]) -> None:
         self.caches = dict(caches)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:

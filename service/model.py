@@ -28,6 +28,7 @@ from .bundle import (
     read_meta,
     verify_files,
 )
+from .common.softmax import softmax
 from .engine import BatchObserver, BatchStats, Engine, create_session
 from .faces import FaceFinder
 from .preprocess import Preprocessor
@@ -98,13 +99,6 @@ class ServingModel:
 
     async def close(self) -> None:
         await self.engine.close()
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Softmax over the last axis, in float64."""
-    shifted = logits.astype(np.float64) - np.max(logits, axis=-1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=-1, keepdims=True)
 
 
 def load_model(settings: Settings, observer: BatchObserver | None = None) -> ServingModel:

@@ -1,6 +1,6 @@
 """Model input from an RGB image, exactly as the bundle's ``meta.json`` ``input`` block says.
 
-Crop to the face box, resize to ``width x height`` with the named filter, scale pixel values to
+Resize the (aligned face) crop to ``width x height`` with the named filter, scale pixel values to
 ``value_range``, order the channels, subtract ``mean`` and divide by ``std`` per channel, lay out
 as CHW float32. The training package records the same block from its eval transform, so training
 and serving cannot drift apart.
@@ -80,12 +80,10 @@ class Preprocessor:
         """``(width, height)`` of the model input."""
         return self.spec.width, self.spec.height
 
-    def __call__(self, image: Image.Image, box: Box | None = None) -> np.ndarray:
-        """``image`` (RGB) cropped to ``box`` (default: all of it) as ``(3, H, W)`` float32."""
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        """``image`` (RGB, the aligned face crop) as ``(3, H, W)`` float32."""
         if image.mode != "RGB":
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
-        if box is not None and box != Box.whole(image):
-            image = image.crop((box.x, box.y, box.x + box.width, box.y + box.height))
         if image.size != self.size:
             image = image.resize(self.size, self._filter)
         pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)

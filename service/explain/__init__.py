@@ -8,16 +8,16 @@ Every method is an ``Explainer`` (``base.py``) with one call shape, like captum'
 ``x`` is one ``(3, H, W)`` float32 model input; ``target`` defaults to the predicted class; the
 keyword arguments are the method's ``Params`` (defaults and bounds as data). The result is a
 ``Heatmap`` in model-input coordinates; ``render`` draws it over the uploaded image, and
-``ExplanationCache`` keeps recent results. Adding a method: one module, one line below.
+``service.common.lru.LruCache`` keeps recent results. Adding a method: one module, one line below.
 """
 
 from __future__ import annotations
 
 from .base import Explainer, ExplainError, InvalidTarget, MethodParams, ModelHandle
-from .cache import ExplanationCache, array_digest, cache_key
+from .cache import array_digest, cache_key
 from .gradcam import GradCam, UnknownLayer
 from .gradient import GradientSaliency
-from .heatmap import Heatmap, place_in_box
+from .heatmap import Heatmap
 from .integrated_gradients import IntegratedGradients
 from .lime import Lime
 from .occlusion import Occlusion
@@ -34,7 +34,6 @@ __all__ = [
     "GRADIENT_METHODS",
     "ExplainError",
     "Explainer",
-    "ExplanationCache",
     "Heatmap",
     "InvalidTarget",
     "MethodParams",
@@ -42,5 +41,4 @@ __all__ = [
     "UnknownLayer",
     "array_digest",
     "cache_key",
-    "place_in_box",
 ]

@@ -1,41 +1,18 @@
-"""A small, bounded, thread-safe LRU of computed heatmaps (or any immutable results).
+"""The key of a cached heatmap (the cache itself is ``service.common.lru.LruCache``).
 
 Keys are built by ``cache_key`` from everything that determines a heatmap: the model input
 (its digest), the method, its checked parameters, the requested target and the model (the
-ONNX file's sha256). Heatmaps are immutable, so a hit can be returned as is.
-
-The cache is bounded twice, in entries and in bytes (the arrays its values hold, ``nbytes``),
-so that no sequence of requests can make it hold more than ``max_bytes``; its size is
-exported in ``/metrics`` (``service.cache_metrics``).
+ONNX file's sha256).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import dataclasses
-import threading
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-
-from .heatmap import Heatmap
-
-DEFAULT_MAX_ENTRIES = 64
-DEFAULT_MAX_BYTES = 16 * 1024 * 1024
-
-
-def nbytes(value: Any) -> int:
-    """Bytes held by ``value``'s arrays and byte strings: its own, or its dataclass fields'."""
-    if isinstance(value, np.ndarray):
-        return value.nbytes
-    if isinstance(value, bytes | bytearray):
-        return len(value)
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return sum(nbytes(getattr(value, field.name)) for field in dataclasses.fields(value))
-    return 0
 
 
 def array_digest(array: np.ndarray) -> str:
@@ -57,60 +34,3 @@ def cache_key(
     """One string for one heatmap: parameters in canonical (sorted) JSON."""
     canonical = json.dumps(dict(params), sort_keys=True, separators=(",", ":"), default=str)
     return f"{model_digest}|{image_digest}|{method}|{target}|{canonical}"
-
-
-class ExplanationCache:
-    """Least-recently-used heatmaps, at most ``max_entries`` and ``max_bytes`` (``nbytes`` of
-    the values); 0 entries disables caching. A value larger than ``max_bytes`` is not kept."""
-
-    def __init__(
-        self, max_entries: int = DEFAULT_MAX_ENTRIES, max_bytes: int = DEFAULT_MAX_BYTES
-    ) -> None:
-        if max_entries < 0:
-            raise ValueError(f"max_entries must be >= 0, got {max_entries}")
-        if max_bytes < 0:
-            raise ValueError(f"max_bytes must be >= 0, got {max_bytes}")
-        self.max_entries = max_entries
-        self.max_bytes = max_bytes
-        self.hits = 0
-        self.misses = 0
-        self.bytes = 0  # nbytes of the values held
-        self._entries: OrderedDict[str, tuple[Heatmap, int]] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: str) -> Heatmap | None:
-        with self._lock:
-            entry = self._entries.get(key)
-            if entry is None:
-                self.misses += 1
-                return None
-            self._entries.move_to_end(key)
-            self.hits += 1
-            return entry[0]
-
-    def put(self, key: str, heatmap: Heatmap) -> None:
-        size = nbytes(heatmap)
-        if self.max_entries == 0 or size > self.max_bytes:
-            return
-        with self._lock:
-            previous = self._entries.pop(key, None)
-            if previous is not None:
-                self.bytes -= previous[1]
-            self._entries[key] = (heatmap, size)
-            self.bytes += size
-            while len(self._entries) > self.max_entries or self.bytes > self.max_bytes:
-                _, (_, evicted) = self._entries.popitem(last=False)
-                self.bytes -= evicted
-
-    def get_or_compute(self, key: str, compute: Callable[[], Heatmap]) -> tuple[Heatmap, bool]:
-        """The cached heatmap for ``key``, or ``compute()`` stored under it; and whether it was
-        a hit. Two concurrent misses may both compute: the lock is not held while computing."""
-        cached = self.get(key)
-        if cached is not None:
-            return cached, True
-        heatmap = compute()
-        self.put(key, heatmap)
-        return heatmap, False

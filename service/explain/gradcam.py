@@ -11,8 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
+from ..common.twin import input_gradients
 from .base import Explainer, ExplainError, MethodParams
-from .twin import as_batch, input_gradients
+from .twin import as_batch
 
 
 class GradCamParams(MethodParams):

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from captum.attr import Saliency
 
+from ..common.twin import input_gradients
 from .base import Explainer, MethodParams
-from .twin import as_batch, channel_max_abs, input_gradients
+from .twin import as_batch, channel_max_abs
 
 
 class GradientSaliency(Explainer):

@@ -1,10 +1,8 @@
-"""The result of every explanation method, and how it maps onto the uploaded image.
+"""The result of every explanation method.
 
-A ``Heatmap`` is computed in model-input coordinates: one value per pixel of the
-``(H, W)`` image the model saw (after crop and resize). ``place`` is the one primitive that
-takes it back to a picture: resize it into a box ``(x0, y0, x1, y1)`` of an image of size
-``(width, height)``; the default box is the whole image, which is the uploaded image when no
-face detector chose a sub-rectangle.
+A ``Heatmap`` is computed in model-input coordinates: one value per pixel of the ``(H, W)``
+image the model saw (the aligned face crop, resized). ``AlignedFace.to_image`` lays it back onto
+the upload, through the same transform that cut the crop out of it (rotation and scale too).
 """
 
 from __future__ import annotations
@@ -13,12 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
-from ..model import softmax
-
-BoxCorners = tuple[int, int, int, int]
-"""``(x0, y0, x1, y1)`` in pixels, x1/y1 exclusive"""
+from ..common.softmax import softmax
 
 NEGLIGIBLE_SCALE = 1e-4
 """A map whose largest raw magnitude is below this holds no evidence.
@@ -84,14 +78,6 @@ class Heatmap:
     def predicted(self) -> int:
         return int(np.argmax(self.logits))
 
-    def place(self, image_size: tuple[int, int], box: BoxCorners | None = None) -> np.ndarray:
-        """The values in the coordinates of an image of ``image_size`` = ``(width, height)``.
-
-        Resized (bilinear) into ``box`` (default: the whole image); zero outside it. Returns
-        ``(height, width)`` float32.
-        """
-        return place_in_box(self.values, image_size, box)
-
 
 def scaled(raw: np.ndarray, value_range: tuple[float, float]) -> tuple[np.ndarray, float, bool]:
     """``raw`` ``(H, W)`` divided by its largest magnitude and clipped to ``value_range``, that
@@ -101,30 +87,3 @@ def scaled(raw: np.ndarray, value_range: tuple[float, float]) -> tuple[np.ndarra
     negligible = scale < NEGLIGIBLE_SCALE
     values = raw if negligible else raw / scale
     return np.clip(values, *value_range), scale, negligible  # unsigned: cuts rounding below 0
-
-
-def place_in_box(
-    values: np.ndarray, image_size: tuple[int, int], box: BoxCorners | None = None
-) -> np.ndarray:
-    """``values`` ``(h, w)`` resized into ``box`` of a zero ``(height, width)`` float32 canvas.
-
-    ``image_size`` is ``(width, height)``; ``box`` is ``(x0, y0, x1, y1)`` with x1/y1 exclusive,
-    and may reach outside the image (a face near the border): the part outside is cut off.
-    """
-    width, height = image_size
-    if width < 1 or height < 1:
-        raise ValueError(f"image size must be positive, got {image_size}")
-    x0, y0, x1, y1 = box if box is not None else (0, 0, width, height)
-    if x1 <= x0 or y1 <= y0:
-        raise ValueError(f"empty box {box}")
-    resized = np.asarray(values, dtype=np.float32)
-    if resized.shape != (y1 - y0, x1 - x0):
-        resized = np.asarray(
-            Image.fromarray(resized).resize((x1 - x0, y1 - y0), Image.Resampling.BILINEAR)
-        )
-    canvas = np.zeros((height, width), dtype=np.float32)
-    # Clip the box to the canvas, and the resized map by the same amounts.
-    cx0, cy0, cx1, cy1 = max(x0, 0), max(y0, 0), min(x1, width), min(y1, height)
-    if cx1 > cx0 and cy1 > cy0:
-        canvas[cy0:cy1, cx0:cx1] = resized[cy0 - y0 : cy1 - y0, cx0 - x0 : cx1 - x0]
-    return canvas

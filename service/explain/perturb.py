@@ -9,7 +9,7 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from ..cancellation import Cancellation
-from ..model import softmax
+from ..common.softmax import softmax
 from .base import Forward
 
 Baseline = Literal["zero", "mean", "blur"]

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..explain.render import SEQUENTIAL
+from ..common.colormap import SEQUENTIAL
 
 GAP = 2
 BACKGROUND = 255

@@ -11,16 +11,17 @@ import threading
 import weakref
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from PIL import Image
 
-from ..bundle import TWIN_FILE
+from ..bundle import TWIN_FILE, BundleMeta
 from ..cancellation import Cancellation
-from ..explain.cache import ExplanationCache
+from ..common.lru import LruCache
 from ..images import encode_png
-from ..model import ServingModel
 from .architecture import ReceptiveField, layer_filters, receptive_fields
 from .grid import (
     MAP_TILE,
@@ -37,7 +38,16 @@ from .patches import TopPatches
 SYNTHESIS_CACHE_ENTRIES = 32
 SYNTHESIS_CACHE_BYTES = 8 * 1024 * 1024
 # One LRU of any immutable value for every model: keys hold the twin's sha256.
-SYNTHESES = ExplanationCache(SYNTHESIS_CACHE_ENTRIES, SYNTHESIS_CACHE_BYTES)
+SYNTHESES = LruCache(SYNTHESIS_CACHE_ENTRIES, SYNTHESIS_CACHE_BYTES)
+
+
+class InspectedModel(Protocol):
+    """What insight needs of a served model (``service.model.ServingModel`` is one): its
+    metadata, bundle directory and torch twin. A protocol, so insight never imports the model."""
+
+    meta: BundleMeta
+    bundle_dir: Path
+    twin: Any
 
 
 @dataclass(frozen=True)
@@ -62,7 +72,7 @@ class Activations:
 class Inspector:
     """What one served model has learned. Thread-safe; heavy parts are computed on first use."""
 
-    def __init__(self, model: ServingModel) -> None:
+    def __init__(self, model: InspectedModel) -> None:
         self.model = model
         self.channels = {layer.name: layer.channels or 0 for layer in model.meta.layers}
         self._filters: dict[str, Grid] = {}
@@ -138,11 +148,11 @@ def _grid(tiles: list[np.ndarray]) -> Grid:
     return Grid(encode_png(Image.fromarray(pixels)), layout)
 
 
-_INSPECTORS: weakref.WeakKeyDictionary[ServingModel, Inspector] = weakref.WeakKeyDictionary()
+_INSPECTORS: weakref.WeakKeyDictionary[InspectedModel, Inspector] = weakref.WeakKeyDictionary()
 _LOCK = threading.Lock()
 
 
-def inspector_for(model: ServingModel) -> Inspector:
+def inspector_for(model: InspectedModel) -> Inspector:
     """The model's one ``Inspector`` (made on the first call)."""
     with _LOCK:
         if model not in _INSPECTORS:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..cancellation import Cancellation
-from ..explain.twin import input_gradients
+from ..common.twin import input_gradients
 from ..preprocess import InputSpec
 
 # The start: random colours on a coarse grid, enlarged smoothly, plus pixel noise. White noise

@@ -45,12 +45,12 @@ from ..explain import (
     EXPLAINERS,
     GRADIENT_METHODS,
     ExplainError,
-    ExplanationCache,
     Heatmap,
     ModelHandle,
     array_digest,
     cache_key,
 )
+from ..common.lru import LruCache
 from ..explain.render import (
     MAX_RENDER_PIXELS,
     as_rows,
@@ -77,7 +77,7 @@ NEGLIGIBLE_HEADER = "X-Heatmap-Negligible"
 Format = Literal["json", "png", "overlay"]
 
 # Keys hold the model's sha256, so apps serving different bundles never share entries.
-CACHE = ExplanationCache(CACHE_ENTRIES)
+CACHE = LruCache(CACHE_ENTRIES)
 
 router = APIRouter(
     tags=["explain"],

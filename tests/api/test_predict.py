@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 import image_bytes as ib
-from service.model import softmax
+from service.common.softmax import softmax
 
 
 def test_predicts_the_right_celebrity_for_held_out_photos(post_image, held_out_faces):

@@ -15,7 +15,7 @@ from service.explain import (
     SmoothGrad,
     UnknownLayer,
 )
-from service.explain.twin import input_gradients
+from service.common.twin import input_gradients
 
 
 def _input_gradient(twin, x: np.ndarray, target: int) -> torch.Tensor:

@@ -1,11 +1,16 @@
-"""Heatmaps in model-input coordinates, placed into boxes of the uploaded image."""
+"""Heatmaps: their convention, and how one lands on the uploaded photo."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from service.explain import Heatmap, place_in_box
+from service.bundle import read_meta
+from service.explain import GradCam, Heatmap
+from service.faces import FaceFinder, whole_image
+
+FACE = "jennifer_aniston/4337.png"  # a 112 x 112 face crop of the test split
 
 
 def make_heatmap(values: np.ndarray, signed: bool = False) -> Heatmap:
@@ -21,38 +26,46 @@ def make_heatmap(values: np.ndarray, signed: bool = False) -> Heatmap:
     )
 
 
-def test_whole_image_is_the_default_box():
-    values = np.linspace(0, 1, 150 * 150, dtype=np.float32).reshape(150, 150)
-    placed = make_heatmap(values).place((112, 90))
-    assert placed.shape == (90, 112) and placed.dtype == np.float32
-    assert placed[0, 0] < 0.05 and placed[-1, -1] > 0.95
+def _paste(image: Image.Image, scale: float, angle: float, at: tuple[int, int],
+           size: tuple[int, int], fill: float | tuple[int, int, int] = 0) -> Image.Image:
+    """``image`` (RGB or float ``F``) enlarged by ``scale``, turned ``angle`` degrees
+    counter-clockwise and pasted at ``at`` into a ``size`` canvas of ``fill``."""
+    side = round(image.width * scale)
+    turned = image.resize((side, side), Image.Resampling.BILINEAR).rotate(
+        angle, Image.Resampling.BILINEAR, expand=True
+    )
+    mask = Image.new("L", (side, side), 255).rotate(angle, Image.Resampling.NEAREST, expand=True)
+    canvas = Image.new(image.mode, size, fill)
+    canvas.paste(turned, at, mask)
+    return canvas
 
 
-def test_same_size_is_unchanged():
-    values = np.random.default_rng(0).random((20, 30)).astype(np.float32)
-    np.testing.assert_array_equal(place_in_box(values, (30, 20)), values)
+@pytest.mark.parametrize(("angle", "at"), [(15, (260, 120)), (-20, (50, 100))])
+def test_a_heatmap_lands_on_its_face_in_the_upload(
+    angle, at, celebs_root, default_bundle, handle, preprocess
+):
+    """The live path: detect, align, explain the aligned crop, lay the map back with
+    ``AlignedFace.to_image``. A real face crop is pasted 2.5 times larger and turned into a grey
+    720 x 540 photo; its map must land on the pasted face, matching the map of the crop alone
+    put through the same paste. Measured: Grad-CAM correlations 0.92 and 0.93; the same maps
+    turned 90 degrees too far correlate 0.45 to 0.48 (a mapping that misses the rotation)."""
+    crop = Image.open(celebs_root / FACE).convert("RGB")
+    upload = _paste(crop, 2.5, angle, at, (720, 540), fill=(128, 128, 128))
+    finder = FaceFinder(read_meta(default_bundle).face_alignment, workers=1)
+    found = finder.detect(upload)
+    assert len(found) == 1
+    aligned = finder.align(upload, found[0])
 
+    heatmap = GradCam(handle).attribute(preprocess(aligned.crop))
+    laid = aligned.to_image(heatmap.values, upload.size)
 
-def test_box_is_filled_and_the_rest_is_zero():
-    placed = place_in_box(np.ones((150, 150), np.float32), (200, 100), (40, 10, 120, 70))
-    assert placed.shape == (100, 200)
-    assert placed[10:70, 40:120].min() == 1.0
-    assert placed.sum() == 80 * 60
-
-
-def test_box_reaching_outside_the_image_is_cut_off():
-    values = np.zeros((10, 10), np.float32)
-    values[:, :5] = 1.0  # left half
-    placed = place_in_box(values, (50, 40), (-20, 30, 20, 70))  # 40 x 40, left half outside
-    assert placed.shape == (40, 50)
-    assert placed[30:, :20].mean() == pytest.approx(0.0, abs=0.05)
-    assert placed[:30].sum() == 0 and placed[:, 20:].sum() == 0
-
-
-@pytest.mark.parametrize("box", [(10, 10, 10, 20), (10, 20, 30, 5)])
-def test_empty_box_is_rejected(box):
-    with pytest.raises(ValueError, match="empty box"):
-        place_in_box(np.ones((4, 4), np.float32), (50, 50), box)
+    assert laid.shape == (540, 720)
+    own = GradCam(handle).attribute(preprocess(crop), target=heatmap.target)
+    own_on_crop = whole_image(crop).to_image(own.values, crop.size)
+    expected = np.asarray(_paste(Image.fromarray(own_on_crop, "F"), 2.5, angle, at, upload.size))
+    face = np.asarray(_paste(Image.new("F", crop.size, 1.0), 2.5, angle, at, upload.size)) > 0
+    assert laid[face].sum() / laid.sum() > 0.97  # the mass lies on the pasted face
+    assert np.corrcoef(laid.ravel(), expected.ravel())[0, 1] > 0.85
 
 
 def test_values_are_read_only_float32_and_2d():

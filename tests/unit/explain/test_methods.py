@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 from pydantic import ValidationError
 
 from service.explain import EXPLAINERS, Explainer, Heatmap, InvalidTarget, ModelHandle
+from service.faces import whole_image
 
 # Cheap settings so the whole folder stays fast; defaults are timed by bench/bench_explain.py.
 FAST_PARAMS: dict[str, dict[str, object]] = {
@@ -77,8 +79,9 @@ def test_target_changes_the_map(name, default_maps, handle, face):
 
 
 @pytest.mark.parametrize("name", list(FAST_PARAMS))
-def test_map_placed_at_the_upload_size(name, default_maps):
-    placed = default_maps[name].place((112, 96))
+def test_map_laid_onto_the_upload_at_its_size(name, default_maps):
+    upload = Image.new("RGB", (112, 96))
+    placed = whole_image(upload).to_image(default_maps[name].values, upload.size)
     assert placed.shape == (96, 112)
     assert np.all(np.isfinite(placed))
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.explain.render import SEQUENTIAL
+from service.common.colormap import SEQUENTIAL
 from service.insight.grid import GAP, GridLayout, compose, filter_tiles, map_tiles
 
 

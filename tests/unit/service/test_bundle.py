@@ -131,7 +131,7 @@ def test_meta_that_is_not_json(bundle_copy):
 
 
 def test_missing_directory(tmp_path):
-    with pytest.raises(BundleError, match="not found"):
+    with pytest.raises(BundleError, match="directory does not exist"):
         read_meta(tmp_path / "nothing")
 
 

@@ -6,13 +6,13 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from service.app import create_app
 from service.cache_metrics import CacheCollector
-from service.explain import ExplanationCache
+from service.common.lru import LruCache
 from service.settings import Settings
 from tests.unit.explain.test_heatmap import make_heatmap
 
 
 def test_the_gauges_follow_the_cache():
-    cache = ExplanationCache(max_entries=8, max_bytes=4096)
+    cache = LruCache(max_entries=8, max_bytes=4096)
     registry = CollectorRegistry()
     registry.register(CacheCollector({"maps": cache}))
     cache.put("k", make_heatmap(np.zeros((10, 10), np.float32)))  # 408 bytes

@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import image_bytes as ib
-from service.preprocess import Box, InputSpec, Preprocessor
+from service.preprocess import InputSpec, Preprocessor
 
 DLIB_SPEC = InputSpec(
     height=150,
@@ -37,16 +37,6 @@ def test_unit_value_range_and_bgr_order():
     x = Preprocessor(spec)(image)
 
     np.testing.assert_allclose(x[:, 0, 0], [(0.2 - 0.5) / 0.25, -2.0, 2.0], atol=1e-6)
-
-
-def test_box_crops_before_resizing():
-    image = Image.new("RGB", (100, 50), (0, 0, 0))
-    image.paste((255, 255, 255), (50, 0, 100, 50))
-    spec = InputSpec(height=8, width=8, mean=(0, 0, 0), std=(1, 1, 1))
-
-    right_half = Preprocessor(spec)(image, Box(50, 0, 50, 50))
-
-    assert right_half.min() == 255
 
 
 @pytest.mark.parametrize(

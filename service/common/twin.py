@@ -1,0 +1,60 @@
+"""Gradients through the torch twin, for every package that needs them (explanations, synthesis).
+
+``input_gradients`` is the one place that changes torch state for a gradient: it turns gradient
+mode on and freezes the twin's parameters (only input and activation gradients are needed), and
+puts both back in ``finally``, whatever happens in between. The module it yields checks the
+work's ``Cancellation`` before every forward pass, so captum's internal batches (SmoothGrad's
+noisy samples, integrated gradients' path points) and synthesis steps stop at the next one.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..cancellation import Cancellation
+
+
+class LogitsOnly(nn.Module):
+    """The twin with its activations dropped: ``(N, 3, H, W) -> (N, C)`` logits (captum's
+    ``forward_func`` shape). Each pass first goes through ``cancellation.batch()``."""
+
+    def __init__(self, twin: Any, cancellation: Cancellation) -> None:
+        super().__init__()
+        self.twin = twin
+        self.cancellation = cancellation
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        self.cancellation.batch()
+        logits, _ = self.twin(inputs)
+        return logits
+
+
+# One gradient computation at a time: torch already spreads each over every core, and the
+# parameters' flags are state shared by every thread that uses the twin.
+_TWIN_LOCK = threading.Lock()
+
+
+@contextmanager
+def input_gradients(twin: Any, cancellation: Cancellation | None = None) -> Iterator[LogitsOnly]:
+    """Gradient mode on and the twin's parameters frozen for the block; both restored after.
+    Blocks of different threads run one after another. Yields the twin as captum's forward
+    function, checking ``cancellation`` before each pass."""
+    with _TWIN_LOCK:
+        parameters = list(twin.parameters())
+        flags = [parameter.requires_grad for parameter in parameters]
+        grad_was_enabled = torch.is_grad_enabled()
+        try:
+            for parameter in parameters:
+                parameter.requires_grad_(False)
+            torch.set_grad_enabled(True)
+            yield LogitsOnly(twin, cancellation or Cancellation())
+        finally:
+            for parameter, flag in zip(parameters, flags, strict=True):
+                parameter.requires_grad_(flag)
+            torch.set_grad_enabled(grad_was_enabled)
