@@ -24,7 +24,8 @@ from .cache_metrics import CacheCollector
 from .cors import JsonCORSMiddleware
 from .errors import install_error_handlers
 from .head_requests import HeadAsGetMiddleware
-from .insight.inspector import SYNTHESES
+from .common.lru import LruCache
+from .insight.inspector import SYNTHESES, Inspector
 from .metrics import MetricsMiddleware
 from .model import load_model
 from .routes import docs, explain, insight, meta, metrics, page, predict
@@ -57,6 +58,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: ServiceState = app.state.service
     settings = state.settings
     log_authentication(settings)
+    # Keys hold the model's sha256, so a cache would never mix bundles; it is the app's anyway.
+    state.explanation_cache = LruCache(explain.CACHE_ENTRIES)
+    caches = CacheCollector({"explanations": state.explanation_cache, "syntheses": SYNTHESES})
+    state.metrics.registry.register(caches)
     try:
         model = await asyncio.to_thread(load_model, settings, state.metrics.observe_batch)
     except Exception as exc:  # any failure keeps the app up and not ready, saying why
@@ -66,6 +71,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("model bundle %s cannot be served: %s", settings.model, exc, exc_info=exc)
     else:
         model.start()
+        state.inspector = Inspector(model)
         state.model, state.phase, state.reason = model, "ready", "ready"
         state.metrics.ready.set(1)
         state.metrics.model_info.info(
@@ -80,6 +86,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.metrics.ready.set(0)
+        state.metrics.registry.unregister(caches)
+        state.inspector = None
         if state.model is not None:
             await state.model.close()
             state.model = None
@@ -123,9 +131,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,  # operationId = function name
     )
     app.state.service = ServiceState(settings)
-    app.state.service.metrics.registry.register(
-        CacheCollector({"explanations": explain.CACHE, "syntheses": SYNTHESES})
-    )
     install_error_handlers(app)
     for router in ROUTERS:
         app.include_router(router)

@@ -7,6 +7,9 @@
   the app's budget of decoded pixels (``pixel_budget.py``).
 - ``FaceDep``: the face to classify or explain in that image (``faces.py``; query parameters
   ``detect`` and ``face``).
+- ``ModelInputDep``: that face preprocessed into the model's input (what ``/predict``
+  classifies), for the explanation and insight routers.
+- ``ExplanationCacheDep``: the app's explanation result cache.
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
   ``explanation_slot`` too on routers whose work is expensive (explanations).
 - ``ClientDep``: the request's ``Cancellation``, cancelled when the client hangs up; expensive
@@ -21,7 +24,10 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Annotated
+
+import numpy as np
 
 from fastapi import Depends, File, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
@@ -29,9 +35,10 @@ from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
 from .cancellation import Cancellation, Cancelled
+from .common.lru import LruCache
 from .api_key import API_KEY_HEADER, verify_api_key
 from .faces import FaceChoice, choose_face
-from .errors import ClientClosedRequest, NotReady, Overloaded
+from .errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
 from .images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
 from .model import ServingModel
 from .settings import Settings
@@ -65,6 +72,14 @@ def get_model(state: StateDep) -> ServingModel:
 
 
 ModelDep = Annotated[ServingModel, Depends(get_model)]
+
+
+def class_index(model: ServingModel, class_id: str) -> int:
+    """The index of class ``class_id``; 422 ``unknown_class`` listing the valid ids."""
+    ids = [info.id for info in model.meta.classes]
+    if class_id not in ids:
+        raise UnknownClass(f"{class_id!r} is not a class id; valid: {', '.join(ids)}")
+    return ids.index(class_id)
 
 
 async def api_key_guard(
@@ -176,3 +191,30 @@ async def face_choice(
 
 
 FaceDep = Annotated[FaceChoice, Depends(face_choice)]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The chosen face and the ``(3, H, W)`` float32 model input made from it."""
+
+    face: FaceChoice
+    x: np.ndarray
+    preprocess_ms: float
+
+
+async def model_input(model: ModelDep, face: FaceDep) -> ModelInput:
+    started = time.perf_counter()
+    x = await run_in_threadpool(model.preprocess, face.aligned.crop)
+    return ModelInput(face, x, (time.perf_counter() - started) * 1000)
+
+
+ModelInputDep = Annotated[ModelInput, Depends(model_input)]
+
+
+def get_explanation_cache(state: StateDep) -> LruCache:
+    if state.explanation_cache is None:
+        raise NotReady(state.reason, headers={"Retry-After": "5"})
+    return state.explanation_cache
+
+
+ExplanationCacheDep = Annotated[LruCache, Depends(get_explanation_cache)]

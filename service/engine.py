@@ -223,6 +223,7 @@ class Engine:
     - ``await infer(batch, cancellation)``: the same on the inference thread, in chunks of
       ``max_batch_size`` (explanation methods send their perturbation batches here); a cancelled
       ``cancellation`` stops it before its next chunk with ``Cancelled``.
+    - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking.
     - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
       ``(C,)`` logits; ``Cancelled`` (the input leaves the queue) once ``cancellation`` is.
     """
@@ -269,6 +270,23 @@ class Engine:
         for start in range(0, len(batch), self.max_batch_size):
             chunk = batch[start : start + self.max_batch_size]
             outputs.append(await loop.run_in_executor(executor, run, chunk))
+        return np.concatenate(outputs)
+
+    def run_on_inference_thread(
+        self, batch: np.ndarray, cancellation: Cancellation | None = None
+    ) -> np.ndarray:
+        """``infer`` for code on a worker thread (an explainer's forward function): blocks
+        until the chunks have run on the inference thread, with no event loop in between.
+        Never call it from the inference thread itself: it would wait for itself."""
+        if len(batch) == 0:
+            raise ValueError("run_on_inference_thread() needs at least one input")
+        executor = self._running_executor()
+        run = partial(self._run_chunk, cancellation or Cancellation())
+        # one chunk at a time, as ``infer``: /predict batches queue between them
+        outputs = [
+            executor.submit(run, batch[start : start + self.max_batch_size]).result()
+            for start in range(0, len(batch), self.max_batch_size)
+        ]
         return np.concatenate(outputs)
 
     def _run_chunk(self, cancellation: Cancellation, chunk: np.ndarray) -> np.ndarray:

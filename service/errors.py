@@ -94,16 +94,33 @@ class FaceNotFound(ServiceError):
     status, code = 422, "face_index_out_of_range"
 
 
-class UnknownLayer(ServiceError):
+class RequestMistake(ServiceError, ValueError):
+    """A request naming something the model does not have. Also a ``ValueError``, so that
+    code below the HTTP layer (the explainers) raises the same class the client's code names."""
+
+
+class UnknownClass(RequestMistake):
+    """A class id (``target=``, ``class=``) or class index that the model does not have."""
+
+    status, code = 422, "unknown_class"
+
+
+class UnknownLayer(RequestMistake):
+    """A layer name (Grad-CAM's ``layer=``, the insight endpoints') the model does not have."""
+
     status, code = 422, "unknown_layer"
 
 
-class UnknownChannel(ServiceError):
+class UnknownChannel(RequestMistake):
+    """A channel index past the layer's channels."""
+
     status, code = 422, "unknown_channel"
 
 
-class UnknownClass(ServiceError):
-    status, code = 422, "unknown_class"
+class UnknownMethod(RequestMistake):
+    """An explanation method that ``GET /explain`` does not list."""
+
+    status, code = 404, "unknown_method"
 
 
 class NoTopPatches(ServiceError):

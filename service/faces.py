@@ -36,6 +36,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from PIL import Image
@@ -333,6 +334,11 @@ class FaceChoice:
     def box(self) -> Box:
         face = self.aligned.face
         return face.box if face is not None else Box.whole(self.aligned.crop)
+
+    @property
+    def source(self) -> Literal["whole_image", "detector"]:
+        """Where ``box`` came from: the detector, or the whole image (no detection)."""
+        return "whole_image" if self.index is None else "detector"
 
 
 def choose_face(finder: FaceFinder | None, image: Image.Image, *, detect: bool, index: int | None) -> FaceChoice:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
@@ -12,7 +13,6 @@ from .errors import all_error_codes
 from .faces import FaceChoice
 from .images import DecodedImage
 from .model import Classification, ServingModel
-from .preprocess import Box
 
 
 class ErrorDetail(BaseModel):
@@ -30,6 +30,16 @@ class ClassProbability(BaseModel):
     probability: float = Field(ge=0, le=1)
 
 
+def rank_classes(model: ServingModel, probabilities: Sequence[float]) -> list[ClassProbability]:
+    """Every class of ``model`` with its probability, most probable first (ties: class order)."""
+    classes = model.meta.classes
+    order = sorted(range(len(classes)), key=lambda i: -float(probabilities[i]))
+    return [
+        ClassProbability(id=classes[i].id, name=classes[i].name, probability=float(probabilities[i]))
+        for i in order
+    ]
+
+
 class FaceBox(BaseModel):
     """The image region that was classified, in pixels of the uploaded image (after EXIF
     orientation)."""
@@ -44,8 +54,9 @@ class FaceBox(BaseModel):
     )
 
     @classmethod
-    def of(cls, box: Box, source: Literal["whole_image", "detector"]) -> FaceBox:
-        return cls(x=box.x, y=box.y, width=box.width, height=box.height, source=source)
+    def of(cls, face: FaceChoice) -> FaceBox:
+        box = face.box
+        return cls(x=box.x, y=box.y, width=box.width, height=box.height, source=face.source)
 
 
 class DetectedFace(BaseModel):
@@ -116,21 +127,14 @@ class PredictionResponse(BaseModel):
     def build(
         cls, model: ServingModel, image: DecodedImage, face: FaceChoice, result: Classification
     ) -> PredictionResponse:
-        classes = model.meta.classes
-        order = sorted(range(len(classes)), key=lambda i: -result.probabilities[i])
-        ranked = [
-            ClassProbability(
-                id=classes[i].id, name=classes[i].name, probability=float(result.probabilities[i])
-            )
-            for i in order
-        ]
+        ranked = rank_classes(model, result.probabilities)
         top = ranked[0]
         return cls(
             label=top.id,
             name=top.name,
             probability=top.probability,
             probabilities=ranked,
-            face_box=FaceBox.of(face.box, "whole_image" if face.index is None else "detector"),
+            face_box=FaceBox.of(face),
             faces=[
                 DetectedFace(x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height, score=f.score)
                 for f in face.faces
@@ -183,9 +187,89 @@ class ReadinessResponse(BaseModel):
     provider: str
 
 
+class HeatmapGrid(BaseModel):
+    """The heatmap in the coordinates of the uploaded image, 0 outside the face: row ``r``,
+    column ``c`` is image pixel ``(c * image width / width, r * image height / height)``; the
+    grid is the image's own size unless a side exceeds 256, then scaled down to fit."""
+
+    width: int
+    height: int
+    signed: bool = Field(
+        description="false: values in [0, 1], larger = more important; true: values in "
+        "[-1, 1], positive = evidence for the target class, negative = against it"
+    )
+    value_range: tuple[float, float]
+    units: str = Field(description="what values x scale measure")
+    scale: float = Field(description="the largest raw magnitude: values x scale are in units")
+    negligible: bool = Field(
+        description="true when scale is below 1e-4 (the model's numerical noise): the map "
+        "holds no evidence, and values are the raw ones (about 0), not stretched by 1 / scale"
+    )
+    values: list[list[float]] = Field(description="rows, top to bottom, 4 decimals")
+
+
+class ExplainTimings(BaseModel):
+    decode_ms: float
+    detect_ms: float = Field(description="finding and aligning the face")
+    preprocess_ms: float
+    explain_ms: float = Field(description="computing the heatmap (0 when it came from the cache)")
+    total_ms: float
+
+
+class ExplanationResponse(BaseModel):
+    """A heatmap for one class, with the prediction it explains and the parameters used."""
+
+    method: str
+    target: ClassProbability = Field(description="the class explained")
+    label: str = Field(description="predicted class id")
+    name: str = Field(description="display name of the predicted class")
+    probability: float = Field(description="probability of the predicted class")
+    probabilities: list[ClassProbability] = Field(description="every class, most probable first")
+    parameters: dict[str, Any] = Field(description="every parameter of the method, as used")
+    heatmap: HeatmapGrid
+    face_box: FaceBox = Field(description="the face explained (the region /predict classifies)")
+    face_index: int | None = Field(description="which detected face; null: the whole image")
+    image: ImageInfo
+    model: ModelRef
+    cached: bool = Field(description="whether the heatmap came from the result cache")
+    timings: ExplainTimings
+
+
+class MethodInfo(BaseModel):
+    """One explanation method, as ``POST /explain/{name}`` runs it."""
+
+    name: str = Field(description="the method's path segment: POST /explain/{name}")
+    title: str = Field(description="display name")
+    shows: str = Field(description="what the map shows, for people")
+    signed: bool = Field(
+        description="true: values in [-1, 1], positive = evidence for the target class, "
+        "negative = against it; false: values in [0, 1], larger = more important"
+    )
+    value_range: tuple[float, float]
+    units: str = Field(description="what the heatmap's values x scale measure")
+    needs_twin: bool = Field(
+        description="computed with gradients on the differentiable twin (false: batched "
+        "forward passes of the ONNX model only)"
+    )
+    parameters: dict[str, Any] = Field(
+        description="JSON Schema of the method's own query parameters: properties with their "
+        "type, default, bounds or choices, and description"
+    )
+
+
+class MethodsResponse(BaseModel):
+    """Every explanation method the service runs, in the page's order."""
+
+    common_parameters: list[str] = Field(
+        description="query parameters every method takes: target, format, detect, face"
+    )
+    methods: list[MethodInfo]
+
+
 _ERROR_DESCRIPTIONS = {
     400: "empty or corrupt upload",
     401: "API key missing or wrong",
+    404: "no such explanation method, or nothing stored to answer with",
     413: "upload or image too large",
     415: "not a JPEG, PNG, WebP or BMP image",
     422: "invalid request or image too small",

@@ -10,6 +10,8 @@ from .pixel_budget import PixelBudget
 from .settings import Settings
 
 if TYPE_CHECKING:
+    from .common.lru import LruCache
+    from .insight.inspector import Inspector
     from .model import ServingModel
 
 Phase = Literal["loading", "ready", "failed", "stopped"]
@@ -56,6 +58,10 @@ class ServiceState:
     limiter: InFlightLimiter = field(init=False)
     explanations: ExplanationGate = field(init=False)
     decodes: PixelBudget = field(init=False)
+    # Made by the lifespan: the explanation result cache (before loading) and the model's
+    # insight inspector (once it is loaded).
+    explanation_cache: LruCache | None = None
+    inspector: Inspector | None = None
 
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)

@@ -13,9 +13,9 @@ keyword arguments are the method's ``Params`` (defaults and bounds as data). The
 
 from __future__ import annotations
 
-from .base import Explainer, ExplainError, InvalidTarget, MethodParams, ModelHandle
+from .base import Explainer, MethodParams, ModelHandle
 from .cache import array_digest, cache_key
-from .gradcam import GradCam, UnknownLayer
+from .gradcam import GradCam
 from .gradient import GradientSaliency
 from .heatmap import Heatmap
 from .integrated_gradients import IntegratedGradients
@@ -23,22 +23,26 @@ from .lime import Lime
 from .occlusion import Occlusion
 from .smoothgrad import SmoothGrad
 
-EXPLAINERS: dict[str, type[Explainer]] = {
-    method.name: method
-    for method in (GradientSaliency, SmoothGrad, IntegratedGradients, GradCam, Occlusion, Lime)
-}
+# The single list of methods: GET /explain, POST /explain/{method}, the page's panels, the API
+# tests and the faithfulness bench all read it. In the page's order.
+METHODS: tuple[type[Explainer], ...] = (
+    GradientSaliency,
+    SmoothGrad,
+    IntegratedGradients,
+    GradCam,
+    Occlusion,
+    Lime,
+)
+EXPLAINERS: dict[str, type[Explainer]] = {method.name: method for method in METHODS}
 GRADIENT_METHODS = tuple(name for name, method in EXPLAINERS.items() if method.needs_twin)
 
 __all__ = [
     "EXPLAINERS",
     "GRADIENT_METHODS",
-    "ExplainError",
     "Explainer",
     "Heatmap",
-    "InvalidTarget",
     "MethodParams",
     "ModelHandle",
-    "UnknownLayer",
     "array_digest",
     "cache_key",
 ]

@@ -22,6 +22,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from ..cancellation import Cancellation
+from ..errors import UnknownClass
 from .heatmap import Heatmap, scaled
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -30,14 +31,6 @@ example an ONNX Runtime session's run)."""
 
 UNSIGNED_RANGE = (0.0, 1.0)
 SIGNED_RANGE = (-1.0, 1.0)
-
-
-class ExplainError(ValueError):
-    """A request a method cannot honour (bad target, unknown layer); the message says why."""
-
-
-class InvalidTarget(ExplainError):
-    """``target`` is not a class index of the model."""
 
 
 class MethodParams(BaseModel):
@@ -70,33 +63,41 @@ class ModelHandle:
 
 
 class Explainer(ABC):
-    """Base class: subclasses set ``name``, ``Params``, ``signed``, ``units`` and override
-    ``_attribute``, which returns raw values; ``attribute`` scales them by their largest
-    magnitude into ``value_range``: ``(0, 1)`` unsigned, ``(-1, 1)`` signed (unless the map is
-    negligible, see ``heatmap.scaled``)."""
+    """Base class: subclasses declare what they are (``name``, ``title``, ``shows``,
+    ``signed``, ``units``, ``needs_twin``, ``Params``: ``GET /explain`` lists exactly these)
+    and override ``_attribute``, which returns raw values; ``attribute`` scales them by their
+    largest magnitude into ``value_range``: ``(0, 1)`` unsigned, ``(-1, 1)`` signed (unless
+    the map is negligible, see ``heatmap.scaled``)."""
 
     name: ClassVar[str]
+    title: ClassVar[str]
+    """Display name (the page's panel title)."""
+    shows: ClassVar[str]
+    """What the map shows, in one or two sentences for people."""
     Params: ClassVar[type[MethodParams]] = NoParams
     signed: ClassVar[bool]
     units: ClassVar[str]
     needs_twin: ClassVar[bool] = False
+    value_range: ClassVar[tuple[float, float]]
+    """Set from ``signed``."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if hasattr(cls, "signed"):
+            cls.value_range = SIGNED_RANGE if cls.signed else UNSIGNED_RANGE
 
     def __init__(self, model: ModelHandle) -> None:
         if self.needs_twin and model.twin is None:
             raise ValueError(f"{self.name} needs the model's differentiable twin")
         self.model = model
 
-    @property
-    def value_range(self) -> tuple[float, float]:
-        return SIGNED_RANGE if self.signed else UNSIGNED_RANGE
-
     def attribute(self, inputs: np.ndarray, target: int | None = None, **params: Any) -> Heatmap:
         """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``.
 
         ``target`` defaults to the predicted class. ``params`` are this method's ``Params``
         fields; an unknown name or a value outside its bounds raises pydantic's
-        ``ValidationError``, a bad target ``InvalidTarget`` (an ``ExplainError``); both are
-        ``ValueError``. ``Cancelled`` (not a ``ValueError``) once ``model.cancellation`` is.
+        ``ValidationError``, a bad target ``UnknownClass``; both are ``ValueError``.
+        ``Cancelled`` (not a ``ValueError``) once ``model.cancellation`` is.
         Returns an ``(H, W)`` heatmap in ``value_range``.
         """
         checked = self.Params.model_validate(params)
@@ -136,9 +137,9 @@ def resolve_target(target: int | None, num_classes: int, predicted: int) -> int:
     if target is None:
         return predicted
     if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-        raise InvalidTarget(f"target must be a class index, got {target!r}")
+        raise UnknownClass(f"target must be a class index, got {target!r}")
     if not 0 <= target < num_classes:
-        raise InvalidTarget(f"target {target} is not a class index: valid 0..{num_classes - 1}")
+        raise UnknownClass(f"target {target} is not a class index: valid 0..{num_classes - 1}")
     return int(target)
 
 

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from ..common.twin import input_gradients
-from .base import Explainer, ExplainError, MethodParams
+from ..errors import UnknownLayer
+from .base import Explainer, MethodParams
 from .twin import as_batch
 
 
@@ -24,15 +25,17 @@ class GradCamParams(MethodParams):
     )
 
 
-class UnknownLayer(ExplainError):
-    """``layer`` is not one of the twin's activations."""
-
-
 class GradCam(Explainer):
     """Unsigned, [0, 1]: the class activation map divided by its maximum (all zero where no
     channel supports the target)."""
 
     name = "gradcam"
+    title = "Grad-CAM"
+    shows = (
+        "The feature maps of a late convolutional layer, each weighted by the class score's average "
+        "gradient over it, then summed (Selvaraju et al. 2017): a coarse map of where the network "
+        "looked."
+    )
     Params = GradCamParams
     signed = False
     units = "gradient-weighted activation of the layer for the target logit"

@@ -14,6 +14,11 @@ class GradientSaliency(Explainer):
     """Unsigned, [0, 1]: gradient magnitude of the target logit, divided by its maximum."""
 
     name = "gradient"
+    title = "Gradient"
+    shows = (
+        "The gradient of the class score with respect to every pixel (Simonyan et al. 2014): bright "
+        "pixels are those where a tiny change would move the score the most."
+    )
     signed = False
     units = "|d target logit / d input value|, largest over channels"
     needs_twin = True

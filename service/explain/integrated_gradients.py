@@ -29,6 +29,11 @@ class IntegratedGradients(Explainer):
     Positive pixels raise the target logit relative to the baseline."""
 
     name = "integrated_gradients"
+    title = "Integrated gradients"
+    shows = (
+        "Gradients summed along a path from a blank image to the photo (Sundararajan et al. 2017): "
+        "red pixels raise the class score, blue ones lower it."
+    )
     Params = IntegratedGradientsParams
     signed = True
     units = "contribution to the target logit versus the baseline (summed over channels)"

@@ -54,6 +54,11 @@ class Lime(Explainer):
     Positive = showing the superpixel raises the target score."""
 
     name = "lime"
+    title = "LIME"
+    shows = (
+        "Switch superpixels (regions of similar colour) on and off at random, score every variant, "
+        "and fit a local linear model (Ribeiro et al. 2016): each region is coloured by its weight."
+    )
     Params = LimeParams
     signed = True
     units = "weight of the superpixel in the local linear model of the target score"

@@ -46,6 +46,11 @@ class Occlusion(Explainer):
     target); negative = hiding it raises the score."""
 
     name = "occlusion"
+    title = "Occlusion"
+    shows = (
+        "Hide one square patch at a time and watch the class score: red where hiding the patch "
+        "lowers the score (it supported the class), blue where it raises it."
+    )
     Params = OcclusionParams
     signed = True
     units = "mean drop of the target score (probability or logit) when occluded"

@@ -30,6 +30,11 @@ class SmoothGrad(Explainer):
     by its maximum."""
 
     name = "smoothgrad"
+    title = "SmoothGrad"
+    shows = (
+        "The gradient averaged over noisy copies of the photo (Smilkov et al. 2017): the same "
+        "question as the gradient, with less speckle."
+    )
     Params = SmoothGradParams
     signed = False
     units = "mean |d target logit / d input value| over noisy copies, largest over channels"

@@ -23,13 +23,22 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from starlette.concurrency import run_in_threadpool
 
 from ..bundle import TWIN_FILE
-from ..deps import ClientDep, FaceDep, ModelDep, api_key_guard, explanation_slot, in_flight_slot
-from ..errors import NoTopPatches, UnknownChannel, UnknownClass, UnknownLayer
+from ..deps import (
+    ClientDep,
+    ModelDep,
+    ModelInputDep,
+    StateDep,
+    api_key_guard,
+    class_index,
+    explanation_slot,
+    in_flight_slot,
+)
+from ..errors import NoTopPatches, NotReady, UnknownChannel, UnknownLayer
 from ..explain.render import as_rows
 from ..images import encode_png
 from ..insight.architecture import AxisField
 from ..insight.grid import GAP, GridLayout
-from ..insight.inspector import Grid, Inspector, inspector_for
+from ..insight.inspector import Grid, Inspector
 from ..insight.maximize import MaximizeParams, Objective
 from ..insight.patches import Patch
 from ..schemas import FaceBox, error_responses
@@ -41,8 +50,11 @@ MAX_TOP = 256
 router = APIRouter(prefix="/insight", tags=["insight"], dependencies=[Depends(api_key_guard)])
 
 
-def get_inspector(model: ModelDep) -> Inspector:
-    return inspector_for(model)
+def get_inspector(model: ModelDep, state: StateDep) -> Inspector:
+    """The loaded model's inspector, made by the lifespan (``ModelDep``: 503 until then)."""
+    if state.inspector is None or state.inspector.model is not model:
+        raise NotReady(state.reason, headers={"Retry-After": "5"})
+    return state.inspector
 
 
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
@@ -199,16 +211,14 @@ async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
     dependencies=[Depends(in_flight_slot)],
 )
 async def activations(
-    model: ModelDep,
     inspector: InspectorDep,
-    face: FaceDep,
+    inputs: ModelInputDep,
     layer: LayerQuery,
     top: Annotated[int, Query(ge=1, le=MAX_TOP, description="how many channels (all when the layer has fewer)")] = 16,
     format: FormatQuery = "png",
 ) -> ActivationsResponse:  # or the PNG Response
     _check_layer(inspector, layer)
-    x = await run_in_threadpool(model.preprocess, face.aligned.crop)
-    found = await run_in_threadpool(inspector.activations, x, layer, top)
+    found = await run_in_threadpool(inspector.activations, inputs.x, layer, top)
     grid = await run_in_threadpool(inspector.activation_grid, found)
     if format == "png":
         return _png(grid, {CHANNELS_HEADER: ",".join(map(str, found.channels))})
@@ -220,8 +230,8 @@ async def activations(
             for c, m, p, values in zip(found.channels, found.means, found.peaks, found.maps)
         ],
         grid=GridInfo.of(grid.layout),
-        face_box=FaceBox.of(face.box, "whole_image" if face.index is None else "detector"),
-        face_index=face.index,
+        face_box=FaceBox.of(inputs.face),
+        face_index=inputs.face.index,
     )
 
 
@@ -316,10 +326,7 @@ async def maximize(
 
 def _objective(inspector: Inspector, query: MaximizeQuery) -> Objective:
     if query.class_ is not None:
-        ids = [info.id for info in inspector.model.meta.classes]
-        if query.class_ not in ids:
-            raise UnknownClass(f"{query.class_!r} is not a class id; valid: {', '.join(ids)}")
-        return Objective(class_index=ids.index(query.class_))
+        return Objective(class_index=class_index(inspector.model, query.class_))
     layer, channel = str(query.layer), int(query.channel or 0)  # both given: checked by the query model
     _check_layer(inspector, layer)
     _check_channel(inspector, layer, channel)

@@ -2,9 +2,8 @@
 // box and class probabilities, and run the explanation panels on it.
 
 import { apiKey, describeError, getJson, postImage } from "./api.js";
-import { PANELS } from "./methods.js";
+import { loadMethods } from "./methods.js";
 import { ExplanationPanel } from "./panel.js";
-import { loadQueryParameters } from "./schema.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
@@ -17,9 +16,10 @@ setUpKey();
 setUpUpload();
 checkReady();
 
+/** One panel per method of GET /explain (none when the list cannot be read). */
 async function buildPanels() {
-  const parametersOf = await loadQueryParameters();
-  const panels = PANELS.map((spec) => new ExplanationPanel(spec, parametersOf(spec.path)));
+  const methods = await loadMethods().catch(() => []);
+  const panels = methods.map((method) => new ExplanationPanel(method));
   $("panels").append(...panels.map((panel) => panel.element));
   return panels;
 }

@@ -1,18 +1,16 @@
 // One explanation panel: the heatmap (a transparent PNG from the API) laid over the photo with
-// CSS, an opacity slider, the method's controls, and a Re-run button.
+// CSS, an opacity slider, the method's parameter fields, and a Re-run button.
 
 import { describeError, postImage } from "./api.js";
-import { isSigned } from "./methods.js";
 
 const NEGLIGIBLE_HEADER = "X-Heatmap-Negligible";
 
 let nextId = 0;
 
 export class ExplanationPanel {
-  /** ``spec``: an entry of PANELS; ``parameters``: its endpoint's query parameters (Map). */
-  constructor(spec, parameters) {
-    this.spec = spec;
-    this.parameters = parameters;
+  /** ``method``: an entry of ``loadMethods()`` (GET /explain). */
+  constructor(method) {
+    this.method = method;
     this.photo = null;
     this.heatUrl = null;
     this.abort = null;
@@ -42,22 +40,23 @@ export class ExplanationPanel {
     if (!this.photo) return;
     this.abort?.abort();
     const abort = (this.abort = new AbortController());
-    const params = { ...this.#params(), ...this.spec.fixed, format: "png" };
-    const method = params.method ?? this.spec.id;
+    const params = { ...this.#params(), format: "png" };
+    const { name, title } = this.method;
     const started = performance.now();
     this.#setBusy(true);
     this.error.hidden = true;
     try {
-      const response = await postImage(this.spec.path, this.photo.file, { params, as: "response", signal: abort.signal });
+      const path = `/explain/${encodeURIComponent(name)}`;
+      const response = await postImage(path, this.photo.file, { params, as: "response", signal: abort.signal });
       const png = await response.blob();
       if (abort.signal.aborted) return;
       // A negligible map is drawn fully transparent: say so rather than show an empty photo.
       const negligible = response.headers.get(NEGLIGIBLE_HEADER) === "true";
       const seconds = (performance.now() - started) / 1000;
       const className = this.classNames.get(params.target) ?? this.classNames.get(this.predicted);
-      this.heat.alt = `${this.spec.title} heatmap (${method.replaceAll("_", " ")}) for ${className}, laid over the photo`;
+      this.heat.alt = `${title} heatmap for ${className}, laid over the photo`;
       await this.#setHeat(png);
-      this.#setLegend(method, className, negligible);
+      this.#setLegend(className, negligible);
       this.timing.textContent = `${seconds.toFixed(1)} s`;
       this.rerun.classList.remove("attention");
       this.element.dataset.state = "done";
@@ -101,8 +100,8 @@ export class ExplanationPanel {
     await this.heat.decode().catch(() => {});
   }
 
-  #setLegend(method, className, negligible) {
-    const signed = isSigned(method);
+  #setLegend(className, negligible) {
+    const { signed } = this.method;
     this.legend.className = `legend ${signed ? "signed" : "unsigned"}`;
     this.legendLow.textContent = signed ? "against" : "none";
     this.legendTarget.textContent = className;
@@ -113,13 +112,13 @@ export class ExplanationPanel {
   }
 
   #build() {
-    const id = `panel-${this.spec.id}-${nextId++}`;
+    const id = `panel-${this.method.name}-${nextId++}`;
     const root = document.getElementById("panel-template").content.firstElementChild.cloneNode(true);
     const part = (name) => root.querySelector(`[data-part="${name}"]`);
-    root.dataset.method = this.spec.id;
+    root.dataset.method = this.method.name;
     root.setAttribute("aria-labelledby", `${id}-title`);
-    Object.assign(part("title"), { id: `${id}-title`, textContent: this.spec.title });
-    part("teaches").textContent = this.spec.teaches;
+    Object.assign(part("title"), { id: `${id}-title`, textContent: this.method.title });
+    part("teaches").textContent = this.method.shows;
     this.base = part("base");
     this.heat = part("heat");
     this.spinner = part("spinner");
@@ -146,7 +145,7 @@ export class ExplanationPanel {
 
     this.target = this.#field(part("fields"), `${id}-target`, "Explain class", document.createElement("select"));
     this.target.name = "target";
-    for (const control of this.spec.controls) this.#control(part("fields"), id, control);
+    for (const [name, field] of this.method.fields) this.#control(part("fields"), id, name, field);
 
     this.form.addEventListener("input", (event) => {
       if (event.target !== opacity) this.rerun.classList.add("attention");
@@ -158,24 +157,27 @@ export class ExplanationPanel {
     return root;
   }
 
-  // A labelled input for one query parameter, typed by its schema; skipped when the API does
-  // not have it.
-  #control(fields, id, { name, label, exclude = [] }) {
-    const schema = this.parameters.get(name);
-    if (!schema) return;
+  // A labelled input for one of the method's parameters, typed by its schema: a choice is a
+  // select, a boolean a checkbox, a number a number field, anything else text (empty: the
+  // service's default).
+  #control(fields, id, name, schema) {
     let input;
     if (schema.choices) {
       input = document.createElement("select");
-      for (const choice of schema.choices.filter((c) => !exclude.includes(c))) {
+      for (const choice of schema.choices) {
         input.append(new Option(String(choice).replaceAll("_", " "), choice));
       }
     } else {
       input = document.createElement("input");
-      input.type = schema.type === "boolean" ? "checkbox" : "number";
+      const numeric = schema.type === "integer" || schema.type === "number";
+      input.type = schema.type === "boolean" ? "checkbox" : numeric ? "number" : "text";
       if (schema.type === "integer") input.step = "1";
+      if (schema.type === "number") input.step = "any";
       if (schema.minimum !== undefined) input.min = schema.minimum;
       if (schema.maximum !== undefined) input.max = schema.maximum;
-      input.inputMode = "numeric";
+      if (schema.maxLength !== undefined) input.maxLength = schema.maxLength;
+      if (numeric) input.inputMode = "decimal";
+      if (input.type === "text") input.placeholder = "default";
     }
     input.name = name;
     if (schema.default !== undefined && schema.default !== null) {
@@ -183,7 +185,7 @@ export class ExplanationPanel {
       else input.value = schema.default;
     }
     if (schema.description) input.title = schema.description;
-    this.#field(fields, `${id}-${name}`, label, input);
+    this.#field(fields, `${id}-${name}`, schema.label, input);
   }
 
   #field(fields, id, label, input) {

@@ -1,52 +1,43 @@
-// Query parameters of the API's endpoints, read from its OpenAPI document: the page's controls
-// take their ranges, choices and defaults from there, so they follow the API as served.
+// A JSON Schema of query parameters (a method's ``parameters`` in GET /explain) as form
+// fields: types, bounds, choices and defaults come from the service, so the page follows it.
 
-import { getJson } from "./api.js";
-
-/** ``(path) => Map(name -> {type, minimum, maximum, default, choices, description})`` for the
- * POST operations of the served API; an empty map where the document or the path is missing. */
-export async function loadQueryParameters() {
-  let doc;
-  try {
-    doc = await getJson("/openapi.json");
-  } catch {
-    doc = { paths: {} };
+/** ``Map(name -> {label, type, minimum, maximum, maxLength, default, choices, description})``
+ * for the properties of ``schema``, in their order. */
+export function fieldsOf(schema) {
+  const fields = new Map();
+  for (const [name, property] of Object.entries(schema?.properties ?? {})) {
+    const resolved = resolve(schema, property);
+    fields.set(name, {
+      label: property.title ?? name,
+      type: resolved.type,
+      minimum: resolved.minimum,
+      maximum: resolved.maximum,
+      maxLength: resolved.maxLength,
+      default: property.default ?? resolved.default,
+      choices: resolved.enum,
+      description: property.description ?? resolved.description ?? "",
+    });
   }
-  return (path) => {
-    const found = new Map();
-    for (const parameter of doc.paths?.[path]?.post?.parameters ?? []) {
-      if (parameter.in !== "query") continue;
-      const schema = resolve(doc, parameter.schema ?? {});
-      found.set(parameter.name, {
-        type: schema.type,
-        minimum: schema.minimum,
-        maximum: schema.maximum,
-        default: schema.default,
-        choices: schema.enum,
-        description: parameter.description ?? schema.description ?? "",
-      });
-    }
-    return found;
-  };
+  return fields;
 }
 
-// Follows $ref and picks the non-null branch of an optional (anyOf [..., null]), keeping the
-// outer default and description.
-function resolve(doc, schema) {
+// Follows $ref (into the schema's $defs) and picks the non-null branch of an optional
+// (anyOf [..., null]), keeping the outer default and description.
+function resolve(root, schema) {
   let current = schema;
-  if (current.$ref) current = { ...lookup(doc, current.$ref), ...withoutRef(current) };
+  if (current.$ref) current = { ...lookup(root, current.$ref), ...withoutRef(current) };
   const branches = current.anyOf ?? current.oneOf;
   if (branches) {
     const branch = branches.find((option) => option.type !== "null") ?? {};
     const { anyOf, oneOf, ...outer } = current;
-    current = { ...resolve(doc, branch), ...outer };
+    current = { ...resolve(root, branch), ...outer };
   }
   if (current.const !== undefined && !current.enum) current = { ...current, enum: [current.const] };
   return current;
 }
 
-function lookup(doc, ref) {
-  return ref.replace(/^#\//, "").split("/").reduce((node, key) => node?.[key], doc) ?? {};
+function lookup(root, ref) {
+  return ref.replace(/^#\//, "").split("/").reduce((node, key) => node?.[key], root) ?? {};
 }
 
 function withoutRef({ $ref, ...rest }) {

@@ -14,7 +14,6 @@ from PIL import Image
 from receptive_field_probe import gradient_extent
 
 from service.insight.grid import FILTER_TILE, MAP_TILE, GridLayout
-from service.insight.inspector import inspector_for
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "insight"
 LAYERS = ["stem", "layer1", "layer2", "layer3", "layer4", "layer5"]
@@ -104,7 +103,7 @@ def test_receptive_fields_match_a_gradient_probe(client, serving_model, held_out
     field clipped to the pixels the network sees (``first .. last``): never more, since nothing
     outside can reach the unit; less only where weights are exactly zero (none are here) or
     where ReLUs and max-pools are inactive for every input tried, hence several inputs."""
-    fields = inspector_for(serving_model).fields
+    fields = client.app.state.service.inspector.fields
     faces = [serving_model.preprocess(Image.open(path).convert("RGB")) for path, _ in held_out_faces[:4]]
     noise = torch.randn(4, 3, 150, 150, generator=torch.Generator().manual_seed(0)) * 0.2
     inputs = torch.cat([torch.from_numpy(np.stack(faces)), noise])
@@ -283,7 +282,7 @@ def test_maximize_refuses_unknown_classes_and_out_of_range_budgets(client):
 
 
 def test_a_bundle_without_top_patches_says_how_to_make_them(client, serving_model, monkeypatch):
-    monkeypatch.setitem(inspector_for(serving_model).__dict__, "top_patches", None)
+    monkeypatch.setitem(client.app.state.service.inspector.__dict__, "top_patches", None)
 
     message = _error(client.get("/insight/top-patches?layer=stem&channel=0"), 404, "no_top_patches")
     assert "python -m training insight" in message

@@ -5,9 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import httpx
+import pytest
 from PIL import Image
 
-PANELS = ("saliency", "occlusion", "lime", "gradcam")
 SETTLED = """() => {
   const panels = [...document.querySelectorAll('.panel')];
   return panels.length > 0 && panels.every((p) => ['done', 'error'].includes(p.dataset.state));
@@ -21,9 +22,16 @@ def enter_api_key(page, key: str) -> None:
     page.press("#api-key", "Enter")
 
 
-def show_explanations(page, photo: Path) -> None:
-    """Upload ``photo``, wait for the label and for every panel to settle, and check that every
-    panel finished without an error."""
+@pytest.fixture(scope="module")
+def methods(live_service) -> list[str]:
+    """The methods the service lists (GET /explain): the page must show one panel each."""
+    listed = httpx.get(f"{live_service.url}/explain", timeout=10).json()["methods"]
+    return [method["name"] for method in listed]
+
+
+def show_explanations(page, photo: Path, methods: list[str]) -> None:
+    """Upload ``photo``, wait for the label and for every panel to settle, and check that the
+    page shows one panel per listed method, in order, each finished without an error."""
     page.set_input_files("#file", str(photo))
     page.wait_for_selector("#label[data-label]")
     page.wait_for_function(SETTLED)
@@ -32,7 +40,7 @@ def show_explanations(page, photo: Path) -> None:
         "ps => ps.map(p => [p.dataset.method, p.dataset.state,"
         " p.querySelector('[role=alert]').innerText])",
     )
-    assert [method for method, _, _ in states] == list(PANELS)
+    assert [method for method, _, _ in states] == methods
     assert all(state == "done" for _, state, _ in states), states
 
 
@@ -50,33 +58,33 @@ def overlay_sizes(page) -> dict[str, list[int]]:
 
 
 def test_face_photo_shows_label_boxes_and_every_overlay(
-    open_page, live_service, recognised_face, artifacts
+    open_page, live_service, recognised_face, artifacts, methods
 ):
     photo, class_id = recognised_face.path, recognised_face.class_id
     session = open_page(viewport={"width": 1366, "height": 900})
     page = session.page
     enter_api_key(page, live_service.api_key)
 
-    show_explanations(page, photo)
+    show_explanations(page, photo, methods)
 
     assert page.get_attribute("#label", "data-label") == class_id
     assert page.locator("#bars button").count() == 8
     detected = recognised_face.prediction["face_box"]["source"] != "whole_image"
     assert page.locator("#boxes rect.used-face").count() == int(detected)
     size = Image.open(photo).size
-    assert overlay_sizes(page) == {method: list(size) for method in PANELS}
+    assert overlay_sizes(page) == {method: list(size) for method in methods}
     page.wait_for_function("document.querySelector('.status').dataset.state === 'ready'")
     page.screenshot(path=artifacts / "page.png", full_page=True)
     assert session.console_errors == []
 
 
 def test_controls_are_labelled_and_rerun_sends_the_parameters(
-    open_page, live_service, recognised_face
+    open_page, live_service, recognised_face, methods
 ):
     photo, class_id = recognised_face.path, recognised_face.class_id
     page = open_page().page
     enter_api_key(page, live_service.api_key)
-    show_explanations(page, photo)
+    show_explanations(page, photo, methods)
 
     unlabelled = page.eval_on_selector_all(
         "input, select", "els => els.filter(e => e.labels.length === 0).map(e => e.outerHTML)"
@@ -100,7 +108,7 @@ def test_controls_are_labelled_and_rerun_sends_the_parameters(
     assert "not accepted" in panel.locator("[role=alert]").inner_text()
 
     panel.locator("input[name=stride]").fill("16")
-    with page.expect_response(lambda r: "/occlusion?" in r.url) as answer:
+    with page.expect_response(lambda r: "/explain/occlusion?" in r.url) as answer:
         panel.locator("button[type=submit]").click()
     assert answer.value.status == 200
     query = parse_qs(urlsplit(answer.value.url).query)
@@ -114,10 +122,12 @@ def test_controls_are_labelled_and_rerun_sends_the_parameters(
     assert panel.get_attribute("data-state") == "done"
 
 
-def test_choosing_a_class_bar_explains_it_in_every_panel(open_page, live_service, recognised_face):
+def test_choosing_a_class_bar_explains_it_in_every_panel(
+    open_page, live_service, recognised_face, methods
+):
     page = open_page().page
     enter_api_key(page, live_service.api_key)
-    show_explanations(page, recognised_face.path)
+    show_explanations(page, recognised_face.path, methods)
     runner_up = page.locator("#bars button").nth(1)
     class_id, name = (
         runner_up.get_attribute("data-class-id"),
@@ -130,10 +140,10 @@ def test_choosing_a_class_bar_explains_it_in_every_panel(open_page, live_service
     page.wait_for_function(SETTLED)
     assert (
         page.locator(".panel select[name=target]").evaluate_all("ss => ss.map(s => s.value)")
-        == [class_id] * 4
+        == [class_id] * len(methods)
     )
-    assert page.locator(".panel[data-state=done]").count() == len(PANELS)
-    assert page.locator(".legend .target").all_inner_texts() == [name] * len(PANELS)
+    assert page.locator(".panel[data-state=done]").count() == len(methods)
+    assert page.locator(".legend .target").all_inner_texts() == [name] * len(methods)
 
 
 def test_invalid_file_shows_an_error_in_plain_words(open_page, live_service):
@@ -161,7 +171,7 @@ def test_missing_api_key_asks_for_it(open_page, recognised_face):
 
 
 def test_phone_layout_has_no_sideways_scrolling(
-    open_page, live_service, recognised_face, artifacts
+    open_page, live_service, recognised_face, artifacts, methods
 ):
     photo, class_id = recognised_face.path, recognised_face.class_id
     page = open_page(
@@ -172,7 +182,7 @@ def test_phone_layout_has_no_sideways_scrolling(
     ).page
     enter_api_key(page, live_service.api_key)
 
-    show_explanations(page, photo)
+    show_explanations(page, photo, methods)
 
     assert page.get_attribute("#label", "data-label") == class_id
     assert page.evaluate("document.documentElement.scrollWidth <= window.innerWidth")

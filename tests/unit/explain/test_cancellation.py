@@ -44,9 +44,16 @@ class CancelAfter:
             self.cancellation.cancel("client hung up")
 
 
+# Every method without the twin, with batches small enough for more than STOP_AFTER passes
+# (a method not listed runs with its defaults).
+PERTURBATION_PARAMS: dict[str, dict[str, object]] = {
+    "lime": {"num_samples": 256, "batch_size": 16},  # 1 + 16 passes when run to the end
+    "occlusion": {"window": 24, "stride": 12, "batch_size": 8},  # 1 + 25 windows / 8 = 5
+}
 PERTURBATION_CASES = [
-    ("lime", {"num_samples": 256, "batch_size": 16}),  # 1 + 16 passes when run to the end
-    ("occlusion", {"window": 24, "stride": 12, "batch_size": 8}),  # 1 + 25 windows / 8 = 5
+    (name, PERTURBATION_PARAMS.get(name, {}))
+    for name, method in EXPLAINERS.items()
+    if not method.needs_twin
 ]
 
 

@@ -13,8 +13,8 @@ from service.explain import (
     IntegratedGradients,
     ModelHandle,
     SmoothGrad,
-    UnknownLayer,
 )
+from service.errors import UnknownLayer
 from service.common.twin import input_gradients
 
 
