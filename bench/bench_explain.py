@@ -34,11 +34,11 @@ from PIL import Image
 from scipy.stats import spearmanr
 
 from service.bundle import ONNX_FILE, load_twin, read_meta
+from service.common.softmax import softmax
+from service.common.twin import LogitsOnly
 from service.engine import create_session
 from service.explain import EXPLAINERS, GRADIENT_METHODS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
-from service.explain.twin import LogitsOnly
-from service.common.softmax import softmax
 from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]

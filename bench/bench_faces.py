@@ -23,9 +23,9 @@ import numpy as np
 from PIL import Image
 
 from service.bundle import ONNX_FILE, read_meta
+from service.common.softmax import softmax
 from service.engine import create_session
 from service.faces import FaceFinder
-from service.common.softmax import softmax
 from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]

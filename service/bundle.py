@@ -1,7 +1,10 @@
 """The model bundle on disk (models/README.md): metadata, file checks, the torch twin, parity.
 
 Nothing here imports the training package: a bundle is self-describing. Every check raises
-``BundleError`` with a message fit for ``/readyz``.
+``BundleError`` with a message fit for ``/readyz``. This is the one definition of the format:
+training's writer (``training/export.py``, ``training/insight.py``) uses the same file names,
+schema version, ``BundleMeta`` and ``sha256_of``, and validates what it writes with
+``BundleMeta`` before the bundle is moved into place.
 """
 from __future__ import annotations
 

@@ -1,17 +1,23 @@
 """Model input from an RGB image, exactly as the bundle's ``meta.json`` ``input`` block says.
 
-Resize the (aligned face) crop to ``width x height`` with the named filter, scale pixel values to
-``value_range``, order the channels, subtract ``mean`` and divide by ``std`` per channel, lay out
-as CHW float32. The training package records the same block from its eval transform, so training
-and serving cannot drift apart.
+Resize the (aligned face) crop to ``width x height`` with the named filter, order the channels,
+scale pixel values to ``value_range``, subtract ``mean`` and divide by ``std`` per channel (in
+the model's channel order), lay out as CHW float32. The last three steps are one affine map per
+channel, ``PixelAffine``: the one implementation that serving (numpy), training (torch, on any
+device) and synthesis (torch, both ways) use, so they cannot drift apart. Training records its
+``InputSpec`` in the bundle it writes.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
+
+if TYPE_CHECKING:  # torch takes seconds to import; only its callers need it
+    import torch
 
 RESAMPLING_FILTERS: dict[str, Image.Resampling] = {
     "nearest": Image.Resampling.NEAREST,
@@ -53,6 +59,58 @@ class Box:
         return cls(0, 0, image.width, image.height)
 
 
+class PixelAffine:
+    """``input = pixel * scale + shift`` per model channel, pixels in 0..255 (8-bit RGB).
+
+    ``value = low + pixel / 255 * (high - low)`` then ``(value - mean) / std`` in one step, the
+    coefficients computed in float64 and applied in float32. ``mean`` and ``std`` are in the
+    model's channel order: BGR models see their channels reversed first.
+    """
+
+    def __init__(self, spec: InputSpec) -> None:
+        low, high = spec.value_range
+        std = np.asarray(spec.std, dtype=np.float64)
+        self.scale = ((high - low) / 255.0 / std).astype(np.float32)  # (3,), model channel order
+        self.shift = ((low - np.asarray(spec.mean, dtype=np.float64)) / std).astype(np.float32)
+        self.bgr = spec.channel_order == "BGR"
+
+    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+        """``(..., 3, H, W)`` RGB pixels (any real dtype, 0..255) -> float32 model input."""
+        if self.bgr:
+            pixels = pixels[..., ::-1, :, :]
+        values = pixels.astype(np.float32) * self.scale[:, None, None] + self.shift[:, None, None]
+        return np.ascontiguousarray(values, dtype=np.float32)
+
+    def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
+        """``(..., 3, H, W)`` RGB pixels (uint8 or float, 0..255), on any device -> float32
+        model input on that device."""
+        import torch
+
+        if self.bgr:
+            pixels = pixels.flip(-3)
+        scale, shift = self._coefficients(pixels.device)
+        return pixels.float() * scale + shift
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """The inverse of ``to_input``: model input -> float RGB pixels (not rounded or
+        clipped)."""
+        scale, shift = self._coefficients(x.device)
+        pixels = (x - shift) / scale
+        return pixels.flip(-3) if self.bgr else pixels
+
+    def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Smallest and largest model input per channel (pixels 0 and 255), ``(3, 1, 1)`` each."""
+        scale, shift = self._coefficients(None)
+        return shift, 255.0 * scale + shift
+
+    def _coefficients(self, device: torch.device | None) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
+        scale = torch.as_tensor(self.scale, device=device)[:, None, None]
+        shift = torch.as_tensor(self.shift, device=device)[:, None, None]
+        return scale, shift
+
+
 class Preprocessor:
     """Turns RGB images into model input as an ``InputSpec`` says.
 
@@ -67,13 +125,7 @@ class Preprocessor:
         _require(spec.dtype, ("float32",), "input.dtype")
         self.spec = spec
         self._filter = RESAMPLING_FILTERS[spec.resize]
-        low, high = spec.value_range
-        # value = low + pixel / 255 * (high - low), then (value - mean) / std, in one affine step
-        std = np.asarray(spec.std, dtype=np.float64)
-        self._scale = ((high - low) / 255.0 / std).astype(np.float32).reshape(3, 1, 1)
-        self._shift = ((low - np.asarray(spec.mean, dtype=np.float64)) / std).astype(
-            np.float32
-        ).reshape(3, 1, 1)
+        self.affine = PixelAffine(spec)
 
     @property
     def size(self) -> tuple[int, int]:
@@ -86,10 +138,7 @@ class Preprocessor:
             raise ValueError(f"expected an RGB image, got mode {image.mode}")
         if image.size != self.size:
             image = image.resize(self.size, self._filter)
-        pixels = np.asarray(image, dtype=np.float32).transpose(2, 0, 1)
-        if self.spec.channel_order == "BGR":
-            pixels = pixels[::-1]
-        return np.ascontiguousarray(pixels * self._scale + self._shift, dtype=np.float32)
+        return self.affine(np.asarray(image).transpose(2, 0, 1))
 
 
 def _require(value: str, valid: object, name: str) -> None:

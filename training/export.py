@@ -6,7 +6,6 @@ the given images (max abs difference <= ``PARITY_TOLERANCE``, identical argmax) 
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -20,13 +19,21 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from service.bundle import (
+    DEFAULT_PARITY_TOLERANCE,
+    META_FILE,
+    ONNX_FILE,
+    SCHEMA_VERSION,
+    TWIN_FILE,
+    BundleMeta,
+    sha256_of,
+)
+
 from .model import FaceClassifier
 from .preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
-PARITY_TOLERANCE = 1e-4
 ONNX_OPSET = 17
 
 
@@ -48,14 +55,6 @@ class Twin(nn.Module):
 def display_name(class_id: str) -> str:
     """``tom_hanks`` -> ``Tom Hanks``."""
     return " ".join(part.capitalize() for part in class_id.replace("-", "_").split("_") if part)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -95,9 +94,9 @@ def check_parity(onnx_path: Path, model: nn.Module, inputs: torch.Tensor) -> dic
         "max_abs_diff": float(np.abs(actual - expected).max()),
         "argmax_equal": bool((actual.argmax(1) == expected.argmax(1)).all()),
         "images": int(len(inputs)),
-        "tolerance": PARITY_TOLERANCE,
+        "tolerance": DEFAULT_PARITY_TOLERANCE,
     }
-    if result["max_abs_diff"] > PARITY_TOLERANCE or not result["argmax_equal"]:
+    if result["max_abs_diff"] > DEFAULT_PARITY_TOLERANCE or not result["argmax_equal"]:
         raise ParityError(f"ONNX does not reproduce the PyTorch model: {result}")
     return result
 
@@ -138,15 +137,15 @@ def write_bundle(
     tmp.mkdir()
     try:
         example = parity_inputs[:2].clone()
-        export_onnx(model, example, tmp / "model.onnx")
-        parity = check_parity(tmp / "model.onnx", model, parity_inputs)
+        export_onnx(model, example, tmp / ONNX_FILE)
+        parity = check_parity(tmp / ONNX_FILE, model, parity_inputs)
         log.info("ONNX parity: max |diff| %.2e over %d images", parity["max_abs_diff"], parity["images"])
-        export_twin(model, example, tmp / "model.pt2")
+        export_twin(model, example, tmp / TWIN_FILE)
         (tmp / "split.json").write_text(json.dumps(split) + "\n")
         if report_dir is not None:
             shutil.copytree(report_dir, tmp / "report")
         files = {
-            p.relative_to(tmp).as_posix(): {"sha256": sha256(p), "bytes": p.stat().st_size}
+            p.relative_to(tmp).as_posix(): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
             for p in sorted(tmp.rglob("*")) if p.is_file()
         }
         meta = {
@@ -162,7 +161,8 @@ def write_bundle(
             "parity": parity,
             **meta_extra,
         }
-        (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+        BundleMeta.model_validate(meta)  # what the service will read: fail here, not there
+        (tmp / META_FILE).write_text(json.dumps(meta, indent=2) + "\n")
         old = out.parent / f".{out.name}.old-{os.getpid()}"
         if out.exists():
             out.rename(old)

@@ -25,6 +25,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from service.bundle import META_FILE, TWIN_FILE, load_twin, read_meta, sha256_of
 from service.insight.architecture import ReceptiveField, receptive_fields
 from service.insight.patches import (
     INDEX_NAME,
@@ -39,7 +40,6 @@ from service.insight.patches import (
 )
 
 from .data import FaceDataset
-from .export import sha256
 from .preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -140,16 +140,16 @@ def write_insight(
     ``limit``: use only the first this many training images (quick runs and tests).
     """
     bundle = Path(bundle)
-    meta = json.loads((bundle / "meta.json").read_text())
+    meta = read_meta(bundle)  # checked as the service checks it
     split = json.loads((bundle / "split.json").read_text())
-    twin = torch.export.load(str(bundle / "model.pt2")).module()
+    twin = load_twin(bundle)
     fields = receptive_fields(twin)
     layers = tuple(layers or (name for name, field in fields.items() if field.local))
     unknown = [layer for layer in layers if layer not in fields]
     if unknown:
         raise ValueError(f"unknown layer(s) {unknown}; the bundle's layers are {', '.join(fields)}")
-    prep = Preprocessing.from_meta(meta["input"])
-    classes = [c["id"] for c in meta["classes"]]
+    prep = Preprocessing.from_meta(meta.input.model_dump())
+    classes = [c.id for c in meta.classes]
     samples = [tuple(s) for s in split["splits"]["train"]][:limit]
     root = Path(data_root or split["root"])
     if len(samples) < per_channel:
@@ -171,14 +171,15 @@ def write_insight(
             stored[layer] = entry
         index = TopPatchIndex(
             images=len(dataset), per_channel=per_channel,
-            model_sha256=meta["files"]["model.pt2"]["sha256"], layers=stored,
+            model_sha256=meta.files[TWIN_FILE].sha256, layers=stored,
         )
         (tmp / INDEX_NAME).write_text(index.model_dump_json() + "\n")
         block = InsightBlock(
             top_patches=f"{INSIGHT_DIR}/{INDEX_NAME}", layers=list(layers), per_channel=per_channel,
             images=len(dataset), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ).model_dump()
-        _replace_insight(bundle, tmp, meta, block)
+        # rewritten from the file itself, so every other key stays exactly as it was
+        _replace_insight(bundle, tmp, json.loads((bundle / META_FILE).read_text()), block)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return block
@@ -189,13 +190,13 @@ def _replace_insight(bundle: Path, new_dir: Path, meta: dict, block: dict) -> No
     with the new files' sha256 and the ``insight`` block; no other file changes."""
     files = {name: entry for name, entry in meta["files"].items() if not name.startswith(f"{INSIGHT_DIR}/")}
     for path in sorted(new_dir.iterdir()):
-        files[f"{INSIGHT_DIR}/{path.name}"] = {"sha256": sha256(path), "bytes": path.stat().st_size}
+        files[f"{INSIGHT_DIR}/{path.name}"] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
     meta = {**meta, "files": dict(sorted(files.items())), "insight": block}
     target, old = bundle / INSIGHT_DIR, bundle / f".{INSIGHT_DIR}.old-{os.getpid()}"
     if target.exists():
         target.rename(old)
     new_dir.rename(target)
-    staged = bundle / f".meta.json.tmp-{os.getpid()}"
+    staged = bundle / f".{META_FILE}.tmp-{os.getpid()}"
     staged.write_text(json.dumps(meta, indent=2) + "\n")
-    os.replace(staged, bundle / "meta.json")
+    os.replace(staged, bundle / META_FILE)
     shutil.rmtree(old, ignore_errors=True)

@@ -1,48 +1,46 @@
-"""The eval-time preprocessing: the one definition that training, export and serving share.
+"""The eval-time preprocessing: the bundle's ``InputSpec`` with what training does with it.
 
-An image becomes model input in four steps: decode to RGB, resize to ``width x height`` with
-PIL's bilinear filter, scale pixels to ``value_range``, standardise per channel with ``mean`` and
-``std``. Training caches images after step 2 (uint8), so augmentation works on the same pixels the
-service will see; the bundle's ``meta.json["input"]`` records this object verbatim.
+An image becomes model input in four steps: decode to RGB, resize to ``width x height`` with the
+spec's filter, scale pixels to ``value_range`` and standardise per channel with ``mean`` and
+``std``. Training caches images after step 2 (uint8), so augmentation works on the same pixels
+the service will see; steps 3 and 4 are the service's own ``PixelAffine``, and the bundle's
+``meta.json["input"]`` records this spec verbatim. There is one spec and one affine, in
+``service.preprocess``; this class only adds decoding from files and batches on any device.
 """
+
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from service.preprocess import RESAMPLING_FILTERS, InputSpec, PixelAffine
 
-@dataclass(frozen=True)
-class Preprocessing:
-    height: int
-    width: int
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    value_range: tuple[float, float] = (0.0, 255.0)
-    resize: str = "bilinear"
-    channel_order: str = "RGB"
-    layout: str = "NCHW"
-    dtype: str = "float32"
 
-    def load(self, path) -> np.ndarray:
+class Preprocessing(InputSpec):
+    """An ``InputSpec`` (keyword fields: ``height``, ``width``, ``mean``, ``std``, ...) that
+    can load training images and standardise batches."""
+
+    def load(self, path: str | Path) -> np.ndarray:
         """Decode, orient (EXIF), convert to RGB and resize: (height, width, 3) uint8."""
         with Image.open(path) as image:
             image = ImageOps.exif_transpose(image).convert("RGB")
-            return np.asarray(image.resize((self.width, self.height), Image.BILINEAR))
+            size = (self.width, self.height)
+            return np.asarray(image.resize(size, RESAMPLING_FILTERS[self.resize]))
 
     def standardise(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) uint8 or float on the 0..255 scale -> float32 model input."""
-        scale = self.value_range[1] / 255.0
-        mean = torch.tensor(self.mean, dtype=torch.float32, device=images.device)[:, None, None]
-        std = torch.tensor(self.std, dtype=torch.float32, device=images.device)[:, None, None]
-        return (images.float() * scale - mean) / std
+        """(N, 3, H, W) RGB uint8 or float on the 0..255 scale -> float32 model input, on the
+        images' device."""
+        return PixelAffine(self).to_input(images)
 
-    def to_meta(self) -> dict:
-        return asdict(self)
+    def to_meta(self) -> dict[str, Any]:
+        """``meta.json["input"]``."""
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_meta(cls, block: dict) -> "Preprocessing":
+    def from_meta(cls, block: dict[str, Any]) -> Preprocessing:
         """The inverse of ``to_meta``: from a bundle's ``meta.json["input"]``."""
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in block.items()})
+        return cls.model_validate(block)

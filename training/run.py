@@ -11,6 +11,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from service.bundle import ONNX_FILE, read_meta
+
 from . import report
 from .augment import eval_transforms, train_transforms
 from .backbones import build_backbone
@@ -226,10 +228,10 @@ def _others(args) -> str | None:
 
 def evaluate_command(args) -> int:
     bundle = Path(args.bundle)
-    meta = json.loads((bundle / "meta.json").read_text())
+    meta = read_meta(bundle)
     recorded = json.loads((bundle / "split.json").read_text())
-    prep = Preprocessing.from_meta(meta["input"])
-    classes = [c["id"] for c in meta["classes"]]
+    prep = Preprocessing.from_meta(meta.input.model_dump())
+    classes = [c.id for c in meta.classes]
     root = Path(args.data or recorded["root"])
     if args.split == "all":
         tree = scan(root)
@@ -239,7 +241,7 @@ def evaluate_command(args) -> int:
     else:
         samples = [tuple(s) for s in recorded["splits"][args.split]]
     dataset = FaceDataset(root, samples, prep, desc=args.split)
-    logits = onnx_logits(bundle / "model.onnx", _stack(dataset, prep).numpy())
+    logits = onnx_logits(bundle / ONNX_FILE, _stack(dataset, prep).numpy())
     result = report.classification_metrics(dataset.labels.numpy(), logits.argmax(1), classes)
     print(f"{bundle} on {args.split} ({len(samples)} images under {root}): accuracy {result['accuracy']:.4f}")
     for name in classes:

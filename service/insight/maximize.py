@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..cancellation import Cancellation
 from ..common.twin import input_gradients
-from ..preprocess import InputSpec
+from ..preprocess import InputSpec, PixelAffine
 
 # The start: random colours on a coarse grid, enlarged smoothly, plus pixel noise. White noise
 # alone leaves some first-layer channels (smooth colour detectors) at zero everywhere, where
@@ -84,34 +84,25 @@ class Synthesis:
 
 
 class PixelCodec:
-    """Between 8-bit RGB pixels and standardised model input, as ``meta.json["input"]`` says."""
+    """Between 8-bit RGB pixels and model input, as ``meta.json["input"]`` says: the service's
+    one affine (``PixelAffine``), both ways."""
 
     def __init__(self, spec: InputSpec) -> None:
-        low, high = spec.value_range
-        std = torch.tensor(spec.std, dtype=torch.float32)[:, None, None]
-        mean = torch.tensor(spec.mean, dtype=torch.float32)[:, None, None]
-        self._scale = (high - low) / 255.0 / std  # input = pixel * scale + shift
-        self._shift = (low - mean) / std
-        self._bgr = spec.channel_order == "BGR"
+        self.affine = PixelAffine(spec)
         self.size = (spec.height, spec.width)
 
     def bounds(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Smallest and largest input value per channel, ``(3, 1, 1)`` each."""
-        return self._ordered(self._shift), self._ordered(255.0 * self._scale + self._shift)
+        return self.affine.bounds()
 
     def to_pixels(self, x: torch.Tensor) -> np.ndarray:
         """``(3, H, W)`` input -> ``(H, W, 3)`` uint8 RGB."""
-        rgb = self._ordered(x.detach())
-        pixels = (rgb - self._shift) / self._scale
+        pixels = self.affine.to_pixels(x.detach())
         return pixels.round().clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy()
 
     def to_input(self, pixels: np.ndarray) -> torch.Tensor:
         """``(H, W, 3)`` uint8 RGB -> ``(3, H, W)`` input."""
-        rgb = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1).float()
-        return self._ordered(rgb * self._scale + self._shift)
-
-    def _ordered(self, channels: torch.Tensor) -> torch.Tensor:
-        return channels.flip(0) if self._bgr else channels
+        return self.affine.to_input(torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1))
 
 
 def synthesize(

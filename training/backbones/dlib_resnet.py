@@ -87,7 +87,7 @@ class DlibResNet29(nn.Module):
 
     embedding_dim = 128
     gradcam_layer = "layer3"  # 8x8 maps: the last stage with more than a handful of cells
-    preprocessing = Preprocessing(INPUT_SIZE, INPUT_SIZE, MEAN_RGB, STD_RGB)
+    preprocessing = Preprocessing(height=INPUT_SIZE, width=INPUT_SIZE, mean=MEAN_RGB, std=STD_RGB)
 
     def __init__(self) -> None:
         super().__init__()

@@ -15,7 +15,9 @@ from torchvision import models
 from ..preprocess import Preprocessing
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet50", "vgg16_bn")
-IMAGENET = Preprocessing(224, 224, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), value_range=(0.0, 1.0))
+IMAGENET = Preprocessing(
+    height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), value_range=(0.0, 1.0)
+)
 
 
 class TorchvisionResNet(nn.Module):
