@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.app import create_app
@@ -25,8 +26,11 @@ def test_the_gauges_follow_the_cache():
     assert 'celebxai_cache_bytes_max{cache="maps"} 4096.0' in text
 
 
-def test_the_app_exports_both_result_caches():
-    text = create_app(Settings()).state.service.metrics.render().decode()
+def test_the_app_exports_both_result_caches(tmp_path):
+    """The lifespan makes the app's caches before loading the bundle: exported even when the
+    bundle cannot be served (here: an empty folder)."""
+    with TestClient(create_app(Settings(model=tmp_path))) as client:
+        text = client.get("/metrics").text
 
     for cache in ("explanations", "syntheses"):
         assert f'celebxai_cache_bytes_max{{cache="{cache}"}}' in text
