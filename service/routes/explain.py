@@ -151,8 +151,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Heatmap by any method",
     description="Runs one method of `GET /explain` on the face /predict classifies; its own "
     "query parameters, defaults and bounds are those `GET /explain` lists for it (another "
-    "method's parameter is a 422). Methods: "
-    + "; ".join(f"`{name}`: {explainer.shows}" for name, explainer in EXPLAINERS.items()),
+    "method's parameter is a 422). Methods:\n\n"
+    + "\n".join(f"- `{name}`: {explainer.shows}" for name, explainer in EXPLAINERS.items()),
     responses={**RESPONSES, **error_responses(404)},
     dependencies=[Depends(api_key_guard), Depends(method_call), *EXPLANATION_DEPENDENCIES],
 )
