@@ -21,6 +21,7 @@ from .heatmap import Heatmap
 from .integrated_gradients import IntegratedGradients
 from .lime import Lime
 from .occlusion import Occlusion
+from .rise import Rise
 from .smoothgrad import SmoothGrad
 
 # The single list of methods: GET /explain, POST /explain/{method}, the page's panels, the API
@@ -32,6 +33,7 @@ METHODS: tuple[type[Explainer], ...] = (
     GradCam,
     Occlusion,
     Lime,
+    Rise,
 )
 EXPLAINERS: dict[str, type[Explainer]] = {method.name: method for method in METHODS}
 GRADIENT_METHODS = tuple(name for name, method in EXPLAINERS.items() if method.needs_twin)

@@ -19,6 +19,7 @@ CHEAP = {
     "integrated_gradients": {"steps": 8},
     "occlusion": {"window": 50, "stride": 25},
     "lime": {"num_samples": 32, "num_segments": 20},
+    "rise": {"num_masks": 64},
 }
 CASES = [(f"/explain/{name}", CHEAP.get(name, {})) for name in EXPLAINERS]
 # The documented names of the same code path.

@@ -1,0 +1,101 @@
+"""RISE (Petsiuk et al. 2018): score the image under random smooth masks, and weigh each mask
+by the score it got.
+
+Each mask is a ``grid x grid`` random binary pattern (cells kept with probability ``keep``),
+upsampled bilinearly to ``(grid + 1)`` cells' worth of pixels and cropped at a random offset
+within one cell, so that its soft edges fall anywhere. A masked image shows ``x`` where the
+mask is 1 and the baseline where it is 0. A pixel's value is the mean score of the masks that
+show it minus the mean score of all masks: ``sum_i (s_i - mean s) M_i / (N keep)``. Unlike the
+paper's ``E[s | pixel shown]``, which is positive everywhere, this is signed: positive where
+showing the pixel raises the target's score. Masks are made batch by batch from the seed (the
+same seed gives the same map) and never held all at once; forward passes go through the plain
+forward function, ``batch_size`` per pass.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field
+
+from .base import Explainer, MethodParams
+from .perturb import (
+    BASELINE_HELP,
+    SCORE_HELP,
+    Baseline,
+    Score,
+    baseline_image,
+    batch_bounds,
+    score_of,
+)
+
+
+class RiseParams(MethodParams):
+    num_masks: int = Field(256, ge=16, le=4000, description="random masks scored")
+    grid: int = Field(8, ge=2, le=32, description="cells per side of a mask before upsampling")
+    keep: float = Field(0.5, ge=0.05, le=0.95, description="probability that a cell is shown")
+    seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed: same seed, same map")
+    baseline: Baseline = Field("zero", description="what a hidden cell shows: " + BASELINE_HELP)
+    score: Score = Field("probability", description=SCORE_HELP)
+    batch_size: int = Field(32, ge=1, le=256, description="masked images per forward pass")
+
+
+class Rise(Explainer):
+    """Signed, [-1, 1]: how much showing the pixel raises the target's mean score over the
+    random masks, divided by the largest magnitude."""
+
+    name = "rise"
+    title = "RISE"
+    shows = (
+        "Show the photo through hundreds of random blurry masks and score every variant "
+        "(Petsiuk et al. 2018): red where the class score is higher when the region is "
+        "visible, blue where it is lower."
+    )
+    Params = RiseParams
+    signed = True
+    units = "mean target score (probability or logit) of masks showing the pixel minus that of all"
+
+    def _attribute(
+        self, x: np.ndarray, target: int, params: RiseParams, logits: np.ndarray
+    ) -> np.ndarray:
+        _, height, width = x.shape
+        rng = np.random.default_rng(params.seed)
+        cells = rng.random((params.num_masks, params.grid, params.grid)) < params.keep
+        cell_h, cell_w = -(-height // params.grid), -(-width // params.grid)
+        shifts = rng.integers(0, [cell_h, cell_w], size=(params.num_masks, 2))
+        baseline = baseline_image(x, params.baseline)
+
+        scores = np.empty(params.num_masks, dtype=np.float64)
+        total = np.zeros((height, width), dtype=np.float64)
+        weighted = np.zeros((height, width), dtype=np.float64)
+        for start, stop in batch_bounds(params.num_masks, params.batch_size):
+            self.model.cancellation.check()
+            masks = _upsampled(cells[start:stop], shifts[start:stop], (cell_h, cell_w), x.shape)
+            batch = baseline + (x - baseline) * masks[:, None]
+            batch_logits = self.model.forward(batch.astype(np.float32))
+            scores[start:stop] = score_of(batch_logits, target, params.score)
+            weighted += np.tensordot(scores[start:stop], masks, axes=1)
+            total += masks.sum(axis=0)
+        # sum_i (s_i - mean s) M_i == sum_i s_i M_i - mean s * sum_i M_i
+        return (weighted - scores.mean() * total) / (params.num_masks * params.keep)
+
+
+def _upsampled(
+    cells: np.ndarray, shifts: np.ndarray, cell: tuple[int, int], shape: tuple[int, ...]
+) -> np.ndarray:
+    """``(n, grid, grid)`` binary cells -> ``(n, H, W)`` float32 soft masks: bilinear over
+    ``grid + 1`` cells (the last one repeats the border), cropped at each mask's shift."""
+    height, width = shape[1:]
+    padded = np.pad(cells, ((0, 0), (0, 1), (0, 1)), mode="edge").astype(np.float32)
+    grid = cells.shape[1] + 1
+    big = F.interpolate(
+        torch.from_numpy(padded)[:, None],
+        size=(grid * cell[0], grid * cell[1]),
+        mode="bilinear",
+        align_corners=False,
+    )[:, 0].numpy()
+    return np.stack(
+        [m[dy : dy + height, dx : dx + width] for m, (dy, dx) in zip(big, shifts, strict=True)]
+    )
+
