@@ -221,9 +221,10 @@ class Engine:
 
     - ``run(batch)``: synchronous forward pass, ``(N, 3, H, W)`` float32 -> ``(N, C)`` logits.
     - ``await infer(batch, cancellation)``: the same on the inference thread, in chunks of
-      ``max_batch_size`` (explanation methods send their perturbation batches here); a cancelled
-      ``cancellation`` stops it before its next chunk with ``Cancelled``.
-    - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking.
+      ``max_batch_size``; a cancelled ``cancellation`` stops it before its next chunk with
+      ``Cancelled``.
+    - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking
+      (the explainers' forward function: their batches queue with ``/predict``'s).
     - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
       ``(C,)`` logits; ``Cancelled`` (the input leaves the queue) once ``cancellation`` is.
     """

@@ -238,6 +238,43 @@ def test_infer_stops_before_the_next_chunk_once_cancelled():
     assert passes == [0]
 
 
+def test_run_on_inference_thread_chunks_on_that_thread_and_stops_once_cancelled():
+    """The blocking form explainers use from a worker thread: the same chunks as ``infer``, run
+    on the inference thread, and none after the one running when the client hung up."""
+    model = RecordingModel()
+    threads: list[str] = []
+    passes: list[int] = []
+
+    def on_batch() -> None:
+        threads.append(threading.current_thread().name)
+        passes.append(len(passes))
+        if len(passes) == 2:
+            cancellation.cancel("client hung up")
+
+    cancellation = Cancellation(on_batch=on_batch)
+
+    async def scenario():
+        engine = EngineOnModel(model, max_batch_size=4, timeout_s=0.001)
+        engine.start()
+        try:
+            full = await asyncio.to_thread(
+                engine.run_on_inference_thread, np.ones((10, 2), dtype=np.float32)
+            )
+            with pytest.raises(Cancelled, match="client hung up"):
+                zeros = np.zeros((16, 2), dtype=np.float32)
+                await asyncio.to_thread(engine.run_on_inference_thread, zeros, cancellation)
+        finally:
+            await engine.close()
+        return full
+
+    full = asyncio.run(scenario())
+
+    assert len(full) == 10
+    # 10 rows in chunks of 4, then the cancelled run: its second chunk finishes, no third starts
+    assert model.batch_sizes == [4, 4, 2, 4, 4]
+    assert passes == [0, 1] and all(name.startswith("inference") for name in threads)
+
+
 def test_a_chunk_queued_behind_other_work_is_dropped_when_its_turn_comes():
     model = RecordingModel(delay_s=0.1)
 
