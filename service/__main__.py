@@ -3,6 +3,7 @@
 Every ``Settings`` field is a flag here (``--max-batch-size 16``) and an environment variable
 (``CELEBXAI_MAX_BATCH_SIZE=16``); a flag wins over the environment. ``--help`` lists them all.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,10 +18,10 @@ from pathlib import Path
 # explanations 20-70x slower. An explicit OMP_WAIT_POLICY in the environment still wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pydantic import ValidationError  # noqa: E402
+from pydantic import ValidationError
 
-from .allocator import configure_malloc  # noqa: E402
-from .settings import ENV_PREFIX, Settings  # noqa: E402
+from .allocator import configure_malloc
+from .settings import ENV_PREFIX, Settings
 
 OPENAPI_COMMAND = "python -m service --export-openapi openapi.yaml"
 _METAVARS = {"model": "DIR", "host": "ADDR", "port": "PORT", "api_key": "KEY"}

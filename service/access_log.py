@@ -6,6 +6,7 @@ URLs (``?api_key=...``), and uvicorn's access log prints every path with its que
 parameter (a name containing key, token, secret, password, auth, signature or credential) is
 ``***``. ``install`` puts it on uvicorn's access logger.
 """
+
 from __future__ import annotations
 
 import logging
@@ -37,8 +38,11 @@ def redact_query(path: str) -> str:
 class RedactSecretsFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) > _PATH_ARG and isinstance(args[_PATH_ARG], str):
-            record.args = (*args[:_PATH_ARG], redact_query(args[_PATH_ARG]), *args[_PATH_ARG + 1 :])
+        if not isinstance(args, tuple) or len(args) <= _PATH_ARG:
+            return True
+        path = args[_PATH_ARG]
+        if isinstance(path, str):
+            record.args = (*args[:_PATH_ARG], redact_query(path), *args[_PATH_ARG + 1 :])
         return True
 
 

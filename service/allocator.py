@@ -15,6 +15,7 @@ blocks back to the system on ``free``, and two arenas bound the per-thread pools
 ``MALLOC_ARENA_MAX`` / ``MALLOC_MMAP_THRESHOLD_`` / ``MALLOC_TRIM_THRESHOLD_`` in the environment
 still wins for its own parameter. Other C libraries (musl, macOS) are left alone, and logged.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -9,6 +9,7 @@ those whose OpenAPI operation requires the ``X-API-Key`` scheme, which ``deps.ap
 declares on every route it guards (the guard also checks again in-process). The document
 clients read and the middleware's list cannot disagree.
 """
+
 from __future__ import annotations
 
 import re

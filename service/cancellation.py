@@ -13,12 +13,13 @@ the dynamic batcher) end at once through ``guard``.
 ``on_batch`` that one more pass runs (the service counts explanation batches with it; a job can
 report progress the same way).
 """
+
 from __future__ import annotations
 
 import asyncio
 import threading
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
@@ -75,8 +76,12 @@ class Cancellation:
         loop = asyncio.get_running_loop()
         woken: asyncio.Future[None] = loop.create_future()
 
+        def settle() -> None:
+            if not woken.done():
+                woken.set_result(None)
+
         def wake() -> None:
-            loop.call_soon_threadsafe(lambda: woken.done() or woken.set_result(None))
+            loop.call_soon_threadsafe(settle)
 
         task = asyncio.ensure_future(awaitable)
         with self._lock:
@@ -84,7 +89,8 @@ class Cancellation:
                 self._wakers.append(wake)
         try:
             if not self.cancelled:
-                await asyncio.wait({task, woken}, return_when=asyncio.FIRST_COMPLETED)
+                pending: set[asyncio.Future[Any]] = {task, woken}
+                await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
         finally:
             with self._lock:
                 if wake in self._wakers:

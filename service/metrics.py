@@ -3,6 +3,7 @@
 ``ServiceMetrics`` owns the registry and the collectors; ``MetricsMiddleware`` counts every HTTP
 request by route template, method and status, and times it.
 """
+
 from __future__ import annotations
 
 import time
@@ -78,9 +79,7 @@ class ServiceMetrics:
             "ONNX model and passes of the twin (work cancelled with its client stops adding)",
             registry=self.registry,
         )
-        self.model_info = Info(
-            f"{PREFIX}_model", "the loaded model bundle", registry=self.registry
-        )
+        self.model_info = Info(f"{PREFIX}_model", "the loaded model bundle", registry=self.registry)
         self.ready = Gauge(
             f"{PREFIX}_ready",
             "1 when the model is loaded, checked and warmed up, else 0",

@@ -14,6 +14,7 @@ and a large one goes as soon as enough pixels are free (small images hold too li
 it). Used from the event loop only, so plain fields are enough; ``in_use``, ``peak`` and
 ``waiting`` are also Prometheus gauges when a registry is given.
 """
+
 from __future__ import annotations
 
 import asyncio

@@ -6,6 +6,7 @@ flag of ``python -m service`` (``--model``, ``--max-batch-size``, ...). List fie
 comma-separated string. Routes receive the settings through ``SettingsDep`` (see ``deps``), so
 tests build an app with ``create_app(Settings(...))`` instead of touching the environment.
 """
+
 from __future__ import annotations
 
 from functools import lru_cache

@@ -11,6 +11,7 @@ for the dlib ResNet ``stem``, ``layer1`` and ``layer2``, with receptive fields o
 pixels of the 150-pixel input. From ``layer3`` on even a corner unit sees the whole input, so
 every "patch" would be the whole face; ``/insight/maximize`` shows those channels better.
 """
+
 from __future__ import annotations
 
 import json
@@ -76,7 +77,9 @@ def top_images(values: np.ndarray, k: int) -> np.ndarray:
     return order.T
 
 
-def crop_field(image: np.ndarray, box: tuple[int, int, int, int], fill: tuple[int, int, int]) -> np.ndarray:
+def crop_field(
+    image: np.ndarray, box: tuple[int, int, int, int], fill: tuple[int, int, int]
+) -> np.ndarray:
     """``image`` ``(H, W, 3)`` uint8 cut to ``box`` = ``(x0, y0, x1, y1)`` (end exclusive), which
     may reach outside: that part is ``fill``."""
     x0, y0, x1, y1 = box
@@ -115,14 +118,24 @@ def layer_patches(
             patch = Image.fromarray(crop_field(image, box, fill))
             if tile != size:
                 patch = patch.resize((tile, tile), Image.Resampling.BILINEAR)
-            sprite[channel * tile : (channel + 1) * tile, k * tile : (k + 1) * tile] = np.asarray(patch)
+            sprite[channel * tile : (channel + 1) * tile, k * tile : (k + 1) * tile] = np.asarray(
+                patch
+            )
             rel, label = dataset.samples[index]
-            row_entries.append(Patch(
-                image=rel, label=classes[label], row=row, col=col,
-                activation=round(float(values[index, channel]), 5), box=box,
-            ))
+            row_entries.append(
+                Patch(
+                    image=rel,
+                    label=classes[label],
+                    row=row,
+                    col=col,
+                    activation=round(float(values[index, channel]), 5),
+                    box=box,
+                )
+            )
         entries.append(row_entries)
-    return LayerPatches(sprite=sprite_name(field.layer, tile), tile=tile, field_size=size, channels=entries), sprite
+    return LayerPatches(
+        sprite=sprite_name(field.layer, tile), tile=tile, field_size=size, channels=entries
+    ), sprite
 
 
 def write_insight(
@@ -153,12 +166,15 @@ def write_insight(
     samples = [tuple(s) for s in split["splits"]["train"]][:limit]
     root = Path(data_root or split["root"])
     if len(samples) < per_channel:
-        raise ValueError(f"{len(samples)} training images are fewer than --per-channel {per_channel}")
+        raise ValueError(
+            f"{len(samples)} training images are fewer than --per-channel {per_channel}"
+        )
 
     dataset = FaceDataset(root, samples, prep, desc="train")
     log.info("insight: %d training images, layers %s", len(dataset), ", ".join(layers))
     peaks = peak_units(twin, dataset.images, prep, list(layers))
-    fill = tuple(round(m) for m in prep.mean)
+    red, green, blue = prep.mean
+    fill = (round(red), round(green), round(blue))
 
     tmp = bundle / f".{INSIGHT_DIR}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -166,17 +182,24 @@ def write_insight(
     try:
         stored = {}
         for layer in layers:
-            entry, sprite = layer_patches(fields[layer], *peaks[layer], dataset, classes, per_channel, fill)
+            entry, sprite = layer_patches(
+                fields[layer], *peaks[layer], dataset, classes, per_channel, fill
+            )
             save_sprite(sprite, tmp / entry.sprite)
             stored[layer] = entry
         index = TopPatchIndex(
-            images=len(dataset), per_channel=per_channel,
-            model_sha256=meta.files[TWIN_FILE].sha256, layers=stored,
+            images=len(dataset),
+            per_channel=per_channel,
+            model_sha256=meta.files[TWIN_FILE].sha256,
+            layers=stored,
         )
         (tmp / INDEX_NAME).write_text(index.model_dump_json() + "\n")
         block = InsightBlock(
-            top_patches=f"{INSIGHT_DIR}/{INDEX_NAME}", layers=list(layers), per_channel=per_channel,
-            images=len(dataset), created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            top_patches=f"{INSIGHT_DIR}/{INDEX_NAME}",
+            layers=list(layers),
+            per_channel=per_channel,
+            images=len(dataset),
+            created_at=datetime.now(UTC).isoformat(timespec="seconds"),
         ).model_dump()
         # rewritten from the file itself, so every other key stays exactly as it was
         _replace_insight(bundle, tmp, json.loads((bundle / META_FILE).read_text()), block)
@@ -188,9 +211,16 @@ def write_insight(
 def _replace_insight(bundle: Path, new_dir: Path, meta: dict, block: dict) -> None:
     """Swap ``new_dir`` in as ``<bundle>/insight`` and rewrite meta.json (by an atomic rename)
     with the new files' sha256 and the ``insight`` block; no other file changes."""
-    files = {name: entry for name, entry in meta["files"].items() if not name.startswith(f"{INSIGHT_DIR}/")}
+    files = {
+        name: entry
+        for name, entry in meta["files"].items()
+        if not name.startswith(f"{INSIGHT_DIR}/")
+    }
     for path in sorted(new_dir.iterdir()):
-        files[f"{INSIGHT_DIR}/{path.name}"] = {"sha256": sha256_of(path), "bytes": path.stat().st_size}
+        files[f"{INSIGHT_DIR}/{path.name}"] = {
+            "sha256": sha256_of(path),
+            "bytes": path.stat().st_size,
+        }
     meta = {**meta, "files": dict(sorted(files.items())), "insight": block}
     target, old = bundle / INSIGHT_DIR, bundle / f".{INSIGHT_DIR}.old-{os.getpid()}"
     if target.exists():

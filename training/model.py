@@ -4,16 +4,19 @@ The head is the course's recipe for a small data set: batch norm on the backbone
 (standardises them, so one learning rate suits every backbone), dropout (regularises the few
 thousand head weights), then a linear layer to one logit per class.
 """
+
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from .backbones import Backbone
+
 
 class FaceClassifier(nn.Module):
     """(N, 3, H, W) standardised input -> (N, num_classes) logits."""
 
-    def __init__(self, backbone: nn.Module, num_classes: int, dropout: float = 0.3) -> None:
+    def __init__(self, backbone: Backbone, num_classes: int, dropout: float = 0.3) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = nn.Sequential(
@@ -21,13 +24,20 @@ class FaceClassifier(nn.Module):
             nn.Dropout(dropout),
             nn.Linear(backbone.embedding_dim, num_classes),
         )
+        self.frozen_units: set[str] = set()  # see set_trainable
 
     def units(self) -> list[tuple[str, nn.Module]]:
         """Trainable units, input side first: the backbone's stages, its embedding layer(s)
         (``embed``), and the ``head``."""
-        return [*self.backbone.stages(), ("embed", self.backbone.embedding_layers()), ("head", self.head)]
+        return [
+            *self.backbone.stages(),
+            ("embed", self.backbone.embedding_layers()),
+            ("head", self.head),
+        ]
 
-    def forward_with_activations(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward_with_activations(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         activations = {}
         for name, stage in self.backbone.stages():
             x = stage(x)
@@ -54,9 +64,8 @@ def train_mode(model: FaceClassifier) -> None:
     """``model.train()``, except that batch norms inside frozen units stay in eval mode:
     their running statistics are part of the pretrained weights and must not drift."""
     model.train()
-    frozen = getattr(model, "frozen_units", set())
     for name, unit in model.units():
-        if name in frozen:
+        if name in model.frozen_units:
             for m in unit.modules():
                 if isinstance(m, nn.modules.batchnorm._BatchNorm):
                     m.eval()

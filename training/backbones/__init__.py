@@ -8,34 +8,35 @@ Every backbone is an ``nn.Module`` with
 * ``embedding_dim`` and ``gradcam_layer`` (a stage name);
 and comes with the ``Preprocessing`` its weights expect.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
-
-from torch import nn
+from functools import partial
 
 from ..preprocess import Preprocessing
+from .base import Backbone
 from .dlib_resnet import DlibResNet29, default_weights_path
 from .torchvision_nets import TORCHVISION_BACKBONES, build_torchvision
 
 BACKBONES = ("dlib-resnet29", *TORCHVISION_BACKBONES)
 
 
-def _dlib(weights: str) -> tuple[nn.Module, Preprocessing]:
+def _dlib(weights: str) -> tuple[Backbone, Preprocessing]:
     net = DlibResNet29()
     if weights != "none":
         net.load_dlib(None if weights == "default" else weights)
     return net, DlibResNet29.preprocessing
 
 
-def build_backbone(name: str, weights: str = "default") -> tuple[nn.Module, Preprocessing]:
+def build_backbone(name: str, weights: str = "default") -> tuple[Backbone, Preprocessing]:
     """``weights``: ``default`` (the backbone's pretrained weights), ``none`` (random
     initialisation) or a path to a weights file. Unknown names fail and list the valid ones."""
-    builders: dict[str, Callable[[str], tuple[nn.Module, Preprocessing]]] = {"dlib-resnet29": _dlib}
-    builders.update({n: (lambda w, n=n: build_torchvision(n, w)) for n in TORCHVISION_BACKBONES})
+    builders: dict[str, Callable[[str], tuple[Backbone, Preprocessing]]] = {"dlib-resnet29": _dlib}
+    builders.update({n: partial(build_torchvision, n) for n in TORCHVISION_BACKBONES})
     if name not in builders:
         raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}")
     return builders[name](weights)
 
 
-__all__ = ["BACKBONES", "build_backbone", "default_weights_path"]
+__all__ = ["BACKBONES", "Backbone", "build_backbone", "default_weights_path"]

@@ -19,8 +19,10 @@ Records, in file order from the input layer to the output layer:
 * ``fc_2``: ``num_outputs, num_inputs``, then a parameter tensor holding the weight matrix
   input-major (``num_inputs x num_outputs``); the face network's last layer has no bias.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,7 +106,9 @@ def _read_conv(reader: _Reader) -> ConvRecord:
     num_filters, nr, nc, stride_y, stride_x, pad_y, pad_x = (reader.integer() for _ in range(7))
     n_weights = params.size - num_filters
     if num_filters <= 0 or n_weights % (num_filters * nr * nc):
-        raise DlibFormatError(f"conv parameter count {params.size} does not fit {num_filters}x{nr}x{nc}")
+        raise DlibFormatError(
+            f"conv parameter count {params.size} does not fit {num_filters}x{nr}x{nc}"
+        )
     in_channels = n_weights // (num_filters * nr * nc)
     weight = params[:n_weights].reshape(num_filters, in_channels, nr, nc)
     return ConvRecord(weight, params[n_weights:].copy(), (stride_y, stride_x), (pad_y, pad_x))
@@ -124,12 +128,18 @@ def _read_fc(reader: _Reader) -> FcRecord:
     elif params.size == (num_inputs + 1) * num_outputs:
         bias = params[num_inputs * num_outputs :].copy()
     else:
-        raise DlibFormatError(f"fc parameter count {params.size} does not fit {num_inputs}->{num_outputs}")
+        raise DlibFormatError(
+            f"fc parameter count {params.size} does not fit {num_inputs}->{num_outputs}"
+        )
     weight = params[: num_inputs * num_outputs].reshape(num_inputs, num_outputs).T.copy()
     return FcRecord(weight, bias)
 
 
-_READERS = {b"con_4": _read_conv, b"affine_": _read_affine, b"fc_2": _read_fc}
+_READERS: dict[bytes, Callable[[_Reader], Record]] = {
+    b"con_4": _read_conv,
+    b"affine_": _read_affine,
+    b"fc_2": _read_fc,
+}
 
 
 def read_records(path: str | Path) -> list[Record]:

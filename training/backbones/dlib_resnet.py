@@ -10,10 +10,12 @@ instead of using a 1x1 projection -- reproduced here so the weights mean the sam
 Batch norm was folded by dlib into per-channel ``affine`` layers (scale and shift), so this
 network has no batch statistics to freeze.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -21,6 +23,7 @@ from torch import nn
 from service.faces import face_models_file
 
 from ..preprocess import Preprocessing
+from .base import Backbone
 from .dlib_format import AffineRecord, ConvRecord, DlibFormatError, FcRecord, read_records
 
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
@@ -56,7 +59,7 @@ def _pad_to(x: torch.Tensor, channels: int, rows: int, cols: int) -> torch.Tenso
 def add_zero_padded(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a + b`` the way dlib's ``add_prev`` does it: the result has the larger size in every
     dimension and the missing part of the smaller operand counts as zero."""
-    size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:])]
+    size = [max(p, q) for p, q in zip(a.shape[1:], b.shape[1:], strict=True)]
     return _pad_to(a, *size) + _pad_to(b, *size)
 
 
@@ -81,7 +84,7 @@ class ResidualBlock(nn.Module):
         return F.relu(add_zero_padded(branch, self.shortcut(x)))
 
 
-class DlibResNet29(nn.Module):
+class DlibResNet29(Backbone):
     """(N, 3, 150, 150) float32, RGB standardised as ``(pixel - MEAN_RGB) / 256`` ->
     (N, 128) face embedding."""
 
@@ -97,8 +100,10 @@ class DlibResNet29(nn.Module):
         in_channels = 32
         for index, (channels, blocks, down) in enumerate(STAGES, start=1):
             layer = nn.Sequential(
-                *(ResidualBlock(in_channels if b == 0 else channels, channels, down and b == 0)
-                  for b in range(blocks))
+                *(
+                    ResidualBlock(in_channels if b == 0 else channels, channels, down and b == 0)
+                    for b in range(blocks)
+                )
             )
             self.add_module(f"layer{index}", layer)
             in_channels = channels
@@ -117,18 +122,13 @@ class DlibResNet29(nn.Module):
         """Last stage's (N, 256, h, w) -> (N, 128): global average pool, then the linear map."""
         return self.fc(x.mean(dim=(2, 3)))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for _, stage in self.stages():
-            x = stage(x)
-        return self.embed(x)
-
     def conv_affine_pairs(self) -> list[tuple[nn.Conv2d, Affine]]:
         """Every conv with the affine that follows it, in file (input-to-output) order."""
         convs = [m for m in self.modules() if isinstance(m, nn.Conv2d)]
         affines = [m for m in self.modules() if isinstance(m, Affine)]
-        return list(zip(convs, affines))
+        return list(zip(convs, affines, strict=True))
 
-    def load_dlib(self, path: str | Path | None = None) -> "DlibResNet29":
+    def load_dlib(self, path: str | Path | None = None) -> DlibResNet29:
         """Copy dlib's weights from its .dat file into this network; returns self."""
         records = read_records(path or default_weights_path())
         pairs = self.conv_affine_pairs()
@@ -138,15 +138,21 @@ class DlibResNet29(nn.Module):
                 f"expected {len(pairs)} conv/affine pairs and one fc layer, "
                 f"found {[type(r).__name__ for r in records]}"
             )
+        # the order is checked above; these only give each record its type
+        conv_recs = [r for r in records if isinstance(r, ConvRecord)]
+        affine_recs = [r for r in records if isinstance(r, AffineRecord)]
+        (fc_rec,) = [r for r in records if isinstance(r, FcRecord)]
         with torch.no_grad():
-            for (conv, affine), conv_rec, affine_rec in zip(pairs, records[0::2], records[1::2]):
+            for (conv, affine), conv_rec, affine_rec in zip(
+                pairs, conv_recs, affine_recs, strict=True
+            ):
                 _copy(conv.weight, conv_rec.weight)
-                _copy(conv.bias, conv_rec.bias)
+                _copy(_bias(conv), conv_rec.bias)
                 if conv.stride != conv_rec.stride or conv.padding != conv_rec.padding:
                     raise DlibFormatError(f"conv stride/padding mismatch: {conv} vs {conv_rec}")
                 _copy(affine.weight, affine_rec.gamma)
                 _copy(affine.bias, affine_rec.beta)
-            _copy(self.fc.weight, records[-1].weight)
+            _copy(self.fc.weight, fc_rec.weight)
         self.rescale_folded_norms()
         return self
 
@@ -166,11 +172,18 @@ class DlibResNet29(nn.Module):
             rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt().clamp(min=1e-12)
             scale = rms / (2.0 / fan_in) ** 0.5
             conv.weight.div_(scale[:, None, None, None])
-            conv.bias.div_(scale)
+            _bias(conv).div_(scale)
             affine.weight.mul_(scale)
 
 
-def _copy(param: torch.Tensor, value) -> None:
+def _bias(conv: nn.Conv2d) -> torch.Tensor:
+    """``conv.bias``, which every conv of this network has (dlib's convs carry one)."""
+    if conv.bias is None:
+        raise TypeError(f"{conv} has no bias")
+    return conv.bias
+
+
+def _copy(param: torch.Tensor, value: np.ndarray) -> None:
     if tuple(param.shape) != tuple(value.shape):
         raise DlibFormatError(f"shape mismatch: model {tuple(param.shape)} vs file {value.shape}")
     param.copy_(torch.from_numpy(value))

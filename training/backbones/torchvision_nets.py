@@ -4,6 +4,7 @@ Weights come from torchvision's weights API (which downloads them where a networ
 a local ``.pth`` state dict, or nowhere (``none``: random initialisation, for plumbing tests).
 Offline, the download fails with a message that names the two alternatives.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -13,24 +14,36 @@ from torch import nn
 from torchvision import models
 
 from ..preprocess import Preprocessing
+from .base import Backbone
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet50", "vgg16_bn")
 IMAGENET = Preprocessing(
-    height=224, width=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), value_range=(0.0, 1.0)
+    height=224,
+    width=224,
+    mean=(0.485, 0.456, 0.406),
+    std=(0.229, 0.224, 0.225),
+    value_range=(0.0, 1.0),
 )
 
 
-class TorchvisionResNet(nn.Module):
+class TorchvisionResNet(Backbone):
     gradcam_layer = "layer4"
 
     def __init__(self, net: models.ResNet) -> None:
         super().__init__()
         self.stem = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool)
-        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        self.layer1, self.layer2, self.layer3, self.layer4 = (
+            net.layer1,
+            net.layer2,
+            net.layer3,
+            net.layer4,
+        )
         self.embedding_dim = net.fc.in_features
 
     def stages(self) -> list[tuple[str, nn.Module]]:
-        return [(name, getattr(self, name)) for name in ("stem", "layer1", "layer2", "layer3", "layer4")]
+        return [
+            (name, getattr(self, name)) for name in ("stem", "layer1", "layer2", "layer3", "layer4")
+        ]
 
     def embedding_layers(self) -> nn.Module:
         return nn.Identity()  # global average pooling has no parameters
@@ -39,7 +52,7 @@ class TorchvisionResNet(nn.Module):
         return x.mean(dim=(2, 3))
 
 
-class TorchvisionVGG(nn.Module):
+class TorchvisionVGG(Backbone):
     """VGG's features cut at each max-pool into ``block1..block5``; ``embed`` is its classifier
     without the last (ImageNet) layer: 4096-d."""
 
@@ -89,7 +102,7 @@ def _load(name: str, weights: str) -> nn.Module:
     return net
 
 
-def build_torchvision(name: str, weights: str) -> tuple[nn.Module, Preprocessing]:
+def build_torchvision(name: str, weights: str) -> tuple[Backbone, Preprocessing]:
     net = _load(name, weights)
     wrapped = TorchvisionVGG(net) if name.startswith("vgg") else TorchvisionResNet(net)
     return wrapped, IMAGENET
