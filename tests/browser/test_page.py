@@ -23,9 +23,14 @@ def enter_api_key(page, key: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def methods(live_service) -> list[str]:
-    """The methods the service lists (GET /explain): the page must show one panel each."""
-    listed = httpx.get(f"{live_service.url}/explain", timeout=10).json()["methods"]
+def listed(live_service) -> list[dict]:
+    """The methods the service lists (GET /explain)."""
+    return httpx.get(f"{live_service.url}/explain", timeout=10).json()["methods"]
+
+
+@pytest.fixture(scope="module")
+def methods(listed) -> list[str]:
+    """Their names: the page must show one panel each, in this order."""
     return [method["name"] for method in listed]
 
 
@@ -58,7 +63,7 @@ def overlay_sizes(page) -> dict[str, list[int]]:
 
 
 def test_face_photo_shows_label_boxes_and_every_overlay(
-    open_page, live_service, recognised_face, artifacts, methods
+    open_page, live_service, recognised_face, artifacts, methods, listed
 ):
     photo, class_id = recognised_face.path, recognised_face.class_id
     session = open_page(viewport={"width": 1366, "height": 900})
@@ -73,6 +78,13 @@ def test_face_photo_shows_label_boxes_and_every_overlay(
     assert page.locator("#boxes rect.used-face").count() == int(detected)
     size = Image.open(photo).size
     assert overlay_sizes(page) == {method: list(size) for method in methods}
+    legends = page.eval_on_selector_all(
+        ".panel",
+        "ps => ps.map(p => [p.dataset.method,"
+        " p.querySelector('.legend').classList.contains('signed'),"
+        " p.querySelector('.teaches').innerText])",
+    )
+    assert legends == [[m["name"], m["signed"], m["shows"]] for m in listed]
     page.wait_for_function("document.querySelector('.status').dataset.state === 'ready'")
     page.screenshot(path=artifacts / "page.png", full_page=True)
     assert session.console_errors == []
