@@ -3,6 +3,7 @@
 A declared ``Content-Length`` over the limit is refused at once; a chunked body is counted as it
 arrives and refused as soon as it passes the limit. Both give 413 ``file_too_large``.
 """
+
 from __future__ import annotations
 
 from starlette.datastructures import Headers

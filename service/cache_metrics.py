@@ -3,6 +3,7 @@
 A collector, read at scrape time, so the caches need not know about Prometheus; every cache
 is an ``LruCache`` (bounded in entries and in bytes).
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping

@@ -5,6 +5,7 @@ runs a HEAD request as the GET it stands for and drops the response body, keepin
 and headers (``Content-Length`` included), as RFC 9110 asks. A path without GET still answers
 405 ``method_not_allowed``. Static files already answer HEAD themselves and behave the same.
 """
+
 from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send

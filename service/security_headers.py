@@ -11,6 +11,7 @@
 
 A header the app set itself is left as it is.
 """
+
 from __future__ import annotations
 
 from starlette.datastructures import MutableHeaders

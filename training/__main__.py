@@ -1,4 +1,5 @@
 """``python -m training fit|evaluate|export|insight`` -- see ``--help`` of each command."""
+
 from __future__ import annotations
 
 import argparse
@@ -24,73 +25,167 @@ def _ints(text: str) -> list[int]:
 
 def get_args_parser() -> argparse.ArgumentParser:
     fmt = argparse.ArgumentDefaultsHelpFormatter
-    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__, formatter_class=fmt)
-    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser = argparse.ArgumentParser(
+        prog="python -m training", description=__doc__, formatter_class=fmt
+    )
+    parser.add_argument(
+        "--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"]
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    fit = sub.add_parser("fit", help="train with staged unfreezing, evaluate, export a bundle", formatter_class=fmt)
-    fit.add_argument("--data", default=DEFAULT_DATA, help="image tree <root>/<class_id>/*.jpg|png|webp")
+    fit = sub.add_parser(
+        "fit", help="train with staged unfreezing, evaluate, export a bundle", formatter_class=fmt
+    )
+    fit.add_argument(
+        "--data", default=DEFAULT_DATA, help="image tree <root>/<class_id>/*.jpg|png|webp"
+    )
     fit.add_argument("--out", default="models/celebs8", help="bundle directory to write")
-    fit.add_argument("--run-dir", default=None, help="checkpoint and report directory (default: runs/<bundle name>)")
+    fit.add_argument(
+        "--run-dir",
+        default=None,
+        help="checkpoint and report directory (default: runs/<bundle name>)",
+    )
     fit.add_argument("--backbone", default="dlib-resnet29", choices=BACKBONES)
-    fit.add_argument("--weights", default="default", help="'default' (pretrained), 'none' (random) or a weights file")
-    fit.add_argument("--stages", default="head,top,all", help="comma-separated stages: head, top, all")
-    fit.add_argument("--epochs", type=_ints, default=[5, 6, 10], help="epochs per stage, comma-separated")
-    fit.add_argument("--lr", type=_floats, default=[3e-3, 3e-4, 1e-4], help="learning rate per stage")
+    fit.add_argument(
+        "--weights",
+        default="default",
+        help="'default' (pretrained), 'none' (random) or a weights file",
+    )
+    fit.add_argument(
+        "--stages", default="head,top,all", help="comma-separated stages: head, top, all"
+    )
+    fit.add_argument(
+        "--epochs", type=_ints, default=[5, 6, 10], help="epochs per stage, comma-separated"
+    )
+    fit.add_argument(
+        "--lr", type=_floats, default=[3e-3, 3e-4, 1e-4], help="learning rate per stage"
+    )
     fit.add_argument("--optimizer", default="adam", choices=OPTIMIZERS)
     fit.add_argument("--weight-decay", type=float, default=1e-4)
-    fit.add_argument("--unfreeze-last", type=int, default=2, help="backbone stages trained in stage 'top'")
-    fit.add_argument("--lr-decay", type=float, default=0.5, help="learning-rate factor per unit from the head towards the input")
-    fit.add_argument("--patience", type=int, default=3, help="early stopping: epochs without val-loss improvement")
+    fit.add_argument(
+        "--unfreeze-last", type=int, default=2, help="backbone stages trained in stage 'top'"
+    )
+    fit.add_argument(
+        "--lr-decay",
+        type=float,
+        default=0.5,
+        help="learning-rate factor per unit from the head towards the input",
+    )
+    fit.add_argument(
+        "--patience",
+        type=int,
+        default=3,
+        help="early stopping: epochs without val-loss improvement",
+    )
     fit.add_argument("--batch-size", type=int, default=32)
     fit.add_argument("--dropout", type=float, default=0.3)
     fit.add_argument("--label-smoothing", type=float, default=0.1)
     fit.add_argument("--augment", default="faces", choices=PRESETS)
     fit.add_argument("--val", type=float, default=0.15, help="validation fraction per class")
     fit.add_argument("--test", type=float, default=0.15, help="test fraction per class")
-    fit.add_argument("--limit-per-class", type=int, default=None, help="use at most this many images per class (smoke runs)")
+    fit.add_argument(
+        "--limit-per-class",
+        type=int,
+        default=None,
+        help="use at most this many images per class (smoke runs)",
+    )
     fit.add_argument("--seed", type=int, default=0)
     fit.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    fit.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    fit.add_argument("--no-baseline", action="store_true", help="skip the frozen-features linear baseline")
+    fit.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
+    fit.add_argument(
+        "--no-baseline", action="store_true", help="skip the frozen-features linear baseline"
+    )
     fit.add_argument("--version", default="1.0.0", help="version string recorded in the bundle")
-    fit.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces <root>/<person>/*.png for the "
-                     "'none of the classes' threshold; 'none' skips it")
-    fit.add_argument("--no-insight", action="store_true", help="skip the top patches (see the insight command)")
+    fit.add_argument(
+        "--others",
+        default=DEFAULT_OTHERS,
+        help="strangers' faces <root>/<person>/*.png for the "
+        "'none of the classes' threshold; 'none' skips it",
+    )
+    fit.add_argument(
+        "--no-insight", action="store_true", help="skip the top patches (see the insight command)"
+    )
 
-    export = sub.add_parser("export", help="export a bundle from a fit checkpoint", formatter_class=fmt)
-    export.add_argument("--checkpoint", required=True, help="runs/<name>/checkpoint.pt written by fit")
+    export = sub.add_parser(
+        "export", help="export a bundle from a fit checkpoint", formatter_class=fmt
+    )
+    export.add_argument(
+        "--checkpoint", required=True, help="runs/<name>/checkpoint.pt written by fit"
+    )
     export.add_argument("--out", required=True, help="bundle directory to write")
-    export.add_argument("--data", default=None, help="image root (default: the one recorded in the checkpoint)")
-    export.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces for the open-set threshold; 'none' skips it")
-    export.add_argument("--no-insight", action="store_true", help="skip the top patches (see the insight command)")
+    export.add_argument(
+        "--data", default=None, help="image root (default: the one recorded in the checkpoint)"
+    )
+    export.add_argument(
+        "--others",
+        default=DEFAULT_OTHERS,
+        help="strangers' faces for the open-set threshold; 'none' skips it",
+    )
+    export.add_argument(
+        "--no-insight", action="store_true", help="skip the top patches (see the insight command)"
+    )
 
-    evaluate = sub.add_parser("evaluate", help="evaluate a bundle's ONNX model on a split or a tree", formatter_class=fmt)
+    evaluate = sub.add_parser(
+        "evaluate", help="evaluate a bundle's ONNX model on a split or a tree", formatter_class=fmt
+    )
     evaluate.add_argument("--bundle", default="models/celebs8")
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
-                          help="split recorded in the bundle; 'all' = every image under --data")
-    evaluate.add_argument("--data", default=None, help="image root (default: the one recorded in the bundle)")
+    evaluate.add_argument(
+        "--split",
+        default="test",
+        choices=["train", "val", "test", "all"],
+        help="split recorded in the bundle; 'all' = every image under --data",
+    )
+    evaluate.add_argument(
+        "--data", default=None, help="image root (default: the one recorded in the bundle)"
+    )
 
-    insight = sub.add_parser("insight", help="store the training patches that excite each channel most in a bundle "
-                             "(meta.json updated; model files untouched)", formatter_class=fmt)
+    insight = sub.add_parser(
+        "insight",
+        help="store the training patches that excite each channel most in a bundle "
+        "(meta.json updated; model files untouched)",
+        formatter_class=fmt,
+    )
     insight.add_argument("--bundle", default="models/celebs8")
-    insight.add_argument("--data", default=None, help="image root (default: the one recorded in the bundle's split.json)")
-    insight.add_argument("--layers", default=None, help="comma-separated layers of the bundle (default: those whose "
-                         "units see only part of the input; stem,layer1,layer2 for dlib-resnet29)")
+    insight.add_argument(
+        "--data",
+        default=None,
+        help="image root (default: the one recorded in the bundle's split.json)",
+    )
+    insight.add_argument(
+        "--layers",
+        default=None,
+        help="comma-separated layers of the bundle (default: those whose "
+        "units see only part of the input; stem,layer1,layer2 for dlib-resnet29)",
+    )
     insight.add_argument("--per-channel", type=int, default=PER_CHANNEL, help="patches per channel")
-    insight.add_argument("--limit", type=int, default=None, help="use only the first this many training images (quick runs)")
-    insight.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    insight.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        help="use only the first this many training images (quick runs)",
+    )
+    insight.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     from . import run  # heavy imports only after --help
 
     try:
-        commands = {"fit": run.fit_command, "export": run.export_command, "evaluate": run.evaluate_command,
-                    "insight": run.insight_command}
+        commands = {
+            "fit": run.fit_command,
+            "export": run.export_command,
+            "evaluate": run.evaluate_command,
+            "insight": run.insight_command,
+        }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:
         logging.getLogger("training").error("%s", error)

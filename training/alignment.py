@@ -8,6 +8,7 @@ average their positions, as fractions of the crop's width and height (so crops o
 count). Serving warps a photo's face to the most common training-crop size, then preprocesses it
 like any upload.
 """
+
 from __future__ import annotations
 
 import logging
@@ -43,7 +44,9 @@ def landmark_template(root: Path, files: list[str]) -> dict:
             continue
         box = max(boxes, key=lambda b: b.area())
         shape = predictor(image, box)
-        points.append([[shape.part(i).x / width, shape.part(i).y / height] for i in range(shape.num_parts)])
+        points.append(
+            [[shape.part(i).x / width, shape.part(i).y / height] for i in range(shape.num_parts)]
+        )
     if not points:
         raise ValueError("no face was detected in any training crop")
     width, height = Counter(sizes).most_common(1)[0][0]

@@ -5,6 +5,7 @@ plausible input and would only teach the model to spend capacity on it. Horizont
 small rotations, shifts and zooms, colour jitter and random grayscale (photos from the internet
 are sometimes black and white) are plausible, and they stretch a small data set.
 """
+
 from __future__ import annotations
 
 from torchvision.transforms import v2
@@ -17,7 +18,9 @@ def train_transforms(*, preset: str = "faces") -> v2.Transform:
     if preset == "none":
         return v2.Identity()
     if preset != "faces":
-        raise ValueError(f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ValueError(
+            f"unknown augmentation preset {preset!r}; choose one of {', '.join(PRESETS)}"
+        )
     return v2.Compose(
         [
             v2.RandomHorizontalFlip(p=0.5),

@@ -11,6 +11,7 @@ Optimizer parameter groups are built from ``requires_grad``, so a stage is nothi
 flags. Each stage stops early when validation loss has not improved for ``patience`` epochs; the
 weights with the best validation loss so far are kept and restored at the end of every stage.
 """
+
 from __future__ import annotations
 
 import copy
@@ -74,7 +75,9 @@ def make_optimizer(name: str, groups: list[dict], weight_decay: float) -> torch.
     raise ValueError(f"unknown optimizer {name!r}; choose one of {', '.join(OPTIMIZERS)}")
 
 
-def train_one_epoch(model, loader, standardise, criterion, optimizer, device, desc="") -> tuple[float, float]:
+def train_one_epoch(
+    model, loader, standardise, criterion, optimizer, device, desc=""
+) -> tuple[float, float]:
     """One pass over ``loader``; returns (mean loss, accuracy)."""
     train_mode(model)
     total_loss, correct, seen = 0.0, 0, 0
@@ -130,7 +133,9 @@ def fit(
     """Run the stages in order; returns the history (one dict per epoch). ``model`` ends
     holding the weights with the best validation loss."""
     model.to(device)
-    train_criterion = nn.CrossEntropyLoss(weight=class_weights.to(device), label_smoothing=label_smoothing)
+    train_criterion = nn.CrossEntropyLoss(
+        weight=class_weights.to(device), label_smoothing=label_smoothing
+    )
     val_criterion = nn.CrossEntropyLoss(weight=class_weights)
     history: list[dict] = []
     best_loss, best_state = math.inf, copy.deepcopy(model.state_dict())
@@ -139,24 +144,50 @@ def fit(
         opt = make_optimizer(optimizer, param_groups(model, stage.lr, lr_decay), weight_decay)
         scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(stage.epochs, 1))
         n_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log.info("stage %s: %d epochs, lr %g, %d trainable parameters", stage.name, stage.epochs, stage.lr, n_trainable)
+        log.info(
+            "stage %s: %d epochs, lr %g, %d trainable parameters",
+            stage.name,
+            stage.epochs,
+            stage.lr,
+            n_trainable,
+        )
         stale = 0
         for epoch in range(1, stage.epochs + 1):
             desc = f"{stage.name} {epoch}/{stage.epochs}"
-            train_loss, train_acc = train_one_epoch(model, train_loader, standardise, train_criterion, opt, device, desc)
+            train_loss, train_acc = train_one_epoch(
+                model, train_loader, standardise, train_criterion, opt, device, desc
+            )
             val_loss, val_acc = evaluate(model, val_loader, standardise, val_criterion, device)
             scheduler.step()
             history.append(
-                {"stage": stage.name, "epoch": epoch, "train_loss": train_loss, "train_acc": train_acc,
-                 "val_loss": val_loss, "val_acc": val_acc, "lr": stage.lr}
+                {
+                    "stage": stage.name,
+                    "epoch": epoch,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                    "val_loss": val_loss,
+                    "val_acc": val_acc,
+                    "lr": stage.lr,
+                }
             )
-            log.info("%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f", desc, train_loss, train_acc, val_loss, val_acc)
+            log.info(
+                "%s: train loss %.4f acc %.4f | val loss %.4f acc %.4f",
+                desc,
+                train_loss,
+                train_acc,
+                val_loss,
+                val_acc,
+            )
             if val_loss < best_loss - 1e-4:
                 best_loss, best_state, stale = val_loss, copy.deepcopy(model.state_dict()), 0
             else:
                 stale += 1
                 if stale >= patience:
-                    log.info("stage %s: early stop after %d epochs without improvement", stage.name, stale)
+                    log.info(
+                        "stage %s: early stop after %d epochs without improvement",
+                        stage.name,
+                        stale,
+                    )
                     break
         model.load_state_dict(best_state)
     set_trainable(model, set())

@@ -11,6 +11,7 @@ minus false acceptance) on the validation split (known) and on half of the stran
 (unknown); AUROC and the rates at that threshold are then reported on the test split and on the
 other, unseen half of the strangers.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -55,7 +56,9 @@ def rates(known: np.ndarray, unknown: np.ndarray, threshold: float) -> dict:
     }
 
 
-def calibrate(scores: dict[str, np.ndarray], calibration_ids: list[str], held_out_ids: list[str]) -> dict:
+def calibrate(
+    scores: dict[str, np.ndarray], calibration_ids: list[str], held_out_ids: list[str]
+) -> dict:
     """``scores``: ``val``/``test`` (known faces) and ``unknown_calibration``/``unknown_held_out``.
     Returns meta.json's ``open_set`` block."""
     threshold = choose_threshold(scores["val"], scores["unknown_calibration"])
@@ -64,11 +67,13 @@ def calibrate(scores: dict[str, np.ndarray], calibration_ids: list[str], held_ou
         "threshold": round(threshold, 6),
         "rule": "known when score >= threshold",
         "calibration": {
-            "known_split": "val", "unknown_identities": calibration_ids,
+            "known_split": "val",
+            "unknown_identities": calibration_ids,
             **rates(scores["val"], scores["unknown_calibration"], threshold),
         },
         "held_out": {
-            "known_split": "test", "unknown_identities": held_out_ids,
+            "known_split": "test",
+            "unknown_identities": held_out_ids,
             **rates(scores["test"], scores["unknown_held_out"], threshold),
         },
     }

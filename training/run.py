@@ -1,4 +1,5 @@
 """The commands behind ``python -m training``: fit, export, evaluate, insight."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,16 @@ from torch.utils.data import DataLoader
 from service.bundle import ONNX_FILE, read_meta
 
 from . import report
+from .alignment import landmark_template
 from .augment import eval_transforms, train_transforms
 from .backbones import build_backbone
 from .baseline import linear_probe
 from .data import SPLITS, DataError, FaceDataset, class_weights, scan, split
 from .export import onnx_logits, write_bundle
-from .alignment import landmark_template
 from .fit import Stage, fit, predict
 from .insight import write_insight
-from .open_set import calibrate, max_softmax, split_identities
 from .model import FaceClassifier
+from .open_set import calibrate, max_softmax, split_identities
 from .preprocess import Preprocessing
 
 log = logging.getLogger("training")
@@ -47,8 +48,11 @@ def seed_everything(seed: int) -> None:
 def _stages(args) -> list[Stage]:
     names = [s.strip() for s in args.stages.split(",") if s.strip()]
     if not (len(names) == len(args.epochs) == len(args.lr)):
-        raise ValueError(f"--stages ({len(names)}), --epochs ({len(args.epochs)}) and --lr ({len(args.lr)}) need one value per stage")
-    return [Stage(n, e, lr) for n, e, lr in zip(names, args.epochs, args.lr)]
+        raise ValueError(
+            f"--stages ({len(names)}), --epochs ({len(args.epochs)}) and --lr ({len(args.lr)}) "
+            "need one value per stage"
+        )
+    return [Stage(n, e, lr) for n, e, lr in zip(names, args.epochs, args.lr, strict=True)]
 
 
 def _limit(tree, per_class: int | None, seed: int):
@@ -67,48 +71,79 @@ def _stack(dataset: FaceDataset, prep: Preprocessing) -> torch.Tensor:
 
 
 def _logits(model: FaceClassifier, dataset: FaceDataset, prep: Preprocessing) -> np.ndarray:
-    return predict(model, DataLoader(dataset, batch_size=64), prep.standardise, torch.device("cpu"))[0].numpy()
+    return predict(
+        model, DataLoader(dataset, batch_size=64), prep.standardise, torch.device("cpu")
+    )[0].numpy()
 
 
-def _open_set(model: FaceClassifier, prep: Preprocessing, sets: dict, others: str, seed: int) -> dict:
+def _open_set(
+    model: FaceClassifier, prep: Preprocessing, sets: dict, others: str, seed: int
+) -> dict:
     """meta.json's ``open_set`` block, calibrated on strangers' faces under ``others``."""
     tree = scan(others)
     calibration_ids, held_out_ids = split_identities(tree.classes, seed)
     strangers = {
-        name: FaceDataset(tree.root, [s for s in tree.samples if tree.classes[s[1]] in ids], prep, desc=name)
-        for name, ids in (("unknown_calibration", calibration_ids), ("unknown_held_out", held_out_ids))
+        name: FaceDataset(
+            tree.root, [s for s in tree.samples if tree.classes[s[1]] in ids], prep, desc=name
+        )
+        for name, ids in (
+            ("unknown_calibration", calibration_ids),
+            ("unknown_held_out", held_out_ids),
+        )
     }
-    scores = {name: max_softmax(_logits(model, d, prep)) for name, d in {**strangers, "val": sets["val"], "test": sets["test"]}.items()}
+    scores = {
+        name: max_softmax(_logits(model, d, prep))
+        for name, d in {**strangers, "val": sets["val"], "test": sets["test"]}.items()
+    }
     block = calibrate(scores, calibration_ids, held_out_ids)
     log.info("open set: threshold %.3f, held-out %s", block["threshold"], block["held_out"])
     return block
 
 
-def _export(ckpt: dict, model: FaceClassifier, prep: Preprocessing, sets: dict, out: Path,
-            report_dir: Path | None, others: str | None, insight: bool = True) -> dict:
+def _export(
+    ckpt: dict,
+    model: FaceClassifier,
+    prep: Preprocessing,
+    sets: dict,
+    out: Path,
+    report_dir: Path | None,
+    others: str | None,
+    insight: bool = True,
+) -> dict:
     """Write the bundle for a trained model: ``sets`` are the split's datasets (train/val/test);
     ``insight``: add the top patches (``write_insight``) once the bundle is in place."""
     args = ckpt["args"]
     model = model.cpu().eval()
     meta_extra = {
         "architecture": {
-            "backbone": args["backbone"], "head": "batchnorm-dropout-linear",
+            "backbone": args["backbone"],
+            "head": "batchnorm-dropout-linear",
             "embedding_dim": model.backbone.embedding_dim,
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "training": ckpt["training"],
         "metrics": ckpt["metrics"],
         "face_alignment": {
-            "detector": "dlib-hog-frontal", "landmarks": "dlib-5-point",
+            "detector": "dlib-hog-frontal",
+            "landmarks": "dlib-5-point",
             **landmark_template(sets["train"].root, [rel for rel, _ in sets["train"].samples]),
         },
-        "license_note": "Trained on face photos for research and education only (see the data's README).",
+        "license_note": (
+            "Trained on face photos for research and education only (see the data's README)."
+        ),
     }
     if others:
         meta_extra["open_set"] = _open_set(model, prep, sets, others, ckpt["split"]["seed"])
     meta = write_bundle(
-        out, model=model, prep=prep, classes=ckpt["classes"], parity_inputs=_stack(sets["test"], prep),
-        split=ckpt["split"], meta_extra=meta_extra, report_dir=report_dir, version=args["version"],
+        out,
+        model=model,
+        prep=prep,
+        classes=ckpt["classes"],
+        parity_inputs=_stack(sets["test"], prep),
+        split=ckpt["split"],
+        meta_extra=meta_extra,
+        report_dir=report_dir,
+        version=args["version"],
     )
     if insight:
         meta["insight"] = write_insight(out, data_root=sets["train"].root)
@@ -127,26 +162,43 @@ def fit_command(args) -> int:
     parts = split(tree, val=args.val, test=args.test, seed=args.seed)
     backbone, prep = build_backbone(args.backbone, args.weights)
     root = Path(args.data)
-    sets = {name: FaceDataset(root, parts[name], prep, eval_transforms(), desc=name) for name in SPLITS}
+    sets = {
+        name: FaceDataset(root, parts[name], prep, eval_transforms(), desc=name) for name in SPLITS
+    }
     generator = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(
         sets["train"].with_transform(train_transforms(preset=args.augment)),
-        batch_size=args.batch_size, shuffle=True, drop_last=True, generator=generator,
+        batch_size=args.batch_size,
+        shuffle=True,
+        drop_last=True,
+        generator=generator,
     )
     plain = {name: DataLoader(sets[name], batch_size=64) for name in SPLITS}
     log.info("data: %s", {name: len(s) for name, s in sets.items()})
 
     baseline = None
     if not args.no_baseline:
-        baseline = linear_probe(backbone.to(device), plain, prep.standardise, device, seed=args.seed)
+        baseline = linear_probe(
+            backbone.to(device), plain, prep.standardise, device, seed=args.seed
+        )
         log.info("baseline (frozen features + logistic regression): %s", baseline)
 
     model = FaceClassifier(backbone, len(tree.classes), dropout=args.dropout)
     weights = class_weights(sets["train"].labels, len(tree.classes))
     history = fit(
-        model, train_loader, plain["val"], prep.standardise, stages=stages, class_weights=weights,
-        optimizer=args.optimizer, weight_decay=args.weight_decay, unfreeze_last=args.unfreeze_last,
-        lr_decay=args.lr_decay, patience=args.patience, label_smoothing=args.label_smoothing, device=device,
+        model,
+        train_loader,
+        plain["val"],
+        prep.standardise,
+        stages=stages,
+        class_weights=weights,
+        optimizer=args.optimizer,
+        weight_decay=args.weight_decay,
+        unfreeze_last=args.unfreeze_last,
+        lr_decay=args.lr_decay,
+        patience=args.patience,
+        label_smoothing=args.label_smoothing,
+        device=device,
     )
     run_dir = Path(args.run_dir or Path("runs") / Path(args.out).name)
     report_dir = run_dir / "report"
@@ -154,23 +206,40 @@ def fit_command(args) -> int:
     metrics = {}
     for name in SPLITS:
         logits, labels = predict(model, plain[name], prep.standardise, device)
-        metrics[name] = report.classification_metrics(labels.numpy(), logits.argmax(1).numpy(), tree.classes)
+        metrics[name] = report.classification_metrics(
+            labels.numpy(), logits.argmax(1).numpy(), tree.classes
+        )
         if name == "test":
-            report.plot_confusion(labels.numpy(), logits.argmax(1).numpy(), tree.classes,
-                                  report_dir / "confusion_test.png", "Test split: fine-tuned model")
+            report.plot_confusion(
+                labels.numpy(),
+                logits.argmax(1).numpy(),
+                tree.classes,
+                report_dir / "confusion_test.png",
+                "Test split: fine-tuned model",
+            )
     if baseline:
-        metrics["baseline_linear_probe"] = {split_name: {"accuracy": acc} for split_name, acc in baseline.items()}
+        metrics["baseline_linear_probe"] = {
+            split_name: {"accuracy": acc} for split_name, acc in baseline.items()
+        }
     report.plot_curves(history, report_dir / "curves.png")
     report.write_json({"metrics": metrics, "history": history}, report_dir / "metrics.json")
     wall = time.perf_counter() - started
     ckpt = {
         "args": vars(args),
         "classes": tree.classes,
-        "split": {"root": str(args.data), "seed": args.seed, "val": args.val, "test": args.test,
-                  "splits": {name: [list(s) for s in parts[name]] for name in SPLITS}},
+        "split": {
+            "root": str(args.data),
+            "seed": args.seed,
+            "val": args.val,
+            "test": args.test,
+            "splits": {name: [list(s) for s in parts[name]] for name in SPLITS},
+        },
         "training": {
-            "data": {"root": str(args.data), "counts": {name: tree.counts(parts[name]) for name in SPLITS},
-                     "skipped_files": tree.skipped},
+            "data": {
+                "root": str(args.data),
+                "counts": {name: tree.counts(parts[name]) for name in SPLITS},
+                "skipped_files": tree.skipped,
+            },
             "args": {k: v for k, v in vars(args).items() if k != "log_level"},
             "stages": [vars(s) for s in stages],
             "history": history,
@@ -192,12 +261,22 @@ def summary_table(meta: dict) -> str:
     rows = ["| model | train | val | test |", "| --- | --- | --- | --- |"]
     if "baseline_linear_probe" in m:
         b = m["baseline_linear_probe"]
-        rows.append(f"| frozen {meta['architecture']['backbone']} features + logistic regression | "
-                    + " | ".join(f"{b[s]['accuracy']:.4f}" for s in SPLITS) + " |")
-    rows.append("| staged fine-tuning (head -> top -> all) | " + " | ".join(f"{m[s]['accuracy']:.4f}" for s in SPLITS) + " |")
-    t = meta["training"]
-    rows.append(f"\ntraining wall time {t['wall_time_s']} s on {t['device']} ({t['torch_threads']} threads); "
-                f"ONNX parity max |diff| {meta['parity']['max_abs_diff']:.2e} over {meta['parity']['images']} images")
+        rows.append(
+            f"| frozen {meta['architecture']['backbone']} features + logistic regression | "
+            + " | ".join(f"{b[s]['accuracy']:.4f}" for s in SPLITS)
+            + " |"
+        )
+    rows.append(
+        "| staged fine-tuning (head -> top -> all) | "
+        + " | ".join(f"{m[s]['accuracy']:.4f}" for s in SPLITS)
+        + " |"
+    )
+    t, parity = meta["training"], meta["parity"]
+    rows.append(
+        f"\ntraining wall time {t['wall_time_s']} s on {t['device']} "
+        f"({t['torch_threads']} threads); "
+        f"ONNX parity max |diff| {parity['max_abs_diff']:.2e} over {parity['images']} images"
+    )
     return "\n".join(rows)
 
 
@@ -208,10 +287,21 @@ def export_command(args) -> int:
     model = FaceClassifier(backbone, len(ckpt["classes"]), dropout=a["dropout"])
     model.load_state_dict(ckpt["state_dict"])
     root = Path(args.data or ckpt["split"]["root"])
-    sets = {name: FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"][name]], prep, desc=name) for name in SPLITS}
+    sets = {
+        name: FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"][name]], prep, desc=name)
+        for name in SPLITS
+    }
     report_dir = Path(args.checkpoint).parent / "report"
-    meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir if report_dir.is_dir() else None,
-                   _others(args), not args.no_insight)
+    meta = _export(
+        ckpt,
+        model,
+        prep,
+        sets,
+        Path(args.out),
+        report_dir if report_dir.is_dir() else None,
+        _others(args),
+        not args.no_insight,
+    )
     print(f"wrote {args.out} (parity max |diff| {meta['parity']['max_abs_diff']:.2e})")
     return 0
 
@@ -221,8 +311,10 @@ def _others(args) -> str | None:
     if args.others == "none":
         return None
     if not Path(args.others).is_dir():
-        raise DataError(f"--others {args.others} is not a directory of strangers' faces; "
-                        "pass --others none to skip the 'none of the classes' calibration")
+        raise DataError(
+            f"--others {args.others} is not a directory of strangers' faces; "
+            "pass --others none to skip the 'none of the classes' calibration"
+        )
     return args.others
 
 
@@ -243,18 +335,37 @@ def evaluate_command(args) -> int:
     dataset = FaceDataset(root, samples, prep, desc=args.split)
     logits = onnx_logits(bundle / ONNX_FILE, _stack(dataset, prep).numpy())
     result = report.classification_metrics(dataset.labels.numpy(), logits.argmax(1), classes)
-    print(f"{bundle} on {args.split} ({len(samples)} images under {root}): accuracy {result['accuracy']:.4f}")
+    print(
+        f"{bundle} on {args.split} ({len(samples)} images under {root}): "
+        f"accuracy {result['accuracy']:.4f}"
+    )
     for name in classes:
         c = result["per_class"][name]
-        print(f"  {name:<20} precision {c['precision']:.3f} recall {c['recall']:.3f} n={int(c['support'])}")
+        print(
+            f"  {name:<20} precision {c['precision']:.3f} recall {c['recall']:.3f} "
+            f"n={int(c['support'])}"
+        )
     return 0
 
 
 def insight_command(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
-    layers = tuple(name.strip() for name in args.layers.split(",") if name.strip()) if args.layers else None
-    block = write_insight(Path(args.bundle), Path(args.data) if args.data else None, layers, args.per_channel, args.limit)
-    print(f"wrote {args.bundle}/{block['top_patches']}: top {block['per_channel']} patches per channel of "
-          f"{', '.join(block['layers'])} from {block['images']} training images; meta.json updated")
+    layers = (
+        tuple(name.strip() for name in args.layers.split(",") if name.strip())
+        if args.layers
+        else None
+    )
+    block = write_insight(
+        Path(args.bundle),
+        Path(args.data) if args.data else None,
+        layers,
+        args.per_channel,
+        args.limit,
+    )
+    print(
+        f"wrote {args.bundle}/{block['top_patches']}: top {block['per_channel']} patches per "
+        f"channel of {', '.join(block['layers'])} from {block['images']} training images; "
+        "meta.json updated"
+    )
     return 0
