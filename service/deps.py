@@ -40,6 +40,7 @@ from .api_key import API_KEY_HEADER, verify_api_key
 from .faces import FaceChoice, choose_face
 from .errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
 from .images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
+from .insight.inspector import InspectedModel
 from .model import ServingModel
 from .settings import Settings
 from .state import ServiceState
@@ -74,7 +75,7 @@ def get_model(state: StateDep) -> ServingModel:
 ModelDep = Annotated[ServingModel, Depends(get_model)]
 
 
-def class_index(model: ServingModel, class_id: str) -> int:
+def class_index(model: ServingModel | InspectedModel, class_id: str) -> int:
     """The index of class ``class_id``; 422 ``unknown_class`` listing the valid ids."""
     ids = [info.id for info in model.meta.classes]
     if class_id not in ids:

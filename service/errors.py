@@ -159,16 +159,18 @@ def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
 
 
 def error_response(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
+    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
     return JSONResponse(error_body(code, message), status_code=status, headers=headers)
 
 
-async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
     return error_response(exc.status, exc.code, exc.message, exc.headers)
 
 
-async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
     code = HTTP_STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     return error_response(exc.status_code, code, message, exc.headers)
@@ -201,7 +203,8 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
     return "; ".join(problems)
 
 
-async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
     message = describe_validation_errors(exc.errors()) or "invalid request"
     return error_response(422, VALIDATION_ERROR, message)
 
@@ -228,8 +231,8 @@ def all_error_codes() -> dict[str, int]:
     return codes
 
 
-def _subclasses(cls: type) -> list[type]:
-    found = []
+def _subclasses(cls: type[ServiceError]) -> list[type[ServiceError]]:
+    found: list[type[ServiceError]] = []
     for sub in cls.__subclasses__():
         found.append(sub)
         found.extend(_subclasses(sub))

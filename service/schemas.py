@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any, Literal
 
+import numpy as np
 from pydantic import BaseModel, Field
 
 from .bundle import BundleMeta
@@ -30,7 +31,9 @@ class ClassProbability(BaseModel):
     probability: float = Field(ge=0, le=1)
 
 
-def rank_classes(model: ServingModel, probabilities: Sequence[float]) -> list[ClassProbability]:
+def rank_classes(
+    model: ServingModel, probabilities: Sequence[float] | np.ndarray
+) -> list[ClassProbability]:
     """Every class of ``model`` with its probability, most probable first (ties: class order)."""
     classes = model.meta.classes
     order = sorted(range(len(classes)), key=lambda i: -float(probabilities[i]))

@@ -26,8 +26,8 @@ class Preprocessing(InputSpec):
 
     def load(self, path: str | Path) -> np.ndarray:
         """Decode, orient (EXIF), convert to RGB and resize: (height, width, 3) uint8."""
-        with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image).convert("RGB")
+        with Image.open(path) as stored:
+            image = ImageOps.exif_transpose(stored).convert("RGB")
             size = (self.width, self.height)
             return np.asarray(image.resize(size, RESAMPLING_FILTERS[self.resize]))
 

@@ -43,11 +43,11 @@ def probability_curve(
     _, height, width = start.shape
     switched_at = np.empty(order.size, dtype=np.int64)
     switched_at[order] = np.arange(order.size)  # rank of every pixel
-    switched_at = switched_at.reshape(height, width)
+    ranks = switched_at.reshape(height, width)
     counts = np.round(np.linspace(0, order.size, steps + 1)).astype(np.int64)
 
     def images(first: int, stop: int) -> np.ndarray:
-        switched = switched_at[None] < counts[first:stop, None, None]  # (n, H, W)
+        switched = ranks[None] < counts[first:stop, None, None]  # (n, H, W)
         return np.where(switched[:, None], end[None], start[None])
 
     return target_scores(forward, images, steps + 1, target, batch_size, "probability")

@@ -67,7 +67,7 @@ class Heatmap:
 
     @property
     def shape(self) -> tuple[int, int]:
-        return self.values.shape  # type: ignore[return-value]
+        return self.values.shape
 
     @property
     def probabilities(self) -> np.ndarray:

@@ -16,7 +16,6 @@ units near the border then see padding for part of their field.
 """
 from __future__ import annotations
 
-import functools
 import operator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -185,7 +184,10 @@ def layer_filters(twin: fx.GraphModule, layer: str) -> torch.Tensor:
     weight = _arguments(max(convs, key=order.__getitem__))["weight"]
     if weight.op != "get_attr":
         raise ArchitectureError(f"the filters of layer {layer!r} are not stored weights")
-    return functools.reduce(getattr, weight.target.split("."), twin).detach()
+    stored: Any = twin
+    for name in str(weight.target).split("."):  # a get_attr node's target: the attribute path
+        stored = getattr(stored, name)
+    return torch.as_tensor(stored).detach()
 
 
 def _field_of(node: fx.Node, fields: dict[fx.Node, _Field]) -> _Field:
@@ -220,8 +222,11 @@ def _field_of(node: fx.Node, fields: dict[fx.Node, _Field]) -> _Field:
 
 
 def _arguments(node: fx.Node) -> dict[str, Any]:
+    function = node.target
+    if isinstance(function, str):  # a method or attribute name, not an operator
+        raise ArchitectureError(f"cannot read the arguments of {node.name} ({function})")
     normalized = normalize_function(
-        node.target, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True
+        function, tuple(node.args), dict(node.kwargs), normalize_to_only_use_kwargs=True
     )
     if normalized is None:
         raise ArchitectureError(f"cannot read the arguments of {node.name} ({node.target})")
@@ -255,7 +260,7 @@ def _window(node: fx.Node, args: dict[str, Any], field: tuple[AxisField, AxisFie
         padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
     padding = _pair(padding, 0)
     units = tuple(int(n) for n in node.meta["val"].shape[-2:])
-    return tuple(  # type: ignore[return-value]
+    return tuple(
         axis.through(k, s, p, d, n)
         for axis, k, s, p, d, n in zip(field, kernel, stride, padding, dilation, units)
     )

@@ -137,9 +137,9 @@ class Inspector:
         key = "|".join((self.model.meta.files[TWIN_FILE].sha256, repr(objective), params.model_dump_json()))
         found = SYNTHESES.get(key)
         if found is not None:
-            return found, True  # type: ignore[return-value]
+            return found, True
         result = synthesize(self.model.twin, self._codec, objective, params, cancellation)
-        SYNTHESES.put(key, result)  # type: ignore[arg-type]
+        SYNTHESES.put(key, result)
         return result, False
 
 

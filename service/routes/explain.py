@@ -270,11 +270,13 @@ async def _explain(
         model_digest=model.meta.files[ONNX_FILE].sha256,
     )
     started = time.perf_counter()
-    heatmap = cache.get(key)
-    cached = heatmap is not None
-    if heatmap is None:
+    found: Heatmap | None = cache.get(key)
+    cached = found is not None
+    if found is None:
         heatmap = await run_in_threadpool(_compute, model, call, inputs.x, target, cancellation)
         cache.put(key, heatmap)
+    else:
+        heatmap = found
     explain_ms = 0.0 if cached else (time.perf_counter() - started) * 1000
 
     aligned = inputs.face.aligned

@@ -112,6 +112,7 @@ async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
 
 @router.post(
     "/activations",
+    response_model=ActivationsResponse,
     summary="A photo's strongest activation maps in a layer",
     description="The face is found and aligned as for /predict; the `top` channels of the layer "
     "with the largest mean activation, strongest first, as an inferno-coloured grid on one scale "
@@ -126,7 +127,7 @@ async def activations(
     layer: LayerQuery,
     top: Annotated[int, Query(ge=1, le=MAX_TOP, description="how many channels (all when the layer has fewer)")] = 16,
     format: FormatQuery = "png",
-) -> ActivationsResponse:  # or the PNG Response
+) -> ActivationsResponse | Response:
     _check_layer(inspector, layer)
     found = await run_in_threadpool(inspector.activations, inputs.x, layer, top)
     grid = await run_in_threadpool(inspector.activation_grid, found)
@@ -168,6 +169,7 @@ async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
 
 @router.get(
     "/top-patches",
+    response_model=TopPatchesResponse,
     summary="The training patches that excite a channel most",
     description="Computed offline from the bundle's training split and stored in the bundle "
     "(`python -m training insight`): for each of the channel's top images, the patch under the unit "
@@ -177,7 +179,7 @@ async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
 )
 async def top_patches(
     inspector: InspectorDep, layer: LayerQuery, channel: ChannelQuery, format: FormatQuery = "png"
-) -> TopPatchesResponse:  # or the PNG Response
+) -> TopPatchesResponse | Response:
     stored = inspector.top_patches
     if stored is None:
         raise NoTopPatches(
@@ -206,6 +208,7 @@ async def top_patches(
 
 @router.get(
     "/maximize",
+    response_model=SynthesisResponse,
     summary="An image synthesised to excite a class or a channel",
     description="Gradient ascent on the pixels through the twin (Simonyan et al. 2014), from "
     "smooth random colours plus noise, with L2 and total-variation penalties, jitter and a blur "
@@ -217,7 +220,7 @@ async def top_patches(
 )
 async def maximize(
     inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()], cancellation: ClientDep
-) -> SynthesisResponse:  # or the PNG Response
+) -> SynthesisResponse | Response:
     objective = _objective(inspector, query)
     params = MaximizeParams(**query.model_dump(include=set(MaximizeParams.model_fields)))
     result, cached = await run_in_threadpool(inspector.synthesize, objective, params, cancellation)
