@@ -25,7 +25,7 @@ from .cors import JsonCORSMiddleware
 from .errors import install_error_handlers
 from .head_requests import HeadAsGetMiddleware
 from .common.lru import LruCache
-from .insight.inspector import SYNTHESES, Inspector
+from .insight.inspector import Inspector, synthesis_cache
 from .metrics import MetricsMiddleware
 from .model import load_model
 from .routes import docs, explain, insight, meta, metrics, page, predict
@@ -60,7 +60,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log_authentication(settings)
     # Keys hold the model's sha256, so a cache would never mix bundles; it is the app's anyway.
     state.explanation_cache = LruCache(explain.CACHE_ENTRIES)
-    caches = CacheCollector({"explanations": state.explanation_cache, "syntheses": SYNTHESES})
+    syntheses = synthesis_cache()
+    caches = CacheCollector({"explanations": state.explanation_cache, "syntheses": syntheses})
     state.metrics.registry.register(caches)
     try:
         model = await asyncio.to_thread(load_model, settings, state.metrics.observe_batch)
@@ -71,7 +72,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         log.error("model bundle %s cannot be served: %s", settings.model, exc, exc_info=exc)
     else:
         model.start()
-        state.inspector = Inspector(model)
+        state.inspector = Inspector(model, syntheses)
         state.model, state.phase, state.reason = model, "ready", "ready"
         state.metrics.ready.set(1)
         state.metrics.model_info.info(

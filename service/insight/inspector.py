@@ -1,14 +1,12 @@
 """Insight into one served model, built on first use and kept while the model is served.
 
-``inspector_for(model)`` gives the model's ``Inspector``: its layers, their receptive fields
-(from the twin's graph), filter grids, the strongest activation maps of an input, the stored
-top patches, and synthesised images (kept in an LRU keyed by the twin's sha256 and every
-parameter, so asking again is free).
+An ``Inspector`` (one per served model, made by the app's lifespan) gives the model's layers,
+their receptive fields (from the twin's graph), filter grids, the strongest activation maps of
+an input, the stored top patches, and synthesised images (kept in the LRU it is given, keyed by
+the twin's sha256 and every parameter, so asking again is free).
 """
 from __future__ import annotations
 
-import threading
-import weakref
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -37,8 +35,12 @@ from .patches import TopPatches
 
 SYNTHESIS_CACHE_ENTRIES = 32
 SYNTHESIS_CACHE_BYTES = 8 * 1024 * 1024
-# One LRU of any immutable value for every model: keys hold the twin's sha256.
-SYNTHESES = LruCache(SYNTHESIS_CACHE_ENTRIES, SYNTHESIS_CACHE_BYTES)
+
+
+def synthesis_cache() -> LruCache:
+    """An LRU for ``Inspector.synthesize``, bounded in entries and bytes (keys hold the twin's
+    sha256, so one cache never mixes models)."""
+    return LruCache(SYNTHESIS_CACHE_ENTRIES, SYNTHESIS_CACHE_BYTES)
 
 
 class InspectedModel(Protocol):
@@ -72,8 +74,9 @@ class Activations:
 class Inspector:
     """What one served model has learned. Thread-safe; heavy parts are computed on first use."""
 
-    def __init__(self, model: InspectedModel) -> None:
+    def __init__(self, model: InspectedModel, syntheses: LruCache | None = None) -> None:
         self.model = model
+        self.syntheses = syntheses if syntheses is not None else synthesis_cache()
         self.channels = {layer.name: layer.channels or 0 for layer in model.meta.layers}
         self._filters: dict[str, Grid] = {}
         self._codec = PixelCodec(model.meta.input)
@@ -135,26 +138,14 @@ class Inspector:
         whether it came from the cache. A cancelled synthesis raises ``Cancelled`` and is not
         cached."""
         key = "|".join((self.model.meta.files[TWIN_FILE].sha256, repr(objective), params.model_dump_json()))
-        found = SYNTHESES.get(key)
+        found = self.syntheses.get(key)
         if found is not None:
             return found, True
         result = synthesize(self.model.twin, self._codec, objective, params, cancellation)
-        SYNTHESES.put(key, result)
+        self.syntheses.put(key, result)
         return result, False
 
 
 def _grid(tiles: list[np.ndarray]) -> Grid:
     pixels, layout = compose(tiles)
     return Grid(encode_png(Image.fromarray(pixels)), layout)
-
-
-_INSPECTORS: weakref.WeakKeyDictionary[InspectedModel, Inspector] = weakref.WeakKeyDictionary()
-_LOCK = threading.Lock()
-
-
-def inspector_for(model: InspectedModel) -> Inspector:
-    """The model's one ``Inspector`` (made on the first call)."""
-    with _LOCK:
-        if model not in _INSPECTORS:
-            _INSPECTORS[model] = Inspector(model)
-        return _INSPECTORS[model]
