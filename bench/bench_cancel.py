@@ -19,6 +19,7 @@ To compare with an earlier commit, run the same file from a ``git worktree`` of 
 file and tests/hostile/hang_up.py there): the service started is the one of the tree the
 script lies in.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,8 +69,9 @@ def phase(
     for sock in sockets:
         sock.close()
     wait_for(
-        lambda: sum(request_counts(service.url, endpoint).values()) - counted_before
-        >= len(requests),
+        lambda: (
+            sum(request_counts(service.url, endpoint).values()) - counted_before >= len(requests)
+        ),
         SETTLE_TIMEOUT_S,
         f"every {endpoint} request accounted for",
     )
@@ -83,9 +85,7 @@ def phase(
         else f"{passes_before - passes_at_start}/{passes_after - passes_before}"
     )
     by_status = ", ".join(f"{status}: {count}" for status, count in sorted(counts.items()))
-    print(
-        f"{name:<34} {cpu_after:>8.1f} {settle_s:>8.1f} {ran:>20}   {by_status}", flush=True
-    )
+    print(f"{name:<34} {cpu_after:>8.1f} {settle_s:>8.1f} {ran:>20}   {by_status}", flush=True)
 
 
 def main() -> None:
@@ -118,16 +118,21 @@ def main() -> None:
             print(f"service: {ROOT} (python -m service, default settings)")
             print(f"clients hang up {args.hang_up_after:.1f} s after sending; /metrics by status")
             print(
-                f"{'phase':<34} {'CPU s':>8} {'settle s':>8} {'passes before/after':>20}   "
-                "statuses"
+                f"{'phase':<34} {'CPU s':>8} {'settle s':>8} {'passes before/after':>20}   statuses"
             )
             phase(
-                service, f"{args.lime} x /lime num_samples=1000", "/lime", lime,
+                service,
+                f"{args.lime} x /lime num_samples=1000",
+                "/lime",
+                lime,
                 args.hang_up_after,
             )
             phase(
-                service, f"{args.maximize} x /insight/maximize steps=300", "/insight/maximize",
-                maximize, args.hang_up_after,
+                service,
+                f"{args.maximize} x /insight/maximize steps=300",
+                "/insight/maximize",
+                maximize,
+                args.hang_up_after,
             )
         finally:
             stop_server(service.process)

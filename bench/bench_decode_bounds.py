@@ -15,6 +15,7 @@ and p95 latency of ``/predict?detect=false`` on a real face crop sent one at a t
 
     python bench/bench_decode_bounds.py [--root DIR] [--uploads 8] [--side 6000] [--max-decodes N]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from tests.hostile import conftest as hostile  # noqa: E402
 from tests.hostile.heavy_uploads import (  # noqa: E402
-    rss_peak,
     flat_png,
     latencies_while,
     post_at_once,
+    rss_peak,
 )
 from tests.load.harness import stop_server  # noqa: E402
 
@@ -84,8 +85,11 @@ def measure(service: hostile.ServiceProcess, label: str, work, face: bytes) -> N
 def main(args: argparse.Namespace) -> None:
     face = sorted((args.data / FACE).glob("*.png"))[0].read_bytes()
     big = flat_png(args.side)
-    print(f"upload: {args.side}x{args.side} single-colour PNG, {len(big) / 1024:.0f} KB; "
-          f"serving {args.root}", flush=True)
+    print(
+        f"upload: {args.side}x{args.side} single-colour PNG, {len(big) / 1024:.0f} KB; "
+        f"serving {args.root}",
+        flush=True,
+    )
     hostile.ROOT = args.root.resolve()  # launch() starts the service from there
     with tempfile.TemporaryDirectory() as logs:
         env = {} if args.max_decodes is None else {"CELEBXAI_MAX_DECODES": str(args.max_decodes)}

@@ -17,6 +17,7 @@ Starts ``python -m service`` on a free port exactly as the README does (through
     python bench/bench_detector_worst_case.py [--checkout DIR] [--uploads NAME,...]
         [--concurrent blank-20000x16] [--period 0.5] [--duration 10]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,14 +82,17 @@ def one_upload(client: httpx.Client, pid: int, name: str, data: bytes, content_t
     after = process.memory_info().rss / 2**20
     metrics = face_search_totals(client)
     if metrics:
-        pixels, seconds = (metrics[f"{name}_sum"] - before_metrics[f"{name}_sum"]
-                           for name in FACE_METRICS)
+        pixels, seconds = (
+            metrics[f"{name}_sum"] - before_metrics[f"{name}_sum"] for name in FACE_METRICS
+        )
         searched = f"searched {pixels:>9,.0f} px in {seconds:6.3f} s"
     else:
         searched = "searched n/a"
     peak = max(rss.peak_mib, after)
-    print(f"  {name:15s} {len(data):>9,d} B  {answer(response):12s} {elapsed:7.2f} s  "
-          f"RSS {before:6.0f} -> {after:6.0f} MiB (peak {peak:6.0f})  {searched}")
+    print(
+        f"  {name:15s} {len(data):>9,d} B  {answer(response):12s} {elapsed:7.2f} s  "
+        f"RSS {before:6.0f} -> {after:6.0f} MiB (peak {peak:6.0f})  {searched}"
+    )
 
 
 def predict_latencies(
@@ -112,14 +116,26 @@ def summary(latencies: list[dict[str, float]]) -> str:
     """p50/p95/max of the client's latency, and the p95 of each step the service timed."""
     client = [t["client_ms"] for t in latencies]
     p50, p95 = np.percentile(client, [50, 95])
-    steps = ", ".join(f"{name[:-3]} {np.percentile([t[name] for t in latencies], 95):.0f}"
-                      for name in latencies[0] if name != "client_ms")
-    return (f"n={len(client):4d}  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  max {max(client):8.1f} ms"
-            f"  (p95 per step, ms: {steps})")
+    steps = ", ".join(
+        f"{name[:-3]} {np.percentile([t[name] for t in latencies], 95):.0f}"
+        for name in latencies[0]
+        if name != "client_ms"
+    )
+    return (
+        f"n={len(client):4d}  p50 {p50:7.1f} ms  p95 {p95:7.1f} ms  max {max(client):8.1f} ms"
+        f"  (p95 per step, ms: {steps})"
+    )
 
 
-def attack(url: str, upload: tuple[bytes, str], timeout_s: float, start: float, period_s: float,
-           stop: Event, answers: Queue) -> None:
+def attack(
+    url: str,
+    upload: tuple[bytes, str],
+    timeout_s: float,
+    start: float,
+    period_s: float,
+    stop: Event,
+    answers: Queue,
+) -> None:
     """Post ``upload`` at ``start`` (``time.time()``) and every ``period_s`` after (the next one
     as soon as the last is answered, when it took longer) until ``stop``; put each answer on
     ``answers``."""
@@ -134,9 +150,15 @@ def attack(url: str, upload: tuple[bytes, str], timeout_s: float, start: float, 
             beat = max(beat + 1, int((time.time() - start) / period_s))
 
 
-def under_attack(url: str, client: httpx.Client, face: bytes, upload: tuple[bytes, str],
-                 duration_s: float, period_s: float, timeout_s: float,
-                 ) -> tuple[list[dict[str, float]], list[str]]:
+def under_attack(
+    url: str,
+    client: httpx.Client,
+    face: bytes,
+    upload: tuple[bytes, str],
+    duration_s: float,
+    period_s: float,
+    timeout_s: float,
+) -> tuple[list[dict[str, float]], list[str]]:
     """/predict latencies while two clients (processes of their own, so that they do not slow
     this one's timing) post ``upload`` at the same moments, every ``period_s``; and their
     answers."""
@@ -183,24 +205,46 @@ def checkout_launcher(checkout: Path) -> Callable:
 
 def main() -> None:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--checkout", type=Path, default=ROOT,
-                        help="the checkout whose service to start (default: this one)")
-    parser.add_argument("--uploads", default=None,
-                        help="comma-separated worst cases to send alone (default: all)")
-    parser.add_argument("--concurrent", default="blank-20000x16",
-                        help="the worst case two clients send while /predict is timed "
-                        "(default: %(default)s)")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds of /predict timing, alone and under attack "
-                        "(default: %(default)s)")
-    parser.add_argument("--period", type=float, default=0.5,
-                        help="seconds between two worst-case uploads sent at once "
-                        "(default: %(default)s)")
-    parser.add_argument("--face", type=Path, default=DEFAULT_FACE,
-                        help="the face photo /predict is timed on (default: %(default)s)")
-    parser.add_argument("--timeout", type=float, default=300.0,
-                        help="client timeout per request, seconds (default: %(default)s)")
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--checkout",
+        type=Path,
+        default=ROOT,
+        help="the checkout whose service to start (default: this one)",
+    )
+    parser.add_argument(
+        "--uploads", default=None, help="comma-separated worst cases to send alone (default: all)"
+    )
+    parser.add_argument(
+        "--concurrent",
+        default="blank-20000x16",
+        help="the worst case two clients send while /predict is timed (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds of /predict timing, alone and under attack (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--period",
+        type=float,
+        default=0.5,
+        help="seconds between two worst-case uploads sent at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--face",
+        type=Path,
+        default=DEFAULT_FACE,
+        help="the face photo /predict is timed on (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=300.0,
+        help="client timeout per request, seconds (default: %(default)s)",
+    )
     args = parser.parse_args()
 
     launch = checkout_launcher(args.checkout.resolve())
@@ -214,8 +258,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as logs:
         service = launch(Path(logs))
         try:
-            print(f"service from {args.checkout.resolve()} on {service.url}, "
-                  f"{psutil.cpu_count()} cores, load average {psutil.getloadavg()[0]:.1f}")
+            print(
+                f"service from {args.checkout.resolve()} on {service.url}, "
+                f"{psutil.cpu_count()} cores, load average {psutil.getloadavg()[0]:.1f}"
+            )
             with httpx.Client(base_url=service.url, timeout=args.timeout) as client:
                 post(client, face, "image/png")  # warm up
                 print("each worst case alone:")
@@ -225,8 +271,14 @@ def main() -> None:
                 alone = predict_latencies(client, face, args.duration)
                 print(f"  alone: {summary(alone)}")
                 latencies, answers = under_attack(
-                    service.url, client, face, uploads[args.concurrent], args.duration,
-                    args.period, args.timeout)
+                    service.url,
+                    client,
+                    face,
+                    uploads[args.concurrent],
+                    args.duration,
+                    args.period,
+                    args.timeout,
+                )
                 attack_name = f"two {args.concurrent} at once every {args.period:g} s"
                 print(f"  {attack_name}: {summary(latencies)}")
                 counts = {a: answers.count(a) for a in sorted(set(answers))}

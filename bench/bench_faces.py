@@ -11,6 +11,7 @@ One run prints, for the bundle (default models/celebs8):
 
     python bench/bench_faces.py [--bundle models/celebs8] [--data ../shared/data]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,9 @@ DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "da
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--bundle", type=Path, default=ROOT / "models" / "celebs8")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA)
     args = parser.parse_args()
@@ -76,20 +79,30 @@ def main() -> None:
 
     n = len(split)
     print(f"bundle {meta.name} {meta.version}")
-    print(f"detection rate, wild_others photos:  {wild_found}/{len(wild)} = {wild_found / len(wild):.3f}")
+    print(
+        f"detection rate, wild_others photos:  {wild_found}/{len(wild)} = "
+        f"{wild_found / len(wild):.3f}"
+    )
     print(f"detection rate, test-split crops:    {crops_found}/{n} = {crops_found / n:.3f}")
     print(f"test accuracy, crops as they are:    {crop_correct / n:.4f}")
-    print(f"test accuracy, full photo path:      {photo_correct / n:.4f} (undetected count as wrong; "
-          f"{photo_correct / max(crops_found, 1):.4f} of detected)")
+    print(
+        f"test accuracy, full photo path:      {photo_correct / n:.4f} (undetected count as wrong; "
+        f"{photo_correct / max(crops_found, 1):.4f} of detected)"
+    )
     held_out = meta.open_set.model_extra["held_out"]
-    print(f"open set ({meta.open_set.score} >= {meta.open_set.threshold:.3f}), held-out strangers "
-          f"{held_out['unknown_identities']} vs test split: AUROC {held_out['auroc']:.4f}, "
-          f"false rejections {held_out['false_rejection_rate']:.3f}, "
-          f"false acceptances {held_out['false_acceptance_rate']:.3f}")
+    print(
+        f"open set ({meta.open_set.score} >= {meta.open_set.threshold:.3f}), held-out strangers "
+        f"{held_out['unknown_identities']} vs test split: AUROC {held_out['auroc']:.4f}, "
+        f"false rejections {held_out['false_rejection_rate']:.3f}, "
+        f"false acceptances {held_out['false_acceptance_rate']:.3f}"
+    )
     print(f"wild_others called strangers:        {wild_unknown}/{wild_found}")
     ms = np.array(detect_s) * 1000
-    print(f"detection + alignment per image:     median {np.median(ms):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms "
-          f"(one thread, {len(ms)} images of 112x112 and 250x250)")
+    print(
+        f"detection + alignment per image:     median {np.median(ms):.1f} ms, "
+        f"p95 {np.percentile(ms, 95):.1f} ms "
+        f"(one thread, {len(ms)} images of 112x112 and 250x250)"
+    )
 
 
 if __name__ == "__main__":

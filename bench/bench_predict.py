@@ -13,6 +13,7 @@ server on the same machine. Real face photos from ../shared/data are cycled thro
 
     python bench/bench_predict.py [--duration 10] [--concurrency 1 8 32] [--threads 0]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,30 +43,75 @@ BATCH_SIZE_PATTERN = re.compile(rb'"batch_size":(\d+)')
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=ROOT / "models" / "celebs8",
-                        help="bundle directory (default: models/celebs8)")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA,
-                        help="face data root with celebs8/ (default: ../shared/data)")
-    parser.add_argument("--images", type=int, default=64, help="distinct photos to cycle (default: 64)")
-    parser.add_argument("--threads", type=int, default=0,
-                        help="ONNX Runtime intra-op threads, raw and served alike (default: 0 = cores)")
-    parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 4, 8, 16, 32, 64],
-                        help="raw batch sizes to try (default: 1 4 8 16 32 64)")
-    parser.add_argument("--raw-seconds", type=float, default=3.0,
-                        help="seconds per raw batch size (default: 3)")
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32],
-                        help="HTTP concurrency levels (default: 1 8 32)")
-    parser.add_argument("--duration", type=float, default=10.0,
-                        help="seconds measured per concurrency level (default: 10)")
-    parser.add_argument("--warmup", type=float, default=2.0,
-                        help="seconds of unmeasured load before each level (default: 2)")
-    parser.add_argument("--paths", nargs="+", default=["/predict", "/predict?detect=false"],
-                        help="request paths to load, each at every concurrency (default: /predict "
-                        "with face detection, then without: the model path alone)")
-    parser.add_argument("--max-batch-size", type=int, default=32,
-                        help="server's dynamic batcher max batch (default: 32)")
-    parser.add_argument("--batch-timeout-ms", type=float, default=4.0,
-                        help="server's dynamic batcher timeout (default: 4)")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        default=ROOT / "models" / "celebs8",
+        help="bundle directory (default: models/celebs8)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=DEFAULT_DATA,
+        help="face data root with celebs8/ (default: ../shared/data)",
+    )
+    parser.add_argument(
+        "--images", type=int, default=64, help="distinct photos to cycle (default: 64)"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="ONNX Runtime intra-op threads, raw and served alike (default: 0 = cores)",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        type=int,
+        nargs="+",
+        default=[1, 4, 8, 16, 32, 64],
+        help="raw batch sizes to try (default: 1 4 8 16 32 64)",
+    )
+    parser.add_argument(
+        "--raw-seconds", type=float, default=3.0, help="seconds per raw batch size (default: 3)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        nargs="+",
+        default=[1, 8, 32],
+        help="HTTP concurrency levels (default: 1 8 32)",
+    )
+    parser.add_argument(
+        "--duration",
+        type=float,
+        default=10.0,
+        help="seconds measured per concurrency level (default: 10)",
+    )
+    parser.add_argument(
+        "--warmup",
+        type=float,
+        default=2.0,
+        help="seconds of unmeasured load before each level (default: 2)",
+    )
+    parser.add_argument(
+        "--paths",
+        nargs="+",
+        default=["/predict", "/predict?detect=false"],
+        help="request paths to load, each at every concurrency (default: /predict "
+        "with face detection, then without: the model path alone)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=32,
+        help="server's dynamic batcher max batch (default: 32)",
+    )
+    parser.add_argument(
+        "--batch-timeout-ms",
+        type=float,
+        default=4.0,
+        help="server's dynamic batcher timeout (default: 4)",
+    )
     return parser
 
 
@@ -100,17 +146,24 @@ def raw_throughput(
             images += batch_size
         cpu_ms = (time.process_time() - cpu_started) * 1000 / images
         results[batch_size] = images / elapsed
-        print(f"  raw batch {batch_size:>3}: {results[batch_size]:8.1f} images/s "
-              f"({cpu_ms:5.2f} CPU ms/image)", flush=True)
+        print(
+            f"  raw batch {batch_size:>3}: {results[batch_size]:8.1f} images/s "
+            f"({cpu_ms:5.2f} CPU ms/image)",
+            flush=True,
+        )
     return results
 
 
 def multipart_request(port: int, photo: bytes, path: str = "/predict") -> bytes:
     body = (
-        f"--{BOUNDARY}\r\n"
-        'Content-Disposition: form-data; name="file"; filename="face.png"\r\n'
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + photo + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f"--{BOUNDARY}\r\n"
+            'Content-Disposition: form-data; name="file"; filename="face.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + photo
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     head = (
         f"POST {path} HTTP/1.1\r\n"
         f"Host: 127.0.0.1:{port}\r\n"
@@ -127,8 +180,9 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, await reader.readexactly(length)
 
 
-async def load_level(port: int, requests: list[bytes], concurrency: int, warmup: float,
-                     duration: float) -> dict[str, float]:
+async def load_level(
+    port: int, requests: list[bytes], concurrency: int, warmup: float, duration: float
+) -> dict[str, float]:
     """Closed-loop load: ``concurrency`` connections, each sending its next request on reply."""
     start = time.perf_counter()
     measure_from, stop_at = start + warmup, start + warmup + duration
@@ -185,10 +239,27 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     command = [
-        sys.executable, "-m", "service", "--model", str(args.model), "--host", "127.0.0.1",
-        "--port", str(port), "--threads", str(args.threads), "--access-log", "false",
-        "--log-level", "warning", "--max-batch-size", str(args.max_batch_size),
-        "--batch-timeout-ms", str(args.batch_timeout_ms), "--max-in-flight", "1024",
+        sys.executable,
+        "-m",
+        "service",
+        "--model",
+        str(args.model),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--threads",
+        str(args.threads),
+        "--access-log",
+        "false",
+        "--log-level",
+        "warning",
+        "--max-batch-size",
+        str(args.max_batch_size),
+        "--batch-timeout-ms",
+        str(args.batch_timeout_ms),
+        "--max-in-flight",
+        "1024",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELEBXAI_")}
     server = subprocess.Popen(command, cwd=ROOT, env=env)
@@ -207,8 +278,11 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
 
 def main(args: argparse.Namespace) -> None:
     photos = load_photos(args.data, args.images)
-    print(f"model {args.model}, {len(photos)} photos, {os.cpu_count()} CPU cores, "
-          f"threads={args.threads or 'auto'}", flush=True)
+    print(
+        f"model {args.model}, {len(photos)} photos, {os.cpu_count()} CPU cores, "
+        f"threads={args.threads or 'auto'}",
+        flush=True,
+    )
 
     print("raw ONNX Runtime (session.run on preprocessed input):", flush=True)
     raw = raw_throughput(args, photos, args.batch_sizes)
@@ -221,20 +295,32 @@ def main(args: argparse.Namespace) -> None:
     try:
         for path in args.paths:
             requests = [multipart_request(port, photo, path) for photo in photos]
-            print(f"POST {path} over HTTP (uvicorn, max batch {args.max_batch_size}, "
-                  f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):")
-            print(f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
-                  f"{'batch':>6} {'errors':>6} {'server CPU ms/req':>18}")
+            print(
+                f"POST {path} over HTTP (uvicorn, max batch {args.max_batch_size}, "
+                f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):"
+            )
+            print(
+                f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
+                f"{'batch':>6} {'errors':>6} {'server CPU ms/req':>18}"
+            )
             for concurrency in args.concurrency:
                 cpu_before = process_cpu_seconds(server.pid)
                 result = asyncio.run(
                     load_level(port, requests, concurrency, args.warmup, args.duration)
                 )
                 # over every request of the level, warm-up included
-                cpu_ms = (process_cpu_seconds(server.pid) - cpu_before) * 1000 / max(result["completed"], 1)
-                print(f"  {concurrency:>11} {result['throughput']:8.1f} {result['throughput'] / best:6.2f} "
-                      f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
-                      f"{result['failures']:>6} {cpu_ms:18.2f}", flush=True)
+                cpu_ms = (
+                    (process_cpu_seconds(server.pid) - cpu_before)
+                    * 1000
+                    / max(result["completed"], 1)
+                )
+                print(
+                    f"  {concurrency:>11} {result['throughput']:8.1f} "
+                    f"{result['throughput'] / best:6.2f} "
+                    f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
+                    f"{result['failures']:>6} {cpu_ms:18.2f}",
+                    flush=True,
+                )
     finally:
         server.terminate()
         server.wait(timeout=30)

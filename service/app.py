@@ -4,6 +4,7 @@ Loading happens once per app, in the lifespan, on a worker thread. If it fails t
 serves: ``/healthz`` answers, and ``/readyz`` and every model endpoint answer 503 ``not_ready``
 with the reason. Explanation endpoints plug in as one more router in ``ROUTERS``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -18,13 +19,13 @@ from . import __version__
 from .api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
 from .body_limit import BodySizeLimitMiddleware
 from .bundle import ONNX_FILE, BundleError
-from .engine import EngineError
-from .connection_limits import refusal_counter
 from .cache_metrics import CacheCollector
+from .common.lru import LruCache
+from .connection_limits import refusal_counter
 from .cors import JsonCORSMiddleware
+from .engine import EngineError
 from .errors import install_error_handlers
 from .head_requests import HeadAsGetMiddleware
-from .common.lru import LruCache
 from .insight.inspector import Inspector, synthesis_cache
 from .metrics import MetricsMiddleware
 from .model import load_model

@@ -6,6 +6,7 @@ training's writer (``training/export.py``, ``training/insight.py``) uses the sam
 schema version, ``BundleMeta`` and ``sha256_of``, and validates what it writes with
 ``BundleMeta`` before the bundle is moved into place.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -213,5 +214,7 @@ def check_parity(
             f"ONNX and torch twin disagree: max |logit difference| {max_diff:.3g} on the probe "
             f"input exceeds the tolerance {meta.parity_tolerance:.3g}"
         )
-    log.info("parity: ONNX vs twin max |diff| %.3g (tolerance %.3g)", max_diff, meta.parity_tolerance)
+    log.info(
+        "parity: ONNX vs twin max |diff| %.3g (tolerance %.3g)", max_diff, meta.parity_tolerance
+    )
     return max_diff

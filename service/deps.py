@@ -19,6 +19,7 @@
 An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
 errors and limits as ``/predict``.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -28,17 +29,16 @@ from dataclasses import dataclass
 from typing import Annotated
 
 import numpy as np
-
 from fastapi import Depends, File, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
+from .api_key import API_KEY_HEADER, verify_api_key
 from .cancellation import Cancellation, Cancelled
 from .common.lru import LruCache
-from .api_key import API_KEY_HEADER, verify_api_key
-from .faces import FaceChoice, choose_face
 from .errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
+from .faces import FaceChoice, choose_face
 from .images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
 from .insight.inspector import InspectedModel
 from .model import ServingModel
@@ -180,12 +180,16 @@ async def face_choice(
     model: ModelDep,
     image: ImageDep,
     detect: Annotated[
-        bool, Query(description="find the face first; false: the image already is a tight face crop")
+        bool,
+        Query(description="find the face first; false: the image already is a tight face crop"),
     ] = True,
     face: Annotated[
         int | None,
-        Query(ge=0, description="which detected face to use: an index into `faces` (preferred first); "
-              "default 0, the largest and most central"),
+        Query(
+            ge=0,
+            description="which detected face to use: an index into `faces` (preferred first); "
+            "default 0, the largest and most central",
+        ),
     ] = None,
 ) -> FaceChoice:
     return await run_in_threadpool(choose_face, model.faces, image.rgb, detect=detect, index=face)

@@ -11,6 +11,7 @@ Work whose client has gone is dropped (``service.cancellation``): ``infer`` chec
 ``Cancellation`` when each chunk's turn on the inference thread comes, so chunks queued behind
 other work never run; ``submit`` gives up its place in the batcher.
 """
+
 from __future__ import annotations
 
 import asyncio

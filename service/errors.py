@@ -5,12 +5,13 @@ by ``install_error_handlers`` turn it, FastAPI's own validation errors and Starl
 into the same JSON shape. The codes are part of the API: clients match on them, so never rename
 one (README, "Error codes").
 """
+
 from __future__ import annotations
 
 import logging
 import re
-from http import HTTPStatus
 from collections.abc import Iterable, Mapping
+from http import HTTPStatus
 from typing import Any, ClassVar
 
 from fastapi import FastAPI, Request

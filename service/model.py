@@ -4,6 +4,7 @@
 twin parity on a fixed probe input) and warms the session up; any failure raises
 ``BundleError``/``EngineError`` and the app stays not-ready with that message.
 """
+
 from __future__ import annotations
 
 import logging
@@ -127,7 +128,11 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
     faces = None
     if meta.face_alignment is not None:
         faces = FaceFinder(meta.face_alignment, workers=settings.threads or os.cpu_count() or 1)
-        log.info("face detection on: %s + %s", meta.face_alignment.detector, meta.face_alignment.landmarks)
+        log.info(
+            "face detection on: %s + %s",
+            meta.face_alignment.detector,
+            meta.face_alignment.landmarks,
+        )
     else:
         log.warning("bundle has no face_alignment: every image is classified whole, as a face crop")
     probe = probe_batch(preprocess)

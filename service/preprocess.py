@@ -7,8 +7,10 @@ channel, ``PixelAffine``: the one implementation that serving (numpy), training 
 device) and synthesis (torch, both ways) use, so they cannot drift apart. Training records its
 ``InputSpec`` in the bundle it writes.
 """
+
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -84,7 +86,6 @@ class PixelAffine:
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(..., 3, H, W)`` RGB pixels (uint8 or float, 0..255), on any device -> float32
         model input on that device."""
-        import torch
 
         if self.bgr:
             pixels = pixels.flip(-3)
@@ -141,7 +142,7 @@ class Preprocessor:
         return self.affine(np.asarray(image).transpose(2, 0, 1))
 
 
-def _require(value: str, valid: object, name: str) -> None:
-    choices = list(valid)  # type: ignore[call-overload]
+def _require(value: str, valid: Iterable[str], name: str) -> None:
+    choices = list(valid)
     if value not in choices:
         raise ValueError(f"unsupported {name} {value!r}; valid: {', '.join(choices)}")

@@ -1,4 +1,5 @@
 """Response bodies of the HTTP API, named by role. Field descriptions end up in openapi.yaml."""
+
 from __future__ import annotations
 
 import time
@@ -38,7 +39,9 @@ def rank_classes(
     classes = model.meta.classes
     order = sorted(range(len(classes)), key=lambda i: -float(probabilities[i]))
     return [
-        ClassProbability(id=classes[i].id, name=classes[i].name, probability=float(probabilities[i]))
+        ClassProbability(
+            id=classes[i].id, name=classes[i].name, probability=float(probabilities[i])
+        )
         for i in order
     ]
 
@@ -67,7 +70,9 @@ class DetectedFace(BaseModel):
     y: int
     width: int
     height: int
-    score: float = Field(description="detector confidence (SVM margin): higher is surer, 0 is its usual cut-off")
+    score: float = Field(
+        description="detector confidence (SVM margin): higher is surer, 0 is its usual cut-off"
+    )
 
 
 class OpenSetVerdict(BaseModel):
@@ -76,7 +81,9 @@ class OpenSetVerdict(BaseModel):
 
     known: bool = Field(description="true: one of the classes; false: most likely none of them")
     score: float = Field(description="the decision score (the largest class probability)")
-    threshold: float = Field(description="known when score >= threshold (calibrated on strangers' faces)")
+    threshold: float = Field(
+        description="known when score >= threshold (calibrated on strangers' faces)"
+    )
 
 
 class ImageInfo(BaseModel):
@@ -88,8 +95,13 @@ class ImageInfo(BaseModel):
 
     @classmethod
     def of(cls, image: DecodedImage) -> ImageInfo:
-        return cls(width=image.width, height=image.height, format=image.format,
-                   mode=image.source_mode, frames=image.frames)
+        return cls(
+            width=image.width,
+            height=image.height,
+            format=image.format,
+            mode=image.source_mode,
+            frames=image.frames,
+        )
 
 
 class ModelRef(BaseModel):
@@ -114,13 +126,17 @@ class PredictionResponse(BaseModel):
     label: str = Field(description="predicted class id")
     name: str = Field(description="display name of the predicted class")
     probability: float = Field(description="probability of the predicted class")
-    probabilities: list[ClassProbability] = Field(
-        description="every class, most probable first"
-    )
+    probabilities: list[ClassProbability] = Field(description="every class, most probable first")
     face_box: FaceBox
-    faces: list[DetectedFace] = Field(description="every face found, preferred (largest, most central) first")
-    face_index: int | None = Field(description="which of `faces` was classified; null: the whole image")
-    open_set: OpenSetVerdict | None = Field(description="null when the bundle has no open-set calibration")
+    faces: list[DetectedFace] = Field(
+        description="every face found, preferred (largest, most central) first"
+    )
+    face_index: int | None = Field(
+        description="which of `faces` was classified; null: the whole image"
+    )
+    open_set: OpenSetVerdict | None = Field(
+        description="null when the bundle has no open-set calibration"
+    )
     image: ImageInfo
     model: ModelRef
     batch_size: int = Field(description="how many requests shared this image's model run")
@@ -139,13 +155,19 @@ class PredictionResponse(BaseModel):
             probabilities=ranked,
             face_box=FaceBox.of(face),
             faces=[
-                DetectedFace(x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height, score=f.score)
+                DetectedFace(
+                    x=f.box.x, y=f.box.y, width=f.box.width, height=f.box.height, score=f.score
+                )
                 for f in face.faces
             ],
             face_index=face.index,
             open_set=OpenSetVerdict(
-                known=top.probability >= spec.threshold, score=top.probability, threshold=spec.threshold
-            ) if (spec := model.meta.open_set) else None,
+                known=top.probability >= spec.threshold,
+                score=top.probability,
+                threshold=spec.threshold,
+            )
+            if (spec := model.meta.open_set)
+            else None,
             image=ImageInfo.of(image),
             model=ModelRef.of(model),
             batch_size=result.batch.batch_size,

@@ -1,4 +1,5 @@
 """What one app instance holds between requests (``app.state.service``)."""
+
 from __future__ import annotations
 
 import asyncio
@@ -65,7 +66,9 @@ class ServiceState:
 
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)
-        self.explanations = ExplanationGate(self.settings.max_explanations, self.settings.explanation_queue)
+        self.explanations = ExplanationGate(
+            self.settings.max_explanations, self.settings.explanation_queue
+        )
         self.metrics.watch(self._face_search_metrics)
         self.decodes = PixelBudget.from_settings(self.settings, self.metrics.registry)
 

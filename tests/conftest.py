@@ -4,6 +4,7 @@ Face photos come from ``../shared/data`` beside the project (see its README). A 
 has none: tests that need it skip with the reason. CI always has it, and there (``CI`` set) a
 missing data folder fails the run instead of skipping silently.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,7 +14,7 @@ from pathlib import Path
 # process shares two cores with the uvicorn servers the load and browser tests start.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import pytest  # noqa: E402
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_ROOT = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))

@@ -2,6 +2,7 @@
 
 Importable from every test module (the root ``tests/conftest.py`` puts ``tests/`` on the path).
 """
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,10 @@ def png_header_only(width: int, height: int) -> bytes:
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 16)
     return (
-        PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
     )
 
 
@@ -63,7 +67,10 @@ def png_bomb(side: int) -> bytes:
     row = b"\x00" * (side + 1)  # filter byte + pixels
     idat = b"".join(compressor.compress(row) for _ in range(side)) + compressor.flush()
     return (
-        PNG_SIGNATURE + _png_chunk(b"IHDR", ihdr) + _png_chunk(b"IDAT", idat) + _png_chunk(b"IEND", b"")
+        PNG_SIGNATURE
+        + _png_chunk(b"IHDR", ihdr)
+        + _png_chunk(b"IDAT", idat)
+        + _png_chunk(b"IEND", b"")
     )
 
 

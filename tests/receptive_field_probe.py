@@ -1,10 +1,13 @@
 """A unit's receptive field measured by its gradient: the input pixels that can move it at all."""
+
 from __future__ import annotations
 
 import torch
 
 
-def gradient_extent(twin, inputs: torch.Tensor, layer: str, row: int, col: int) -> tuple[tuple[int, int], tuple[int, int]]:
+def gradient_extent(
+    twin, inputs: torch.Tensor, layer: str, row: int, col: int
+) -> tuple[tuple[int, int], tuple[int, int]]:
     """First and last input row and column (inclusive) where the gradient of unit ``(row, col)``
     of ``layer`` (summed over its channels) is non-zero for any of ``inputs`` ``(N, 3, H, W)``.
 

@@ -4,6 +4,7 @@
 ``FaceDataset`` decodes every image once (resized per ``Preprocessing``) and keeps it in memory:
 a few thousand 150x150 faces are ~100 MB and decoding them every epoch would dominate a CPU run.
 """
+
 from __future__ import annotations
 
 import copy
@@ -88,13 +89,17 @@ def split(
     """Stratified split: per class, a seeded shuffle, then ``test`` and ``val`` fractions
     (at least one image each) and the rest for training."""
     if not (0 < val < 1 and 0 < test < 1 and val + test < 1):
-        raise DataError(f"val ({val}) and test ({test}) must be fractions in (0, 1) summing below 1")
+        raise DataError(
+            f"val ({val}) and test ({test}) must be fractions in (0, 1) summing below 1"
+        )
     rng = np.random.default_rng(seed)
     parts: dict[str, list[tuple[str, int]]] = {name: [] for name in SPLITS}
     for index, name in enumerate(tree.classes):
         items = [s for s in tree.samples if s[1] == index]
         if len(items) < 3:
-            raise DataError(f"class {name!r} has {len(items)} images; at least 3 are needed to split")
+            raise DataError(
+                f"class {name!r} has {len(items)} images; at least 3 are needed to split"
+            )
         order = rng.permutation(len(items))
         n_test = max(1, round(len(items) * test))
         n_val = max(1, round(len(items) * val))
@@ -107,15 +112,20 @@ def split(
 class FaceDataset(Dataset):
     """In-memory images: item ``i`` is ``(transform(image) (3, H, W) uint8, label)``."""
 
-    def __init__(self, root: Path, samples, prep: Preprocessing, transform=None, desc: str = "") -> None:
+    def __init__(
+        self, root: Path, samples, prep: Preprocessing, transform=None, desc: str = ""
+    ) -> None:
         self.root = Path(root)
         self.samples = list(samples)
         self.labels = torch.tensor([label for _, label in self.samples], dtype=torch.long)
-        images = [prep.load(root / rel) for rel, _ in tqdm(self.samples, desc=f"decode {desc}", leave=False)]
+        images = [
+            prep.load(root / rel)
+            for rel, _ in tqdm(self.samples, desc=f"decode {desc}", leave=False)
+        ]
         self.images = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).contiguous()
         self.transform = transform
 
-    def with_transform(self, transform) -> "FaceDataset":
+    def with_transform(self, transform) -> FaceDataset:
         """The same images (shared, not copied) under another transform."""
         view = copy.copy(self)
         view.transform = transform

@@ -4,6 +4,7 @@ The bundle is assembled in a temporary directory beside the target and renamed i
 reader never sees half a bundle. Before that, the ONNX graph must reproduce the PyTorch logits on
 the given images (max abs difference <= ``PARITY_TOLERANCE``, identical argmax) or export fails.
 """
+
 from __future__ import annotations
 
 import json
@@ -11,7 +12,7 @@ import logging
 import os
 import shutil
 import warnings
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -61,8 +62,13 @@ def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape arithmetic that is constant here
         torch.onnx.export(
-            model, (example,), str(path), input_names=["input"], output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, opset_version=ONNX_OPSET,
+            model,
+            (example,),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=ONNX_OPSET,
             dynamo=False,
         )
 
@@ -76,7 +82,10 @@ def export_twin(model: FaceClassifier, example: torch.Tensor, path: Path) -> Non
 def onnx_logits(path: Path, inputs: np.ndarray, batch_size: int = 64) -> np.ndarray:
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     return np.concatenate(
-        [session.run(["logits"], {"input": inputs[i : i + batch_size]})[0] for i in range(0, len(inputs), batch_size)]
+        [
+            session.run(["logits"], {"input": inputs[i : i + batch_size]})[0]
+            for i in range(0, len(inputs), batch_size)
+        ]
     )
 
 
@@ -139,20 +148,23 @@ def write_bundle(
         example = parity_inputs[:2].clone()
         export_onnx(model, example, tmp / ONNX_FILE)
         parity = check_parity(tmp / ONNX_FILE, model, parity_inputs)
-        log.info("ONNX parity: max |diff| %.2e over %d images", parity["max_abs_diff"], parity["images"])
+        log.info(
+            "ONNX parity: max |diff| %.2e over %d images", parity["max_abs_diff"], parity["images"]
+        )
         export_twin(model, example, tmp / TWIN_FILE)
         (tmp / "split.json").write_text(json.dumps(split) + "\n")
         if report_dir is not None:
             shutil.copytree(report_dir, tmp / "report")
         files = {
             p.relative_to(tmp).as_posix(): {"sha256": sha256_of(p), "bytes": p.stat().st_size}
-            for p in sorted(tmp.rglob("*")) if p.is_file()
+            for p in sorted(tmp.rglob("*"))
+            if p.is_file()
         }
         meta = {
             "schema_version": SCHEMA_VERSION,
             "name": name or out.name,
             "version": version,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
             "classes": [{"id": c, "name": display_name(c)} for c in classes],
             "input": prep.to_meta(),
             "gradcam_layer": model.backbone.gradcam_layer,

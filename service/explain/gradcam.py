@@ -32,9 +32,9 @@ class GradCam(Explainer):
     name = "gradcam"
     title = "Grad-CAM"
     shows = (
-        "The feature maps of a late convolutional layer, each weighted by the class score's average "
-        "gradient over it, then summed (Selvaraju et al. 2017): a coarse map of where the network "
-        "looked."
+        "The feature maps of a late convolutional layer, each weighted by the class score's "
+        "average gradient over it, then summed (Selvaraju et al. 2017): a coarse map of where the "
+        "network looked."
     )
     Params = GradCamParams
     signed = False

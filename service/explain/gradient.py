@@ -16,8 +16,8 @@ class GradientSaliency(Explainer):
     name = "gradient"
     title = "Gradient"
     shows = (
-        "The gradient of the class score with respect to every pixel (Simonyan et al. 2014): bright "
-        "pixels are those where a tiny change would move the score the most."
+        "The gradient of the class score with respect to every pixel (Simonyan et al. 2014): "
+        "bright pixels are those where a tiny change would move the score the most."
     )
     signed = False
     units = "|d target logit / d input value|, largest over channels"

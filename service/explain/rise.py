@@ -98,4 +98,3 @@ def _upsampled(
     return np.stack(
         [m[dy : dy + height, dx : dx + width] for m, (dy, dx) in zip(big, shifts, strict=True)]
     )
-

@@ -14,6 +14,7 @@ is that of its longer branch. Zero padding at the end of a dimension (dlib's res
 indices; padding at the start shifts them. The ``size`` ``hi - lo + 1`` may exceed the input:
 units near the border then see padding for part of their field.
 """
+
 from __future__ import annotations
 
 import operator
@@ -62,7 +63,9 @@ class AxisField:
     def of_input(cls, size: int) -> AxisField:
         return cls(1, 0, 0, 0, size - 1)
 
-    def through(self, kernel: int, stride: int, padding: int, dilation: int, units: int) -> AxisField:
+    def through(
+        self, kernel: int, stride: int, padding: int, dilation: int, units: int
+    ) -> AxisField:
         """The field after a sliding window (convolution or pooling) with ``units`` outputs."""
         lo = self.lo - self.jump * padding
         hi = self.hi + self.jump * (dilation * (kernel - 1) - padding)
@@ -75,10 +78,15 @@ class AxisField:
 
     def union(self, other: AxisField) -> AxisField:
         if other.jump != self.jump:
-            raise ArchitectureError(f"element-wise op on tensors with different strides ({self.jump} vs {other.jump})")
+            raise ArchitectureError(
+                f"element-wise op on tensors with different strides ({self.jump} vs {other.jump})"
+            )
         return AxisField(
-            self.jump, min(self.lo, other.lo), max(self.hi, other.hi),
-            min(self.first, other.first), max(self.last, other.last),
+            self.jump,
+            min(self.lo, other.lo),
+            max(self.hi, other.hi),
+            min(self.first, other.first),
+            max(self.last, other.last),
         )
 
     @property
@@ -103,7 +111,8 @@ class AxisField:
 
 @dataclass(frozen=True)
 class ReceptiveField:
-    """A layer's receptive field: ``rows`` and ``cols`` fields, and the layer's ``shape`` (C, H, W)."""
+    """A layer's receptive field: ``rows`` and ``cols`` fields, and the layer's ``shape``
+    (C, H, W)."""
 
     layer: str
     rows: AxisField
@@ -115,7 +124,8 @@ class ReceptiveField:
         """Whether a unit can see only part of the input: false once even a corner unit's
         field covers all of it, as in the deep layers of most networks."""
         return self.rows.seen(0) != (self.rows.first, self.rows.last) or self.cols.seen(0) != (
-            self.cols.first, self.cols.last
+            self.cols.first,
+            self.cols.last,
         )
 
     def box(self, row: int, col: int) -> tuple[int, int, int, int]:
@@ -143,7 +153,9 @@ def layer_nodes(twin: fx.GraphModule) -> dict[str, fx.Node]:
     if spec is None:
         raise ArchitectureError("the twin does not record its output structure (_out_spec)")
     structure = pytree.tree_unflatten(list(flat), spec)
-    if not (isinstance(structure, tuple) and len(structure) == 2 and isinstance(structure[1], dict)):
+    if not (
+        isinstance(structure, tuple) and len(structure) == 2 and isinstance(structure[1], dict)
+    ):
         raise ArchitectureError("the twin must return (logits, {layer: activation})")
     return dict(structure[1])
 
@@ -160,8 +172,8 @@ def receptive_fields(twin: fx.GraphModule) -> dict[str, ReceptiveField]:
         field = fields[node]
         if not isinstance(field, tuple):
             raise ArchitectureError(f"layer {name!r} is not a spatial function of the input")
-        shape = tuple(int(size) for size in node.meta["val"].shape[1:])
-        result[name] = ReceptiveField(name, field[0], field[1], shape)  # type: ignore[arg-type]
+        channels, height, width = (int(size) for size in node.meta["val"].shape[1:])
+        result[name] = ReceptiveField(name, field[0], field[1], (channels, height, width))
     return result
 
 
@@ -257,18 +269,20 @@ def _window(node: fx.Node, args: dict[str, Any], field: tuple[AxisField, AxisFie
     if padding == "valid":
         padding = (0, 0)
     elif padding == "same":
-        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        padding = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation, strict=True))
     padding = _pair(padding, 0)
     units = tuple(int(n) for n in node.meta["val"].shape[-2:])
     return tuple(
         axis.through(k, s, p, d, n)
-        for axis, k, s, p, d, n in zip(field, kernel, stride, padding, dilation, units)
+        for axis, k, s, p, d, n in zip(field, kernel, stride, padding, dilation, units, strict=True)
     )
 
 
 def _pad(node: fx.Node, args: dict[str, Any], field: tuple[AxisField, AxisField]) -> _Field:
     if args.get("mode", "constant") != "constant":
-        raise ArchitectureError(f"{node.name}: only constant padding keeps a receptive field simple")
+        raise ArchitectureError(
+            f"{node.name}: only constant padding keeps a receptive field simple"
+        )
     pad = list(args["pad"]) + [0, 0, 0, 0]
     left, top = int(pad[0]), int(pad[2])  # torch order: last dim first, (before, after) pairs
     return (field[0].shifted(top), field[1].shifted(left))
@@ -277,4 +291,3 @@ def _pad(node: fx.Node, args: dict[str, Any], field: tuple[AxisField, AxisField]
 def _spatially_reduced(node: fx.Node) -> bool:
     value = node.meta.get("val")
     return value is not None and getattr(value, "ndim", 0) < 4
-

@@ -7,6 +7,7 @@ things are enlarged by a whole factor (nearest neighbour: every weight or map ce
 square): a ``k x k`` filter by ``FILTER_TILE // k``, an ``s x s`` map or patch by
 ``MAP_TILE // s`` (at least 1).
 """
+
 from __future__ import annotations
 
 import math

@@ -5,6 +5,7 @@ their receptive fields (from the twin's graph), filter grids, the strongest acti
 an input, the stored top patches, and synthesised images (kept in the LRU it is given, keyed by
 the twin's sha256 and every parameter, so asking again is free).
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -137,7 +138,9 @@ class Inspector:
         """The synthesised image for ``objective`` (blocking; seconds unless cached), and
         whether it came from the cache. A cancelled synthesis raises ``Cancelled`` and is not
         cached."""
-        key = "|".join((self.model.meta.files[TWIN_FILE].sha256, repr(objective), params.model_dump_json()))
+        key = "|".join(
+            (self.model.meta.files[TWIN_FILE].sha256, repr(objective), params.model_dump_json())
+        )
         found = self.syntheses.get(key)
         if found is not None:
             return found, True

@@ -1,11 +1,12 @@
 """Activation maximisation: an input image that a class or a channel responds to most.
 
-Simonyan, Vedaldi & Zisserman (2014): start from noise (``START_GRID``) and climb the gradient of the chosen score
-with respect to the pixels, through the differentiable twin. Left alone that finds adversarial
-high-frequency noise, so every step is regularised the usual ways (Mahendran & Vedaldi 2015,
-Yosinski et al. 2015): an L2 penalty on the (standardised) image, a total-variation penalty on
-neighbouring pixels, a random shift of the image before each forward pass (jitter), a light
-blur every few steps, and clipping to the valid pixel range. Adam takes the steps.
+Simonyan, Vedaldi & Zisserman (2014): start from noise (``START_GRID``) and climb the gradient
+of the chosen score with respect to the pixels, through the differentiable twin. Left alone that
+finds adversarial high-frequency noise, so every step is regularised the usual ways (Mahendran &
+Vedaldi 2015, Yosinski et al. 2015): an L2 penalty on the (standardised) image, a
+total-variation penalty on neighbouring pixels, a random shift of the image before each forward
+pass (jitter), a light blur every few steps, and clipping to the valid pixel range. Adam takes
+the steps.
 
 The score is the class's logit (the unnormalised score, as Simonyan et al. use: the softmax
 could rise by pushing the other classes down), or the mean activation of one channel of a layer.
@@ -13,6 +14,7 @@ could rise by pushing the other classes down), or the mean activation of one cha
 Every pass of the twin goes through the work's ``Cancellation`` first, so a synthesis whose
 client has gone stops at its next step.
 """
+
 from __future__ import annotations
 
 import time
@@ -45,11 +47,20 @@ class MaximizeParams(BaseModel):
     lr: float = Field(0.05, gt=0, le=1, description="Adam step size, in standardised input units")
     l2: float = Field(1e-3, ge=0, le=1, description="weight of the L2 penalty on the image")
     tv: float = Field(0.5, ge=0, le=100, description="weight of the total-variation penalty")
-    jitter: int = Field(4, ge=0, le=16, description="largest random shift (pixels) before each step")
-    blur_every: int = Field(4, ge=0, le=100, description="blur the image every this many steps (0: never)")
-    seed: int = Field(0, ge=0, le=2**31 - 1, description="seed of the starting noise and the jitter")
+    jitter: int = Field(
+        4, ge=0, le=16, description="largest random shift (pixels) before each step"
+    )
+    blur_every: int = Field(
+        4, ge=0, le=100, description="blur the image every this many steps (0: never)"
+    )
+    seed: int = Field(
+        0, ge=0, le=2**31 - 1, description="seed of the starting noise and the jitter"
+    )
     max_seconds: float = Field(
-        20.0, gt=0, le=60, description="stop after this long even if steps remain (the answer says so)"
+        20.0,
+        gt=0,
+        le=60,
+        description="stop after this long even if steps remain (the answer says so)",
     )
 
 
@@ -65,7 +76,9 @@ class Objective:
         """``(N,)`` scores."""
         if self.class_index is not None:
             return logits[:, self.class_index]
-        return activations[self.layer][:, self.channel].mean(dim=(1, 2))  # type: ignore[index]
+        if self.layer is None or self.channel is None:
+            raise ValueError("an objective is a class_index, or a layer and a channel")
+        return activations[self.layer][:, self.channel].mean(dim=(1, 2))
 
 
 @dataclass(frozen=True)
@@ -122,7 +135,9 @@ def synthesize(
     low, high = codec.bounds()
     coarse = low + (high - low) * torch.rand(1, 3, START_GRID, START_GRID, generator=generator)
     x = F.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)
-    x = torch.maximum(torch.minimum(x + START_NOISE * torch.randn(x.shape, generator=generator), high), low)
+    x = torch.maximum(
+        torch.minimum(x + START_NOISE * torch.randn(x.shape, generator=generator), high), low
+    )
     start = _evaluate(twin, codec.to_input(codec.to_pixels(x[0]))[None], objective, cancellation)
     x.requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=params.lr)
@@ -148,8 +163,13 @@ def synthesize(
     image = codec.to_pixels(x[0])
     end = _evaluate(twin, codec.to_input(image)[None], objective, cancellation)
     return Synthesis(
-        image=image, score_start=start[0], score_end=end[0], probability_start=start[1],
-        probability_end=end[1], steps=done, stopped_early=stopped_early,
+        image=image,
+        score_start=start[0],
+        score_end=end[0],
+        probability_start=start[1],
+        probability_end=end[1],
+        steps=done,
+        stopped_early=stopped_early,
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
 
@@ -168,7 +188,9 @@ def _evaluate(
 
 def _total_variation(x: torch.Tensor) -> torch.Tensor:
     """Mean squared difference between vertical and horizontal neighbours."""
-    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(2).mean()
+    return (x[..., 1:, :] - x[..., :-1, :]).pow(2).mean() + (x[..., :, 1:] - x[..., :, :-1]).pow(
+        2
+    ).mean()
 
 
 def _blur(x: torch.Tensor) -> torch.Tensor:

@@ -17,6 +17,7 @@ centred on the unit; where the field reaches past the image it is filled with th
 colour, which is what the network's own zero padding stands for. Fields wider than
 ``MAX_TILE`` pixels are scaled down to it.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,11 +49,15 @@ def save_sprite(sprite: np.ndarray, path: Path) -> None:
 class Patch(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    image: str = Field(description="training image, relative to the data root (split.json's train list)")
+    image: str = Field(
+        description="training image, relative to the data root (split.json's train list)"
+    )
     label: str = Field(description="its class id")
     row: int = Field(description="the unit's row in the layer's activation map")
     col: int = Field(description="the unit's column in the layer's activation map")
-    activation: float = Field(description="the unit's activation: the channel's largest on that image")
+    activation: float = Field(
+        description="the unit's activation: the channel's largest on that image"
+    )
     box: tuple[int, int, int, int] = Field(
         description="the unit's receptive field in the model input as x0, y0, x1, y1 (end "
         "exclusive); may reach outside the input"

@@ -6,6 +6,7 @@ pyproject.toml, under /docs/assets; the page (``static/docs.html``) and its star
 (``static/docs.js``) name no other host and hold no inline script, so they run under the
 service's Content-Security-Policy (``security_headers``). ReDoc is not offered.
 """
+
 from __future__ import annotations
 
 from importlib.util import find_spec

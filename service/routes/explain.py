@@ -174,6 +174,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
     default ``method=``; a single method takes no ``method=``)."""
     extra: dict[str, Any] = {}
     if len(methods) > 1:
+        # a Literal of the registry's names, built at run time: mypy reads only literal values
         choices = Literal[methods]  # type: ignore[valid-type]
         help_ = f"{', '.join(methods[:-1])} or {methods[-1]}"
         extra["method"] = (choices, Field(methods[0], description=help_))
@@ -207,6 +208,8 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         "target": TargetQuery,
         "format": FormatQuery,
     }
+    # FastAPI reads the endpoint's parameters through inspect, which honours __signature__;
+    # typeshed does not declare that attribute on functions
     endpoint.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[p.replace(annotation=hints[p.name]) for p in signature.parameters.values()],
         return_annotation=ExplanationResponse,
@@ -331,5 +334,3 @@ def _compute(
 
     handle = ModelHandle(forward, model.twin, model.meta.gradcam_layer, cancellation)
     return call.explainer(handle).attribute(x, target, **call.params)
-
-

@@ -10,6 +10,7 @@
 Layer names are those of ``meta.json`` ``layers``. Grids follow ``service.insight.grid``: tiles
 row by row, ``ceil(sqrt(n))`` columns, 2-pixel white gaps.
 """
+
 from __future__ import annotations
 
 import base64
@@ -65,9 +66,16 @@ def get_inspector(model: ModelDep, state: StateDep) -> Inspector:
 
 
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
-LayerQuery = Annotated[str, Query(description="layer name, as meta.json `layers` lists them (e.g. stem, layer1 ... layer5)")]
+LayerQuery = Annotated[
+    str,
+    Query(
+        description="layer name, as meta.json `layers` lists them (e.g. stem, layer1 ... layer5)"
+    ),
+]
 ChannelQuery = Annotated[int, Query(ge=0, description="channel index in the layer, from 0")]
-FormatQuery = Annotated[Literal["png", "json"], Query(description="png: the grid image; json: the numbers")]
+FormatQuery = Annotated[
+    Literal["png", "json"], Query(description="png: the grid image; json: the numbers")
+]
 
 
 class MaximizeQuery(MaximizeParams):
@@ -76,31 +84,42 @@ class MaximizeQuery(MaximizeParams):
     model_config = ConfigDict(frozen=True, extra="ignore", populate_by_name=True)
 
     class_: str | None = Field(None, alias="class", description="class id whose logit to maximise")
-    layer: str | None = Field(None, description="layer of the channel whose mean activation to maximise")
+    layer: str | None = Field(
+        None, description="layer of the channel whose mean activation to maximise"
+    )
     channel: int | None = Field(None, ge=0, description="channel of `layer`")
-    format: Literal["png", "json"] = Field("png", description="png: the image; json: the scores and the image as a data URL")
+    format: Literal["png", "json"] = Field(
+        "png", description="png: the image; json: the scores and the image as a data URL"
+    )
 
     @model_validator(mode="after")
     def _one_objective(self) -> MaximizeQuery:
-        if (self.class_ is None) == (self.layer is None) or (self.layer is None) != (self.channel is None):
+        if (self.class_ is None) == (self.layer is None) or (self.layer is None) != (
+            self.channel is None
+        ):
             raise ValueError("give either class, or layer and channel")
         return self
 
 
-GRID_RESPONSE: dict[int | str, dict[str, Any]] = {200: {"content": {PNG_MEDIA_TYPE: {}}, "description": "grid PNG"}}
+GRID_RESPONSE: dict[int | str, dict[str, Any]] = {
+    200: {"content": {PNG_MEDIA_TYPE: {}}, "description": "grid PNG"}
+}
 EITHER_RESPONSE: dict[int | str, dict[str, Any]] = {
-    200: {"content": {PNG_MEDIA_TYPE: {}}, "description": "JSON (format=json) or the PNG (format=png)"}
+    200: {
+        "content": {PNG_MEDIA_TYPE: {}},
+        "description": "JSON (format=json) or the PNG (format=png)",
+    }
 }
 
 
 @router.get(
     "/filters",
     summary="A layer's filters as an image grid",
-    description="The filters that make the layer's channels (for a stage, its last convolution), one "
-    "tile per filter. The first layer's (the stem's 32 7x7 filters on RGB) are drawn in colour; deeper "
-    "filters, with many input channels, as the grey mean over their input channels. Each filter is "
-    "scaled by its own largest magnitude: mid-grey is 0. A k x k filter is enlarged to k * (48 // k) "
-    "pixels (7x7: 42, 3x3: 48).",
+    description="The filters that make the layer's channels (for a stage, its last convolution), "
+    "one tile per filter. The first layer's (the stem's 32 7x7 filters on RGB) are drawn in "
+    "colour; deeper filters, with many input channels, as the grey mean over their input channels. "
+    "Each filter is scaled by its own largest magnitude: mid-grey is 0. A k x k filter is enlarged "
+    "to k * (48 // k) pixels (7x7: 42, 3x3: 48).",
     response_class=Response,
     responses={**GRID_RESPONSE, **error_responses(401, 422, 503)},
 )
@@ -116,8 +135,9 @@ async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
     summary="A photo's strongest activation maps in a layer",
     description="The face is found and aligned as for /predict; the `top` channels of the layer "
     "with the largest mean activation, strongest first, as an inferno-coloured grid on one scale "
-    "(black 0, pale yellow the 99.5th percentile of the values shown and above). An s x s map is enlarged to s * (96 // s) "
-    "pixels. The PNG's `X-Channels` header lists the channel of every tile.",
+    "(black 0, pale yellow the 99.5th percentile of the values shown and above). An s x s map is "
+    "enlarged to s * (96 // s) pixels. The PNG's `X-Channels` header lists the channel of every "
+    "tile.",
     responses={**EITHER_RESPONSE, **error_responses(400, 401, 413, 415, 422, 503)},
     dependencies=[Depends(in_flight_slot)],
 )
@@ -125,7 +145,9 @@ async def activations(
     inspector: InspectorDep,
     inputs: ModelInputDep,
     layer: LayerQuery,
-    top: Annotated[int, Query(ge=1, le=MAX_TOP, description="how many channels (all when the layer has fewer)")] = 16,
+    top: Annotated[
+        int, Query(ge=1, le=MAX_TOP, description="how many channels (all when the layer has fewer)")
+    ] = 16,
     format: FormatQuery = "png",
 ) -> ActivationsResponse | Response:
     _check_layer(inspector, layer)
@@ -138,7 +160,9 @@ async def activations(
         channels=inspector.channels[layer],
         maps=[
             ActivationMap(channel=c, mean=m, max=p, values=as_rows(values))
-            for c, m, p, values in zip(found.channels, found.means, found.peaks, found.maps)
+            for c, m, p, values in zip(
+                found.channels, found.means, found.peaks, found.maps, strict=True
+            )
         ],
         grid=GridInfo.of(grid.layout),
         face_box=FaceBox.of(inputs.face),
@@ -160,8 +184,14 @@ async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
         input_height=spec.height,
         input_width=spec.width,
         layers=[
-            LayerField(name=name, channels=f.shape[0], height=f.shape[1], width=f.shape[2],
-                       rows=AxisInfo.of(f.rows), cols=AxisInfo.of(f.cols))
+            LayerField(
+                name=name,
+                channels=f.shape[0],
+                height=f.shape[1],
+                width=f.shape[2],
+                rows=AxisInfo.of(f.rows),
+                cols=AxisInfo.of(f.cols),
+            )
             for name, f in fields.items()
         ],
     )
@@ -172,9 +202,10 @@ async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
     response_model=TopPatchesResponse,
     summary="The training patches that excite a channel most",
     description="Computed offline from the bundle's training split and stored in the bundle "
-    "(`python -m training insight`): for each of the channel's top images, the patch under the unit "
-    "where it peaks, cropped to that unit's receptive field (parts outside the image in the input "
-    "mean colour), strongest first. Patch tiles are enlarged by 96 // tile (stem: 11 px -> 88).",
+    "(`python -m training insight`): for each of the channel's top images, the patch under the "
+    "unit where it peaks, cropped to that unit's receptive field (parts outside the image in the "
+    "input mean colour), strongest first. Patch tiles are enlarged by 96 // tile (stem: 11 px -> "
+    "88).",
     responses={**EITHER_RESPONSE, **error_responses(401, 404, 422, 503)},
 )
 async def top_patches(
@@ -190,18 +221,24 @@ async def top_patches(
     if stored.index.model_sha256 != twin_sha256:
         raise NoTopPatches(
             f"the stored top patches were computed by another model (twin sha256 "
-            f"{stored.index.model_sha256[:12]}..., served {twin_sha256[:12]}...); recompute them with "
-            "`python -m training insight --bundle <bundle dir>`"
+            f"{stored.index.model_sha256[:12]}..., served {twin_sha256[:12]}...); recompute them "
+            "with `python -m training insight --bundle <bundle dir>`"
         )
     if layer not in stored.layers:
-        raise UnknownLayer(f"no top patches for layer {layer!r}; stored for: {', '.join(stored.layers)}")
+        raise UnknownLayer(
+            f"no top patches for layer {layer!r}; stored for: {', '.join(stored.layers)}"
+        )
     _check_channel(inspector, layer, channel)
     grid = await run_in_threadpool(inspector.patch_grid, layer, channel)
     if format == "png":
         return _png(grid)
     return TopPatchesResponse(
-        layer=layer, channel=channel, split=stored.index.split, images=stored.index.images,
-        field_size=stored.index.layers[layer].field_size, patches=stored.patches(layer, channel),
+        layer=layer,
+        channel=channel,
+        split=stored.index.split,
+        images=stored.index.images,
+        field_size=stored.index.layers[layer].field_size,
+        patches=stored.patches(layer, channel),
         grid=GridInfo.of(grid.layout),
     )
 
@@ -225,14 +262,24 @@ async def maximize(
     params = MaximizeParams(**query.model_dump(include=set(MaximizeParams.model_fields)))
     result, cached = await run_in_threadpool(inspector.synthesize, objective, params, cancellation)
     png = await run_in_threadpool(_encode, result.image)
-    name = f"class {query.class_}" if query.class_ is not None else f"{query.layer} channel {query.channel}"
+    name = (
+        f"class {query.class_}"
+        if query.class_ is not None
+        else f"{query.layer} channel {query.channel}"
+    )
     if query.format == "png":
         return Response(png, media_type=PNG_MEDIA_TYPE)
     return SynthesisResponse(
-        objective=name, score_start=result.score_start, score_end=result.score_end,
-        probability_start=result.probability_start, probability_end=result.probability_end,
-        steps=result.steps, stopped_early=result.stopped_early, elapsed_ms=result.elapsed_ms,
-        cached=cached, parameters=params.model_dump(),
+        objective=name,
+        score_start=result.score_start,
+        score_end=result.score_end,
+        probability_start=result.probability_start,
+        probability_end=result.probability_end,
+        steps=result.steps,
+        stopped_early=result.stopped_early,
+        elapsed_ms=result.elapsed_ms,
+        cached=cached,
+        parameters=params.model_dump(),
         image="data:image/png;base64," + base64.b64encode(png).decode("ascii"),
     )
 
@@ -240,7 +287,10 @@ async def maximize(
 def _objective(inspector: Inspector, query: MaximizeQuery) -> Objective:
     if query.class_ is not None:
         return Objective(class_index=class_index(inspector.model, query.class_))
-    layer, channel = str(query.layer), int(query.channel or 0)  # both given: checked by the query model
+    layer, channel = (
+        str(query.layer),
+        int(query.channel or 0),
+    )  # both given: checked by the query model
     _check_layer(inspector, layer)
     _check_channel(inspector, layer, channel)
     return Objective(layer=layer, channel=channel)
@@ -248,13 +298,17 @@ def _objective(inspector: Inspector, query: MaximizeQuery) -> Objective:
 
 def _check_layer(inspector: Inspector, layer: str) -> None:
     if layer not in inspector.channels:
-        raise UnknownLayer(f"{layer!r} is not a layer of this model; valid: {', '.join(inspector.layers)}")
+        raise UnknownLayer(
+            f"{layer!r} is not a layer of this model; valid: {', '.join(inspector.layers)}"
+        )
 
 
 def _check_channel(inspector: Inspector, layer: str, channel: int) -> None:
     channels = inspector.channels[layer]
     if channel >= channels:
-        raise UnknownChannel(f"layer {layer} has {channels} channels: valid channels are 0..{channels - 1}")
+        raise UnknownChannel(
+            f"layer {layer} has {channels} channels: valid channels are 0..{channels - 1}"
+        )
 
 
 def _png(grid: Grid, headers: dict[str, str] | None = None) -> Response:

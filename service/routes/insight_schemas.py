@@ -26,8 +26,14 @@ class GridInfo(BaseModel):
 
     @classmethod
     def of(cls, layout: GridLayout) -> GridInfo:
-        return cls(columns=layout.columns, rows=layout.rows, tile=layout.tile, gap=GAP,
-                   width=layout.width, height=layout.height)
+        return cls(
+            columns=layout.columns,
+            rows=layout.rows,
+            tile=layout.tile,
+            gap=GAP,
+            width=layout.width,
+            height=layout.height,
+        )
 
 
 class ActivationMap(BaseModel):
@@ -45,20 +51,28 @@ class ActivationsResponse(BaseModel):
     maps: list[ActivationMap]
     grid: GridInfo = Field(description="the layout of the png format's grid (tile i = maps[i])")
     face_box: FaceBox
-    face_index: int | None = Field(description="which detected face was used; null: the whole image")
+    face_index: int | None = Field(
+        description="which detected face was used; null: the whole image"
+    )
 
 
 class AxisInfo(BaseModel):
     size: int = Field(description="input pixels a unit's field spans (may exceed the input)")
     jump: int = Field(description="input pixels between neighbouring units: the effective stride")
-    start: float = Field(description="centre of unit 0's field in input pixel indices; unit i's is start + i * jump")
+    start: float = Field(
+        description="centre of unit 0's field in input pixel indices; unit i's is start + i * jump"
+    )
     first: int = Field(description="first input pixel any unit of the layer can see")
-    last: int = Field(description="last input pixel any unit of the layer can see (a window that does not "
-                      "fit drops the input's last pixels)")
+    last: int = Field(
+        description="last input pixel any unit of the layer can see (a window that does not "
+        "fit drops the input's last pixels)"
+    )
 
     @classmethod
     def of(cls, axis: AxisField) -> AxisInfo:
-        return cls(size=axis.size, jump=axis.jump, start=axis.start, first=axis.first, last=axis.last)
+        return cls(
+            size=axis.size, jump=axis.jump, start=axis.start, first=axis.first, last=axis.last
+        )
 
 
 class LayerField(BaseModel):
@@ -88,7 +102,9 @@ class TopPatchesResponse(BaseModel):
     channel: int
     split: Literal["train"]
     images: int = Field(description="training images searched")
-    field_size: int = Field(description="receptive field side in model-input pixels; patches show it whole")
+    field_size: int = Field(
+        description="receptive field side in model-input pixels; patches show it whole"
+    )
     patches: list[Patch]
     grid: GridInfo = Field(description="the layout of the png format's grid (tile i = patches[i])")
 
@@ -96,13 +112,21 @@ class TopPatchesResponse(BaseModel):
 class SynthesisResponse(BaseModel):
     """An image synthesised by gradient ascent from noise, and how far the score rose."""
 
-    objective: str = Field(description="`class <id>` (its logit) or `<layer> channel <c>` (its mean activation)")
+    objective: str = Field(
+        description="`class <id>` (its logit) or `<layer> channel <c>` (its mean activation)"
+    )
     score_start: float = Field(description="the score of the starting noise")
     score_end: float = Field(description="the score of the returned 8-bit image")
-    probability_start: float | None = Field(description="for a class: its softmax probability at the start")
-    probability_end: float | None = Field(description="for a class: its softmax probability for the returned image")
+    probability_start: float | None = Field(
+        description="for a class: its softmax probability at the start"
+    )
+    probability_end: float | None = Field(
+        description="for a class: its softmax probability for the returned image"
+    )
     steps: int = Field(description="steps taken")
-    stopped_early: bool = Field(description="the time limit (`max_seconds`) ended the ascent before `steps`")
+    stopped_early: bool = Field(
+        description="the time limit (`max_seconds`) ended the ascent before `steps`"
+    )
     elapsed_ms: float = Field(description="time the synthesis took when it was computed")
     cached: bool = Field(description="whether it came from the cache")
     parameters: dict[str, Any]

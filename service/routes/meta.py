@@ -1,4 +1,5 @@
 """GET /model, /healthz, /readyz: what is served, and whether it can serve."""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends

@@ -3,6 +3,7 @@
 The page is plain HTML, CSS and JavaScript modules from ``service/static`` (no build step). It
 talks to the service only through the public API, exactly as curl users do.
 """
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """POST /predict: which of the classes is this face?"""
+
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends

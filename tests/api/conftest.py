@@ -3,6 +3,7 @@
 The app runs with an API key, small limits (cheap oversized inputs) and two threads; the
 ``client`` sends the key by default.
 """
+
 from __future__ import annotations
 
 import json
@@ -98,4 +99,3 @@ def post_image(client: TestClient) -> Callable[..., Response]:
 def api_settings(client: TestClient) -> Settings:
     """The settings of the session's app."""
     return client.app.state.service.settings
-

@@ -1,9 +1,9 @@
 """Every bad input gets its documented status and error code, and the service stays healthy."""
+
 from __future__ import annotations
 
-import pytest
-
 import image_bytes as ib
+import pytest
 
 
 def _oversized(settings) -> bytes:
@@ -24,15 +24,71 @@ def _bomb(settings) -> bytes:
 # (id, build(settings) -> bytes, filename, content type, expected status, expected code)
 BAD_UPLOADS = [
     ("empty-file", lambda s: b"", "face.png", "image/png", 400, "empty_file"),
-    ("text-named-jpg", lambda s: b"just some text\n" * 20, "face.jpg", "image/jpeg", 415, "unsupported_format"),
-    ("truncated-png", lambda s: ib.truncated(ib.encode(ib.noise_image(), "PNG")), "a.png", "image/png", 400, "corrupt_image"),
-    ("truncated-jpeg", lambda s: ib.truncated(ib.encode(ib.noise_image(), "JPEG")), "a.jpg", "image/jpeg", 400, "corrupt_image"),
-    ("1x1", lambda s: ib.encode(ib.noise_image((1, 1)), "PNG"), "dot.png", "image/png", 422, "image_too_small"),
-    ("png-header-100000x100000", lambda s: ib.png_header_only(100_000, 100_000), "big.png", "image/png", 413, "too_many_pixels"),
+    (
+        "text-named-jpg",
+        lambda s: b"just some text\n" * 20,
+        "face.jpg",
+        "image/jpeg",
+        415,
+        "unsupported_format",
+    ),
+    (
+        "truncated-png",
+        lambda s: ib.truncated(ib.encode(ib.noise_image(), "PNG")),
+        "a.png",
+        "image/png",
+        400,
+        "corrupt_image",
+    ),
+    (
+        "truncated-jpeg",
+        lambda s: ib.truncated(ib.encode(ib.noise_image(), "JPEG")),
+        "a.jpg",
+        "image/jpeg",
+        400,
+        "corrupt_image",
+    ),
+    (
+        "1x1",
+        lambda s: ib.encode(ib.noise_image((1, 1)), "PNG"),
+        "dot.png",
+        "image/png",
+        422,
+        "image_too_small",
+    ),
+    (
+        "png-header-100000x100000",
+        lambda s: ib.png_header_only(100_000, 100_000),
+        "big.png",
+        "image/png",
+        413,
+        "too_many_pixels",
+    ),
     ("decompression-bomb", _bomb, "bomb.png", "image/png", 413, "too_many_pixels"),
-    ("animated-gif", lambda s: ib.animated("GIF", ((255, 0, 0), (0, 255, 0))), "anim.gif", "image/gif", 415, "unsupported_format"),
-    ("tiff", lambda s: ib.encode(ib.noise_image(), "TIFF"), "a.tiff", "image/tiff", 415, "unsupported_format"),
-    ("gif-named-png", lambda s: ib.encode(ib.noise_image(), "GIF"), "a.png", "image/png", 415, "unsupported_format"),
+    (
+        "animated-gif",
+        lambda s: ib.animated("GIF", ((255, 0, 0), (0, 255, 0))),
+        "anim.gif",
+        "image/gif",
+        415,
+        "unsupported_format",
+    ),
+    (
+        "tiff",
+        lambda s: ib.encode(ib.noise_image(), "TIFF"),
+        "a.tiff",
+        "image/tiff",
+        415,
+        "unsupported_format",
+    ),
+    (
+        "gif-named-png",
+        lambda s: ib.encode(ib.noise_image(), "GIF"),
+        "a.png",
+        "image/png",
+        415,
+        "unsupported_format",
+    ),
     ("oversized-upload", _oversized, "big.jpg", "image/jpeg", 413, "file_too_large"),
     ("oversized-body", _far_oversized, "big.jpg", "image/jpeg", 413, "file_too_large"),
 ]
@@ -71,7 +127,10 @@ ODD_BUT_VALID = [
 def test_unusual_modes_and_formats_are_accepted(post_image, build, mode):
     # synthetic pictures without a face: classify them whole (detection is tested in test_faces)
     response = post_image(
-        build(), filename="upload.bin", content_type="application/octet-stream", path="/predict?detect=false"
+        build(),
+        filename="upload.bin",
+        content_type="application/octet-stream",
+        path="/predict?detect=false",
     )
 
     assert response.status_code == 200, response.text
@@ -126,7 +185,9 @@ def test_no_api_key_header_is_401(client, post_image, face_bytes):
     assert post_image(face_bytes).status_code == 200
 
 
-def test_oversized_chunked_body_is_refused_while_reading(client, api_settings, post_image, face_bytes):
+def test_oversized_chunked_body_is_refused_while_reading(
+    client, api_settings, post_image, face_bytes
+):
     boundary = "celebxai-test-boundary"
     head = (
         f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n'
@@ -164,8 +225,10 @@ def test_a_keyless_upload_is_refused_before_its_body_is_read(client, face_bytes)
         response = client.post(
             "/predict",
             content=body(),
-            headers={"Content-Type": "multipart/form-data; boundary=x",
-                     "Content-Length": str(10 * 2**20)},
+            headers={
+                "Content-Type": "multipart/form-data; boundary=x",
+                "Content-Length": str(10 * 2**20),
+            },
         )
     finally:
         client.headers["X-API-Key"] = key

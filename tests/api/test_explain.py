@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import io
 
+import image_bytes as ib
 import numpy as np
 import pytest
 from PIL import Image
 
-import image_bytes as ib
 from service.explain import EXPLAINERS, GRADIENT_METHODS
 
 # Cheap parameters per method (defaults are timed by bench/bench_explain.py); a method not
@@ -164,7 +164,11 @@ INVALID = [
     ("/saliency", {"samples": 4}, "samples does not apply to method=gradient"),
     ("/saliency", {"method": "smoothgrad", "samples": 65}, "less than or equal to 64"),
     ("/saliency", {"format": "gif"}, "query.format: Input should be 'json', 'png' or 'overlay'"),
-    ("/explain/occlusion", {"window": 97}, "query.window: Input should be less than or equal to 96"),
+    (
+        "/explain/occlusion",
+        {"window": 97},
+        "query.window: Input should be less than or equal to 96",
+    ),
     ("/explain/occlusion", {"window": 30, "stride": 40}, "stride (40) must not exceed window (30)"),
     ("/explain/occlusion", {"num_samples": 32}, "num_samples does not apply to method=occlusion"),
     ("/explain/gradient", {"samples": 4}, "samples does not apply to method=gradient"),
@@ -207,7 +211,10 @@ def test_an_unknown_target_is_422_unknown_class_everywhere(explain, face_bytes, 
 
 @pytest.mark.parametrize(
     ("path", "params"),
-    [("/saliency", {"method": "gradcam", "layer": "nope"}), ("/explain/gradcam", {"layer": "nope"})],
+    [
+        ("/saliency", {"method": "gradcam", "layer": "nope"}),
+        ("/explain/gradcam", {"layer": "nope"}),
+    ],
 )
 def test_an_unknown_gradcam_layer_is_422_unknown_layer(explain, face_bytes, path, params):
     response = explain(path, face_bytes, **params)
@@ -225,8 +232,9 @@ def test_an_unknown_method_is_404_listing_the_valid_ones(client, explain, face_b
     error = response.json()["error"]
     assert error["code"] == "unknown_method"
     assert error["message"].endswith("valid: " + ", ".join(EXPLAINERS))
-    keyless = client.post("/explain/shap", files={"file": ("f.png", b"x", "image/png")},
-                          headers={"X-API-Key": ""})
+    keyless = client.post(
+        "/explain/shap", files={"file": ("f.png", b"x", "image/png")}, headers={"X-API-Key": ""}
+    )
     assert keyless.json()["error"]["code"] == "missing_api_key"
 
 

@@ -1,4 +1,5 @@
 """Explanations are bounded: beyond the queue they get 503 with Retry-After; /predict stays fast."""
+
 from __future__ import annotations
 
 import threading

@@ -1,25 +1,30 @@
 """Photos, not crops: faces are found, the preferred one is classified, strangers are flagged."""
+
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
+import image_bytes as ib
 import numpy as np
 import pytest
 from httpx import Response
 from PIL import Image, ImageFilter
-
-import image_bytes as ib
 
 
 def _scene(size: tuple[int, int], seed: int) -> Image.Image:
     """A textured, face-free background: smoothed colour noise."""
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 256, (size[1] // 8, size[0] // 8, 3), dtype=np.uint8)
-    return Image.fromarray(noise).resize(size, Image.Resampling.BICUBIC).filter(ImageFilter.GaussianBlur(3))
+    return (
+        Image.fromarray(noise)
+        .resize(size, Image.Resampling.BICUBIC)
+        .filter(ImageFilter.GaussianBlur(3))
+    )
 
 
-def _paste(scene: Image.Image, face: Image.Image, centre: tuple[int, int], side: int, angle: float) -> None:
+def _paste(
+    scene: Image.Image, face: Image.Image, centre: tuple[int, int], side: int, angle: float
+) -> None:
     """Paste ``face`` scaled to ``side`` pixels and rotated by ``angle`` degrees at ``centre``."""
     scaled = face.resize((side, side), Image.Resampling.BICUBIC).convert("RGBA")
     rotated = scaled.rotate(angle, resample=Image.Resampling.BICUBIC, expand=True)
@@ -33,11 +38,18 @@ def _surely_found(response: Response) -> bool:
 
 
 def _contains(box: dict, point: tuple[int, int]) -> bool:
-    return box["x"] <= point[0] <= box["x"] + box["width"] and box["y"] <= point[1] <= box["y"] + box["height"]
+    return (
+        box["x"] <= point[0] <= box["x"] + box["width"]
+        and box["y"] <= point[1] <= box["y"] + box["height"]
+    )
 
 
-@pytest.mark.parametrize(("side", "angle", "centre"), [(224, 12, (420, 260)), (170, -15, (250, 330))])
-def test_a_face_pasted_into_a_scene_is_found_and_classified_as_its_crop(post_image, held_out_faces, side, angle, centre):
+@pytest.mark.parametrize(
+    ("side", "angle", "centre"), [(224, 12, (420, 260)), (170, -15, (250, 330))]
+)
+def test_a_face_pasted_into_a_scene_is_found_and_classified_as_its_crop(
+    post_image, held_out_faces, side, angle, centre
+):
     agree = 0
     for index, (path, _) in enumerate(held_out_faces[::2]):
         crop = Image.open(path).convert("RGB")
@@ -46,7 +58,8 @@ def test_a_face_pasted_into_a_scene_is_found_and_classified_as_its_crop(post_ima
         _paste(scene, crop, centre, side, angle)
         response = post_image(ib.encode(scene, "JPEG", quality=95), filename="scene.jpg")
         if not _surely_found(direct):
-            continue  # a crop whose face the detector misses, or only just finds, is covered elsewhere
+            # a crop whose face the detector misses, or only just finds, is covered elsewhere
+            continue
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["face_box"]["source"] == "detector"
@@ -56,8 +69,10 @@ def test_a_face_pasted_into_a_scene_is_found_and_classified_as_its_crop(post_ima
     assert agree >= len(held_out_faces[::2]) - 1, f"{agree} of {len(held_out_faces[::2])} agree"
 
 
-def test_the_preferred_face_is_the_large_central_one_and_face_selects_another(post_image, held_out_faces):
-    (big_path, big_id), (small_path, _) = held_out_faces[0], held_out_faces[6]
+def test_the_preferred_face_is_the_large_central_one_and_face_selects_another(
+    post_image, held_out_faces
+):
+    (big_path, _), (small_path, _) = held_out_faces[0], held_out_faces[6]
     scene = _scene((800, 600), seed=7)
     _paste(scene, Image.open(big_path).convert("RGB"), (400, 300), 230, 0)
     _paste(scene, Image.open(small_path).convert("RGB"), (110, 110), 150, 0)
@@ -86,7 +101,13 @@ def test_no_face_is_a_clear_422_and_detect_false_classifies_the_whole_image(post
 
     whole = post_image(scene, path="/predict?detect=false")
     assert whole.status_code == 200
-    assert whole.json()["face_box"] == {"x": 0, "y": 0, "width": 300, "height": 240, "source": "whole_image"}
+    assert whole.json()["face_box"] == {
+        "x": 0,
+        "y": 0,
+        "width": 300,
+        "height": 240,
+        "source": "whole_image",
+    }
     assert whole.json()["face_index"] is None and whole.json()["faces"] == []
 
 
@@ -97,7 +118,9 @@ def test_bad_face_parameters_are_422(post_image, face_bytes):
         assert response.json()["error"]["code"] == "validation_error"
 
 
-def test_wild_photos_faces_are_found_near_the_centre_and_mostly_called_strangers(post_image, data_root: Path):
+def test_wild_photos_faces_are_found_near_the_centre_and_mostly_called_strangers(
+    post_image, data_root: Path
+):
     photos = sorted((data_root / "wild_others").glob("*.jpg"))[:12]
     found, unknown = 0, 0
     for path in photos:
@@ -120,7 +143,9 @@ def test_held_out_celebrities_are_mostly_known(post_image, held_out_faces):
     verdicts = [v for v in verdicts if v]
     assert len(verdicts) >= len(held_out_faces) - 2
     assert sum(v["known"] for v in verdicts) >= 0.75 * len(verdicts)
-    assert all(0 < v["threshold"] < 1 and (v["score"] >= v["threshold"]) == v["known"] for v in verdicts)
+    assert all(
+        0 < v["threshold"] < 1 and (v["score"] >= v["threshold"]) == v["known"] for v in verdicts
+    )
 
 
 CLOSE_UP_SIDE = 1600
@@ -133,18 +158,24 @@ def _close_up(crop: Image.Image, box: dict, side: int) -> Image.Image:
     width = min(CLOSE_UP_FRAMING * max(box["width"], box["height"]), *crop.size)
     left = min(max(0, box["x"] + box["width"] / 2 - width / 2), crop.width - width)
     top = min(max(0, box["y"] + box["height"] / 2 - width / 2), crop.height - width)
-    return crop.resize((side, side), Image.Resampling.BICUBIC, box=(left, top, left + width, top + width))
+    return crop.resize(
+        (side, side), Image.Resampling.BICUBIC, box=(left, top, left + width, top + width)
+    )
 
 
 def _iou(a: dict, b: dict, scale_b: float) -> float:
     """Intersection over union of two face boxes, ``b`` scaled by ``scale_b`` first."""
     ax0, ay0, ax1, ay1 = a["x"], a["y"], a["x"] + a["width"], a["y"] + a["height"]
-    bx0, by0, bx1, by1 = (scale_b * v for v in (b["x"], b["y"], b["x"] + b["width"], b["y"] + b["height"]))
+    bx0, by0, bx1, by1 = (
+        scale_b * v for v in (b["x"], b["y"], b["x"] + b["width"], b["y"] + b["height"])
+    )
     inter = max(0, min(ax1, bx1) - max(ax0, bx0)) * max(0, min(ay1, by1) - max(ay0, by0))
     return inter / ((ax1 - ax0) * (ay1 - ay0) + (bx1 - bx0) * (by1 - by0) - inter)
 
 
-def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_size(post_image, held_out_faces):
+def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_size(
+    post_image, held_out_faces
+):
     """A close-up portrait -- the middle of a crop's face box, so that the face fills the frame
     -- answers at 1600 px as at the crop's own 112 px: found, the box in the same place (IoU
     over 0.5: the detector's box comes in steps of its image pyramid, ~20% apart), the same
@@ -155,14 +186,16 @@ def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_siz
         crop = Image.open(path).convert("RGB")
         found = post_image(path.read_bytes())
         if not _surely_found(found):
-            continue  # a crop whose face the detector misses, or only just finds, is covered elsewhere
+            # a crop whose face the detector misses, or only just finds, is covered elsewhere
+            continue
         small = _close_up(crop, found.json()["face_box"], crop.width)
         own = post_image(ib.encode(small, "PNG"))
         if own.status_code != 200:
             continue  # nor can a close-up be compared whose face is missed at its own size
         large = _close_up(crop, found.json()["face_box"], CLOSE_UP_SIDE)
-        response = post_image(ib.encode(large, "JPEG", quality=90), filename="close-up.jpg",
-                              content_type="image/jpeg")
+        response = post_image(
+            ib.encode(large, "JPEG", quality=90), filename="close-up.jpg", content_type="image/jpeg"
+        )
         compared += 1
         if response.status_code != 200:
             problems.append((path.name, response.status_code, response.json()["error"]["code"]))
@@ -172,4 +205,6 @@ def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_siz
         if body["label"] != expected["label"] or overlap < 0.5:
             problems.append((path.name, body["label"], expected["label"], round(overlap, 2)))
     assert compared >= len(held_out_faces) - 3
-    assert not problems, f"{len(problems)} of {compared} close-ups differ from their crop: {problems}"
+    assert not problems, (
+        f"{len(problems)} of {compared} close-ups differ from their crop: {problems}"
+    )

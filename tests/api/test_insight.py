@@ -1,5 +1,6 @@
 """/insight/*: filters, activation maps, receptive fields, top patches and synthesised images of
 the real default bundle, on real photos."""
+
 from __future__ import annotations
 
 import base64
@@ -50,7 +51,9 @@ def test_filter_grid_has_the_documented_size(client, serving_model, layer):
     colourful = np.abs(pixels[..., 0] - pixels[..., 1]).max() > 0
     assert colourful == (layer == "stem")  # RGB filters in colour, deeper ones grey
     if layer in ("stem", "layer3"):
-        _save(f"filters_{layer}.png", client.get("/insight/filters", params={"layer": layer}).content)
+        _save(
+            f"filters_{layer}.png", client.get("/insight/filters", params={"layer": layer}).content
+        )
 
 
 def test_stem_and_layer3_grids_measure_what_the_api_documents(client):
@@ -89,13 +92,22 @@ def test_receptive_fields_match_the_analytic_formula(client):
 
     assert (body["input_height"], body["input_width"]) == (150, 150)
     assert [layer["name"] for layer in body["layers"]] == LAYERS
-    assert [(f["rows"]["size"], f["rows"]["jump"], f["rows"]["start"]) for f in body["layers"]] == _dlib_fields()
+    assert [
+        (f["rows"]["size"], f["rows"]["jump"], f["rows"]["start"]) for f in body["layers"]
+    ] == _dlib_fields()
     assert [f["rows"]["size"] for f in body["layers"]] == [11, 59, 179, 355, 707, 899]
     for layer in body["layers"]:
         assert layer["rows"] == layer["cols"]
         # 150 px through a 7x7/2 conv (72 units) and a 3x3/2 pool (35) reach pixels 0..146 only
         assert (layer["rows"]["first"], layer["rows"]["last"]) == (0, 146)
-    assert [(f["channels"], f["height"]) for f in body["layers"]] == [(32, 35), (32, 35), (64, 17), (128, 8), (256, 4), (256, 2)]
+    assert [(f["channels"], f["height"]) for f in body["layers"]] == [
+        (32, 35),
+        (32, 35),
+        (64, 17),
+        (128, 8),
+        (256, 4),
+        (256, 2),
+    ]
 
 
 def test_receptive_fields_match_a_gradient_probe(client, serving_model, held_out_faces):
@@ -104,7 +116,9 @@ def test_receptive_fields_match_a_gradient_probe(client, serving_model, held_out
     outside can reach the unit; less only where weights are exactly zero (none are here) or
     where ReLUs and max-pools are inactive for every input tried, hence several inputs."""
     fields = client.app.state.service.inspector.fields
-    faces = [serving_model.preprocess(Image.open(path).convert("RGB")) for path, _ in held_out_faces[:4]]
+    faces = [
+        serving_model.preprocess(Image.open(path).convert("RGB")) for path, _ in held_out_faces[:4]
+    ]
     noise = torch.randn(4, 3, 150, 150, generator=torch.Generator().manual_seed(0)) * 0.2
     inputs = torch.cat([torch.from_numpy(np.stack(faces)), noise])
 
@@ -137,15 +151,22 @@ def test_activation_maps_of_a_real_photo_are_non_trivial(client, post_image, hel
     png = post_image(photo, path="/insight/activations?layer=layer2&top=9")
     image = _image(png)
     layout = GridLayout.of(9, 17 * (MAP_TILE // 17))
-    assert image.size == (layout.width, layout.height) == (body["grid"]["width"], body["grid"]["height"])
+    assert (
+        image.size
+        == (layout.width, layout.height)
+        == (body["grid"]["width"], body["grid"]["height"])
+    )
     assert png.headers["x-channels"] == ",".join(str(m["channel"]) for m in maps)
     _save("activations_layer2.png", png.content)
 
 
 def test_other_web_origins_may_read_the_channels_header(client, api_settings, face_bytes):
     origin = api_settings.cors_origins[0]
-    response = client.post("/insight/activations?layer=stem&top=4", files={"file": ("f.png", face_bytes, "image/png")},
-                           headers={"Origin": origin})
+    response = client.post(
+        "/insight/activations?layer=stem&top=4",
+        files={"file": ("f.png", face_bytes, "image/png")},
+        headers={"Origin": origin},
+    )
 
     assert response.status_code == 200
     assert response.headers["access-control-allow-origin"] == origin
@@ -153,10 +174,16 @@ def test_other_web_origins_may_read_the_channels_header(client, api_settings, fa
 
 
 def test_activation_maps_differ_between_faces(post_image, held_out_faces):
-    first, other = (post_image(path.read_bytes(), path="/insight/activations?layer=layer3&top=128&format=json").json()
-                    for path, _ in (held_out_faces[0], held_out_faces[-1]))
+    first, other = (
+        post_image(
+            path.read_bytes(), path="/insight/activations?layer=layer3&top=128&format=json"
+        ).json()
+        for path, _ in (held_out_faces[0], held_out_faces[-1])
+    )
 
-    by_channel = [{m["channel"]: np.array(m["values"]) for m in body["maps"]} for body in (first, other)]
+    by_channel = [
+        {m["channel"]: np.array(m["values"]) for m in body["maps"]} for body in (first, other)
+    ]
     assert len(by_channel[0]) == 128
     difference = max(np.abs(by_channel[0][c] - by_channel[1][c]).max() for c in range(128))
     assert difference > 1.0
@@ -166,11 +193,17 @@ def test_top_patches_come_from_the_training_split_only(client, default_bundle):
     split = json.loads((default_bundle / "split.json").read_text())["splits"]
     train = {rel for rel, _ in split["train"]}
     held_out = {rel for name in ("val", "test") for rel, _ in split[name]}
-    fields = {f["name"]: f["rows"]["size"] for f in client.get("/insight/receptive-field").json()["layers"]}
+    fields = {
+        f["name"]: f["rows"]["size"]
+        for f in client.get("/insight/receptive-field").json()["layers"]
+    }
 
     for layer, channels in (("stem", 32), ("layer1", 32), ("layer2", 64)):
         for channel in range(channels):
-            body = client.get("/insight/top-patches", params={"layer": layer, "channel": channel, "format": "json"}).json()
+            body = client.get(
+                "/insight/top-patches",
+                params={"layer": layer, "channel": channel, "format": "json"},
+            ).json()
             patches = body["patches"]
             assert len(patches) == 9 and body["split"] == "train" and body["images"] == len(train)
             images = [p["image"] for p in patches]
@@ -178,7 +211,10 @@ def test_top_patches_come_from_the_training_split_only(client, default_bundle):
             assert len(set(images)) == 9  # one patch per image
             activations = [p["activation"] for p in patches]
             assert activations == sorted(activations, reverse=True)
-            assert all(p["box"][2] - p["box"][0] == p["box"][3] - p["box"][1] == fields[layer] for p in patches)
+            assert all(
+                p["box"][2] - p["box"][0] == p["box"][3] - p["box"][1] == fields[layer]
+                for p in patches
+            )
             assert body["field_size"] == fields[layer]
 
 
@@ -209,7 +245,11 @@ def test_synthesised_class_image_raises_the_class_score(client, post_image):
 
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["objective"] == "class keanu_reeves" and body["steps"] == 48 and not body["stopped_early"]
+    assert (
+        body["objective"] == "class keanu_reeves"
+        and body["steps"] == 48
+        and not body["stopped_early"]
+    )
     assert body["score_end"] > body["score_start"] + 10  # logits
     assert body["probability_end"] / body["probability_start"] >= 3
     assert body["probability_end"] > 0.9
@@ -221,9 +261,14 @@ def test_synthesised_class_image_raises_the_class_score(client, post_image):
     assert prediction["label"] == "keanu_reeves"
     assert prediction["probability"] == pytest.approx(body["probability_end"], abs=1e-3)
 
-    again = client.get("/insight/maximize", params={"class": "keanu_reeves", "format": "json"}).json()
+    again = client.get(
+        "/insight/maximize", params={"class": "keanu_reeves", "format": "json"}
+    ).json()
     assert again["cached"] and not body["cached"] and again["image"] == body["image"]
-    assert _image(client.get("/insight/maximize", params={"class": "keanu_reeves"})).size == (150, 150)
+    assert _image(client.get("/insight/maximize", params={"class": "keanu_reeves"})).size == (
+        150,
+        150,
+    )
 
 
 def test_synthesised_channel_image_raises_the_channel(client):
@@ -252,13 +297,16 @@ def test_unknown_layer_is_422_listing_the_valid_ones(client, post_image, face_by
 
 
 def test_top_patches_of_a_layer_not_stored_list_the_stored_ones(client):
-    message = _error(client.get("/insight/top-patches?layer=layer3&channel=0"), 422, "unknown_layer")
+    message = _error(
+        client.get("/insight/top-patches?layer=layer3&channel=0"), 422, "unknown_layer"
+    )
 
     assert message.endswith("stem, layer1, layer2")
 
 
 @pytest.mark.parametrize(
-    "url", ["/insight/top-patches?layer=stem&channel=32", "/insight/maximize?layer=layer5&channel=256"]
+    "url",
+    ["/insight/top-patches?layer=stem&channel=32", "/insight/maximize?layer=layer5&channel=256"],
 )
 def test_unknown_channel_is_422_with_the_range(client, url):
     message = _error(client.get(url), 422, "unknown_channel")
@@ -267,16 +315,28 @@ def test_unknown_channel_is_422_with_the_range(client, url):
 
 
 def test_activations_refuse_more_channels_than_any_layer_has(post_image, face_bytes):
-    message = _error(post_image(face_bytes, path="/insight/activations?layer=stem&top=257"), 422, "validation_error")
+    message = _error(
+        post_image(face_bytes, path="/insight/activations?layer=stem&top=257"),
+        422,
+        "validation_error",
+    )
 
     assert "256" in message
 
 
 def test_maximize_refuses_unknown_classes_and_out_of_range_budgets(client):
     assert "tom_hanks" in _error(client.get("/insight/maximize?class=nobody"), 422, "unknown_class")
-    assert "300" in _error(client.get("/insight/maximize?class=tom_hanks&steps=301"), 422, "validation_error")
-    assert "60" in _error(client.get("/insight/maximize?class=tom_hanks&max_seconds=61"), 422, "validation_error")
-    _error(client.get("/insight/maximize?class=tom_hanks&layer=stem&channel=0"), 422, "validation_error")
+    assert "300" in _error(
+        client.get("/insight/maximize?class=tom_hanks&steps=301"), 422, "validation_error"
+    )
+    assert "60" in _error(
+        client.get("/insight/maximize?class=tom_hanks&max_seconds=61"), 422, "validation_error"
+    )
+    _error(
+        client.get("/insight/maximize?class=tom_hanks&layer=stem&channel=0"),
+        422,
+        "validation_error",
+    )
     _error(client.get("/insight/maximize"), 422, "validation_error")
     _error(client.get("/insight/activations?layer=stem"), 405, "method_not_allowed")
 

@@ -1,5 +1,6 @@
 """The page's "Model insight" tab, without a browser: the page loads its module and style, and
 every /insight path the module calls is served by the API."""
+
 from __future__ import annotations
 
 import re
@@ -21,8 +22,15 @@ def test_every_insight_path_the_tab_calls_exists(client: TestClient):
     module = TestClient(client.app).get("/static/insight.js")
     assert module.status_code == 200
 
-    called = set(re.findall(r"`(/insight/[a-z-]+)\?", module.text)) | set(re.findall(r'"(/insight/[a-z-]+)"', module.text))
-    assert called == {"/insight/receptive-field", "/insight/filters", "/insight/activations", "/insight/top-patches",
-                      "/insight/maximize"}
+    called = set(re.findall(r"`(/insight/[a-z-]+)\?", module.text)) | set(
+        re.findall(r'"(/insight/[a-z-]+)"', module.text)
+    )
+    assert called == {
+        "/insight/receptive-field",
+        "/insight/filters",
+        "/insight/activations",
+        "/insight/top-patches",
+        "/insight/maximize",
+    }
     served = set(re.findall(r"^  (/insight/[a-z-]+):$", openapi_yaml(), re.MULTILINE))
     assert called <= served

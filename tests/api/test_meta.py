@@ -1,4 +1,5 @@
 """GET /model, /healthz, /readyz; errors from the framework itself; CORS."""
+
 from __future__ import annotations
 
 import json
@@ -139,7 +140,11 @@ def test_docs_are_served_by_the_service_itself(client):
 
     assert page.status_code == 200
     assert "//" not in page.text.replace("<!doctype html>", "")
-    for asset in ("docs/assets/swagger-ui-bundle.js", "docs/assets/swagger-ui.css", "static/docs.js"):
+    for asset in (
+        "docs/assets/swagger-ui-bundle.js",
+        "docs/assets/swagger-ui.css",
+        "static/docs.js",
+    ):
         assert f'"{asset}"' in page.text
         assert client.get(f"/{asset}").status_code == 200
     assert client.get("/redoc").status_code == 404  # not offered (it would need a CDN)

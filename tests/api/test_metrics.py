@@ -1,4 +1,5 @@
 """GET /metrics: Prometheus text with request, latency, batch and model series."""
+
 from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -49,7 +50,12 @@ def test_metrics_report_batches_readiness_and_model(client, post_image, face_byt
 
     assert _value(samples["celebxai_batch_size"], "celebxai_batch_size_count") >= 1
     assert _value(samples["celebxai_batch_size"], "celebxai_batch_size_sum") >= 1
-    assert _value(samples["celebxai_batch_inference_seconds"], "celebxai_batch_inference_seconds_count") >= 1
+    assert (
+        _value(
+            samples["celebxai_batch_inference_seconds"], "celebxai_batch_inference_seconds_count"
+        )
+        >= 1
+    )
     assert _value(samples["celebxai_ready"], "celebxai_ready") == 1
     (info,) = samples["celebxai_model_info"]
     assert info.labels["name"] == serving_model.meta.name

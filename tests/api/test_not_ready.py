@@ -1,4 +1,5 @@
 """A bundle that fails its load-time checks: the app runs, but is not ready and says why."""
+
 from __future__ import annotations
 
 import json

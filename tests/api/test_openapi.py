@@ -1,4 +1,5 @@
 """openapi.yaml at the repo root is the API as served: regenerate it when this fails."""
+
 from __future__ import annotations
 
 from pathlib import Path

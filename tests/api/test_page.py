@@ -1,4 +1,5 @@
 """GET /: the web page and every asset it loads are served, without an API key."""
+
 from __future__ import annotations
 
 import re

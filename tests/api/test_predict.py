@@ -1,14 +1,13 @@
 """POST /predict on real face photos."""
+
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
+import image_bytes as ib
 import pytest
 from PIL import Image
 
-import image_bytes as ib
 from service.common.softmax import softmax
 
 
@@ -44,15 +43,33 @@ def test_response_shape(post_image, held_out_faces, serving_model):
         width, height = image.size
     box = body["face_box"]
     assert box["source"] == "detector" and body["face_index"] == 0
-    assert {k: box[k] for k in ("x", "y", "width", "height")} == {k: body["faces"][0][k] for k in ("x", "y", "width", "height")}
-    assert 0 <= box["x"] < box["x"] + box["width"] <= width and 0 <= box["y"] < box["y"] + box["height"] <= height
+    assert {k: box[k] for k in ("x", "y", "width", "height")} == {
+        k: body["faces"][0][k] for k in ("x", "y", "width", "height")
+    }
+    assert (
+        0 <= box["x"] < box["x"] + box["width"] <= width
+        and 0 <= box["y"] < box["y"] + box["height"] <= height
+    )
     assert box["width"] >= width / 3  # a tight crop: the face fills much of it
     assert body["open_set"]["threshold"] == serving_model.meta.open_set.threshold
-    assert body["image"] == {"width": width, "height": height, "format": "PNG", "mode": "RGB", "frames": 1}
+    assert body["image"] == {
+        "width": width,
+        "height": height,
+        "format": "PNG",
+        "mode": "RGB",
+        "frames": 1,
+    }
     assert body["model"] == {"name": serving_model.meta.name, "version": serving_model.meta.version}
     assert 1 <= body["batch_size"] <= serving_model.engine.max_batch_size
     timings = body["timings"]
-    assert set(timings) == {"decode_ms", "detect_ms", "preprocess_ms", "queue_ms", "inference_ms", "total_ms"}
+    assert set(timings) == {
+        "decode_ms",
+        "detect_ms",
+        "preprocess_ms",
+        "queue_ms",
+        "inference_ms",
+        "total_ms",
+    }
     assert all(value >= 0 for value in timings.values())
     assert timings["total_ms"] >= timings["inference_ms"]
 
@@ -101,7 +118,10 @@ def test_grey_photo_from_the_wild_is_classified(post_image, data_root):
 
 def test_exif_rotation_is_reported_in_the_face_box(post_image):
     response = post_image(
-        ib.exif_rotated_jpeg((80, 40)), filename="r.jpg", content_type="image/jpeg", path="/predict?detect=false"
+        ib.exif_rotated_jpeg((80, 40)),
+        filename="r.jpg",
+        content_type="image/jpeg",
+        path="/predict?detect=false",
     )
 
     assert response.status_code == 200

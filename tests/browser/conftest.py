@@ -5,6 +5,7 @@ Chromium is Debian's ``chromium`` package (``apt-get install -y chromium``), dri
 Playwright's Python package; Playwright's own browser downloads are never used. Where it is
 missing the tests skip with the reason; in CI (``CI`` set) they fail instead.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,5 +1,6 @@
 """The web page in real headless Chromium against the real service: upload, prediction,
 explanations, errors, and a phone-sized layout. Screenshots go to tests/artifacts/browser/."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -150,10 +151,9 @@ def test_choosing_a_class_bar_explains_it_in_every_panel(
 
     assert runner_up.get_attribute("aria-pressed") == "true"
     page.wait_for_function(SETTLED)
-    assert (
-        page.locator(".panel select[name=target]").evaluate_all("ss => ss.map(s => s.value)")
-        == [class_id] * len(methods)
-    )
+    assert page.locator(".panel select[name=target]").evaluate_all(
+        "ss => ss.map(s => s.value)"
+    ) == [class_id] * len(methods)
     assert page.locator(".panel[data-state=done]").count() == len(methods)
     assert page.locator(".legend .target").all_inner_texts() == [name] * len(methods)
 

@@ -5,6 +5,7 @@ README's serve command, plus only the flags a test names: port, and an API key w
 needs one), so what is measured is what users run. ``service_process`` starts one per test
 module; ``start_service`` starts one with extra flags or environment for a single test.
 """
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ Shared by ``test_detector.py`` and ``bench/bench_detector_worst_case.py``. A bla
 longer side, then searched the result enlarged); a 12-megapixel photo without a face makes the
 detector run both of its passes on the largest view it allows.
 """
+
 from __future__ import annotations
 
 import io

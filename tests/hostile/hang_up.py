@@ -2,6 +2,7 @@
 service's ``/metrics`` says about them afterwards (for tests/hostile/test_cancellation.py and
 bench/bench_cancel.py).
 """
+
 from __future__ import annotations
 
 import socket
@@ -32,9 +33,13 @@ def send_request(
         boundary = uuid.uuid4().hex
         name, data = upload
         body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; "
-            f"filename=\"{name}\"\r\nContent-Type: application/octet-stream\r\n\r\n"
-        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="{name}"\r\nContent-Type: application/octet-stream\r\n\r\n'
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         headers.append(f"Content-Type: multipart/form-data; boundary={boundary}")
     headers.append(f"Content-Length: {len(body)}")
     head = f"{method} {path}?{urlencode(query)} HTTP/1.1\r\n" + "\r\n".join(headers) + "\r\n\r\n"

@@ -5,6 +5,7 @@ of ``side x side`` RGB pixels is ~100-200 KB on the wire and ``3 * side**2`` byt
 (6000: 108 MB of RGB, ~140 MB with Pillow's working copies), within the default 40-megapixel
 limit.
 """
+
 from __future__ import annotations
 
 import io

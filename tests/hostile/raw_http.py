@@ -4,6 +4,7 @@ shorter than their Content-Length, uploads that stall, headers of any size.
 ``read_until_closed`` is how the tests bound time: it waits at most ``within`` seconds for the
 server to answer and close, and fails when the connection is still open then.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,7 +13,6 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from .scrape import metric_samples
-
 
 BOUNDARY = "celebxai-raw-boundary"
 CONNECTIONS_CLOSED = "celebxai_connections_closed"
@@ -94,9 +94,14 @@ def request_head(
 def multipart(data: bytes, filename: str = "face.png") -> tuple[bytes, dict[str, str]]:
     """A multipart body with ``data`` as field ``file``, and its Content-Type/Length headers."""
     body = (
-        f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="file"; filename="{filename}"\r\n'
-        "Content-Type: application/octet-stream\r\n\r\n"
-    ).encode() + data + f"\r\n--{BOUNDARY}--\r\n".encode()
+        (
+            f"--{BOUNDARY}\r\n"
+            f'Content-Disposition: form-data; name="file"; filename="{filename}"\r\n'
+            "Content-Type: application/octet-stream\r\n\r\n"
+        ).encode()
+        + data
+        + f"\r\n--{BOUNDARY}--\r\n".encode()
+    )
     headers = {
         "Content-Type": f"multipart/form-data; boundary={BOUNDARY}",
         "Content-Length": str(len(body)),

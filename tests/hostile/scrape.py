@@ -1,5 +1,6 @@
 """Read the service's own counters from ``/metrics``: the hostile tests and the benchmarks
 judge cost through them rather than through wall-clock time."""
+
 from __future__ import annotations
 
 import urllib.request

@@ -7,6 +7,7 @@ forward passes, reads ``celebxai_explanation_batches`` (forward passes run for e
 syntheses), then closes every socket. What may still run after that is the pass each running
 request had in flight, and one more that may have started between the reading and the hang-up.
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,13 @@ def _hang_up_once_running(service: ServiceProcess, sockets: list, start: int) ->
 def _predict(service: ServiceProcess, face: bytes) -> dict:
     boundary = uuid.uuid4().hex
     body = (
-        f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"f.png\"\r\n"
-        "Content-Type: image/png\r\n\r\n"
-    ).encode() + face + f"\r\n--{boundary}--\r\n".encode()
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f.png"\r\n'
+            "Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + face
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
     request = urllib.request.Request(
         f"{service.url}/predict?detect=false",
         data=body,

@@ -6,6 +6,7 @@ budget (its own gauges say so: never more than ``max_decodes x max_image_pixels`
 waited), the server's RSS grows by less than the stated bound while /predict on a real photo
 keeps answering 200, and a PNG render of such an upload is at most 2048 x 2048.
 """
+
 from __future__ import annotations
 
 import io
@@ -14,13 +15,13 @@ import re
 import urllib.request
 
 import pytest
+from image_bytes import face_png
 from PIL import Image
 
-from image_bytes import face_png
 from service.explain.render import MAX_RENDER_PIXELS
 
 from .conftest import ServiceProcess
-from .heavy_uploads import rss_peak, flat_png, latencies_while, post_at_once
+from .heavy_uploads import flat_png, latencies_while, post_at_once, rss_peak
 
 SIDE = 6000
 UPLOADS = 8

@@ -5,6 +5,7 @@ and 7 GB; a 12-megapixel photo without a face runs both passes on the largest vi
 cost is checked through the service's own counter, ``celebxai_face_search_pixels`` (pixels
 searched per request, every pass), not by a clock; memory through the server's RSS.
 """
+
 from __future__ import annotations
 
 import threading
@@ -80,8 +81,12 @@ def test_predict_answers_while_worst_cases_are_searched(service_process, uploads
             with httpx.Client(base_url=service_process.url, timeout=120) as own:
                 answers.append(_post(own, data, content_type).status_code)
 
-        heavy = [uploads["photo-12mp"], uploads["photo-12mp"], uploads["blank-20000x16"],
-                 uploads["blank-8000x16"]]
+        heavy = [
+            uploads["photo-12mp"],
+            uploads["photo-12mp"],
+            uploads["blank-20000x16"],
+            uploads["blank-8000x16"],
+        ]
         senders = [threading.Thread(target=send, args=upload) for upload in heavy]
         for sender in senders:
             sender.start()

@@ -4,6 +4,7 @@ A client without the key announces a 10 MB upload and sends none of it: the 401 
 anyway (so it came before the body), with ``Connection: close``. Every operation that the
 OpenAPI document marks as needing the key is tried; the open ones stay open.
 """
+
 from __future__ import annotations
 
 import json

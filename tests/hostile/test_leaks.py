@@ -2,6 +2,7 @@
 HEAD wherever GET works; /docs that needs no other host; security headers on the page.
 Against ``python -m service`` as users start it (and one started on a broken bundle).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,7 +19,7 @@ import pytest
 
 from tests.load.harness import free_port, stop_server, tail
 
-from .conftest import ROOT, READY_TIMEOUT_S
+from .conftest import READY_TIMEOUT_S, ROOT
 from .raw_http import connect, multipart, read_until_closed
 
 LEAK_PATTERNS = [
@@ -56,7 +57,9 @@ def test_readyz_says_why_a_broken_bundle_cannot_be_served_without_paths_or_dumps
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "--port", str(port), "--model", str(bundle)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -105,14 +108,19 @@ def test_a_validation_message_says_each_problem_once(service_process, celebs_roo
 
     status, _, answer = _request(
         f"{service_process.url}/occlusion?window=-1&stride=x&face=-2&detect=maybe",
-        "POST", data=body, headers=headers,
+        "POST",
+        data=body,
+        headers=headers,
     )
 
     assert status == 422
     problems = json.loads(answer)["error"]["message"].split("; ")
     assert len(problems) == len(set(problems)) == 4, problems
     assert {p.split(":")[0] for p in problems} == {
-        "query.window", "query.stride", "query.face", "query.detect"
+        "query.window",
+        "query.stride",
+        "query.face",
+        "query.detect",
     }
 
 
@@ -120,7 +128,8 @@ def _get_paths(url: str) -> list[str]:
     with urllib.request.urlopen(f"{url}/openapi.json", timeout=30) as response:
         document = json.load(response)
     return [
-        path for path, operations in document["paths"].items()
+        path
+        for path, operations in document["paths"].items()
         if "get" in operations and "{" not in path and not operations["get"].get("security")
     ]
 

@@ -4,6 +4,7 @@ rounding noise (~1e-7) into a confident map, and real faces are never flagged.
 Against the README's ``python -m service`` with the real bundle; the baseline is the image's
 own mean colour (``baseline=mean``), so every perturbation of a flat image is the image itself.
 """
+
 from __future__ import annotations
 
 import io
@@ -11,9 +12,8 @@ import io
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
-
 from image_bytes import face_png
+from PIL import Image
 
 from .conftest import ServiceProcess
 

@@ -5,6 +5,7 @@ Each slow connection must be closed by the server within its bound (``header_tim
 timeout fails the test when it is not. Meanwhile valid requests keep being answered, and an
 unfinished head costs the server at most ``max_header_bytes`` however large it claims to be.
 """
+
 from __future__ import annotations
 
 import socket
@@ -74,8 +75,9 @@ def test_slow_connections_are_closed_within_their_bounds_while_others_are_served
     unfinished_head.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: ")
     slowloris = connect(url)
     trickler = threading.Thread(
-        target=_trickle, args=(slowloris, b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 500,
-                               stop, 0.5), daemon=True
+        target=_trickle,
+        args=(slowloris, b"GET /healthz HTTP/1.1\r\n" + b"X: y\r\n" * 500, stop, 0.5),
+        daemon=True,
     )
     trickler.start()
     short_body = connect(url)
@@ -121,9 +123,7 @@ def test_slow_connections_are_closed_within_their_bounds_while_others_are_served
     assert _post_face(url, face_png) == 200
 
 
-def test_an_upload_with_pauses_shorter_than_the_body_timeout_is_answered(
-    service_process, face_png
-):
+def test_an_upload_with_pauses_shorter_than_the_body_timeout_is_answered(service_process, face_png):
     body, headers = multipart(face_png)
     sock = connect(service_process.url)
     sock.sendall(request_head("POST", "/predict?detect=false", headers, close=True))
@@ -200,8 +200,10 @@ def test_many_huge_unfinished_heads_cost_bounded_memory(service_process):
         done.set()
         sampler.join()
 
-    print(f"RSS {baseline:.0f} MiB, peak {peak:.0f} MiB while {clients} clients sent heads of "
-          f"up to {size >> 20} MiB (sent before the server closed: {[s >> 10 for s in sent]} KiB)")
+    print(
+        f"RSS {baseline:.0f} MiB, peak {peak:.0f} MiB while {clients} clients sent heads of "
+        f"up to {size >> 20} MiB (sent before the server closed: {[s >> 10 for s in sent]} KiB)"
+    )
     assert all(s < size for s in sent), "a client sent its whole 30 MiB head: never refused"
     assert closed_connections(url).get("headers_too_large", 0) - before == clients
     assert peak - baseline < 32, f"RSS grew by {peak - baseline:.0f} MiB"

@@ -1,4 +1,5 @@
 """The load test's summary goes at the very end of the pytest output, where CI logs end."""
+
 from __future__ import annotations
 
 import pytest
@@ -18,7 +19,9 @@ def load_summaries(pytestconfig: pytest.Config) -> list[str]:
     return pytestconfig.stash.setdefault(SUMMARIES, [])
 
 
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     summaries = config.stash.get(SUMMARIES, [])
     if summaries:
         terminalreporter.section("load test")

@@ -19,6 +19,7 @@ Results go to ``out_dir``: ``results.json`` (the figures and the verdict), ``rss
 ``rss.png`` (memory over time), locust's ``locust_stats.csv``, ``locust_stats_history.csv``
 and ``locust_failures.csv``, and the logs of locust and of the server.
 """
+
 from __future__ import annotations
 
 import csv
@@ -77,8 +78,14 @@ class LoadConfig:
 
 
 # 6 MiB/min: at most 30 MiB of growth over the last 5 minutes of 10
-SOAK = LoadConfig(users=32, spawn_rate=8.0, run_time="10m", warmup_s=60.0,
-                  rss_slope_limit_mib_per_min=6.0, out_dir=ROOT / "tests" / "artifacts" / "soak")
+SOAK = LoadConfig(
+    users=32,
+    spawn_rate=8.0,
+    run_time="10m",
+    warmup_s=60.0,
+    rss_slope_limit_mib_per_min=6.0,
+    out_dir=ROOT / "tests" / "artifacts" / "soak",
+)
 
 
 @dataclass(frozen=True)
@@ -198,7 +205,9 @@ def stop_server(server: subprocess.Popen) -> None:
 
 
 def tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    return (
+        "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+    )
 
 
 class Sample(NamedTuple):
@@ -288,12 +297,31 @@ def slope_per_minute(samples: list[Sample]) -> float:
 
 def locust_command(config: LoadConfig, host: str, out_dir: Path) -> list[str]:
     return [
-        sys.executable, "-m", "locust", "-f", str(LOCUSTFILE), "--headless", "--only-summary",
-        "-H", host, "-u", str(config.users), "-r", str(config.spawn_rate), "-t", config.run_time,
-        "--stop-timeout", str(STOP_TIMEOUT_S), "--csv", str(out_dir / "locust"),
-        "--report-json", str(out_dir / "report.json"),
-        "--photos-per-class", str(config.photos_per_class),
-        "--logfile", str(out_dir / "locust.log"),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(LOCUSTFILE),
+        "--headless",
+        "--only-summary",
+        "-H",
+        host,
+        "-u",
+        str(config.users),
+        "-r",
+        str(config.spawn_rate),
+        "-t",
+        config.run_time,
+        "--stop-timeout",
+        str(STOP_TIMEOUT_S),
+        "--csv",
+        str(out_dir / "locust"),
+        "--report-json",
+        str(out_dir / "report.json"),
+        "--photos-per-class",
+        str(config.photos_per_class),
+        "--logfile",
+        str(out_dir / "locust.log"),
     ]
 
 
@@ -310,8 +338,13 @@ def run_locust(config: LoadConfig, host: str) -> tuple[int, dict[str, Any]]:
     with (out_dir / "locust.out").open("wb") as output:
         try:
             code = subprocess.run(
-                locust_command(config, host, out_dir), cwd=ROOT, env=env, stdout=output,
-                stderr=subprocess.STDOUT, timeout=timeout, check=False,
+                locust_command(config, host, out_dir),
+                cwd=ROOT,
+                env=env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                timeout=timeout,
+                check=False,
             ).returncode
         except subprocess.TimeoutExpired:
             return -1, {}
@@ -340,12 +373,16 @@ def run_load_test(config: LoadConfig) -> LoadResult:
         rss = check_rss(sampler.samples, report["started_at"], report["stopped_at"], config)
     result = judge(config, code, report, rss)
     if not alive:
-        result.problems.append(f"the server died during the run:\n{tail(config.out_dir / 'server.log')}")
+        result.problems.append(
+            f"the server died during the run:\n{tail(config.out_dir / 'server.log')}"
+        )
     write_results(result, sampler.samples)
     return result
 
 
-def judge(config: LoadConfig, code: int, report: dict[str, Any], rss: RssCheck | None) -> LoadResult:
+def judge(
+    config: LoadConfig, code: int, report: dict[str, Any], rss: RssCheck | None
+) -> LoadResult:
     problems = []
     logs = f"see locust.log and locust.out in {config.out_dir}"
     if code == -1:
@@ -392,7 +429,9 @@ def write_results(result: LoadResult, samples: list[Sample]) -> None:
         writer = csv.writer(handle)
         writer.writerow(["seconds_from_load_start", "rss_mib", "threads"])
         for sample in samples:
-            writer.writerow([f"{sample.time - started:.1f}", f"{sample.rss / MIB:.1f}", sample.threads])
+            writer.writerow(
+                [f"{sample.time - started:.1f}", f"{sample.rss / MIB:.1f}", sample.threads]
+            )
     rss = result.rss
     if samples:
         plot_rss(samples, started, rss, out_dir / "rss.png")
@@ -402,7 +441,9 @@ def write_results(result: LoadResult, samples: list[Sample]) -> None:
     document = {
         "passed": result.passed,
         "problems": result.problems,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(result.config).items()},
+        "config": {
+            k: str(v) if isinstance(v, Path) else v for k, v in asdict(result.config).items()
+        },
         "rss": {**asdict(rss), **figures} if rss else None,
         "shed_rate": shed_rate(result.report) if result.report else None,
         "locust": result.report,
@@ -415,7 +456,8 @@ def shed_rate(report: dict[str, Any]) -> float:
     """The share of valid explanation requests refused with 503 ``overloaded``."""
     shed = sum(report["backpressure"].values())
     served = sum(
-        entry["requests"] for entry in report["endpoints"]
+        entry["requests"]
+        for entry in report["endpoints"]
         if entry["name"] in report["endpoints_run"] and entry["name"] != "/predict"
     )
     return shed / (shed + served) if shed + served else 0.0
@@ -426,11 +468,14 @@ def format_summary(result: LoadResult) -> str:
     if not report:
         return "load test: no report\n" + "\n".join(result.problems)
     lines = [
-        f"load test: {config.users} users for {report['duration_s']:.0f} s against {report['host']}, "
+        f"load test: {config.users} users for {report['duration_s']:.0f} s "
+        f"against {report['host']}, "
         f"{report['photos']} face photos; endpoints {' '.join(report['endpoints_run'])}"
     ]
     if report["photos_passed_over"]:
-        lines.append(f"  photos the service refused unloaded, passed over: {report['photos_passed_over']}")
+        lines.append(
+            f"  photos the service refused unloaded, passed over: {report['photos_passed_over']}"
+        )
     for path, why in report["endpoints_skipped"].items():
         lines.append(f"  skipped {path}: {why}")
     lines.append(
@@ -446,8 +491,10 @@ def format_summary(result: LoadResult) -> str:
     tally = {kind: sum(names.values()) for kind, names in report["problems"].items()}
     lines.append(
         f"  5xx: {tally.get('5xx', 0)}, connection errors: {tally.get('connection', 0)}, "
-        f"wrong status: {tally.get('wrong_status', 0)}, wrong answers: {tally.get('wrong_answer', 0)}, "
-        f"bad inputs mishandled: {tally.get('bad_input_mishandled', 0)}, lost: {tally.get('lost', 0)}; "
+        f"wrong status: {tally.get('wrong_status', 0)}, "
+        f"wrong answers: {tally.get('wrong_answer', 0)}, "
+        f"bad inputs mishandled: {tally.get('bad_input_mishandled', 0)}, "
+        f"lost: {tally.get('lost', 0)}; "
         f"503 back-pressure (Retry-After): {sum(report['backpressure'].values())}"
     )
     answered = sum(entry["requests"] for entry in report["endpoints"])
@@ -469,5 +516,7 @@ def format_summary(result: LoadResult) -> str:
     elif config.host is not None:
         lines.append("  server RSS: not measured (remote host)")
     lines.append(f"  results: {config.out_dir}")
-    lines.append("  PASSED" if result.passed else "  FAILED:\n    " + "\n    ".join(result.problems))
+    lines.append(
+        "  PASSED" if result.passed else "  FAILED:\n    " + "\n    ".join(result.problems)
+    )
     return "\n".join(lines)

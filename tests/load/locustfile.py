@@ -1,4 +1,5 @@
-"""Load test of the celebxai API: a realistic mix of requests on real face photos, every answer checked.
+"""Load test of the celebxai API: a realistic mix of requests on real face photos, every answer
+checked.
 
 Each simulated user mostly classifies faces (``/predict``), sometimes asks for a gradient
 saliency map, less often for an occlusion or a LIME map (with cheap parameters, and a target or
@@ -34,6 +35,7 @@ in the stock locust image)::
 Environment: ``CELEBXAI_DATA`` (face photos, default ``../shared/data`` beside the project),
 ``CELEBXAI_API_KEY`` (sent as ``X-API-Key`` when the service requires one).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -52,8 +54,8 @@ from typing import Any
 import gevent
 import requests
 from locust import HttpUser, between, events, task
-from locust.exception import StopUser
 from locust.env import Environment
+from locust.exception import StopUser
 
 log = logging.getLogger("celebxai.load")
 
@@ -68,7 +70,7 @@ MAX_RETRY_AFTER_S = 5.0
 CANDIDATES_PER_PHOTO = 4
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METRIC_LINE = re.compile(
-    r'^celebxai_http_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$', re.M
+    r"^celebxai_http_requests_total\{(?P<labels>[^}]*)\}\s+(?P<value>[0-9.e+]+)$", re.M
 )
 METRIC_LABEL = re.compile(r'(\w+)="([^"]*)"')
 
@@ -108,11 +110,16 @@ LOST = "lost"
 @events.init_command_line_parser.add_listener
 def _options(parser: Any) -> None:
     parser.add_argument(
-        "--report-json", default="", env_var="LOCUST_REPORT_JSON",
+        "--report-json",
+        default="",
+        env_var="LOCUST_REPORT_JSON",
         help="write the celebxai load report (checks, per-endpoint figures) to this JSON file",
     )
     parser.add_argument(
-        "--photos-per-class", type=int, default=2, env_var="LOCUST_PHOTOS_PER_CLASS",
+        "--photos-per-class",
+        type=int,
+        default=2,
+        env_var="LOCUST_PHOTOS_PER_CLASS",
         help="face photos per class cycled through (default: 2)",
     )
 
@@ -133,7 +140,9 @@ class Answer:
     def of(cls, body: dict[str, Any]) -> Answer:
         probabilities = {p["id"]: p["probability"] for p in body["probabilities"]}
         ranked = sorted(probabilities.values(), reverse=True)
-        return cls(body["label"], probabilities, ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0))
+        return cls(
+            body["label"], probabilities, ranked[0] - (ranked[1] if len(ranked) > 1 else 0.0)
+        )
 
 
 @dataclass(frozen=True)
@@ -271,13 +280,17 @@ def _baseline(session: requests.Session, host: str, path: Path) -> Photo | None:
     """The photo's answer from one /predict with nothing else running (None: refused, 4xx)."""
     data = path.read_bytes()
     response = session.post(
-        f"{host}{PREDICT}", files={"file": (path.name, data, "image/png")}, timeout=REQUEST_TIMEOUT_S
+        f"{host}{PREDICT}",
+        files={"file": (path.name, data, "image/png")},
+        timeout=REQUEST_TIMEOUT_S,
     )
     if 400 <= response.status_code < 500:
         PASSED_OVER[f"{response.status_code} {error_code(response)}"] += 1
         return None
     if response.status_code != 200:
-        raise RuntimeError(f"unloaded /predict of {path} answered {response.status_code}: {response.text}")
+        raise RuntimeError(
+            f"unloaded /predict of {path} answered {response.status_code}: {response.text}"
+        )
     body = response.json()
     return Photo(path, data, body["image"]["width"], body["image"]["height"], Answer.of(body))
 
@@ -314,7 +327,10 @@ def discover(environment: Environment) -> Plan:
     photos = choose_photos(session, host, data_root, class_ids, per_class)
     log.info(
         "%d photos of %d classes, baseline answers recorded (passed over: %s); endpoints: %s",
-        len(photos), len(class_ids), dict(PASSED_OVER) or "none", ", ".join([PREDICT, *explanations]),
+        len(photos),
+        len(class_ids),
+        dict(PASSED_OVER) or "none",
+        ", ".join([PREDICT, *explanations]),
     )
     SERVER_COUNTS_BEFORE.update(server_request_counts(session, host))
     return Plan(photos, class_ids, bad_uploads(photos[0].data), explanations)
@@ -337,7 +353,9 @@ def _on_test_start(environment: Environment, **_: Any) -> None:
         if environment.runner is not None:
             gevent.spawn(environment.runner.quit)
         return
-    FaceUser.tasks = [t for t in FaceUser.tasks if getattr(t, "endpoint", PREDICT) in enabled_paths()]
+    FaceUser.tasks = [
+        t for t in FaceUser.tasks if getattr(t, "endpoint", PREDICT) in enabled_paths()
+    ]
     RUN["started_at"] = time.time()
 
 
@@ -354,8 +372,12 @@ def _on_test_stop(environment: Environment, **_: Any) -> None:
         LEDGER.problem(LOST, path, message)
         # also a locust failure, so that locust's own error report and exit code show it
         environment.events.request.fire(
-            request_type="CHECK", name=path, response_time=0, response_length=0,
-            exception=RuntimeError(f"{LOST}: {message}"), context={},
+            request_type="CHECK",
+            name=path,
+            response_time=0,
+            response_length=0,
+            exception=RuntimeError(f"{LOST}: {message}"),
+            context={},
         )
 
 
@@ -377,7 +399,10 @@ def lost_requests(host: str) -> dict[str, str]:
             return {}
         gevent.sleep(1)
     return {
-        path: f"server counted {counts['served']:.0f} requests, users got {counts['answered']} answers"
+        path: (
+            f"server counted {counts['served']:.0f} requests, "
+            f"users got {counts['answered']} answers"
+        )
         for path, counts in LOST_COUNTS.items()
     }
 
@@ -412,10 +437,20 @@ class FaceUser(HttpUser):
     def photo(self) -> Photo:
         return self.rng.choice(PLAN.photos)
 
-    def post(self, path: str, name: str, upload: tuple[str, bytes, str], params: dict[str, Any] | None = None):
+    def post(
+        self,
+        path: str,
+        name: str,
+        upload: tuple[str, bytes, str],
+        params: dict[str, Any] | None = None,
+    ):
         return self.client.post(
-            path, params=params, files={"file": upload}, name=name,
-            catch_response=True, timeout=REQUEST_TIMEOUT_S,
+            path,
+            params=params,
+            files={"file": upload},
+            name=name,
+            catch_response=True,
+            timeout=REQUEST_TIMEOUT_S,
         )
 
     def check_transport(self, response: Any, path: str, name: str) -> bool:
@@ -437,7 +472,12 @@ class FaceUser(HttpUser):
             if not self.check_transport(response, PREDICT, PREDICT):
                 return
             if response.status_code != 200:
-                fail(response, WRONG_STATUS, PREDICT, f"{response.status_code} {error_code(response)}")
+                fail(
+                    response,
+                    WRONG_STATUS,
+                    PREDICT,
+                    f"{response.status_code} {error_code(response)}",
+                )
                 return
             settle(response, PREDICT, answer_problem(response.json(), photo.answer, photo))
 
@@ -490,8 +530,12 @@ class FaceUser(HttpUser):
             if path != PREDICT and is_backpressure(response):
                 retry_after = accept_backpressure(response, path)
             elif got != (bad.status, bad.code):
-                fail(response, BAD_INPUT_MISHANDLED, name,
-                     f"{bad.kind}: expected {bad.status} {bad.code}, got {got[0]} {got[1]}")
+                fail(
+                    response,
+                    BAD_INPUT_MISHANDLED,
+                    name,
+                    f"{bad.kind}: expected {bad.status} {bad.code}, got {got[0]} {got[1]}",
+                )
             else:
                 response.success()
         if retry_after:
@@ -524,10 +568,9 @@ def accept_backpressure(response: Any, path: str) -> float:
 
 def is_backpressure(response: Any) -> bool:
     """503 ``overloaded`` with a Retry-After header: documented back-pressure, not a failure."""
-    return (
-        (response.status_code, error_code(response)) == BACKPRESSURE
-        and response.headers.get("Retry-After", "").isdigit()
-    )
+    return (response.status_code, error_code(response)) == BACKPRESSURE and response.headers.get(
+        "Retry-After", ""
+    ).isdigit()
 
 
 def settle(response: Any, name: str, problem: str | None) -> None:
@@ -541,7 +584,9 @@ def settle(response: Any, name: str, problem: str | None) -> None:
 def answer_problem(body: dict[str, Any], expected: Answer, photo: Photo) -> str | None:
     """How ``body``'s classification differs from ``expected`` (None: it does not)."""
     answer = Answer.of(body)
-    drift = max(abs(answer.probabilities.get(k, -1.0) - v) for k, v in expected.probabilities.items())
+    drift = max(
+        abs(answer.probabilities.get(k, -1.0) - v) for k, v in expected.probabilities.items()
+    )
     if drift > PROBABILITY_TOLERANCE:
         return f"{photo.path.name}: probabilities moved by {drift:.2g} from the reference answer"
     if answer.label != expected.label and expected.margin > 2 * PROBABILITY_TOLERANCE:
@@ -549,7 +594,9 @@ def answer_problem(body: dict[str, Any], expected: Answer, photo: Photo) -> str 
     return None
 
 
-def explanation_problem(response: Any, path: str, photo: Photo, params: dict[str, Any]) -> str | None:
+def explanation_problem(
+    response: Any, path: str, photo: Photo, params: dict[str, Any]
+) -> str | None:
     """What is wrong with an explanation of ``photo`` from ``path`` asked for with ``params``
     (None: nothing).
 
@@ -566,8 +613,10 @@ def explanation_problem(response: Any, path: str, photo: Photo, params: dict[str
         if size is None:
             return f"format={answer_format} answered {content_type}, not a PNG"
         if size != (photo.width, photo.height):
-            return (f"format={answer_format}: {size[0]}x{size[1]} image for a "
-                    f"{photo.width}x{photo.height} upload")
+            return (
+                f"format={answer_format}: {size[0]}x{size[1]} image for a "
+                f"{photo.width}x{photo.height} upload"
+            )
         return None
     try:
         body = response.json()
@@ -596,7 +645,9 @@ def explanation_problem(response: Any, path: str, photo: Photo, params: dict[str
 def _write_report(environment: Environment, **_: Any) -> None:
     report = build_report(environment)
     problems = {kind: sum(names.values()) for kind, names in report["problems"].items()}
-    log.info("checks: %s; 503 back-pressure: %s", problems or "no problems", report["backpressure"] or 0)
+    log.info(
+        "checks: %s; 503 back-pressure: %s", problems or "no problems", report["backpressure"] or 0
+    )
     options = environment.parsed_options
     if not options or not options.report_json:
         return
@@ -610,18 +661,20 @@ def build_report(environment: Environment) -> dict[str, Any]:
     duration = (stopped - started) if started else 0.0
     endpoints = []
     for entry in sorted(environment.stats.entries.values(), key=lambda e: (e.name, e.method)):
-        endpoints.append({
-            "name": entry.name,
-            "method": entry.method,
-            "requests": entry.num_requests,
-            "failures": entry.num_failures,
-            "rps": entry.num_requests / duration if duration else 0.0,
-            "p50_ms": entry.get_response_time_percentile(0.50),
-            "p95_ms": entry.get_response_time_percentile(0.95),
-            "p99_ms": entry.get_response_time_percentile(0.99),
-            "avg_ms": entry.avg_response_time,
-            "max_ms": entry.max_response_time,
-        })
+        endpoints.append(
+            {
+                "name": entry.name,
+                "method": entry.method,
+                "requests": entry.num_requests,
+                "failures": entry.num_failures,
+                "rps": entry.num_requests / duration if duration else 0.0,
+                "p50_ms": entry.get_response_time_percentile(0.50),
+                "p95_ms": entry.get_response_time_percentile(0.95),
+                "p99_ms": entry.get_response_time_percentile(0.99),
+                "avg_ms": entry.avg_response_time,
+                "max_ms": entry.max_response_time,
+            }
+        )
     return {
         "host": environment.host,
         "users": environment.runner.target_user_count if environment.runner else None,

@@ -1,5 +1,6 @@
 """The server's RSS over a load run as a PNG: the samples, the end of warm-up, and the
 least-squares line over the judged window (the numbers the verdict is built on)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +9,7 @@ from typing import TYPE_CHECKING
 import matplotlib
 
 matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 
 if TYPE_CHECKING:
     from .harness import RssCheck, Sample
@@ -25,12 +26,27 @@ def plot_rss(samples: list[Sample], started: float, rss: RssCheck | None, path: 
     try:
         axes.plot(seconds, mib, linewidth=1, label="server RSS")
         if rss is not None:
-            axes.axhline(rss.warm_mib, color="grey", linestyle=":", linewidth=1,
-                         label=f"after warm-up: {rss.warm_mib:.0f} MiB")
-            axes.axvspan(rss.window_start_s, rss.window_end_s, color="tab:orange", alpha=0.12,
-                         label=f"judged: {rss.slope_mib_per_min:+.1f} MiB/min")
-            axes.axhline(rss.peak_ratio_limit * rss.warm_mib, color="tab:red", linestyle="--",
-                         linewidth=1, label=f"peak limit: {rss.peak_ratio_limit:g} x warm-up")
+            axes.axhline(
+                rss.warm_mib,
+                color="grey",
+                linestyle=":",
+                linewidth=1,
+                label=f"after warm-up: {rss.warm_mib:.0f} MiB",
+            )
+            axes.axvspan(
+                rss.window_start_s,
+                rss.window_end_s,
+                color="tab:orange",
+                alpha=0.12,
+                label=f"judged: {rss.slope_mib_per_min:+.1f} MiB/min",
+            )
+            axes.axhline(
+                rss.peak_ratio_limit * rss.warm_mib,
+                color="tab:red",
+                linestyle="--",
+                linewidth=1,
+                label=f"peak limit: {rss.peak_ratio_limit:g} x warm-up",
+            )
         axes.set_xlabel("seconds from the start of the load")
         axes.set_ylabel("RSS (MiB)")
         axes.grid(alpha=0.3)

@@ -1,4 +1,5 @@
 """The verdict of a load run, from synthetic locust reports and memory samples (no server)."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -13,14 +14,36 @@ CONFIG = LoadConfig(rss_slope_limit_mib_per_min=6.0)
 def report(**changes: Any) -> dict[str, Any]:
     """A clean locust report: /predict answered, nothing wrong."""
     clean: dict[str, Any] = {
-        "host": "http://127.0.0.1:1234", "users": 10, "setup_error": None,
-        "started_at": 100.0, "stopped_at": 145.0, "duration_s": 45.0, "photos": 16, "photos_passed_over": {},
-        "endpoints_run": ["/predict"], "endpoints_skipped": {},
-        "endpoints": [{"name": "/predict", "method": "POST", "requests": 900, "failures": 0,
-                       "rps": 20.0, "p50_ms": 20, "p95_ms": 90, "p99_ms": 200,
-                       "avg_ms": 30.0, "max_ms": 400.0}],
-        "problems": {}, "problem_examples": {}, "backpressure": {}, "answered": {"/predict": 900},
-        "lost": {}, "exceptions": [],
+        "host": "http://127.0.0.1:1234",
+        "users": 10,
+        "setup_error": None,
+        "started_at": 100.0,
+        "stopped_at": 145.0,
+        "duration_s": 45.0,
+        "photos": 16,
+        "photos_passed_over": {},
+        "endpoints_run": ["/predict"],
+        "endpoints_skipped": {},
+        "endpoints": [
+            {
+                "name": "/predict",
+                "method": "POST",
+                "requests": 900,
+                "failures": 0,
+                "rps": 20.0,
+                "p50_ms": 20,
+                "p95_ms": 90,
+                "p99_ms": 200,
+                "avg_ms": 30.0,
+                "max_ms": 400.0,
+            }
+        ],
+        "problems": {},
+        "problem_examples": {},
+        "backpressure": {},
+        "answered": {"/predict": 900},
+        "lost": {},
+        "exceptions": [],
     }
     return clean | changes
 
@@ -104,8 +127,14 @@ def test_backpressure_alone_passes():
 
 @pytest.mark.parametrize(
     ("kind", "name"),
-    [("5xx", "/predict"), ("connection", "/lime"), ("wrong_status", "/saliency"),
-     ("wrong_answer", "/predict"), ("bad_input_mishandled", "/predict (bad input)"), ("lost", "/predict")],
+    [
+        ("5xx", "/predict"),
+        ("connection", "/lime"),
+        ("wrong_status", "/saliency"),
+        ("wrong_answer", "/predict"),
+        ("bad_input_mishandled", "/predict (bad input)"),
+        ("lost", "/predict"),
+    ],
 )
 def test_every_kind_of_failure_fails_the_run(kind, name):
     failed = report(problems={kind: {name: 2}}, problem_examples={kind: [f"{name}: what happened"]})
@@ -135,11 +164,23 @@ def test_memory_growth_over_the_limits_fails_the_run():
 
 def test_the_summary_gives_the_memory_figures_and_the_shed_rate():
     shed = report(
-        endpoints_run=["/lime", "/predict"], backpressure={"/lime": 1},
-        endpoints=[*report()["endpoints"],
-                   {"name": "/lime", "method": "POST", "requests": 3, "failures": 0, "rps": 0.1,
-                    "p50_ms": 900, "p95_ms": 2000, "p99_ms": 2500, "avg_ms": 1000.0,
-                    "max_ms": 2500.0}],
+        endpoints_run=["/lime", "/predict"],
+        backpressure={"/lime": 1},
+        endpoints=[
+            *report()["endpoints"],
+            {
+                "name": "/lime",
+                "method": "POST",
+                "requests": 3,
+                "failures": 0,
+                "rps": 0.1,
+                "p50_ms": 900,
+                "p95_ms": 2000,
+                "p99_ms": 2500,
+                "avg_ms": 1000.0,
+                "max_ms": 2500.0,
+            },
+        ],
     )
 
     summary = judge(CONFIG, 0, shed, flat_rss()).summary()

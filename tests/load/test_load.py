@@ -2,6 +2,7 @@
 (``locustfile.py``): no 5xx, no connection error, no lost request, every answer right, and RSS
 levelling off after warm-up (its slope over the last half, its peak against the warm RSS). The
 figures are printed at the end of the run and kept in tests/artifacts/load/."""
+
 from __future__ import annotations
 
 from pathlib import Path

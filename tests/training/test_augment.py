@@ -1,4 +1,5 @@
 """Augmentation presets: shapes, ranges, no vertical flips; the eval preset is deterministic."""
+
 from __future__ import annotations
 
 import pytest
@@ -25,7 +26,11 @@ def test_train_preset_keeps_shape_dtype_and_range():
 
 
 def test_train_preset_never_flips_vertically():
-    flips = [t for t in train_transforms(preset="faces").transforms if isinstance(t, v2.RandomVerticalFlip)]
+    flips = [
+        t
+        for t in train_transforms(preset="faces").transforms
+        if isinstance(t, v2.RandomVerticalFlip)
+    ]
     assert flips == []
     torch.manual_seed(1)
     transform = train_transforms(preset="faces")

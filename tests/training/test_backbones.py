@@ -1,4 +1,5 @@
 """Backbones by name: unknown names list the valid ones; ImageNet weights fail clearly offline."""
+
 from __future__ import annotations
 
 import urllib.error

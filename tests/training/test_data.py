@@ -1,4 +1,5 @@
 """Image trees: discovery, skipping unreadable files, clear errors, seeded stratified splits."""
+
 from __future__ import annotations
 
 import logging
@@ -15,7 +16,9 @@ def _tree(root: Path, counts: dict[str, int]) -> Path:
     for name, n in counts.items():
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
-            Image.fromarray(np.full((8, 8, 3), i * 5 % 256, np.uint8)).save(root / name / f"{i}.png")
+            Image.fromarray(np.full((8, 8, 3), i * 5 % 256, np.uint8)).save(
+                root / name / f"{i}.png"
+            )
     return root
 
 
@@ -44,7 +47,10 @@ def test_unreadable_images_are_skipped_counted_and_logged(tmp_path, caplog):
     [
         (lambda root: root / "missing", "is not a directory"),
         (lambda root: root, "has no class folders"),
-        (lambda root: _tree(root, {"a": 3}) and (root / "empty").mkdir() or root, "has no readable images"),
+        (
+            lambda root: _tree(root, {"a": 3}) and (root / "empty").mkdir() or root,
+            "has no readable images",
+        ),
     ],
     ids=["missing-root", "empty-root", "empty-class"],
 )

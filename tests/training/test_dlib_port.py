@@ -1,11 +1,18 @@
 """The dlib port: the file reader, the network's shapes, and parity with dlib itself."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from training.backbones.dlib_format import AffineRecord, ConvRecord, DlibFormatError, FcRecord, read_records
+from training.backbones.dlib_format import (
+    AffineRecord,
+    ConvRecord,
+    DlibFormatError,
+    FcRecord,
+    read_records,
+)
 from training.backbones.dlib_resnet import DlibResNet29, add_zero_padded, default_weights_path
 
 
@@ -25,7 +32,11 @@ def test_file_holds_29_convs_with_affines_and_one_fc(records):
     assert sum(isinstance(r, AffineRecord) for r in records) == 29
     assert isinstance(records[-1], FcRecord) and records[-1].weight.shape == (128, 256)
     assert records[-1].bias is None
-    assert convs[0].weight.shape == (32, 3, 7, 7) and convs[0].stride == (2, 2) and convs[0].padding == (0, 0)
+    assert (
+        convs[0].weight.shape == (32, 3, 7, 7)
+        and convs[0].stride == (2, 2)
+        and convs[0].padding == (0, 0)
+    )
     downs = [c.weight.shape[:2] for c in convs if c.stride == (2, 2)][1:]
     assert downs == [(64, 32), (128, 64), (256, 128), (256, 256)]
 
@@ -37,7 +48,14 @@ def test_network_shapes(net):
     for _, stage in net.stages():
         x = stage(x)
         shapes.append(tuple(x.shape[1:]))
-    assert shapes == [(32, 35, 35), (32, 35, 35), (64, 17, 17), (128, 8, 8), (256, 4, 4), (256, 2, 2)]
+    assert shapes == [
+        (32, 35, 35),
+        (32, 35, 35),
+        (64, 17, 17),
+        (128, 8, 8),
+        (256, 4, 4),
+        (256, 2, 2),
+    ]
     assert net.embed(x).shape == (2, 128)
 
 
@@ -46,7 +64,12 @@ def test_zero_padded_add_pads_channels_and_cells_at_the_end():
     b = torch.full((1, 2, 4, 4), 2.0)
     out = add_zero_padded(a, b)
     assert out.shape == (1, 4, 4, 4)
-    assert out[0, 0, 0, 0] == 3 and out[0, 3, 0, 0] == 1 and out[0, 0, 3, 3] == 2 and out[0, 3, 3, 3] == 0
+    assert (
+        out[0, 0, 0, 0] == 3
+        and out[0, 3, 0, 0] == 1
+        and out[0, 0, 3, 3] == 2
+        and out[0, 3, 3, 3] == 0
+    )
 
 
 def test_embeddings_match_dlib(net, celebs_root):
@@ -54,9 +77,16 @@ def test_embeddings_match_dlib(net, celebs_root):
     from PIL import Image
 
     reference = dlib.face_recognition_model_v1(str(default_weights_path()))
-    files = [sorted((celebs_root / c).glob("*.png"))[3] for c in ("tom_hanks", "halle_berry", "keanu_reeves")]
-    chips = [np.asarray(Image.open(f).convert("RGB").resize((150, 150), Image.BILINEAR)) for f in files]
-    x = DlibResNet29.preprocessing.standardise(torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2))
+    files = [
+        sorted((celebs_root / c).glob("*.png"))[3]
+        for c in ("tom_hanks", "halle_berry", "keanu_reeves")
+    ]
+    chips = [
+        np.asarray(Image.open(f).convert("RGB").resize((150, 150), Image.BILINEAR)) for f in files
+    ]
+    x = DlibResNet29.preprocessing.standardise(
+        torch.from_numpy(np.stack(chips)).permute(0, 3, 1, 2)
+    )
     with torch.no_grad():
         ours = net(x).numpy()
     theirs = np.stack([np.array(reference.compute_face_descriptor(chip)) for chip in chips])

@@ -1,4 +1,5 @@
 """A tiny real run: fit -> export -> reload -> predict, and the export's parity guard."""
+
 from __future__ import annotations
 
 import hashlib
@@ -27,11 +28,27 @@ def _add_to_last_initializer(source, target, delta: float) -> None:
 def tiny_bundle(celebs_root, data_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("bundle") / "tiny"
     run_dir = tmp_path_factory.mktemp("run")
-    code = main([
-        "fit", "--data", str(celebs_root), "--out", str(out), "--run-dir", str(run_dir),
-        "--limit-per-class", "7", "--epochs", "2,1,1", "--batch-size", "16", "--threads", "2",
-        "--others", str(data_root / "others"),
-    ])
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(celebs_root),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(run_dir),
+            "--limit-per-class",
+            "7",
+            "--epochs",
+            "2,1,1",
+            "--batch-size",
+            "16",
+            "--threads",
+            "2",
+            "--others",
+            str(data_root / "others"),
+        ]
+    )
     assert code == 0
     return out, run_dir
 
@@ -39,7 +56,13 @@ def tiny_bundle(celebs_root, data_root, tmp_path_factory):
 def test_bundle_has_the_contracted_files_and_hashes(tiny_bundle):
     out, run_dir = tiny_bundle
     meta = json.loads((out / "meta.json").read_text())
-    assert {"model.onnx", "model.pt2", "split.json", "report/curves.png", "report/confusion_test.png"} <= set(meta["files"])
+    assert {
+        "model.onnx",
+        "model.pt2",
+        "split.json",
+        "report/curves.png",
+        "report/confusion_test.png",
+    } <= set(meta["files"])
     for name, entry in meta["files"].items():
         assert hashlib.sha256((out / name).read_bytes()).hexdigest() == entry["sha256"]
     assert [c["id"] for c in meta["classes"]][:2] == ["gwyneth_paltrow", "halle_berry"]
@@ -50,8 +73,12 @@ def test_bundle_has_the_contracted_files_and_hashes(tiny_bundle):
     assert meta["training"]["wall_time_s"] > 0
     assert len(meta["face_alignment"]["points"]) == 5 and meta["face_alignment"]["width"] == 112
     assert 0 < meta["open_set"]["threshold"] <= 1
-    assert not set(meta["open_set"]["calibration"]["unknown_identities"]) & set(meta["open_set"]["held_out"]["unknown_identities"])
-    assert "baseline_linear_probe" in meta["metrics"] and 0 <= meta["metrics"]["test"]["accuracy"] <= 1
+    assert not set(meta["open_set"]["calibration"]["unknown_identities"]) & set(
+        meta["open_set"]["held_out"]["unknown_identities"]
+    )
+    assert (
+        "baseline_linear_probe" in meta["metrics"] and 0 <= meta["metrics"]["test"]["accuracy"] <= 1
+    )
     assert (run_dir / "checkpoint.pt").is_file()
     split = json.loads((out / "split.json").read_text())
     assert {len(split["splits"][s]) for s in ("val", "test")} == {8}
@@ -61,9 +88,13 @@ def test_bundle_has_the_contracted_files_and_hashes(tiny_bundle):
 def test_reloaded_onnx_and_twin_predict_the_same_on_real_images(tiny_bundle, celebs_root):
     out, _ = tiny_bundle
     meta = json.loads((out / "meta.json").read_text())
-    prep = Preprocessing(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()})
+    prep = Preprocessing(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in meta["input"].items()}
+    )
     files = [sorted((celebs_root / c["id"]).glob("*.png"))[-1] for c in meta["classes"][:4]]
-    x = prep.standardise(torch.from_numpy(np.stack([prep.load(f) for f in files])).permute(0, 3, 1, 2))
+    x = prep.standardise(
+        torch.from_numpy(np.stack([prep.load(f) for f in files])).permute(0, 3, 1, 2)
+    )
     onnx_out = onnx_logits(out / "model.onnx", x.numpy())
     twin = torch.export.load(str(out / "model.pt2")).module()
     logits, activations = twin(x)
@@ -83,7 +114,20 @@ def test_evaluate_command_reads_the_recorded_split(tiny_bundle, capsys):
 
 def test_export_command_rebuilds_the_bundle_from_the_checkpoint(tiny_bundle, tmp_path):
     out, run_dir = tiny_bundle
-    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(tmp_path / "again"), "--others", "none"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run_dir / "checkpoint.pt"),
+                "--out",
+                str(tmp_path / "again"),
+                "--others",
+                "none",
+            ]
+        )
+        == 0
+    )
     a = json.loads((out / "meta.json").read_text())
     b = json.loads((tmp_path / "again" / "meta.json").read_text())
     assert a["metrics"] == b["metrics"] and a["classes"] == b["classes"]
@@ -117,7 +161,20 @@ def test_failed_parity_leaves_no_bundle_behind(tiny_bundle, tmp_path, monkeypatc
     monkeypatch.setattr(export_module, "export_onnx", broken_export)
     _, run_dir = tiny_bundle
     target = tmp_path / "never"
-    assert main(["export", "--checkpoint", str(run_dir / "checkpoint.pt"), "--out", str(target), "--others", "none"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--checkpoint",
+                str(run_dir / "checkpoint.pt"),
+                "--out",
+                str(target),
+                "--others",
+                "none",
+            ]
+        )
+        == 2
+    )
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
@@ -141,8 +198,19 @@ def test_open_set_threshold_and_rates():
 
 def test_missing_strangers_folder_fails_before_training(celebs_root, tmp_path, caplog):
     out = tmp_path / "bundle"
-    code = main(["fit", "--data", str(celebs_root), "--out", str(out), "--run-dir", str(tmp_path / "run"),
-                 "--others", str(tmp_path / "nobody")])
+    code = main(
+        [
+            "fit",
+            "--data",
+            str(celebs_root),
+            "--out",
+            str(out),
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--others",
+            str(tmp_path / "nobody"),
+        ]
+    )
     assert code == 2
     assert "--others none" in caplog.text
     assert not out.exists() and not (tmp_path / "run").exists()

@@ -18,7 +18,11 @@ from training.preprocess import Preprocessing
 
 FACE = "jennifer_aniston/4337.png"  # a 112 x 112 face crop: every path resizes it to 150 x 150
 EVERY_OPTION = InputSpec(
-    height=150, width=150, mean=(0.1, 0.2, 0.3), std=(0.5, 0.6, 0.7), value_range=(-1.0, 1.0),
+    height=150,
+    width=150,
+    mean=(0.1, 0.2, 0.3),
+    std=(0.5, 0.6, 0.7),
+    value_range=(-1.0, 1.0),
     channel_order="BGR",
 )
 

@@ -1,4 +1,5 @@
 """Staged unfreezing: exactly which parameters learn in each stage; frozen batch norm stays put."""
+
 from __future__ import annotations
 
 import pytest
@@ -21,7 +22,12 @@ def dlib_model():
 
 def test_head_stage_trains_only_the_head(dlib_model):
     set_trainable(dlib_model, trainable_units(dlib_model, "head", unfreeze_last=2))
-    assert _trainable(dlib_model) == {"head.0.weight", "head.0.bias", "head.2.weight", "head.2.bias"}
+    assert _trainable(dlib_model) == {
+        "head.0.weight",
+        "head.0.bias",
+        "head.2.weight",
+        "head.2.bias",
+    }
 
 
 def test_top_stage_adds_embedding_and_last_blocks(dlib_model):
@@ -29,7 +35,9 @@ def test_top_stage_adds_embedding_and_last_blocks(dlib_model):
     names = _trainable(dlib_model)
     prefixes = {n.split(".")[1] if n.startswith("backbone.") else "head" for n in names}
     assert prefixes == {"layer4", "layer5", "fc", "head"}
-    assert not any(n.startswith(("backbone.stem", "backbone.layer1", "backbone.layer3")) for n in names)
+    assert not any(
+        n.startswith(("backbone.stem", "backbone.layer1", "backbone.layer3")) for n in names
+    )
 
 
 def test_all_stage_trains_everything_with_smaller_rates_below(dlib_model):
@@ -38,7 +46,11 @@ def test_all_stage_trains_everything_with_smaller_rates_below(dlib_model):
     groups = param_groups(dlib_model, lr=1e-3, lr_decay=0.5)
     rates = {g["unit"]: g["lr"] for g in groups}
     assert rates["head"] == 1e-3
-    assert rates["embed"] == 5e-4 and rates["layer5"] == 2.5e-4 and rates["stem"] == pytest.approx(1e-3 * 0.5**7)
+    assert (
+        rates["embed"] == 5e-4
+        and rates["layer5"] == 2.5e-4
+        and rates["stem"] == pytest.approx(1e-3 * 0.5**7)
+    )
     assert sum(len(g["params"]) for g in groups) == len(list(dlib_model.parameters()))
 
 

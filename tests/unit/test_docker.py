@@ -1,6 +1,7 @@
 """Docker does not run here: check docker-compose.yml against the Compose Specification schema
 (vendored by the check-jsonschema package, so nothing is downloaded) and check that the compose
 file and the Dockerfile point at files and settings that exist."""
+
 from __future__ import annotations
 
 import json
@@ -37,7 +38,10 @@ def validator() -> jsonschema.protocols.Validator:
 
 
 def test_compose_file_follows_the_compose_specification(compose, validator):
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(compose)
+    ]
 
     assert errors == []
 
@@ -47,7 +51,9 @@ def test_compose_file_follows_the_compose_specification(compose, validator):
     [
         lambda c: c["services"]["api"].update(healthcheck={"tset": ["CMD", "true"]}),
         lambda c: c["services"]["api"].update(ports="8000:8000"),
-        lambda c: c["services"]["api"].update(deploy={"resources": {"reservations": {"devices": "gpu"}}}),
+        lambda c: c["services"]["api"].update(
+            deploy={"resources": {"reservations": {"devices": "gpu"}}}
+        ),
     ],
     ids=["misspelt-key", "ports-not-a-list", "devices-not-a-list"],
 )
@@ -69,7 +75,9 @@ def test_api_service_has_a_readiness_healthcheck(compose):
 def test_gpu_profile_reserves_an_nvidia_device_and_uses_onnxruntime_gpu(compose):
     (gpu,) = [s for s in compose["services"].values() if "gpu" in s.get("profiles", [])]
     (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
-    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
 
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
     assert gpu["environment"]["CELEBXAI_PROVIDERS"] == "cuda"
@@ -104,7 +112,9 @@ def test_environment_names_settings_that_exist(compose):
 
 def test_dockerfile_copies_files_that_exist_and_are_not_ignored():
     dockerfile = (ROOT / "Dockerfile").read_text()
-    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()}
+    ignored = {
+        line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines() if line.strip()
+    }
     sources = [
         source
         for line in re.findall(r"^COPY\s+(.+)$", dockerfile, re.M)
@@ -134,11 +144,15 @@ def test_loadtest_profile_runs_the_ci_locustfile_against_api(compose):
         return mounts[target] / path.relative_to(target)
 
     image, version = loadtest["image"].split(":")
-    dev_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["dev"]
+    dev_extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]["dev"]
     (locust,) = [Requirement(dep) for dep in dev_extra if dep.startswith("locust")]
 
     assert loadtest["profiles"] == ["loadtest"]
-    assert source_of(env["LOCUST_LOCUSTFILE"]).resolve() == ROOT / "tests" / "load" / "locustfile.py"
+    assert (
+        source_of(env["LOCUST_LOCUSTFILE"]).resolve() == ROOT / "tests" / "load" / "locustfile.py"
+    )
     assert source_of(env["CELEBXAI_DATA"]).resolve() == (ROOT.parent / "shared" / "data").resolve()
     assert image == "locustio/locust" and version in locust.specifier
     assert env["LOCUST_HOST"] == "http://api:8000"
@@ -156,9 +170,16 @@ def test_loadtest_environment_names_locust_options_that_exist(compose):
     )
     known = subprocess.run(
         [sys.executable, "-c", script, str(ROOT / "tests" / "load" / "locustfile.py")],
-        capture_output=True, text=True, check=True, timeout=120,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     ).stdout
-    used = [name for name in compose["services"]["loadtest"]["environment"] if name.startswith("LOCUST_")]
+    used = [
+        name
+        for name in compose["services"]["loadtest"]["environment"]
+        if name.startswith("LOCUST_")
+    ]
 
     assert "LOCUST_REPORT_JSON" in used
     assert set(used) <= set(json.loads(known.splitlines()[-1]))

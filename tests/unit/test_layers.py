@@ -21,8 +21,12 @@ FORBIDDEN: dict[str, tuple[str, ...]] = {
         "service.explain", "service.insight", "service.routes", "service.model",
         "service.engine", "service.app", "service.bundle", "service.faces",
     ),
-    "explain": ("service.insight", "service.routes", "service.model", "service.engine", "service.app"),
-    "insight": ("service.explain", "service.routes", "service.model", "service.engine", "service.app"),
+    "explain": (
+        "service.insight", "service.routes", "service.model", "service.engine", "service.app",
+    ),
+    "insight": (
+        "service.explain", "service.routes", "service.model", "service.engine", "service.app",
+    ),
 }  # fmt: skip
 
 
@@ -69,7 +73,8 @@ def test_the_service_never_imports_training():
 
 
 def test_relative_imports_are_resolved():
-    # the checker itself: ``from ..x import y`` in service/<package>/ names service.x and service.x.y
+    # the checker itself: ``from ..x import y`` in service/<package>/ names service.x and
+    # service.x.y
     assert {"service.common.softmax", "service.common.softmax.softmax"} <= imported_modules(
         SERVICE / "explain" / "heatmap.py"
     )

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from service.explain import array_digest, cache_key
 
 
-def _key(**changes: object) -> str:
-    values: dict[str, object] = {
+def _key(**changes: Any) -> str:
+    values: dict[str, Any] = {
         "image_digest": "img",
         "method": "occlusion",
         "params": {"window": 24, "stride": 12},
@@ -16,7 +18,7 @@ def _key(**changes: object) -> str:
         "model_digest": "model",
     }
     values.update(changes)
-    return cache_key(**values)  # type: ignore[arg-type]
+    return cache_key(**values)
 
 
 def test_key_ignores_parameter_order_and_changes_with_every_part():

@@ -7,6 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from service.common.twin import input_gradients
+from service.errors import UnknownLayer
 from service.explain import (
     GradCam,
     GradientSaliency,
@@ -14,8 +16,6 @@ from service.explain import (
     ModelHandle,
     SmoothGrad,
 )
-from service.errors import UnknownLayer
-from service.common.twin import input_gradients
 
 
 def _input_gradient(twin, x: np.ndarray, target: int) -> torch.Tensor:

@@ -26,8 +26,14 @@ def make_heatmap(values: np.ndarray, signed: bool = False) -> Heatmap:
     )
 
 
-def _paste(image: Image.Image, scale: float, angle: float, at: tuple[int, int],
-           size: tuple[int, int], fill: float | tuple[int, int, int] = 0) -> Image.Image:
+def _paste(
+    image: Image.Image,
+    scale: float,
+    angle: float,
+    at: tuple[int, int],
+    size: tuple[int, int],
+    fill: float | tuple[int, int, int] = 0,
+) -> Image.Image:
     """``image`` (RGB or float ``F``) enlarged by ``scale``, turned ``angle`` degrees
     counter-clockwise and pasted at ``at`` into a ``size`` canvas of ``fill``."""
     side = round(image.width * scale)

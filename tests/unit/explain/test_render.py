@@ -54,7 +54,9 @@ def test_png_is_rgba_at_the_upload_size(signed_map):
 
 def test_png_outside_the_face_crop_is_transparent(signed_map):
     # a 100 x 100 crop cut at (100, 50) out of a 300 x 200 upload
-    crop = AlignedFace(Image.new("RGB", (100, 100)), np.array([[1.0, 0, -100], [0, 1.0, -50]]), None)
+    crop = AlignedFace(
+        Image.new("RGB", (100, 100)), np.array([[1.0, 0, -100], [0, 1.0, -50]]), None
+    )
     pixels = np.asarray(_decode(rgba_png(crop.to_image(signed_map.values, (300, 200)), True)))
     assert pixels.shape == (200, 300, 4)
     assert pixels[:49, :, 3].max() == 0 and pixels[:, :99, 3].max() == 0

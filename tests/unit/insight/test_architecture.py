@@ -5,6 +5,7 @@ downsampling residual block (strided conv branch, 2x2 average-pool shortcut zero
 channels), and a layer that pads explicitly before an unpadded conv. Each analytic field is
 checked against the numbers worked out below and against the gradient of a unit.
 """
+
 from __future__ import annotations
 
 import pytest
@@ -69,7 +70,13 @@ def test_fields_follow_the_kernel_stride_and_padding_arithmetic(twin):
     assert list(fields) == ["stem", "block", "head"]
     for name, (size, jump, start, first, last) in EXPECTED.items():
         for axis in (fields[name].rows, fields[name].cols):
-            assert (axis.size, axis.jump, axis.start, axis.first, axis.last) == (size, jump, start, first, last), name
+            assert (axis.size, axis.jump, axis.start, axis.first, axis.last) == (
+                size,
+                jump,
+                start,
+                first,
+                last,
+            ), name
     assert fields["stem"].shape == (4, 7, 7)
     assert fields["block"].shape == (8, 3, 3)
     assert fields["stem"].box(3, 3) == (12, 12, 21, 21)

@@ -1,4 +1,5 @@
 """Grid images: documented sizes, tile placement, how filters and maps are coloured."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,12 +11,22 @@ from service.insight.grid import GAP, GridLayout, compose, filter_tiles, map_til
 
 @pytest.mark.parametrize(
     ("count", "tile", "columns", "rows", "width", "height"),
-    [(32, 42, 6, 6, 266, 266), (128, 48, 12, 11, 602, 552), (9, 88, 3, 3, 272, 272), (1, 10, 1, 1, 14, 14)],
+    [
+        (32, 42, 6, 6, 266, 266),
+        (128, 48, 12, 11, 602, 552),
+        (9, 88, 3, 3, 272, 272),
+        (1, 10, 1, 1, 14, 14),
+    ],
 )
 def test_layout_has_the_documented_size(count, tile, columns, rows, width, height):
     layout = GridLayout.of(count, tile)
 
-    assert (layout.columns, layout.rows, layout.width, layout.height) == (columns, rows, width, height)
+    assert (layout.columns, layout.rows, layout.width, layout.height) == (
+        columns,
+        rows,
+        width,
+        height,
+    )
 
 
 def test_compose_places_tiles_row_by_row_with_white_gaps():
@@ -46,7 +57,10 @@ def test_first_layer_filters_are_colour_and_deeper_ones_grey():
     assert tuple(colour_tiles[0][0, 0]) == (255, 128, 128)  # red at its peak, others at 0 (grey)
     assert (colour_tiles[1] == 128).all()  # an all-zero filter is mid-grey
     assert grey_tiles[0].shape == (48, 48, 3)
-    assert all((tile[..., 0] == tile[..., 1]).all() and (tile[..., 1] == tile[..., 2]).all() for tile in grey_tiles)
+    assert all(
+        (tile[..., 0] == tile[..., 1]).all() and (tile[..., 1] == tile[..., 2]).all()
+        for tile in grey_tiles
+    )
 
 
 def test_maps_share_one_scale():

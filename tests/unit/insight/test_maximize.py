@@ -1,4 +1,6 @@
-"""Activation maximisation on a small net: the score rises, limits hold, the result is repeatable."""
+"""Activation maximisation on a small net: the score rises, limits hold, the result is
+repeatable."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -37,11 +39,16 @@ def test_pixels_survive_a_round_trip_through_the_input_encoding():
     low, high = codec.bounds()
 
     assert np.array_equal(codec.to_pixels(x), pixels)
-    assert torch.allclose(x[:, 0, 0], (torch.tensor(pixels[0, 0], dtype=torch.float32) - torch.tensor(SPEC.mean)) / 256)
+    assert torch.allclose(
+        x[:, 0, 0],
+        (torch.tensor(pixels[0, 0], dtype=torch.float32) - torch.tensor(SPEC.mean)) / 256,
+    )
     assert (x >= low - 1e-6).all() and (x <= high + 1e-6).all()
 
 
-@pytest.mark.parametrize("objective", [Objective(class_index=1), Objective(layer="conv", channel=2)])
+@pytest.mark.parametrize(
+    "objective", [Objective(class_index=1), Objective(layer="conv", channel=2)]
+)
 def test_the_score_rises_from_the_start(twin, objective):
     result = synthesize(twin, PixelCodec(SPEC), objective, MaximizeParams(steps=30, lr=0.1))
 
@@ -56,14 +63,21 @@ def test_same_parameters_same_image_and_the_seed_changes_it(twin):
     params = MaximizeParams(steps=5)
     first = synthesize(twin, PixelCodec(SPEC), Objective(class_index=0), params)
     again = synthesize(twin, PixelCodec(SPEC), Objective(class_index=0), params)
-    other = synthesize(twin, PixelCodec(SPEC), Objective(class_index=0), params.model_copy(update={"seed": 1}))
+    other = synthesize(
+        twin, PixelCodec(SPEC), Objective(class_index=0), params.model_copy(update={"seed": 1})
+    )
 
     assert np.array_equal(first.image, again.image)
     assert not np.array_equal(first.image, other.image)
 
 
 def test_the_time_limit_stops_the_ascent_and_says_so(twin):
-    result = synthesize(twin, PixelCodec(SPEC), Objective(class_index=0), MaximizeParams(steps=300, max_seconds=1e-6))
+    result = synthesize(
+        twin,
+        PixelCodec(SPEC),
+        Objective(class_index=0),
+        MaximizeParams(steps=300, max_seconds=1e-6),
+    )
 
     assert result.stopped_early and result.steps < 300
 

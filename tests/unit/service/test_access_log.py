@@ -14,7 +14,10 @@ from service.access_log import RedactSecretsFilter, redact_query
         ("/x?token=1&apikey=2&Key=3&x=4", "/x?token=***&apikey=***&Key=***&x=4"),
         ("/x?access_token=a%20b&password=&secret=s", "/x?access_token=***&password=***&secret=***"),
         ("/x?api%5Fkey=zz", "/x?api%5Fkey=***"),
-        ("/insight/top-patches?layer=layer1&channel=7", "/insight/top-patches?layer=layer1&channel=7"),
+        (
+            "/insight/top-patches?layer=layer1&channel=7",
+            "/insight/top-patches?layer=layer1&channel=7",
+        ),
         ("/healthz", "/healthz"),
     ],
 )
@@ -24,8 +27,13 @@ def test_key_like_query_values_are_redacted(path, logged):
 
 def test_the_filter_rewrites_uvicorn_s_access_record():
     record = logging.LogRecord(
-        "uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
-        ("127.0.0.1:5000", "GET", "/model?api_key=hunter2", "1.1", 401), None,
+        "uvicorn.access",
+        logging.INFO,
+        __file__,
+        1,
+        '%s - "%s %s HTTP/%s" %d',
+        ("127.0.0.1:5000", "GET", "/model?api_key=hunter2", "1.1", 401),
+        None,
     )
 
     assert RedactSecretsFilter().filter(record)

@@ -4,6 +4,7 @@ threads decode real face photos, blow them up to float arrays of 0.3-6 MB, encod
 a bounded set of small results alive between the large blocks, as the service's request threads
 and caches do. Under glibc's defaults the freed large blocks stay in per-thread heaps as
 fragments (the soak's RSS climbed for minutes); with ``configure_malloc`` they go back."""
+
 from __future__ import annotations
 
 import json
@@ -58,7 +59,12 @@ def churn_growth_mib(policy: str, celebs_root: Path) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
     done = subprocess.run(
         [sys.executable, "-c", CHURN, policy, str(celebs_root)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=True,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
     )
     return json.loads(done.stdout.strip().splitlines()[-1])["growth_mib"]
 
@@ -82,6 +88,6 @@ def test_the_environment_wins_for_its_own_parameter():
 
 def test_the_service_sets_the_policy_before_it_loads_anything():
     source = (ROOT / "service" / "__main__.py").read_text()
-    serve = source[source.index("def serve("):]
+    serve = source[source.index("def serve(") :]
 
     assert serve.index("configure_malloc()") < serve.index("create_app(settings)")

@@ -1,4 +1,5 @@
 """Every result cache's entries and bytes, and their bounds, are in /metrics."""
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The cancellation token: checks, the batch hook, and ``guard`` around waits."""
+
 from __future__ import annotations
 
 import asyncio

@@ -19,8 +19,11 @@ def test_exception_text_of_a_bare_repr_names_the_error_type():
 
 def test_validation_problems_are_said_once_without_pydantic_prefixes():
     errors = [
-        {"loc": ("query", "window"), "msg": "Input should be greater than or equal to 4",
-         "input": "-1"},
+        {
+            "loc": ("query", "window"),
+            "msg": "Input should be greater than or equal to 4",
+            "input": "-1",
+        },
         {"loc": ("query", "window"), "msg": "Input should be greater than or equal to 4"},
         {"loc": ("query", "target"), "msg": "Value error, 'x' is not a class id"},
         {"loc": (), "msg": "Field required"},

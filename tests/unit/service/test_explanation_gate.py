@@ -1,4 +1,5 @@
 """The explanation gate: at most N running, M waiting, the rest refused at once."""
+
 from __future__ import annotations
 
 import asyncio
@@ -63,8 +64,10 @@ def test_a_waiting_request_whose_client_left_gives_up_its_place():
             with pytest.raises(StopAsyncIteration):
                 await slot.__anext__()
 
-        tasks = [asyncio.create_task(wait(waiting_gone, "gone")),
-                 asyncio.create_task(wait(waiting_kept, "kept"))]
+        tasks = [
+            asyncio.create_task(wait(waiting_gone, "gone")),
+            asyncio.create_task(wait(waiting_kept, "kept")),
+        ]
         await asyncio.sleep(0.01)
         assert state.explanations.admitted.active == 3
         gone.cancel("client hung up")

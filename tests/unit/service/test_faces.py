@@ -1,11 +1,12 @@
 """Face geometry: the similarity fit, mapping maps back onto the photo, which face is preferred."""
+
 from __future__ import annotations
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.faces import AlignedFace, similarity_transform, preference, whole_image
+from service.faces import AlignedFace, preference, similarity_transform, whole_image
 from service.preprocess import Box
 
 

@@ -4,6 +4,7 @@ A real face crop is placed at a known offset and scale in uploads small and larg
 with and without the padded retry; its box and landmarks must land where the same face's
 landmarks, found on a plain unscaled placement, map to.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -47,8 +48,21 @@ def _searched_pixels(finder: FaceFinder) -> float:
     return next(s.value for s in samples if s.name.endswith("_sum"))
 
 
-@pytest.mark.parametrize("size", [(16, 16), (112, 112), (250, 250), (640, 480), (1600, 1600),
-                                  (4000, 3000), (6000, 6000), (8000, 16), (20000, 16), (16, 20000)])
+@pytest.mark.parametrize(
+    "size",
+    [
+        (16, 16),
+        (112, 112),
+        (250, 250),
+        (640, 480),
+        (1600, 1600),
+        (4000, 3000),
+        (6000, 6000),
+        (8000, 16),
+        (20000, 16),
+        (16, 20000),
+    ],
+)
 def test_every_pass_searches_at_most_the_pixel_budget(size):
     image = Image.new("RGB", size, "white")
     first = SearchView.of(image, first_pass_scale(*size))
@@ -66,10 +80,16 @@ def test_small_uploads_are_searched_as_they_are_then_padded_and_enlarged_twice()
     assert retry.scale == (2.0, 2.0) and retry.pad == 56 and retry.pixels.shape == (336, 336, 3)
 
 
-@pytest.mark.parametrize(("size", "scale", "padding"), [
-    ((300, 200), 1.0, 0.0), ((300, 200), 2.0, 0.25), ((3000, 1800), 800 / 3000, 0.0),
-    ((3000, 1800), 0.2, 0.25), ((5000, 40), 0.16, 0.25),
-])
+@pytest.mark.parametrize(
+    ("size", "scale", "padding"),
+    [
+        ((300, 200), 1.0, 0.0),
+        ((300, 200), 2.0, 0.25),
+        ((3000, 1800), 800 / 3000, 0.0),
+        ((3000, 1800), 0.2, 0.25),
+        ((5000, 40), 0.16, 0.25),
+    ],
+)
 def test_a_view_maps_its_pixels_back_onto_the_upload(size, scale, padding):
     image = Image.new("RGB", size, "black")
     left, top = size[0] * 0.4, size[1] * 0.25
@@ -123,11 +143,16 @@ def reference(finder: FaceFinder, crop: Image.Image) -> np.ndarray:
     return (found[0].landmarks + 0.5 - [120, 90]) / 3 - 0.5
 
 
-@pytest.mark.parametrize(("case", "retry"), [
-    ("small, as it is", False), ("large, shrunk", False),
-    ("wide strip, shrunk, then enlarged", True),
-    ("small close-up, padded and enlarged", True), ("large close-up, padded and shrunk", True),
-])
+@pytest.mark.parametrize(
+    ("case", "retry"),
+    [
+        ("small, as it is", False),
+        ("large, shrunk", False),
+        ("wide strip, shrunk, then enlarged", True),
+        ("small close-up, padded and enlarged", True),
+        ("large close-up, padded and shrunk", True),
+    ],
+)
 def test_box_and_landmarks_land_on_the_face_at_any_size_and_padding(
     finder, crop, reference, case, retry
 ):

@@ -3,12 +3,12 @@ from __future__ import annotations
 import asyncio
 import io
 
+import image_bytes as ib
 import numpy as np
 import pytest
 from fastapi import UploadFile
 from PIL import Image
 
-import image_bytes as ib
 from service.errors import (
     CorruptImage,
     EmptyFile,
@@ -65,7 +65,11 @@ def test_real_face_png_decodes_unchanged(celebs_root):
         (lambda: b"this is plain text, not a JPEG\n" * 4, UnsupportedFormat, "unsupported_format"),
         (lambda: ib.encode(ib.noise_image(), "GIF"), UnsupportedFormat, "unsupported_format"),
         (lambda: ib.encode(ib.noise_image(), "TIFF"), UnsupportedFormat, "unsupported_format"),
-        (lambda: ib.animated("GIF", ((255, 0, 0), (0, 0, 255))), UnsupportedFormat, "unsupported_format"),
+        (
+            lambda: ib.animated("GIF", ((255, 0, 0), (0, 0, 255))),
+            UnsupportedFormat,
+            "unsupported_format",
+        ),
         (lambda: ib.truncated(ib.encode(ib.noise_image(), "PNG")), CorruptImage, "corrupt_image"),
         (lambda: ib.truncated(ib.encode(ib.noise_image(), "JPEG")), CorruptImage, "corrupt_image"),
         (lambda: ib.truncated(ib.encode(ib.noise_image(), "WEBP")), CorruptImage, "corrupt_image"),
@@ -222,7 +226,9 @@ def test_read_upload_stops_at_the_limit():
     with pytest.raises(FileTooLarge):
         asyncio.run(read_upload(upload, max_bytes=1000))
 
-    assert asyncio.run(read_upload(UploadFile(io.BytesIO(b"x" * 1000)), max_bytes=1000)) == b"x" * 1000
+    assert (
+        asyncio.run(read_upload(UploadFile(io.BytesIO(b"x" * 1000)), max_bytes=1000)) == b"x" * 1000
+    )
 
 
 def test_encode_png_round_trips():

@@ -1,5 +1,6 @@
 """The budget of decoded pixels: holds at most its capacity, lets whoever fits go first, and
 gives back what a cancelled request held or waited for."""
+
 from __future__ import annotations
 
 import asyncio

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import image_bytes as ib
 import numpy as np
 import pytest
 from PIL import Image
 
-import image_bytes as ib
 from service.preprocess import InputSpec, Preprocessor
 
 DLIB_SPEC = InputSpec(
@@ -30,7 +30,12 @@ def test_output_is_chw_float32_standardised_as_the_spec_says():
 
 def test_unit_value_range_and_bgr_order():
     spec = InputSpec(
-        height=4, width=4, value_range=(0, 1), channel_order="BGR", mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)
+        height=4,
+        width=4,
+        value_range=(0, 1),
+        channel_order="BGR",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.25, 0.25, 0.25),
     )
     image = Image.new("RGB", (4, 4), (255, 0, 51))
 
@@ -41,7 +46,12 @@ def test_unit_value_range_and_bgr_order():
 
 @pytest.mark.parametrize(
     ("field", "value", "valid"),
-    [("resize", "magic", "bilinear"), ("channel_order", "GBR", "RGB"), ("layout", "NHWC", "NCHW"), ("dtype", "float16", "float32")],
+    [
+        ("resize", "magic", "bilinear"),
+        ("channel_order", "GBR", "RGB"),
+        ("layout", "NHWC", "NCHW"),
+        ("dtype", "float16", "float32"),
+    ],
 )
 def test_unsupported_spec_fails_and_lists_the_valid_choices(field, value, valid):
     spec = DLIB_SPEC.model_copy(update={field: value})

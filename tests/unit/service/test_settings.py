@@ -82,7 +82,9 @@ def test_every_setting_is_a_cli_flag():
 
 
 def test_cli_flags_override(tmp_path):
-    args = build_parser().parse_args(["--model", str(tmp_path), "--port", "9002", "--providers", "cpu"])
+    args = build_parser().parse_args(
+        ["--model", str(tmp_path), "--port", "9002", "--providers", "cpu"]
+    )
 
     assert (args.model, args.port, args.providers) == (str(tmp_path), "9002", "cpu")
 
