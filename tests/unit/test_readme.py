@@ -1,4 +1,5 @@
 """The README's first commands and tables stay true to the code and to .ci/run."""
+
 from __future__ import annotations
 
 import re
@@ -9,7 +10,10 @@ from service.settings import ENV_PREFIX, Settings
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 SERVE = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python -m service"
-TEST = "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[dev]' && pytest"
+TEST = (
+    "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[dev]' "
+    "&& ruff check && ruff format --check && mypy && pytest"
+)
 
 
 def _code_blocks() -> list[str]:
