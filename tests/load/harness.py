@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -165,22 +166,31 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def server_command(port: int, model: Path = DEFAULT_BUNDLE) -> list[str]:
-    """The README's serve command on ``port`` (``--model`` only for another bundle)."""
-    command = [sys.executable, "-m", "service", "--port", str(port)]
+def server_command(
+    port: int, model: Path = DEFAULT_BUNDLE, options: Sequence[str] = ()
+) -> list[str]:
+    """The README's serve command on ``port`` (``--model`` only for another bundle), with
+    ``options`` added (``["--ray"]`` for the Ray Serve host, say)."""
+    command = [sys.executable, "-m", "service", *options, "--port", str(port)]
     if model.resolve() != DEFAULT_BUNDLE.resolve():
         command += ["--model", str(model)]
     return command
 
 
-def start_server(model: Path, port: int, log_file: Path) -> subprocess.Popen:
-    """``python -m service`` on 127.0.0.1:``port``, returned once ``/readyz`` answers 200. The
-    environment is the caller's minus every ``CELEBXAI_`` and ``MALLOC_`` variable: the
+def start_server(
+    model: Path, port: int, log_file: Path, options: Sequence[str] = ()
+) -> subprocess.Popen:
+    """``python -m service [options]`` on 127.0.0.1:``port``, returned once ``/readyz`` answers
+    200. The environment is the caller's minus every ``CELEBXAI_`` and ``MALLOC_`` variable: the
     service's own defaults, its own allocator policy (``service.allocator``)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELEBXAI_", "MALLOC_"))}
     with log_file.open("wb") as log:
         server = subprocess.Popen(
-            server_command(port, model), cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            server_command(port, model, options),
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
     deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
     while time.monotonic() < deadline:
