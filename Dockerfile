@@ -2,6 +2,8 @@
 #
 #   docker build -t celebxai .                          # CPU (onnxruntime)
 #   docker build -t celebxai:gpu --build-arg EXTRAS=gpu .   # CUDA (onnxruntime-gpu)
+#   docker build -t celebxai:ray --build-arg EXTRAS=ray .   # with Ray Serve: python -m service --ray,
+#                                                           # and the image of a KubeRay RayService
 #
 # TORCH_INDEX_URL, when given, is searched for torch first (e.g. PyTorch's CPU-only wheel index,
 # which makes the CPU image several GB smaller than the default CUDA-enabled torch wheels).
