@@ -51,6 +51,13 @@ def build_parser() -> argparse.ArgumentParser:
             help=f"{field.description} (default: {default}; env {ENV_PREFIX}{name.upper()})",
         )
     parser.add_argument(
+        "--ray",
+        action="store_true",
+        help="serve on Ray Serve (the ray extra): /predict and the explanations in deployments "
+        "of their own, scaled apart (the ray_* options); a local Ray instance, or the cluster "
+        "that --ray-address or RAY_ADDRESS names",
+    )
+    parser.add_argument(
         "--export-openapi",
         metavar="PATH",
         help="write the OpenAPI document as YAML to PATH ('-' for stdout) and exit",
@@ -78,6 +85,11 @@ def main(argv: list[str] | None = None) -> int:
         from .errors import describe_validation_errors
 
         parser.error(f"invalid settings: {describe_validation_errors(exc.errors())}")
+    if args.ray:
+        from .scaleout.app import run
+
+        run(settings)
+        return 0
     serve(settings)
     return 0
 

@@ -118,6 +118,84 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest request line plus headers (bytes); larger gives 431 and a close",
     )
+    # Ray Serve host (``python -m service --ray``; service.scaleout). Unused by the default host.
+    ray_address: str | None = Field(
+        None,
+        description="with --ray: the Ray cluster to join (e.g. ray://head:10001 or auto); none = "
+        "RAY_ADDRESS when set, else start a local Ray instance",
+    )
+    ray_num_cpus: int = Field(
+        0, ge=0, description="with --ray: CPUs of the local Ray instance it starts; 0 = all cores"
+    )
+    ray_request_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="with --ray: the longest a request may take in a Predict or Explain replica "
+        "(queueing included); longer gives 503 overloaded (s)",
+    )
+    ray_predict_replicas: int = Field(
+        1,
+        ge=1,
+        description="with --ray: replicas of the Predict deployment (/predict); the minimum "
+        "when ray_predict_max_replicas enables autoscaling",
+    )
+    ray_predict_max_replicas: int = Field(
+        0,
+        ge=0,
+        description="with --ray: above ray_predict_replicas, autoscale Predict up to this many "
+        "replicas; 0 = a fixed count",
+    )
+    ray_predict_target_ongoing_requests: float = Field(
+        16.0,
+        gt=0,
+        description="with --ray: the ongoing requests per Predict replica that autoscaling aims at",
+    )
+    ray_predict_cpus: float = Field(
+        0.5, ge=0, description="with --ray: CPUs Ray reserves for each Predict replica"
+    )
+    ray_predict_max_ongoing_requests: int = Field(
+        64,
+        ge=1,
+        description="with --ray: requests one Predict replica works on at once (its batcher "
+        "batches them); more wait in the queue",
+    )
+    ray_predict_max_queued_requests: int = Field(
+        128,
+        ge=0,
+        description="with --ray: /predict requests waiting for a replica; more are refused with "
+        "503 overloaded (Retry-After)",
+    )
+    ray_explain_replicas: int = Field(
+        1,
+        ge=1,
+        description="with --ray: replicas of the Explain deployment (explanations and "
+        "/insight/maximize); the minimum when ray_explain_max_replicas enables autoscaling",
+    )
+    ray_explain_max_replicas: int = Field(
+        0,
+        ge=0,
+        description="with --ray: above ray_explain_replicas, autoscale Explain up to this many "
+        "replicas; 0 = a fixed count",
+    )
+    ray_explain_target_ongoing_requests: float = Field(
+        2.0,
+        gt=0,
+        description="with --ray: the ongoing requests per Explain replica that autoscaling aims at",
+    )
+    ray_explain_cpus: float = Field(
+        1.0, ge=0, description="with --ray: CPUs Ray reserves for each Explain replica"
+    )
+    ray_explain_max_ongoing_requests: int = Field(
+        2,
+        ge=1,
+        description="with --ray: explanations one Explain replica computes at once",
+    )
+    ray_explain_max_queued_requests: int = Field(
+        8,
+        ge=0,
+        description="with --ray: explanations waiting for an Explain replica; more are refused "
+        "with 503 overloaded (Retry-After), so that /predict stays fast",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

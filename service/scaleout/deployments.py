@@ -1,0 +1,195 @@
+"""The Ray Serve deployments: every replica hosts the service's own app, in process.
+
+- ``AppReplica``, deployed twice with different options as ``Predict`` and ``Explain``: runs
+  ``create_app(settings)`` with its lifespan (the bundle loaded and checked once per replica,
+  as in the single-process service) and answers the ``ForwardedRequest``s the gateway sends
+  it (``handle``).
+- ``Gateway``, the HTTP ingress: hosts the app too, for the general routes, and routes the rest
+  (``gateway.Gateway``). It has no queue limit and room for many requests at once (it only
+  waits), so it is never the one to shed load with Ray's plain-text 503.
+- ``MetricsBoard``: the one actor where replicas publish their registries for ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before torch loads in a replica process (see ``service.__main__``).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import logging
+from typing import Any
+
+import ray
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+from starlette.types import ASGIApp
+
+from ..allocator import configure_malloc
+from ..app import create_app
+from ..security_headers import SecurityHeadersMiddleware
+from ..settings import Settings
+from ..state import ServiceState
+from .forward import ForwardedRequest, ForwardedResponse, run_asgi
+from .gateway import Gateway as GatewayApp
+from .metrics_merge import MetricsBoard as Board
+from .publisher import MetricsPublisher
+from .routing import EXPLAIN, PREDICT
+
+SERVED_BY_HEADER = b"x-served-by"
+# The gateway only waits on replicas; its limit is far above any replica's queue.
+GATEWAY_MAX_ONGOING_REQUESTS = 4096
+
+
+class _HostsApp:
+    """What both kinds of replica do: host the service's app and publish its metrics."""
+
+    service_app: Any
+    publisher: MetricsPublisher
+    replica_name: str
+    node_id: str
+
+    def _host(self, settings: Settings, board: DeploymentHandle) -> None:
+        logging.basicConfig(
+            level=settings.log_level.upper(),
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        configure_malloc()
+        context = serve.get_replica_context()
+        self.replica_name = f"{context.deployment}#{context.replica_id.unique_id}"
+        self.node_id = ray.get_runtime_context().get_node_id()
+        self.service_app = create_app(settings)
+        self.publisher = MetricsPublisher(
+            self.replica_name,
+            self.render_metrics,
+            lambda replica, text: board.publish.remote(replica, text),
+            lambda replica: board.withdraw.remote(replica),
+        )
+        self.publisher.start()
+
+    @property
+    def service_state(self) -> ServiceState:
+        return self.service_app.state.service
+
+    def render_metrics(self) -> str:
+        return self.service_state.metrics.render().decode()
+
+    async def check_health(self) -> None:
+        """Unhealthy (Ray replaces the replica) once its app stopped; an app whose bundle
+        failed to load stays up and says why through ``/readyz``, as in the single process."""
+        if self.service_state.phase == "stopped":
+            raise RuntimeError(f"{self.replica_name}: {self.service_state.reason}")
+
+    async def __del__(self) -> None:
+        await self.publisher.stop()
+
+
+class AppReplica(_HostsApp):
+    """Not an ingress (an application has one): it runs its app's lifespan itself, as Ray
+    does for the gateway's, and answers before taking requests only once it is done."""
+
+    # Ray Serve awaits an async constructor: the replica takes requests once it returned.
+    async def __init__(self, settings: Settings, board: DeploymentHandle) -> None:  # type: ignore[misc]
+        self._host(settings, board)
+        self._lifespan = self.service_app.router.lifespan_context(self.service_app)
+        await self._lifespan.__aenter__()
+
+    async def __del__(self) -> None:
+        await self._lifespan.__aexit__(None, None, None)
+        await super().__del__()
+
+    async def handle(self, request: ForwardedRequest) -> ForwardedResponse:
+        response = await run_asgi(self.service_app, request)
+        served_by = f"{self.replica_name} node={self.node_id}".encode()
+        response.headers.append((SERVED_BY_HEADER, served_by))
+        return response
+
+
+@serve.ingress()
+class Gateway(_HostsApp):
+    async def __init__(  # type: ignore[misc]  # Ray Serve awaits an async constructor
+        self,
+        settings: Settings,
+        predict: DeploymentHandle,
+        explain: DeploymentHandle,
+        board: DeploymentHandle,
+    ) -> None:
+        self._host(settings, board)
+        self.board = board
+        handles = {PREDICT: predict, EXPLAIN: explain}
+        self.gateway = GatewayApp(
+            local=self.service_app,
+            settings=settings,
+            dispatch=lambda name, request: handles[name].handle.remote(request),
+            expositions=self._expositions,
+            local_metrics=self.render_metrics,
+            queue_full=(BackPressureError,),
+        )
+
+    def __serve_build_asgi_app__(self) -> ASGIApp:
+        # The security headers also on the answers the gateway makes itself (Ray's refusals);
+        # forwarded answers already carry them (set by the replica's app: left as they are).
+        return SecurityHeadersMiddleware(self.gateway)
+
+    async def _expositions(self) -> list[str]:
+        return await self.board.snapshot.remote(self.replica_name)
+
+
+class MetricsBoard:
+    def __init__(self) -> None:
+        self.board = Board()
+
+    async def publish(self, replica: str, text: str) -> None:
+        self.board.publish(replica, text)
+
+    async def withdraw(self, replica: str) -> None:
+        self.board.withdraw(replica)
+
+    async def snapshot(self, exclude: str = "") -> list[str]:
+        return self.board.snapshot(exclude)
+
+
+def replica_options(group: str, settings: Settings) -> dict[str, Any]:
+    """Ray Serve options of the ``Predict`` or ``Explain`` deployment, from the settings
+    ``ray_predict_*`` / ``ray_explain_*``."""
+    prefix = f"ray_{group.lower()}_"
+
+    def setting(name: str) -> Any:
+        return getattr(settings, prefix + name)
+
+    options: dict[str, Any] = {
+        "name": group,
+        "max_ongoing_requests": setting("max_ongoing_requests"),
+        "max_queued_requests": setting("max_queued_requests"),
+        "ray_actor_options": {"num_cpus": setting("cpus")},
+    }
+    if setting("max_replicas") > setting("replicas"):
+        options["autoscaling_config"] = {
+            "min_replicas": setting("replicas"),
+            "max_replicas": setting("max_replicas"),
+            "target_ongoing_requests": setting("target_ongoing_requests"),
+        }
+    else:
+        options["num_replicas"] = setting("replicas")
+    return options
+
+
+def application(settings: Settings) -> serve.Application:
+    """The whole service as one Ray Serve application (ingress: the gateway)."""
+    board = serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})(MetricsBoard)
+    predict = serve.deployment(**replica_options(PREDICT, settings))(AppReplica)
+    explain = serve.deployment(**replica_options(EXPLAIN, settings))(AppReplica)
+    gateway = serve.deployment(
+        num_replicas=1,
+        max_ongoing_requests=GATEWAY_MAX_ONGOING_REQUESTS,
+        max_queued_requests=-1,
+        ray_actor_options={"num_cpus": 0},
+    )(Gateway)
+    boards = board.bind()
+    return gateway.bind(
+        settings,
+        predict.bind(settings, boards),
+        explain.bind(settings, boards),
+        boards,
+    )

@@ -1,0 +1,91 @@
+"""``/metrics`` of a Ray Serve app: the Prometheus text of every replica's app, merged.
+
+Each replica's app keeps its own registry (the same metric names as the single-process
+service). Replicas cannot be addressed one by one through a deployment handle, so each one
+publishes its registry's text to ``MetricsBoard`` (one small deployment, i.e. one named Ray
+actor of the app) every few seconds and withdraws it when it stops; entries not refreshed for
+``ttl_s`` (a replica that died) expire. The gateway merges what the board holds: counters,
+histograms and gauges are summed per label set (``celebxai_ready`` then counts the ready
+apps), ``*_created`` takes the earliest, and info metrics appear once.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
+
+PUBLISH_EVERY_S = 5.0
+TTL_S = 3 * PUBLISH_EVERY_S
+
+
+def merge_expositions(texts: Iterable[str]) -> str:
+    """One Prometheus text exposition with the samples of all ``texts`` combined."""
+    families: dict[str, tuple[str, str]] = {}  # name -> (type, help), first seen
+    values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
+    for text in texts:
+        for family in text_string_to_metric_families(text):
+            families.setdefault(family.name, (family.type, family.documentation))
+            merged = values.setdefault(family.name, {})
+            for sample in family.samples:
+                key = (sample.name, tuple(sorted(sample.labels.items())))
+                merged[key] = _combine(family.type, sample, merged.get(key))
+    lines: list[str] = []
+    for name, (kind, documentation) in families.items():
+        lines.append(f"# HELP {name} {_escape_help(documentation)}")
+        lines.append(f"# TYPE {name} {kind}")
+        for (sample_name, labels), value in values[name].items():
+            lines.append(f"{sample_name}{_labels(labels)} {floatToGoString(value)}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _combine(kind: str, sample: Sample, previous: float | None) -> float:
+    if previous is None:
+        return sample.value
+    if sample.name.endswith("_created"):
+        return min(previous, sample.value)
+    if kind == "info" or sample.name.endswith("_info"):  # the text format writes info as gauge
+        return max(previous, sample.value)
+    return previous + sample.value
+
+
+def _labels(labels: tuple[tuple[str, str], ...]) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{key}="{_escape_value(value)}"' for key, value in labels)
+    return "{" + inner + "}"
+
+
+def _escape_value(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class MetricsBoard:
+    """The latest registry text of every replica, by replica id; old entries expire."""
+
+    def __init__(self, ttl_s: float = TTL_S) -> None:
+        self.ttl_s = ttl_s
+        self._entries: dict[str, tuple[float, str]] = {}
+
+    def publish(self, replica: str, text: str) -> None:
+        self._entries[replica] = (time.monotonic(), text)
+
+    def withdraw(self, replica: str) -> None:
+        self._entries.pop(replica, None)
+
+    def snapshot(self, exclude: str = "") -> list[str]:
+        """The texts of the live replicas except ``exclude`` (whose caller has a fresher one)."""
+        now = time.monotonic()
+        self._entries = {
+            replica: (at, text)
+            for replica, (at, text) in self._entries.items()
+            if now - at <= self.ttl_s
+        }
+        return [text for replica, (_, text) in self._entries.items() if replica != exclude]
