@@ -12,7 +12,7 @@ apps), ``*_created`` takes the earliest, and info metrics appear once.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
@@ -70,19 +70,20 @@ def _escape_help(text: str) -> str:
 class MetricsBoard:
     """The latest registry text of every replica, by replica id; old entries expire."""
 
-    def __init__(self, ttl_s: float = TTL_S) -> None:
+    def __init__(self, ttl_s: float = TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self.ttl_s = ttl_s
+        self.clock = clock
         self._entries: dict[str, tuple[float, str]] = {}
 
     def publish(self, replica: str, text: str) -> None:
-        self._entries[replica] = (time.monotonic(), text)
+        self._entries[replica] = (self.clock(), text)
 
     def withdraw(self, replica: str) -> None:
         self._entries.pop(replica, None)
 
     def snapshot(self, exclude: str = "") -> list[str]:
         """The texts of the live replicas except ``exclude`` (whose caller has a fresher one)."""
-        now = time.monotonic()
+        now = self.clock()
         self._entries = {
             replica: (at, text)
             for replica, (at, text) in self._entries.items()

@@ -1,0 +1,79 @@
+"""Merging the registries of several replicas into one ``/metrics`` (``metrics_merge``)."""
+
+from __future__ import annotations
+
+from prometheus_client.parser import text_string_to_metric_families
+
+from service.metrics import ServiceMetrics
+from service.scaleout.metrics_merge import MetricsBoard, merge_expositions
+
+
+def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def _replica(predictions: int, latency_s: float, ready: bool) -> str:
+    metrics = ServiceMetrics()
+    for _ in range(predictions):
+        metrics.requests.labels("/predict", "POST", "200").inc()
+        metrics.latency.labels("/predict", "POST", "200").observe(latency_s)
+    metrics.requests.labels("/readyz", "GET", "200").inc()
+    metrics.ready.set(1 if ready else 0)
+    metrics.model_info.info({"name": "celebs8", "version": "1.0.0"})
+    return metrics.render().decode()
+
+
+def test_counters_histograms_and_gauges_are_summed_per_label_set():
+    first, second = _replica(3, 0.02, True), _replica(2, 0.3, False)
+
+    merged = _values(merge_expositions([first, second]))
+
+    predict = (("endpoint", "/predict"), ("method", "POST"), ("status", "200"))
+    assert merged[("celebxai_http_requests_total", predict)] == 5
+    readyz = (("endpoint", "/readyz"), ("method", "GET"), ("status", "200"))
+    assert merged[("celebxai_http_requests_total", readyz)] == 2
+    assert merged[("celebxai_http_request_duration_seconds_count", predict)] == 5
+    assert merged[("celebxai_http_request_duration_seconds_sum", predict)] == 3 * 0.02 + 2 * 0.3
+    bucket = (*predict[:1], ("le", "0.025"), *predict[1:])
+    assert merged[("celebxai_http_request_duration_seconds_bucket", bucket)] == 3
+    assert merged[("celebxai_ready", ())] == 1
+
+
+def test_info_appears_once_and_created_is_the_earliest():
+    first, second = _replica(1, 0.01, True), _replica(1, 0.01, True)
+    labels = (("name", "celebs8"), ("version", "1.0.0"))
+
+    merged_text = merge_expositions([first, second])
+    merged = _values(merged_text)
+
+    assert merged[("celebxai_model_info", labels)] == 1
+    created = [v for (name, _), v in _values(first).items() if name.endswith("_created")]
+    created += [v for (name, _), v in _values(second).items() if name.endswith("_created")]
+    merged_created = [v for (name, _), v in merged.items() if name.endswith("_created")]
+    assert min(merged_created) == min(created)
+    assert merged_text.count("# TYPE celebxai_http_requests counter") == 1
+
+
+def test_one_exposition_merges_to_the_same_samples():
+    text = _replica(4, 0.5, True)
+
+    assert _values(merge_expositions([text])) == _values(text)
+
+
+def test_board_expires_replicas_that_stopped_publishing():
+    now = [0.0]
+    board = MetricsBoard(ttl_s=15, clock=lambda: now[0])
+    board.publish("Explain#a", "a")
+    board.publish("Explain#b", "b")
+    board.publish("Gateway#g", "g")
+    board.withdraw("Explain#b")
+    assert board.snapshot(exclude="Gateway#g") == ["a"]
+
+    now[0] = 10.0
+    board.publish("Gateway#g", "g2")
+    now[0] = 20.0  # a died 20 s ago; g published 10 s ago
+    assert board.snapshot() == ["g2"]

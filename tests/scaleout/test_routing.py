@@ -1,0 +1,59 @@
+"""Which deployment serves each route of the API (``service.scaleout.routing``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from service.scaleout.routing import EXPLAIN, PREDICT, deployment_for
+
+OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
+EXPLAIN_ROUTES = {"/explain/{method}", "/saliency", "/occlusion", "/lime"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "expected"),
+    [
+        ("POST", "/predict", PREDICT),
+        ("POST", "/explain/gradcam", EXPLAIN),
+        ("POST", "/explain/no-such-method", EXPLAIN),  # its replica answers 404 unknown_method
+        ("POST", "/saliency", EXPLAIN),
+        ("POST", "/occlusion", EXPLAIN),
+        ("POST", "/lime", EXPLAIN),
+        ("GET", "/insight/maximize", EXPLAIN),
+        ("HEAD", "/insight/maximize", EXPLAIN),
+        ("GET", "/explain", None),
+        ("GET", "/predict", None),  # 405 from the gateway's own app
+        ("POST", "/explain", None),
+        ("GET", "/insight/filters", None),
+        ("GET", "/insight/activations", None),
+        ("GET", "/", None),
+        ("GET", "/static/app.js", None),
+        ("GET", "/docs", None),
+        ("GET", "/healthz", None),
+        ("GET", "/model", None),
+        ("GET", "/nowhere", None),
+        ("POST", "/predict/extra", None),
+    ],
+)
+def test_deployment_for(method: str, path: str, expected: str | None):
+    assert deployment_for(method, path) == expected
+
+
+def test_every_documented_operation_has_a_host():
+    """Every operation of openapi.yaml: the heavy ones go to a deployment, the rest stay."""
+    paths = yaml.safe_load(OPENAPI.read_text())["paths"]
+    for template, operations in paths.items():
+        concrete = template.replace("{method}", "gradcam")
+        for method in operations:
+            target = deployment_for(method.upper(), concrete)
+            if (method, template) == ("post", "/predict"):
+                assert target == PREDICT
+            elif (method == "post" and template in EXPLAIN_ROUTES) or (
+                template == "/insight/maximize"
+            ):
+                assert target == EXPLAIN, (method, template)
+            else:
+                assert target is None, (method, template)
