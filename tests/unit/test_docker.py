@@ -85,6 +85,29 @@ def test_gpu_profile_reserves_an_nvidia_device_and_uses_onnxruntime_gpu(compose)
     assert "/readyz" in " ".join(gpu["healthcheck"]["test"])
 
 
+def test_ray_profile_runs_the_ray_host_with_the_ray_extra(compose):
+    """``docker compose --profile ray up api-ray``: the README's serve command with ``--ray``, in
+    an image built with the extra that brings Ray Serve, on the same container port and readiness
+    check as ``api``, with the shared memory Ray's object store needs."""
+    (ray,) = [s for s in compose["services"].values() if "ray" in s.get("profiles", [])]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    (serve,) = [Requirement(dep) for dep in extras[ray["build"]["args"]["EXTRAS"]]]
+    shm_mib = int(ray["shm_size"].removesuffix("gb")) * 1024
+
+    assert ray["command"] == ["python", "-m", "service", "--ray"]
+    assert serve.name == "ray" and "serve" in serve.extras
+    assert (
+        ray["environment"]["CELEBXAI_PORT"]
+        == compose["services"]["api"]["environment"]["CELEBXAI_PORT"]
+    )
+    assert [port.split(":")[1] for port in ray["ports"]] == ["8000"]
+    assert "/readyz" in " ".join(ray["healthcheck"]["test"])
+    assert shm_mib >= 1024
+    assert ray["image"] != compose["services"]["api"]["image"]  # not the image without Ray
+
+
 def _built_services(compose: dict) -> dict[str, dict]:
     """The services built from the Dockerfile here (the load test runs a stock image)."""
     return {name: service for name, service in compose["services"].items() if "build" in service}
