@@ -44,9 +44,19 @@ def run(settings: Settings) -> None:
         log.info("joined the Ray cluster at %s", address)
     else:
         ray.init(num_cpus=settings.ray_num_cpus or None, include_dashboard=False)
-        log.info("started a local Ray instance (%s CPUs)", ray.cluster_resources().get("CPU"))
+        log.info(
+            "started a local Ray instance at %s (%g CPUs); other drivers join it with "
+            "ray.init(address=...)",
+            ray.get_runtime_context().gcs_address,
+            ray.cluster_resources().get("CPU", 0),
+        )
     try:
-        serve.start(http_options={"host": settings.host, "port": settings.port})
+        # One HTTP address, on the head node (a proxy per node would need a port per node
+        # where several nodes share a machine, and a balancer in front of them anyway).
+        serve.start(
+            http_options={"host": settings.host, "port": settings.port},
+            proxy_location="HeadOnly",
+        )
         serve.run(application(settings), name=APP_NAME, route_prefix="/", blocking=False)
         log.info(
             "serving on http://%s:%d (Ray Serve application %r, ready in %.1f s)",

@@ -32,12 +32,12 @@ from ..security_headers import SecurityHeadersMiddleware
 from ..settings import Settings
 from ..state import ServiceState
 from .forward import ForwardedRequest, ForwardedResponse, run_asgi
+from .gateway import SERVED_BY_HEADER
 from .gateway import Gateway as GatewayApp
 from .metrics_merge import MetricsBoard as Board
 from .publisher import MetricsPublisher
 from .routing import EXPLAIN, PREDICT
 
-SERVED_BY_HEADER = b"x-served-by"
 # The gateway only waits on replicas; its limit is far above any replica's queue.
 GATEWAY_MAX_ONGOING_REQUESTS = 4096
 
@@ -102,7 +102,7 @@ class AppReplica(_HostsApp):
     async def handle(self, request: ForwardedRequest) -> ForwardedResponse:
         response = await run_asgi(self.service_app, request)
         served_by = f"{self.replica_name} node={self.node_id}".encode()
-        response.headers.append((SERVED_BY_HEADER, served_by))
+        response.headers.append((SERVED_BY_HEADER.encode(), served_by))
         return response
 
 
@@ -123,7 +123,7 @@ class Gateway(_HostsApp):
             settings=settings,
             dispatch=lambda name, request: handles[name].handle.remote(request),
             expositions=self._expositions,
-            local_metrics=self.render_metrics,
+            metrics=self.service_state.metrics,
             queue_full=(BackPressureError,),
         )
 

@@ -19,15 +19,18 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.datastructures import Headers
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api_key import API_KEY_HEADER, protected_operations, verify_api_key
 from ..app import MULTIPART_OVERHEAD_BYTES
 from ..errors import NotReady, Overloaded, ServiceError, error_response
+from ..metrics import UNMATCHED, ServiceMetrics
 from ..settings import Settings
 from .forward import ForwardedRequest, ForwardedResponse, run_asgi
 from .metrics_merge import merge_expositions
@@ -36,6 +39,8 @@ from .routing import DEPLOYMENTS, deployment_for
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
+# Set by the replica on every answer it made (deployments.AppReplica): which replica, where.
+SERVED_BY_HEADER = "x-served-by"
 RETRY_AFTER_OVERLOADED = "2"
 RETRY_AFTER_UNAVAILABLE = "5"
 
@@ -61,7 +66,7 @@ class Gateway:
         settings: Settings,
         dispatch: Dispatch,
         expositions: Expositions,
-        local_metrics: Callable[[], str],
+        metrics: ServiceMetrics,
         queue_full: tuple[type[BaseException], ...],
     ) -> None:
         """``queue_full``: the dispatcher's exceptions for a full queue (Ray's
@@ -71,7 +76,7 @@ class Gateway:
         self.settings = settings
         self.dispatch = dispatch
         self.expositions = expositions
-        self.local_metrics = local_metrics
+        self.metrics = metrics
         self.queue_full = queue_full
         self.max_body_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         self._protected: list[tuple[str, Any]] | None = None
@@ -98,10 +103,23 @@ class Gateway:
             await self.local(scope, _replay(body, receive), send)
             return
         request = ForwardedRequest.from_scope(scope, body)
+        started = time.perf_counter()
         response = await self._forward(deployment, request, receive)
-        if response is not None:
-            for message in response.messages():
-                await send(message)
+        if response is None:
+            return  # the client left: the replica's app counts it (499) if it had started
+        if response.header(SERVED_BY_HEADER) is None:  # the gateway's own answer: count it
+            labels = (self._template(scope), method, str(response.status))
+            self.metrics.requests.labels(*labels).inc()
+            self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+        for message in response.messages():
+            await send(message)
+
+    def _template(self, scope: Scope) -> str:
+        """The route template of the request, as the app's own metrics label it."""
+        for route in self.local.routes:  # type: ignore[attr-defined]
+            if route.matches(scope)[0] is Match.FULL:
+                return route.path
+        return UNMATCHED
 
     def _refused_by_local(self, scope: Scope) -> bool:
         """Whether the gateway's own app would refuse this request from its head alone
@@ -229,7 +247,7 @@ class Gateway:
             except Exception as exc:  # the board is restarting: say what this app has
                 log.warning("replica metrics unavailable: %r", exc)
                 others = []
-            body = merge_expositions([self.local_metrics(), *others]).encode()
+            body = merge_expositions([self.metrics.render().decode(), *others]).encode()
             own.headers = [(k, v) for k, v in own.headers if k.lower() != b"content-length"]
             own.headers.append((b"content-length", str(len(body)).encode()))
             own.body = body if scope["method"] == "GET" else b""

@@ -14,32 +14,44 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+from prometheus_client import generate_latest
+from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
 
 PUBLISH_EVERY_S = 5.0
 TTL_S = 3 * PUBLISH_EVERY_S
 
 
 def merge_expositions(texts: Iterable[str]) -> str:
-    """One Prometheus text exposition with the samples of all ``texts`` combined."""
-    families: dict[str, tuple[str, str]] = {}  # name -> (type, help), first seen
+    """One Prometheus text exposition with the samples of all ``texts`` combined, written as
+    ``prometheus_client`` writes a registry (so the same names as one app's ``/metrics``)."""
+    families: dict[str, Metric] = {}
     values: dict[str, dict[tuple[str, tuple[tuple[str, str], ...]], float]] = {}
     for text in texts:
         for family in text_string_to_metric_families(text):
-            families.setdefault(family.name, (family.type, family.documentation))
+            families.setdefault(family.name, family)
             merged = values.setdefault(family.name, {})
             for sample in family.samples:
                 key = (sample.name, tuple(sorted(sample.labels.items())))
                 merged[key] = _combine(family.type, sample, merged.get(key))
-    lines: list[str] = []
-    for name, (kind, documentation) in families.items():
-        lines.append(f"# HELP {name} {_escape_help(documentation)}")
-        lines.append(f"# TYPE {name} {kind}")
+    combined = []
+    for name, family in families.items():
+        metric = Metric(name, family.documentation, family.type, family.unit)
         for (sample_name, labels), value in values[name].items():
-            lines.append(f"{sample_name}{_labels(labels)} {floatToGoString(value)}")
-    return "\n".join(lines) + "\n" if lines else ""
+            metric.add_sample(sample_name, dict(labels), value)
+        combined.append(metric)
+    return generate_latest(_Collected(combined)).decode()
+
+
+class _Collected:
+    """What ``generate_latest`` reads: something with ``collect()``."""
+
+    def __init__(self, metrics: list[Metric]) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> list[Metric]:
+        return self.metrics
 
 
 def _combine(kind: str, sample: Sample, previous: float | None) -> float:
@@ -50,21 +62,6 @@ def _combine(kind: str, sample: Sample, previous: float | None) -> float:
     if kind == "info" or sample.name.endswith("_info"):  # the text format writes info as gauge
         return max(previous, sample.value)
     return previous + sample.value
-
-
-def _labels(labels: tuple[tuple[str, str], ...]) -> str:
-    if not labels:
-        return ""
-    inner = ",".join(f'{key}="{_escape_value(value)}"' for key, value in labels)
-    return "{" + inner + "}"
-
-
-def _escape_value(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
 
 
 class MetricsBoard:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import socket
 import uuid
+from urllib.parse import urlencode, urlsplit
 
 
 def multipart_file(data: bytes, filename: str = "face.png", content_type: str = "image/png"):
@@ -17,3 +19,23 @@ def multipart_file(data: bytes, filename: str = "face.png", content_type: str = 
         + f"\r\n--{boundary}--\r\n".encode()
     )
     return body, f"multipart/form-data; boundary={boundary}"
+
+
+def send_upload(
+    url: str, path: str, query: dict[str, object], data: bytes, headers: dict[str, str]
+) -> socket.socket:
+    """POST ``data`` as the multipart ``file`` to ``url + path`` over a raw socket, whole, and
+    return the socket, answer unread (``close()`` it to hang up)."""
+    target = urlsplit(url)
+    body, content_type = multipart_file(data)
+    lines = [
+        f"POST {path}?{urlencode(query)} HTTP/1.1",
+        f"Host: {target.netloc}",
+        "Connection: close",
+        f"Content-Type: {content_type}",
+        f"Content-Length: {len(body)}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    sock = socket.create_connection((target.hostname, target.port), timeout=10)
+    sock.sendall(("\r\n".join(lines) + "\r\n\r\n").encode() + body)
+    return sock

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.metrics import ServiceMetrics
@@ -55,7 +57,8 @@ def test_info_appears_once_and_created_is_the_earliest():
     created += [v for (name, _), v in _values(second).items() if name.endswith("_created")]
     merged_created = [v for (name, _), v in merged.items() if name.endswith("_created")]
     assert min(merged_created) == min(created)
-    assert merged_text.count("# TYPE celebxai_http_requests counter") == 1
+    types = re.findall(r"^# TYPE .*$", merged_text, re.M)
+    assert sorted(types) == sorted(set(types)) == sorted(re.findall(r"^# TYPE .*$", first, re.M))
 
 
 def test_one_exposition_merges_to_the_same_samples():
