@@ -31,7 +31,6 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -199,8 +198,12 @@ def start_server(
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
                 return server
-        except (urllib.error.URLError, ConnectionError):
+        # not listening yet, 503 not_ready, or (a busy machine) no answer within the timeout
+        except OSError:
             time.sleep(0.5)
+        except BaseException:
+            stop_server(server)
+            raise
     stop_server(server)
     raise RuntimeError(f"server not ready within {SERVER_READY_TIMEOUT_S:.0f} s:\n{tail(log_file)}")
 
