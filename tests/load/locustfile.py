@@ -665,7 +665,7 @@ def build_report(environment: Environment) -> dict[str, Any]:
     # the p95 of "an explanation" under this mix, whichever method was asked for
     explanations = StatsEntry(environment.stats, "explanations", "POST")
     for entry in entries:
-        if entry.name in EXPLANATIONS:
+        if entry.name in EXPLANATIONS and entry.method == "POST":  # not the lost-check's
             explanations.extend(entry)
     return {
         "host": environment.host,
