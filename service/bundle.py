@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import describe_validation_errors
 from .faces import AlignmentSpec
@@ -61,14 +61,54 @@ class LayerInfo(BaseModel):
     width: int | None = None
 
 
+class FusionSpec(BaseModel):
+    """``open_set.fusion``: the logistic regression of ``service.open_set.Fusion``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    components: list[
+        Literal["max_softmax_probability", "max_logit", "nearest_training_face_cosine"]
+    ]
+    mean: list[float]
+    scale: list[float]
+    weights: list[float]
+    bias: float
+
+    @model_validator(mode="after")
+    def _same_lengths(self) -> FusionSpec:
+        n = len(self.components)
+        if not n or any(len(v) != n for v in (self.mean, self.scale, self.weights)):
+            raise ValueError("components, mean, scale and weights need one entry per part")
+        if any(s <= 0 for s in self.scale):
+            raise ValueError("every scale must be positive")
+        return self
+
+
 class OpenSetSpec(BaseModel):
-    """``meta.json["open_set"]``: a face is one of the classes when its score (the largest
-    class probability) is at least ``threshold``."""
+    """``meta.json["open_set"]``: a face is one of the classes when its score is at least
+    ``threshold`` (see ``service.open_set``). ``score`` is ``max_softmax_probability`` (the
+    largest class probability) or ``fused`` (``fusion`` over parts; ``gallery`` names the file
+    of normalised training embeddings when a part needs it). ``calibration_scores`` are the
+    known calibration faces' scores: the service sets the threshold from them for another
+    ``target_false_rejection_rate`` (the ``open_set_target_frr`` setting)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
-    score: Literal["max_softmax_probability"]
+    score: Literal["max_softmax_probability", "fused"]
     threshold: float = Field(ge=0, le=1)
+    target_false_rejection_rate: float | None = Field(None, ge=0, lt=1)
+    calibration_scores: list[float] | None = None
+    fusion: FusionSpec | None = None
+    gallery: str | None = None
+
+    @model_validator(mode="after")
+    def _fusion_when_fused(self) -> OpenSetSpec:
+        if (self.score == "fused") != (self.fusion is not None):
+            raise ValueError("'fusion' is required with score 'fused' and only then")
+        needs = self.fusion is not None and "nearest_training_face_cosine" in self.fusion.components
+        if needs and not self.gallery:
+            raise ValueError("the nearest-training-face part needs a 'gallery' file")
+        return self
 
 
 class BundleMeta(BaseModel):
@@ -125,6 +165,9 @@ def read_meta(bundle_dir: Path) -> BundleMeta:
     for required in (ONNX_FILE, TWIN_FILE):
         if required not in meta.files:
             raise BundleError(f"{META_FILE}: 'files' does not list {required}")
+    gallery = meta.open_set.gallery if meta.open_set else None
+    if gallery and gallery not in meta.files:  # listed, so its sha256 is checked too
+        raise BundleError(f"{META_FILE}: 'files' does not list the open-set gallery {gallery}")
     return meta
 
 
@@ -150,6 +193,23 @@ def verify_files(bundle_dir: Path, meta: BundleMeta) -> None:
     if problems:
         raise BundleError("bundle file check failed: " + "; ".join(problems))
     log.info("bundle %s: sha256 of %d files verified", bundle_dir, len(meta.files))
+
+
+def load_gallery(bundle_dir: Path, meta: BundleMeta) -> np.ndarray | None:
+    """The open-set gallery (``(N, D)`` float32 unit rows), or None when the score needs none.
+    Run after ``verify_files``: its sha256 has been checked by then."""
+    name = meta.open_set.gallery if meta.open_set else None
+    if not name:
+        return None
+    try:
+        gallery = np.load(bundle_dir / name, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise BundleError(
+            f"cannot read the open-set gallery {name} ({type(exc).__name__})"
+        ) from exc
+    if gallery.ndim != 2 or not len(gallery) or not np.isfinite(gallery).all():
+        raise BundleError(f"the open-set gallery {name} is not a non-empty finite (N, D) array")
+    return gallery.astype(np.float32)
 
 
 def load_twin(bundle_dir: Path) -> Any:

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
+EMBEDDING_OUTPUT = "embedding"  # optional second graph output: the layer before the head
 
 
 class EngineError(Exception):
@@ -227,8 +228,12 @@ class Engine:
     - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking
       (the explainers' forward function: their batches queue with ``/predict``'s).
     - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
-      ``(C,)`` logits; ``Cancelled`` (the input leaves the queue) once ``cancellation`` is.
+      ``(C,)`` logits, followed by the ``(D,)`` embedding when the graph has an ``embedding``
+      output (the open-set score reads it; ``split_row`` separates the two);
+      ``Cancelled`` (the input leaves the queue) once ``cancellation`` is.
     """
+
+    has_embedding = False  # the graph also outputs ``embedding`` (set from the session)
 
     def __init__(
         self,
@@ -242,6 +247,8 @@ class Engine:
         self.provider: str = session.get_providers()[0]
         self.input_name = session.get_inputs()[0].name
         self.output_name = session.get_outputs()[0].name
+        names = [output.name for output in session.get_outputs()]
+        self.has_embedding = EMBEDDING_OUTPUT in names[1:]
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
         self._observer = observer
@@ -252,11 +259,22 @@ class Engine:
         (logits,) = self.session.run([self.output_name], {self.input_name: batch})
         return logits
 
+    def run_rows(self, batch: np.ndarray) -> np.ndarray:
+        """``run`` with the embedding (when there is one) appended to each row of logits."""
+        if not self.has_embedding:
+            return self.run(batch)
+        names = [self.output_name, EMBEDDING_OUTPUT]
+        return np.concatenate(self.session.run(names, {self.input_name: batch}), axis=1)
+
+    def split_row(self, row: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """A ``submit`` row -> (logits, embedding or None)."""
+        return row[:classes], (row[classes:] if self.has_embedding else None)
+
     def warm_up(self, example: np.ndarray) -> float:
         """Run batches of 1 and ``max_batch_size`` copies of ``example`` once; returns seconds."""
         started = time.perf_counter()
         for size in sorted({1, self.max_batch_size}):
-            self.run(np.repeat(example[None], size, axis=0))
+            self.run_rows(np.repeat(example[None], size, axis=0))
         return time.perf_counter() - started
 
     async def infer(
@@ -310,7 +328,7 @@ class Engine:
             raise RuntimeError("engine already started")
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
         self.batcher = DynamicBatcher(
-            self.run,
+            self.run_rows,
             self._executor,
             max_batch_size=self.max_batch_size,
             timeout_s=self.batch_timeout_s,

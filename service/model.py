@@ -24,6 +24,7 @@ from .bundle import (
     BundleError,
     BundleMeta,
     check_parity,
+    load_gallery,
     load_twin,
     probe_batch,
     read_meta,
@@ -32,6 +33,7 @@ from .bundle import (
 from .common.softmax import softmax
 from .engine import BatchObserver, BatchStats, Engine, create_session
 from .faces import FaceFinder
+from .open_set import Fusion, OpenSetRule, threshold_for_rejection_rate
 from .preprocess import Preprocessor
 from .settings import Settings
 
@@ -58,6 +60,8 @@ class Classification:
     """``(C,)`` float64 softmax of the logits, in ``meta.classes`` order"""
     batch: BatchStats
     preprocess_ms: float
+    open_set_score: float | None = None
+    """the "one of the classes" score (``ServingModel.open_set``); None without one"""
 
     @property
     def top(self) -> int:
@@ -78,6 +82,7 @@ class ServingModel:
         twin: Any,
         report: LoadReport,
         faces: FaceFinder | None = None,
+        open_set: OpenSetRule | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.meta = meta
@@ -86,14 +91,17 @@ class ServingModel:
         self.twin = twin
         self.report = report
         self.faces = faces
+        self.open_set = open_set
 
     async def classify(self, crop: Image.Image) -> Classification:
         """Class probabilities for ``crop`` (RGB, e.g. an aligned face), through the batcher."""
         started = time.perf_counter()
         model_input = await run_in_threadpool(self.preprocess, crop)
         preprocess_ms = (time.perf_counter() - started) * 1000
-        logits, stats = await self.engine.submit(model_input)
-        return Classification(softmax(logits), stats, preprocess_ms)
+        row, stats = await self.engine.submit(model_input)
+        logits, embedding = self.engine.split_row(row, len(self.meta.classes))
+        score = self.open_set(logits, embedding) if self.open_set else None
+        return Classification(softmax(logits), stats, preprocess_ms, score)
 
     def start(self) -> None:
         self.engine.start()
@@ -135,8 +143,16 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         )
     else:
         log.warning("bundle has no face_alignment: every image is classified whole, as a face crop")
+    open_set = open_set_rule(meta, load_gallery(bundle_dir, meta), settings.open_set_target_frr)
     probe = probe_batch(preprocess)
     max_diff = check_parity(meta, engine.run, twin, probe)
+    if open_set is not None and open_set.gallery is not None:
+        embedding = engine.split_row(engine.run_rows(probe[:1])[0], len(meta.classes))[1]
+        if embedding is None or embedding.shape != open_set.gallery.shape[1:]:
+            raise BundleError(
+                f"{ONNX_FILE} has no 'embedding' output of the open-set gallery's width "
+                f"{open_set.gallery.shape[1]}"
+            )
     warmup_s = engine.warm_up(probe[0])
     report = LoadReport(
         files_verified=len(meta.files),
@@ -155,4 +171,39 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         report.load_ms,
         report.warmup_ms,
     )
-    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report, faces)
+    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report, faces, open_set)
+
+
+def open_set_rule(
+    meta: BundleMeta, gallery: np.ndarray | None, target_frr: float | None
+) -> OpenSetRule | None:
+    """The served open-set decision: the bundle's threshold, or the one that rejects at most
+    ``target_frr`` of the bundle's known calibration faces (no retraining needed)."""
+    spec = meta.open_set
+    if spec is None:
+        if target_frr is not None:
+            log.warning("open_set_target_frr is set, but the bundle has no open-set calibration")
+        return None
+    threshold, source, target = spec.threshold, "bundle", spec.target_false_rejection_rate
+    if target_frr is not None:
+        if not spec.calibration_scores:
+            raise BundleError(
+                "open_set_target_frr is set, but meta.json open_set stores no "
+                "calibration_scores to move the threshold with (retrain or unset it)"
+            )
+        threshold = threshold_for_rejection_rate(spec.calibration_scores, target_frr)
+        source, target = "setting", target_frr
+    fusion = None
+    if spec.fusion is not None:
+        f = spec.fusion
+        fusion = Fusion(
+            tuple(f.components), tuple(f.mean), tuple(f.scale), tuple(f.weights), f.bias
+        )
+    log.info(
+        "open set: %s >= %.6f (target false rejection rate %s, from the %s)",
+        spec.score,
+        threshold,
+        target,
+        source,
+    )
+    return OpenSetRule(spec.score, threshold, target, source, fusion, gallery)

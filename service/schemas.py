@@ -15,6 +15,7 @@ from .errors import all_error_codes
 from .faces import FaceChoice
 from .images import DecodedImage
 from .model import Classification, ServingModel
+from .open_set import OpenSetRule
 
 
 class ErrorDetail(BaseModel):
@@ -75,15 +76,46 @@ class DetectedFace(BaseModel):
     )
 
 
-class OpenSetVerdict(BaseModel):
+class OpenSetRuleInfo(BaseModel):
+    """The "none of the classes" decision in force: its score and operating point."""
+
+    definition: str = Field(
+        description="the score: max_softmax_probability, or fused (meta.json "
+        "open_set.fusion: a logistic regression over the largest class probability and the "
+        "cosine similarity to the nearest training face); higher = more likely one of the "
+        "classes"
+    )
+    threshold: float = Field(description="known when score >= threshold")
+    target_false_rejection_rate: float | None = Field(
+        description="the fraction of the classes' own calibration faces the threshold rejects "
+        "at most; null when the bundle does not say"
+    )
+    threshold_source: Literal["bundle", "setting"] = Field(
+        description="bundle: the bundle's calibrated threshold; setting: computed at load time "
+        "for the open_set_target_frr setting"
+    )
+
+    @classmethod
+    def of(cls, rule: OpenSetRule) -> OpenSetRuleInfo:
+        return cls(
+            definition=rule.score,
+            threshold=rule.threshold,
+            target_false_rejection_rate=rule.target_false_rejection_rate,
+            threshold_source="setting" if rule.threshold_source == "setting" else "bundle",
+        )
+
+
+class OpenSetVerdict(OpenSetRuleInfo):
     """Is the face one of the model's classes at all? A softmax always names a class, even for a
     stranger; this says whether to believe it."""
 
     known: bool = Field(description="true: one of the classes; false: most likely none of them")
-    score: float = Field(description="the decision score (the largest class probability)")
-    threshold: float = Field(
-        description="known when score >= threshold (calibrated on strangers' faces)"
-    )
+    score: float = Field(description="this face's score (see definition)")
+
+    @classmethod
+    def judge(cls, rule: OpenSetRule, score: float) -> OpenSetVerdict:
+        info = OpenSetRuleInfo.of(rule).model_dump()
+        return cls(known=score >= rule.threshold, score=score, **info)
 
 
 class ImageInfo(BaseModel):
@@ -161,12 +193,8 @@ class PredictionResponse(BaseModel):
                 for f in face.faces
             ],
             face_index=face.index,
-            open_set=OpenSetVerdict(
-                known=top.probability >= spec.threshold,
-                score=top.probability,
-                threshold=spec.threshold,
-            )
-            if (spec := model.meta.open_set)
+            open_set=OpenSetVerdict.judge(model.open_set, result.open_set_score)
+            if model.open_set is not None and result.open_set_score is not None
             else None,
             image=ImageInfo.of(image),
             model=ModelRef.of(model),
@@ -193,6 +221,9 @@ class RuntimeInfo(BaseModel):
     load_ms: float
     warmup_ms: float
     loaded_at: datetime
+    open_set: OpenSetRuleInfo | None = Field(
+        description="the 'none of the classes' decision in force; null without calibration"
+    )
 
 
 class ModelResponse(BaseModel):

@@ -32,6 +32,13 @@ class Settings(BaseSettings):
     model: Path = Field(
         DEFAULT_MODEL, description="model bundle directory (meta.json, model.onnx, model.pt2)"
     )
+    open_set_target_frr: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description="'none of the classes' threshold: the fraction of the classes' own faces "
+        "it may reject (on the bundle's calibration faces), in [0, 1); unset = the bundle's",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     providers: Providers = Field(

@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate|export|insight`` -- see ``--help`` of each command."""
+"""``python -m training fit|evaluate|export|insight|open-set-study``: see each ``--help``."""
 
 from __future__ import annotations
 
@@ -97,6 +97,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     fit.add_argument(
         "--no-baseline", action="store_true", help="skip the frozen-features linear baseline"
     )
+    fit.add_argument(
+        "--export",
+        default="best",
+        choices=["best", "fine-tuned", "baseline"],
+        help="which model becomes the bundle: best = the better on the validation split "
+        "(accuracy, then cross-entropy) of the fine-tuned model and the baseline",
+    )
     fit.add_argument("--version", default="1.0.0", help="version string recorded in the bundle")
     fit.add_argument(
         "--others",
@@ -111,8 +118,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export", help="export a bundle from a fit checkpoint", formatter_class=fmt
     )
-    export.add_argument(
-        "--checkpoint", required=True, help="runs/<name>/checkpoint.pt written by fit"
+    source = export.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="runs/<name>/checkpoint.pt written by fit")
+    source.add_argument(
+        "--bundle",
+        help="a bundle to re-export from its own weights (e.g. to the current format: the "
+        "embedding output and the open-set gallery); --out may be the same directory",
     )
     export.add_argument("--out", required=True, help="bundle directory to write")
     export.add_argument(
@@ -126,6 +137,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--no-insight", action="store_true", help="skip the top patches (see the insight command)"
     )
+
+    study = sub.add_parser(
+        "open-set-study",
+        help="compare 'none of the classes' scores on a bundle (calibration vs held-out "
+        "strangers); prints the table, writes JSON",
+        formatter_class=fmt,
+    )
+    study.add_argument("--bundle", default="models/celebs8")
+    study.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces <root>/<person>/")
+    study.add_argument(
+        "--data", default=None, help="image root (default: the one recorded in the bundle)"
+    )
+    study.add_argument(
+        "--target-frr",
+        type=float,
+        default=0.05,
+        help="false rejection rate the threshold is set for on the calibration side",
+    )
+    study.add_argument("--json", default=None, help="also write the figures to this file")
 
     evaluate = sub.add_parser(
         "evaluate", help="evaluate a bundle's ONNX model on a split or a tree", formatter_class=fmt
@@ -178,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from . import run  # heavy imports only after --help
+    from .open_set_study import study_command
 
     try:
         commands = {
@@ -185,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": run.export_command,
             "evaluate": run.evaluate_command,
             "insight": run.insight_command,
+            "open-set-study": study_command,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

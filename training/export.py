@@ -29,8 +29,9 @@ from service.bundle import (
     BundleMeta,
     sha256_of,
 )
+from service.engine import EMBEDDING_OUTPUT
 
-from .model import FaceClassifier
+from .model import FaceClassifier, WithEmbedding
 from .preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
@@ -58,16 +59,21 @@ def display_name(class_id: str) -> str:
     return " ".join(part.capitalize() for part in class_id.replace("-", "_").split("_") if part)
 
 
-def export_onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(model: FaceClassifier, example: torch.Tensor, path: Path) -> None:
+    """The served graph: outputs ``logits`` and ``embedding`` (for the open-set score)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes on shape arithmetic that is constant here
         torch.onnx.export(
-            model,
+            WithEmbedding(model),
             (example,),
             str(path),
             input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            output_names=["logits", EMBEDDING_OUTPUT],
+            dynamic_axes={
+                "input": {0: "batch"},
+                "logits": {0: "batch"},
+                EMBEDDING_OUTPUT: {0: "batch"},
+            },
             opset_version=ONNX_OPSET,
             dynamo=False,
         )
@@ -132,11 +138,14 @@ def write_bundle(
     report_dir: Path | None = None,
     name: str | None = None,
     version: str = "1.0.0",
+    arrays: dict[str, np.ndarray] | None = None,
 ) -> dict:
     """Export ``model`` to the bundle directory ``out`` (replaced atomically); returns meta.
 
     ``parity_inputs``: standardised images for the ONNX check (the test split).
     ``meta_extra``: ``architecture``, ``training`` and ``metrics`` entries of meta.json.
+    ``arrays``: ``.npy`` files to add (bundle-relative name -> array; e.g. the open-set gallery),
+    listed in ``files`` with their sha256 like every other file.
     """
     model = model.cpu().eval()
     out = Path(out)
@@ -153,6 +162,9 @@ def write_bundle(
         )
         export_twin(model, example, tmp / TWIN_FILE)
         (tmp / "split.json").write_text(json.dumps(split) + "\n")
+        for relative, array in (arrays or {}).items():
+            (tmp / relative).parent.mkdir(parents=True, exist_ok=True)
+            np.save(tmp / relative, array, allow_pickle=False)
         if report_dir is not None:
             shutil.copytree(report_dir, tmp / "report")
         files = {

@@ -47,6 +47,24 @@ class FaceClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_activations(x)[0]
 
+    def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(logits, the backbone's embedding): the open-set score reads both."""
+        for _, stage in self.backbone.stages():
+            x = stage(x)
+        embedding = self.backbone.embed(x)
+        return self.head(embedding), embedding
+
+
+class WithEmbedding(nn.Module):
+    """The served graph's forward: ``(logits, embedding)`` (ONNX outputs of those names)."""
+
+    def __init__(self, model: FaceClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.logits_and_embedding(x)
+
 
 def set_trainable(model: FaceClassifier, trainable: set[str]) -> None:
     """Make exactly the named units trainable; the others get ``requires_grad=False``."""

@@ -1,30 +1,44 @@
-"""The "none of the 8" decision: is this face one of the classes at all?
+"""The "none of the classes" decision: calibrating the shipped score and comparing candidates.
 
-A softmax always names a class, even for a stranger. The score used here is the maximum softmax
-probability (Hendrycks & Gimpel, 2017): on this data it separates the classes from strangers as
-well as distances in the embedding space (nearest class centroid, k nearest training faces) and
-needs nothing in the bundle beyond the logits. A face counts as *known* when the score is at least
-the threshold.
+The score itself is defined in ``service.open_set`` (the service computes it; training fits it).
+The protocol never touches the test split or half of the strangers while choosing: the strangers'
+identities are split in two (``split_identities``); the score's fusion weights are fit on the
+validation split (known) and the calibration identities (unknown); the threshold rejects at most
+a target fraction (default 5 %) of the validation faces; the same figures are then reported on the
+test split and the held-out identities.
 
-Calibration never touches the test split: the threshold maximises Youden's J (true acceptance
-minus false acceptance) on the validation split (known) and on half of the strangers' identities
-(unknown); AUROC and the rates at that threshold are then reported on the test split and on the
-other, unseen half of the strangers.
+``study_scores`` adds the candidates that were compared and not shipped (energy, class centroids,
+k nearest training faces, the frozen backbone's embedding): see ``python -m training
+open-set-study`` and the README's table.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import roc_auc_score, roc_curve
+from scipy.special import logsumexp
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
 
-SCORE = "max_softmax_probability"
+from service.open_set import (
+    FUSED,
+    MAX_SOFTMAX,
+    NEAREST_FACE,
+    Fusion,
+    component_scores,
+    normalise,
+    threshold_for_rejection_rate,
+)
 
-
-def max_softmax(logits: np.ndarray) -> np.ndarray:
-    """(N, C) logits -> (N,) largest class probability."""
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    p = np.exp(shifted)
-    return (p / p.sum(axis=1, keepdims=True)).max(axis=1)
+SHIPPED_PARTS = (MAX_SOFTMAX, NEAREST_FACE)
+DEFAULT_TARGET_FRR = 0.05
+GALLERY_FILE = "open_set/gallery.npy"
+DEFINITION = (
+    "fused: sigmoid(bias + sum(weights * (part - mean) / scale)) over the parts in "
+    "fusion.components (max_softmax_probability: the largest class probability; "
+    "nearest_training_face_cosine: cosine similarity of the embedding to the nearest training "
+    "face in the gallery); a logistic regression fit on the calibration side only; higher = "
+    "more likely one of the classes"
+)
 
 
 def split_identities(identities: list[str], seed: int) -> tuple[list[str], list[str]]:
@@ -36,36 +50,73 @@ def split_identities(identities: list[str], seed: int) -> tuple[list[str], list[
     return sorted(identities[i] for i in order[:half]), sorted(identities[i] for i in order[half:])
 
 
-def choose_threshold(known: np.ndarray, unknown: np.ndarray) -> float:
-    """The score threshold that maximises Youden's J on these scores."""
-    labels = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
-    fpr, tpr, thresholds = roc_curve(labels, np.r_[known, unknown])
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
-
-
 def rates(known: np.ndarray, unknown: np.ndarray, threshold: float) -> dict:
-    """AUROC (known vs unknown) and the operating point at ``threshold``."""
+    """AUROC, the operating point at ``threshold``, and the rates at fixed points of the curve:
+    false acceptance at 5 % and 1 % false rejection, false rejection at 10 % and 1 % false
+    acceptance (each threshold set on these same scores)."""
+    known, unknown = np.asarray(known, np.float64), np.asarray(unknown, np.float64)
     labels = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
+    # the threshold accepting at most that share of strangers: the rate-th largest stranger
+    far_threshold = {
+        r: np.sort(unknown)[::-1][int(np.floor(r * len(unknown)))] for r in (0.1, 0.01)
+    }
     return {
         "auroc": float(roc_auc_score(labels, np.r_[known, unknown])),
         "false_rejection_rate": float((known < threshold).mean()),
         "false_acceptance_rate": float((unknown >= threshold).mean()),
+        "far_at_frr_5": float((unknown >= threshold_for_rejection_rate(known, 0.05)).mean()),
+        "far_at_frr_1": float((unknown >= threshold_for_rejection_rate(known, 0.01)).mean()),
+        "frr_at_far_10": float((known <= far_threshold[0.1]).mean()),
+        "frr_at_far_1": float((known <= far_threshold[0.01]).mean()),
         "known": int(len(known)),
         "unknown": int(len(unknown)),
     }
 
 
+def fit_fusion(known: np.ndarray, unknown: np.ndarray, parts: tuple[str, ...]) -> Fusion:
+    """Logistic regression (known = 1) on standardised parts, ``(N, len(parts))`` each side."""
+    x = np.r_[known, unknown]
+    y = np.r_[np.ones(len(known)), np.zeros(len(unknown))]
+    mean, scale = x.mean(axis=0), x.std(axis=0)
+    scale[scale == 0] = 1.0
+    model = LogisticRegression(class_weight="balanced").fit((x - mean) / scale, y)
+    return Fusion(
+        components=parts,
+        mean=tuple(float(v) for v in mean),
+        scale=tuple(float(v) for v in scale),
+        weights=tuple(float(v) for v in model.coef_[0]),
+        bias=float(model.intercept_[0]),
+    )
+
+
 def calibrate(
-    scores: dict[str, np.ndarray], calibration_ids: list[str], held_out_ids: list[str]
-) -> dict:
-    """``scores``: ``val``/``test`` (known faces) and ``unknown_calibration``/``unknown_held_out``.
-    Returns meta.json's ``open_set`` block."""
-    threshold = choose_threshold(scores["val"], scores["unknown_calibration"])
-    return {
-        "score": SCORE,
+    outputs: dict[str, tuple[np.ndarray, np.ndarray]],
+    calibration_ids: list[str],
+    held_out_ids: list[str],
+    target_frr: float = DEFAULT_TARGET_FRR,
+    parts: tuple[str, ...] = SHIPPED_PARTS,
+) -> tuple[dict, np.ndarray]:
+    """``outputs``: (logits, embeddings) of ``train``, ``val``, ``test`` (known faces) and of
+    ``unknown_calibration``/``unknown_held_out``. Returns meta.json's ``open_set`` block and the
+    gallery (normalised training embeddings) to store as ``GALLERY_FILE``."""
+    gallery = normalise(outputs["train"][1])
+    part_scores = {
+        name: component_scores(parts, logits, emb, gallery)
+        for name, (logits, emb) in outputs.items()
+        if name != "train"
+    }
+    fusion = fit_fusion(part_scores["val"], part_scores["unknown_calibration"], parts)
+    scores = {name: fusion.from_parts(p) for name, p in part_scores.items()}
+    threshold = threshold_for_rejection_rate(scores["val"], target_frr)
+    block = {
+        "score": FUSED,
+        "definition": DEFINITION,
+        "fusion": fusion.to_meta(),
+        "gallery": GALLERY_FILE,
         "threshold": round(threshold, 6),
+        "target_false_rejection_rate": target_frr,
         "rule": "known when score >= threshold",
+        "calibration_scores": sorted(round(float(s), 6) for s in scores["val"]),
         "calibration": {
             "known_split": "val",
             "unknown_identities": calibration_ids,
@@ -77,3 +128,22 @@ def calibrate(
             **rates(scores["test"], scores["unknown_held_out"], threshold),
         },
     }
+    return block, gallery
+
+
+def energy(logits: np.ndarray) -> np.ndarray:
+    """Negative free energy, ``logsumexp`` of the logits (Liu et al., 2020)."""
+    return logsumexp(np.asarray(logits, np.float64), axis=1)
+
+
+def centroid_cosine(embeddings: np.ndarray, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Cosine similarity to the nearest class centroid of the normalised training embeddings."""
+    train = normalise(train)
+    centroids = normalise(np.stack([train[labels == c].mean(0) for c in np.unique(labels)]))
+    return (normalise(embeddings) @ centroids.T).max(axis=1).astype(np.float64)
+
+
+def knn_cosine(embeddings: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:
+    """Cosine similarity to the k-th nearest training face (Sun et al., 2022)."""
+    similarity = normalise(embeddings) @ normalise(train).T
+    return np.sort(similarity, axis=1)[:, -k].astype(np.float64)

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import random
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -18,14 +21,16 @@ from . import report
 from .alignment import landmark_template
 from .augment import eval_transforms, train_transforms
 from .backbones import build_backbone
-from .baseline import linear_probe
+from .baseline import HEAD, linear_probe, probe_classifier
 from .data import SPLITS, DataError, FaceDataset, class_weights, scan, split
 from .export import onnx_logits, write_bundle
 from .fit import Stage, fit, predict
+from .from_bundle import checkpoint_from_bundle
 from .insight import write_insight
 from .model import FaceClassifier
-from .open_set import calibrate, max_softmax, split_identities
+from .open_set import GALLERY_FILE, calibrate, split_identities
 from .preprocess import Preprocessing
+from .selection import BASELINE, FINE_TUNED, choose
 
 log = logging.getLogger("training")
 
@@ -70,16 +75,24 @@ def _stack(dataset: FaceDataset, prep: Preprocessing) -> torch.Tensor:
     return prep.standardise(dataset.images)
 
 
-def _logits(model: FaceClassifier, dataset: FaceDataset, prep: Preprocessing) -> np.ndarray:
-    return predict(
-        model, DataLoader(dataset, batch_size=64), prep.standardise, torch.device("cpu")
-    )[0].numpy()
+@torch.no_grad()
+def _outputs(
+    model: FaceClassifier, dataset: FaceDataset, prep: Preprocessing
+) -> tuple[np.ndarray, np.ndarray]:
+    """(logits, embeddings) of ``model`` (CPU, eval mode) over ``dataset``."""
+    model = model.cpu().eval()
+    x = _stack(dataset, prep)
+    pairs = [model.logits_and_embedding(x[i : i + 64]) for i in range(0, len(x), 64)]
+    return (
+        torch.cat([logits for logits, _ in pairs]).numpy(),
+        torch.cat([emb for _, emb in pairs]).numpy(),
+    )
 
 
-def _open_set(
-    model: FaceClassifier, prep: Preprocessing, sets: dict, others: str, seed: int
-) -> dict:
-    """meta.json's ``open_set`` block, calibrated on strangers' faces under ``others``."""
+def _strangers(
+    others: str, prep: Preprocessing, seed: int
+) -> tuple[dict[str, FaceDataset], list[str], list[str]]:
+    """The strangers' faces under ``others``, split by identity: calibration and held out."""
     tree = scan(others)
     calibration_ids, held_out_ids = split_identities(tree.classes, seed)
     strangers = {
@@ -91,13 +104,32 @@ def _open_set(
             ("unknown_held_out", held_out_ids),
         )
     }
-    scores = {
-        name: max_softmax(_logits(model, d, prep))
-        for name, d in {**strangers, "val": sets["val"], "test": sets["test"]}.items()
-    }
-    block = calibrate(scores, calibration_ids, held_out_ids)
-    log.info("open set: threshold %.3f, held-out %s", block["threshold"], block["held_out"])
-    return block
+    return strangers, calibration_ids, held_out_ids
+
+
+def _open_set(
+    model: FaceClassifier, prep: Preprocessing, sets: dict, others: str, seed: int
+) -> tuple[dict, np.ndarray]:
+    """meta.json's ``open_set`` block and its gallery, calibrated on strangers under ``others``."""
+    strangers, calibration_ids, held_out_ids = _strangers(others, prep, seed)
+    outputs = {name: _outputs(model, d, prep) for name, d in {**sets, **strangers}.items()}
+    block, gallery = calibrate(outputs, calibration_ids, held_out_ids)
+    log.info(
+        "open set: threshold %.4f for a %.0f %% false rejection target; calibration %s; "
+        "held out %s",
+        block["threshold"],
+        100 * block["target_false_rejection_rate"],
+        _rates_line(block["calibration"]),
+        _rates_line(block["held_out"]),
+    )
+    return block, gallery
+
+
+def _rates_line(r: dict) -> str:
+    return (
+        f"AUROC {r['auroc']:.3f}, FRR {r['false_rejection_rate']:.3f}, "
+        f"FAR {r['false_acceptance_rate']:.3f}"
+    )
 
 
 def _export(
@@ -117,12 +149,15 @@ def _export(
     meta_extra = {
         "architecture": {
             "backbone": args["backbone"],
-            "head": "batchnorm-dropout-linear",
+            "head": HEAD
+            if ckpt.get("selection", {}).get("exported") == BASELINE
+            else "batchnorm-dropout-linear",
             "embedding_dim": model.backbone.embedding_dim,
             "parameters": sum(p.numel() for p in model.parameters()),
         },
         "training": ckpt["training"],
         "metrics": ckpt["metrics"],
+        **({"selection": ckpt["selection"]} if "selection" in ckpt else {}),
         "face_alignment": {
             "detector": "dlib-hog-frontal",
             "landmarks": "dlib-5-point",
@@ -132,8 +167,11 @@ def _export(
             "Trained on face photos for research and education only (see the data's README)."
         ),
     }
+    arrays = {}
     if others:
-        meta_extra["open_set"] = _open_set(model, prep, sets, others, ckpt["split"]["seed"])
+        block, gallery = _open_set(model, prep, sets, others, ckpt["split"]["seed"])
+        meta_extra["open_set"] = block
+        arrays[GALLERY_FILE] = gallery
     meta = write_bundle(
         out,
         model=model,
@@ -144,6 +182,7 @@ def _export(
         meta_extra=meta_extra,
         report_dir=report_dir,
         version=args["version"],
+        arrays=arrays,
     )
     if insight:
         meta["insight"] = write_insight(out, data_root=sets["train"].root)
@@ -176,11 +215,13 @@ def fit_command(args) -> int:
     plain = {name: DataLoader(sets[name], batch_size=64) for name in SPLITS}
     log.info("data: %s", {name: len(s) for name, s in sets.items()})
 
-    baseline = None
+    baseline, baseline_model = None, None
     if not args.no_baseline:
-        baseline = linear_probe(
-            backbone.to(device), plain, prep.standardise, device, seed=args.seed
+        frozen = copy.deepcopy(backbone)  # fine-tuning changes ``backbone`` in place
+        baseline, probe = linear_probe(
+            frozen.to(device), plain, prep.standardise, device, seed=args.seed
         )
+        baseline_model = probe_classifier(frozen, probe, args.dropout)
         log.info("baseline (frozen features + logistic regression): %s", baseline)
 
     model = FaceClassifier(backbone, len(tree.classes), dropout=args.dropout)
@@ -203,6 +244,13 @@ def fit_command(args) -> int:
     run_dir = Path(args.run_dir or Path("runs") / Path(args.out).name)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
+    candidates = {FINE_TUNED: model}
+    if baseline_model is not None:
+        candidates[BASELINE] = baseline_model
+    val = {name: _val_figures(m, plain["val"], prep, device) for name, m in candidates.items()}
+    selection = choose(val, args.export)
+    log.info("exporting the %s model: %s", selection["exported"], selection["reason"])
+    model = candidates[selection["exported"]]
     metrics = {}
     for name in SPLITS:
         logits, labels = predict(model, plain[name], prep.standardise, device)
@@ -215,14 +263,21 @@ def fit_command(args) -> int:
                 logits.argmax(1).numpy(),
                 tree.classes,
                 report_dir / "confusion_test.png",
-                "Test split: fine-tuned model",
+                f"Test split: {selection['exported']} model",
             )
     if baseline:
         metrics["baseline_linear_probe"] = {
             split_name: {"accuracy": acc} for split_name, acc in baseline.items()
         }
+    metrics["fine_tuned"] = {
+        split_name: {"accuracy": _accuracy(candidates[FINE_TUNED], plain[split_name], prep, device)}
+        for split_name in SPLITS
+    }
     report.plot_curves(history, report_dir / "curves.png")
-    report.write_json({"metrics": metrics, "history": history}, report_dir / "metrics.json")
+    report.write_json(
+        {"metrics": metrics, "selection": selection, "history": history},
+        report_dir / "metrics.json",
+    )
     wall = time.perf_counter() - started
     ckpt = {
         "args": vars(args),
@@ -248,12 +303,27 @@ def fit_command(args) -> int:
             "wall_time_s": round(wall, 1),
         },
         "metrics": metrics,
+        "selection": selection,
         "state_dict": model.state_dict(),
     }
     torch.save(ckpt, run_dir / "checkpoint.pt")
     meta = _export(ckpt, model, prep, sets, Path(args.out), report_dir, others, not args.no_insight)
     print(summary_table(meta))
     return 0
+
+
+def _val_figures(model, loader, prep: Preprocessing, device) -> dict[str, float]:
+    """Validation accuracy and (plain) cross-entropy: what ``selection.choose`` compares."""
+    logits, labels = predict(model, loader, prep.standardise, device)
+    return {
+        "accuracy": float((logits.argmax(1) == labels).float().mean()),
+        "loss": float(torch.nn.functional.cross_entropy(logits, labels)),
+    }
+
+
+def _accuracy(model, loader, prep: Preprocessing, device) -> float:
+    logits, labels = predict(model, loader, prep.standardise, device)
+    return float((logits.argmax(1) == labels).float().mean())
 
 
 def summary_table(meta: dict) -> str:
@@ -266,11 +336,16 @@ def summary_table(meta: dict) -> str:
             + " | ".join(f"{b[s]['accuracy']:.4f}" for s in SPLITS)
             + " |"
         )
+    tuned = m.get("fine_tuned", m)  # bundles from before the selection: metrics are its own
     rows.append(
         "| staged fine-tuning (head -> top -> all) | "
-        + " | ".join(f"{m[s]['accuracy']:.4f}" for s in SPLITS)
+        + " | ".join(f"{tuned[s]['accuracy']:.4f}" for s in SPLITS)
         + " |"
     )
+    if "selection" in meta:
+        rows.append(
+            f"\nexported: the {meta['selection']['exported']} model ({meta['selection']['reason']})"
+        )
     t, parity = meta["training"], meta["parity"]
     rows.append(
         f"\ntraining wall time {t['wall_time_s']} s on {t['device']} "
@@ -281,17 +356,24 @@ def summary_table(meta: dict) -> str:
 
 
 def export_command(args) -> int:
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    a = ckpt["args"]
-    backbone, prep = build_backbone(a["backbone"], "none")
-    model = FaceClassifier(backbone, len(ckpt["classes"]), dropout=a["dropout"])
-    model.load_state_dict(ckpt["state_dict"])
+    if args.bundle:  # rewrite a bundle from its own twin's weights (no retraining)
+        ckpt, model, prep = checkpoint_from_bundle(Path(args.bundle))
+        report_dir = Path(args.bundle) / "report"
+    else:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        a = ckpt["args"]
+        backbone, prep = build_backbone(a["backbone"], "none")
+        model = FaceClassifier(backbone, len(ckpt["classes"]), dropout=a["dropout"])
+        model.load_state_dict(ckpt["state_dict"])
+        report_dir = Path(args.checkpoint).parent / "report"
     root = Path(args.data or ckpt["split"]["root"])
     sets = {
         name: FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"][name]], prep, desc=name)
         for name in SPLITS
     }
-    report_dir = Path(args.checkpoint).parent / "report"
+    if args.bundle and report_dir.is_dir():  # the bundle is replaced: copy its report first
+        staged = Path(tempfile.mkdtemp(prefix="report-"))
+        report_dir = Path(shutil.copytree(report_dir, staged / "report"))
     meta = _export(
         ckpt,
         model,

@@ -9,6 +9,7 @@ from ..schemas import (
     HealthResponse,
     ModelRef,
     ModelResponse,
+    OpenSetRuleInfo,
     ReadinessResponse,
     RuntimeInfo,
     error_responses,
@@ -37,6 +38,7 @@ async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
         load_ms=report.load_ms,
         warmup_ms=report.warmup_ms,
         loaded_at=report.loaded_at,
+        open_set=OpenSetRuleInfo.of(model.open_set) if model.open_set else None,
     )
     return ModelResponse(meta=model.meta, runtime=runtime)
 

@@ -17,13 +17,17 @@ def tampered_bundle(default_bundle, tmp_path):
     bundle = tmp_path / "tampered"
     bundle.mkdir()
     for path in default_bundle.iterdir():
-        if path.is_file() and path.name != "split.json":
+        if (path.is_file() and path.name != "split.json") or path.name == "open_set":
             (bundle / path.name).symlink_to(path)
     shutil.copy(default_bundle / "split.json", bundle / "split.json")
     with (bundle / "split.json").open("a") as stream:
         stream.write(" ")
     meta = json.loads((default_bundle / "meta.json").read_text())
-    meta["files"] = {name: info for name, info in meta["files"].items() if "/" not in name}
+    meta["files"] = {
+        name: info
+        for name, info in meta["files"].items()
+        if "/" not in name or name.startswith("open_set/")
+    }
     (bundle / "meta.json").unlink()
     (bundle / "meta.json").write_text(json.dumps(meta))
     return bundle

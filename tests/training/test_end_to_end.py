@@ -178,22 +178,56 @@ def test_failed_parity_leaves_no_bundle_behind(tiny_bundle, tmp_path, monkeypatc
     assert not target.exists() and list(tmp_path.iterdir()) == []
 
 
-def test_open_set_threshold_and_rates():
-    import numpy as np
-
-    from training.open_set import choose_threshold, rates, split_identities
+def test_open_set_rates_at_the_threshold_and_at_stated_points():
+    from training.open_set import rates, split_identities
 
     known = np.array([0.9, 0.95, 0.99, 0.85, 0.6])
     unknown = np.array([0.3, 0.5, 0.7, 0.4])
-    threshold = choose_threshold(known, unknown)
-    assert 0.7 < threshold <= 0.85
-    r = rates(known, unknown, threshold)
+    r = rates(known, unknown, 0.8)
     assert r["false_acceptance_rate"] == 0 and r["false_rejection_rate"] == pytest.approx(0.2)
     assert r["auroc"] == pytest.approx(19 / 20)
+    # 5 % of 5 known faces: none may be rejected -> threshold 0.6 accepts the 0.7 stranger
+    assert r["far_at_frr_5"] == pytest.approx(0.25)
+    # at most 10 % of 4 strangers accepted: none -> every known face at or below 0.7 rejected
+    assert r["frr_at_far_10"] == pytest.approx(0.2)
     cal, held = split_identities(["a", "b", "c", "d", "e"], seed=0)
     assert len(cal) == 2 and len(held) == 3 and not set(cal) & set(held)
     with pytest.raises(ValueError, match="two strangers"):
         split_identities(["a"], seed=0)
+
+
+def test_bundle_records_the_open_set_operating_point(tiny_bundle):
+    out, _ = tiny_bundle
+    meta = json.loads((out / "meta.json").read_text())
+    block = meta["open_set"]
+    assert block["score"] == "fused" and block["target_false_rejection_rate"] == 0.05
+    assert block["gallery"] == "open_set/gallery.npy" and block["gallery"] in meta["files"]
+    gallery = np.load(out / block["gallery"])
+    assert gallery.shape == (
+        len(json.loads((out / "split.json").read_text())["splits"]["train"]),
+        128,
+    )
+    scores = np.asarray(block["calibration_scores"])
+    assert len(scores) == block["calibration"]["known"] == 8
+    assert (scores < block["threshold"]).mean() <= 0.05
+    for side in ("calibration", "held_out"):
+        assert {"auroc", "far_at_frr_5", "far_at_frr_1", "frr_at_far_10", "frr_at_far_1"} <= set(
+            block[side]
+        )
+
+
+def test_fit_records_which_model_it_exported_and_why(tiny_bundle):
+    out, run_dir = tiny_bundle
+    meta = json.loads((out / "meta.json").read_text())
+    selection = meta["selection"]
+    val = selection["validation"]
+    assert set(val) == {"fine-tuned", "baseline"}
+    better = max(val, key=lambda m: (val[m]["accuracy"], -val[m]["loss"]))
+    assert selection["exported"] == better
+    assert "validation" in selection["reason"]
+    assert meta["metrics"]["val"]["accuracy"] == pytest.approx(val[better]["accuracy"])
+    report = json.loads((run_dir / "report" / "metrics.json").read_text())
+    assert report["selection"] == selection
 
 
 def test_missing_strangers_folder_fails_before_training(celebs_root, tmp_path, caplog):

@@ -79,12 +79,16 @@ def bundle_copy(default_bundle, tmp_path):
     """meta.json and split.json copied (editable), the model files linked."""
     copy = tmp_path / "bundle"
     copy.mkdir()
-    for name in ("model.onnx", "model.pt2"):
+    for name in ("model.onnx", "model.pt2", "open_set"):
         (copy / name).symlink_to(default_bundle / name)
     for name in ("meta.json", "split.json"):
         shutil.copy(default_bundle / name, copy / name)
     meta = json.loads((copy / "meta.json").read_text())
-    meta["files"] = {name: info for name, info in meta["files"].items() if "/" not in name}
+    meta["files"] = {
+        name: info
+        for name, info in meta["files"].items()
+        if "/" not in name or name.startswith("open_set/")
+    }
     (copy / "meta.json").write_text(json.dumps(meta))
     return copy
 
