@@ -24,17 +24,16 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
 from starlette.datastructures import Headers
-from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..api_key import API_KEY_HEADER, protected_operations, verify_api_key
 from ..app import MULTIPART_OVERHEAD_BYTES
 from ..errors import NotReady, Overloaded, ServiceError, error_response
-from ..metrics import UNMATCHED, ServiceMetrics
+from ..metrics import ServiceMetrics
 from ..settings import Settings
 from .forward import ForwardedRequest, ForwardedResponse, run_asgi
 from .metrics_merge import merge_expositions
-from .routing import DEPLOYMENTS, deployment_for
+from .routing import DEPLOYMENTS, deployment_for, route_template
 
 log = logging.getLogger(__name__)
 
@@ -108,18 +107,11 @@ class Gateway:
         if response is None:
             return  # the client left: the replica's app counts it (499) if it had started
         if response.header(SERVED_BY_HEADER) is None:  # the gateway's own answer: count it
-            labels = (self._template(scope), method, str(response.status))
+            labels = (route_template(path), method, str(response.status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
         for message in response.messages():
             await send(message)
-
-    def _template(self, scope: Scope) -> str:
-        """The route template of the request, as the app's own metrics label it."""
-        for route in self.local.routes:  # type: ignore[attr-defined]
-            if route.matches(scope)[0] is Match.FULL:
-                return route.path
-        return UNMATCHED
 
     def _refused_by_local(self, scope: Scope) -> bool:
         """Whether the gateway's own app would refuse this request from its head alone
@@ -165,6 +157,7 @@ class Gateway:
         client left (its work is cancelled)."""
         call = self.dispatch(deployment, request)
         answer = asyncio.ensure_future(_await(call))
+        answer.add_done_callback(_retrieve)  # a call given up on may still fail: seen here
         left = asyncio.ensure_future(_disconnected(receive))
         try:
             done, _ = await asyncio.wait(
@@ -257,6 +250,11 @@ class Gateway:
 
 async def _await(call: Call) -> ForwardedResponse:
     return await call
+
+
+def _retrieve(task: asyncio.Future) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def _disconnected(receive: Receive) -> None:

@@ -32,3 +32,10 @@ def deployment_for(method: str, path: str) -> str | None:
     if method in _READ_METHODS and path in ("/insight/maximize", "/insight/maximize/"):
         return EXPLAIN
     return None
+
+
+def route_template(path: str) -> str:
+    """The route template of a path that ``deployment_for`` sends to a deployment, as the
+    app's metrics label it (for the answers the gateway makes itself)."""
+    path = path.rstrip("/") or "/"
+    return "/explain/{method}" if path.startswith("/explain/") else path

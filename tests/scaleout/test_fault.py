@@ -70,12 +70,21 @@ def ray_driver(ray_service: RayService) -> Iterator[Any]:
     """``ray``, joined to the service's Ray instance as a second driver (this module only:
     the two-node test starts a cluster of its own in this process)."""
     import ray
+    from ray._raylet import Config
 
-    ray.init(address=ray_service.ray_address, log_to_driver=False)
-    try:
-        yield ray
-    finally:
-        ray.shutdown()
+    # A local instance started by ray.init() requires Ray's token (~/.ray/auth_token); a
+    # driver joining it by address sends it only in token mode, which Ray reads from
+    # RAY_AUTH_MODE into its config (refreshed here as Ray's own _enable_token_auth does;
+    # restored afterwards for the two-node cluster, which runs without tokens).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAY_AUTH_MODE", "token")
+        Config.initialize("")
+        ray.init(address=ray_service.ray_address, log_to_driver=False)
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+    Config.initialize("")
 
 
 def _client(url: str, path: str, params: dict, face: bytes, tally: Tally, stop: threading.Event):

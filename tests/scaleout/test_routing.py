@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from service.scaleout.routing import EXPLAIN, PREDICT, deployment_for
+from service.scaleout.routing import EXPLAIN, PREDICT, deployment_for, route_template
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
 EXPLAIN_ROUTES = {"/explain/{method}", "/saliency", "/occlusion", "/lime"}
@@ -57,3 +57,17 @@ def test_every_documented_operation_has_a_host():
                 assert target == EXPLAIN, (method, template)
             else:
                 assert target is None, (method, template)
+
+
+@pytest.mark.parametrize(
+    ("path", "template"),
+    [
+        ("/predict", "/predict"),
+        ("/explain/gradcam", "/explain/{method}"),
+        ("/explain/nope/", "/explain/{method}"),
+        ("/lime/", "/lime"),
+        ("/insight/maximize", "/insight/maximize"),
+    ],
+)
+def test_route_template(path: str, template: str):
+    assert route_template(path) == template

@@ -19,6 +19,7 @@ import httpx
 import pytest
 
 from tests.image_bytes import face_png
+from tests.load.harness import free_port
 from tests.scaleout.conftest import API_KEY, Service, start_service, stop_ray_service
 
 EXPLANATIONS = 16
@@ -31,7 +32,10 @@ def two_nodes() -> Iterator[Any]:
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # The dashboard serves Ray's state API; not on its default port, which another Ray
+    # instance on this machine may hold.
+    head = {"num_cpus": 1, "dashboard_port": free_port()}
+    cluster = Cluster(initialize_head=True, head_node_args=head)
     try:
         cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
