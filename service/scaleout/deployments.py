@@ -18,6 +18,7 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import logging
+import time
 from typing import Any
 
 import ray
@@ -38,6 +39,7 @@ from .metrics_merge import MetricsBoard as Board
 from .publisher import MetricsPublisher
 from .routing import EXPLAIN, PREDICT
 
+log = logging.getLogger(__name__)
 # The gateway only waits on replicas; its limit is far above any replica's queue.
 GATEWAY_MAX_ONGOING_REQUESTS = 4096
 
@@ -51,10 +53,9 @@ class _HostsApp:
     node_id: str
 
     def _host(self, settings: Settings, board: DeploymentHandle) -> None:
-        logging.basicConfig(
-            level=settings.log_level.upper(),
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # The service's own loggers at its level, whatever Ray made of the worker's root logger.
+        logging.getLogger("service").setLevel(settings.log_level.upper())
         configure_malloc()
         context = serve.get_replica_context()
         self.replica_name = f"{context.deployment}#{context.replica_id.unique_id}"
@@ -91,9 +92,17 @@ class AppReplica(_HostsApp):
 
     # Ray Serve awaits an async constructor: the replica takes requests once it returned.
     async def __init__(self, settings: Settings, board: DeploymentHandle) -> None:  # type: ignore[misc]
+        started = time.perf_counter()
         self._host(settings, board)
         self._lifespan = self.service_app.router.lifespan_context(self.service_app)
         await self._lifespan.__aenter__()
+        log.info(
+            "replica %s on node %s started in %.1f s: %s",
+            self.replica_name,
+            self.node_id,
+            time.perf_counter() - started,
+            self.service_state.reason,
+        )
 
     async def __del__(self) -> None:
         await self._lifespan.__aexit__(None, None, None)

@@ -167,6 +167,7 @@ class Gateway:
             )
         except asyncio.CancelledError:  # Ray's proxy cancels the gateway when the client left
             call.cancel()
+            answer.cancel()
             raise
         finally:
             left.cancel()

@@ -24,15 +24,26 @@ def multipart_file(data: bytes, filename: str = "face.png", content_type: str = 
 def send_upload(
     url: str, path: str, query: dict[str, object], data: bytes, headers: dict[str, str]
 ) -> socket.socket:
-    """POST ``data`` as the multipart ``file`` to ``url + path`` over a raw socket, whole, and
-    return the socket, answer unread (``close()`` it to hang up)."""
-    target = urlsplit(url)
+    """POST ``data`` as the multipart ``file``; see ``send_whole``."""
     body, content_type = multipart_file(data)
+    return send_whole(url, "POST", path, query, {**headers, "Content-Type": content_type}, body)
+
+
+def send_whole(
+    url: str,
+    method: str,
+    path: str,
+    query: dict[str, object],
+    headers: dict[str, str],
+    body: bytes = b"",
+) -> socket.socket:
+    """Send one request whole over a raw socket and return the socket, answer unread
+    (``close()`` it to hang up)."""
+    target = urlsplit(url)
     lines = [
-        f"POST {path}?{urlencode(query)} HTTP/1.1",
+        f"{method} {path}?{urlencode(query)} HTTP/1.1",
         f"Host: {target.netloc}",
         "Connection: close",
-        f"Content-Type: {content_type}",
         f"Content-Length: {len(body)}",
         *(f"{name}: {value}" for name, value in headers.items()),
     ]
