@@ -177,7 +177,11 @@ def server_command(
 
 
 def start_server(
-    model: Path, port: int, log_file: Path, options: Sequence[str] = ()
+    model: Path,
+    port: int,
+    log_file: Path,
+    options: Sequence[str] = (),
+    ready_timeout_s: float = SERVER_READY_TIMEOUT_S,
 ) -> subprocess.Popen:
     """``python -m service [options]`` on 127.0.0.1:``port``, returned once ``/readyz`` answers
     200. The environment is the caller's minus every ``CELEBXAI_`` and ``MALLOC_`` variable: the
@@ -191,7 +195,7 @@ def start_server(
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-    deadline = time.monotonic() + SERVER_READY_TIMEOUT_S
+    deadline = time.monotonic() + ready_timeout_s
     while time.monotonic() < deadline:
         if server.poll() is not None:
             raise RuntimeError(f"server exited with {server.returncode}:\n{tail(log_file)}")
@@ -205,7 +209,7 @@ def start_server(
             stop_server(server)
             raise
     stop_server(server)
-    raise RuntimeError(f"server not ready within {SERVER_READY_TIMEOUT_S:.0f} s:\n{tail(log_file)}")
+    raise RuntimeError(f"server not ready within {ready_timeout_s:.0f} s:\n{tail(log_file)}")
 
 
 def stop_server(server: subprocess.Popen) -> None:
