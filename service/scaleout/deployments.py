@@ -23,6 +23,7 @@ from typing import Any
 
 import ray
 from ray import serve
+from ray.exceptions import TaskCancelledError
 from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
@@ -134,6 +135,7 @@ class Gateway(_HostsApp):
             expositions=self._expositions,
             metrics=self.service_state.metrics,
             queue_full=(BackPressureError,),
+            cancelled=(TaskCancelledError,),  # RequestCancelledError among them
         )
 
     def __serve_build_asgi_app__(self) -> ASGIApp:

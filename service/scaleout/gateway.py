@@ -67,16 +67,20 @@ class Gateway:
         expositions: Expositions,
         metrics: ServiceMetrics,
         queue_full: tuple[type[BaseException], ...],
+        cancelled: tuple[type[BaseException], ...],
     ) -> None:
         """``queue_full``: the dispatcher's exceptions for a full queue (Ray's
-        ``BackPressureError``), 503 ``overloaded``; any other failure of a call (a replica
-        that died, none available) is 503 ``not_ready``."""
+        ``BackPressureError``), 503 ``overloaded``. ``cancelled``: those of a call cancelled
+        (Ray cancels the gateway's calls when their client hangs up, sometimes before the
+        gateway hears of it): no answer, the client is gone. Any other failure of a call (a
+        replica that died, none available) is 503 ``not_ready``."""
         self.local = local
         self.settings = settings
         self.dispatch = dispatch
         self.expositions = expositions
         self.metrics = metrics
         self.queue_full = queue_full
+        self.cancelled: tuple[type[BaseException], ...] = (asyncio.CancelledError, *cancelled)
         self.max_body_bytes = settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES
         self._protected: list[tuple[str, Any]] | None = None
 
@@ -154,7 +158,7 @@ class Gateway:
         self, deployment: str, request: ForwardedRequest, receive: Receive
     ) -> ForwardedResponse | None:
         """The replica's answer, or the service's error for Ray's refusal; None when the
-        client left (its work is cancelled)."""
+        client left (its work is cancelled) or the call was cancelled."""
         call = self.dispatch(deployment, request)
         answer = asyncio.ensure_future(_await(call))
         answer.add_done_callback(_retrieve)  # a call given up on may still fail: seen here
@@ -171,10 +175,10 @@ class Gateway:
             raise
         finally:
             left.cancel()
-        if answer not in done:
+        if left in done or answer not in done:
             call.cancel()
             answer.cancel()
-            if left in done:
+            if left in done:  # whatever the call became (Ray cancels it too): nobody reads it
                 return None
             return _error(
                 Overloaded(
@@ -185,6 +189,8 @@ class Gateway:
             )
         try:
             return answer.result()
+        except self.cancelled:
+            return None
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a JSON 503
             return _error(self._refusal(deployment, exc))
 
