@@ -23,8 +23,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
+from fastapi import FastAPI
 from starlette.datastructures import Headers
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from ..api_key import API_KEY_HEADER, protected_operations, verify_api_key
 from ..app import MULTIPART_OVERHEAD_BYTES
@@ -61,7 +62,7 @@ Expositions = Callable[[], Awaitable[list[str]]]
 class Gateway:
     def __init__(
         self,
-        local: ASGIApp,
+        local: FastAPI,
         settings: Settings,
         dispatch: Dispatch,
         expositions: Expositions,
@@ -127,7 +128,7 @@ class Gateway:
         if self.settings.api_key is None:
             return False
         if self._protected is None:
-            self._protected = protected_operations(self.local.openapi())  # type: ignore[attr-defined]
+            self._protected = protected_operations(self.local.openapi())
         method, path = scope["method"], scope["path"]
         if not any(method == m and regex.match(path) for m, regex in self._protected):
             return False
