@@ -93,8 +93,9 @@ def cpu_used(before: dict[int, ProcessCpu], after: dict[int, ProcessCpu]) -> tup
     used = 0.0
     for pid, reading in after.items():
         earlier = before.get(pid)
-        same = earlier is not None and earlier.started == reading.started
-        used += reading.seconds - (earlier.seconds if same and earlier else 0.0)
+        # a process started since the first reading (or a reused pid): all its time is new
+        new = earlier is None or earlier.started != reading.started
+        used += reading.seconds - (0.0 if new or earlier is None else earlier.seconds)
     ended = sum(
         1
         for pid, reading in before.items()
