@@ -43,7 +43,9 @@ def run(settings: Settings) -> None:
         ray.init(address=address, log_to_driver=True)
         log.info("joined the Ray cluster at %s", address)
     else:
-        ray.init(num_cpus=settings.ray_num_cpus or None, include_dashboard=False)
+        # "local": a new instance even where a `ray start` cluster runs on this machine (plain
+        # ray.init() would join that one); joining is what ray_address / RAY_ADDRESS are for.
+        ray.init(address="local", num_cpus=settings.ray_num_cpus or None, include_dashboard=False)
         log.info(
             "started a local Ray instance at %s (%g CPUs); other drivers join it with "
             "ray.init(address=...)",

@@ -19,8 +19,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
-PUBLISH_EVERY_S = 5.0
-TTL_S = 3 * PUBLISH_EVERY_S
+# Every second, so that /metrics lags the replicas by about a second (a client comparing its own
+# counts with the server's waits that long); an entry lives on for a while after its replica
+# stops publishing (a busy or restarting replica), then its samples leave the sums.
+PUBLISH_EVERY_S = 1.0
+TTL_S = 15.0
 
 
 def merge_expositions(texts: Iterable[str]) -> str:

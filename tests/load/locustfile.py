@@ -306,6 +306,20 @@ def server_request_counts(session: requests.Session, host: str) -> dict[str, flo
     return dict(counts)
 
 
+def settled_request_counts(session: requests.Session, host: str) -> dict[str, float]:
+    """``server_request_counts`` once two reads a second and a half apart agree: a service on
+    Ray merges its replicas' counts as they publish them (every second), so the baseline's
+    requests may show up a moment late."""
+    counts = server_request_counts(session, host)
+    for _attempt in range(5):
+        gevent.sleep(1.5)
+        again = server_request_counts(session, host)
+        if again == counts:
+            break
+        counts = again
+    return counts
+
+
 def discover(environment: Environment) -> Plan:
     host = environment.host.rstrip("/")
     session = _session()
@@ -333,7 +347,7 @@ def discover(environment: Environment) -> Plan:
         dict(PASSED_OVER) or "none",
         ", ".join([PREDICT, *explanations]),
     )
-    SERVER_COUNTS_BEFORE.update(server_request_counts(session, host))
+    SERVER_COUNTS_BEFORE.update(settled_request_counts(session, host))
     return Plan(photos, class_ids, bad_uploads(photos[0].data), explanations)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 
+from service.scaleout.metrics_merge import PUBLISH_EVERY_S
 from tests.hostile.hang_up import explanation_batches, request_counts, wait_for
 from tests.scaleout.conftest import API_KEY, RayService
 from tests.scaleout.multipart import send_whole
@@ -20,7 +21,6 @@ from tests.scaleout.multipart import send_whole
 MAXIMIZE = "/insight/maximize"
 SENT = 2  # the Explain replica's max ongoing requests (conftest)
 SETTLE_TIMEOUT_S = 90.0
-PUBLISH_EVERY_S = 5.0
 
 
 def test_hung_up_syntheses_stop_in_the_replica_and_count_as_499(ray_service: RayService):
