@@ -41,6 +41,7 @@ def checkpoint_from_bundle(bundle: Path) -> tuple[dict, FaceClassifier, Preproce
     """What ``fit`` saves as checkpoint.pt, rebuilt from a bundle (meta.json, split.json, twin)."""
     model, prep, meta = classifier_from_bundle(bundle)
     ckpt = {
+        "name": meta["name"],
         "args": meta["training"]["args"],
         "classes": [c["id"] for c in meta["classes"]],
         "split": json.loads((bundle / "split.json").read_text()),

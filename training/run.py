@@ -181,6 +181,7 @@ def _export(
         split=ckpt["split"],
         meta_extra=meta_extra,
         report_dir=report_dir,
+        name=ckpt.get("name"),  # a re-exported bundle keeps its name; else the directory's
         version=args["version"],
         arrays=arrays,
     )
