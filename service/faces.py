@@ -15,15 +15,23 @@ quarter of its shorter side on every side and searched again, enlarged up to twi
 pass's resolution, with a lower threshold: that catches tight face crops whose face touches the
 border.
 
+What HOG cannot settle gets a second look by dlib's CNN face detector (``second_look``): a face
+that only the retry's lower threshold accepts, and scores below ``second_look.SURE_SCORE``, is
+kept only when the CNN finds it too (coins and coffee cups give such "faces"); and when HOG finds
+nothing in an upload shaped like a face crop, the CNN searches it whole: a face filling it makes
+the upload a face crop (``Face.source`` = ``face_crop``), aligned and classified like any face.
+
 What a request costs is bounded by the pixels searched, not by the upload: each pass searches a
 ``SearchView`` -- the upload resized, then padded -- of at most ``SEARCH_MAX_PIXELS`` pixels
 (HOG time grows with the area), so two passes search at most twice that, whatever the upload's
-size or shape (a blank 20000x16 PNG searches 800x1, then 1600x1 pixels). The retry is skipped
-when the first pass alone took ``RETRY_TIME_BUDGET_S`` (a machine that busy answers ``no_face``
-sooner rather than later). A detector is held for the search itself only, never while an image
-is resized; large passes take turns (``FaceFinder``), so that they leave a detector and a core
-to small ones. Boxes and landmarks are found on the searched pixels and mapped back onto the
-upload by that view's one transform (``SearchView.to_image``).
+size or shape (a blank 20000x16 PNG searches 800x1, then 1600x1 pixels); a second look adds
+views of at most ``second_look.LOOK_MAX_PIXELS`` pixels each, and only while the total stays
+within two passes. The retry is skipped when the first pass alone took ``RETRY_TIME_BUDGET_S``
+(a machine that busy answers ``no_face`` sooner rather than later). A detector is held for the
+search itself only, never while an image is resized; large passes take turns (``FaceFinder``),
+so that they leave a detector and a core to small ones. Boxes and landmarks are found on the
+searched pixels and mapped back onto the upload by that view's one transform
+(``SearchView.to_image``).
 """
 
 from __future__ import annotations
@@ -47,6 +55,18 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import FaceNotFound, NoFace
 from .metrics import FaceSearchMetrics
 from .preprocess import Box
+from .second_look import (
+    CNN_FILE,
+    LOOK_TIME_BUDGET_S,
+    MAX_LOOKS,
+    SURE_SCORE,
+    Region,
+    agrees,
+    candidate_view,
+    crop_views,
+    fills_crop,
+    is_crop_shaped,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,11 +107,14 @@ class AlignmentSpec(BaseModel):
 @dataclass(frozen=True)
 class Face:
     """A detected face: its box (clipped to the image), the detector's score (SVM margin; higher
-    is surer) and its 5 landmarks ``(5, 2)`` as x, y in image pixels."""
+    is surer) and its 5 landmarks ``(5, 2)`` as x, y in image pixels. ``source``: ``detector``
+    for a face found in the photo, ``face_crop`` when the upload itself was taken as a face crop
+    (then ``score`` is the CNN detector's margin, 0 its cut-off too)."""
 
     box: Box
     score: float
     landmarks: np.ndarray
+    source: Literal["detector", "face_crop"] = "detector"
 
     def clipped_to(self, image: Image.Image) -> Face:
         """This face with its box cut to ``image``'s bounds (a face touching the border is
@@ -99,7 +122,8 @@ class Face:
         box = self.box
         x0, y0 = max(0, box.x), max(0, box.y)
         x1, y1 = min(image.width, box.x + box.width), min(image.height, box.y + box.height)
-        return Face(Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0)), self.score, self.landmarks)
+        clipped = Box(x0, y0, max(1, x1 - x0), max(1, y1 - y0))
+        return Face(clipped, self.score, self.landmarks, self.source)
 
 
 @dataclass(frozen=True)
@@ -244,11 +268,11 @@ def _area_scale(width: int, height: int, padding: float) -> float:
 
 class FaceFinder:
     """Detects and aligns faces per an ``AlignmentSpec``. Safe to call from several threads: it
-    keeps a pool of ``workers`` dlib detector + landmark model pairs, built up front (about half
-    a second each), and a search waits for a free pair. Passes over more than
+    keeps a pool of ``workers`` dlib HOG detector + landmark model + CNN detector triples, built
+    up front (about half a second each), and a search waits for a free one. Passes over more than
     ``SMALL_SEARCH_PIXELS`` (large uploads, retries on photos) take turns, at most
-    ``workers - 1`` at once (at least one), resizing included: a stream of them leaves a pair,
-    and a core, to face crops and small photos."""
+    ``workers - 1`` at once (at least one), resizing included: a stream of them leaves a set of
+    models, and a core, to face crops and small photos."""
 
     def __init__(self, spec: AlignmentSpec, workers: int = 2) -> None:
         import dlib  # imported here: only bundles with face alignment need it
@@ -258,14 +282,21 @@ class FaceFinder:
         self._template = np.asarray(spec.points, dtype=np.float64) * [spec.width, spec.height]
         self.metrics = FaceSearchMetrics()
         predictor_path = str(landmarks_model_path())
+        cnn_path = str(face_models_file(CNN_FILE))
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
         for _ in range(max(1, workers)):
-            self._pool.put((dlib.get_frontal_face_detector(), dlib.shape_predictor(predictor_path)))
+            self._pool.put(
+                (
+                    dlib.get_frontal_face_detector(),
+                    dlib.shape_predictor(predictor_path),
+                    dlib.cnn_face_detection_model_v1(cnn_path),
+                )
+            )
         self._large_turns = threading.BoundedSemaphore(max(1, workers - 1))
 
     @contextmanager
-    def _models(self) -> Iterator[tuple[Any, Any]]:
-        """A detector + landmark model pair (dlib's, untyped), once one is free."""
+    def _models(self) -> Iterator[tuple[Any, Any, Any]]:
+        """A HOG detector, landmark model and CNN detector (dlib's, untyped), once free."""
         models = self._pool.get()
         try:
             yield models
@@ -274,7 +305,8 @@ class FaceFinder:
 
     def detect(self, image: Image.Image) -> list[Face]:
         """Every face in ``image`` (RGB), preferred first (see ``preference``). At most two
-        passes of at most ``SEARCH_MAX_PIXELS`` each; both are counted in ``self.metrics``."""
+        passes of at most ``SEARCH_MAX_PIXELS`` each, then, when they found no sure face, second
+        looks within the same total; all are counted in ``self.metrics``."""
         started = time.perf_counter()
         faces, searched = self._search(image, first_pass_scale(*image.size), 0.0, threshold=0.0)
         first_s = time.perf_counter() - started
@@ -283,6 +315,9 @@ class FaceFinder:
                 image, retry_scale(*image.size), RETRY_PADDING, threshold=RETRY_THRESHOLD
             )
             searched += retried
+            if not any(face.score >= SURE_SCORE for face in faces):
+                faces, looked = self._second_look(image, faces, searched, started)
+                searched += looked
         elif not faces:
             log.warning(
                 "no retry of the face search: the first pass took %.2f s (budget %.2f s)",
@@ -294,6 +329,59 @@ class FaceFinder:
             (face.clipped_to(image) for face in faces),
             key=lambda f: -preference(f.box, image.width, image.height),
         )
+
+    def _second_look(
+        self, image: Image.Image, weak: list[Face], searched: int, started: float
+    ) -> tuple[list[Face], int]:
+        """The faces among ``weak`` (retry faces, none sure) that the CNN detector finds too, the
+        preferred ``MAX_LOOKS`` of them; if none, the upload as a face crop when it is shaped like
+        one and the CNN finds a face filling it; and the pixels viewed. A look is skipped when it
+        would take the search past two passes' pixels or ``LOOK_TIME_BUDGET_S``."""
+        size = image.size
+        candidates = sorted(weak, key=lambda f: -preference(f.box, *size))[:MAX_LOOKS]
+        regions = [candidate_view(face.clipped_to(image).box, *size) for face in candidates]
+        if is_crop_shaped(*size):
+            regions += crop_views(*size)
+        viewed = 0
+        for index, region in enumerate(regions):
+            area = view_area((region.box.width, region.box.height), region.scale, region.padding)
+            if searched + viewed + area > 2 * SEARCH_MAX_PIXELS:
+                break
+            if time.perf_counter() - started > LOOK_TIME_BUDGET_S:
+                log.warning("no second look at the face search: over %.2f s", LOOK_TIME_BUDGET_S)
+                break
+            found, seen = self._cnn_faces(image, region)
+            viewed += seen
+            if index < len(candidates):
+                if any(agrees(candidates[index].clipped_to(image).box, f.box) for f in found):
+                    return [candidates[index]], viewed
+            else:
+                crops = [f for f in found if fills_crop(f.box, *size)]
+                if crops:
+                    return [max(crops, key=lambda f: f.score)], viewed
+        return [], viewed
+
+    def _cnn_faces(self, image: Image.Image, region: Region) -> tuple[list[Face], int]:
+        """The CNN detector's faces in ``region``'s view, with landmarks, in the upload's
+        coordinates (``source`` = ``face_crop``), and the pixels viewed."""
+        view = SearchView.of(region.cut(image), region.scale, region.padding)
+        offset = np.array([region.box.x, region.box.y], np.float64)
+        with self._models() as (_, predictor, cnn):
+            found = []
+            for detection in cnn(view.pixels, 0):
+                rect = detection.rect
+                shape = predictor(view.pixels, rect)
+                found.append((rect, detection.confidence, [(p.x, p.y) for p in shape.parts()]))
+        faces = []
+        for rect, score, parts in found:
+            corners = view.to_image(
+                [[rect.left(), rect.top()], [rect.right() + 1, rect.bottom() + 1]]
+            )
+            landmarks = view.to_image(np.asarray(parts, np.float64) + 0.5) - 0.5
+            faces.append(
+                Face(_unclipped(corners + offset), float(score), landmarks + offset, "face_crop")
+            )
+        return faces, view.area
 
     def _search(
         self,
@@ -311,7 +399,7 @@ class FaceFinder:
         found = []
         with self._large_turns if large else nullcontext():
             view = SearchView.of(image, scale, padding)
-            with self._models() as (detector, predictor):
+            with self._models() as (detector, predictor, _):
                 rects, scores, _ = detector.run(view.pixels, 0, threshold)
                 for rect, score in zip(rects, scores, strict=True):
                     shape = predictor(view.pixels, rect)
@@ -361,9 +449,12 @@ class FaceChoice:
         return face.box if face is not None else Box.whole(self.aligned.crop)
 
     @property
-    def source(self) -> Literal["whole_image", "detector"]:
-        """Where ``box`` came from: the detector, or the whole image (no detection)."""
-        return "whole_image" if self.index is None else "detector"
+    def source(self) -> Literal["whole_image", "detector", "face_crop"]:
+        """Where ``box`` came from: the detector, the upload taken as a face crop (the detectors
+        found no face in it, but the CNN found one filling it), or the whole image (no
+        detection)."""
+        face = self.aligned.face
+        return "whole_image" if self.index is None or face is None else face.source
 
 
 def choose_face(

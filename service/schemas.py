@@ -55,9 +55,11 @@ class FaceBox(BaseModel):
     y: int
     width: int
     height: int
-    source: Literal["whole_image", "detector"] = Field(
+    source: Literal["whole_image", "detector", "face_crop"] = Field(
         description="detector: the face found in the photo (cropped upright, aligned by its "
-        "landmarks); whole_image: no face detection, the full image was used"
+        "landmarks); face_crop: the upload itself was taken as a face crop (no face detected "
+        "in it as a photo, but a face filling it; aligned by its landmarks the same way); "
+        "whole_image: no face detection, the full image was used"
     )
 
     @classmethod
