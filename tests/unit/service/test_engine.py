@@ -190,7 +190,9 @@ def test_engine_infer_chunks_like_one_run_and_close_releases_everything(session)
     engine, batch, chunked, row, stats = asyncio.run(scenario())
 
     np.testing.assert_allclose(chunked, engine.run(batch), atol=1e-5)
-    np.testing.assert_allclose(row, chunked[3], atol=1e-5)
+    logits, embedding = engine.split_row(row, chunked.shape[1])
+    np.testing.assert_allclose(logits, chunked[3], atol=1e-5)
+    assert engine.has_embedding and embedding is not None and embedding.shape == (128,)
     assert stats.batch_size == 1
     assert engine.batcher is None
     with pytest.raises(RuntimeError, match="not started"):
