@@ -7,7 +7,12 @@ One run prints, for the bundle (default models/celebs8):
    without a detected face as wrong, next to the accuracy on the crops as they are;
 3. the open-set decision as calibrated in meta.json: AUROC and operating point on held-out
    strangers, and how many wild photos it calls strangers;
-4. the latency detection and alignment add per request (median and p95, one thread).
+4. the latency detection and alignment add per request (median and p95, one thread);
+5. every crop of celebs8 and others through the service's ``choose_face``: how many answer
+   ``no_face``, how many are taken as face crops (``face_crop``), and the time per crop;
+6. the non-face images (tests/nonface_images.py: skimage's photos, the same at a crop's size and
+   cut to their centre square, textures), as PNG and as JPEG: how many get a "face" (a 200
+   instead of 422 ``no_face``), and the time per image.
 
     python bench/bench_faces.py [--bundle models/celebs8] [--data ../shared/data]
 """
@@ -15,9 +20,12 @@ One run prints, for the bundle (default models/celebs8):
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
+import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,11 +34,65 @@ from PIL import Image
 from service.bundle import ONNX_FILE, read_meta
 from service.common.softmax import softmax
 from service.engine import create_session
-from service.faces import FaceFinder
+from service.errors import NoFace
+from service.faces import FaceFinder, choose_face
 from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
+sys.path.insert(0, str(ROOT))
+
+from tests.nonface_images import nonface_images  # noqa: E402
+
+
+def _timed_choice(finder: FaceFinder, image: Image.Image) -> tuple[str, float]:
+    """``choose_face``'s source for ``image`` (``no_face`` when it raises so) and its seconds."""
+    started = time.perf_counter()
+    try:
+        source = choose_face(finder, image, detect=True, index=None).source
+    except NoFace:
+        source = "no_face"
+    return source, time.perf_counter() - started
+
+
+def _jpeg(image: Image.Image) -> Image.Image:
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=90)
+    return Image.open(buffer).convert("RGB")
+
+
+def _ms(seconds: list[float]) -> str:
+    ms = np.array(seconds) * 1000
+    return (
+        f"median {np.median(ms):.1f} ms, p95 {np.percentile(ms, 95):.1f} ms, max {ms.max():.0f} ms"
+    )
+
+
+def crops_and_nonfaces(finder: FaceFinder, data: Path) -> None:
+    """Items 5 and 6: face crops that answer no_face, non-face images that answer a face."""
+    crops = sorted(data.glob("celebs8/*/*.png")) + sorted(data.glob("others/*/*.png"))
+    sources: Counter[str] = Counter()
+    missed, crop_s = [], []
+    for path in crops:
+        source, seconds = _timed_choice(finder, Image.open(path).convert("RGB"))
+        sources[source] += 1
+        crop_s.append(seconds)
+        if source == "no_face":
+            missed.append(str(path.relative_to(data)))
+    print(f"crops (celebs8 + others) by face_box.source: {dict(sorted(sources.items()))}")
+    print(f"crops answering no_face:             {len(missed)}/{len(crops)} {missed}")
+    print(f"face search per crop:                {_ms(crop_s)}")
+    faces, nonface_s = [], []
+    images = nonface_images()
+    for name, make in images.items():
+        image = make()
+        for encoding, sent in (("png", image), ("jpeg", _jpeg(image))):
+            source, seconds = _timed_choice(finder, sent)
+            nonface_s.append(seconds)
+            if source != "no_face":
+                faces.append(f"{name}.{encoding}:{source}")
+    print(f"non-face images given a face (200):  {len(faces)}/{2 * len(images)} {faces}")
+    print(f"face search per non-face image:      {_ms(nonface_s)}")
 
 
 def main() -> None:
@@ -103,6 +165,7 @@ def main() -> None:
         f"p95 {np.percentile(ms, 95):.1f} ms "
         f"(one thread, {len(ms)} images of 112x112 and 250x250)"
     )
+    crops_and_nonfaces(finder, args.data)
 
 
 if __name__ == "__main__":

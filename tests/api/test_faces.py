@@ -8,6 +8,7 @@ import image_bytes as ib
 import numpy as np
 import pytest
 from httpx import Response
+from nonface_images import nonface_images
 from PIL import Image, ImageFilter
 
 
@@ -208,3 +209,31 @@ def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_siz
     assert not problems, (
         f"{len(problems)} of {compared} close-ups differ from their crop: {problems}"
     )
+
+
+@pytest.mark.parametrize(("name", "make"), list(nonface_images().items()))
+def test_a_non_face_image_is_a_422_no_face(post_image, name, make):
+    """skimage's photos (a rocket, coins, a cat, text...), at their size and a face crop's, and
+    textures: none is classified. Sent as JPEG (the largest PNGs exceed the test app's upload
+    limit); tests/unit/service/test_face_crops.py takes them as they are."""
+    data = ib.encode(make(), "JPEG", quality=90)
+    response = post_image(data, filename=f"{name}.jpg", content_type="image/jpeg")
+    assert response.status_code == 422, (name, response.text[:200])
+    assert response.json()["error"]["code"] == "no_face"
+
+
+# Tight crops in which the HOG detector finds no face (see tests/unit/service/test_face_crops.py).
+FACE_CROPS = ("tom_hanks/10000.png", "halle_berry/2192.png")
+
+
+@pytest.mark.parametrize("relative", FACE_CROPS)
+def test_a_tight_crop_without_a_detected_face_is_classified_as_a_face_crop(
+    post_image, celebs_root, relative
+):
+    response = post_image((celebs_root / relative).read_bytes())
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["face_box"]["source"] == "face_crop"
+    assert body["face_index"] == 0 and len(body["faces"]) == 1
+    assert body["face_box"]["width"] >= 0.45 * 112
+    assert body["label"] == relative.split("/")[0]
