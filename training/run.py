@@ -372,19 +372,19 @@ def export_command(args) -> int:
         name: FaceDataset(root, [tuple(s) for s in ckpt["split"]["splits"][name]], prep, desc=name)
         for name in SPLITS
     }
-    if args.bundle and report_dir.is_dir():  # the bundle is replaced: copy its report first
-        staged = Path(tempfile.mkdtemp(prefix="report-"))
-        report_dir = Path(shutil.copytree(report_dir, staged / "report"))
-    meta = _export(
-        ckpt,
-        model,
-        prep,
-        sets,
-        Path(args.out),
-        report_dir if report_dir.is_dir() else None,
-        _others(args),
-        not args.no_insight,
-    )
+    with tempfile.TemporaryDirectory(prefix="report-") as staged:
+        if args.bundle and report_dir.is_dir():  # the bundle is replaced: copy its report first
+            report_dir = Path(shutil.copytree(report_dir, Path(staged) / "report"))
+        meta = _export(
+            ckpt,
+            model,
+            prep,
+            sets,
+            Path(args.out),
+            report_dir if report_dir.is_dir() else None,
+            _others(args),
+            not args.no_insight,
+        )
     print(f"wrote {args.out} (parity max |diff| {meta['parity']['max_abs_diff']:.2e})")
     return 0
 

@@ -248,3 +248,26 @@ def test_missing_strangers_folder_fails_before_training(celebs_root, tmp_path, c
     assert code == 2
     assert "--others none" in caplog.text
     assert not out.exists() and not (tmp_path / "run").exists()
+
+
+def test_export_from_a_bundle_keeps_its_weights_and_name(tiny_bundle, celebs_root, tmp_path):
+    out, _ = tiny_bundle
+    target = tmp_path / "again"
+    assert main(["export", "--bundle", str(out), "--out", str(target), "--no-insight"]) == 0
+    before = json.loads((out / "meta.json").read_text())
+    after = json.loads((target / "meta.json").read_text())
+    assert after["name"] == before["name"] == "tiny"
+    assert after["metrics"] == before["metrics"] and after["selection"] == before["selection"]
+    assert after["open_set"]["threshold"] == pytest.approx(
+        before["open_set"]["threshold"], abs=1e-5
+    )
+    prep = Preprocessing(
+        **{k: tuple(v) if isinstance(v, list) else v for k, v in before["input"].items()}
+    )
+    files = [sorted((celebs_root / c["id"]).glob("*.png"))[-1] for c in before["classes"][:3]]
+    x = prep.standardise(
+        torch.from_numpy(np.stack([prep.load(f) for f in files])).permute(0, 3, 1, 2)
+    ).numpy()
+    np.testing.assert_allclose(
+        onnx_logits(target / "model.onnx", x), onnx_logits(out / "model.onnx", x), atol=1e-5
+    )
