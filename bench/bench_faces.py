@@ -31,11 +31,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.bundle import ONNX_FILE, read_meta
+from service.bundle import ONNX_FILE, load_gallery, read_meta
 from service.common.softmax import softmax
 from service.engine import create_session
 from service.errors import NoFace
 from service.faces import FaceFinder, choose_face
+from service.model import open_set_rule
 from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -110,8 +111,17 @@ def main() -> None:
     preprocess = Preprocessor(meta.input)
     session = create_session(args.bundle / ONNX_FILE, "cpu", 1)
 
+    rule = open_set_rule(meta, load_gallery(args.bundle, meta), None)
+    outputs = [out.name for out in session.get_outputs()]
+
     def probabilities(image: Image.Image) -> np.ndarray:
         return softmax(session.run(["logits"], {"input": preprocess(image)[None]})[0])[0]
+
+    def known(image: Image.Image) -> bool:
+        """The bundle's open-set decision, as /predict's ``open_set.known``."""
+        results = session.run(outputs, {"input": preprocess(image)[None]})
+        embedding = results[1][0] if len(results) > 1 else None
+        return rule is None or rule(results[0][0], embedding) >= rule.threshold
 
     wild = sorted((args.data / "wild_others").glob("*.jpg"))
     detect_s, wild_found, wild_unknown = [], 0, 0
@@ -123,7 +133,7 @@ def main() -> None:
         detect_s.append(time.perf_counter() - started)
         if aligned is not None:
             wild_found += 1
-            wild_unknown += probabilities(aligned.crop).max() < meta.open_set.threshold
+            wild_unknown += not known(aligned.crop)
 
     split = json.loads((args.bundle / "split.json").read_text())["splits"]["test"]
     root = args.data / "celebs8"
