@@ -1,9 +1,8 @@
 """Face crops are never "no face", non-face images always are: ``choose_face`` on every crop of
 the data folder and on skimage's photos and textures (tests/nonface_images.py).
 
-The second look's time budget is lifted in the tests over many images (a machine shared with
-other test runs would otherwise turn a crop into no_face by the clock); the budget itself is
-tested on its own.
+The second look's budget is CPU time, so these hold on a machine busy with other work too; the
+pixel bound is tested with the time budget lifted, and the time budget on its own.
 """
 
 from __future__ import annotations
@@ -83,7 +82,7 @@ def _source(finder: FaceFinder, image: Image.Image) -> str:
 
 
 @pytest.mark.parametrize(("folder", "sample"), [("celebs8", 400), ("others", 120)])
-def test_face_crops_are_classified(finder, data_root, no_clock, folder, sample):
+def test_face_crops_are_classified(finder, data_root, folder, sample):
     """A seeded sample (all of them: ~35 s unloaded, minutes on a shared machine; the crops that
     failed before are all in ``HOG_MISSES``, and bench/bench_faces.py runs all 2,008)."""
     every = sorted((data_root / folder).glob("*/*.png"))
@@ -94,7 +93,7 @@ def test_face_crops_are_classified(finder, data_root, no_clock, folder, sample):
     assert "detector" in sources.values()
 
 
-def test_crops_the_hog_detector_misses_are_taken_as_face_crops(finder, data_root, no_clock):
+def test_crops_the_hog_detector_misses_are_taken_as_face_crops(finder, data_root):
     for relative in HOG_MISSES:
         image = Image.open(data_root / relative).convert("RGB")
         choice = choose_face(finder, image, detect=True, index=None)
@@ -109,7 +108,7 @@ def test_crops_the_hog_detector_misses_are_taken_as_face_crops(finder, data_root
 
 
 @pytest.mark.parametrize(("name", "make"), list(nonface_images().items()))
-def test_no_face_in_a_non_face_image(finder, no_clock, name, make):
+def test_no_face_in_a_non_face_image(finder, name, make):
     assert _source(finder, make()) == "no_face", name
 
 
@@ -126,7 +125,6 @@ def test_a_weak_retry_face_without_the_cnn_agreeing_is_dropped(finder, name):
 
 def test_no_second_look_once_over_the_time_budget(finder, data_root, monkeypatch):
     image = Image.open(data_root / HOG_MISSES[0]).convert("RGB")
-    monkeypatch.setattr(faces, "LOOK_TIME_BUDGET_S", float("inf"))
     assert finder.detect(image)
     monkeypatch.setattr(faces, "LOOK_TIME_BUDGET_S", 0.0)
     assert finder.detect(image) == []
