@@ -29,6 +29,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from _common import add_bundle_args
 
 from service.bundle import ONNX_FILE, read_meta
 from service.engine import create_session
@@ -36,25 +37,13 @@ from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
 BOUNDARY = "celebxai-bench-boundary"
 BATCH_SIZE_PATTERN = re.compile(rb'"batch_size":(\d+)')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=ROOT / "models" / "celebs8",
-        help="bundle directory (default: models/celebs8)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="face data root with celebs8/ (default: ../shared/data)",
-    )
+    add_bundle_args(parser)
     parser.add_argument(
         "--images", type=int, default=64, help="distinct photos to cycle (default: 64)"
     )
