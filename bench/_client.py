@@ -8,7 +8,9 @@ faithfulness curves.
 
 from __future__ import annotations
 
+import io
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -72,6 +74,16 @@ def _upload(photo: bytes) -> dict[str, tuple[str, bytes, str]]:
     return {"file": ("face.png", photo, "image/png")}
 
 
+def model_sized_png(photo: Path, size: tuple[int, int]) -> bytes:
+    """``photo`` resized bilinearly to the model input's ``size`` = (width, height), as PNG.
+    Sent whole (``detect=false``), it is the model input itself (no resize in the service), and
+    its answer's grid is the method's map over that input, pixel for pixel."""
+    image = Image.open(photo).convert("RGB").resize(size, Image.Resampling.BILINEAR)
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def grid_values(answer: dict[str, Any]) -> np.ndarray:
     """An explanation answer's heatmap grid, ``(height, width)`` float32 in the upload's
     coordinates (values as sent: scaled to the method's value range)."""
@@ -79,8 +91,11 @@ def grid_values(answer: dict[str, Any]) -> np.ndarray:
 
 
 def on_model_input(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A grid laid on a whole-image upload (``detect=false``), resized bilinearly to the model
-    input's ``size`` = (width, height): the map over the model input, up to interpolation."""
+    """A grid laid on a whole-image upload (``detect=false``) as a map over the model input of
+    ``size`` = (width, height): as it is for an upload of that size (``model_sized_png``),
+    resized bilinearly otherwise."""
+    if grid.shape == (size[1], size[0]):
+        return grid
     image = Image.fromarray(grid.astype(np.float32), mode="F")
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 

@@ -12,8 +12,9 @@ else set), one after the other (never both at once), and gets the same requests:
    training face; p50 of the client's wall time. The two services' maps of the same face are
    compared (Spearman rank correlation).
 2. faithfulness of occlusion and LIME: deletion AUC (``service/explain/faithfulness.py``) of the
-   maps each service returns for ``--faith-n`` test faces sent whole (``detect=false``: the
-   map in the upload's coordinates is the map over the model input, resized), judged by the
+   maps each service returns for ``--faith-n`` test faces resized to the model's input size
+   and sent whole (``detect=false``: the upload is the model input, and the map in its
+   coordinates is the map over the model input, pixel for pixel), judged by the
    bundle's FP32 ONNX model in this process; LIME's seed-to-seed stability: Spearman
    correlation of maps with seeds s and s+1 on ``--stability-n`` of those faces.
 3. ``/predict``: the label of every test face (accuracy, agreement old/new); then ``--clients``
@@ -32,6 +33,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -44,7 +46,13 @@ from typing import Any
 
 import numpy as np
 import psutil
-from _client import ServiceClient, grid_values, on_model_input, rank_correlation
+from _client import (
+    ServiceClient,
+    grid_values,
+    model_sized_png,
+    on_model_input,
+    rank_correlation,
+)
 from _common import DEFAULT_BUNDLE, ROOT, add_bundle_args, machine_load, split_items, spread
 from bench_predict import load_level, multipart_request, raw_throughput
 from PIL import Image
@@ -450,7 +458,10 @@ def parameter_lines(old: ServiceRun, new: ServiceRun) -> list[str]:
 # -- the run -------------------------------------------------------------------------------------
 
 
-def load_faces(args: argparse.Namespace) -> dict[str, Any]:
+def load_faces(args: argparse.Namespace, input_size: tuple[int, int]) -> dict[str, Any]:
+    """The test faces as files (``test``; ``timed`` and ``accuracy`` spread over them), the
+    ``faith`` faces resized to the model's ``input_size`` (sent whole, each is its own model
+    input), and a training face to warm up on."""
     test = [
         Face(relative, label, (args.data / "celebs8" / relative).read_bytes())
         for relative, label in split_items(args.model, "test")
@@ -460,7 +471,12 @@ def load_faces(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "test": test,
         "timed": spread(test, args.requests),
-        "faith": spread(test, args.faith_n),
+        "faith": [
+            Face(
+                f.relative, f.label, model_sized_png(args.data / "celebs8" / f.relative, input_size)
+            )
+            for f in spread(test, args.faith_n)
+        ],
         "accuracy": spread(test, args.accuracy_n or len(test)),
         "warm": warm,
     }
@@ -478,7 +494,8 @@ def main(args: argparse.Namespace) -> None:
         raise SystemExit(f"no face data at {args.data / 'celebs8'}; pass --data")
     meta = read_meta(args.model)
     class_ids = [c.id for c in meta.classes]
-    faces = load_faces(args)
+    preprocess = Preprocessor(meta.input)
+    faces = load_faces(args, preprocess.size)
     print(
         f"bundle {meta.name} {meta.version}; {len(faces['test'])} test faces; "
         f"{os.cpu_count()} cores; {machine_load({os.getpid()})}",
@@ -495,15 +512,13 @@ def main(args: argparse.Namespace) -> None:
     print("raw ONNX Runtime again, after both services (the table uses the first):", flush=True)
     raw_after = raw_throughput(raw_args, photos, [max(raw, key=raw.__getitem__)])
 
-    preprocess = Preprocessor(meta.input)
     session = create_session(args.model / ONNX_FILE, "cpu", 0)
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"input": batch})[0]
 
     inputs = [
-        preprocess(Image.open(args.data / "celebs8" / face.relative).convert("RGB"))
-        for face in faces["faith"]
+        preprocess(Image.open(io.BytesIO(face.photo)).convert("RGB")) for face in faces["faith"]
     ]
     aucs = {
         run.name: {
@@ -519,7 +534,8 @@ def main(args: argparse.Namespace) -> None:
     print(
         f"{args.requests} requests per explanation row, one at a time, a different test face "
         f"each; /predict: {args.clients} clients for {args.duration:.0f} s; deletion AUC on "
-        f"{len(inputs)} whole test faces, judged by the FP32 ONNX model\n"
+        f"{len(inputs)} test faces sent whole at the model's input size, judged by the "
+        "FP32 ONNX model\n"
     )
     print(markdown(rows))
     print("\nparameters (from each service's GET /explain; the row's own fixed ones applied):")
