@@ -44,10 +44,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import psutil
 from _client import (
     ServiceClient,
+    ServiceError,
     grid_values,
     model_sized_png,
     on_model_input,
@@ -108,7 +110,7 @@ class ServiceRun:
     root: str
     commit: str
     precision: str
-    quantization: Any
+    int8_gates: Any
     provider: str
     parameters: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     seconds: dict[str, list[float]] = dataclasses.field(default_factory=dict)
@@ -204,12 +206,17 @@ def commit_of(root: Path) -> str:
 
 
 def precision_of(model: dict[str, Any]) -> tuple[str, Any]:
-    """The precision ``GET /model`` says is served (``fp32`` when it says none: the services
-    before INT8 only had FP32), and the bundle's quantisation record if meta.json has one."""
+    """The precision ``GET /model`` says serves (``fp32`` when it says none: the services
+    before INT8 served FP32 alone), and the INT8 graph's recorded gates when meta.json has
+    them (``precision.int8.gates``: accuracy drop, label agreement, AUROC drop, passed)."""
     runtime, meta = model.get("runtime", {}), model.get("meta", {})
-    precision = runtime.get("precision") or meta.get("precision") or "fp32 (not reported)"
-    record = {key: value for key, value in meta.items() if "quant" in key or "int8" in key}
-    return str(precision), record or None
+    precision = runtime.get("precision") or "fp32 (not reported)"
+    int8 = (meta.get("precision") or {}).get("int8") or {}
+    gates = int8.get("gates")
+    if not gates:
+        return str(precision), None
+    keys = ("accuracy_drop_points", "label_agreement", "auroc_drop", "passed")
+    return str(precision), {key: gates.get(key) for key in keys}
 
 
 def explain_params(row: ExplainRow, defaults: dict[str, Any]) -> dict[str, Any]:
@@ -221,6 +228,7 @@ def explain_params(row: ExplainRow, defaults: dict[str, Any]) -> dict[str, Any]:
 def measure_explanations(
     client: ServiceClient, run: ServiceRun, faces: list[Face], warm: Face
 ) -> None:
+    """Every row's method on ``faces``, one request at a time, after one on ``warm``."""
     for row in ROWS:
         params = explain_params(row, run.parameters[row.method])
         client.explain(row.method, warm.photo, **params)
@@ -267,7 +275,7 @@ def measure_predict(
     for face in faces:
         try:
             run.labels.append(client.predict(face.photo)["label"])
-        except Exception as error:  # a refused face counts as a wrong answer, and is said
+        except (ServiceError, httpx.HTTPError) as error:  # counted wrong, and said
             log.warning("%s: /predict of %s: %s", run.name, face.relative, error)
             run.labels.append(None)
     requests = [multipart_request(port, face.photo) for face in load_faces]
@@ -305,9 +313,9 @@ def measure_service(
     client = ServiceClient(f"http://127.0.0.1:{port}")
     try:
         model = client.model_info()
-        precision, quantization = precision_of(model)
+        precision, int8_gates = precision_of(model)
         provider = model["runtime"]["provider"]
-        run = ServiceRun(name, str(root), commit_of(root), precision, quantization, provider)
+        run = ServiceRun(name, str(root), commit_of(root), precision, int8_gates, provider)
         run.parameters = client.method_parameters()
         measure_explanations(client, run, faces["timed"], faces["warm"])
         measure_faithfulness(client, run, faces["faith"], args.stability_n)
@@ -543,7 +551,7 @@ def main(args: argparse.Namespace) -> None:
     for run in (old, new):
         print(
             f"{run.name}: {run.provider}, precision {run.precision}; "
-            f"quantisation record in meta.json: {run.quantization}"
+            f"INT8 gates recorded in meta.json: {run.int8_gates or 'none'}"
         )
         print(f"{run.name}: before: {run.load_before}\n{run.name}: after: {run.load_after}")
     print(
@@ -555,13 +563,22 @@ def main(args: argparse.Namespace) -> None:
         print(f"wrote {args.json}")
 
 
-def report(old, new, aucs, raw, raw_after, rows) -> dict[str, Any]:
+def report(
+    old: ServiceRun,
+    new: ServiceRun,
+    aucs: dict[str, dict[str, list[float]]],
+    raw: dict[int, float],
+    raw_after: dict[int, float],
+    rows: list[dict[str, str]],
+) -> dict[str, Any]:
+    """Every figure of the run, for ``--json``."""
+
     def figures(run: ServiceRun) -> dict[str, Any]:
         return {
             "root": run.root,
             "commit": run.commit,
             "precision": run.precision,
-            "quantization": run.quantization,
+            "int8_gates": run.int8_gates,
             "parameters": run.parameters,
             "seconds": run.seconds,
             "deletion_auc": aucs[run.name],

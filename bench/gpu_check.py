@@ -132,17 +132,17 @@ def compare(reference: ServiceRun, device: ServiceRun, min_spearman: float) -> l
 def print_latency(runs: list[ServiceRun]) -> None:
     from bench_speed import ROWS
 
-    print(f"\n{'p50 latency (ms)':<24}" + "".join(f"{run.name:>14}" for run in runs))
-    for row in ROWS:
-        print(f"{row.title:<24}" + "".join(f"{run.p50(row.method) * 1000:>14.1f}" for run in runs))
-    print(
-        f"{'/predict req/s':<24}" + "".join(f"{run.predict['throughput']:>14.1f}" for run in runs)
-    )
-    print(f"{'/predict p50 (ms)':<24}" + "".join(f"{run.predict['p50']:>14.1f}" for run in runs))
-    print(
-        f"{'server CPU ms/request':<24}"
-        + "".join(f"{run.cpu_per_request_s * 1000:>14.1f}" for run in runs)
-    )
+    width = max(14, *(len(run.name) + 2 for run in runs))
+    lines = [("p50 latency (ms)", [run.name for run in runs])]
+    lines += [(row.title, [f"{run.p50(row.method) * 1000:.1f}" for run in runs]) for row in ROWS]
+    lines += [
+        ("/predict req/s", [f"{run.predict['throughput']:.1f}" for run in runs]),
+        ("/predict p50 (ms)", [f"{run.predict['p50']:.1f}" for run in runs]),
+        ("server CPU ms/request", [f"{run.cpu_per_request_s * 1000:.1f}" for run in runs]),
+    ]
+    print()
+    for title, cells in lines:
+        print(f"{title:<24}" + "".join(f"{cell:>{width}}" for cell in cells))
 
 
 def main(args: argparse.Namespace) -> int:
