@@ -14,6 +14,12 @@ def test_model_reports_the_precision_that_serves(client):
     runtime = client.get("/model").json()["runtime"]
 
     assert (runtime["precision"], runtime["onnx_file"]) == ("fp32", ONNX_FILE)
+    info = next(
+        line
+        for line in client.get("/metrics").text.splitlines()
+        if line.startswith("celebxai_model_info{")
+    )
+    assert 'precision="fp32"' in info
 
 
 def test_int8_without_the_file_leaves_the_service_not_ready(
