@@ -72,9 +72,16 @@ def test_a_face_and_its_mirror_have_one_flip_averaged_embedding(real_features):
 
 
 def test_mirrored_candidates_score_gallery_and_query_alike(real_features):
-    from training.open_set_study import LOGIT_BASED, MIRRORED, candidate_scores, evaluate
+    from training.open_set_study import (
+        LOGIT_BASED,
+        MIRRORED,
+        candidate_scores,
+        evaluate,
+        nearest_face_accuracy,
+    )
 
     as_gallery = dict(real_features, val=real_features["train"])
+    assert nearest_face_accuracy(as_gallery)["fine_tuned"]["val"] == 1.0
     scores = candidate_scores(as_gallery)
     nearest = scores["cosine to 1-NN training face, fine-tuned" + MIRRORED]
     # a training face queried against the gallery it is in finds itself: the query and the
