@@ -71,6 +71,23 @@ class Settings(BaseSettings):
         description="explanations waiting for a turn; more are refused with 503 overloaded "
         "(Retry-After), so that /predict stays fast",
     )
+    max_jobs: int = Field(
+        16,
+        ge=1,
+        description="explanation jobs (POST /jobs/...) queued or running at once, in all; more "
+        "are refused with 429 too_many_jobs",
+    )
+    max_jobs_per_key: int = Field(
+        4, ge=1, description="explanation jobs queued or running at once per API key"
+    )
+    job_ttl_s: float = Field(
+        600.0, gt=0, description="a finished job (and its result) is kept this long (s)"
+    )
+    job_event_interval_s: float = Field(
+        0.25,
+        gt=0,
+        description="GET /jobs/{id}/events sends at most one progress event per this many s",
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="largest accepted upload (bytes); larger gives 413"
     )
