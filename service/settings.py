@@ -112,7 +112,9 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         None,
-        description="when set, image endpoints and /model require it in the X-API-Key header",
+        description="when set, image endpoints, jobs and /model require it in the X-API-Key "
+        "header; several keys (one per client) separated by commas: a job is visible only "
+        "with the key that made it",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level of the service and uvicorn"
@@ -238,6 +240,8 @@ class Settings(BaseSettings):
                 f"the API key is empty; unset {ENV_PREFIX}API_KEY (and drop --api-key) to serve "
                 "without authentication, or give a non-empty key"
             )
+        if isinstance(value, str) and not all(key.strip() for key in value.split(",")):
+            raise ValueError("an API key in the comma-separated list is empty")
         return value
 
 
