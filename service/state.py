@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Literal
 
 from .jobs.metrics import JobMetrics
 from .jobs.runner import JobRunner
-from .jobs.store import JobStore
+from .jobs.store import Jobs, JobStore
 from .metrics import FaceSearchMetrics, ServiceMetrics
 from .pixel_budget import PixelBudget
 from .settings import Settings
@@ -62,7 +62,7 @@ class ServiceState:
     limiter: InFlightLimiter = field(init=False)
     explanations: ExplanationGate = field(init=False)
     decodes: PixelBudget = field(init=False)
-    jobs: JobStore = field(init=False)
+    jobs: Jobs = field(init=False)
     job_runner: JobRunner = field(init=False)
     # Made by the lifespan: the explanation result cache (before loading) and the model's
     # insight inspector (once it is loaded).
@@ -81,9 +81,15 @@ class ServiceState:
             max_jobs=self.settings.max_jobs,
             max_jobs_per_key=self.settings.max_jobs_per_key,
         )
-        job_metrics = JobMetrics(self.metrics.registry, self.jobs.counts)
-        self.jobs.on_change = job_metrics.observe
-        self.job_runner = JobRunner(self.jobs, self.explanations)
+        self.jobs.on_change = JobMetrics(self.metrics.registry, self.jobs.counts).observe
+        self.use_job_store(self.jobs)
+
+    def use_job_store(self, store: Jobs) -> None:
+        """Keep jobs in ``store`` (in Ray mode, the one every replica shares)."""
+        self.jobs = store
+        self.job_runner = JobRunner(
+            store, self.explanations, on_pass=self.metrics.explanation_batches.inc
+        )
 
     def _face_search_metrics(self) -> FaceSearchMetrics | None:
         """The loaded model's face finder's metrics (it is made with the model, after the

@@ -10,17 +10,15 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from ..metrics import LATENCY_BUCKETS, PREFIX
-from .store import Job, JobState
+from .store import JobView
 
 JOB_BUCKETS = (*LATENCY_BUCKETS, 60, 120, 300)
 
 
 class JobMetrics:
-    """Registered in the app's registry; ``observe`` is the store's ``on_change``."""
+    """Registered in a registry; ``observe`` is the store's ``on_change``."""
 
-    def __init__(
-        self, registry: CollectorRegistry, counts: Callable[[], dict[JobState, int]]
-    ) -> None:
+    def __init__(self, registry: CollectorRegistry, counts: Callable[[], dict[str, int]]) -> None:
         registry.register(_JobCounts(counts))
         self.queue_wait = Histogram(
             f"{PREFIX}_job_queue_wait_seconds",
@@ -42,22 +40,22 @@ class JobMetrics:
             registry=registry,
         )
 
-    def observe(self, job: Job, before: JobState | None) -> None:
+    def observe(self, job: JobView, before: str | None) -> None:
         """Record a job's change of state (``before`` None: the job was just made)."""
         if job.state == before:
             return
-        if job.state == "running" and job.started is not None:
-            self.queue_wait.observe(job.started - job.created)
-        if job.is_finished and job.finished is not None:
-            if job.started is not None:
-                self.run_time.labels(job.method).observe(job.finished - job.started)
+        if job.state == "running":
+            self.queue_wait.observe(job.queue_wait_s)
+        if job.is_finished:
+            if before == "running":
+                self.run_time.labels(job.method).observe(job.elapsed_s)
             self.ended.labels(job.method, job.state).inc()
 
 
 class _JobCounts(Collector):
     """The jobs held right now, by state, read from the store at scrape time."""
 
-    def __init__(self, counts: Callable[[], dict[JobState, int]]) -> None:
+    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
         self.counts = counts
 
     def collect(self) -> Iterable[Metric]:

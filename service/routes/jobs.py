@@ -39,11 +39,10 @@ from ..deps import (
     class_index,
     in_flight_slot,
 )
-from ..errors import JobNotDone
 from ..explain import Heatmap
-from ..jobs.progress import PassCounter, planned_passes
+from ..jobs.progress import planned_passes
 from ..jobs.runner import JobWork
-from ..jobs.store import Job, JobResult
+from ..jobs.store import JobResult, Jobs, JobView
 from ..schemas import JobStatus, error_responses
 from ..state import ServiceState
 from .explain import TargetQuery, compute, explanation_key, explanation_response
@@ -83,11 +82,9 @@ async def maximize_job(
 ) -> JSONResponse:
     objective = objective_of(inspector, query)
     params = maximize_params(query)
-    counter = PassCounter(planned_passes("maximize", params.model_dump(), (0, 0)))
-    job = _new_job(state, owner, "maximize", params.model_dump(), counter)
 
-    def work(job: Job) -> Any:
-        return inspector.synthesize(objective, params, job.cancellation)
+    def compute(cancellation: Cancellation) -> Any:
+        return inspector.synthesize(objective, params, cancellation)
 
     def finish(value: Any, compute_ms: float) -> JobResult:
         synthesis, cached = value
@@ -95,7 +92,10 @@ async def maximize_job(
         body = synthesis_response(query, params, synthesis, cached, png)
         return JobResult(body.model_dump(mode="json"), {"png": png})
 
-    return _started(state, job, JobWork(work, finish))
+    planned = planned_passes("maximize", params.model_dump(), (0, 0))
+    return await _start(
+        state, owner, "maximize", params.model_dump(), JobWork(compute, finish, planned)
+    )
 
 
 @router.post(
@@ -121,15 +121,13 @@ async def explain_job(
     target_index = None if target is None else class_index(model, target)
     method = call.explainer.name
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
-    counter = PassCounter(planned_passes(method, call.params, side))
-    job = _new_job(state, owner, method, call.params, counter)
     key = explanation_key(model, inputs, call, target_index)
 
-    def work(job: Job) -> tuple[Heatmap, bool]:
+    def work(cancellation: Cancellation) -> tuple[Heatmap, bool]:
         found: Heatmap | None = cache.get(key)
         if found is not None:
             return found, True
-        heatmap = compute(model, call, inputs.x, target_index, job.cancellation)
+        heatmap = compute(model, call, inputs.x, target_index, cancellation)
         cache.put(key, heatmap)
         return heatmap, False
 
@@ -143,7 +141,8 @@ async def explain_job(
         negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
         return JobResult(body.model_dump(mode="json"), renders, negligible)
 
-    return _started(state, job, JobWork(work, finish))
+    planned = planned_passes(method, call.params, side)
+    return await _start(state, owner, method, call.params, JobWork(work, finish, planned))
 
 
 @router.get(
@@ -152,7 +151,7 @@ async def explain_job(
     responses=error_responses(401, 404),
 )
 async def job_status(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
-    return status_of(state.jobs.get(job_id, owner))
+    return status_of(await state.jobs.get(job_id, owner))
 
 
 @router.get(
@@ -172,17 +171,9 @@ async def job_result(
         Query(description="json, png or overlay, as the synchronous call (maximize: json, png)"),
     ] = "json",
 ) -> Response:
-    job = state.jobs.get(job_id, owner)
-    if job.result is None:
-        why = f": {job.error['message']}" if job.error else ""
-        raise JobNotDone(f"job {job_id} is {job.state}{why}; its result comes once it is done")
-    if format == "json":
-        return JSONResponse(job.result.body, headers=job.result.headers)
-    if format not in job.result.renders:
-        raise JobNotDone(f"a {job.method} job has no {format} result; formats: json, png")
-    return Response(
-        job.result.renders[format], media_type=PNG_MEDIA_TYPE, headers=job.result.headers
-    )
+    content, headers = await state.jobs.render(job_id, owner, format)
+    media_type = "application/json" if format == "json" else PNG_MEDIA_TYPE
+    return Response(content, media_type=media_type, headers=headers)
 
 
 @router.get(
@@ -199,10 +190,10 @@ async def job_result(
     response_class=StreamingResponse,
 )
 async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> StreamingResponse:
-    job = state.jobs.get(job_id, owner)
+    job = await state.jobs.get(job_id, owner)
     interval = state.settings.job_event_interval_s
     return StreamingResponse(
-        _events(state, job, interval),
+        _events(state.jobs, job, owner, interval),
         media_type=EVENT_STREAM,
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
@@ -216,88 +207,61 @@ async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> Streaming
     responses=error_responses(401, 404),
 )
 async def delete_job(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
-    job = state.jobs.get(job_id, owner)
-    if job.is_finished:
-        state.jobs.forget(job)
-    else:
-        job.cancellation.cancel("the job was deleted")
-    return status_of(job)
+    return status_of(await state.jobs.delete(job_id, owner))
 
 
-def _new_job(
-    state: ServiceState, owner: str, method: str, parameters: dict[str, Any], counter: PassCounter
-) -> Job:
-    """A queued job whose every forward pass counts (``/metrics``) and moves its progress."""
-    job: Job | None = None
-
-    def on_pass() -> None:
-        state.metrics.explanation_batches.inc()
-        if job is not None:
-            state.jobs.report(job, progress=counter.count())
-
-    job = state.jobs.create(owner, method, parameters, Cancellation(on_batch=on_pass))
-    return job
-
-
-def _started(state: ServiceState, job: Job, work: JobWork) -> JSONResponse:
+async def _start(
+    state: ServiceState, owner: str, method: str, parameters: dict[str, Any], work: JobWork
+) -> JSONResponse:
+    job = await state.jobs.create(owner, method, parameters)
     state.job_runner.start(job, work)
     body = status_of(job).model_dump(mode="json")
     return JSONResponse(body, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 
 
-def status_of(job: Job) -> JobStatus:
-    started = job.started
-    end = job.finished if job.finished is not None else time.monotonic()
-    elapsed = 0.0 if started is None else end - started
-    remaining = None
-    if job.state == "running" and job.progress > 0:
-        remaining = elapsed * (1 - job.progress) / job.progress
-    elif job.is_finished:
-        remaining = 0.0
-    waited = (started if started is not None else end) - job.created
+def status_of(job: JobView) -> JobStatus:
     return JobStatus(
         id=job.id,
         method=job.method,
         state=job.state,
-        progress=round(job.progress, 4),
+        progress=job.progress,
         parameters=job.parameters,
         created_at=job.created_at,
-        queue_wait_s=round(waited, 3),
-        elapsed_s=round(elapsed, 3),
-        remaining_s=None if remaining is None else round(remaining, 3),
+        queue_wait_s=job.queue_wait_s,
+        elapsed_s=job.elapsed_s,
+        remaining_s=job.remaining_s,
         error=job.error,
-        result=job.result.body if job.result is not None and job.state == "done" else None,
+        result=job.result if job.state == "done" else None,
     )
 
 
-async def _events(state: ServiceState, job: Job, interval: float) -> AsyncIterator[str]:
+async def _events(store: Jobs, job: JobView, owner: str, interval: float) -> AsyncIterator[str]:
     """The job's changes as SSE, at most one per ``interval`` s, until it ends."""
-    version = -1
-    last_sent = 0.0
-    while True:
-        if job.version != version:
-            wait = last_sent + interval - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)  # then send the newest state
-            version = job.version
-            last_sent = time.monotonic()
-            yield _event(job, version)
-            if job.is_finished:
-                return
-        elif not await state.jobs.wait(job, version, KEEPALIVE_S):
+    yield _event(job)
+    last_sent = time.monotonic()
+    while not job.is_finished:
+        newer = await store.wait(job.id, owner, job.version, KEEPALIVE_S)
+        if newer.version == job.version:
             yield ": keepalive\n\n"
+            continue
+        wait = last_sent + interval - time.monotonic()
+        if wait > 0 and not newer.is_finished:
+            await asyncio.sleep(wait)
+            newer = await store.get(job.id, owner)  # the newest state after the pause
+        job = newer
+        last_sent = time.monotonic()
+        yield _event(job)
 
 
-def _event(job: Job, version: int) -> str:
-    status = status_of(job)
+def _event(job: JobView) -> str:
     data: dict[str, Any] = {
-        "state": status.state,
-        "progress": status.progress,
-        "elapsed_s": status.elapsed_s,
-        "remaining_s": status.remaining_s,
+        "state": job.state,
+        "progress": job.progress,
+        "elapsed_s": job.elapsed_s,
+        "remaining_s": job.remaining_s,
     }
     if job.partial is not None:
         data["heatmap"] = job.partial
-    if status.error is not None:
-        data["error"] = status.error
-    return f"id: {version}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+    if job.error is not None:
+        data["error"] = job.error
+    return f"id: {job.version}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import pytest
 
-from service.cancellation import Cancellation
-from service.errors import TooManyJobs, UnknownJob
+from service.errors import JobNotDone, TooManyJobs, UnknownJob
 from service.jobs.progress import PassCounter, planned_passes
-from service.jobs.store import ANONYMOUS, JobStore, owner_of
+from service.jobs.store import ANONYMOUS, JobResult, JobStore, owner_of
 
 
 class Clock:
@@ -20,8 +20,8 @@ class Clock:
         return self.now
 
 
-def run(coroutine_function):  # the store lives on an event loop
-    return asyncio.run(coroutine_function())
+def run(scenario: Callable[[], Awaitable[None]]) -> None:  # the store lives on an event loop
+    asyncio.run(scenario())  # type: ignore[arg-type]
 
 
 def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_never() -> None:
@@ -29,21 +29,22 @@ def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_never() -> None:
 
     async def scenario() -> None:
         store = JobStore(ttl_s=60, max_jobs=10, max_jobs_per_key=10, clock=clock)
-        done = store.create("a", "lime", {}, Cancellation())
-        running = store.create("a", "lime", {}, Cancellation())
-        store.update(done, state="running")
-        store.update(running, state="running")
+        done = await store.create("a", "lime", {})
+        running = await store.create("a", "lime", {})
+        await store.update(done.id, {"state": "running"})
+        await store.update(running.id, {"state": "running"})
         clock.now += 5
-        store.update(done, state="done", progress=1.0)
+        view = await store.update(done.id, {"state": "done", "result": JobResult({"x": 1})})
+        assert view.elapsed_s == 5 and view.remaining_s == 0 and view.result == {"x": 1}
         clock.now += 59.9
-        assert store.get(done.id, "a") is done
+        assert (await store.get(done.id, "a")).state == "done"
         assert store.counts()["done"] == 1
         clock.now += 0.2
         assert store.counts()["done"] == 0
         with pytest.raises(UnknownJob):
-            store.get(done.id, "a")
+            await store.get(done.id, "a")
         clock.now += 3600
-        assert store.get(running.id, "a").state == "running"
+        assert (await store.get(running.id, "a")).state == "running"
 
     run(scenario)
 
@@ -51,31 +52,53 @@ def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_never() -> None:
 def test_limits_count_unfinished_jobs_per_owner_and_in_all() -> None:
     async def scenario() -> None:
         store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=2)
-        first = store.create("a", "lime", {}, Cancellation())
-        store.create("a", "lime", {}, Cancellation())
+        first = await store.create("a", "lime", {})
+        await store.create("a", "lime", {})
         with pytest.raises(TooManyJobs, match="this API key already has 2"):
-            store.create("a", "lime", {}, Cancellation())
-        store.create("b", "lime", {}, Cancellation())
+            await store.create("a", "lime", {})
+        await store.create("b", "lime", {})
         with pytest.raises(TooManyJobs, match="3 jobs are queued or running"):
-            store.create("c", "lime", {}, Cancellation())
-        store.update(first, state="cancelled")  # finished: no longer counts
-        assert store.create("a", "lime", {}, Cancellation()).state == "queued"
+            await store.create("c", "lime", {})
+        await store.update(first.id, {"state": "cancelled"})  # finished: no longer counts
+        assert (await store.create("a", "lime", {})).state == "queued"
 
     run(scenario)
 
 
-def test_another_owner_cannot_see_a_job_and_a_finished_record_is_final() -> None:
+def test_delete_asks_an_unfinished_job_to_stop_and_forgets_a_finished_one() -> None:
     async def scenario() -> None:
         store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=3)
-        job = store.create(owner_of("key-a"), "gradient", {}, Cancellation())
+        job = await store.create(owner_of("key-a"), "gradient", {})
         with pytest.raises(UnknownJob):
-            store.get(job.id, owner_of("key-b"))
-        store.update(job, state="failed", error={"code": "x", "message": "y"})
-        store.update(job, state="done", progress=1.0)
-        assert job.state == "failed" and job.progress == 0.0
-        store.forget(job)
+            await store.get(job.id, owner_of("key-b"))
         with pytest.raises(UnknownJob):
-            store.get(job.id, owner_of("key-a"))
+            await store.delete(job.id, owner_of("key-b"))
+        waiter = asyncio.create_task(store.wait(job.id, None, job.version, 10))
+        deleted = await store.delete(job.id, owner_of("key-a"))
+        assert deleted.cancel_requested and deleted.state == "queued"
+        assert (await waiter).cancel_requested  # the runner's watcher learns at once
+        with pytest.raises(JobNotDone, match="is queued"):
+            await store.render(job.id, owner_of("key-a"), "json")
+        await store.update(job.id, {"state": "cancelled", "error": {"code": "c", "message": "m"}})
+        await store.update(job.id, {"state": "done", "progress": 1.0})  # final already
+        assert (await store.get(job.id, None)).state == "cancelled"
+        await store.delete(job.id, owner_of("key-a"))
+        with pytest.raises(UnknownJob):
+            await store.get(job.id, owner_of("key-a"))
+
+    run(scenario)
+
+
+def test_renders_of_a_done_job() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=3)
+        job = await store.create("a", "maximize", {})
+        result = JobResult({"steps": 3}, {"png": b"\x89PNG"}, {"X-Test": "1"})
+        await store.update(job.id, {"state": "done", "result": result})
+        assert await store.render(job.id, "a", "png") == (b"\x89PNG", {"X-Test": "1"})
+        assert (await store.render(job.id, "a", "json"))[0] == b'{"steps": 3}'
+        with pytest.raises(JobNotDone, match="formats: json, png"):
+            await store.render(job.id, "a", "overlay")
 
     run(scenario)
 
