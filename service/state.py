@@ -76,13 +76,13 @@ class ServiceState:
         )
         self.metrics.watch(self._face_search_metrics)
         self.decodes = PixelBudget.from_settings(self.settings, self.metrics.registry)
-        self.jobs = JobStore(
+        store = JobStore(
             ttl_s=self.settings.job_ttl_s,
             max_jobs=self.settings.max_jobs,
             max_jobs_per_key=self.settings.max_jobs_per_key,
         )
-        self.jobs.on_change = JobMetrics(self.metrics.registry, self.jobs.counts).observe
-        self.use_job_store(self.jobs)
+        store.on_change = JobMetrics(self.metrics.registry, store.counts).observe
+        self.use_job_store(store)
 
     def use_job_store(self, store: Jobs) -> None:
         """Keep jobs in ``store`` (in Ray mode, the one every replica shares)."""

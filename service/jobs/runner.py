@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from ..state import ExplanationGate
 
 log = logging.getLogger(__name__)
-WATCH_TIMEOUT_S = 30.0
+HEARTBEAT_S = 10.0
 DELETED = "the job was deleted"
 
 
@@ -114,11 +114,13 @@ class JobRunner:
             self.gate.running.release()
 
     async def _watch(self, job: JobView, cancellation: Cancellation) -> None:
-        """Cancel the work as soon as the store says the job was deleted."""
+        """Cancel the work as soon as the store says the job was deleted; meanwhile tell the
+        store that the job's runner is alive."""
         version = job.version
         while not cancellation.cancelled:
             try:
-                view = await self.store.wait(job.id, None, version, WATCH_TIMEOUT_S)
+                view = await self.store.wait(job.id, None, version, HEARTBEAT_S)
+                await self.store.beat(job.id)
             except ServiceError:
                 return  # forgotten: nothing left to watch
             if view.cancel_requested:

@@ -37,6 +37,10 @@ JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed", "canc
 FINISHED: frozenset[str] = frozenset({"done", "failed", "cancelled"})
 ANONYMOUS = "anonymous"
 RETRY_AFTER_S = "5"
+# An unfinished job whose runner has not been heard of for this long has lost it (the replica
+# running it died): it fails rather than stay "running" for ever. Runners beat every
+# ``runner.HEARTBEAT_S``.
+LOST_AFTER_S = 60.0
 
 
 def owner_of(api_key: str | None) -> str:
@@ -101,6 +105,8 @@ class _Job:
     partial: dict[str, Any] | None = None
     version: int = 0
     cancel_requested: bool = False
+    heard: float = 0.0
+    """when its runner last reported (the store's clock)"""
 
     @property
     def is_finished(self) -> bool:
@@ -120,6 +126,8 @@ class Jobs(Protocol):
     ) -> JobView: ...
 
     async def update(self, job_id: str, changes: dict[str, Any]) -> JobView: ...
+
+    async def beat(self, job_id: str) -> None: ...
 
     async def delete(self, job_id: str, owner: str) -> JobView: ...
 
@@ -150,7 +158,7 @@ class JobStore:
 
     async def create(self, owner: str, method: str, parameters: dict[str, Any]) -> JobView:
         """A new queued job, or 429 ``too_many_jobs`` when the limits say no."""
-        self._sweep()
+        await self._sweep()
         active = [job for job in self._jobs.values() if not job.is_finished]
         if len(active) >= self.max_jobs:
             raise TooManyJobs(
@@ -172,17 +180,18 @@ class JobStore:
             parameters=parameters,
             created_at=time.time(),
             created=self._clock(),
+            heard=self._clock(),
         )
         self._jobs[job.id] = job
         return await self._changed_job(job, None)
 
     async def get(self, job_id: str, owner: str | None) -> JobView:
         """The job, or 404 ``unknown_job`` (never made, expired, or another key's)."""
-        return self._view(self._find(job_id, owner))
+        return self._view(await self._find(job_id, owner))
 
     async def wait(self, job_id: str, owner: str | None, version: int, timeout: float) -> JobView:
         """The job once its version passes ``version``, or as it is after ``timeout`` s."""
-        job = self._find(job_id, owner)
+        job = await self._find(job_id, owner)
         async with self._changed:
             try:
                 await asyncio.wait_for(
@@ -195,13 +204,13 @@ class JobStore:
     async def update(self, job_id: str, changes: dict[str, Any]) -> JobView:
         """Change the job's fields (``state``, ``progress``, ``partial``, ``error``,
         ``result``); a finished job's record is final."""
-        job = self._find(job_id, None)
+        job = await self._find(job_id, None)
         if job.is_finished:
             return self._view(job)
         before = job.state
         for name, value in changes.items():
             setattr(job, name, value)
-        now = self._clock()
+        now = job.heard = self._clock()
         if job.state == "running" and job.started is None:
             job.started = now
         if job.is_finished:
@@ -209,10 +218,14 @@ class JobStore:
             job.partial = None
         return await self._changed_job(job, before)
 
+    async def beat(self, job_id: str) -> None:
+        """The job's runner is alive (it waits for a turn, or its work is between reports)."""
+        (await self._find(job_id, None)).heard = self._clock()
+
     async def delete(self, job_id: str, owner: str) -> JobView:
         """Ask an unfinished job to stop (its runner is waiting for this change), or forget
         a finished one."""
-        job = self._find(job_id, owner)
+        job = await self._find(job_id, owner)
         if job.is_finished:
             del self._jobs[job.id]
             return self._view(job)
@@ -222,7 +235,7 @@ class JobStore:
     async def render(self, job_id: str, owner: str, fmt: str) -> tuple[bytes, dict[str, str]]:
         """The done job's answer as ``fmt`` (``json`` or one of its renders) and its headers;
         409 ``job_not_done`` before (or if it never will be)."""
-        job = self._find(job_id, owner)
+        job = await self._find(job_id, owner)
         if job.result is None:
             why = f": {job.error['message']}" if job.error else ""
             raise JobNotDone(f"job {job_id} is {job.state}{why}; its result comes once it is done")
@@ -242,8 +255,8 @@ class JobStore:
                 counts[job.state] += 1
         return counts
 
-    def _find(self, job_id: str, owner: str | None) -> _Job:
-        self._sweep()
+    async def _find(self, job_id: str, owner: str | None) -> _Job:
+        await self._sweep()
         job = self._jobs.get(job_id)
         if job is None or (owner is not None and not secrets.compare_digest(job.owner, owner)):
             raise UnknownJob(
@@ -252,15 +265,25 @@ class JobStore:
             )
         return job
 
-    def _sweep(self) -> None:
-        """Forget the finished jobs older than the TTL."""
-        cutoff = self._clock() - self.ttl_s
+    async def _sweep(self) -> None:
+        """Forget the finished jobs older than the TTL; fail the unfinished ones whose runner
+        went silent."""
+        now = self._clock()
         for job_id in [
             job_id
             for job_id, job in self._jobs.items()
-            if job.finished is not None and job.finished <= cutoff
+            if job.finished is not None and job.finished <= now - self.ttl_s
         ]:
             del self._jobs[job_id]
+        for job in [j for j in self._jobs.values() if not j.is_finished]:
+            if now - job.heard > LOST_AFTER_S:
+                before, job.state, job.finished = job.state, "failed", now
+                job.error = {
+                    "code": "job_lost",
+                    "message": f"the worker running the job stopped answering for "
+                    f"{LOST_AFTER_S:g} s (it stopped or was replaced); run the job again",
+                }
+                await self._changed_job(job, before)
 
     async def _changed_job(self, job: _Job, before: str | None) -> JobView:
         job.version += 1

@@ -100,6 +100,9 @@ class RemoteJobs:
     async def update(self, job_id: str, changes: dict[str, Any]) -> JobView:
         return await self._call("update", job_id, changes)
 
+    async def beat(self, job_id: str) -> None:
+        await self._call("beat", job_id)
+
     async def delete(self, job_id: str, owner: str) -> JobView:
         return await self._call("delete", job_id, owner)
 

@@ -24,7 +24,7 @@ def run(scenario: Callable[[], Awaitable[None]]) -> None:  # the store lives on 
     asyncio.run(scenario())  # type: ignore[arg-type]
 
 
-def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_never() -> None:
+def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_with_a_runner_never() -> None:
     clock = Clock()
 
     async def scenario() -> None:
@@ -36,14 +36,18 @@ def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_never() -> None:
         clock.now += 5
         view = await store.update(done.id, {"state": "done", "result": JobResult({"x": 1})})
         assert view.elapsed_s == 5 and view.remaining_s == 0 and view.result == {"x": 1}
+        await store.beat(running.id)
         clock.now += 59.9
+        await store.beat(running.id)
         assert (await store.get(done.id, "a")).state == "done"
         assert store.counts()["done"] == 1
         clock.now += 0.2
         assert store.counts()["done"] == 0
         with pytest.raises(UnknownJob):
             await store.get(done.id, "a")
-        clock.now += 3600
+        for _ in range(360):  # an hour, its runner beating every 10 s
+            clock.now += 10
+            await store.beat(running.id)
         assert (await store.get(running.id, "a")).state == "running"
 
     run(scenario)
@@ -117,3 +121,22 @@ def test_planned_passes_follow_the_parameters() -> None:
     assert planned_passes("maximize", {"steps": 30}, (0, 0)) == 32
     counter = PassCounter(2)
     assert [counter.count() for _ in range(3)] == [0.5, 0.99, 0.99]
+
+
+def test_a_job_whose_runner_goes_silent_fails_as_lost() -> None:
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = JobStore(ttl_s=600, max_jobs=3, max_jobs_per_key=3, clock=clock)
+        alive = await store.create("a", "lime", {})
+        silent = await store.create("a", "lime", {})
+        await store.update(silent.id, {"state": "running"})
+        for _ in range(12):  # two minutes, the live one's runner beating every 10 s
+            clock.now += 10
+            await store.beat(alive.id)
+        lost = await store.get(silent.id, "a")
+        assert lost.state == "failed" and lost.error is not None
+        assert lost.error["code"] == "job_lost"
+        assert (await store.get(alive.id, "a")).state == "queued"
+
+    run(scenario)
