@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _common import add_bundle_args
 from PIL import Image
 from scipy.stats import spearmanr
 
@@ -41,8 +42,6 @@ from service.explain import EXPLAINERS, GRADIENT_METHODS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
 from service.preprocess import Preprocessor
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
 RANDOM = "random"
 SECTIONS = ("latency", "speed", "sanity", "faithfulness")
 
@@ -51,18 +50,7 @@ log = logging.getLogger("bench_explain")
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=ROOT / "models" / "celebs8",
-        help="bundle directory (default: models/celebs8)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="face data root with celebs8/ (default: ../shared/data)",
-    )
+    add_bundle_args(parser)
     parser.add_argument(
         "--n", type=int, default=50, help="test faces for the AUC table (default: 50)"
     )

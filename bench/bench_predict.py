@@ -1,17 +1,24 @@
 """Throughput of /predict over HTTP against the model's raw batched throughput.
 
 One run prints:
-1. raw ONNX Runtime throughput (images/s) for each batch size, and the best;
+1. raw ONNX Runtime throughput (images/s) for each batch size, and the best, with its CPU time
+   per image;
 2. /predict throughput, p50 and p95 latency at each concurrency level (default 1, 8, 32), with
    face detection (the default) and without (``detect=false``: the model path alone),
    measured over HTTP against a real uvicorn process started from ``python -m service``, and
-   each throughput as a ratio to the best raw figure.
+   each throughput as a ratio to the best raw figure; the server's CPU time per request, and
+   that less the raw CPU time per image: what a request costs beyond the model itself (HTTP,
+   multipart, decoding, detection, preprocessing, JSON).
+
+With ``--baseline DIR`` (a checkout of older code, e.g. a git worktree) its service runs every
+level too, in the same run, right before the current one, so both see the same machine.
 
 The load generator is a small keep-alive HTTP/1.1 client on raw asyncio streams with the
 multipart requests built in advance, so that the client takes as little CPU as possible from the
 server on the same machine. Real face photos from ../shared/data are cycled through.
 
     python bench/bench_predict.py [--duration 10] [--concurrency 1 8 32] [--threads 0]
+                                  [--baseline /tmp/base]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import urllib.request
 from pathlib import Path
 
 import numpy as np
+from _common import add_bundle_args
 
 from service.bundle import ONNX_FILE, read_meta
 from service.engine import create_session
@@ -36,25 +44,13 @@ from service.preprocess import Preprocessor
 
 ROOT = Path(__file__).resolve().parents[1]
 
-DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
 BOUNDARY = "celebxai-bench-boundary"
 BATCH_SIZE_PATTERN = re.compile(rb'"batch_size":(\d+)')
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=ROOT / "models" / "celebs8",
-        help="bundle directory (default: models/celebs8)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="face data root with celebs8/ (default: ../shared/data)",
-    )
+    add_bundle_args(parser)
     parser.add_argument(
         "--images", type=int, default=64, help="distinct photos to cycle (default: 64)"
     )
@@ -101,6 +97,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         "with face detection, then without: the model path alone)",
     )
     parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="a checkout of older code whose service is measured alongside, level by level "
+        "(default: none)",
+    )
+    parser.add_argument(
         "--max-batch-size",
         type=int,
         default=32,
@@ -124,9 +127,13 @@ def load_photos(data: Path, count: int) -> list[bytes]:
 
 
 def raw_throughput(
-    args: argparse.Namespace, photos: list[bytes], batch_sizes: list[int]
+    args: argparse.Namespace,
+    photos: list[bytes],
+    batch_sizes: list[int],
+    cpu_ms: dict[int, float] | None = None,
 ) -> dict[int, float]:
-    """images/s of session.run for each batch size, on preprocessed real photos."""
+    """images/s of session.run for each batch size, on preprocessed real photos; the CPU ms per
+    image of each batch size go into ``cpu_ms`` when given."""
     import io
 
     from PIL import Image
@@ -144,11 +151,13 @@ def raw_throughput(
         while (elapsed := time.perf_counter() - started) < args.raw_seconds:
             session.run(None, {input_name: batch})
             images += batch_size
-        cpu_ms = (time.process_time() - cpu_started) * 1000 / images
+        cpu_ms_per_image = (time.process_time() - cpu_started) * 1000 / images
         results[batch_size] = images / elapsed
+        if cpu_ms is not None:
+            cpu_ms[batch_size] = cpu_ms_per_image
         print(
             f"  raw batch {batch_size:>3}: {results[batch_size]:8.1f} images/s "
-            f"({cpu_ms:5.2f} CPU ms/image)",
+            f"({cpu_ms_per_image:5.2f} CPU ms/image)",
             flush=True,
         )
     return results
@@ -212,10 +221,11 @@ async def load_level(
 
     await asyncio.gather(*(client(i) for i in range(concurrency)))
     measured = np.array(latencies) * 1000
+    nan = float("nan")  # no request both sent and answered within the measured window
     return {
         "throughput": len(latencies) / duration,
-        "p50": float(np.percentile(measured, 50)),
-        "p95": float(np.percentile(measured, 95)),
+        "p50": float(np.percentile(measured, 50)) if latencies else nan,
+        "p95": float(np.percentile(measured, 95)) if latencies else nan,
         "mean_batch": float(np.mean(batch_sizes)) if batch_sizes else 0.0,
         "failures": failures,
         "completed": completed,
@@ -237,13 +247,15 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
+def start_server(args: argparse.Namespace, port: int, root: Path = ROOT) -> subprocess.Popen:
+    """``python -m service`` of the code in ``root`` (its own copy of the bundle), ready."""
+    model = args.model if root == ROOT else root / args.model.resolve().relative_to(ROOT)
     command = [
         sys.executable,
         "-m",
         "service",
         "--model",
-        str(args.model),
+        str(model),
         "--host",
         "127.0.0.1",
         "--port",
@@ -262,7 +274,7 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
         "1024",
     ]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELEBXAI_")}
-    server = subprocess.Popen(command, cwd=ROOT, env=env)
+    server = subprocess.Popen(command, cwd=root, env=env)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if server.poll() is not None:
@@ -276,57 +288,77 @@ def start_server(args: argparse.Namespace, port: int) -> subprocess.Popen:
     raise SystemExit("server did not become ready within 120 s")
 
 
+def measure_level(
+    server: subprocess.Popen,
+    port: int,
+    photos: list[bytes],
+    path: str,
+    concurrency: int,
+    args: argparse.Namespace,
+) -> tuple[dict[str, float], float]:
+    """One load level on one server: the load's figures and the server's CPU ms per request
+    (over every request of the level, warm-up included)."""
+    requests = [multipart_request(port, photo, path) for photo in photos]
+    cpu_before = process_cpu_seconds(server.pid)
+    result = asyncio.run(load_level(port, requests, concurrency, args.warmup, args.duration))
+    cpu_s = process_cpu_seconds(server.pid) - cpu_before
+    return result, cpu_s * 1000 / max(result["completed"], 1)
+
+
 def main(args: argparse.Namespace) -> None:
     photos = load_photos(args.data, args.images)
     print(
         f"model {args.model}, {len(photos)} photos, {os.cpu_count()} CPU cores, "
-        f"threads={args.threads or 'auto'}",
+        f"threads={args.threads or 'auto'}, load average {os.getloadavg()[0]:.1f}",
         flush=True,
     )
 
     print("raw ONNX Runtime (session.run on preprocessed input):", flush=True)
-    raw = raw_throughput(args, photos, args.batch_sizes)
-    best_batch = max(raw, key=raw.get)
+    raw_cpu: dict[int, float] = {}
+    raw = raw_throughput(args, photos, args.batch_sizes, raw_cpu)
+    best_batch = max(raw, key=lambda size: raw[size])
     best = raw[best_batch]
-    print(f"raw best: {best:.1f} images/s at batch {best_batch}\n", flush=True)
+    print(
+        f"raw best: {best:.1f} images/s at batch {best_batch} "
+        f"({raw_cpu[best_batch]:.2f} CPU ms/image)\n",
+        flush=True,
+    )
 
-    port = free_port()
-    server = start_server(args, port)
+    services = {"new": ROOT} if args.baseline is None else {"old": args.baseline, "new": ROOT}
+    servers: dict[str, tuple[subprocess.Popen, int]] = {}
     try:
+        for name, root in services.items():
+            port = free_port()
+            servers[name] = (start_server(args, port, root.resolve()), port)
         for path in args.paths:
-            requests = [multipart_request(port, photo, path) for photo in photos]
             print(
                 f"POST {path} over HTTP (uvicorn, max batch {args.max_batch_size}, "
                 f"batch timeout {args.batch_timeout_ms} ms, {args.duration:.0f} s per level):"
             )
             print(
-                f"  {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} {'p95 ms':>8} "
-                f"{'batch':>6} {'errors':>6} {'server CPU ms/req':>18}"
+                f"  {'code':>4} {'concurrency':>11} {'req/s':>8} {'ratio':>6} {'p50 ms':>8} "
+                f"{'p95 ms':>8} {'batch':>6} {'errors':>6} {'server CPU ms/req':>18} "
+                f"{'beyond model':>12}"
             )
             for concurrency in args.concurrency:
-                cpu_before = process_cpu_seconds(server.pid)
-                result = asyncio.run(
-                    load_level(port, requests, concurrency, args.warmup, args.duration)
-                )
-                # over every request of the level, warm-up included
-                cpu_ms = (
-                    (process_cpu_seconds(server.pid) - cpu_before)
-                    * 1000
-                    / max(result["completed"], 1)
-                )
-                print(
-                    f"  {concurrency:>11} {result['throughput']:8.1f} "
-                    f"{result['throughput'] / best:6.2f} "
-                    f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
-                    f"{result['failures']:>6} {cpu_ms:18.2f}",
-                    flush=True,
-                )
+                for name, (server, port) in servers.items():
+                    result, cpu_ms = measure_level(server, port, photos, path, concurrency, args)
+                    print(
+                        f"  {name:>4} {concurrency:>11} {result['throughput']:8.1f} "
+                        f"{result['throughput'] / best:6.2f} "
+                        f"{result['p50']:8.1f} {result['p95']:8.1f} {result['mean_batch']:6.1f} "
+                        f"{result['failures']:>6} {cpu_ms:18.2f} "
+                        f"{cpu_ms - raw_cpu[best_batch]:12.2f}",
+                        flush=True,
+                    )
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server, _ in servers.values():
+            server.terminate()
+            server.wait(timeout=30)
     # the machine may be shared: a second raw figure shows how much the conditions drifted
     print("\nraw ONNX Runtime again, after the HTTP runs (ratios above use the first figure):")
     raw_throughput(args, photos, [best_batch])
+    print(f"load average {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ from typing import Any
 
 import numpy as np
 import ray
+from _common import add_bundle_args
 from PIL import Image
 from ray import serve
 from ray.serve.config import ProxyLocation
@@ -70,8 +71,6 @@ from service.engine import Engine, create_session
 from service.preprocess import Preprocessor
 from service.settings import Settings
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))
 DEFAULTS = Settings()
 MAX_BATCH_SIZE = DEFAULTS.max_batch_size
 BATCH_TIMEOUT_S = DEFAULTS.batch_timeout_ms / 1000
@@ -83,18 +82,7 @@ DYNAMIC_BATCHER = "DynamicBatcher"
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument(
-        "--model",
-        type=Path,
-        default=ROOT / "models" / "celebs8",
-        help="bundle directory (default: models/celebs8)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=DEFAULT_DATA,
-        help="data root with celebs8/ (default: ../shared/data)",
-    )
+    add_bundle_args(parser)
     parser.add_argument(
         "--concurrency",
         type=int,

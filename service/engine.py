@@ -19,7 +19,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -227,6 +227,8 @@ class Engine:
       ``Cancelled``.
     - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking
       (the explainers' forward function: their batches queue with ``/predict``'s).
+    - ``run_soon(batch, cancellation)``: one chunk queued on the inference thread, returning
+      a future at once (a prediction that runs while the caller works on something else).
     - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
       ``(C,)`` logits, followed by the ``(D,)`` embedding when the graph has an ``embedding``
       output (the open-set score reads it; ``split_row`` separates the two);
@@ -308,6 +310,17 @@ class Engine:
             for start in range(0, len(batch), self.max_batch_size)
         ]
         return np.concatenate(outputs)
+
+    def run_soon(
+        self, batch: np.ndarray, cancellation: Cancellation | None = None
+    ) -> Future[np.ndarray]:
+        """Queue one chunk (at most ``max_batch_size`` inputs) on the inference thread and
+        return at once: a worker thread starts the prediction it needs, does its own work
+        meanwhile (an explainer's pass of the twin), then reads the future."""
+        if not 0 < len(batch) <= self.max_batch_size:
+            raise ValueError(f"run_soon() takes 1 to {self.max_batch_size} inputs: {len(batch)}")
+        run = partial(self._run_chunk, cancellation or Cancellation())
+        return self._running_executor().submit(run, batch)
 
     def _run_chunk(self, cancellation: Cancellation, chunk: np.ndarray) -> np.ndarray:
         cancellation.batch()

@@ -39,6 +39,11 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Crops up to this many pixels (an aligned face is 112 x 112) are preprocessed on the event loop:
+# that takes ~0.1 ms, less than the hop to a worker thread and back (~0.12 ms of CPU here).
+# Larger ones (whole uploads, detect=false) go to a worker thread, off the loop.
+INLINE_PREPROCESS_PIXELS = 256 * 256
+
 
 @dataclass(frozen=True)
 class LoadReport:
@@ -96,7 +101,10 @@ class ServingModel:
     async def classify(self, crop: Image.Image) -> Classification:
         """Class probabilities for ``crop`` (RGB, e.g. an aligned face), through the batcher."""
         started = time.perf_counter()
-        model_input = await run_in_threadpool(self.preprocess, crop)
+        if crop.width * crop.height <= INLINE_PREPROCESS_PIXELS:
+            model_input = self.preprocess(crop)
+        else:
+            model_input = await run_in_threadpool(self.preprocess, crop)
         preprocess_ms = (time.perf_counter() - started) * 1000
         row, stats = await self.engine.submit(model_input)
         logits, embedding = self.engine.split_row(row, len(self.meta.classes))

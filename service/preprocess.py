@@ -80,8 +80,12 @@ class PixelAffine:
         """``(..., 3, H, W)`` RGB pixels (any real dtype, 0..255) -> float32 model input."""
         if self.bgr:
             pixels = pixels[..., ::-1, :, :]
-        values = pixels.astype(np.float32) * self.scale[:, None, None] + self.shift[:, None, None]
-        return np.ascontiguousarray(values, dtype=np.float32)
+        # one contiguous float32 copy, then in place: the same float32 operations in the same
+        # order as ``pixels * scale + shift``, without its temporaries and final copy
+        values = pixels.astype(np.float32, order="C")
+        values *= self.scale[:, None, None]
+        values += self.shift[:, None, None]
+        return values
 
     def to_input(self, pixels: torch.Tensor) -> torch.Tensor:
         """``(..., 3, H, W)`` RGB pixels (uint8 or float, 0..255), on any device -> float32

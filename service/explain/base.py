@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -28,6 +29,9 @@ from .heatmap import Heatmap, scaled
 Forward = Callable[[np.ndarray], np.ndarray]
 """A batched forward pass: ``(N, 3, H, W)`` float32 model input -> ``(N, C)`` logits (for
 example an ONNX Runtime session's run)."""
+
+ForwardSoon = Callable[[np.ndarray], Future[np.ndarray]]
+"""``Forward`` started elsewhere (the engine's inference thread): returns a future at once."""
 
 UNSIGNED_RANGE = (0.0, 1.0)
 SIGNED_RANGE = (-1.0, 1.0)
@@ -54,12 +58,42 @@ class ModelHandle:
     - ``cancellation``: checked between batches (perturbation batches, the twin's passes); once
       cancelled, ``attribute`` raises ``Cancelled`` at the next batch. A request's is cancelled
       when its client hangs up; the default never is.
+    - ``forward_soon``: ``forward`` that returns at once with a future, for the prediction that
+      a method may overlap with work of its own (``Prediction``); None: the prediction runs
+      through ``forward`` when it is read.
     """
 
     forward: Forward
     twin: Any = None
     gradcam_layer: str | None = None
     cancellation: Cancellation = field(default_factory=Cancellation)
+    forward_soon: ForwardSoon | None = None
+
+
+class Prediction:
+    """The model's ``(C,)`` float32 logits for one input: the answer's prediction, whose argmax
+    is the default target. ``start`` queues it at once where the model has ``forward_soon`` (it
+    runs on the inference thread while the method does the work that needs no target), else it
+    runs through ``forward`` when first read."""
+
+    def __init__(self, read: Callable[[], np.ndarray]) -> None:
+        self._read = read
+        self._logits: np.ndarray | None = None
+
+    @classmethod
+    def start(cls, model: ModelHandle, x: np.ndarray) -> Prediction:
+        if model.forward_soon is not None:
+            return cls(model.forward_soon(x[None]).result)
+        return cls(lambda: model.forward(x[None]))
+
+    @classmethod
+    def known(cls, logits: np.ndarray) -> Prediction:
+        return cls(lambda: logits[None])
+
+    def logits(self) -> np.ndarray:
+        if self._logits is None:
+            self._logits = np.asarray(self._read(), dtype=np.float32)[0]
+        return self._logits
 
 
 class Explainer(ABC):
@@ -103,9 +137,8 @@ class Explainer(ABC):
         checked = self.Params.model_validate(params)
         x = _check_input(inputs)
         self.model.cancellation.check()
-        logits = np.asarray(self.model.forward(x[None]), dtype=np.float32)[0]
-        target = resolve_target(target, len(logits), int(np.argmax(logits)))
-        raw = np.asarray(self._attribute(x, target, checked, logits), dtype=np.float64)
+        raw, target, logits = self._explain(x, target, checked, Prediction.start(self.model, x))
+        raw = np.asarray(raw, dtype=np.float64)
         if raw.shape != x.shape[1:]:
             raise RuntimeError(f"{self.name} returned shape {raw.shape}, expected {x.shape[1:]}")
         if not np.all(np.isfinite(raw)):
@@ -123,6 +156,17 @@ class Explainer(ABC):
             params=checked.model_dump(),
             negligible=negligible,
         )
+
+    def _explain(
+        self, x: np.ndarray, target: int | None, params: Any, prediction: Prediction
+    ) -> tuple[np.ndarray, int, np.ndarray]:
+        """The raw map, the target it explains (``target`` checked, or the predicted class) and
+        ``x``'s logits. Here: the prediction first, then ``_attribute``. A method with work
+        that needs no target (the twin's forward pass) overrides this to do that work while
+        the prediction runs."""
+        logits = prediction.logits()
+        target = resolve_target(target, len(logits), int(np.argmax(logits)))
+        return self._attribute(x, target, params, logits), target, logits
 
     @abstractmethod
     def _attribute(self, x: np.ndarray, target: int, params: Any, logits: np.ndarray) -> np.ndarray:

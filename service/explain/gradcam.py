@@ -11,10 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..common.twin import input_gradients
 from ..errors import UnknownLayer
-from .base import Explainer, MethodParams
-from .twin import as_batch
+from .base import MethodParams
+from .twin import TwinPass
 
 
 class GradCamParams(MethodParams):
@@ -25,7 +24,7 @@ class GradCamParams(MethodParams):
     )
 
 
-class GradCam(Explainer):
+class GradCam(TwinPass):
     """Unsigned, [0, 1]: the class activation map divided by its maximum (all zero where no
     channel supports the target)."""
 
@@ -39,23 +38,23 @@ class GradCam(Explainer):
     Params = GradCamParams
     signed = False
     units = "gradient-weighted activation of the layer for the target logit"
-    needs_twin = True
 
-    def _attribute(
-        self, x: np.ndarray, target: int, params: GradCamParams, logits: np.ndarray
+    def _from_pass(
+        self,
+        inputs: torch.Tensor,
+        score: torch.Tensor,
+        activations: dict[str, torch.Tensor],
+        params: GradCamParams,
     ) -> np.ndarray:
         layer = params.layer or self.model.gradcam_layer
-        with input_gradients(self.model.twin):
-            self.model.cancellation.batch()
-            logits, activations = self.model.twin(as_batch(x))
-            if layer not in activations:
-                raise UnknownLayer(
-                    f"layer {layer!r} is not an activation of the model; valid: "
-                    f"{', '.join(activations)}"
-                )
-            activation = activations[layer]
-            (gradient,) = torch.autograd.grad(logits[0, target], activation)
+        if layer not in activations:
+            raise UnknownLayer(
+                f"layer {layer!r} is not an activation of the model; valid: "
+                f"{', '.join(activations)}"
+            )
+        activation = activations[layer]
+        (gradient,) = torch.autograd.grad(score, activation)
         weights = gradient.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=x.shape[1:], mode="bilinear", align_corners=False)
+        cam = F.interpolate(cam, size=inputs.shape[2:], mode="bilinear", align_corners=False)
         return cam[0, 0].numpy()

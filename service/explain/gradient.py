@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from captum.attr import Saliency
+import torch
 
-from ..common.twin import input_gradients
-from .base import Explainer, MethodParams
-from .twin import as_batch, channel_max_abs
+from .twin import TwinPass, channel_max_abs
 
 
-class GradientSaliency(Explainer):
+class GradientSaliency(TwinPass):
     """Unsigned, [0, 1]: gradient magnitude of the target logit, divided by its maximum."""
 
     name = "gradient"
@@ -21,11 +21,13 @@ class GradientSaliency(Explainer):
     )
     signed = False
     units = "|d target logit / d input value|, largest over channels"
-    needs_twin = True
 
-    def _attribute(
-        self, x: np.ndarray, target: int, params: MethodParams, logits: np.ndarray
+    def _from_pass(
+        self,
+        inputs: torch.Tensor,
+        score: torch.Tensor,
+        activations: dict[str, torch.Tensor],
+        params: Any,
     ) -> np.ndarray:
-        with input_gradients(self.model.twin, self.model.cancellation) as logits_fn:
-            gradients = Saliency(logits_fn).attribute(as_batch(x), target=target, abs=True)
-        return channel_max_abs(gradients)
+        (gradient,) = torch.autograd.grad(score, inputs)
+        return channel_max_abs(gradient)

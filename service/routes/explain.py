@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from concurrent.futures import Future
 from typing import Annotated, Any, Literal
 
 import numpy as np
@@ -352,5 +353,10 @@ def compute(
     def forward(batch: np.ndarray) -> np.ndarray:
         return model.engine.run_on_inference_thread(batch, cancellation)
 
-    handle = ModelHandle(forward, model.twin, model.meta.gradcam_layer, cancellation)
+    def forward_soon(batch: np.ndarray) -> Future[np.ndarray]:
+        return model.engine.run_soon(batch, cancellation)
+
+    handle = ModelHandle(
+        forward, model.twin, model.meta.gradcam_layer, cancellation, forward_soon=forward_soon
+    )
     return call.explainer(handle).attribute(x, target, **call.params)

@@ -182,15 +182,18 @@ def start_server(
     log_file: Path,
     options: Sequence[str] = (),
     ready_timeout_s: float = SERVER_READY_TIMEOUT_S,
+    root: Path = ROOT,
 ) -> subprocess.Popen:
     """``python -m service [options]`` on 127.0.0.1:``port``, returned once ``/readyz`` answers
     200. The environment is the caller's minus every ``CELEBXAI_`` and ``MALLOC_`` variable: the
-    service's own defaults, its own allocator policy (``service.allocator``)."""
+    service's own defaults, its own allocator policy (``service.allocator``). ``root`` is the
+    checkout it runs from (``python -m`` imports ``service`` from there: another commit's
+    worktree runs that commit's service)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELEBXAI_", "MALLOC_"))}
     with log_file.open("wb") as log:
         server = subprocess.Popen(
             server_command(port, model, options),
-            cwd=ROOT,
+            cwd=root,
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
+from service.cancellation import Cancellation
 from service.common.twin import input_gradients
 from service.errors import UnknownLayer
 from service.explain import (
@@ -131,3 +134,42 @@ def test_a_failing_twin_leaves_grad_mode_as_it_was(handle, face):
             with pytest.raises(RuntimeError, match="twin failed"):
                 method(failing).attribute(face[0])
             assert not torch.is_grad_enabled()
+
+
+class WatchedPrediction(Future):
+    """The ONNX prediction as ``forward_soon`` hands it back, recording when it is read."""
+
+    def __init__(self, logits: np.ndarray, events: list[str]) -> None:
+        super().__init__()
+        self.set_result(logits)
+        self.events = events
+
+    def result(self, timeout: float | None = None) -> np.ndarray:
+        self.events.append("prediction read")
+        return super().result(timeout)
+
+
+@pytest.mark.parametrize("method", [GradientSaliency, GradCam])
+def test_one_pass_methods_run_the_twin_while_the_prediction_runs(handle, face, method):
+    """Plain gradient and Grad-CAM queue the prediction first, run the twin's forward pass, and
+    read the prediction only for the target of the backward pass: the map, target and logits
+    are those of the plain (prediction first) order."""
+    x, _ = face
+    events: list[str] = []
+
+    def forward_soon(batch: np.ndarray) -> Future:
+        events.append("prediction queued")
+        return WatchedPrediction(handle.forward(batch), events)
+
+    cancellation = Cancellation(on_batch=lambda: events.append("twin pass"))
+    overlapped = ModelHandle(
+        handle.forward, handle.twin, handle.gradcam_layer, cancellation, forward_soon
+    )
+
+    heatmap = method(overlapped).attribute(x)
+    plain = method(handle).attribute(x)
+
+    assert events == ["prediction queued", "twin pass", "prediction read"]
+    np.testing.assert_array_equal(heatmap.values, plain.values)
+    np.testing.assert_array_equal(heatmap.logits, plain.logits)
+    assert heatmap.target == plain.target == int(np.argmax(plain.logits))

@@ -277,6 +277,37 @@ def test_run_on_inference_thread_chunks_on_that_thread_and_stops_once_cancelled(
     assert passes == [0, 1] and all(name.startswith("inference") for name in threads)
 
 
+def test_run_soon_returns_at_once_and_runs_on_the_inference_thread():
+    """The prediction an explainer overlaps with its twin pass: queued behind the work already
+    on the inference thread, its future read later; a batch past one chunk is refused."""
+    model = RecordingModel(delay_s=0.1)
+    threads: list[str] = []
+    cancellation = Cancellation(on_batch=lambda: threads.append(threading.current_thread().name))
+
+    async def scenario():
+        engine = EngineOnModel(model, max_batch_size=4, timeout_s=0.001)
+        engine.start()
+        try:
+            busy = asyncio.ensure_future(engine.infer(np.zeros((4, 2), dtype=np.float32)))
+            await asyncio.sleep(0.02)  # the busy chunk holds the inference thread
+            future = engine.run_soon(np.ones((1, 2), dtype=np.float32), cancellation)
+            pending = not future.done()
+            await busy
+            row = await asyncio.wrap_future(future)
+            with pytest.raises(ValueError, match="1 to 4 inputs"):
+                engine.run_soon(np.ones((5, 2), dtype=np.float32))
+        finally:
+            await engine.close()
+        return pending, row
+
+    pending, row = asyncio.run(scenario())
+
+    assert pending  # it returned while the busy chunk was still running
+    np.testing.assert_array_equal(row, [[2.0, 2.0]])
+    assert model.batch_sizes == [4, 1]
+    assert len(threads) == 1 and threads[0].startswith("inference")
+
+
 def test_a_chunk_queued_behind_other_work_is_dropped_when_its_turn_comes():
     model = RecordingModel(delay_s=0.1)
 

@@ -1,0 +1,43 @@
+"""bench/bench_speed.py judges the maps services return over HTTP: a face resized to the model
+input and sent whole (``detect=false``) must come back as the map the method computes on that
+model input, with the same deletion AUC."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+
+from bench._client import grid_values, model_sized_png, on_model_input
+from service.explain import EXPLAINERS, ModelHandle
+from service.explain.faithfulness import deletion_auc
+
+# cheap: 25 forward passes; bench_speed asks for 24/12, the same code path
+WINDOW, STRIDE = 50, 25
+
+
+def test_a_whole_upload_grid_is_the_model_input_map(client, serving_model, held_out_faces):
+    path, _ = held_out_faces[0]
+    upload = model_sized_png(path, serving_model.preprocess.size)
+    answer = client.post(
+        "/explain/occlusion",
+        params={"detect": "false", "window": WINDOW, "stride": STRIDE},
+        files={"file": ("face.png", upload, "image/png")},
+    )
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    x = serving_model.preprocess(Image.open(io.BytesIO(upload)).convert("RGB"))
+    handle = ModelHandle(
+        serving_model.engine.run, serving_model.twin, serving_model.meta.gradcam_layer
+    )
+    target = [c.id for c in serving_model.meta.classes].index(body["target"]["id"])
+    direct = EXPLAINERS["occlusion"](handle).attribute(x, target, window=WINDOW, stride=STRIDE)
+
+    mapped = on_model_input(grid_values(body), (x.shape[2], x.shape[1]))
+
+    assert body["face_box"]["source"] == "whole_image"
+    assert mapped.shape == direct.values.shape
+    np.testing.assert_allclose(mapped, direct.values, atol=1e-4)  # JSON: 4 decimals
+    aucs = [deletion_auc(handle.forward, x, m, target) for m in (mapped, direct.values)]
+    assert abs(aucs[0] - aucs[1]) <= 0.005, aucs
