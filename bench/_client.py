@@ -70,6 +70,20 @@ class ServiceClient:
         return seconds, self._checked(response)
 
 
+def precision_of(model: dict[str, Any]) -> tuple[str, Any]:
+    """The precision ``GET /model`` says serves (``fp32`` when it says none: the services
+    before INT8 served FP32 alone), and the INT8 graph's recorded gates when meta.json has
+    them (``precision.int8.gates``: accuracy drop, label agreement, AUROC drop, passed)."""
+    runtime, meta = model.get("runtime", {}), model.get("meta", {})
+    precision = runtime.get("precision") or "fp32 (not reported)"
+    int8 = (meta.get("precision") or {}).get("int8") or {}
+    gates = int8.get("gates")
+    if not gates:
+        return str(precision), None
+    keys = ("accuracy_drop_points", "label_agreement", "auroc_drop", "passed")
+    return str(precision), {key: gates.get(key) for key in keys}
+
+
 def _upload(photo: bytes) -> dict[str, tuple[str, bytes, str]]:
     return {"file": ("face.png", photo, "image/png")}
 

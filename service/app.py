@@ -18,7 +18,7 @@ from fastapi import APIRouter, FastAPI
 from . import __version__
 from .api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
 from .body_limit import BodySizeLimitMiddleware
-from .bundle import ONNX_FILE, BundleError
+from .bundle import BundleError
 from .cache_metrics import CacheCollector
 from .common.lru import LruCache
 from .connection_limits import refusal_counter
@@ -82,7 +82,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 "name": model.meta.name,
                 "version": model.meta.version,
                 "provider": model.engine.provider,
-                "onnx_sha256": model.meta.files[ONNX_FILE].sha256,
+                "precision": model.report.precision,
+                "onnx_sha256": model.meta.files[model.report.onnx_file].sha256,
             }
         )
     try:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +31,7 @@ SCHEMA_VERSION = 1
 META_FILE = "meta.json"
 ONNX_FILE = "model.onnx"
 TWIN_FILE = "model.pt2"
+INT8_FILE = "model.int8.onnx"
 DEFAULT_PARITY_TOLERANCE = 1e-4
 PROBE_SEED = 20261126
 PROBE_BATCH = 2
@@ -111,6 +113,37 @@ class OpenSetSpec(BaseModel):
         return self
 
 
+class Int8Parity(BaseModel):
+    """``precision.int8.parity``: the INT8 graph's load-time check against the FP32 twin."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    tolerance: float = Field(gt=0)
+
+
+class Int8Spec(BaseModel):
+    """``precision.int8``, written by ``python -m training quantize``: the INT8 graph's file,
+    its parity tolerance, and the gates measured against FP32 (``gates.passed``)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    file: str
+    parity: Int8Parity
+    gates: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return self.gates.get("passed") is True
+
+
+class PrecisionSpec(BaseModel):
+    """``meta.json["precision"]``: the reduced-precision graphs the bundle offers."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    int8: Int8Spec | None = None
+
+
 class BundleMeta(BaseModel):
     """``meta.json``. Unknown keys are kept, so newer bundles pass through ``/model`` intact."""
 
@@ -131,6 +164,7 @@ class BundleMeta(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     face_alignment: AlignmentSpec | None = None
     open_set: OpenSetSpec | None = None
+    precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
 
     @property
     def parity_tolerance(self) -> float:
@@ -168,7 +202,39 @@ def read_meta(bundle_dir: Path) -> BundleMeta:
     gallery = meta.open_set.gallery if meta.open_set else None
     if gallery and gallery not in meta.files:  # listed, so its sha256 is checked too
         raise BundleError(f"{META_FILE}: 'files' does not list the open-set gallery {gallery}")
+    int8 = meta.precision.int8
+    if int8 is not None and int8.file not in meta.files:
+        raise BundleError(f"{META_FILE}: 'files' does not list the INT8 model {int8.file}")
     return meta
+
+
+@dataclass(frozen=True)
+class ServedGraph:
+    """Which ONNX graph serves, and how it is checked against the FP32 twin at load time: FP32
+    within ``tolerance`` (the twin's own numbers); INT8 with the same labels on the probe input
+    and logits within the bundle's stated ``precision.int8.parity.tolerance``."""
+
+    precision: Literal["fp32", "int8"]
+    file: str
+    tolerance: float
+    labels_must_agree: bool
+
+
+def served_graph(meta: BundleMeta, precision: str) -> ServedGraph:
+    """The graph for the ``precision`` setting: fp32, int8 (a ``BundleError`` when the bundle
+    has none), or auto (INT8 when the bundle has it and its recorded gates passed)."""
+    int8 = meta.precision.int8
+    if precision not in ("fp32", "int8", "auto"):
+        raise BundleError(f"unknown precision {precision!r}; valid: fp32, int8, auto")
+    if precision == "int8" and int8 is None:
+        raise BundleError(
+            "precision int8 was asked for, but the bundle has no INT8 model (meta.json "
+            "precision.int8); make one with 'python -m training quantize --bundle DIR', or "
+            "serve precision fp32 or auto"
+        )
+    if int8 is not None and (precision == "int8" or (precision == "auto" and int8.passed)):
+        return ServedGraph("int8", int8.file, int8.parity.tolerance, True)
+    return ServedGraph("fp32", ONNX_FILE, meta.parity_tolerance, False)
 
 
 def sha256_of(path: Path) -> str:
@@ -241,12 +307,15 @@ def check_parity(
     onnx_forward: Callable[[np.ndarray], np.ndarray],
     twin: Any,
     probe: np.ndarray,
+    graph: ServedGraph | None = None,
 ) -> float:
     """Compare ONNX and twin logits on ``probe``; returns the max absolute difference.
 
+    ``graph`` (default: the FP32 one) gives the tolerance and whether the labels must agree.
     Also checks shapes against ``meta.classes`` and that the twin returns an activation for every
     layer in ``meta.layers``. Raises ``BundleError`` on any mismatch.
     """
+    graph = graph or served_graph(meta, "fp32")
     import torch
 
     onnx_logits = onnx_forward(probe)
@@ -269,12 +338,13 @@ def check_parity(
     if missing:
         raise BundleError(f"the torch twin returns no activation for layers {missing}")
     max_diff = float(np.max(np.abs(onnx_logits.astype(np.float64) - twin_logits)))
-    if not max_diff <= meta.parity_tolerance:  # also catches NaN
+    name = f"{graph.file} ({graph.precision.upper()})"
+    if not max_diff <= graph.tolerance:  # also catches NaN
         raise BundleError(
-            f"ONNX and torch twin disagree: max |logit difference| {max_diff:.3g} on the probe "
-            f"input exceeds the tolerance {meta.parity_tolerance:.3g}"
+            f"{name} and torch twin disagree: max |logit difference| {max_diff:.3g} on the "
+            f"probe input exceeds the tolerance {graph.tolerance:.3g}"
         )
-    log.info(
-        "parity: ONNX vs twin max |diff| %.3g (tolerance %.3g)", max_diff, meta.parity_tolerance
-    )
+    if graph.labels_must_agree and not (onnx_logits.argmax(1) == twin_logits.argmax(1)).all():
+        raise BundleError(f"{name} and torch twin give different labels on the probe input")
+    log.info("parity: %s vs twin max |diff| %.3g (tolerance %.3g)", name, max_diff, graph.tolerance)
     return max_diff

@@ -20,7 +20,6 @@ from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from .bundle import (
-    ONNX_FILE,
     BundleError,
     BundleMeta,
     check_parity,
@@ -28,6 +27,7 @@ from .bundle import (
     load_twin,
     probe_batch,
     read_meta,
+    served_graph,
     verify_files,
 )
 from .common.softmax import softmax
@@ -50,6 +50,9 @@ class LoadReport:
     """What loading found, for ``/model`` and ``/readyz``."""
 
     files_verified: int
+    precision: str
+    """the ONNX graph serving: fp32 or int8 (``bundle.served_graph``)"""
+    onnx_file: str
     parity_max_abs_diff: float
     parity_tolerance: float
     load_ms: float
@@ -133,7 +136,11 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         import torch
 
         torch.set_num_threads(settings.threads)
-    session = create_session(bundle_dir / ONNX_FILE, settings.providers, settings.threads)
+    graph = served_graph(meta, settings.precision)
+    log.info(
+        "precision %s (setting %s): serving %s", graph.precision, settings.precision, graph.file
+    )
+    session = create_session(bundle_dir / graph.file, settings.providers, settings.threads)
     engine = Engine(
         session,
         max_batch_size=settings.max_batch_size,
@@ -153,19 +160,21 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         log.warning("bundle has no face_alignment: every image is classified whole, as a face crop")
     open_set = open_set_rule(meta, load_gallery(bundle_dir, meta), settings.open_set_target_frr)
     probe = probe_batch(preprocess)
-    max_diff = check_parity(meta, engine.run, twin, probe)
+    max_diff = check_parity(meta, engine.run, twin, probe, graph)
     if open_set is not None and open_set.gallery is not None:
         embedding = engine.split_row(engine.run_rows(probe[:1])[0], len(meta.classes))[1]
         if embedding is None or embedding.shape != open_set.gallery.shape[1:]:
             raise BundleError(
-                f"{ONNX_FILE} has no 'embedding' output of the open-set gallery's width "
+                f"{graph.file} has no 'embedding' output of the open-set gallery's width "
                 f"{open_set.gallery.shape[1]}"
             )
     warmup_s = engine.warm_up(probe[0])
     report = LoadReport(
         files_verified=len(meta.files),
+        precision=graph.precision,
+        onnx_file=graph.file,
         parity_max_abs_diff=max_diff,
-        parity_tolerance=meta.parity_tolerance,
+        parity_tolerance=graph.tolerance,
         load_ms=(time.perf_counter() - started) * 1000,
         warmup_ms=warmup_s * 1000,
         loaded_at=datetime.now(UTC),

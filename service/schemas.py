@@ -218,8 +218,16 @@ class RuntimeInfo(BaseModel):
     batch_timeout_ms: float
     threads: int = Field(description="intra-op threads (0 = one per core)")
     files_verified: int = Field(description="bundle files whose sha256 matched meta.json")
+    precision: Literal["fp32", "int8"] = Field(
+        description="the ONNX graph serving /predict and the perturbation methods (occlusion, "
+        "LIME, RISE), from the precision setting; gradient methods always run the FP32 twin"
+    )
+    onnx_file: str = Field(description="the bundle's ONNX file that serves")
     parity_max_abs_diff: float = Field(description="ONNX vs twin on the probe input")
-    parity_tolerance: float
+    parity_tolerance: float = Field(
+        description="largest allowed |logit difference| at load time: the bundle's FP32 "
+        "tolerance, or for INT8 its precision.int8.parity.tolerance (and labels must agree)"
+    )
     load_ms: float
     warmup_ms: float
     loaded_at: datetime

@@ -46,6 +46,13 @@ class Settings(BaseSettings):
         description="ONNX Runtime execution provider: auto (CUDA when available, else CPU), "
         "cpu, or cuda (fail when CUDA is unavailable)",
     )
+    precision: Literal["fp32", "int8", "auto"] = Field(
+        "fp32",
+        description="ONNX graph that serves: fp32 (model.onnx), int8 (the bundle's "
+        "model.int8.onnx from 'python -m training quantize'; not ready without it), or auto "
+        "(INT8 when the bundle has it and its recorded accuracy gates passed, else FP32); "
+        "gradient methods always use the FP32 twin",
+    )
     threads: int = Field(
         0, ge=0, description="intra-op threads for ONNX Runtime and torch; 0 = one per core"
     )

@@ -7,9 +7,10 @@ validation split (known) and the calibration identities (unknown); the threshold
 a target fraction (default 5 %) of the validation faces; the same figures are then reported on the
 test split and the held-out identities.
 
-``study_scores`` adds the candidates that were compared and not shipped (energy, class centroids,
-k nearest training faces, the frozen backbone's embedding): see ``python -m training
-open-set-study`` and the README's table.
+The study (``python -m training open-set-study``, the README's table) adds the candidates that
+were compared and not shipped (energy, class centroids, k nearest training faces, the frozen
+backbone's embedding, test-time mirroring) and which strangers the threshold lets in
+(``acceptances``).
 """
 
 from __future__ import annotations
@@ -141,6 +142,44 @@ def centroid_cosine(embeddings: np.ndarray, train: np.ndarray, labels: np.ndarra
     train = normalise(train)
     centroids = normalise(np.stack([train[labels == c].mean(0) for c in np.unique(labels)]))
     return (normalise(embeddings) @ centroids.T).max(axis=1).astype(np.float64)
+
+
+def flip_averaged(embeddings: np.ndarray, mirrored: np.ndarray) -> np.ndarray:
+    """A face's embedding as the normalised mean of the normalised embeddings of the face and
+    of its mirror image: a test-time augmentation that steadies nearest-neighbour scores."""
+    return normalise(normalise(embeddings) + normalise(mirrored))
+
+
+def acceptances(
+    scores: np.ndarray, identities: list[str], predicted: list[str], threshold: float
+) -> dict[str, dict]:
+    """Strangers accepted at ``threshold``, per identity: how many of how many, as which class
+    (``predicted``: the class the softmax names) and their highest scores. Tells whether one
+    look-alike dominates the false acceptances."""
+    out: dict[str, dict] = {}
+    for who in sorted(set(identities)):
+        rows = [(s, c) for s, i, c in zip(scores, identities, predicted, strict=True) if i == who]
+        taken = sorted(((float(s), c) for s, c in rows if s >= threshold), reverse=True)
+        as_class: dict[str, int] = {}
+        for _, c in taken:
+            as_class[c] = as_class.get(c, 0) + 1
+        out[who] = {
+            "accepted": len(taken),
+            "of": len(rows),
+            "as": dict(sorted(as_class.items(), key=lambda kv: -kv[1])),
+            "top_scores": [round(s, 3) for s, _ in taken[:3]],
+        }
+    return out
+
+
+def class_margin(embeddings: np.ndarray, train: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The nearest training face's cosine similarity minus that of the nearest face of any other
+    class: a stranger who looks a little like several of the classes has a small margin even
+    when one training face is close (needs the gallery's class labels)."""
+    similarity = normalise(embeddings) @ normalise(train).T
+    per_class = np.stack([similarity[:, labels == c].max(1) for c in np.unique(labels)], 1)
+    ordered = np.sort(per_class, axis=1)
+    return (ordered[:, -1] - ordered[:, -2]).astype(np.float64)
 
 
 def knn_cosine(embeddings: np.ndarray, train: np.ndarray, k: int) -> np.ndarray:

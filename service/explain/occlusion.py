@@ -4,9 +4,20 @@ Each window position replaces a ``window x window`` square (model-input pixels) 
 baseline; a pixel's value is the mean drop of the target score over the windows that cover it.
 The last window of each row and column is moved flush with the border, so every pixel is
 covered. All occluded images go through the plain forward function, ``batch_size`` per pass.
+
+``strategy`` says which window positions are scored (``window_schedule``): ``exhaustive``
+scores all of them (window 24, stride 12 on a 150 px input: 144 passes); ``coarse_to_fine``,
+the default, scores every second position per axis and the ``refine`` share of the rest next
+to the largest drops, and interpolates the others (78 of the 144 at the defaults). On the 50
+test faces of bench/bench_perturb.py its deletion AUC stays within 0.01 of the exhaustive
+map's. An exact incremental variant (recomputing only the activations a patch changes,
+Krypton) was measured there and not kept: on this network it saves at most 42 % of the
+multiply-adds, and only through per-region convolutions that ONNX Runtime does not run.
 """
 
 from __future__ import annotations
+
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
@@ -21,6 +32,14 @@ from .perturb import (
     score_of,
     target_scores,
 )
+from .window_schedule import coarse_to_fine, exhaustive
+
+Strategy = Literal["exhaustive", "coarse_to_fine"]
+STRATEGY_HELP = (
+    "which window positions are scored: exhaustive = every one; coarse_to_fine = every second "
+    "one per axis, then the refine share of the others next to the largest drops, the rest "
+    "interpolated (about half the passes; deletion AUC within 0.01 on the test faces)"
+)
 
 
 class OcclusionParams(MethodParams):
@@ -29,6 +48,13 @@ class OcclusionParams(MethodParams):
     baseline: Baseline = Field("zero", description="what the patch shows: " + BASELINE_HELP)
     score: Score = Field("probability", description=SCORE_HELP)
     batch_size: int = Field(32, ge=1, le=256, description="occluded images per forward pass")
+    strategy: Strategy = Field("coarse_to_fine", description=STRATEGY_HELP)
+    refine: float = Field(
+        0.3,
+        ge=0.0,
+        le=1.0,
+        description="coarse_to_fine: share of the skipped positions scored exactly (1 = all)",
+    )
 
     @model_validator(mode="after")
     def _stride_within_window(self) -> OcclusionParams:
@@ -60,36 +86,37 @@ class Occlusion(Explainer):
     ) -> np.ndarray:
         _, height, width = x.shape
         window_h, window_w = min(params.window, height), min(params.window, width)
-        corners = [
-            (top, left)
-            for top in window_starts(height, window_h, params.stride)
-            for left in window_starts(width, window_w, params.stride)
-        ]
+        row_starts = window_starts(height, window_h, params.stride)
+        col_starts = window_starts(width, window_w, params.stride)
         baseline = baseline_image(x, params.baseline)
-
-        def occluded(start: int, stop: int) -> np.ndarray:
-            batch = np.repeat(x[None], stop - start, axis=0)
-            for row, (top, left) in zip(batch, corners[start:stop], strict=True):
-                patch = (slice(None), slice(top, top + window_h), slice(left, left + window_w))
-                row[patch] = baseline[patch]
-            return batch
-
         original = score_of(logits[None], target, params.score)[0]
-        scores = target_scores(
-            self.model.forward,
-            occluded,
-            len(corners),
-            target,
-            params.batch_size,
-            params.score,
-            self.model.cancellation,
-        )
-        total = np.zeros((height, width), dtype=np.float64)
-        count = np.zeros((height, width), dtype=np.float64)
-        for (top, left), score in zip(corners, scores, strict=True):
-            total[top : top + window_h, left : left + window_w] += original - score
-            count[top : top + window_h, left : left + window_w] += 1
-        return total / count
+
+        def drops_at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+            corners = [(row_starts[r], col_starts[c]) for r, c in zip(rows, cols, strict=True)]
+
+            def occluded(start: int, stop: int) -> np.ndarray:
+                batch = np.repeat(x[None], stop - start, axis=0)
+                for row, (top, left) in zip(batch, corners[start:stop], strict=True):
+                    patch = (slice(None), slice(top, top + window_h), slice(left, left + window_w))
+                    row[patch] = baseline[patch]
+                return batch
+
+            scores = target_scores(
+                self.model.forward,
+                occluded,
+                len(corners),
+                target,
+                params.batch_size,
+                params.score,
+                self.model.cancellation,
+            )
+            return original - scores
+
+        if params.strategy == "exhaustive":
+            drops = exhaustive(len(row_starts), len(col_starts), drops_at)
+        else:
+            drops, _ = coarse_to_fine(row_starts, col_starts, drops_at, params.refine)
+        return spread(drops, row_starts, col_starts, (window_h, window_w), (height, width))
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:
@@ -98,3 +125,21 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
     if starts[-1] != size - window:
         starts.append(size - window)
     return starts
+
+
+def spread(
+    drops: np.ndarray,
+    row_starts: list[int],
+    col_starts: list[int],
+    window: tuple[int, int],
+    shape: tuple[int, int],
+) -> np.ndarray:
+    """``(H, W)`` float64 map: each pixel's mean of ``drops`` ``(rows, cols)`` over the windows
+    (``window`` = (height, width), at ``row_starts x col_starts``) that cover it."""
+    (window_h, window_w), total = window, np.zeros(shape, dtype=np.float64)
+    count = np.zeros(shape, dtype=np.float64)
+    for i, top in enumerate(row_starts):
+        for j, left in enumerate(col_starts):
+            total[top : top + window_h, left : left + window_w] += drops[i, j]
+            count[top : top + window_h, left : left + window_w] += 1
+    return total / count

@@ -33,6 +33,8 @@ async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
         batch_timeout_ms=settings.batch_timeout_ms,
         threads=settings.threads,
         files_verified=report.files_verified,
+        precision=report.precision,
+        onnx_file=report.onnx_file,
         parity_max_abs_diff=report.parity_max_abs_diff,
         parity_tolerance=report.parity_tolerance,
         load_ms=report.load_ms,

@@ -171,6 +171,12 @@ INVALID = [
     ),
     ("/explain/occlusion", {"window": 30, "stride": 40}, "stride (40) must not exceed window (30)"),
     ("/explain/occlusion", {"num_samples": 32}, "num_samples does not apply to method=occlusion"),
+    (
+        "/occlusion",
+        {"strategy": "incremental"},
+        "query.strategy: Input should be 'exhaustive' or 'coarse_to_fine'",
+    ),
+    ("/occlusion", {"refine": 1.5}, "query.refine: Input should be less than or equal to 1"),
     ("/explain/gradient", {"samples": 4}, "samples does not apply to method=gradient"),
     ("/explain/smoothgrad", {"samples": "many"}, "query.samples: Input should be a valid integer"),
     ("/explain/gradcam", {"format": "gif"}, "query.format: Input should be 'json', 'png' or"),

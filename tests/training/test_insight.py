@@ -15,7 +15,7 @@ from service.bundle import read_meta, verify_files
 from service.insight.patches import TopPatchIndex
 from training.__main__ import main
 
-MODEL_FILES = ("model.onnx", "model.pt2")
+MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.pt2")
 LINKED = (*MODEL_FILES, "open_set")  # what insight never writes
 LIMIT = 40
 

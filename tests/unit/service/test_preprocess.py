@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import InputSpec, Preprocessor
+from service.preprocess import InputSpec, PixelAffine, Preprocessor
 
 DLIB_SPEC = InputSpec(
     height=150,
@@ -63,3 +63,21 @@ def test_unsupported_spec_fails_and_lists_the_valid_choices(field, value, valid)
 def test_non_rgb_input_is_rejected():
     with pytest.raises(ValueError, match="RGB"):
         Preprocessor(DLIB_SPEC)(Image.new("L", (10, 10)))
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+def test_pixel_affine_is_exactly_scale_then_shift_in_float32_and_contiguous(order):
+    """The model input is bit for bit ``pixels * scale + shift`` in float32 (what training and
+    the parity checks assume), laid out contiguously, the pixels untouched."""
+    affine = PixelAffine(DLIB_SPEC.model_copy(update={"channel_order": order}))
+    pixels = np.asarray(ib.noise_image((150, 150))).transpose(2, 0, 1)  # a strided CHW view
+    before = pixels.copy()
+    channels = pixels[::-1] if order == "BGR" else pixels
+
+    x = affine(pixels)
+
+    expected = channels.astype(np.float32) * affine.scale[:, None, None]
+    expected = expected + affine.shift[:, None, None]
+    np.testing.assert_array_equal(x, expected)
+    assert x.dtype == np.float32 and x.flags["C_CONTIGUOUS"]
+    np.testing.assert_array_equal(pixels, before)

@@ -1,15 +1,17 @@
-"""bench/bench_speed.py judges the maps services return over HTTP: a face resized to the model
-input and sent whole (``detect=false``) must come back as the map the method computes on that
-model input, with the same deletion AUC."""
+"""What bench/bench_speed.py reads from a service's answers: a face resized to the model input
+and sent whole (``detect=false``) comes back as the map the method computes on that model input,
+with the same deletion AUC; ``GET /model`` says which precision serves and what the INT8 gates
+recorded."""
 
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 from PIL import Image
 
-from bench._client import grid_values, model_sized_png, on_model_input
+from bench._client import grid_values, model_sized_png, on_model_input, precision_of
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.faithfulness import deletion_auc
 
@@ -41,3 +43,20 @@ def test_a_whole_upload_grid_is_the_model_input_map(client, serving_model, held_
     np.testing.assert_allclose(mapped, direct.values, atol=1e-4)  # JSON: 4 decimals
     aucs = [deletion_auc(handle.forward, x, m, target) for m in (mapped, direct.values)]
     assert abs(aucs[0] - aucs[1]) <= 0.005, aucs
+
+
+def test_the_precision_and_int8_gates_are_read_from_get_model(
+    client, default_bundle, make_settings
+):
+    recorded = json.loads((default_bundle / "meta.json").read_text()).get("precision", {})
+    gates_recorded = recorded.get("int8", {}).get("gates")
+
+    precision, gates = precision_of(client.get("/model").json())
+
+    assert precision == make_settings().precision
+    if gates_recorded is None:
+        assert gates is None
+    else:
+        assert gates is not None
+        for key in ("accuracy_drop_points", "label_agreement", "auroc_drop", "passed"):
+            assert gates[key] == gates_recorded[key], key
