@@ -16,6 +16,7 @@ from typing import Any
 
 from ..explain import EXPLAINERS
 from ..explain.occlusion import window_starts
+from ..explain.window_schedule import coarse_indices
 
 # Which parameter counts a sampling method's samples.
 SAMPLE_COUNTS = ("num_samples", "num_masks", "samples", "steps")
@@ -31,17 +32,23 @@ def planned_passes(method: str, params: dict[str, Any], side: tuple[int, int]) -
     checked = EXPLAINERS[method].Params.model_validate(params)
     batch = int(getattr(checked, "batch_size", 1))
     if method == "occlusion":
-        height, width = side
-        window = checked.window  # type: ignore[attr-defined]
-        stride = checked.stride  # type: ignore[attr-defined]
-        windows = len(window_starts(height, min(window, height), stride)) * len(
-            window_starts(width, min(window, width), stride)
-        )
-        return 1 + math.ceil(windows / batch)
+        return 1 + _occlusion_batches(checked, side, batch)
     for name in SAMPLE_COUNTS:
         if hasattr(checked, name):
             return 1 + math.ceil(int(getattr(checked, name)) / batch)
     return SINGLE_PASS
+
+
+def _occlusion_batches(params: Any, side: tuple[int, int], batch: int) -> int:
+    """Batches of occluded images: every window (``exhaustive``), or the coarse grid and then
+    the ``refine`` share of the other windows (``coarse_to_fine``), each batched apart."""
+    starts = [window_starts(size, min(params.window, size), params.stride) for size in side]
+    windows = len(starts[0]) * len(starts[1])
+    if params.strategy == "exhaustive":
+        return math.ceil(windows / batch)
+    coarse = len(coarse_indices(len(starts[0]))) * len(coarse_indices(len(starts[1])))
+    refined = math.ceil(params.refine * (windows - coarse))
+    return math.ceil(coarse / batch) + math.ceil(refined / batch)
 
 
 class PassCounter:

@@ -116,8 +116,11 @@ def test_owners_are_digests_of_the_key() -> None:
 def test_planned_passes_follow_the_parameters() -> None:
     assert planned_passes("lime", {"num_samples": 256}, (150, 150)) == 1 + 8
     assert planned_passes("rise", {"num_masks": 100}, (150, 150)) == 1 + 4
-    # occlusion 24/12 on 150 px: 12 x 12 windows, 32 a batch
-    assert planned_passes("occlusion", {"window": 24, "stride": 12}, (150, 150)) == 1 + 5
+    # occlusion 24/12 on 150 px: 12 x 12 windows, 32 a batch; coarse to fine: 7 x 7 coarse
+    # windows, then 0.3 of the other 95
+    exhaustive = {"window": 24, "stride": 12, "strategy": "exhaustive"}
+    assert planned_passes("occlusion", exhaustive, (150, 150)) == 1 + 5
+    assert planned_passes("occlusion", {"window": 24, "stride": 12}, (150, 150)) == 1 + 2 + 1
     assert planned_passes("maximize", {"steps": 30}, (0, 0)) == 32
     counter = PassCounter(2)
     assert [counter.count() for _ in range(3)] == [0.5, 0.99, 0.99]
