@@ -28,14 +28,22 @@ API_KEY_SCHEME = "APIKeyHeader"
 
 
 def verify_api_key(expected: SecretStr | None, presented: str | None) -> None:
-    """Raise 401 ``missing_api_key``/``invalid_api_key`` unless ``presented`` is ``expected``
-    (nothing to check when no key is configured). Constant-time comparison."""
+    """Raise 401 ``missing_api_key``/``invalid_api_key`` unless ``presented`` is one of the
+    ``expected`` keys (one key, or several separated by commas: one per client; nothing to check
+    when none is configured). Each key is compared in constant time, and all of them always."""
     if expected is None:
         return
     if not presented:
         raise MissingApiKey(f"this service requires an API key in the {API_KEY_HEADER} header")
-    if not secrets.compare_digest(presented.encode(), expected.get_secret_value().encode()):
+    given = presented.encode()
+    matches = [secrets.compare_digest(given, key.encode()) for key in api_keys(expected)]
+    if not any(matches):
         raise InvalidApiKey(f"the {API_KEY_HEADER} header does not hold a valid API key")
+
+
+def api_keys(configured: SecretStr) -> list[str]:
+    """The keys of the ``api_key`` setting: comma-separated, surrounding spaces dropped."""
+    return [key.strip() for key in configured.get_secret_value().split(",")]
 
 
 def announces_body(headers: Headers) -> bool:

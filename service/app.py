@@ -29,7 +29,7 @@ from .head_requests import HeadAsGetMiddleware
 from .insight.inspector import Inspector, synthesis_cache
 from .metrics import MetricsMiddleware
 from .model import load_model
-from .routes import docs, explain, insight, meta, metrics, page, predict
+from .routes import docs, explain, insight, jobs, meta, metrics, page, predict
 from .security_headers import SecurityHeadersMiddleware
 from .settings import ENV_PREFIX, Settings, get_settings
 from .state import ServiceState
@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 ROUTERS: tuple[APIRouter, ...] = (
     predict.router,
     explain.router,
+    jobs.router,
     insight.router,
     meta.router,
     metrics.router,
@@ -89,6 +90,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         state.metrics.ready.set(0)
+        await state.job_runner.stop()
         state.metrics.registry.unregister(caches)
         state.inspector = None
         if state.model is not None:

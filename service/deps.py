@@ -12,6 +12,7 @@
 - ``ExplanationCacheDep``: the app's explanation result cache.
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
   ``explanation_slot`` too on routers whose work is expensive (explanations).
+- ``OwnerDep``: who owns the jobs the request makes or reads (a digest of its API key).
 - ``ClientDep``: the request's ``Cancellation``, cancelled when the client hangs up; expensive
   work checks it between batches, and a request it stopped is answered (to nobody) and
   counted in ``/metrics`` as 499 ``client_closed_request``.
@@ -41,6 +42,7 @@ from .errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
 from .faces import FaceChoice, choose_face
 from .images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
 from .insight.inspector import InspectedModel
+from .jobs.store import owner_of
 from .model import ServingModel
 from .settings import Settings
 from .state import ServiceState
@@ -92,6 +94,15 @@ async def api_key_guard(
     before their body was read; the guard marks those routes and declares the scheme in OpenAPI.
     """
     verify_api_key(settings.api_key, key)
+
+
+def key_owner(key: Annotated[str | None, Security(_api_key_header)]) -> str:
+    """Who owns the jobs this request makes or reads: a digest of its API key
+    (``jobs.store.owner_of``); the key itself was checked by ``api_key_guard``."""
+    return owner_of(key)
+
+
+OwnerDep = Annotated[str, Depends(key_owner)]
 
 
 async def in_flight_slot(state: StateDep) -> AsyncIterator[None]:

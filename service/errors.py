@@ -128,6 +128,24 @@ class NoTopPatches(ServiceError):
     status, code = 404, "no_top_patches"
 
 
+class UnknownJob(ServiceError):
+    """A job id that was never made, has expired, or belongs to another API key."""
+
+    status, code = 404, "unknown_job"
+
+
+class JobNotDone(ServiceError):
+    """A job's result asked for before the job is done (or after it failed or was cancelled)."""
+
+    status, code = 409, "job_not_done"
+
+
+class TooManyJobs(ServiceError):
+    """The job limits (in all, per API key) are reached; Retry-After says when to try again."""
+
+    status, code = 429, "too_many_jobs"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

@@ -301,6 +301,30 @@ class ExplanationResponse(BaseModel):
     timings: ExplainTimings
 
 
+class JobStatus(BaseModel):
+    """A job (POST /jobs/{method}): where it stands and, once done, its answer."""
+
+    id: str = Field(description="the job's id: GET /jobs/{id}")
+    method: str = Field(description="the explanation method, or maximize")
+    state: Literal["queued", "running", "done", "failed", "cancelled"]
+    progress: float = Field(ge=0, le=1, description="share of the work done (1 when done)")
+    parameters: dict[str, Any] = Field(description="the method's parameters, as checked")
+    created_at: float = Field(description="when the job was made (Unix time, s)")
+    queue_wait_s: float = Field(description="time waiting for an explanation turn (so far)")
+    elapsed_s: float = Field(description="time running (so far): 0 while queued")
+    remaining_s: float | None = Field(
+        description="estimated time until done, from progress so far; null while unknown"
+    )
+    error: ErrorDetail | None = Field(
+        None, description="why the job failed or was cancelled (code and message)"
+    )
+    result: dict[str, Any] | None = Field(
+        None,
+        description="once done: the synchronous call's JSON answer (format=json); also on "
+        "GET /jobs/{id}/result",
+    )
+
+
 class MethodInfo(BaseModel):
     """One explanation method, as ``POST /explain/{name}`` runs it."""
 
@@ -335,10 +359,12 @@ class MethodsResponse(BaseModel):
 _ERROR_DESCRIPTIONS = {
     400: "empty or corrupt upload",
     401: "API key missing or wrong",
-    404: "no such explanation method, or nothing stored to answer with",
+    404: "no such explanation method or job, or nothing stored to answer with",
+    409: "the job has no result (yet)",
     413: "upload or image too large",
     415: "not a JPEG, PNG, WebP or BMP image",
     422: "invalid request or image too small",
+    429: "too many jobs queued or running",
     503: "model not ready, or too many requests in flight",
 }
 

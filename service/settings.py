@@ -78,6 +78,23 @@ class Settings(BaseSettings):
         description="explanations waiting for a turn; more are refused with 503 overloaded "
         "(Retry-After), so that /predict stays fast",
     )
+    max_jobs: int = Field(
+        16,
+        ge=1,
+        description="explanation jobs (POST /jobs/...) queued or running at once, in all; more "
+        "are refused with 429 too_many_jobs",
+    )
+    max_jobs_per_key: int = Field(
+        4, ge=1, description="explanation jobs queued or running at once per API key"
+    )
+    job_ttl_s: float = Field(
+        600.0, gt=0, description="a finished job (and its result) is kept this long (s)"
+    )
+    job_event_interval_s: float = Field(
+        0.25,
+        gt=0,
+        description="GET /jobs/{id}/events sends at most one progress event per this many s",
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="largest accepted upload (bytes); larger gives 413"
     )
@@ -102,7 +119,9 @@ class Settings(BaseSettings):
     )
     api_key: SecretStr | None = Field(
         None,
-        description="when set, image endpoints and /model require it in the X-API-Key header",
+        description="when set, image endpoints, jobs and /model require it in the X-API-Key "
+        "header; several keys (one per client) separated by commas: a job is visible only "
+        "with the key that made it",
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         "info", description="log level of the service and uvicorn"
@@ -228,6 +247,8 @@ class Settings(BaseSettings):
                 f"the API key is empty; unset {ENV_PREFIX}API_KEY (and drop --api-key) to serve "
                 "without authentication, or give a non-empty key"
             )
+        if isinstance(value, str) and not all(key.strip() for key in value.split(",")):
+            raise ValueError("an API key in the comma-separated list is empty")
         return value
 
 

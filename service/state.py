@@ -6,6 +6,9 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from .jobs.metrics import JobMetrics
+from .jobs.runner import JobRunner
+from .jobs.store import Jobs, JobStore
 from .metrics import FaceSearchMetrics, ServiceMetrics
 from .pixel_budget import PixelBudget
 from .settings import Settings
@@ -59,6 +62,8 @@ class ServiceState:
     limiter: InFlightLimiter = field(init=False)
     explanations: ExplanationGate = field(init=False)
     decodes: PixelBudget = field(init=False)
+    jobs: Jobs = field(init=False)
+    job_runner: JobRunner = field(init=False)
     # Made by the lifespan: the explanation result cache (before loading) and the model's
     # insight inspector (once it is loaded).
     explanation_cache: LruCache | None = None
@@ -71,6 +76,20 @@ class ServiceState:
         )
         self.metrics.watch(self._face_search_metrics)
         self.decodes = PixelBudget.from_settings(self.settings, self.metrics.registry)
+        store = JobStore(
+            ttl_s=self.settings.job_ttl_s,
+            max_jobs=self.settings.max_jobs,
+            max_jobs_per_key=self.settings.max_jobs_per_key,
+        )
+        store.on_change = JobMetrics(self.metrics.registry, store.counts).observe
+        self.use_job_store(store)
+
+    def use_job_store(self, store: Jobs) -> None:
+        """Keep jobs in ``store`` (in Ray mode, the one every replica shares)."""
+        self.jobs = store
+        self.job_runner = JobRunner(
+            store, self.explanations, on_pass=self.metrics.explanation_batches.inc
+        )
 
     def _face_search_metrics(self) -> FaceSearchMetrics | None:
         """The loaded model's face finder's metrics (it is made with the model, after the

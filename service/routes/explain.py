@@ -264,36 +264,55 @@ async def _explain(
 ) -> Any:
     """The one code path of every explanation endpoint: cached heatmap or a new one, answered
     as ``fmt``."""
-    method = call.explainer.name
     target = None if target_id is None else class_index(model, target_id)
-    key = cache_key(
-        image_digest=array_digest(inputs.x),
-        method=method,
-        params=call.params,
-        target=target,
-        model_digest=model.meta.files[ONNX_FILE].sha256,
-    )
+    key = explanation_key(model, inputs, call, target)
     started = time.perf_counter()
     found: Heatmap | None = cache.get(key)
     cached = found is not None
     if found is None:
-        heatmap = await run_in_threadpool(_compute, model, call, inputs.x, target, cancellation)
+        heatmap = await run_in_threadpool(compute, model, call, inputs.x, target, cancellation)
         cache.put(key, heatmap)
     else:
         heatmap = found
     explain_ms = 0.0 if cached else (time.perf_counter() - started) * 1000
 
-    aligned = inputs.face.aligned
     if fmt in ("png", "overlay"):
-        png = await run_in_threadpool(render_png, fmt, image, aligned, heatmap)
+        png = await run_in_threadpool(render_png, fmt, image, inputs.face.aligned, heatmap)
         negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
         return Response(png, media_type=PNG_MEDIA_TYPE, headers=negligible)
-    grid = await run_in_threadpool(json_grid, heatmap, aligned, image.rgb.size)
+    return await run_in_threadpool(
+        explanation_response, model, image, inputs, heatmap, cached, explain_ms
+    )
+
+
+def explanation_key(
+    model: ServingModel, inputs: ModelInput, call: MethodCall, target: int | None
+) -> str:
+    """The explanation cache's key for this face, method, parameters, target and model."""
+    return cache_key(
+        image_digest=array_digest(inputs.x),
+        method=call.explainer.name,
+        params=call.params,
+        target=target,
+        model_digest=model.meta.files[ONNX_FILE].sha256,
+    )
+
+
+def explanation_response(
+    model: ServingModel,
+    image: DecodedImage,
+    inputs: ModelInput,
+    heatmap: Heatmap,
+    cached: bool,
+    explain_ms: float,
+) -> ExplanationResponse:
+    """The ``format=json`` answer: the map laid onto the upload, with the prediction."""
+    grid = json_grid(heatmap, inputs.face.aligned, image.rgb.size)
     probabilities = heatmap.probabilities
     ranked = rank_classes(model, probabilities)
     explained = model.meta.classes[heatmap.target]
     return ExplanationResponse(
-        method=method,
+        method=heatmap.method,
         target=ClassProbability(
             id=explained.id,
             name=explained.name,
@@ -320,7 +339,7 @@ async def _explain(
     )
 
 
-def _compute(
+def compute(
     model: ServingModel,
     call: MethodCall,
     x: np.ndarray,
@@ -328,7 +347,8 @@ def _compute(
     cancellation: Cancellation,
 ) -> Heatmap:
     """Run the method here (a worker thread); its forward passes run on the inference thread.
-    Once the client has gone it stops at the next batch with ``Cancelled`` (answered 499)."""
+    Once ``cancellation`` is cancelled (the client has gone; the job was deleted) it stops at
+    the next batch with ``Cancelled``."""
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return model.engine.run_on_inference_thread(batch, cancellation)

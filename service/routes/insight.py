@@ -38,7 +38,7 @@ from ..errors import NoTopPatches, NotReady, UnknownChannel, UnknownLayer
 from ..explain.render import as_rows
 from ..images import encode_png
 from ..insight.inspector import Grid, Inspector
-from ..insight.maximize import MaximizeParams, Objective
+from ..insight.maximize import MaximizeParams, Objective, Synthesis
 from ..schemas import FaceBox, error_responses
 from .insight_schemas import (
     ActivationMap,
@@ -258,17 +258,28 @@ async def top_patches(
 async def maximize(
     inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()], cancellation: ClientDep
 ) -> SynthesisResponse | Response:
-    objective = _objective(inspector, query)
-    params = MaximizeParams(**query.model_dump(include=set(MaximizeParams.model_fields)))
+    objective = objective_of(inspector, query)
+    params = maximize_params(query)
     result, cached = await run_in_threadpool(inspector.synthesize, objective, params, cancellation)
-    png = await run_in_threadpool(_encode, result.image)
+    png = await run_in_threadpool(encode_synthesis, result.image)
+    if query.format == "png":
+        return Response(png, media_type=PNG_MEDIA_TYPE)
+    return synthesis_response(query, params, result, cached, png)
+
+
+def maximize_params(query: MaximizeQuery) -> MaximizeParams:
+    return MaximizeParams(**query.model_dump(include=set(MaximizeParams.model_fields)))
+
+
+def synthesis_response(
+    query: MaximizeQuery, params: MaximizeParams, result: Synthesis, cached: bool, png: bytes
+) -> SynthesisResponse:
+    """The ``format=json`` answer of a synthesis."""
     name = (
         f"class {query.class_}"
         if query.class_ is not None
         else f"{query.layer} channel {query.channel}"
     )
-    if query.format == "png":
-        return Response(png, media_type=PNG_MEDIA_TYPE)
     return SynthesisResponse(
         objective=name,
         score_start=result.score_start,
@@ -284,7 +295,7 @@ async def maximize(
     )
 
 
-def _objective(inspector: Inspector, query: MaximizeQuery) -> Objective:
+def objective_of(inspector: Inspector, query: MaximizeQuery) -> Objective:
     if query.class_ is not None:
         return Objective(class_index=class_index(inspector.model, query.class_))
     layer, channel = (
@@ -315,5 +326,5 @@ def _png(grid: Grid, headers: dict[str, str] | None = None) -> Response:
     return Response(grid.png, media_type=PNG_MEDIA_TYPE, headers=headers)
 
 
-def _encode(pixels: np.ndarray) -> bytes:
+def encode_synthesis(pixels: np.ndarray) -> bytes:
     return encode_png(Image.fromarray(pixels))

@@ -36,6 +36,7 @@ from ..state import ServiceState
 from .forward import ForwardedRequest, ForwardedResponse, run_asgi
 from .gateway import SERVED_BY_HEADER
 from .gateway import Gateway as GatewayApp
+from .job_board import BOARD_NAME, MAX_ONGOING_CALLS, JobBoard, RemoteJobs
 from .metrics_merge import MetricsBoard as Board
 from .publisher import MetricsPublisher
 from .routing import EXPLAIN, PREDICT
@@ -53,7 +54,7 @@ class _HostsApp:
     replica_name: str
     node_id: str
 
-    def _host(self, settings: Settings, board: DeploymentHandle) -> None:
+    def _host(self, settings: Settings, board: DeploymentHandle, jobs: DeploymentHandle) -> None:
         logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s")
         # The service's own loggers at its level, whatever Ray made of the worker's root logger.
         logging.getLogger("service").setLevel(settings.log_level.upper())
@@ -62,6 +63,7 @@ class _HostsApp:
         self.replica_name = f"{context.deployment}#{context.replica_id.unique_id}"
         self.node_id = ray.get_runtime_context().get_node_id()
         self.service_app = create_app(settings)
+        self.service_state.use_job_store(RemoteJobs(jobs))
         self.publisher = MetricsPublisher(
             self.replica_name,
             self.render_metrics,
@@ -92,9 +94,11 @@ class AppReplica(_HostsApp):
     does for the gateway's, and answers before taking requests only once it is done."""
 
     # Ray Serve awaits an async constructor: the replica takes requests once it returned.
-    async def __init__(self, settings: Settings, board: DeploymentHandle) -> None:  # type: ignore[misc]
+    async def __init__(  # type: ignore[misc]
+        self, settings: Settings, board: DeploymentHandle, jobs: DeploymentHandle
+    ) -> None:
         started = time.perf_counter()
-        self._host(settings, board)
+        self._host(settings, board, jobs)
         self._lifespan = self.service_app.router.lifespan_context(self.service_app)
         await self._lifespan.__aenter__()
         log.info(
@@ -124,8 +128,9 @@ class Gateway(_HostsApp):
         predict: DeploymentHandle,
         explain: DeploymentHandle,
         board: DeploymentHandle,
+        jobs: DeploymentHandle,
     ) -> None:
-        self._host(settings, board)
+        self._host(settings, board, jobs)
         self.board = board
         handles = {PREDICT: predict, EXPLAIN: explain}
         self.gateway = GatewayApp(
@@ -197,10 +202,19 @@ def application(settings: Settings) -> serve.Application:
         max_queued_requests=-1,
         ray_actor_options={"num_cpus": 0},
     )(Gateway)
+    job_board = serve.deployment(
+        name=BOARD_NAME,
+        num_replicas=1,
+        max_ongoing_requests=MAX_ONGOING_CALLS,
+        max_queued_requests=-1,
+        ray_actor_options={"num_cpus": 0},
+    )(JobBoard)
     boards = board.bind()
+    jobs = job_board.bind(settings, boards)
     return gateway.bind(
         settings,
-        predict.bind(settings, boards),
-        explain.bind(settings, boards),
+        predict.bind(settings, boards, jobs),
+        explain.bind(settings, boards, jobs),
         boards,
+        jobs,
     )

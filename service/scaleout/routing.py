@@ -1,7 +1,9 @@
 """Which deployment serves a request: a pure function of its method and path.
 
 Explanations cost 10 to 100 times a prediction, so they run in replicas of their own
-(``Explain``), scaled apart from ``/predict`` (``Predict``). Everything else (the page, static
+(``Explain``), scaled apart from ``/predict`` (``Predict``); so do jobs, which the replica that
+was asked runs (reading them, their events and ``DELETE`` are the gateway's: the records are
+on the shared ``JobBoard``). Everything else (the page, static
 files, docs, health, ``/model``, the cheap insight routes, the list of methods) is answered by
 the gateway's own in-process app (``None``).
 """
@@ -14,7 +16,7 @@ PREDICT = "Predict"
 EXPLAIN = "Explain"
 DEPLOYMENTS = (PREDICT, EXPLAIN)
 
-_EXPLAIN_POST = re.compile(r"^/(?:explain/[^/]+|saliency|occlusion|lime)/?$")
+_EXPLAIN_POST = re.compile(r"^/(?:explain/[^/]+|jobs/[^/]+|saliency|occlusion|lime)/?$")
 _READ_METHODS = ("GET", "HEAD")
 
 
@@ -38,4 +40,8 @@ def route_template(path: str) -> str:
     """The route template of a path that ``deployment_for`` sends to a deployment, as the
     app's metrics label it (for the answers the gateway makes itself)."""
     path = path.rstrip("/") or "/"
-    return "/explain/{method}" if path.startswith("/explain/") else path
+    if path.startswith("/explain/"):
+        return "/explain/{method}"
+    if path.startswith("/jobs/") and path != "/jobs/maximize":
+        return "/jobs/{method}"
+    return path

@@ -91,6 +91,16 @@ CASES = [
     Case("POST", "/predict", {"face": "-1"}, upload=FACE),  # 422 validation_error
     Case("POST", "/saliency", {"target": "nobody", **JSON}, upload=FACE),  # 422 unknown_class
     Case("GET", "/insight/maximize", {"class": "nobody"}),  # 422 unknown_class
+    # jobs: refused before any job is made, or unknown
+    Case("POST", "/jobs/no-such-method", upload=FACE),  # 404 unknown_method
+    Case("POST", "/jobs/lime", {"num_samples": "5"}, upload=FACE),  # 422 validation_error
+    Case("POST", "/jobs/lime", upload="text"),  # 415 in the Explain replica
+    Case("POST", "/jobs/maximize", {"class": "nobody"}),  # 422 unknown_class
+    Case("POST", "/jobs/lime", upload=FACE, key=False),  # 401 before the body is read
+    Case("GET", "/jobs/no-such-job"),  # 404 unknown_job, from the job board
+    Case("GET", "/jobs/no-such-job/result"),
+    Case("GET", "/jobs/no-such-job/events"),
+    Case("DELETE", "/jobs/no-such-job"),
 ]
 
 

@@ -10,7 +10,14 @@ import yaml
 from service.scaleout.routing import EXPLAIN, PREDICT, deployment_for, route_template
 
 OPENAPI = Path(__file__).resolve().parents[2] / "openapi.yaml"
-EXPLAIN_ROUTES = {"/explain/{method}", "/saliency", "/occlusion", "/lime"}
+EXPLAIN_ROUTES = {
+    "/explain/{method}",
+    "/saliency",
+    "/occlusion",
+    "/lime",
+    "/jobs/{method}",
+    "/jobs/maximize",
+}
 
 
 @pytest.mark.parametrize(
@@ -24,6 +31,12 @@ EXPLAIN_ROUTES = {"/explain/{method}", "/saliency", "/occlusion", "/lime"}
         ("POST", "/lime", EXPLAIN),
         ("GET", "/insight/maximize", EXPLAIN),
         ("HEAD", "/insight/maximize", EXPLAIN),
+        ("POST", "/jobs/lime", EXPLAIN),  # made and run by the replica that gets it
+        ("POST", "/jobs/maximize", EXPLAIN),
+        ("GET", "/jobs/abc", None),  # read from the job board by the gateway
+        ("GET", "/jobs/abc/events", None),
+        ("DELETE", "/jobs/abc", None),
+        ("POST", "/jobs/abc/result", None),  # 405 from the gateway's own app
         ("GET", "/explain", None),
         ("GET", "/predict", None),  # 405 from the gateway's own app
         ("POST", "/explain", None),
@@ -46,7 +59,7 @@ def test_every_documented_operation_has_a_host():
     """Every operation of openapi.yaml: the heavy ones go to a deployment, the rest stay."""
     paths = yaml.safe_load(OPENAPI.read_text())["paths"]
     for template, operations in paths.items():
-        concrete = template.replace("{method}", "gradcam")
+        concrete = template.replace("{method}", "gradcam").replace("{job_id}", "abc")
         for method in operations:
             target = deployment_for(method.upper(), concrete)
             if (method, template) == ("post", "/predict"):
@@ -67,6 +80,8 @@ def test_every_documented_operation_has_a_host():
         ("/explain/nope/", "/explain/{method}"),
         ("/lime/", "/lime"),
         ("/insight/maximize", "/insight/maximize"),
+        ("/jobs/lime", "/jobs/{method}"),
+        ("/jobs/maximize", "/jobs/maximize"),
     ],
 )
 def test_route_template(path: str, template: str):

@@ -1,0 +1,239 @@
+"""Jobs over HTTP: every method as a job, its events, cancel, limits, keys and bad input.
+
+One app for the module with two API keys (``key-a``, ``key-b``), small job limits and a short
+event interval; the model and data are the real ones.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.explain import EXPLAINERS
+
+KEY_A, KEY_B = "key-a", "key-b"
+MAX_JOBS, MAX_JOBS_PER_KEY = 3, 2
+# Small parameters: the life cycle, not the maps' quality, is under test.
+SMALL: dict[str, str] = {
+    "gradient": "",
+    "smoothgrad": "samples=4",
+    "integrated_gradients": "steps=8",
+    "gradcam": "",
+    "occlusion": "window=48&stride=48",
+    "lime": "num_samples=64",
+    "rise": "num_masks=64",
+}
+LONG_LIME = "num_samples=2000&seed={seed}"  # 63 batches of 32
+
+
+@pytest.fixture(scope="module")
+def jobs(make_settings: Any) -> Iterator[TestClient]:
+    settings = make_settings(
+        api_key=f"{KEY_A},{KEY_B}",
+        max_jobs=MAX_JOBS,
+        max_jobs_per_key=MAX_JOBS_PER_KEY,
+        job_event_interval_s=0.05,
+    )
+    with TestClient(create_app(settings), headers={"X-API-Key": KEY_A}) as client:
+        yield client
+
+
+def start(client: TestClient, method: str, query: str, face: bytes, **kwargs: Any) -> Any:
+    files = {"file": ("face.png", face, "image/png")}
+    return client.post(f"/jobs/{method}?detect=false&{query}", files=files, **kwargs)
+
+
+def wait_for(client: TestClient, job_id: str, states: set[str], timeout: float = 300) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = client.get(f"/jobs/{job_id}").json()
+        if status["state"] in states:
+            return status
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} not {states} within {timeout} s: {status}")
+
+
+def batches(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("celebxai_explanation_batches_total "):
+            return float(line.split()[1])
+    raise AssertionError("no explanation batch counter in /metrics")
+
+
+def held_jobs(client: TestClient) -> int:
+    lines = client.get("/metrics").text.splitlines()
+    return int(sum(float(line.split()[1]) for line in lines if line.startswith("celebxai_jobs{")))
+
+
+@pytest.mark.parametrize("method", list(EXPLAINERS))
+def test_every_method_as_a_job_answers_as_the_synchronous_call(
+    jobs: TestClient, face_bytes: bytes, method: str
+) -> None:
+    started = start(jobs, method, SMALL[method], face_bytes)
+    assert started.status_code == 202, started.text
+    body = started.json()
+    assert started.headers["location"] == f"/jobs/{body['id']}"
+    assert body["state"] in {"queued", "running"} and body["method"] == method
+
+    done = wait_for(jobs, body["id"], {"done", "failed", "cancelled"})
+    assert done["state"] == "done", done
+    assert done["progress"] == 1.0 and done["remaining_s"] == 0.0
+    sync = jobs.post(
+        f"/explain/{method}?detect=false&{SMALL[method]}",
+        files={"file": ("face.png", face_bytes, "image/png")},
+    )
+    assert sync.status_code == 200
+    expected = sync.json()
+    result = jobs.get(f"/jobs/{body['id']}/result").json()
+    assert result == done["result"]
+    for field in ("method", "label", "target", "parameters", "heatmap", "face_box"):
+        assert result[field] == expected[field], field
+    png = jobs.get(f"/jobs/{body['id']}/result?format=overlay")
+    sync_png = jobs.post(
+        f"/explain/{method}?detect=false&format=overlay&{SMALL[method]}",
+        files={"file": ("face.png", face_bytes, "image/png")},
+    )
+    assert png.headers["content-type"] == "image/png"
+    assert png.content == sync_png.content
+
+
+def test_a_synthesis_runs_as_a_job(jobs: TestClient) -> None:
+    started = jobs.post("/jobs/maximize?class=tom_hanks&steps=6&seed=1")
+    assert started.status_code == 202, started.text
+    done = wait_for(jobs, started.json()["id"], {"done", "failed", "cancelled"})
+    assert done["state"] == "done", done
+    assert done["result"]["steps"] == 6 and done["result"]["objective"] == "class tom_hanks"
+    png = jobs.get(f"/jobs/{done['id']}/result?format=png")
+    assert png.content.startswith(b"\x89PNG")
+    assert jobs.get(f"/jobs/{done['id']}/result?format=overlay").json()["error"]["code"] == (
+        "job_not_done"
+    )
+
+
+def test_events_report_rising_progress_then_the_end(jobs: TestClient, face_bytes: bytes) -> None:
+    job_id = start(jobs, "lime", "num_samples=512&seed=5", face_bytes).json()["id"]
+    events = []
+    with jobs.stream("GET", f"/jobs/{job_id}/events") as stream:
+        assert stream.headers["content-type"].startswith("text/event-stream")
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                events.append(json.loads(line.removeprefix("data:")))
+    assert events[-1]["state"] == "done" and events[-1]["progress"] == 1.0
+    running = [event["progress"] for event in events if event["state"] == "running"]
+    assert len(running) >= 2, events
+    assert running == sorted(running) and 0 < running[0] < running[-1] < 1
+
+
+def test_delete_stops_the_work_within_a_batch(jobs: TestClient, face_bytes: bytes) -> None:
+    job_id = start(jobs, "lime", LONG_LIME.format(seed=11), face_bytes).json()["id"]
+    status = wait_for(jobs, job_id, {"running"})
+    while status["progress"] == 0:
+        status = jobs.get(f"/jobs/{job_id}").json()
+    deleted = jobs.delete(f"/jobs/{job_id}")
+    assert deleted.status_code == 200
+    at_cancel = batches(jobs)
+    cancelled = wait_for(jobs, job_id, {"done", "failed", "cancelled"})
+    assert cancelled["state"] == "cancelled", cancelled
+    assert cancelled["error"]["code"] == "cancelled"
+    assert cancelled["progress"] < 0.5
+    time.sleep(0.5)
+    assert batches(jobs) - at_cancel <= 1  # at most the batch in flight finished
+    assert jobs.get(f"/jobs/{job_id}/result").json()["error"]["code"] == "job_not_done"
+    # a finished job is forgotten by DELETE
+    assert jobs.delete(f"/jobs/{job_id}").status_code == 200
+    assert jobs.get(f"/jobs/{job_id}").json()["error"]["code"] == "unknown_job"
+
+
+def test_limits_per_key_and_in_all_then_room_again(jobs: TestClient, face_bytes: bytes) -> None:
+    made = [start(jobs, "lime", LONG_LIME.format(seed=s), face_bytes) for s in (21, 22)]
+    assert [r.status_code for r in made] == [202, 202]
+    refused = start(jobs, "lime", LONG_LIME.format(seed=23), face_bytes)
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_jobs"
+    assert "Retry-After" in refused.headers
+    other = start(jobs, "lime", LONG_LIME.format(seed=24), face_bytes, headers={"X-API-Key": KEY_B})
+    assert other.status_code == 202  # its own key's first job; the third in all
+    full = start(jobs, "lime", LONG_LIME.format(seed=25), face_bytes, headers={"X-API-Key": KEY_B})
+    assert full.status_code == 429 and "queued or running" in full.json()["error"]["message"]
+    # the two turns are taken: key-b's job waits its turn, and can be cancelled while queued
+    queued = jobs.get(f"/jobs/{other.json()['id']}", headers={"X-API-Key": KEY_B}).json()
+    assert queued["state"] == "queued" and queued["elapsed_s"] == 0
+    for response, key in [(made[0], KEY_A), (made[1], KEY_A), (other, KEY_B)]:
+        jobs.delete(f"/jobs/{response.json()['id']}", headers={"X-API-Key": key})
+    for response, key in [(made[0], KEY_A), (made[1], KEY_A), (other, KEY_B)]:
+        headers = {"X-API-Key": key}
+        deadline = time.monotonic() + 300
+        while jobs.get(f"/jobs/{response.json()['id']}", headers=headers).json()["state"] not in {
+            "cancelled",
+            "done",
+        }:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    never_ran = jobs.get(f"/jobs/{other.json()['id']}", headers={"X-API-Key": KEY_B}).json()
+    assert never_ran["state"] == "cancelled" and never_ran["elapsed_s"] == 0
+    again = start(jobs, "gradient", "", face_bytes)
+    assert again.status_code == 202
+
+
+def test_a_job_is_visible_only_with_the_key_that_made_it(
+    jobs: TestClient, face_bytes: bytes
+) -> None:
+    job_id = start(jobs, "gradcam", "", face_bytes).json()["id"]
+    for path in (f"/jobs/{job_id}", f"/jobs/{job_id}/result", f"/jobs/{job_id}/events"):
+        other = jobs.get(path, headers={"X-API-Key": KEY_B})
+        assert other.status_code == 404 and other.json()["error"]["code"] == "unknown_job"
+        assert jobs.get(path, headers={"X-API-Key": ""}).status_code == 401
+        assert jobs.get(path, headers={"X-API-Key": "key-c"}).status_code == 401
+    assert jobs.delete(f"/jobs/{job_id}", headers={"X-API-Key": KEY_B}).status_code == 404
+    assert wait_for(jobs, job_id, {"done"})["state"] == "done"
+
+
+@pytest.mark.parametrize(
+    ("path", "upload", "status", "code"),
+    [
+        ("/jobs/nonsense", "face", 404, "unknown_method"),
+        ("/jobs/lime?num_samples=5", "face", 422, "validation_error"),
+        ("/jobs/lime?window=24", "face", 422, "validation_error"),
+        ("/jobs/occlusion?window=8&stride=16", "face", 422, "validation_error"),
+        ("/jobs/gradient?target=nobody", "face", 422, "unknown_class"),
+        ("/jobs/gradient", "empty", 400, "empty_file"),
+        ("/jobs/gradient", "corrupt", 400, "corrupt_image"),
+        ("/jobs/gradient", "text", 415, "unsupported_format"),
+        ("/jobs/gradient", None, 422, "validation_error"),
+        ("/jobs/maximize?class=nobody", None, 422, "unknown_class"),
+        ("/jobs/maximize?layer=layer9&channel=0", None, 422, "unknown_layer"),
+        ("/jobs/maximize", None, 422, "validation_error"),
+    ],
+)
+def test_bad_requests_are_refused_before_any_job_is_made(
+    jobs: TestClient, face_bytes: bytes, path: str, upload: str | None, status: int, code: str
+) -> None:
+    uploads = {
+        "face": face_bytes,
+        "empty": b"",
+        "corrupt": face_bytes[: len(face_bytes) // 3],
+        "text": b"hello, this is not an image\n" * 10,
+    }
+    before = held_jobs(jobs)
+    files = None if upload is None else {"file": ("x.png", uploads[upload], "image/png")}
+    separator = "&" if "?" in path else "?"
+    response = jobs.post(f"{path}{separator}detect=false", files=files)
+    assert response.status_code == status, response.text
+    assert response.json()["error"]["code"] == code
+    assert held_jobs(jobs) == before
+
+
+def test_unknown_ids_and_unfinished_results(jobs: TestClient, face_bytes: bytes) -> None:
+    assert jobs.get("/jobs/no-such-job").json()["error"]["code"] == "unknown_job"
+    assert jobs.get("/jobs/no-such-job/events").status_code == 404
+    assert jobs.delete("/jobs/no-such-job").status_code == 404
+    job_id = start(jobs, "lime", LONG_LIME.format(seed=31), face_bytes).json()["id"]
+    early = jobs.get(f"/jobs/{job_id}/result")
+    assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_done"
+    jobs.delete(f"/jobs/{job_id}")
+    assert wait_for(jobs, job_id, {"cancelled"})["state"] == "cancelled"

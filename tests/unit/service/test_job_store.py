@@ -1,0 +1,145 @@
+"""The job store's bounds: limits per key and in all, expiry after the TTL, owners."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from service.errors import JobNotDone, TooManyJobs, UnknownJob
+from service.jobs.progress import PassCounter, planned_passes
+from service.jobs.store import ANONYMOUS, JobResult, JobStore, owner_of
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def run(scenario: Callable[[], Awaitable[None]]) -> None:  # the store lives on an event loop
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_with_a_runner_never() -> None:
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=10, max_jobs_per_key=10, clock=clock)
+        done = await store.create("a", "lime", {})
+        running = await store.create("a", "lime", {})
+        await store.update(done.id, {"state": "running"})
+        await store.update(running.id, {"state": "running"})
+        clock.now += 5
+        view = await store.update(done.id, {"state": "done", "result": JobResult({"x": 1})})
+        assert view.elapsed_s == 5 and view.remaining_s == 0 and view.result == {"x": 1}
+        await store.beat(running.id)
+        clock.now += 59.9
+        await store.beat(running.id)
+        assert (await store.get(done.id, "a")).state == "done"
+        assert store.counts()["done"] == 1
+        clock.now += 0.2
+        assert store.counts()["done"] == 0
+        with pytest.raises(UnknownJob):
+            await store.get(done.id, "a")
+        for _ in range(360):  # an hour, its runner beating every 10 s
+            clock.now += 10
+            await store.beat(running.id)
+        assert (await store.get(running.id, "a")).state == "running"
+
+    run(scenario)
+
+
+def test_limits_count_unfinished_jobs_per_owner_and_in_all() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=2)
+        first = await store.create("a", "lime", {})
+        await store.create("a", "lime", {})
+        with pytest.raises(TooManyJobs, match="this API key already has 2"):
+            await store.create("a", "lime", {})
+        await store.create("b", "lime", {})
+        with pytest.raises(TooManyJobs, match="3 jobs are queued or running"):
+            await store.create("c", "lime", {})
+        await store.update(first.id, {"state": "cancelled"})  # finished: no longer counts
+        assert (await store.create("a", "lime", {})).state == "queued"
+
+    run(scenario)
+
+
+def test_delete_asks_an_unfinished_job_to_stop_and_forgets_a_finished_one() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=3)
+        job = await store.create(owner_of("key-a"), "gradient", {})
+        with pytest.raises(UnknownJob):
+            await store.get(job.id, owner_of("key-b"))
+        with pytest.raises(UnknownJob):
+            await store.delete(job.id, owner_of("key-b"))
+        waiter = asyncio.create_task(store.wait(job.id, None, job.version, 10))
+        deleted = await store.delete(job.id, owner_of("key-a"))
+        assert deleted.cancel_requested and deleted.state == "queued"
+        assert (await waiter).cancel_requested  # the runner's watcher learns at once
+        with pytest.raises(JobNotDone, match="is queued"):
+            await store.render(job.id, owner_of("key-a"), "json")
+        await store.update(job.id, {"state": "cancelled", "error": {"code": "c", "message": "m"}})
+        await store.update(job.id, {"state": "done", "progress": 1.0})  # final already
+        assert (await store.get(job.id, None)).state == "cancelled"
+        await store.delete(job.id, owner_of("key-a"))
+        with pytest.raises(UnknownJob):
+            await store.get(job.id, owner_of("key-a"))
+
+    run(scenario)
+
+
+def test_renders_of_a_done_job() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=3)
+        job = await store.create("a", "maximize", {})
+        result = JobResult({"steps": 3}, {"png": b"\x89PNG"}, {"X-Test": "1"})
+        await store.update(job.id, {"state": "done", "result": result})
+        assert await store.render(job.id, "a", "png") == (b"\x89PNG", {"X-Test": "1"})
+        assert (await store.render(job.id, "a", "json"))[0] == b'{"steps": 3}'
+        with pytest.raises(JobNotDone, match="formats: json, png"):
+            await store.render(job.id, "a", "overlay")
+
+    run(scenario)
+
+
+def test_owners_are_digests_of_the_key() -> None:
+    assert owner_of(None) == owner_of("") == ANONYMOUS
+    assert owner_of("key-a") != owner_of("key-b")
+    assert "key-a" not in owner_of("key-a") and len(owner_of("key-a")) == 64
+
+
+def test_planned_passes_follow_the_parameters() -> None:
+    assert planned_passes("lime", {"num_samples": 256}, (150, 150)) == 1 + 8
+    assert planned_passes("rise", {"num_masks": 100}, (150, 150)) == 1 + 4
+    # occlusion 24/12 on 150 px: 12 x 12 windows, 32 a batch; coarse to fine: 7 x 7 coarse
+    # windows, then 0.3 of the other 95
+    exhaustive = {"window": 24, "stride": 12, "strategy": "exhaustive"}
+    assert planned_passes("occlusion", exhaustive, (150, 150)) == 1 + 5
+    assert planned_passes("occlusion", {"window": 24, "stride": 12}, (150, 150)) == 1 + 2 + 1
+    assert planned_passes("maximize", {"steps": 30}, (0, 0)) == 32
+    counter = PassCounter(2)
+    assert [counter.count() for _ in range(3)] == [0.5, 0.99, 0.99]
+
+
+def test_a_job_whose_runner_goes_silent_fails_as_lost() -> None:
+    clock = Clock()
+
+    async def scenario() -> None:
+        store = JobStore(ttl_s=600, max_jobs=3, max_jobs_per_key=3, clock=clock)
+        alive = await store.create("a", "lime", {})
+        silent = await store.create("a", "lime", {})
+        await store.update(silent.id, {"state": "running"})
+        for _ in range(12):  # two minutes, the live one's runner beating every 10 s
+            clock.now += 10
+            await store.beat(alive.id)
+        lost = await store.get(silent.id, "a")
+        assert lost.state == "failed" and lost.error is not None
+        assert lost.error["code"] == "job_lost"
+        assert (await store.get(alive.id, "a")).state == "queued"
+
+    run(scenario)
