@@ -58,6 +58,10 @@ class ModelHandle:
     - ``cancellation``: checked between batches (perturbation batches, the twin's passes); once
       cancelled, ``attribute`` raises ``Cancelled`` at the next batch. A request's is cancelled
       when its client hangs up; the default never is.
+    - ``report``: called with the map as it stands after each batch of a sampling method (LIME,
+      occlusion, RISE), scaled like the final map (values, scale, negligible): an anytime
+      estimate for whoever watches the work (a job's live view). None: nobody watches, and no
+      partial map is computed.
     - ``forward_soon``: ``forward`` that returns at once with a future, for the prediction that
       a method may overlap with work of its own (``Prediction``); None: the prediction runs
       through ``forward`` when it is read.
@@ -68,6 +72,7 @@ class ModelHandle:
     gradcam_layer: str | None = None
     cancellation: Cancellation = field(default_factory=Cancellation)
     forward_soon: ForwardSoon | None = None
+    report: Callable[[np.ndarray, float, bool], None] | None = None
 
 
 class Prediction:
@@ -124,6 +129,16 @@ class Explainer(ABC):
         if self.needs_twin and model.twin is None:
             raise ValueError(f"{self.name} needs the model's differentiable twin")
         self.model = model
+
+    @property
+    def watched(self) -> bool:
+        """Whether partial maps are wanted (``ModelHandle.report``): compute them only then."""
+        return self.model.report is not None
+
+    def report_partial(self, raw: np.ndarray) -> None:
+        """Hand the raw map as it stands to ``ModelHandle.report``, scaled as the final one."""
+        if self.model.report is not None:
+            self.model.report(*scaled(np.asarray(raw, dtype=np.float64), self.value_range))
 
     def attribute(self, inputs: np.ndarray, target: int | None = None, **params: Any) -> Heatmap:
         """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``.

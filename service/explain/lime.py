@@ -77,6 +77,12 @@ class Lime(Explainer):
             keep = patterns[start:stop][:, segments].astype(bool)  # (n, H, W)
             return np.where(keep[:, None], x[None], baseline[None])
 
+        features, kernel = patterns.astype(np.float64), pattern_kernel(patterns)
+
+        def surrogate(stop: int, scores: np.ndarray) -> np.ndarray:
+            weights = fit_surrogate(features[:stop], scores[:stop], kernel[:stop])
+            return select_features(weights, params.positive_only, params.top_features)[segments]
+
         scores = target_scores(
             self.model.forward,
             perturbed,
@@ -85,10 +91,12 @@ class Lime(Explainer):
             params.batch_size,
             params.score,
             self.model.cancellation,
+            # the surrogate fit on the patterns scored so far: LIME's own estimate, refining
+            on_batch=(lambda stop, s: self.report_partial(surrogate(stop, s)))
+            if self.watched
+            else None,
         )
-        weights = fit_surrogate(patterns.astype(np.float64), scores, pattern_kernel(patterns))
-        weights = select_features(weights, params.positive_only, params.top_features)
-        return weights[segments]
+        return surrogate(params.num_samples, scores)
 
 
 def superpixels(x: np.ndarray, num_segments: int) -> np.ndarray:

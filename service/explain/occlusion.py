@@ -91,6 +91,15 @@ class Occlusion(Explainer):
         baseline = baseline_image(x, params.baseline)
         original = score_of(logits[None], target, params.score)[0]
 
+        # what a watcher sees: the drops scored so far (the estimate where one exists, 0 else)
+        known = np.zeros((len(row_starts), len(col_starts)), dtype=np.float64)
+
+        def show(drops: np.ndarray) -> None:
+            known[...] = drops
+            self.report_partial(
+                spread(known, row_starts, col_starts, (window_h, window_w), (height, width))
+            )
+
         def drops_at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             corners = [(row_starts[r], col_starts[c]) for r, c in zip(rows, cols, strict=True)]
 
@@ -101,6 +110,11 @@ class Occlusion(Explainer):
                     row[patch] = baseline[patch]
                 return batch
 
+            def scored(stop: int, scores: np.ndarray) -> None:
+                partial = known.copy()
+                partial[rows[:stop], cols[:stop]] = original - scores[:stop]
+                show(partial)
+
             scores = target_scores(
                 self.model.forward,
                 occluded,
@@ -109,13 +123,20 @@ class Occlusion(Explainer):
                 params.batch_size,
                 params.score,
                 self.model.cancellation,
+                on_batch=scored if self.watched else None,
             )
-            return original - scores
+            drops = original - scores
+            if self.watched:
+                partial = known.copy()
+                partial[rows, cols] = drops
+                show(partial)
+            return drops
 
         if params.strategy == "exhaustive":
             drops = exhaustive(len(row_starts), len(col_starts), drops_at)
         else:
-            drops, _ = coarse_to_fine(row_starts, col_starts, drops_at, params.refine)
+            estimate = show if self.watched else None
+            drops, _ = coarse_to_fine(row_starts, col_starts, drops_at, params.refine, estimate)
         return spread(drops, row_starts, col_starts, (window_h, window_w), (height, width))
 
 

@@ -46,18 +46,22 @@ def target_scores(
     batch_size: int,
     score: Score,
     cancellation: Cancellation | None = None,
+    on_batch: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
     """``score`` of ``target`` for ``count`` perturbed inputs, ``batch_size`` per forward pass.
 
     ``make_batch(start, stop)`` builds inputs ``start..stop-1`` as ``(stop - start, 3, H, W)``
     float32, so only one batch is in memory at a time. Returns ``(count,)`` float64.
-    ``Cancelled`` before the next batch once ``cancellation`` is cancelled.
+    ``Cancelled`` before the next batch once ``cancellation`` is cancelled. ``on_batch(stop,
+    scores)`` after each batch: ``scores[:stop]`` are known (for a partial map).
     """
     scores = np.empty(count, dtype=np.float64)
     for start, stop in batch_bounds(count, batch_size):
         if cancellation is not None:
             cancellation.check()
         scores[start:stop] = score_of(forward(make_batch(start, stop)), target, score)
+        if on_batch is not None and stop < count:
+            on_batch(stop, scores)
     return scores
 
 

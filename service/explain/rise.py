@@ -77,6 +77,10 @@ class Rise(Explainer):
             scores[start:stop] = score_of(batch_logits, target, params.score)
             weighted += np.tensordot(scores[start:stop], masks, axes=1)
             total += masks.sum(axis=0)
+            if self.watched and stop < params.num_masks:  # the same estimate over masks so far
+                self.report_partial(
+                    (weighted - scores[:stop].mean() * total) / (stop * params.keep)
+                )
         # sum_i (s_i - mean s) M_i == sum_i s_i M_i - mean s * sum_i M_i
         return (weighted - scores.mean() * total) / (params.num_masks * params.keep)
 

@@ -40,18 +40,25 @@ def exhaustive(num_rows: int, num_cols: int, drops_at: DropsAt) -> np.ndarray:
 
 
 def coarse_to_fine(
-    row_starts: Sequence[int], col_starts: Sequence[int], drops_at: DropsAt, refine: float
+    row_starts: Sequence[int],
+    col_starts: Sequence[int],
+    drops_at: DropsAt,
+    refine: float,
+    on_estimate: Callable[[np.ndarray], None] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Drops over the grid of ``row_starts x col_starts`` window offsets (pixels): scored on the
     coarse grid and at the ``refine`` share (0..1) of the other positions whose scored
     neighbours dropped most, interpolated elsewhere. Returns the ``(rows, cols)`` float64 drops and
-    how many positions were scored."""
+    how many positions were scored. ``on_estimate(drops)``: the interpolated grid, once the
+    coarse grid is scored."""
     rows, cols = np.asarray(row_starts, float), np.asarray(col_starts, float)
     coarse_rows, coarse_cols = coarse_indices(rows.size), coarse_indices(cols.size)
     grid_rows, grid_cols = np.meshgrid(coarse_rows, coarse_cols, indexing="ij")
     coarse = drops_at(grid_rows.ravel(), grid_cols.ravel()).reshape(grid_rows.shape)
     drops = interpolate(coarse, rows[coarse_rows], rows, cols[coarse_cols], cols)
     drops[np.ix_(coarse_rows, coarse_cols)] = coarse  # exact where scored
+    if on_estimate is not None:
+        on_estimate(drops)
     scored = np.zeros(drops.shape, dtype=bool)
     scored[np.ix_(coarse_rows, coarse_cols)] = True
     estimated = np.flatnonzero(~scored.ravel())

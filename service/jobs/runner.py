@@ -36,13 +36,17 @@ HEARTBEAT_S = 10.0
 DELETED = "the job was deleted"
 
 
+Publish = Callable[[dict[str, Any]], None]
+"""Changes to a job's record (``partial``: a partial map), from the work's thread."""
+
+
 @dataclass(frozen=True)
 class JobWork:
-    """What a job does, both parts on a worker thread: ``compute(cancellation)`` the expensive
-    part (its passes go through ``cancellation.batch()``); ``finish(value, compute_ms)``
-    renders the answer."""
+    """What a job does, both parts on a worker thread: ``compute(cancellation, publish)`` the
+    expensive part (its passes go through ``cancellation.batch()``; it may ``publish`` partial
+    results); ``finish(value, compute_ms)`` renders the answer."""
 
-    compute: Callable[[Cancellation], Any]
+    compute: Callable[[Cancellation, Publish], Any]
     finish: Callable[[Any, float], JobResult]
     planned_passes: int
 
@@ -61,14 +65,16 @@ class JobRunner:
         loop = asyncio.get_running_loop()
         counter = PassCounter(work.planned_passes)
 
+        def publish(changes: dict[str, Any]) -> None:  # from the work's thread
+            loop.call_soon_threadsafe(self._report, job.id, changes)
+
         def on_pass() -> None:  # on the work's thread, before each pass
             if self.on_pass is not None:
                 self.on_pass()
-            progress = counter.count()
-            loop.call_soon_threadsafe(self._report, job.id, {"progress": progress})
+            publish({"progress": counter.count()})
 
         cancellation = Cancellation(on_batch=on_pass)
-        task = loop.create_task(self._run(job, work, cancellation), name=f"job {job.id}")
+        task = loop.create_task(self._run(job, work, cancellation, publish), name=f"job {job.id}")
         self._running[task] = cancellation
         task.add_done_callback(self._running.pop)
 
@@ -79,16 +85,20 @@ class JobRunner:
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
 
-    async def _run(self, job: JobView, work: JobWork, cancellation: Cancellation) -> None:
+    async def _run(
+        self, job: JobView, work: JobWork, cancellation: Cancellation, publish: Publish
+    ) -> None:
         watcher = asyncio.create_task(self._watch(job, cancellation))
         try:
-            await self._turn_and_work(job, work, cancellation)
+            await self._turn_and_work(job, work, cancellation, publish)
         finally:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher
 
-    async def _turn_and_work(self, job: JobView, work: JobWork, cancellation: Cancellation) -> None:
+    async def _turn_and_work(
+        self, job: JobView, work: JobWork, cancellation: Cancellation, publish: Publish
+    ) -> None:
         try:
             await cancellation.guard(self.gate.running.acquire())
         except Cancelled as exc:
@@ -98,7 +108,7 @@ class JobRunner:
             cancellation.check()
             await self.store.update(job.id, {"state": "running"})
             started = time.perf_counter()
-            value = await run_in_threadpool(work.compute, cancellation)
+            value = await run_in_threadpool(work.compute, cancellation, publish)
             compute_ms = (time.perf_counter() - started) * 1000
             result = await run_in_threadpool(work.finish, value, compute_ms)
         except Cancelled as exc:

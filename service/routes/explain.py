@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import inspect
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Annotated, Any, Literal
 
@@ -345,10 +346,12 @@ def compute(
     x: np.ndarray,
     target: int | None,
     cancellation: Cancellation,
+    report: Callable[[np.ndarray, float, bool], None] | None = None,
 ) -> Heatmap:
     """Run the method here (a worker thread); its forward passes run on the inference thread.
     Once ``cancellation`` is cancelled (the client has gone; the job was deleted) it stops at
-    the next batch with ``Cancelled``."""
+    the next batch with ``Cancelled``. ``report``: the sampling methods' partial maps (a job's
+    live view)."""
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return model.engine.run_on_inference_thread(batch, cancellation)
@@ -357,6 +360,11 @@ def compute(
         return model.engine.run_soon(batch, cancellation)
 
     handle = ModelHandle(
-        forward, model.twin, model.meta.gradcam_layer, cancellation, forward_soon=forward_soon
+        forward,
+        model.twin,
+        model.meta.gradcam_layer,
+        cancellation,
+        forward_soon=forward_soon,
+        report=report,
     )
     return call.explainer(handle).attribute(x, target, **call.params)

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
@@ -32,6 +34,7 @@ from ..deps import (
     ExplanationCacheDep,
     ImageDep,
     ModelDep,
+    ModelInput,
     ModelInputDep,
     OwnerDep,
     StateDep,
@@ -39,14 +42,16 @@ from ..deps import (
     class_index,
     in_flight_slot,
 )
-from ..explain import Heatmap
+from ..explain import EXPLAINERS, Heatmap
+from ..images import DecodedImage
 from ..jobs.progress import planned_passes
-from ..jobs.runner import JobWork
+from ..jobs.runner import JobWork, Publish
 from ..jobs.store import JobResult, Jobs, JobView
+from ..model import ServingModel
 from ..schemas import JobStatus, error_responses
 from ..state import ServiceState
 from .explain import TargetQuery, compute, explanation_key, explanation_response
-from .heatmap_render import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, render_png
+from .heatmap_render import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, render_png, values_grid
 from .insight import (
     InspectorDep,
     MaximizeQuery,
@@ -83,7 +88,7 @@ async def maximize_job(
     objective = objective_of(inspector, query)
     params = maximize_params(query)
 
-    def compute(cancellation: Cancellation) -> Any:
+    def compute(cancellation: Cancellation, publish: Publish) -> Any:
         return inspector.synthesize(objective, params, cancellation)
 
     def finish(value: Any, compute_ms: float) -> JobResult:
@@ -123,11 +128,14 @@ async def explain_job(
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
     key = explanation_key(model, inputs, call, target_index)
 
-    def work(cancellation: Cancellation) -> tuple[Heatmap, bool]:
+    interval = state.settings.job_event_interval_s
+
+    def work(cancellation: Cancellation, publish: Publish) -> tuple[Heatmap, bool]:
         found: Heatmap | None = cache.get(key)
         if found is not None:
             return found, True
-        heatmap = compute(model, call, inputs.x, target_index, cancellation)
+        shown = PartialMaps(model, image, inputs, method, interval, publish)
+        heatmap = compute(model, call, inputs.x, target_index, cancellation, shown.report)
         cache.put(key, heatmap)
         return heatmap, False
 
@@ -208,6 +216,43 @@ async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> Streaming
 )
 async def delete_job(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
     return status_of(await state.jobs.delete(job_id, owner))
+
+
+class PartialMaps:
+    """A sampling method's partial maps as the job's ``partial``: laid onto the upload as the
+    synchronous ``format=json`` grid, at most one per ``interval`` seconds (the event rate:
+    maps in between would never be sent)."""
+
+    def __init__(
+        self,
+        model: ServingModel,
+        image: DecodedImage,
+        inputs: ModelInput,
+        method: str,
+        interval: float,
+        publish: Publish,
+    ) -> None:
+        self.model, self.image, self.inputs, self.method = model, image, inputs, method
+        self.interval, self.publish = interval, publish
+        self.last = -math.inf
+        self.explainer = EXPLAINERS[method]
+
+    def report(self, values: np.ndarray, scale: float, negligible: bool) -> None:
+        now = time.monotonic()
+        if now - self.last < self.interval:
+            return
+        self.last = now
+        grid = values_grid(
+            values,
+            self.inputs.face.aligned,
+            self.image.rgb.size,
+            signed=self.explainer.signed,
+            value_range=self.explainer.value_range,
+            units=self.explainer.units,
+            scale=scale,
+            negligible=negligible,
+        )
+        self.publish({"partial": grid.model_dump(mode="json")})
 
 
 async def _start(

@@ -116,8 +116,12 @@ def test_a_synthesis_runs_as_a_job(jobs: TestClient) -> None:
     )
 
 
-def test_events_report_rising_progress_then_the_end(jobs: TestClient, face_bytes: bytes) -> None:
-    job_id = start(jobs, "lime", "num_samples=512&seed=5", face_bytes).json()["id"]
+@pytest.mark.parametrize("method", ["lime", "occlusion", "rise"])
+def test_events_report_rising_progress_and_a_refining_map_then_the_end(
+    jobs: TestClient, face_bytes: bytes, method: str
+) -> None:
+    query = {"lime": "num_samples=512&seed=5", "occlusion": "", "rise": "num_masks=512"}[method]
+    job_id = start(jobs, method, query, face_bytes).json()["id"]
     events = []
     with jobs.stream("GET", f"/jobs/{job_id}/events") as stream:
         assert stream.headers["content-type"].startswith("text/event-stream")
@@ -128,6 +132,14 @@ def test_events_report_rising_progress_then_the_end(jobs: TestClient, face_bytes
     running = [event["progress"] for event in events if event["state"] == "running"]
     assert len(running) >= 2, events
     assert running == sorted(running) and 0 < running[0] < running[-1] < 1
+    maps = [event["heatmap"] for event in events if "heatmap" in event]
+    assert "heatmap" not in events[-1]  # the final map is the result's
+    changed = sum(a["values"] != b["values"] for a, b in zip(maps, maps[1:], strict=False))
+    assert changed >= 2, f"{len(maps)} partial maps, {changed} changes"
+    final = jobs.get(f"/jobs/{job_id}").json()["result"]["heatmap"]
+    for partial in maps:  # the synchronous grid's shape and description
+        assert (partial["width"], partial["height"]) == (final["width"], final["height"])
+        assert partial["signed"] == final["signed"] and partial["units"] == final["units"]
 
 
 def test_delete_stops_the_work_within_a_batch(jobs: TestClient, face_bytes: bytes) -> None:
