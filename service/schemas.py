@@ -341,6 +341,10 @@ class MethodInfo(BaseModel):
         description="computed with gradients on the differentiable twin (false: batched "
         "forward passes of the ONNX model only)"
     )
+    anytime: bool = Field(
+        description="refines its map as it samples: as a job (POST /jobs/{method}) its events "
+        "carry the map as it stands (the web page runs it so, drawing the map as it comes)"
+    )
     parameters: dict[str, Any] = Field(
         description="JSON Schema of the method's own query parameters: properties with their "
         "type, default, bounds or choices, and description"

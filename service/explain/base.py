@@ -117,6 +117,9 @@ class Explainer(ABC):
     signed: ClassVar[bool]
     units: ClassVar[str]
     needs_twin: ClassVar[bool] = False
+    anytime: ClassVar[bool] = False
+    """Whether the method refines its map as it samples and reports it (``report_partial``):
+    the page runs it as a job and draws the map as it comes."""
     value_range: ClassVar[tuple[float, float]]
     """Set from ``signed``."""
 

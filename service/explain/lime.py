@@ -61,6 +61,7 @@ class Lime(Explainer):
     )
     Params = LimeParams
     signed = True
+    anytime = True
     units = "weight of the superpixel in the local linear model of the target score"
 
     def _attribute(

@@ -79,6 +79,7 @@ class Occlusion(Explainer):
     )
     Params = OcclusionParams
     signed = True
+    anytime = True
     units = "mean drop of the target score (probability or logit) when occluded"
 
     def _attribute(

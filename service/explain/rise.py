@@ -54,6 +54,7 @@ class Rise(Explainer):
     )
     Params = RiseParams
     signed = True
+    anytime = True
     units = "mean target score (probability or logit) of masks showing the pixel minus that of all"
 
     def _attribute(

@@ -159,7 +159,9 @@ class JobStore:
     async def create(self, owner: str, method: str, parameters: dict[str, Any]) -> JobView:
         """A new queued job, or 429 ``too_many_jobs`` when the limits say no."""
         await self._sweep()
-        active = [job for job in self._jobs.values() if not job.is_finished]
+        # a job being cancelled stops within a batch: it no longer holds a place (a page that
+        # re-runs its explanations cancels the old jobs and makes new ones at once)
+        active = [j for j in self._jobs.values() if not (j.is_finished or j.cancel_requested)]
         if len(active) >= self.max_jobs:
             raise TooManyJobs(
                 f"{len(active)} jobs are queued or running, the most this service takes; "

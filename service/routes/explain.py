@@ -127,6 +127,7 @@ def _method_info(explainer: type[Explainer]) -> MethodInfo:
         value_range=explainer.value_range,
         units=explainer.units,
         needs_twin=explainer.needs_twin,
+        anytime=explainer.anytime,
         parameters=schema,
     )
 

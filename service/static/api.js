@@ -69,6 +69,34 @@ export async function postImage(path, file, { params = {}, as = "json", signal }
   return as === "blob" ? response.blob() : response.json();
 }
 
+/** The events of job ``id`` (GET /jobs/{id}/events, Server-Sent Events), parsed, until the
+ * stream ends. Read with fetch rather than EventSource, which cannot send the API key. */
+export async function* jobEvents(id, { signal } = {}) {
+  const response = await send(`/jobs/${encodeURIComponent(id)}/events`, { method: "GET", signal });
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return;
+    buffer += value;
+    for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+      const lines = buffer.slice(0, end).split("\n");
+      buffer = buffer.slice(end + 2);
+      const data = lines.filter((line) => line.startsWith("data:")).map((line) => line.slice(5));
+      if (data.length) yield JSON.parse(data.join("\n"));
+    }
+  }
+}
+
+/** Cancel job ``id`` (DELETE /jobs/{id}); a job already gone is fine. */
+export async function cancelJob(id) {
+  try {
+    await send(`/jobs/${encodeURIComponent(id)}`, { method: "DELETE" });
+  } catch {
+    // finished and expired, or the service is gone: nothing left to cancel
+  }
+}
+
 const PLAIN_WORDS = {
   unsupported_format:
     "That file is not a photo the service can read. Please choose a JPEG, PNG, WebP or BMP image.",
@@ -88,6 +116,10 @@ const PLAIN_WORDS = {
   bad_request: "The service could not read the request.",
   not_found: "This service does not offer that endpoint (is it an older version?).",
   network_error: "Could not reach the service. Is it still running?",
+  too_many_jobs: "Too many long explanations are running for this key. Wait for one to finish, then try again.",
+  unknown_job: "That explanation is no longer kept by the service. Run it again.",
+  job_lost: "The service stopped working on that explanation. Run it again.",
+  cancelled: "Cancelled.",
 };
 
 /** ``{summary, detail}``: what went wrong in plain words, and the API's own message and code. */

@@ -1,7 +1,10 @@
 // One explanation panel: the heatmap (a transparent PNG from the API) laid over the photo with
-// CSS, an opacity slider, the method's parameter fields, and a Re-run button.
+// CSS, an opacity slider, the method's parameter fields, and a Re-run button. Methods that
+// refine a map as they sample (GET /explain: ``anytime``) run as jobs: a progress bar, the map
+// drawn again at every event, and a Cancel button; the others answer at once.
 
-import { describeError, postImage } from "./api.js";
+import { ApiError, cancelJob, describeError, jobEvents, postImage, send } from "./api.js";
+import { gridPng } from "./livemap.js";
 
 const NEGLIGIBLE_HEADER = "X-Heatmap-Negligible";
 
@@ -39,15 +42,17 @@ export class ExplanationPanel {
   async run() {
     if (!this.photo) return;
     this.abort?.abort();
+    this.#dropJob();
     const abort = (this.abort = new AbortController());
-    const params = { ...this.#params(), format: "png" };
-    const { name, title } = this.method;
+    const params = this.#params();
+    const { title } = this.method;
     const started = performance.now();
     this.#setBusy(true);
     this.error.hidden = true;
     try {
-      const path = `/explain/${encodeURIComponent(name)}`;
-      const response = await postImage(path, this.photo.file, { params, as: "response", signal: abort.signal });
+      const response = this.method.anytime
+        ? await this.#runJob(params, abort.signal)
+        : await this.#runNow(params, abort.signal);
       const png = await response.blob();
       if (abort.signal.aborted) return;
       // A negligible map is drawn fully transparent: say so rather than show an empty photo.
@@ -66,10 +71,49 @@ export class ExplanationPanel {
       this.error.replaceChildren(summary, Object.assign(document.createElement("small"), { textContent: detail }));
       this.error.hidden = false;
       this.timing.textContent = "";
-      this.element.dataset.state = "error";
+      this.element.dataset.state = error.code === "cancelled" ? "cancelled" : "error";
     } finally {
       if (this.abort === abort) this.#setBusy(false);
     }
+  }
+
+  /** The PNG answer of POST /explain/{method}. */
+  #runNow(params, signal) {
+    const path = `/explain/${encodeURIComponent(this.method.name)}`;
+    return postImage(path, this.photo.file, { params: { ...params, format: "png" }, as: "response", signal });
+  }
+
+  /** The same map as a job: progress and the refining map on the way, then its PNG result. */
+  async #runJob(params, signal) {
+    const path = `/jobs/${encodeURIComponent(this.method.name)}`;
+    const job = await postImage(path, this.photo.file, { params, signal });
+    this.job = job.id;
+    this.element.dataset.job = job.id;
+    this.progress.value = 0;
+    this.progress.hidden = false;
+    this.cancel.hidden = false;
+    let last = job;
+    for await (const event of jobEvents(job.id, { signal })) {
+      last = event;
+      this.progress.value = event.progress;
+      this.timing.textContent = progressText(event);
+      if (event.heatmap) {
+        await this.#setHeat(await gridPng(event.heatmap));
+        this.element.dataset.partials = String(Number(this.element.dataset.partials ?? 0) + 1);
+      }
+    }
+    this.job = null;
+    if (last.state === "done") {
+      return send(`/jobs/${encodeURIComponent(job.id)}/result?format=png`, { method: "GET", signal });
+    }
+    if (last.state === "cancelled") throw new ApiError("cancelled", "the explanation was cancelled");
+    throw new ApiError(last.error?.code ?? "job_failed", last.error?.message ?? "the job failed");
+  }
+
+  /** Cancel the job of a run that is being replaced or stopped. */
+  #dropJob() {
+    if (this.job) cancelJob(this.job);
+    this.job = null;
   }
 
   #params() {
@@ -85,6 +129,11 @@ export class ExplanationPanel {
     this.element.dataset.state = busy ? "busy" : this.element.dataset.state;
     this.spinner.hidden = !busy;
     this.rerun.disabled = busy;
+    if (busy) delete this.element.dataset.partials;
+    if (!busy) {
+      this.progress.hidden = true;
+      this.cancel.hidden = true;
+    }
   }
 
   async #setHeat(blob) {
@@ -133,6 +182,14 @@ export class ExplanationPanel {
     this.legend.after(this.negligible);
     this.form = part("form");
     this.rerun = part("rerun");
+    this.progress = part("progress");
+    this.progress.setAttribute("aria-label", `${this.method.title}: progress`);
+    this.cancel = part("cancel");
+    this.cancel.addEventListener("click", () => {
+      const job = this.job;
+      this.job = null;
+      if (job) cancelJob(job); // its events end with "cancelled", which the run reports
+    });
 
     const opacity = part("opacity");
     const shown = part("opacity-value");
@@ -197,4 +254,11 @@ export class ExplanationPanel {
     fields.append(wrapper);
     return input;
   }
+}
+
+/** "42 % · about 3 s left" for a job's event. */
+function progressText({ state, progress, remaining_s: remaining }) {
+  if (state === "queued") return "waiting for a turn";
+  const left = remaining == null ? "" : ` · about ${Math.ceil(remaining)} s left`;
+  return `${Math.round(progress * 100)} %${left}`;
 }

@@ -256,6 +256,7 @@ def test_get_explain_lists_every_method_of_the_registry(client):
         assert method["signed"] == explainer.signed and method["units"] == explainer.units
         assert method["value_range"] == ([-1, 1] if explainer.signed else [0, 1])
         assert method["needs_twin"] == explainer.needs_twin and method["shows"]
+        assert method["anytime"] == explainer.anytime
         properties = method["parameters"].get("properties", {})
         assert "batch_size" not in properties  # a server-side knob, never offered
         for name, schema in properties.items():

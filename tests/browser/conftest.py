@@ -179,6 +179,18 @@ def recognised_face(
     pytest.fail("the model got none of 20 held-out photos right")
 
 
+@pytest.fixture(scope="package")
+def listed(live_service: LiveService) -> list[dict]:
+    """The methods the service lists (GET /explain)."""
+    return httpx.get(f"{live_service.url}/explain", timeout=10).json()["methods"]
+
+
+@pytest.fixture(scope="package")
+def methods(listed: list[dict]) -> list[str]:
+    """Their names: the page must show one panel each, in this order."""
+    return [method["name"] for method in listed]
+
+
 @pytest.fixture(scope="session")
 def artifacts() -> Path:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)

@@ -64,6 +64,10 @@ def test_limits_count_unfinished_jobs_per_owner_and_in_all() -> None:
         with pytest.raises(TooManyJobs, match="3 jobs are queued or running"):
             await store.create("c", "lime", {})
         await store.update(first.id, {"state": "cancelled"})  # finished: no longer counts
+        again = await store.create("a", "lime", {})
+        with pytest.raises(TooManyJobs):
+            await store.create("a", "lime", {})
+        await store.delete(again.id, "a")  # being cancelled: no longer holds a place either
         assert (await store.create("a", "lime", {})).state == "queued"
 
     run(scenario)
