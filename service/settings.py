@@ -85,7 +85,10 @@ class Settings(BaseSettings):
         "are refused with 429 too_many_jobs",
     )
     max_jobs_per_key: int = Field(
-        4, ge=1, description="explanation jobs queued or running at once per API key"
+        8,
+        ge=1,
+        description="explanation jobs queued or running at once per API key (the web page runs "
+        "its five anytime methods as jobs at once)",
     )
     job_ttl_s: float = Field(
         600.0, gt=0, description="a finished job (and its result) is kept this long (s)"

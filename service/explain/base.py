@@ -59,9 +59,9 @@ class ModelHandle:
       cancelled, ``attribute`` raises ``Cancelled`` at the next batch. A request's is cancelled
       when its client hangs up; the default never is.
     - ``report``: called with the map as it stands after each batch of a sampling method (LIME,
-      occlusion, RISE), scaled like the final map (values, scale, negligible): an anytime
-      estimate for whoever watches the work (a job's live view). None: nobody watches, and no
-      partial map is computed.
+      occlusion, RISE, SmoothGrad, integrated gradients), scaled like the final map (values,
+      scale, negligible): an anytime estimate for whoever watches the work (a job's live view).
+      None: nobody watches, and no partial map is computed.
     - ``forward_soon``: ``forward`` that returns at once with a future, for the prediction that
       a method may overlap with work of its own (``Prediction``); None: the prediction runs
       through ``forward`` when it is read.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -38,13 +38,15 @@ class IntegratedGradients(Explainer):
     signed = True
     units = "contribution to the target logit versus the baseline (summed over channels)"
     needs_twin = True
+    anytime = True
 
     def _attribute(
         self, x: np.ndarray, target: int, params: IntegratedGradientsParams, logits: np.ndarray
     ) -> np.ndarray:
         baseline = torch.from_numpy(baseline_image(x, params.baseline)[None])
         with input_gradients(self.model.twin, self.model.cancellation) as logits_fn:
-            attributions = CaptumIntegratedGradients(logits_fn).attribute(
+            method = _Reporting(logits_fn, self) if self.watched else None
+            attributions = (method or CaptumIntegratedGradients(logits_fn)).attribute(
                 as_batch(x),
                 baselines=baseline,
                 target=target,
@@ -53,3 +55,26 @@ class IntegratedGradients(Explainer):
                 internal_batch_size=params.batch_size,
             )
         return attributions.detach().sum(dim=1)[0].cpu().numpy()
+
+
+class _Reporting(CaptumIntegratedGradients):
+    """Integrated gradients that also report their estimate after each batch of path points
+    (``Explainer.report_partial``): the step-weighted mean gradient over the points so far,
+    times (input - baseline). Once every point is in, the weights sum to 1 and it is the
+    attribution itself; the final map is captum's own sum."""
+
+    def __init__(self, forward: Any, explainer: Explainer) -> None:
+        super().__init__(forward)
+        self.explainer = explainer
+        self.total: torch.Tensor | None = None
+        self.weight = 0.0
+
+    def _attribute(self, *args: Any, **kwargs: Any) -> Any:
+        attributions = super()._attribute(*args, **kwargs)
+        steps = kwargs.get("step_sizes_and_alphas")
+        if steps is not None:  # one batch of the path (captum's internal batching)
+            batch = attributions[0].detach()
+            self.total = batch if self.total is None else self.total + batch
+            self.weight += float(sum(steps[0]))
+            self.explainer.report_partial((self.total / self.weight).sum(dim=1)[0].numpy())
+        return attributions

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 from captum.attr import NoiseTunnel, Saliency
@@ -39,6 +41,7 @@ class SmoothGrad(Explainer):
     signed = False
     units = "mean |d target logit / d input value| over noisy copies, largest over channels"
     needs_twin = True
+    anytime = True
 
     def _attribute(
         self, x: np.ndarray, target: int, params: SmoothGradParams, logits: np.ndarray
@@ -50,7 +53,8 @@ class SmoothGrad(Explainer):
             input_gradients(self.model.twin, self.model.cancellation) as logits_fn,
         ):
             torch.manual_seed(params.seed)
-            gradients = NoiseTunnel(Saliency(logits_fn)).attribute(
+            saliency = _Reporting(logits_fn, self) if self.watched else Saliency(logits_fn)
+            gradients = NoiseTunnel(saliency).attribute(
                 as_batch(x),
                 target=target,
                 nt_type="smoothgrad",
@@ -60,3 +64,26 @@ class SmoothGrad(Explainer):
                 abs=True,
             )
         return channel_max_abs(gradients)
+
+
+class _Reporting(Saliency):
+    """Saliency that also keeps the mean gradient over the noisy copies so far and reports it
+    (``Explainer.report_partial``) after each of NoiseTunnel's batches: SmoothGrad's estimate
+    as it refines. The gradients, and so the final map, are Saliency's own."""
+
+    def __init__(self, forward: Any, explainer: Explainer) -> None:
+        super().__init__(forward)
+        self.explainer = explainer
+        self.total: torch.Tensor | None = None
+        self.count = 0
+
+    def attribute(self, inputs: Any, **kwargs: Any) -> Any:
+        gradients = Saliency.attribute.__wrapped__(self, inputs, **kwargs)
+        batch = gradients.detach().sum(dim=0, keepdim=True)
+        self.total = batch if self.total is None else self.total + batch
+        self.count += len(gradients)
+        self.explainer.report_partial(channel_max_abs(self.total / self.count))
+        return gradients
+
+    # NoiseTunnel calls its method's undecorated ``attribute`` (captum's ``__wrapped__``)
+    attribute.__wrapped__ = attribute  # type: ignore[attr-defined]

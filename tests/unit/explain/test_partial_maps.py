@@ -22,6 +22,9 @@ CASES = {
     # coarse 7 x 7 = 49: after its first batch and when done, the interpolated estimate, then
     # the 29 refined windows in one batch
     "occlusion coarse_to_fine": ({"window": 24, "stride": 12, "batch_size": 32}, 4),
+    # the gradient methods report after every batch, the last one too
+    "smoothgrad": ({"samples": 8, "batch_size": 2, "seed": 3}, 4),
+    "integrated_gradients": ({"steps": 16, "batch_size": 4}, 4),
 }
 
 
