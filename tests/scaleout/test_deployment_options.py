@@ -53,11 +53,15 @@ def test_build_app_from_config_args(default_bundle: Path):
     ingress = gateway._bound_deployment  # Ray keeps the bound deployment and its arguments
 
     assert ingress.name == "Gateway"
-    settings, predict, explain, board = (ingress.init_args[0], *ingress.init_args[1:])
+    settings, predict, explain, board, jobs = (ingress.init_args[0], *ingress.init_args[1:])
     assert settings.ray_explain_replicas == 2 and settings.model == default_bundle
     deployments = {
-        app._bound_deployment.name: app._bound_deployment for app in (predict, explain, board)
+        app._bound_deployment.name: app._bound_deployment for app in (predict, explain, board, jobs)
     }
-    assert set(deployments) == {"Predict", "Explain", "MetricsBoard"}
+    assert set(deployments) == {"Predict", "Explain", "MetricsBoard", "JobBoard"}
+    # one job board, which every replica and the gateway share, and which waits are not
+    # limited by: a runner's watcher and every event stream hold a call open
+    assert deployments["JobBoard"].num_replicas == 1
+    assert deployments["JobBoard"].max_ongoing_requests >= 1024
     assert deployments["Explain"].num_replicas == 2
     assert deployments["Predict"].ray_actor_options["num_cpus"] == settings.ray_predict_cpus
