@@ -91,8 +91,9 @@ class OpenSetSpec(BaseModel):
     ``threshold`` (see ``service.open_set``). ``score`` is ``max_softmax_probability`` (the
     largest class probability) or ``fused`` (``fusion`` over parts; ``gallery`` names the file
     of normalised training embeddings when a part needs it). ``calibration_scores`` are the
-    known calibration faces' scores: the service sets the threshold from them for another
-    ``target_false_rejection_rate`` (the ``open_set_target_frr`` setting)."""
+    known calibration faces' scores and ``calibration_unknown_scores`` the calibration strangers':
+    the service sets the threshold from them for another ``target_false_rejection_rate`` (the
+    ``open_set_target_frr`` setting; ``open_set.threshold_for_operating_point``)."""
 
     model_config = ConfigDict(extra="allow", frozen=True)
 
@@ -100,6 +101,7 @@ class OpenSetSpec(BaseModel):
     threshold: float = Field(ge=0, le=1)
     target_false_rejection_rate: float | None = Field(None, ge=0, lt=1)
     calibration_scores: list[float] | None = None
+    calibration_unknown_scores: list[float] | None = None
     fusion: FusionSpec | None = None
     gallery: str | None = None
 

@@ -203,7 +203,14 @@ async def face_choice(
         ),
     ] = None,
 ) -> FaceChoice:
-    return await run_in_threadpool(choose_face, model.faces, image.rgb, detect=detect, index=face)
+    return await run_in_threadpool(
+        choose_face,
+        model.faces,
+        image.rgb,
+        detect=detect,
+        index=face,
+        framing=model.meta.input.framing,
+    )
 
 
 FaceDep = Annotated[FaceChoice, Depends(face_choice)]

@@ -53,6 +53,7 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import FaceNotFound, NoFace
+from .framing import Framing, frame, warp
 from .metrics import FaceSearchMetrics
 from .preprocess import Box
 from .second_look import (
@@ -148,9 +149,13 @@ class AlignedFace:
         return np.asarray(back, dtype=np.float32)
 
 
-def whole_image(image: Image.Image) -> AlignedFace:
-    """The image itself as the crop (for uploads that already are aligned face crops)."""
-    return AlignedFace(image, np.array([[1.0, 0, 0], [0, 1.0, 0]]), None)
+def whole_image(image: Image.Image, framing: Framing | None = None) -> AlignedFace:
+    """The image itself as the crop (for uploads that already are face crops), cut to the
+    bundle's ``framing`` box when it has one."""
+    if framing is None:
+        return AlignedFace(image, np.array([[1.0, 0, 0], [0, 1.0, 0]]), None)
+    crop, matrix = frame(image, framing)
+    return AlignedFace(crop, matrix, None)
 
 
 def similarity_transform(source: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -421,12 +426,7 @@ class FaceFinder:
         """Crop ``face`` from ``image`` to the template's framing and size."""
         matrix = similarity_transform(face.landmarks, self._template)
         inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]  # crop pixel -> image pixel
-        crop = image.transform(
-            (self.spec.width, self.spec.height),
-            Image.Transform.AFFINE,
-            tuple(inverse.ravel()),
-            Image.Resampling.BILINEAR,
-        )
+        crop = warp(image, inverse, (self.spec.width, self.spec.height))
         return AlignedFace(crop, matrix, face)
 
 
@@ -445,11 +445,15 @@ class FaceChoice:
     faces: list[Face]
     index: int | None
     detect_ms: float
+    image_size: tuple[int, int] | None = None  # the upload's (width, height), for a whole image
 
     @property
     def box(self) -> Box:
         face = self.aligned.face
-        return face.box if face is not None else Box.whole(self.aligned.crop)
+        if face is not None:
+            return face.box
+        width, height = self.image_size or self.aligned.crop.size
+        return Box(0, 0, width, height)
 
     @property
     def source(self) -> Literal["whole_image", "detector", "face_crop"]:
@@ -461,16 +465,22 @@ class FaceChoice:
 
 
 def choose_face(
-    finder: FaceFinder | None, image: Image.Image, *, detect: bool, index: int | None
+    finder: FaceFinder | None,
+    image: Image.Image,
+    *,
+    detect: bool,
+    index: int | None,
+    framing: Framing | None = None,
 ) -> FaceChoice:
     """Detect faces and align the chosen one (``index`` into the preferred-first list; default
-    the first). ``detect=False``, or a bundle without face alignment, uses the whole image.
+    the first). ``detect=False``, or a bundle without face alignment, uses the whole image (cut
+    to the bundle's ``framing`` box, when it has one).
 
     Raises ``NoFace`` when detection finds nothing and ``FaceNotFound`` for an index past the
     faces found.
     """
     if finder is None or not detect:
-        return FaceChoice(whole_image(image), [], None, 0.0)
+        return FaceChoice(whole_image(image, framing), [], None, 0.0, image.size)
     started = time.perf_counter()
     faces = finder.detect(image)
     if not faces:

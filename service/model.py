@@ -33,7 +33,7 @@ from .bundle import (
 from .common.softmax import softmax
 from .engine import BatchObserver, BatchStats, Engine, create_session
 from .faces import FaceFinder
-from .open_set import Fusion, OpenSetRule, threshold_for_rejection_rate
+from .open_set import Fusion, OpenSetRule, threshold_for_operating_point
 from .preprocess import Preprocessor
 from .settings import Settings
 
@@ -194,8 +194,8 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
 def open_set_rule(
     meta: BundleMeta, gallery: np.ndarray | None, target_frr: float | None
 ) -> OpenSetRule | None:
-    """The served open-set decision: the bundle's threshold, or the one that rejects at most
-    ``target_frr`` of the bundle's known calibration faces (no retraining needed)."""
+    """The served open-set decision: the bundle's threshold, or the operating point for
+    ``target_frr`` on the bundle's calibration scores (no retraining needed)."""
     spec = meta.open_set
     if spec is None:
         if target_frr is not None:
@@ -208,7 +208,9 @@ def open_set_rule(
                 "open_set_target_frr is set, but meta.json open_set stores no "
                 "calibration_scores to move the threshold with (retrain or unset it)"
             )
-        threshold = threshold_for_rejection_rate(spec.calibration_scores, target_frr)
+        threshold = threshold_for_operating_point(
+            spec.calibration_scores, spec.calibration_unknown_scores, target_frr
+        )
         source, target = "setting", target_frr
     fusion = None
     if spec.fusion is not None:

@@ -14,9 +14,10 @@ model's embedding (the layer before the head, an ONNX output of its own):
 The shipped score fuses parts with a logistic regression fit on calibration data only:
 ``sigmoid(bias + sum(weight_i * (part_i - mean_i) / scale_i))``, in [0, 1].
 
-The threshold is stated as an operating point: the largest score that rejects at most a target
-fraction of the known faces of the calibration split (``threshold_for_rejection_rate``). The
-bundle keeps those faces' scores, so the target can move without retraining.
+The threshold is stated as an operating point: a target false rejection rate, the most known
+faces of the calibration split it may reject; among the thresholds within it, the one with the
+fewest calibration errors, strangers included (``threshold_for_operating_point``). The bundle
+keeps the calibration scores of both sides, so the target can move without retraining.
 """
 
 from __future__ import annotations
@@ -127,6 +128,30 @@ def threshold_for_rejection_rate(
     if len(ordered) == 0:
         raise ValueError("no calibration scores to set a threshold from")
     return float(ordered[int(np.floor(target * len(ordered)))])
+
+
+def threshold_for_operating_point(
+    known_scores: Sequence[float] | np.ndarray,
+    unknown_scores: Sequence[float] | np.ndarray | None,
+    target: float,
+) -> float:
+    """The operating point for a target false rejection rate: among the thresholds that reject
+    at most ``target`` of ``known_scores`` (up to ``threshold_for_rejection_rate``), the one
+    with the fewest calibration errors -- false rejection rate plus false acceptance rate of
+    ``unknown_scores`` (strangers) -- the highest of equals. Where the strangers' scores lie
+    well below the target's threshold, it rejects fewer known faces than the target allows at
+    no cost in strangers let in. Without strangers' scores: the target's threshold."""
+    cap = threshold_for_rejection_rate(known_scores, target)
+    if unknown_scores is None or len(unknown_scores) == 0:
+        return cap
+    known = np.asarray(known_scores, dtype=np.float64)
+    unknown = np.asarray(unknown_scores, dtype=np.float64)
+    candidates = np.unique(np.r_[known, unknown, cap])
+    candidates = candidates[candidates <= cap]
+    errors = (known[None] < candidates[:, None]).mean(1) + (
+        unknown[None] >= candidates[:, None]
+    ).mean(1)
+    return float(candidates[np.flatnonzero(errors == errors.min())[-1]])
 
 
 @dataclass(frozen=True)

@@ -45,6 +45,9 @@ class InputSpec(BaseModel):
     value_range: tuple[float, float] = (0.0, 255.0)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    # the box of a face crop the model sees, as fractions (left, top, right, bottom); None: all
+    # of it (see service.framing)
+    framing: tuple[float, float, float, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,14 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="which model becomes the bundle: best = the better on the validation split "
         "(accuracy, then cross-entropy) of the fine-tuned model and the baseline",
     )
+    fit.add_argument(
+        "--framing",
+        default="auto",
+        choices=["auto", "dlib-chip", "none"],
+        help="how much of each crop the model sees: dlib-chip = the box dlib's own face chips "
+        "cover (measured on the training crops; the framing dlib's network was trained on), "
+        "none = the whole crop; auto = dlib-chip for the dlib backbone",
+    )
     fit.add_argument("--version", default="1.0.0", help="version string recorded in the bundle")
     fit.add_argument(
         "--others",

@@ -7,6 +7,11 @@ detector, predict its 5 landmarks (outer and inner corner of each eye, base of t
 average their positions, as fractions of the crop's width and height (so crops of any size
 count). Serving warps a photo's face to the most common training-crop size, then preprocesses it
 like any upload.
+
+The same pass measures where dlib's own face chip lies in the crops (``dlib_chip_box``: the box
+of ``dlib.get_face_chip_details(landmarks, 150, padding=0.25)``, the framing dlib's face network
+was trained on), averaged the same way: ``fit --framing dlib-chip`` trains on that box of every
+crop (``service.framing``).
 """
 
 from __future__ import annotations
@@ -28,13 +33,14 @@ def landmark_template(root: Path, files: list[str]) -> dict:
     """Mean 5-point landmark positions over the crops ``root/<file>`` that have a detectable face.
 
     Returns ``{"points": [[x, y] x 5] as fractions of width and height, "width", "height" (the
-    most common crop size), "images", "detected"}``.
+    most common crop size), "images", "detected", "dlib_chip_box": [left, top, right, bottom]
+    (fractions; dlib's chip may reach past the crop)}``.
     """
     import dlib
 
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(landmarks_model_path()))
-    points, sizes = [], []
+    points, sizes, chips = [], [], []
     for rel in tqdm(files, desc="landmark template", leave=False):
         image = np.asarray(Image.open(root / rel).convert("RGB"))
         height, width = image.shape[:2]
@@ -47,6 +53,10 @@ def landmark_template(root: Path, files: list[str]) -> dict:
         points.append(
             [[shape.part(i).x / width, shape.part(i).y / height] for i in range(shape.num_parts)]
         )
+        chip = dlib.get_face_chip_details(shape, size=150, padding=0.25).rect
+        chips.append(
+            [chip.left() / width, chip.top() / height, chip.right() / width, chip.bottom() / height]
+        )
     if not points:
         raise ValueError("no face was detected in any training crop")
     width, height = Counter(sizes).most_common(1)[0][0]
@@ -57,4 +67,5 @@ def landmark_template(root: Path, files: list[str]) -> dict:
         "height": height,
         "images": len(files),
         "detected": len(points),
+        "dlib_chip_box": np.mean(chips, axis=0).round(4).tolist(),
     }

@@ -25,7 +25,8 @@ def classifier_from_bundle(bundle: Path) -> tuple[FaceClassifier, Preprocessing,
     """(the classifier in eval mode, its preprocessing, meta.json as a dict)."""
     meta = read_meta(bundle).model_dump()
     args = meta["training"].get("args", {})
-    backbone, prep = build_backbone(meta["architecture"]["backbone"], "none")
+    backbone, _ = build_backbone(meta["architecture"]["backbone"], "none")
+    prep = Preprocessing.from_meta(meta["input"])  # the bundle's own (its framing, too)
     model = FaceClassifier(backbone, len(meta["classes"]), dropout=args.get("dropout", 0.3))
     program = torch.export.load(str(bundle / TWIN_FILE))
     state = {

@@ -4,8 +4,9 @@ The score itself is defined in ``service.open_set`` (the service computes it; tr
 The protocol never touches the test split or half of the strangers while choosing: the strangers'
 identities are split in two (``split_identities``); the score's fusion weights are fit on the
 validation split (known) and the calibration identities (unknown); the threshold rejects at most
-a target fraction (default 5 %) of the validation faces; the same figures are then reported on the
-test split and the held-out identities.
+a target fraction (default 5 %) of the validation faces, and within that makes the fewest
+calibration errors (``THRESHOLD_RULE``); the same figures are then reported on the test split and
+the held-out identities.
 
 The study (``python -m training open-set-study``, the README's table) adds the candidates that
 were compared and not shipped (energy, class centroids, k nearest training faces, the frozen
@@ -27,6 +28,7 @@ from service.open_set import (
     Fusion,
     component_scores,
     normalise,
+    threshold_for_operating_point,
     threshold_for_rejection_rate,
 )
 
@@ -39,6 +41,12 @@ DEFINITION = (
     "nearest_training_face_cosine: cosine similarity of the embedding to the nearest training "
     "face in the gallery); a logistic regression fit on the calibration side only; higher = "
     "more likely one of the classes"
+)
+
+THRESHOLD_RULE = (
+    "among the thresholds that reject at most target_false_rejection_rate of the calibration "
+    "split's known faces, the one with the fewest calibration errors (false rejection rate + "
+    "false acceptance rate of the calibration strangers), the highest of equals"
 )
 
 
@@ -108,7 +116,9 @@ def calibrate(
     }
     fusion = fit_fusion(part_scores["val"], part_scores["unknown_calibration"], parts)
     scores = {name: fusion.from_parts(p) for name, p in part_scores.items()}
-    threshold = threshold_for_rejection_rate(scores["val"], target_frr)
+    threshold = threshold_for_operating_point(
+        scores["val"], scores["unknown_calibration"], target_frr
+    )
     block = {
         "score": FUSED,
         "definition": DEFINITION,
@@ -117,7 +127,11 @@ def calibrate(
         "threshold": round(threshold, 6),
         "target_false_rejection_rate": target_frr,
         "rule": "known when score >= threshold",
+        "threshold_rule": THRESHOLD_RULE,
         "calibration_scores": sorted(round(float(s), 6) for s in scores["val"]),
+        "calibration_unknown_scores": sorted(
+            round(float(s), 6) for s in scores["unknown_calibration"]
+        ),
         "calibration": {
             "known_split": "val",
             "unknown_identities": calibration_ids,

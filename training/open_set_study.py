@@ -11,9 +11,10 @@ candidates average the two views' logits, or their normalised embeddings (``flip
 the training faces of the gallery too). After each table, which held-out strangers the shipped
 score and the best fusion accept, per identity and as whom (``acceptances``).
 
-The frozen dlib network is also run on the faces re-framed as dlib frames its own 150x150 chips
-(``dlib_framing``): the training crops are framed tighter and higher than the chips dlib's network
-was trained on, and the frozen embedding's nearest-face score depends on that framing.
+The frozen dlib network is also run on the faces framed as dlib frames its own 150x150 chips
+(``service.framing``, the bundle's ``input.framing`` or ``DLIB_CHIP_BOX``): the training crops are
+framed tighter and higher than the chips dlib's network was trained on, and the frozen embedding's
+nearest-face score depends on that framing.
 """
 
 from __future__ import annotations
@@ -24,14 +25,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from service.open_set import (
     MAX_LOGIT,
     MAX_SOFTMAX,
     component_scores,
     normalise,
-    threshold_for_rejection_rate,
+    threshold_for_operating_point,
 )
 
 from .backbones import build_backbone
@@ -71,20 +71,11 @@ COLUMNS = (
 
 
 # Where dlib's own chip (dlib.get_face_chip_details(landmarks, 150, padding=0.25)) lies in a
-# training crop, as fractions of the crop's width and height (left, top, right, bottom): the mean
-# over the 181 of every 6th training crop in which dlib's HOG detector finds the face (standard
-# deviations 0.02-0.03, rotation 0.004 rad). The chip reaches 8 % below the crop.
-DLIB_CHIP_BOX = (0.0582, 0.1969, 0.9444, 1.0831)
-
-
-def dlib_framing(images: torch.Tensor, box: tuple[float, ...] = DLIB_CHIP_BOX) -> torch.Tensor:
-    """(N, 3, H, W) crops -> the same faces framed as dlib's chips, same size: ``box`` of each
-    crop (beyond its edge, the border pixels repeated) resampled to H x W (bilinear)."""
-    h, w = images.shape[-2:]
-    pad = int(np.ceil(max(0.0, -box[0], -box[1], box[2] - 1, box[3] - 1) * max(h, w))) + 1
-    x = F.pad(images.float(), (pad, pad, pad, pad), mode="replicate")
-    x0, y0, x1, y1 = (round(v * n) + pad for v, n in zip(box, (w, h, w, h), strict=True))
-    return F.interpolate(x[..., y0:y1, x0:x1], size=(h, w), mode="bilinear", align_corners=False)
+# celebs8 training crop, as fractions of its width and height (left, top, right, bottom): the
+# mean over the 1,126 training crops in which dlib's HOG detector finds the face, as ``fit``
+# measures it (``alignment.landmark_template``). The chip reaches 8 % below the crop. Used for a
+# bundle that was not trained on framed crops; a framed bundle's own box is used otherwise.
+DLIB_CHIP_BOX = (0.0615, 0.1981, 0.9426, 1.0792)
 
 
 @torch.no_grad()
@@ -95,7 +86,7 @@ def _embed(backbone, x: torch.Tensor) -> np.ndarray:
 
 def candidate_scores(features: dict[str, dict[str, np.ndarray]]) -> dict[str, dict]:
     """``features[split]``: ``logits``, ``fine_tuned`` and ``frozen`` embeddings (and
-    ``frozen_dlib_framed``: the frozen network on ``dlib_framing``'s faces), the logits and
+    ``frozen_dlib_framed``: the frozen network on the faces framed as dlib's chips), the logits and
     fine-tuned embeddings of the mirrored faces (``logits_mirrored``, ``fine_tuned_mirrored``),
     ``labels`` (train only). Returns ``{candidate: {split: (N,) scores}}`` for every split but
     train."""
@@ -174,7 +165,7 @@ def evaluate(scores: dict[str, dict], target_frr: float) -> tuple[dict[str, dict
 
 
 def _figures(s: dict[str, np.ndarray], target_frr: float) -> dict:
-    threshold = threshold_for_rejection_rate(s["val"], target_frr)
+    threshold = threshold_for_operating_point(s["val"], s[CAL], target_frr)
     return {
         "threshold": threshold,
         "calibration": rates(s["val"], s[CAL], threshold),
@@ -235,13 +226,20 @@ def study_command(args) -> int:
     tree = scan(args.others)
     seed = split["seed"]
     first, second = split_identities(tree.classes, seed)
-    datasets = {
-        name: FaceDataset(root, [tuple(s) for s in split["splits"][name]], prep, desc=name)
-        for name in ("train", "val", "test")
+    framed = prep if prep.framing else prep.model_copy(update={"framing": DLIB_CHIP_BOX})
+    datasets, framed_images = {}, {}
+    parts = {
+        name: (root, [tuple(s) for s in split["splits"][name]]) for name in ("train", "val", "test")
     }
     for half, ids in (("first", first), ("second", second)):
-        samples = [s for s in tree.samples if tree.classes[s[1]] in ids]
-        datasets[half] = FaceDataset(tree.root, samples, prep, desc=half)
+        parts[half] = (tree.root, [s for s in tree.samples if tree.classes[s[1]] in ids])
+    for name, (where, samples) in parts.items():
+        datasets[name] = FaceDataset(where, samples, prep, desc=name)
+        framed_images[name] = (
+            datasets[name].images
+            if framed is prep
+            else FaceDataset(where, samples, framed, desc=f"{name}, framed").images
+        )
     features = {}
     with torch.no_grad():
         for name, d in datasets.items():
@@ -256,7 +254,7 @@ def study_command(args) -> int:
                 "fine_tuned_mirrored": normalise(torch.cat([p[1] for p in flips]).numpy()),
                 "frozen": normalise(_embed(frozen, x)),
                 "frozen_dlib_framed": normalise(
-                    _embed(frozen, prep.standardise(dlib_framing(d.images)))
+                    _embed(frozen, prep.standardise(framed_images[name]))
                 ),
                 "labels": d.labels.numpy(),
             }

@@ -1,11 +1,12 @@
 """The eval-time preprocessing: the bundle's ``InputSpec`` with what training does with it.
 
-An image becomes model input in four steps: decode to RGB, resize to ``width x height`` with the
-spec's filter, scale pixels to ``value_range`` and standardise per channel with ``mean`` and
-``std``. Training caches images after step 2 (uint8), so augmentation works on the same pixels
-the service will see; steps 3 and 4 are the service's own ``PixelAffine``, and the bundle's
-``meta.json["input"]`` records this spec verbatim. There is one spec and one affine, in
-``service.preprocess``; this class only adds decoding from files and batches on any device.
+An image becomes model input in five steps: decode to RGB, cut out the spec's ``framing`` box
+(when it has one), resize to ``width x height`` with the spec's filter, scale pixels to
+``value_range`` and standardise per channel with ``mean`` and ``std``. Training caches images
+after step 3 (uint8), so augmentation works on the same pixels the service will see; steps 4 and
+5 are the service's own ``PixelAffine``, and the bundle's ``meta.json["input"]`` records this
+spec verbatim. There is one spec and one affine, in ``service.preprocess``; this class only adds
+decoding from files and batches on any device.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from service.framing import frame
 from service.preprocess import RESAMPLING_FILTERS, InputSpec, PixelAffine
 
 
@@ -25,9 +27,13 @@ class Preprocessing(InputSpec):
     can load training images and standardise batches."""
 
     def load(self, path: str | Path) -> np.ndarray:
-        """Decode, orient (EXIF), convert to RGB and resize: (height, width, 3) uint8."""
+        """Decode, orient (EXIF), convert to RGB, cut the spec's ``framing`` box out of the
+        crop (``service.framing.frame``, as the service does) and resize: (height, width, 3)
+        uint8."""
         with Image.open(path) as stored:
             image = ImageOps.exif_transpose(stored).convert("RGB")
+            if self.framing is not None:
+                image = frame(image, self.framing)[0]
             size = (self.width, self.height)
             return np.asarray(image.resize(size, RESAMPLING_FILTERS[self.resize]))
 

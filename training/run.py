@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from service.bundle import ONNX_FILE, read_meta
+from service.framing import template_in_frame
 
 from . import report
 from .alignment import landmark_template
@@ -158,11 +159,7 @@ def _export(
         "training": ckpt["training"],
         "metrics": ckpt["metrics"],
         **({"selection": ckpt["selection"]} if "selection" in ckpt else {}),
-        "face_alignment": {
-            "detector": "dlib-hog-frontal",
-            "landmarks": "dlib-5-point",
-            **landmark_template(sets["train"].root, [rel for rel, _ in sets["train"].samples]),
-        },
+        "face_alignment": _face_alignment(ckpt, sets["train"], prep),
         "license_note": (
             "Trained on face photos for research and education only (see the data's README)."
         ),
@@ -190,6 +187,32 @@ def _export(
     return meta
 
 
+def _framed(prep: Preprocessing, framing: str, backbone: str, alignment: dict) -> Preprocessing:
+    """``prep`` with the ``--framing`` box: ``dlib-chip`` (``auto`` for the dlib backbone) is
+    where dlib's own face chips lie in the training crops, as ``alignment`` measured it."""
+    if framing == "auto":
+        framing = "dlib-chip" if backbone == "dlib-resnet29" else "none"
+    if framing == "none":
+        return prep
+    box = tuple(alignment["dlib_chip_box"])
+    log.info("framing: the model sees the box %s of every crop (dlib's chip)", box)
+    return prep.model_copy(update={"framing": box})
+
+
+def _face_alignment(ckpt: dict, train: FaceDataset, prep: Preprocessing) -> dict:
+    """meta.json's ``face_alignment``: the landmark template measured on the training crops
+    (by ``fit``, else now), expressed in the model's framing so that aligned photos are framed
+    as the training crops were."""
+    measured = ckpt.get("face_alignment") or landmark_template(
+        train.root, [rel for rel, _ in train.samples]
+    )
+    template = {k: v for k, v in measured.items() if k != "dlib_chip_box"}
+    if prep.framing is not None:
+        template["points"] = template_in_frame(measured["points"], prep.framing)
+        template["framing"] = list(prep.framing)
+    return {"detector": "dlib-hog-frontal", "landmarks": "dlib-5-point", **template}
+
+
 def fit_command(args) -> int:
     started = time.perf_counter()
     seed_everything(args.seed)
@@ -202,6 +225,8 @@ def fit_command(args) -> int:
     parts = split(tree, val=args.val, test=args.test, seed=args.seed)
     backbone, prep = build_backbone(args.backbone, args.weights)
     root = Path(args.data)
+    alignment = landmark_template(root, [rel for rel, _ in parts["train"]])
+    prep = _framed(prep, args.framing, args.backbone, alignment)
     sets = {
         name: FaceDataset(root, parts[name], prep, eval_transforms(), desc=name) for name in SPLITS
     }
@@ -305,6 +330,8 @@ def fit_command(args) -> int:
         },
         "metrics": metrics,
         "selection": selection,
+        "face_alignment": alignment,
+        "input": prep.to_meta(),
         "state_dict": model.state_dict(),
     }
     torch.save(ckpt, run_dir / "checkpoint.pt")
@@ -364,6 +391,8 @@ def export_command(args) -> int:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         a = ckpt["args"]
         backbone, prep = build_backbone(a["backbone"], "none")
+        if "input" in ckpt:  # its framing
+            prep = Preprocessing.from_meta(ckpt["input"])
         model = FaceClassifier(backbone, len(ckpt["classes"]), dropout=a["dropout"])
         model.load_state_dict(ckpt["state_dict"])
         report_dir = Path(args.checkpoint).parent / "report"

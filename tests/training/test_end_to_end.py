@@ -72,6 +72,14 @@ def test_bundle_has_the_contracted_files_and_hashes(tiny_bundle):
     assert meta["gradcam_layer"] in [layer["name"] for layer in meta["layers"]]
     assert meta["training"]["wall_time_s"] > 0
     assert len(meta["face_alignment"]["points"]) == 5 and meta["face_alignment"]["width"] == 112
+    # the dlib backbone is trained on crops framed as dlib's chips (--framing auto), measured on
+    # the training crops: lower and a little wider than the crops; the landmark template the
+    # service aligns photos to is expressed in that box
+    left, top, right, bottom = meta["input"]["framing"]
+    assert 0 <= left < 0.15 and 0.1 < top < 0.3 and 0.85 < right <= 1 and 1 < bottom < 1.15
+    assert meta["face_alignment"]["framing"] == meta["input"]["framing"]
+    nose_y = meta["face_alignment"]["points"][4][1]
+    assert 0.55 < nose_y < 0.65  # 0.72 of the crop as is, 0.59 of its dlib-chip box
     assert 0 < meta["open_set"]["threshold"] <= 1
     assert not set(meta["open_set"]["calibration"]["unknown_identities"]) & set(
         meta["open_set"]["held_out"]["unknown_identities"]

@@ -98,25 +98,30 @@ def test_mirrored_candidates_score_gallery_and_query_alike(real_features):
         assert 0 <= r["held_out"]["auroc"] <= 1
 
 
-def test_dlib_framing_gives_the_frozen_network_dlibs_own_view(default_bundle, celebs_root):
-    """The frozen network on a re-framed training crop sees nearly what dlib's own pipeline
-    (landmarks -> 150x150 chip with 0.25 padding) gives it, much nearer than on the crop as is."""
+def test_the_bundles_framing_gives_the_frozen_network_dlibs_own_view(default_bundle, celebs_root):
+    """The frozen network on a training crop framed as the bundle says (``input.framing``, as
+    ``fit`` measured dlib's chips in the crops) sees nearly what dlib's own pipeline (landmarks
+    -> 150x150 chip with 0.25 padding) gives it, much nearer than on the crop as is."""
     import dlib
     from PIL import Image
 
+    from service.bundle import read_meta
     from service.faces import face_models_file, landmarks_model_path
     from training.backbones import build_backbone
-    from training.open_set_study import dlib_framing
+    from training.preprocess import Preprocessing
 
-    frozen, prep = build_backbone("dlib-resnet29", "default")
+    frozen, whole = build_backbone("dlib-resnet29", "default")
     frozen.eval()
+    framed = Preprocessing.from_meta(read_meta(default_bundle).input.model_dump())
+    assert whole.framing is None and framed.framing is not None
     detector = dlib.get_frontal_face_detector()
     predictor = dlib.shape_predictor(str(landmarks_model_path()))
     native = dlib.face_recognition_model_v1(
         str(face_models_file("dlib_face_recognition_resnet_model_v1.dat"))
     )
     files = sorted((celebs_root / "tom_hanks").iterdir())[:12]
-    crops, reference = [], []
+    views: dict[str, list] = {"whole": [], "framed": []}
+    reference = []
     for path in files:
         image = np.asarray(Image.open(path).convert("RGB"))
         boxes = detector(image, 1)
@@ -124,16 +129,12 @@ def test_dlib_framing_gives_the_frozen_network_dlibs_own_view(default_bundle, ce
             continue
         shape = predictor(image, boxes[0])
         reference.append(np.asarray(native.compute_face_descriptor(image, shape, 0, 0.25)))
-        crops.append(prep.load(path))
-    assert len(crops) >= 6
-    images = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2)
-    identity = dlib_framing(images, (0.0, 0.0, 1.0, 1.0))
-    assert identity.shape == images.shape
-    assert (identity - images.float()).abs().max() < 1.0
+        views["whole"].append(whole.load(path))
+        views["framed"].append(framed.load(path))
+    assert len(reference) >= 6
+    agree = {}
     with torch.no_grad():
-        as_is = normalise(frozen(prep.standardise(images)).numpy())
-        framed = normalise(frozen(prep.standardise(dlib_framing(images))).numpy())
-    reference = normalise(np.stack(reference))
-    agree_framed = np.sum(framed * reference, axis=1)
-    agree_as_is = np.sum(as_is * reference, axis=1)
-    assert agree_framed.mean() > 0.9 and (agree_framed > agree_as_is).all()
+        for name, crops in views.items():
+            x = whole.standardise(torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2))
+            agree[name] = np.sum(normalise(frozen(x).numpy()) * normalise(np.stack(reference)), 1)
+    assert agree["framed"].mean() > 0.9 and (agree["framed"] > agree["whole"]).all()

@@ -13,11 +13,13 @@ from PIL import Image
 from service.__main__ import main
 from service.bundle import BundleError, load_gallery, read_meta, verify_files
 from service.engine import create_session
+from service.faces import whole_image
 from service.model import open_set_rule
 from service.open_set import (
     MAX_SOFTMAX,
     NEAREST_FACE,
     component_scores,
+    threshold_for_operating_point,
     threshold_for_rejection_rate,
 )
 from service.preprocess import Preprocessor
@@ -46,7 +48,8 @@ def outputs(default_bundle, meta, data_root):
     strangers = sorted((data_root / "others" / HELD_OUT_STRANGER).glob("*.png"))
 
     def run(paths):
-        x = np.stack([preprocess(Image.open(p).convert("RGB")) for p in paths[:6]])
+        crops = [whole_image(Image.open(p).convert("RGB"), meta.input.framing) for p in paths[:6]]
+        x = np.stack([preprocess(crop.crop) for crop in crops])
         return session.run(["logits", "embedding"], {"input": x})
 
     assert meta.open_set is not None
@@ -62,7 +65,14 @@ def test_the_bundle_ships_the_fused_score_with_its_gallery(meta, gallery):
     assert gallery.shape == (sum(meta.training["data"]["counts"]["train"].values()), 128)
     np.testing.assert_allclose(np.linalg.norm(gallery, axis=1), 1, atol=1e-5)
     assert spec.target_false_rejection_rate == 0.05
-    assert spec.threshold == threshold_for_rejection_rate(spec.calibration_scores, 0.05)
+    assert spec.calibration_scores and spec.calibration_unknown_scores
+    assert spec.threshold == pytest.approx(
+        threshold_for_operating_point(
+            spec.calibration_scores, spec.calibration_unknown_scores, 0.05
+        ),
+        abs=1e-6,
+    )
+    assert spec.threshold <= threshold_for_rejection_rate(spec.calibration_scores, 0.05)
 
 
 @pytest.mark.parametrize("part", [MAX_SOFTMAX, NEAREST_FACE])
@@ -99,6 +109,22 @@ def test_threshold_for_a_target_rate_rejects_at_most_that_share():
             threshold_for_rejection_rate(scores, bad)
 
 
+def test_the_operating_point_spends_the_target_only_where_strangers_make_it_pay():
+    known = np.arange(1, 101) / 100  # 0.01 .. 1.00; the 5 % target allows up to 0.06
+    # strangers all below 0.03: rejecting 0.01 and 0.02 already turns every one away
+    assert threshold_for_operating_point(known, [0.005, 0.015, 0.025], 0.05) == pytest.approx(0.03)
+    # strangers all above what the target allows: no threshold within it turns one away, so
+    # none rejects a known face
+    assert threshold_for_operating_point(known, [0.5, 0.7, 0.9], 0.05) == pytest.approx(0.01)
+    assert threshold_for_operating_point(known, None, 0.05) == pytest.approx(0.06)
+    assert threshold_for_operating_point(known, [], 0.0) == pytest.approx(0.01)
+    # a stranger at 0.04 among them: 0.05 turns it away at the cost of 4 % rejections (0.04),
+    # 0.03 lets it in (one third) to save two of them (0.02 + 0.33): 0.05 wins
+    assert threshold_for_operating_point(known, [0.005, 0.015, 0.04], 0.05) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match=r"\[0, 1\)"):
+        threshold_for_operating_point(known, [0.1], 1.0)
+
+
 def test_the_operator_setting_moves_the_threshold_without_retraining(meta, gallery):
     spec = meta.open_set
     assert spec is not None and spec.calibration_scores
@@ -108,7 +134,10 @@ def test_the_operator_setting_moves_the_threshold_without_retraining(meta, galle
         assert rule is not None
         assert rule.threshold_source == "setting" and rule.target_false_rejection_rate == target
         assert (calibration < rule.threshold).mean() <= target
-    lower, higher = (open_set_rule(meta, gallery, t) for t in (0.01, 0.2))
+        assert rule.threshold == threshold_for_operating_point(
+            calibration, spec.calibration_unknown_scores, target
+        )
+    lower, higher = (open_set_rule(meta, gallery, t) for t in (0.0, 0.2))
     assert lower is not None and higher is not None and lower.threshold < higher.threshold
 
 
