@@ -27,7 +27,10 @@ from .preprocess import InputSpec, Preprocessor
 
 log = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 1
+# 2 added ``input.framing``: a reader of 1 would ignore it and show the model faces framed
+# otherwise, so bundles that may have it say 2; this service reads both.
+SCHEMA_VERSION = 2
+SUPPORTED_SCHEMA_VERSIONS = (1, 2)
 META_FILE = "meta.json"
 ONNX_FILE = "model.onnx"
 TWIN_FILE = "model.pt2"
@@ -193,10 +196,15 @@ def read_meta(bundle_dir: Path) -> BundleMeta:
     except ValidationError as exc:
         problems = describe_validation_errors(exc.errors())
         raise BundleError(f"{META_FILE} does not match the bundle format: {problems}") from exc
-    if meta.schema_version != SCHEMA_VERSION:
+    if meta.schema_version not in SUPPORTED_SCHEMA_VERSIONS:
         raise BundleError(
             f"{META_FILE}: schema_version {meta.schema_version} is not supported (expected "
-            f"{SCHEMA_VERSION})"
+            f"one of {', '.join(map(str, SUPPORTED_SCHEMA_VERSIONS))})"
+        )
+    if meta.schema_version < 2 and meta.input.framing is not None:
+        raise BundleError(
+            f"{META_FILE}: input.framing needs schema_version 2 (found "
+            f"{meta.schema_version}): a reader of version 1 would ignore it"
         )
     for required in (ONNX_FILE, TWIN_FILE):
         if required not in meta.files:

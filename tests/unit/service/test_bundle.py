@@ -120,6 +120,16 @@ def test_unsupported_schema_version(bundle_copy):
         read_meta(bundle_copy)
 
 
+def test_a_framing_in_a_version_1_bundle_is_refused(bundle_copy):
+    """A reader of version 1 would ignore ``input.framing``: such a bundle must say 2."""
+    meta = json.loads((bundle_copy / "meta.json").read_text())
+    assert meta["schema_version"] == 2 and meta["input"]["framing"] is not None
+    _edit_meta(bundle_copy, schema_version=1)
+
+    with pytest.raises(BundleError, match="input.framing needs schema_version 2"):
+        read_meta(bundle_copy)
+
+
 def test_meta_without_classes_is_refused(bundle_copy):
     _edit_meta(bundle_copy, classes=[])
 
