@@ -18,6 +18,10 @@ import numpy as np
 from PIL import Image
 from scipy.stats import spearmanr
 
+from service.faces import whole_image
+from service.framing import Framing, frame
+from service.preprocess import Preprocessor
+
 TIMEOUT_S = 300.0
 
 
@@ -90,12 +94,20 @@ def _upload(photo: bytes) -> dict[str, tuple[str, bytes, str]]:
 
 def model_sized_png(photo: Path, size: tuple[int, int]) -> bytes:
     """``photo`` resized bilinearly to the model input's ``size`` = (width, height), as PNG.
-    Sent whole (``detect=false``), it is the model input itself (no resize in the service), and
-    its answer's grid is the method's map over that input, pixel for pixel."""
+    Sent whole (``detect=false``) to a bundle without ``input.framing``, it is the model input
+    itself (no resize in the service), and its answer's grid is the method's map over that
+    input, pixel for pixel; with a framing, the service cuts that box out of it first."""
     image = Image.open(photo).convert("RGB").resize(size, Image.Resampling.BILINEAR)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def whole_upload_input(upload: bytes, preprocess: Preprocessor) -> np.ndarray:
+    """The model input the service makes of ``upload`` sent whole (``detect=false``): cut to
+    the bundle's framing box, when it has one, then preprocessed."""
+    image = Image.open(io.BytesIO(upload)).convert("RGB")
+    return preprocess(whole_image(image, preprocess.spec.framing).crop)
 
 
 def grid_values(answer: dict[str, Any]) -> np.ndarray:
@@ -104,13 +116,18 @@ def grid_values(answer: dict[str, Any]) -> np.ndarray:
     return np.asarray(answer["heatmap"]["values"], dtype=np.float32)
 
 
-def on_model_input(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def on_model_input(
+    grid: np.ndarray, size: tuple[int, int], framing: Framing | None = None
+) -> np.ndarray:
     """A grid laid on a whole-image upload (``detect=false``) as a map over the model input of
-    ``size`` = (width, height): as it is for an upload of that size (``model_sized_png``),
-    resized bilinearly otherwise."""
-    if grid.shape == (size[1], size[0]):
+    ``size`` = (width, height): as it is for an upload of that size (``model_sized_png``) to a
+    bundle without framing, else cut to the ``framing`` box and resized bilinearly (the grid
+    was laid back through that box, so this is the model-input map up to interpolation)."""
+    if framing is None and grid.shape == (size[1], size[0]):
         return grid
     image = Image.fromarray(grid.astype(np.float32), mode="F")
+    if framing is not None:
+        image = frame(image, framing)[0]
     return np.asarray(image.resize(size, Image.Resampling.BILINEAR), dtype=np.float32)
 
 

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import io
 import json
 import logging
 import os
@@ -56,14 +55,15 @@ from _client import (
     on_model_input,
     precision_of,
     rank_correlation,
+    whole_upload_input,
 )
 from _common import DEFAULT_BUNDLE, ROOT, add_bundle_args, machine_load, split_items, spread
 from bench_predict import load_level, multipart_request, raw_throughput
-from PIL import Image
 
 from service.bundle import ONNX_FILE, read_meta
 from service.engine import create_session
 from service.explain.faithfulness import deletion_auc
+from service.framing import Framing
 from service.preprocess import Preprocessor
 
 sys.path.insert(0, str(ROOT))
@@ -328,12 +328,15 @@ def deletion_aucs(
     forward: Callable[[np.ndarray], np.ndarray],
     class_ids: list[str],
     steps: int,
+    framing: Framing | None,
 ) -> list[float]:
     """Deletion AUC of each whole-upload map of ``method`` over its model input ``(3, H, W)``,
-    for the class the service explained."""
+    for the class the service explained (``framing``: the bundle's, see ``on_model_input``)."""
     size = (inputs[0].shape[2], inputs[0].shape[1])
     return [
-        deletion_auc(forward, x, on_model_input(grid, size), class_ids.index(target), steps=steps)
+        deletion_auc(
+            forward, x, on_model_input(grid, size, framing), class_ids.index(target), steps=steps
+        )
         for x, grid, target in zip(inputs, run.whole_maps[method], run.targets[method], strict=True)
     ]
 
@@ -515,12 +518,12 @@ def main(args: argparse.Namespace) -> None:
     def forward(batch: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"input": batch})[0]
 
-    inputs = [
-        preprocess(Image.open(io.BytesIO(face.photo)).convert("RGB")) for face in faces["faith"]
-    ]
+    inputs = [whole_upload_input(face.photo, preprocess) for face in faces["faith"]]
     aucs = {
         run.name: {
-            row.method: deletion_aucs(run, row.method, inputs, forward, class_ids, args.steps)
+            row.method: deletion_aucs(
+                run, row.method, inputs, forward, class_ids, args.steps, meta.input.framing
+            )
             for row in ROWS
             if row.faithfulness
         }

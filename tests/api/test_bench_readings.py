@@ -5,13 +5,18 @@ recorded."""
 
 from __future__ import annotations
 
-import io
 import json
 
 import numpy as np
-from PIL import Image
 
-from bench._client import grid_values, model_sized_png, on_model_input, precision_of
+from bench._client import (
+    grid_values,
+    model_sized_png,
+    on_model_input,
+    precision_of,
+    rank_correlation,
+    whole_upload_input,
+)
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.faithfulness import deletion_auc
 
@@ -29,18 +34,25 @@ def test_a_whole_upload_grid_is_the_model_input_map(client, serving_model, held_
     )
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    x = serving_model.preprocess(Image.open(io.BytesIO(upload)).convert("RGB"))
+    x = whole_upload_input(upload, serving_model.preprocess)
     handle = ModelHandle(
         serving_model.engine.run, serving_model.twin, serving_model.meta.gradcam_layer
     )
     target = [c.id for c in serving_model.meta.classes].index(body["target"]["id"])
     direct = EXPLAINERS["occlusion"](handle).attribute(x, target, window=WINDOW, stride=STRIDE)
+    framing = serving_model.meta.input.framing
 
-    mapped = on_model_input(grid_values(body), (x.shape[2], x.shape[1]))
+    mapped = on_model_input(grid_values(body), (x.shape[2], x.shape[1]), framing)
 
     assert body["face_box"]["source"] == "whole_image"
     assert mapped.shape == direct.values.shape
-    np.testing.assert_allclose(mapped, direct.values, atol=1e-4)  # JSON: 4 decimals
+    if framing is None:
+        np.testing.assert_allclose(mapped, direct.values, atol=1e-4)  # JSON: 4 decimals
+    else:  # laid back onto the upload through the framing box, then cut out of it again
+        assert rank_correlation(mapped, direct.values) > 0.95
+        # equal but where interpolation blurs the occlusion map's block edges
+        error = np.abs(mapped - direct.values) / np.abs(direct.values).max()
+        assert np.median(error) < 0.01 and error.mean() < 0.03, (np.median(error), error.mean())
     aucs = [deletion_auc(handle.forward, x, m, target) for m in (mapped, direct.values)]
     assert abs(aucs[0] - aucs[1]) <= 0.005, aucs
 
