@@ -45,9 +45,12 @@ class InputSpec(BaseModel):
     value_range: tuple[float, float] = (0.0, 255.0)
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    # the box of a face crop the model sees, as fractions (left, top, right, bottom); None: all
-    # of it (see service.framing)
-    framing: tuple[float, float, float, float] | None = None
+    framing: tuple[float, float, float, float] | None = Field(
+        None,
+        description="the box of a face crop the model sees, as fractions of its width and "
+        "height (left, top, right, bottom; may reach past the crop: edge pixels repeated); "
+        "null: the whole crop (see service.framing)",
+    )
 
 
 @dataclass(frozen=True)
