@@ -149,12 +149,17 @@ class AlignedFace:
         return np.asarray(back, dtype=np.float32)
 
 
+# An upload classified whole is cut to the framing box at most this large (then preprocessed to
+# the model's input, 150x150): a 10-megapixel upload is not copied at full size to be framed.
+WHOLE_IMAGE_MAX_SIDE = 600
+
+
 def whole_image(image: Image.Image, framing: Framing | None = None) -> AlignedFace:
     """The image itself as the crop (for uploads that already are face crops), cut to the
     bundle's ``framing`` box when it has one."""
     if framing is None:
         return AlignedFace(image, np.array([[1.0, 0, 0], [0, 1.0, 0]]), None)
-    crop, matrix = frame(image, framing)
+    crop, matrix = frame(image, framing, WHOLE_IMAGE_MAX_SIDE)
     return AlignedFace(crop, matrix, None)
 
 

@@ -32,13 +32,14 @@ def warp(image: Image.Image, inverse: np.ndarray, size: tuple[int, int]) -> Imag
     mapped = corners @ np.asarray(inverse, float).T
     x0, y0 = np.floor(mapped.min(0)).astype(int) - 2
     x1, y1 = np.ceil(mapped.max(0)).astype(int) + 2
-    pixels = np.asarray(image)
-    # the image pixels under the crop (at least one), and the region they are padded to
+    # the image pixels under the crop (at least one; only those are copied), and the region
+    # they are padded to
     xs, ys = min(max(x0, 0), image.width - 1), min(max(y0, 0), image.height - 1)
     xe, ye = max(min(x1, image.width), xs + 1), max(min(y1, image.height), ys + 1)
     ox, oy = min(x0, xs), min(y0, ys)
-    pad = ((ys - oy, max(y1, ye) - ye), (xs - ox, max(x1, xe) - xe)) + ((0, 0),) * (pixels.ndim - 2)
-    region = Image.fromarray(np.pad(pixels[ys:ye, xs:xe], pad, mode="edge"), image.mode)
+    inside = np.asarray(image.crop((xs, ys, xe, ye)))
+    pad = ((ys - oy, max(y1, ye) - ye), (xs - ox, max(x1, xe) - xe)) + ((0, 0),) * (inside.ndim - 2)
+    region = Image.fromarray(np.pad(inside, pad, mode="edge"), image.mode)
     shifted = np.asarray(inverse, float).copy()
     shifted[:, 2] -= (ox, oy)  # image pixel -> region pixel
     return region.transform(
@@ -54,12 +55,20 @@ def framing_matrix(box: Sequence[float], width: int, height: int) -> np.ndarray:
     return np.array([[sx, 0.0, -left * width * sx], [0.0, sy, -top * height * sy]])
 
 
-def frame(image: Image.Image, box: Sequence[float]) -> tuple[Image.Image, np.ndarray]:
-    """``box`` of the face crop ``image``, at the image's own size, and the 2x3 matrix mapping
-    image pixels to it."""
-    matrix = framing_matrix(box, image.width, image.height)
+def frame(
+    image: Image.Image, box: Sequence[float], max_side: int | None = None
+) -> tuple[Image.Image, np.ndarray]:
+    """``box`` of the face crop ``image``, at the image's own size (shrunk first, bilinearly,
+    to at most ``max_side`` pixels a side), and the 2x3 matrix mapping image pixels to it."""
+    scale = 1.0 if max_side is None else min(1.0, max_side / max(image.size))
+    source = image
+    if scale < 1:
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        source = image.resize(size, Image.Resampling.BILINEAR)
+    matrix = framing_matrix(box, source.width, source.height)
     inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
-    return warp(image, inverse, image.size), matrix
+    shrink = np.diag([source.width / image.width, source.height / image.height, 1.0])
+    return warp(source, inverse, source.size), matrix @ shrink
 
 
 def template_in_frame(points: Sequence[Sequence[float]], box: Sequence[float]) -> list[list[float]]:

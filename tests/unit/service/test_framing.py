@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from service.bundle import read_meta
-from service.faces import choose_face, whole_image
+from service.faces import WHOLE_IMAGE_MAX_SIDE, choose_face, whole_image
 from service.framing import frame, framing_matrix, template_in_frame, warp
 from service.preprocess import Preprocessor
 from training.preprocess import Preprocessing
@@ -88,3 +88,21 @@ def test_training_and_the_service_frame_a_face_crop_alike(default_bundle, celebs
         ).aligned.crop
     )
     np.testing.assert_allclose(served, trained.numpy(), atol=1e-6)
+
+
+def test_a_large_upload_is_framed_shrunk_and_its_map_still_lies_on_it():
+    """A 6-megapixel upload sent whole is shrunk before framing (no full-size copy); the crop
+    is what framing the shrunk image gives, and maps still land on the upload's pixels."""
+    ramp = np.linspace(0, 255, 3000, dtype=np.float32)[None, :, None]
+    big = Image.fromarray(np.broadcast_to(ramp, (2000, 3000, 3)).astype(np.uint8))
+    chosen = choose_face(None, big, detect=False, index=None, framing=BOX)
+    crop = chosen.aligned.crop
+    assert crop.size == (WHOLE_IMAGE_MAX_SIDE, 400)
+    assert (chosen.box.width, chosen.box.height) == (3000, 2000)
+    # the crop's left and right edges are the ramp's values at the box's left and right
+    row = np.asarray(crop, dtype=float)[200, :, 0]
+    assert row[0] == pytest.approx(BOX[0] * 255, abs=2)
+    assert row[-1] == pytest.approx(BOX[2] * 255, abs=2)
+    back = chosen.aligned.to_image(np.ones((50, 50), np.float32), big.size)
+    rows = back.mean(axis=1)
+    assert rows[: int(BOX[1] * 2000) - 5].max() == 0 and rows[int(BOX[1] * 2000) + 5 :].min() > 0.8
