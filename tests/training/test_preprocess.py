@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from service.bundle import read_meta
+from service.faces import whole_image
 from service.insight.maximize import PixelCodec
 from service.preprocess import InputSpec, Preprocessor
 from training.preprocess import Preprocessing
@@ -38,7 +39,8 @@ def test_training_serving_and_synthesis_agree_on_a_real_image(spec: InputSpec, c
     pixels = np.array(prep.load(path))  # (150, 150, 3) uint8: what training caches and augments
 
     training = prep.standardise(torch.from_numpy(pixels).permute(2, 0, 1)[None])[0].numpy()
-    serving = Preprocessor(spec)(Image.open(path).convert("RGB"))
+    # the service's whole-image path (detect=false): cut to the framing box, when there is one
+    serving = Preprocessor(spec)(whole_image(Image.open(path).convert("RGB"), spec.framing).crop)
     codec = PixelCodec(spec)
     synthesis = codec.to_input(pixels).numpy()
 

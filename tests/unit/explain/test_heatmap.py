@@ -53,9 +53,10 @@ def test_a_heatmap_lands_on_its_face_in_the_upload(
     """The live path: detect, align, explain the aligned crop, lay the map back with
     ``AlignedFace.to_image``. A real face crop is pasted 2.5 times larger and turned into a grey
     720 x 540 photo; its map must land on the pasted face, matching the map of the crop alone
-    put through the same paste. Measured: 99.9 % of the mass on the face, correlations 0.94 at
-    both angles; the same maps turned 90 degrees too far correlate 0.47 and 0.48 (what a mapping
-    that misses the rotation would give)."""
+    put through the same paste. Measured with the framed bundle: 92.4 % of the mass on the face
+    (the rest just under its chin, inside the model's framing), correlations 0.89 and 0.90; with
+    the bundle before it, unframed, the same maps turned 90 degrees too far correlated 0.47 and
+    0.48 (what a mapping that misses the rotation would give)."""
     crop = Image.open(celebs_root / FACE).convert("RGB")
     upload = _paste(crop, 2.5, angle, at, (720, 540), fill=(128, 128, 128))
     finder = FaceFinder(read_meta(default_bundle).face_alignment, workers=1)
@@ -67,11 +68,14 @@ def test_a_heatmap_lands_on_its_face_in_the_upload(
     laid = aligned.to_image(heatmap.values, upload.size)
 
     assert laid.shape == (540, 720)
-    own = GradCam(handle).attribute(preprocess(crop), target=heatmap.target)
-    own_on_crop = whole_image(crop).to_image(own.values, crop.size)
+    framed = whole_image(crop, read_meta(default_bundle).input.framing)
+    own = GradCam(handle).attribute(preprocess(framed.crop), target=heatmap.target)
+    own_on_crop = framed.to_image(own.values, crop.size)
     expected = np.asarray(_paste(Image.fromarray(own_on_crop, "F"), 2.5, angle, at, upload.size))
     face = np.asarray(_paste(Image.new("F", crop.size, 1.0), 2.5, angle, at, upload.size)) > 0
-    assert laid[face].sum() / laid.sum() > 0.97  # the mass lies on the pasted face
+    # the mass lies on the pasted face; the model's framing (dlib's chip) reaches 8 % below the
+    # crop, so some heat falls under its chin, on the grey beyond it (measured 0.924)
+    assert laid[face].sum() / laid.sum() > 0.9
     assert np.corrcoef(laid.ravel(), expected.ravel())[0, 1] > 0.85
 
 
