@@ -39,6 +39,7 @@ from service.common.softmax import softmax
 from service.engine import create_session
 from service.errors import NoFace
 from service.faces import AlignedFace, FaceFinder, choose_face
+from service.framing import Framing
 from service.model import open_set_rule
 from service.preprocess import Preprocessor
 
@@ -49,6 +50,14 @@ sys.path.insert(0, str(ROOT))
 from tests.nonface_images import nonface_images  # noqa: E402
 
 
+def _aligned(finder: FaceFinder, image: Image.Image, framing: Framing | None) -> AlignedFace | None:
+    """The face /predict would classify, or None where it answers ``no_face``."""
+    try:
+        return choose_face(finder, image, detect=True, index=None, framing=framing).aligned
+    except NoFace:
+        return None
+
+
 def _timed_choice(finder: FaceFinder, image: Image.Image) -> tuple[str, float]:
     """``choose_face``'s source for ``image`` (``no_face`` when it raises so) and its seconds."""
     started = time.perf_counter()
@@ -57,14 +66,6 @@ def _timed_choice(finder: FaceFinder, image: Image.Image) -> tuple[str, float]:
     except NoFace:
         source = "no_face"
     return source, time.perf_counter() - started
-
-
-def _aligned(finder: FaceFinder, image: Image.Image, framing) -> AlignedFace | None:
-    """The face /predict would classify, or None where it answers ``no_face``."""
-    try:
-        return choose_face(finder, image, detect=True, index=None, framing=framing).aligned
-    except NoFace:
-        return None
 
 
 def _jpeg(image: Image.Image) -> Image.Image:
@@ -126,18 +127,17 @@ def main() -> None:
     framing = meta.input.framing
     outputs = [out.name for out in session.get_outputs()]
 
-    def probabilities(image: Image.Image) -> np.ndarray:
-        return softmax(session.run(["logits"], {"input": preprocess(image)[None]})[0])[0]
-
-    def score(image: Image.Image) -> float:
-        """The bundle's open-set score, as /predict's ``open_set.score``."""
+    def judge(image: Image.Image) -> tuple[np.ndarray, float]:
+        """One model run: the class probabilities and the bundle's open-set score, as
+        /predict's ``probabilities`` and ``open_set.score``."""
         results = session.run(outputs, {"input": preprocess(image)[None]})
         embedding = results[1][0] if len(results) > 1 else None
-        return np.inf if rule is None else rule(results[0][0], embedding)
+        score = np.inf if rule is None else rule(results[0][0], embedding)
+        return softmax(results[0])[0], score
 
     def known(image: Image.Image) -> bool:
         """The bundle's open-set decision, as /predict's ``open_set.known``."""
-        return rule is None or score(image) >= rule.threshold
+        return rule is None or judge(image)[1] >= rule.threshold
 
     wild = sorted((args.data / "wild_others").glob("*.jpg"))
     detect_s, wild_found, wild_unknown = [], 0, 0
@@ -160,15 +160,18 @@ def main() -> None:
         aligned = _aligned(finder, image, framing)
         detect_s.append(time.perf_counter() - started)
         as_is = choose_face(None, image, detect=False, index=None, framing=framing).aligned
-        crop_correct += probabilities(as_is.crop).argmax() == label
-        if aligned is not None:
-            crops_found += 1
-            photo_correct += probabilities(aligned.crop).argmax() == label
-        known_scores.append(score(aligned.crop) if aligned is not None else -np.inf)
+        crop_correct += judge(as_is.crop)[0].argmax() == label
+        if aligned is None:
+            known_scores.append(-np.inf)
+            continue
+        crops_found += 1
+        probabilities, score = judge(aligned.crop)
+        photo_correct += probabilities.argmax() == label
+        known_scores.append(score)
     spec = meta.open_set
     held_out = (spec.model_extra or {}).get("held_out") if spec is not None else None
     stranger_scores = [
-        score(aligned.crop)
+        judge(aligned.crop)[1]
         for path in sorted(
             p
             for who in (held_out["unknown_identities"] if held_out else [])

@@ -430,8 +430,7 @@ class FaceFinder:
     def align(self, image: Image.Image, face: Face) -> AlignedFace:
         """Crop ``face`` from ``image`` to the template's framing and size."""
         matrix = similarity_transform(face.landmarks, self._template)
-        inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]  # crop pixel -> image pixel
-        crop = warp(image, inverse, (self.spec.width, self.spec.height))
+        crop = warp(image, matrix, (self.spec.width, self.spec.height))
         return AlignedFace(crop, matrix, face)
 
 

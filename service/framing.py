@@ -23,13 +23,14 @@ from PIL import Image
 Framing = tuple[float, float, float, float]
 
 
-def warp(image: Image.Image, inverse: np.ndarray, size: tuple[int, int]) -> Image.Image:
-    """The crop of ``size`` (width, height) whose pixel ``(u, v)`` is the image's pixel
-    ``inverse @ (u, v, 1)`` (2x3, crop pixel -> image pixel; bilinear), edge pixels repeated
-    beyond the image. Only the image region under the crop is read and padded."""
+def warp(image: Image.Image, matrix: np.ndarray, size: tuple[int, int]) -> Image.Image:
+    """The crop of ``size`` (width, height) that ``matrix`` (2x3, image pixel -> crop pixel)
+    maps the image onto (bilinear), edge pixels repeated beyond the image. Only the image region
+    under the crop is read and padded."""
+    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]  # crop pixel -> image pixel
     width, height = size
     corners = np.array([[0, 0, 1], [width, 0, 1], [0, height, 1], [width, height, 1]], float)
-    mapped = corners @ np.asarray(inverse, float).T
+    mapped = corners @ inverse.T
     x0, y0 = np.floor(mapped.min(0)).astype(int) - 2
     x1, y1 = np.ceil(mapped.max(0)).astype(int) + 2
     # the image pixels under the crop (at least one; only those are copied), and the region
@@ -40,8 +41,8 @@ def warp(image: Image.Image, inverse: np.ndarray, size: tuple[int, int]) -> Imag
     inside = np.asarray(image.crop((xs, ys, xe, ye)))
     pad = ((ys - oy, max(y1, ye) - ye), (xs - ox, max(x1, xe) - xe)) + ((0, 0),) * (inside.ndim - 2)
     region = Image.fromarray(np.pad(inside, pad, mode="edge"), image.mode)
-    shifted = np.asarray(inverse, float).copy()
-    shifted[:, 2] -= (ox, oy)  # image pixel -> region pixel
+    shifted = inverse.copy()
+    shifted[:, 2] -= (ox, oy)  # crop pixel -> region pixel
     return region.transform(
         size, Image.Transform.AFFINE, tuple(shifted.ravel()), Image.Resampling.BILINEAR
     )
@@ -66,9 +67,8 @@ def frame(
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         source = image.resize(size, Image.Resampling.BILINEAR)
     matrix = framing_matrix(box, source.width, source.height)
-    inverse = np.linalg.inv(np.vstack([matrix, [0, 0, 1]]))[:2]
     shrink = np.diag([source.width / image.width, source.height / image.height, 1.0])
-    return warp(source, inverse, source.size), matrix @ shrink
+    return warp(source, matrix, source.size), matrix @ shrink
 
 
 def template_in_frame(points: Sequence[Sequence[float]], box: Sequence[float]) -> list[list[float]]:

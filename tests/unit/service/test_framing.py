@@ -26,7 +26,8 @@ def photo() -> Image.Image:
 
 def test_warp_inside_the_image_is_pils_affine_transform(photo):
     inverse = np.array([[0.7, 0.1, 20.0], [-0.1, 0.7, 15.0]])  # crop pixel -> image pixel
-    ours = np.asarray(warp(photo, inverse, (50, 40)), dtype=int)
+    matrix = np.linalg.inv(np.vstack([inverse, [0, 0, 1]]))[:2]  # image pixel -> crop pixel
+    ours = np.asarray(warp(photo, matrix, (50, 40)), dtype=int)
     pils = np.asarray(
         photo.transform(
             (50, 40), Image.Transform.AFFINE, tuple(inverse.ravel()), Image.Resampling.BILINEAR
@@ -45,9 +46,9 @@ def test_beyond_the_image_the_edge_pixels_are_repeated_not_black(photo):
     last_row = np.asarray(photo, dtype=int)[-1]
     assert framed.size == photo.size
     assert np.abs(pixels[-20:] - last_row[None]).max() <= 1
-    far_away = warp(photo, np.array([[1.0, 0, 500], [0, 1.0, 400]]), (4, 3))
+    far_away = warp(photo, np.array([[1.0, 0, -500], [0, 1.0, -400]]), (4, 3))
     assert np.array_equal(np.asarray(far_away)[0, 0], np.asarray(photo)[-1, -1])
-    grey = warp(photo.convert("L"), np.array([[1.0, 0, -5], [0, 1.0, -5]]), (8, 8))
+    grey = warp(photo.convert("L"), np.array([[1.0, 0, 5], [0, 1.0, 5]]), (8, 8))
     assert grey.mode == "L" and np.asarray(grey)[0, 0] == np.asarray(photo.convert("L"))[0, 0]
 
 
