@@ -235,11 +235,8 @@ def study_command(args) -> int:
         parts[half] = (tree.root, [s for s in tree.samples if tree.classes[s[1]] in ids])
     for name, (where, samples) in parts.items():
         datasets[name] = FaceDataset(where, samples, prep, desc=name)
-        framed_images[name] = (
-            datasets[name].images
-            if framed is prep
-            else FaceDataset(where, samples, framed, desc=f"{name}, framed").images
-        )
+        if framed is not prep:  # a framed bundle's own faces already are framed so
+            framed_images[name] = FaceDataset(where, samples, framed, desc=f"{name}, framed").images
     features = {}
     with torch.no_grad():
         for name, d in datasets.items():
@@ -247,14 +244,17 @@ def study_command(args) -> int:
             pairs = [model.logits_and_embedding(x[i : i + 64]) for i in range(0, len(x), 64)]
             mirrored = torch.flip(x, dims=[3])
             flips = [model.logits_and_embedding(mirrored[i : i + 64]) for i in range(0, len(x), 64)]
+            embedded = normalise(_embed(frozen, x))
             features[name] = {
                 "logits": torch.cat([p[0] for p in pairs]).numpy(),
                 "fine_tuned": normalise(torch.cat([p[1] for p in pairs]).numpy()),
                 "logits_mirrored": torch.cat([p[0] for p in flips]).numpy(),
                 "fine_tuned_mirrored": normalise(torch.cat([p[1] for p in flips]).numpy()),
-                "frozen": normalise(_embed(frozen, x)),
-                "frozen_dlib_framed": normalise(
-                    _embed(frozen, prep.standardise(framed_images[name]))
+                "frozen": embedded,
+                "frozen_dlib_framed": (
+                    normalise(_embed(frozen, prep.standardise(framed_images[name])))
+                    if name in framed_images
+                    else embedded
                 ),
                 "labels": d.labels.numpy(),
             }
