@@ -20,7 +20,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CELEBXAI_PORT=8000 \
     CELEBXAI_MODEL=/app/models/celebs8 \
     OMP_WAIT_POLICY=PASSIVE
-# No MALLOC_* variables: the service sets its own malloc policy at start-up (service/allocator.py;
+# No MALLOC_* variables: the service sets its own malloc policy at start-up (service/inference/allocator.py;
 # README, "Memory"), so the image runs exactly what `python -m service` runs anywhere.
 
 WORKDIR /app

@@ -18,9 +18,9 @@ import numpy as np
 from PIL import Image
 from scipy.stats import spearmanr
 
-from service.faces import whole_image
-from service.framing import Framing, frame
-from service.preprocess import Preprocessor
+from service.bundle.framing import Framing, frame
+from service.bundle.preprocess import Preprocessor
+from service.faces.aligned import whole_image
 
 TIMEOUT_S = 300.0
 

@@ -34,13 +34,13 @@ from _common import add_bundle_args
 from PIL import Image
 from scipy.stats import spearmanr
 
-from service.bundle import ONNX_FILE, load_twin, read_meta
+from service.bundle.format import ONNX_FILE, load_twin, read_meta
+from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
 from service.common.twin import LogitsOnly
-from service.engine import create_session
 from service.explain import EXPLAINERS, GRADIENT_METHODS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
-from service.preprocess import Preprocessor
+from service.inference.engine import create_session
 
 RANDOM = "random"
 SECTIONS = ("latency", "speed", "sanity", "faithfulness")

@@ -34,14 +34,16 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from service.bundle import ONNX_FILE, load_gallery, read_meta
+from service.bundle.format import ONNX_FILE, load_gallery, read_meta
+from service.bundle.framing import Framing
+from service.bundle.open_set import open_set_rule
+from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
-from service.engine import create_session
 from service.errors import NoFace
-from service.faces import AlignedFace, FaceFinder, choose_face
-from service.framing import Framing
-from service.model import open_set_rule
-from service.preprocess import Preprocessor
+from service.faces.aligned import AlignedFace
+from service.faces.choice import choose_face
+from service.faces.finder import FaceFinder
+from service.inference.engine import create_session
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = Path(os.environ.get("CELEBXAI_DATA", ROOT.parent / "shared" / "data"))

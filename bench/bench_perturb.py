@@ -34,14 +34,14 @@ from _common import add_bundle_args, machine_load
 from bench_explain import _mean_sem, load_faces
 from scipy.stats import spearmanr
 
-from service.bundle import ONNX_FILE, load_twin, read_meta
-from service.engine import create_session
+from service.bundle.format import ONNX_FILE, load_twin, read_meta
+from service.bundle.preprocess import Preprocessor
 from service.explain import Lime, ModelHandle, Occlusion
 from service.explain.faithfulness import deletion_auc
 from service.explain.lime import superpixels
 from service.explain.occlusion import window_starts
+from service.inference.engine import create_session
 from service.insight.architecture import CONVOLUTIONS, POOLS, _arguments, _pair
-from service.preprocess import Preprocessor
 
 WINDOW, STRIDE = 24, 12
 AUC_GATE = 0.01

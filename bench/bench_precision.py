@@ -27,10 +27,10 @@ from bench_explain import load_faces
 from onnxruntime import InferenceSession
 from scipy.stats import spearmanr
 
-from service.bundle import INT8_FILE, ONNX_FILE, read_meta
+from service.bundle.format import INT8_FILE, ONNX_FILE, read_meta
+from service.bundle.preprocess import Preprocessor
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
-from service.preprocess import Preprocessor
 from training.quantize import session, throughput
 
 PRECISIONS = {"fp32": ONNX_FILE, "int8": INT8_FILE}

@@ -38,9 +38,9 @@ from pathlib import Path
 import numpy as np
 from _common import add_bundle_args
 
-from service.bundle import ONNX_FILE, read_meta
-from service.engine import create_session
-from service.preprocess import Preprocessor
+from service.bundle.format import ONNX_FILE, read_meta
+from service.bundle.preprocess import Preprocessor
+from service.inference.engine import create_session
 
 ROOT = Path(__file__).resolve().parents[1]
 

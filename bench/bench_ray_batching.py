@@ -11,8 +11,8 @@ starts and stops (2 CPUs, no HTTP proxy), one replica of each:
   executor, as the engine does;
 - ``serve.batch-sync``: the same, with the model run in the batch handler itself, on the
   replica's event loop (the pattern of Ray's documentation);
-- ``DynamicBatcher``: a started ``service.engine.Engine`` with the same settings; ``predict``
-  returns ``await engine.submit(x)``.
+- ``DynamicBatcher``: a started ``service.inference.engine.Engine`` with the same settings;
+  ``predict`` returns ``await engine.submit(x)``.
 
 Each replica runs ONNX Runtime with ``--threads`` (1) intra-op threads and reserves ``--cpus``
 (0.5, so that the three fit in the instance's 2; Ray does not enforce it: the thread count is
@@ -66,9 +66,9 @@ from ray import serve
 from ray.serve.config import ProxyLocation
 from ray.serve.handle import DeploymentHandle
 
-from service.bundle import ONNX_FILE, read_meta
-from service.engine import Engine, create_session
-from service.preprocess import Preprocessor
+from service.bundle.format import ONNX_FILE, read_meta
+from service.bundle.preprocess import Preprocessor
+from service.inference.engine import Engine, create_session
 from service.settings import Settings
 
 DEFAULTS = Settings()

@@ -60,11 +60,11 @@ from _client import (
 from _common import DEFAULT_BUNDLE, ROOT, add_bundle_args, machine_load, split_items, spread
 from bench_predict import load_level, multipart_request, raw_throughput
 
-from service.bundle import ONNX_FILE, read_meta
-from service.engine import create_session
+from service.bundle.format import ONNX_FILE, read_meta
+from service.bundle.framing import Framing
+from service.bundle.preprocess import Preprocessor
 from service.explain.faithfulness import deletion_auc
-from service.framing import Framing
-from service.preprocess import Preprocessor
+from service.inference.engine import create_session
 
 sys.path.insert(0, str(ROOT))
 from tests.load.harness import free_port, start_server, stop_server  # noqa: E402

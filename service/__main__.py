@@ -20,8 +20,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from pydantic import ValidationError
 
-from .allocator import configure_malloc
-from .settings import ENV_PREFIX, Settings
+from service.inference.allocator import configure_malloc
+from service.settings import ENV_PREFIX, Settings
 
 OPENAPI_COMMAND = "python -m service --export-openapi openapi.yaml"
 _METAVARS = {"model": "DIR", "host": "ADDR", "port": "PORT", "api_key": "KEY"}
@@ -82,11 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:
-        from .errors import describe_validation_errors
+        from service.errors import describe_validation_errors
 
         parser.error(f"invalid settings: {describe_validation_errors(exc.errors())}")
     if args.ray:
-        from .scaleout.app import run
+        from service.scaleout.app import run
 
         run(settings)
         return 0
@@ -99,9 +99,9 @@ def serve(settings: Settings) -> None:
     (``connection_limits``) and an access log that never shows a key from a query string."""
     import uvicorn
 
-    from . import access_log
-    from .app import create_app
-    from .connection_limits import ConnectionLimits, protocol_class
+    from service.app import create_app
+    from service.http import access_log
+    from service.http.connection_limits import ConnectionLimits, protocol_class
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -129,7 +129,7 @@ def serve(settings: Settings) -> None:
 
 
 def export_openapi(path: str) -> int:
-    from .app import openapi_yaml
+    from service.app import openapi_yaml
 
     text = openapi_yaml()
     if path == "-":

@@ -15,24 +15,24 @@ from contextlib import asynccontextmanager
 import yaml
 from fastapi import APIRouter, FastAPI
 
-from . import __version__
-from .api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
-from .body_limit import BodySizeLimitMiddleware
-from .bundle import BundleError
-from .cache_metrics import CacheCollector
-from .common.lru import LruCache
-from .connection_limits import refusal_counter
-from .cors import JsonCORSMiddleware
-from .engine import EngineError
-from .errors import install_error_handlers
-from .head_requests import HeadAsGetMiddleware
-from .insight.inspector import Inspector, synthesis_cache
-from .metrics import MetricsMiddleware
-from .model import load_model
-from .routes import docs, explain, insight, jobs, meta, metrics, page, predict
-from .security_headers import SecurityHeadersMiddleware
-from .settings import ENV_PREFIX, Settings, get_settings
-from .state import ServiceState
+from service import __version__
+from service.api import docs, explain, insight, jobs, meta, metrics, page, predict
+from service.bundle.format import BundleError
+from service.common.lru import LruCache
+from service.http.api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
+from service.http.body_limit import BodySizeLimitMiddleware
+from service.http.connection_limits import refusal_counter
+from service.http.cors import JsonCORSMiddleware
+from service.http.errors import install_error_handlers
+from service.http.head_requests import HeadAsGetMiddleware
+from service.http.security_headers import SecurityHeadersMiddleware
+from service.inference.engine import EngineError
+from service.inference.model import load_model
+from service.insight.inspector import Inspector, synthesis_cache
+from service.observability.cache_metrics import CacheCollector
+from service.observability.metrics import MetricsMiddleware
+from service.settings import ENV_PREFIX, Settings, get_settings
+from service.state import ServiceState
 
 log = logging.getLogger(__name__)
 

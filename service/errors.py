@@ -1,40 +1,30 @@
-"""Error codes and the handlers that render every error as ``{"error": {"code", "message"}}``.
+"""Error codes: every error a client can get, as a plain exception with a stable code.
 
-Guard clauses anywhere in the service raise a ``ServiceError`` subclass; the handlers installed
-by ``install_error_handlers`` turn it, FastAPI's own validation errors and Starlette's 404/405
-into the same JSON shape. The codes are part of the API: clients match on them, so never rename
-one (README, "Error codes").
+Guard clauses anywhere in the service (intake, faces, explanations, jobs) raise a
+``ServiceError`` subclass; nothing here knows HTTP beyond the status each code is answered
+with. ``service.http.errors`` is the one place that renders them (and FastAPI's and
+Starlette's own errors) as ``{"error": {"code", "message"}}``. The codes are part of the API:
+clients match on them, so never rename one (docs/api.md, "Error codes").
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Iterable, Mapping
-from http import HTTPStatus
 from typing import Any, ClassVar
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
-log = logging.getLogger(__name__)
-
-
-class ServiceError(StarletteHTTPException):
-    """An error with a stable code. Subclasses fix ``status`` and ``code``.
-
-    It is a Starlette ``HTTPException`` so that it passes through FastAPI's body parsing
-    unchanged when raised while the request body is read (the upload size limit).
-    """
+class ServiceError(Exception):
+    """An error with a stable code. Subclasses fix ``status`` and ``code``; ``headers`` go with
+    the answer (``Retry-After``)."""
 
     status: ClassVar[int] = 500
     code: ClassVar[str] = "internal_error"
 
-    def __init__(self, message: str, *, headers: dict[str, str] | None = None) -> None:
-        super().__init__(status_code=self.status, detail=message, headers=headers)
+    def __init__(self, message: str, *, headers: Mapping[str, str] | None = None) -> None:
+        Exception.__init__(self, message)
         self.message = message
+        self.headers = headers
 
 
 class EmptyFile(ServiceError):
@@ -173,28 +163,6 @@ HTTP_STATUS_CODES: dict[int, str] = {
 }
 
 
-def error_body(code: str, message: str) -> dict[str, dict[str, str]]:
-    return {"error": {"code": code, "message": message}}
-
-
-def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
-) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
-
-
-async def _service_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, ServiceError)
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
-
-
-async def _http_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, StarletteHTTPException)
-    code = HTTP_STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
-    message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
-    return error_response(exc.status_code, code, message, exc.headers)
-
-
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*? at 0x[0-9a-fA-F]+>")
 
 
@@ -220,25 +188,6 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
         if problem not in problems:
             problems.append(problem)
     return "; ".join(problems)
-
-
-async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, RequestValidationError)
-    message = describe_validation_errors(exc.errors()) or "invalid request"
-    return error_response(422, VALIDATION_ERROR, message)
-
-
-async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-    log.exception("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
-    return error_response(500, INTERNAL_ERROR, "internal server error")
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    """Render every error of ``app`` in the one JSON error shape."""
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(Exception, _unexpected_error)
 
 
 def all_error_codes() -> dict[str, int]:

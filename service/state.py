@@ -6,17 +6,17 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .jobs.metrics import JobMetrics
-from .jobs.runner import JobRunner
-from .jobs.store import Jobs, JobStore
-from .metrics import FaceSearchMetrics, ServiceMetrics
-from .pixel_budget import PixelBudget
-from .settings import Settings
+from service.intake.pixel_budget import PixelBudget
+from service.jobs.metrics import JobMetrics
+from service.jobs.runner import JobRunner
+from service.jobs.store import Jobs, JobStore
+from service.observability.metrics import FaceSearchMetrics, ServiceMetrics
+from service.settings import Settings
 
 if TYPE_CHECKING:
-    from .common.lru import LruCache
-    from .insight.inspector import Inspector
-    from .model import ServingModel
+    from service.common.lru import LruCache
+    from service.inference.model import ServingModel
+    from service.insight.inspector import Inspector
 
 Phase = Literal["loading", "ready", "failed", "stopped"]
 

@@ -7,10 +7,10 @@ import argparse
 import logging
 import sys
 
-from .augment import PRESETS
-from .backbones import BACKBONES
-from .fit import OPTIMIZERS
-from .insight import PER_CHANNEL
+from training.augment import PRESETS
+from training.backbones import BACKBONES
+from training.fit import OPTIMIZERS
+from training.insight import PER_CHANNEL
 
 DEFAULT_DATA = "../shared/data/celebs8"
 DEFAULT_OTHERS = "../shared/data/others"
@@ -250,9 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    from . import run  # heavy imports only after --help
-    from .open_set_study import study_command
-    from .quantize import quantize_command
+    from training import run  # heavy imports only after --help
+    from training.open_set_study import study_command
+    from training.quantize import quantize_command
 
     try:
         commands = {

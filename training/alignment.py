@@ -1,6 +1,6 @@
 """Where dlib's five face landmarks sit in the training crops: the template that serving aligns
 photos to, so that a face found in any photo is cropped with the same framing as the training
-data (see service/faces.py).
+data (see service/faces/finder.py).
 
 The template is measured, not assumed: detect the face in every training crop with dlib's HOG
 detector, predict its 5 landmarks (outer and inner corner of each eye, base of the nose) and
@@ -11,7 +11,7 @@ like any upload.
 The same pass measures where dlib's own face chip lies in the crops (``dlib_chip_box``: the box
 of ``dlib.get_face_chip_details(landmarks, 150, padding=0.25)``, the framing dlib's face network
 was trained on), averaged the same way: ``fit --framing dlib-chip`` trains on that box of every
-crop (``service.framing``).
+crop (``service.bundle.framing``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from service.faces import landmarks_model_path
+from service.faces.model_files import landmarks_model_path
 
 log = logging.getLogger(__name__)
 

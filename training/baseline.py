@@ -15,9 +15,9 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 from torch import nn
 
-from .backbones import Backbone
-from .fit import predict
-from .model import FaceClassifier
+from training.backbones import Backbone
+from training.fit import predict
+from training.model import FaceClassifier
 
 HEAD = "standardiser + logistic regression on frozen features (as batchnorm + linear)"
 

@@ -18,7 +18,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .preprocess import Preprocessing
+from training.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 

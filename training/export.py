@@ -20,8 +20,9 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
-from service.bundle import (
+from service.bundle.format import (
     DEFAULT_PARITY_TOLERANCE,
+    EMBEDDING_OUTPUT,
     META_FILE,
     ONNX_FILE,
     SCHEMA_VERSION,
@@ -29,10 +30,8 @@ from service.bundle import (
     BundleMeta,
     sha256_of,
 )
-from service.engine import EMBEDDING_OUTPUT
-
-from .model import FaceClassifier, WithEmbedding
-from .preprocess import Preprocessing
+from training.model import FaceClassifier, WithEmbedding
+from training.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 

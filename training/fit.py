@@ -24,7 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from .model import FaceClassifier, set_trainable, train_mode
+from training.model import FaceClassifier, set_trainable, train_mode
 
 log = logging.getLogger(__name__)
 

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import torch
 
-from service.bundle import TWIN_FILE, read_meta
-
-from .backbones import build_backbone
-from .model import FaceClassifier
-from .preprocess import Preprocessing
+from service.bundle.format import TWIN_FILE, read_meta
+from training.backbones import build_backbone
+from training.model import FaceClassifier
+from training.preprocess import Preprocessing
 
 TWIN_PREFIX = "model."  # export.Twin wraps the classifier as ``model``
 

@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from service.bundle import META_FILE, TWIN_FILE, load_twin, read_meta, sha256_of
+from service.bundle.format import META_FILE, TWIN_FILE, load_twin, read_meta, sha256_of
 from service.insight.architecture import ReceptiveField, receptive_fields
 from service.insight.patches import (
     INDEX_NAME,
@@ -39,9 +39,8 @@ from service.insight.patches import (
     save_sprite,
     sprite_name,
 )
-
-from .data import FaceDataset
-from .preprocess import Preprocessing
+from training.data import FaceDataset
+from training.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 

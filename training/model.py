@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbones import Backbone
+from training.backbones import Backbone
 
 
 class FaceClassifier(nn.Module):

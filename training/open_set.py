@@ -1,7 +1,8 @@
 """The "none of the classes" decision: calibrating the shipped score and comparing candidates.
 
-The score itself is defined in ``service.open_set`` (the service computes it; training fits it).
-The protocol never touches the test split or half of the strangers while choosing: the strangers'
+The score itself is defined in ``service.bundle.open_set`` (the service computes it; training fits
+it). The protocol never touches the test split or half of the strangers while choosing: the
+strangers'
 identities are split in two (``split_identities``); the score's fusion weights are fit on the
 validation split (known) and the calibration identities (unknown); the threshold rejects at most
 a target fraction (default 5 %) of the validation faces, and within that makes the fewest
@@ -21,7 +22,7 @@ from scipy.special import logsumexp
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
-from service.open_set import (
+from service.bundle.open_set import (
     FUSED,
     MAX_SOFTMAX,
     NEAREST_FACE,

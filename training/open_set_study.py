@@ -12,8 +12,9 @@ the training faces of the gallery too). After each table, which held-out strange
 score and the best fusion accept, per identity and as whom (``acceptances``).
 
 The frozen dlib network is also run on the faces framed as dlib frames its own 150x150 chips
-(``service.framing``, the bundle's ``input.framing`` or ``DLIB_CHIP_BOX``): the training crops are
-framed tighter and higher than the chips dlib's network was trained on, and the frozen embedding's
+(``service.bundle.framing``, the bundle's ``input.framing`` or ``DLIB_CHIP_BOX``): the training
+crops are framed tighter and higher than the chips dlib's network was trained on, and the frozen
+embedding's
 nearest-face score depends on that framing.
 """
 
@@ -26,18 +27,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from service.open_set import (
+from service.bundle.open_set import (
     MAX_LOGIT,
     MAX_SOFTMAX,
     component_scores,
     normalise,
     threshold_for_operating_point,
 )
-
-from .backbones import build_backbone
-from .data import FaceDataset, scan
-from .from_bundle import classifier_from_bundle
-from .open_set import (
+from training.backbones import build_backbone
+from training.data import FaceDataset, scan
+from training.from_bundle import classifier_from_bundle
+from training.open_set import (
     acceptances,
     centroid_cosine,
     class_margin,

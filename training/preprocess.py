@@ -5,8 +5,8 @@ An image becomes model input in five steps: decode to RGB, cut out the spec's ``
 ``value_range`` and standardise per channel with ``mean`` and ``std``. Training caches images
 after step 3 (uint8), so augmentation works on the same pixels the service will see; steps 4 and
 5 are the service's own ``PixelAffine``, and the bundle's ``meta.json["input"]`` records this
-spec verbatim. There is one spec and one affine, in ``service.preprocess``; this class only adds
-decoding from files and batches on any device.
+spec verbatim. There is one spec and one affine, in ``service.bundle.preprocess``; this class only
+adds decoding from files and batches on any device.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps
 
-from service.framing import frame
-from service.preprocess import RESAMPLING_FILTERS, InputSpec, PixelAffine
+from service.bundle.framing import frame
+from service.bundle.preprocess import RESAMPLING_FILTERS, InputSpec, PixelAffine
 
 
 class Preprocessing(InputSpec):
@@ -28,7 +28,7 @@ class Preprocessing(InputSpec):
 
     def load(self, path: str | Path) -> np.ndarray:
         """Decode, orient (EXIF), convert to RGB, cut the spec's ``framing`` box out of the
-        crop (``service.framing.frame``, as the service does) and resize: (height, width, 3)
+        crop (``service.bundle.framing.frame``, as the service does) and resize: (height, width, 3)
         uint8."""
         with Image.open(path) as stored:
             image = ImageOps.exif_transpose(stored).convert("RGB")

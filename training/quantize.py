@@ -40,7 +40,8 @@ from onnxruntime.quantization.shape_inference import (  # type: ignore[import-un
 )
 from sklearn.metrics import roc_auc_score
 
-from service.bundle import (
+from service.bundle.format import (
+    EMBEDDING_OUTPUT,
     INT8_FILE,
     META_FILE,
     ONNX_FILE,
@@ -50,12 +51,10 @@ from service.bundle import (
     read_meta,
     sha256_of,
 )
-from service.engine import EMBEDDING_OUTPUT
-from service.model import open_set_rule
-from service.preprocess import Preprocessor
-
-from .data import FaceDataset, scan
-from .preprocess import Preprocessing
+from service.bundle.open_set import open_set_rule
+from service.bundle.preprocess import Preprocessor
+from training.data import FaceDataset, scan
+from training.preprocess import Preprocessing
 
 log = logging.getLogger(__name__)
 

@@ -15,23 +15,22 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from service.bundle import ONNX_FILE, read_meta
-from service.framing import template_in_frame
-
-from . import report
-from .alignment import landmark_template
-from .augment import eval_transforms, train_transforms
-from .backbones import build_backbone
-from .baseline import HEAD, linear_probe, probe_classifier
-from .data import SPLITS, DataError, FaceDataset, class_weights, scan, split
-from .export import onnx_logits, write_bundle
-from .fit import Stage, fit, predict
-from .from_bundle import checkpoint_from_bundle
-from .insight import write_insight
-from .model import FaceClassifier
-from .open_set import GALLERY_FILE, calibrate, split_identities
-from .preprocess import Preprocessing
-from .selection import BASELINE, FINE_TUNED, choose
+from service.bundle.format import ONNX_FILE, read_meta
+from service.bundle.framing import template_in_frame
+from training import report
+from training.alignment import landmark_template
+from training.augment import eval_transforms, train_transforms
+from training.backbones import build_backbone
+from training.baseline import HEAD, linear_probe, probe_classifier
+from training.data import SPLITS, DataError, FaceDataset, class_weights, scan, split
+from training.export import onnx_logits, write_bundle
+from training.fit import Stage, fit, predict
+from training.from_bundle import checkpoint_from_bundle
+from training.insight import write_insight
+from training.model import FaceClassifier
+from training.open_set import GALLERY_FILE, calibrate, split_identities
+from training.preprocess import Preprocessing
+from training.selection import BASELINE, FINE_TUNED, choose
 
 log = logging.getLogger("training")
 

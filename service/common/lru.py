@@ -2,8 +2,8 @@
 
 Bounded twice, in entries and in bytes (the arrays and byte strings its values hold,
 ``nbytes``), so that no sequence of requests can make it hold more than ``max_bytes``; its size
-is exported in ``/metrics`` (``service.cache_metrics``). Values are immutable, so a hit can be
-returned as is.
+is exported in ``/metrics`` (``service.observability.cache_metrics``). Values are immutable, so a
+hit can be returned as is.
 """
 
 from __future__ import annotations

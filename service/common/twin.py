@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..cancellation import Cancellation
+from service.common.cancellation import Cancellation
 
 
 class LogitsOnly(nn.Module):

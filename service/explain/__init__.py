@@ -13,16 +13,16 @@ keyword arguments are the method's ``Params`` (defaults and bounds as data). The
 
 from __future__ import annotations
 
-from .base import Explainer, MethodParams, ModelHandle
-from .cache import array_digest, cache_key
-from .gradcam import GradCam
-from .gradient import GradientSaliency
-from .heatmap import Heatmap
-from .integrated_gradients import IntegratedGradients
-from .lime import Lime
-from .occlusion import Occlusion
-from .rise import Rise
-from .smoothgrad import SmoothGrad
+from service.explain.base import Explainer, MethodParams, ModelHandle
+from service.explain.cache import array_digest, cache_key
+from service.explain.gradcam import GradCam
+from service.explain.gradient import GradientSaliency
+from service.explain.heatmap import Heatmap
+from service.explain.integrated_gradients import IntegratedGradients
+from service.explain.lime import Lime
+from service.explain.occlusion import Occlusion
+from service.explain.rise import Rise
+from service.explain.smoothgrad import SmoothGrad
 
 # The single list of methods: GET /explain, POST /explain/{method}, the page's panels, the API
 # tests and the faithfulness bench all read it. In the page's order.

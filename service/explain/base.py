@@ -22,9 +22,9 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict
 
-from ..cancellation import Cancellation
-from ..errors import UnknownClass
-from .heatmap import Heatmap, scaled
+from service.common.cancellation import Cancellation
+from service.errors import UnknownClass
+from service.explain.heatmap import Heatmap, scaled
 
 Forward = Callable[[np.ndarray], np.ndarray]
 """A batched forward pass: ``(N, 3, H, W)`` float32 model input -> ``(N, C)`` logits (for

@@ -15,8 +15,8 @@ from typing import Literal
 
 import numpy as np
 
-from .base import Forward
-from .perturb import Baseline, baseline_image, target_scores
+from service.explain.base import Forward
+from service.explain.perturb import Baseline, baseline_image, target_scores
 
 DELETION_BASELINE: Baseline = "zero"
 INSERTION_BASELINE: Baseline = "blur"

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from ..errors import UnknownLayer
-from .base import MethodParams
-from .twin import TwinPass
+from service.errors import UnknownLayer
+from service.explain.base import MethodParams
+from service.explain.twin import TwinPass
 
 
 class GradCamParams(MethodParams):

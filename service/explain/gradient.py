@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .twin import TwinPass, channel_max_abs
+from service.explain.twin import TwinPass, channel_max_abs
 
 
 class GradientSaliency(TwinPass):

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from ..common.softmax import softmax
+from service.common.softmax import softmax
 
 NEGLIGIBLE_SCALE = 1e-4
 """A map whose largest raw magnitude is below this holds no evidence.

@@ -9,10 +9,10 @@ import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from pydantic import Field
 
-from ..common.twin import input_gradients
-from .base import Explainer, MethodParams
-from .perturb import BASELINE_HELP, Baseline, baseline_image
-from .twin import as_batch
+from service.common.twin import input_gradients
+from service.explain.base import Explainer, MethodParams
+from service.explain.perturb import BASELINE_HELP, Baseline, baseline_image
+from service.explain.twin import as_batch
 
 
 class IntegratedGradientsParams(MethodParams):

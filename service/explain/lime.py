@@ -14,8 +14,8 @@ import numpy as np
 from pydantic import Field
 from skimage.segmentation import slic
 
-from .base import Explainer, MethodParams
-from .perturb import (
+from service.explain.base import Explainer, MethodParams
+from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,

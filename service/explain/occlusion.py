@@ -22,8 +22,8 @@ from typing import Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from .base import Explainer, MethodParams
-from .perturb import (
+from service.explain.base import Explainer, MethodParams
+from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
@@ -32,7 +32,7 @@ from .perturb import (
     score_of,
     target_scores,
 )
-from .window_schedule import coarse_to_fine, exhaustive
+from service.explain.window_schedule import coarse_to_fine, exhaustive
 
 Strategy = Literal["exhaustive", "coarse_to_fine"]
 STRATEGY_HELP = (

@@ -8,9 +8,9 @@ from typing import Literal
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
-from ..cancellation import Cancellation
-from ..common.softmax import softmax
-from .base import Forward
+from service.common.cancellation import Cancellation
+from service.common.softmax import softmax
+from service.explain.base import Forward
 
 Baseline = Literal["zero", "mean", "blur"]
 BASELINE_HELP = (

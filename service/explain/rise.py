@@ -19,8 +19,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from .base import Explainer, MethodParams
-from .perturb import (
+from service.explain.base import Explainer, MethodParams
+from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,

@@ -9,9 +9,9 @@ import torch
 from captum.attr import NoiseTunnel, Saliency
 from pydantic import Field
 
-from ..common.twin import input_gradients
-from .base import Explainer, MethodParams
-from .twin import as_batch, channel_max_abs
+from service.common.twin import input_gradients
+from service.explain.base import Explainer, MethodParams
+from service.explain.twin import as_batch, channel_max_abs
 
 
 class SmoothGradParams(MethodParams):

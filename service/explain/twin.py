@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..common.twin import input_gradients
-from .base import Explainer, Prediction, resolve_target
+from service.common.twin import input_gradients
+from service.explain.base import Explainer, Prediction, resolve_target
 
 
 def as_batch(x: np.ndarray) -> torch.Tensor:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..common.colormap import SEQUENTIAL
+from service.render.colormap import SEQUENTIAL
 
 GAP = 2
 BACKGROUND = 255

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..bundle import TWIN_FILE, BundleMeta
-from ..cancellation import Cancellation
-from ..common.lru import LruCache
-from ..images import encode_png
-from .architecture import ReceptiveField, layer_filters, receptive_fields
-from .grid import (
+from service.bundle.format import TWIN_FILE, BundleMeta
+from service.common.cancellation import Cancellation
+from service.common.lru import LruCache
+from service.insight.architecture import ReceptiveField, layer_filters, receptive_fields
+from service.insight.grid import (
     MAP_TILE,
     GridLayout,
     compose,
@@ -31,8 +30,9 @@ from .grid import (
     map_tiles,
     zoom_for,
 )
-from .maximize import MaximizeParams, Objective, PixelCodec, Synthesis, synthesize
-from .patches import TopPatches
+from service.insight.maximize import MaximizeParams, Objective, PixelCodec, Synthesis, synthesize
+from service.insight.patches import TopPatches
+from service.intake.images import encode_png
 
 SYNTHESIS_CACHE_ENTRIES = 32
 SYNTHESIS_CACHE_BYTES = 8 * 1024 * 1024
@@ -45,7 +45,7 @@ def synthesis_cache() -> LruCache:
 
 
 class InspectedModel(Protocol):
-    """What insight needs of a served model (``service.model.ServingModel`` is one): its
+    """What insight needs of a served model (``service.inference.model.ServingModel`` is one): its
     metadata, bundle directory and torch twin. A protocol, so insight never imports the model."""
 
     meta: BundleMeta

@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..cancellation import Cancellation
-from ..common.twin import input_gradients
-from ..preprocess import InputSpec, PixelAffine
+from service.bundle.preprocess import InputSpec, PixelAffine
+from service.common.cancellation import Cancellation
+from service.common.twin import input_gradients
 
 # The start: random colours on a coarse grid, enlarged smoothly, plus pixel noise. White noise
 # alone leaves some first-layer channels (smooth colour detectors) at zero everywhere, where

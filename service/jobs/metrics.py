@@ -9,8 +9,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ..metrics import LATENCY_BUCKETS, PREFIX
-from .store import JobView
+from service.jobs.store import JobView
+from service.observability.metrics import LATENCY_BUCKETS, PREFIX
 
 JOB_BUCKETS = (*LATENCY_BUCKETS, 60, 120, 300)
 

@@ -14,9 +14,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..explain import EXPLAINERS
-from ..explain.occlusion import window_starts
-from ..explain.window_schedule import coarse_indices
+from service.explain import EXPLAINERS
+from service.explain.occlusion import window_starts
+from service.explain.window_schedule import coarse_indices
 
 # Which parameter counts a sampling method's samples.
 SAMPLE_COUNTS = ("num_samples", "num_masks", "samples", "steps")

@@ -23,13 +23,13 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.concurrency import run_in_threadpool
 
-from ..cancellation import Cancellation, Cancelled
-from ..errors import INTERNAL_ERROR, ServiceError
-from .progress import PassCounter
-from .store import JobResult, Jobs, JobView
+from service.common.cancellation import Cancellation, Cancelled
+from service.errors import INTERNAL_ERROR, ServiceError
+from service.jobs.progress import PassCounter
+from service.jobs.store import JobResult, Jobs, JobView
 
 if TYPE_CHECKING:
-    from ..state import ExplanationGate
+    from service.state import ExplanationGate
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0

@@ -20,8 +20,8 @@ from typing import Any
 import ray
 from ray import serve
 
-from ..settings import Settings
-from .deployments import application
+from service.scaleout.deployments import application
+from service.settings import Settings
 
 APP_NAME = "celebxai"
 log = logging.getLogger(__name__)

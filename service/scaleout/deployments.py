@@ -28,18 +28,18 @@ from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 from starlette.types import ASGIApp
 
-from ..allocator import configure_malloc
-from ..app import create_app
-from ..security_headers import SecurityHeadersMiddleware
-from ..settings import Settings
-from ..state import ServiceState
-from .forward import ForwardedRequest, ForwardedResponse, run_asgi
-from .gateway import SERVED_BY_HEADER
-from .gateway import Gateway as GatewayApp
-from .job_board import BOARD_NAME, MAX_ONGOING_CALLS, JobBoard, RemoteJobs
-from .metrics_merge import MetricsBoard as Board
-from .publisher import MetricsPublisher
-from .routing import EXPLAIN, PREDICT
+from service.app import create_app
+from service.http.security_headers import SecurityHeadersMiddleware
+from service.inference.allocator import configure_malloc
+from service.scaleout.forward import ForwardedRequest, ForwardedResponse, run_asgi
+from service.scaleout.gateway import SERVED_BY_HEADER
+from service.scaleout.gateway import Gateway as GatewayApp
+from service.scaleout.job_board import BOARD_NAME, MAX_ONGOING_CALLS, JobBoard, RemoteJobs
+from service.scaleout.metrics_merge import MetricsBoard as Board
+from service.scaleout.publisher import MetricsPublisher
+from service.scaleout.routing import EXPLAIN, PREDICT
+from service.settings import Settings
+from service.state import ServiceState
 
 log = logging.getLogger(__name__)
 # The gateway only waits on replicas; its limit is far above any replica's queue.

@@ -27,14 +27,15 @@ from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.types import Message, Receive, Scope, Send
 
-from ..api_key import API_KEY_HEADER, protected_operations, verify_api_key
-from ..app import MULTIPART_OVERHEAD_BYTES
-from ..errors import NotReady, Overloaded, ServiceError, error_response
-from ..metrics import ServiceMetrics
-from ..settings import Settings
-from .forward import ForwardedRequest, ForwardedResponse, run_asgi
-from .metrics_merge import merge_expositions
-from .routing import DEPLOYMENTS, deployment_for, route_template
+from service.app import MULTIPART_OVERHEAD_BYTES
+from service.errors import NotReady, Overloaded, ServiceError
+from service.http.api_key import API_KEY_HEADER, protected_operations, verify_api_key
+from service.http.errors import error_response
+from service.observability.metrics import ServiceMetrics
+from service.scaleout.forward import ForwardedRequest, ForwardedResponse, run_asgi
+from service.scaleout.metrics_merge import merge_expositions
+from service.scaleout.routing import DEPLOYMENTS, deployment_for, route_template
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import JobNotDone, ServiceError, TooManyJobs, UnknownJob
-from ..jobs.metrics import JobMetrics
-from ..jobs.store import JobStore, JobView
-from ..metrics import ServiceMetrics
-from ..settings import Settings
-from .publisher import MetricsPublisher
+from service.errors import JobNotDone, ServiceError, TooManyJobs, UnknownJob
+from service.jobs.metrics import JobMetrics
+from service.jobs.store import JobStore, JobView
+from service.observability.metrics import ServiceMetrics
+from service.scaleout.publisher import MetricsPublisher
+from service.settings import Settings
 
 REFUSALS: dict[str, type[ServiceError]] = {
     error.code: error for error in (UnknownJob, JobNotDone, TooManyJobs)

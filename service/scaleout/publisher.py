@@ -8,7 +8,7 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from .metrics_merge import PUBLISH_EVERY_S
+from service.scaleout.metrics_merge import PUBLISH_EVERY_S
 
 log = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
 // A partial heatmap as a job streams it (GET /jobs/{id}/events: the JSON grid of format=json),
-// drawn the way the service draws its PNGs (service/explain/render.py): the same colormaps
-// (service/common/colormap.py's anchors, interpolated to 256 entries; a test keeps the two
+// drawn the way the service draws its PNGs (service/render/png.py): the same colormaps
+// (service/render/colormap.py's anchors, interpolated to 256 entries; a test keeps the two
 // lists equal), alpha = 0.8 x magnitude. The final map is still the service's own PNG.
 
 const OPACITY = 0.8;

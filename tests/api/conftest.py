@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from httpx import Response
 
 from service.app import create_app
-from service.model import ServingModel
+from service.inference.model import ServingModel
 from service.settings import Settings
 
 API_KEY = "test-key"

@@ -15,7 +15,7 @@ from PIL import Image
 from receptive_field_probe import gradient_extent
 
 from service.common.softmax import softmax
-from service.faces import whole_image
+from service.faces.aligned import whole_image
 from service.insight.grid import FILTER_TILE, MAP_TILE, GridLayout
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts" / "insight"

@@ -7,7 +7,7 @@ import json
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.bundle import INT8_FILE, ONNX_FILE
+from service.bundle.format import INT8_FILE, ONNX_FILE
 
 
 def test_model_reports_the_precision_that_serves(client):

@@ -18,7 +18,7 @@ import pytest
 from image_bytes import face_png
 from PIL import Image
 
-from service.explain.render import MAX_RENDER_PIXELS
+from service.render.png import MAX_RENDER_PIXELS
 
 from .conftest import ServiceProcess
 from .heavy_uploads import flat_png, latencies_while, post_at_once, rss_peak

@@ -13,7 +13,7 @@ import threading
 import httpx
 import pytest
 
-from service.faces import SEARCH_MAX_PIXELS
+from service.faces.finder import SEARCH_MAX_PIXELS
 
 from .detector_uploads import FACE, WORST_CASES
 from .scrape import metric_samples

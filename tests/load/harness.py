@@ -186,8 +186,8 @@ def start_server(
 ) -> subprocess.Popen:
     """``python -m service [options]`` on 127.0.0.1:``port``, returned once ``/readyz`` answers
     200. The environment is the caller's minus every ``CELEBXAI_`` and ``MALLOC_`` variable: the
-    service's own defaults, its own allocator policy (``service.allocator``). ``root`` is the
-    checkout it runs from (``python -m`` imports ``service`` from there: another commit's
+    service's own defaults, its own allocator policy (``service.inference.allocator``). ``root`` is
+    the checkout it runs from (``python -m`` imports ``service`` from there: another commit's
     worktree runs that commit's service)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELEBXAI_", "MALLOC_"))}
     with log_file.open("wb") as log:

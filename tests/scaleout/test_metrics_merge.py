@@ -6,7 +6,7 @@ import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.metrics import ServiceMetrics
+from service.observability.metrics import ServiceMetrics
 from service.scaleout.metrics_merge import MetricsBoard, merge_expositions
 
 

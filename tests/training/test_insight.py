@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle import read_meta, verify_files
+from service.bundle.format import read_meta, verify_files
 from service.insight.patches import TopPatchIndex
 from training.__main__ import main
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.open_set import normalise
+from service.bundle.open_set import normalise
 from training.open_set import acceptances, flip_averaged
 
 
@@ -105,8 +105,8 @@ def test_the_bundles_framing_gives_the_frozen_network_dlibs_own_view(default_bun
     import dlib
     from PIL import Image
 
-    from service.bundle import read_meta
-    from service.faces import face_models_file, landmarks_model_path
+    from service.bundle.format import read_meta
+    from service.faces.model_files import face_models_file, landmarks_model_path
     from training.backbones import build_backbone
     from training.preprocess import Preprocessing
 

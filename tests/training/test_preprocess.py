@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from service.bundle import read_meta
-from service.faces import whole_image
+from service.bundle.format import read_meta
+from service.bundle.preprocess import InputSpec, Preprocessor
+from service.faces.aligned import whole_image
 from service.insight.maximize import PixelCodec
-from service.preprocess import InputSpec, Preprocessor
 from training.preprocess import Preprocessing
 
 FACE = "jennifer_aniston/4337.png"  # a 112 x 112 face crop: every path resizes it to 150 x 150

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle import INT8_FILE, read_meta, served_graph, sha256_of, verify_files
-from service.faces import whole_image
-from service.preprocess import Preprocessor
+from service.bundle.format import INT8_FILE, read_meta, served_graph, sha256_of, verify_files
+from service.bundle.preprocess import Preprocessor
+from service.faces.aligned import whole_image
 from training.__main__ import get_args_parser
 from training.quantize import GATES, QuantOptions, quantize, session, summary
 

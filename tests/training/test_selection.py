@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from service.model import load_model
+from service.inference.model import load_model
 from service.settings import Settings
 from training.__main__ import main
 from training.backbones import build_backbone

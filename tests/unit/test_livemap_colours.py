@@ -1,5 +1,5 @@
 """The page draws partial maps with the service's own colormaps: livemap.js holds the same
-anchor colours as service/common/colormap.py."""
+anchor colours as service/render/colormap.py."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import re
 from pathlib import Path
 
-from service.common import colormap
+from service.render import colormap
 
 LIVEMAP = Path(__file__).resolve().parents[2] / "service" / "static" / "livemap.js"
 

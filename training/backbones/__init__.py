@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 
-from ..preprocess import Preprocessing
-from .base import Backbone
-from .dlib_resnet import DlibResNet29, default_weights_path
-from .torchvision_nets import TORCHVISION_BACKBONES, build_torchvision
+from training.backbones.base import Backbone
+from training.backbones.dlib_resnet import DlibResNet29, default_weights_path
+from training.backbones.torchvision_nets import TORCHVISION_BACKBONES, build_torchvision
+from training.preprocess import Preprocessing
 
 BACKBONES = ("dlib-resnet29", *TORCHVISION_BACKBONES)
 

@@ -20,11 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from service.faces import face_models_file
-
-from ..preprocess import Preprocessing
-from .base import Backbone
-from .dlib_format import AffineRecord, ConvRecord, DlibFormatError, FcRecord, read_records
+from service.faces.model_files import face_models_file
+from training.backbones.base import Backbone
+from training.backbones.dlib_format import (
+    AffineRecord,
+    ConvRecord,
+    DlibFormatError,
+    FcRecord,
+    read_records,
+)
+from training.preprocess import Preprocessing
 
 WEIGHTS_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # (filters, blocks, first block downsamples) per stage, from the input side.

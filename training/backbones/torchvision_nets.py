@@ -13,8 +13,8 @@ import torch
 from torch import nn
 from torchvision import models
 
-from ..preprocess import Preprocessing
-from .base import Backbone
+from training.backbones.base import Backbone
+from training.preprocess import Preprocessing
 
 TORCHVISION_BACKBONES = ("resnet18", "resnet50", "vgg16_bn")
 IMAGENET = Preprocessing(

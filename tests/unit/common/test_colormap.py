@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.common.colormap import DIVERGING, SEQUENTIAL
+from service.render.colormap import DIVERGING, SEQUENTIAL
 
 
 @pytest.mark.parametrize(("table", "name"), [(SEQUENTIAL, "inferno"), (DIVERGING, "RdBu_r")])

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle import BundleMeta, load_twin, read_meta
-from service.engine import create_session
+from service.bundle.format import BundleMeta, load_twin, read_meta
+from service.bundle.preprocess import Preprocessor
 from service.explain import ModelHandle
-from service.preprocess import Preprocessor
+from service.inference.engine import create_session
 
 THREADS = 2
 

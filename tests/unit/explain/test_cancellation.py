@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.cancellation import Cancellation, Cancelled
+from service.common.cancellation import Cancellation, Cancelled
 from service.explain import EXPLAINERS, ModelHandle
 from service.insight.maximize import MaximizeParams, Objective, PixelCodec, synthesize
 

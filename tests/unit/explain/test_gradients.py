@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from service.cancellation import Cancellation
+from service.common.cancellation import Cancellation
 from service.common.twin import input_gradients
 from service.errors import UnknownLayer
 from service.explain import (

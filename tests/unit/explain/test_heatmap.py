@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle import read_meta
+from service.bundle.format import read_meta
 from service.explain import GradCam, Heatmap
-from service.faces import FaceFinder, whole_image
+from service.faces.aligned import whole_image
+from service.faces.finder import FaceFinder
 
 FACE = "jennifer_aniston/4337.png"  # a 112 x 112 face crop of the test split
 

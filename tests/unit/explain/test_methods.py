@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from service.errors import UnknownClass
 from service.explain import EXPLAINERS, Explainer, Heatmap, ModelHandle
-from service.faces import whole_image
+from service.faces.aligned import whole_image
 
 # Cheap settings so the whole folder stays fast; defaults are timed by bench/bench_explain.py.
 # A method of the registry not listed here runs with its defaults.

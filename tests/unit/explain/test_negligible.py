@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.bundle.preprocess import Preprocessor
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.heatmap import NEGLIGIBLE_SCALE, scaled
-from service.explain.render import colorize
-from service.preprocess import Preprocessor
+from service.render.png import colorize
 
 PERTURBATION_AND_PATH_METHODS = ("integrated_gradients", "occlusion", "lime")
 

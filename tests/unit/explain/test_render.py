@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.common.colormap import DIVERGING, SEQUENTIAL
-from service.explain.render import (
+from service.faces.aligned import AlignedFace, whole_image
+from service.render.colormap import DIVERGING, SEQUENTIAL
+from service.render.png import (
     COLORIZE_ROWS,
     MAX_RENDER_PIXELS,
     _colorize_rows,
@@ -21,7 +22,6 @@ from service.explain.render import (
     rgba_png,
     scaled_size,
 )
-from service.faces import AlignedFace, whole_image
 
 from .test_heatmap import make_heatmap
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from service.common.colormap import SEQUENTIAL
 from service.insight.grid import GAP, GridLayout, compose, filter_tiles, map_tiles
+from service.render.colormap import SEQUENTIAL
 
 
 @pytest.mark.parametrize(

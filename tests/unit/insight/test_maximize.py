@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
+from service.bundle.preprocess import InputSpec
 from service.insight.maximize import MaximizeParams, Objective, PixelCodec, synthesize
-from service.preprocess import InputSpec
 
 SPEC = InputSpec(height=24, width=24, mean=(122.782, 117.001, 104.298), std=(256.0, 256.0, 256.0))
 

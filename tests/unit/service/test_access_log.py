@@ -4,7 +4,7 @@ import logging
 
 import pytest
 
-from service.access_log import RedactSecretsFilter, redact_query
+from service.http.access_log import RedactSecretsFilter, redact_query
 
 
 @pytest.mark.parametrize(

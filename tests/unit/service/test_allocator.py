@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from service.allocator import POLICY, configure_malloc
+from service.inference.allocator import POLICY, configure_malloc
 
 ROOT = Path(__file__).resolve().parents[3]
 GROWTH_LIMIT_MIB = 48.0  # one run here: +37 MiB with the policy, +110 MiB without
@@ -24,7 +24,7 @@ CHURN = r"""
 import collections, io, json, sys, threading
 from pathlib import Path
 if sys.argv[1] == "policy":
-    from service.allocator import configure_malloc
+    from service.inference.allocator import configure_malloc
     configure_malloc()
 import numpy as np, psutil
 from PIL import Image

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
-from service.bundle import (
+from service.bundle.format import (
     BundleError,
     check_parity,
     load_twin,
@@ -14,8 +14,8 @@ from service.bundle import (
     read_meta,
     verify_files,
 )
-from service.engine import create_session
-from service.preprocess import Preprocessor
+from service.bundle.preprocess import Preprocessor
+from service.inference.engine import create_session
 
 
 @pytest.fixture(scope="module")

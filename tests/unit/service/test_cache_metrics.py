@@ -7,8 +7,8 @@ from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry, generate_latest
 
 from service.app import create_app
-from service.cache_metrics import CacheCollector
 from service.common.lru import LruCache
+from service.observability.cache_metrics import CacheCollector
 from service.settings import Settings
 from tests.unit.explain.test_heatmap import make_heatmap
 

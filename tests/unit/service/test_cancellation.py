@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from service.cancellation import Cancellation, Cancelled
+from service.common.cancellation import Cancellation, Cancelled
 
 
 def test_check_raises_once_cancelled_with_the_first_reason():

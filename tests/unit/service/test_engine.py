@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from service.cancellation import Cancellation, Cancelled
-from service.engine import (
+from service.common.cancellation import Cancellation, Cancelled
+from service.inference.engine import (
     CPU,
     CUDA,
     DynamicBatcher,

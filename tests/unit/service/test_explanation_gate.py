@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from service.cancellation import Cancellation, Cancelled
-from service.deps import explanation_slot
+from service.api.deps import explanation_slot
+from service.common.cancellation import Cancellation, Cancelled
 from service.errors import Overloaded
 from service.settings import Settings
 from service.state import ServiceState

@@ -14,12 +14,13 @@ import pytest
 from nonface_images import crop_sized, nonface_images, skimage_photo
 from PIL import Image
 
-from service import faces
-from service.bundle import read_meta
+from service.bundle.format import read_meta
+from service.bundle.preprocess import Box
 from service.errors import NoFace
-from service.faces import SEARCH_MAX_PIXELS, FaceFinder, choose_face, retry_scale
-from service.preprocess import Box
-from service.second_look import (
+from service.faces import finder as faces
+from service.faces.choice import choose_face
+from service.faces.finder import SEARCH_MAX_PIXELS, FaceFinder, retry_scale
+from service.faces.second_look import (
     LOOK_MAX_PIXELS,
     SURE_SCORE,
     candidate_view,

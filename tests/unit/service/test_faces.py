@@ -6,8 +6,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.faces import AlignedFace, preference, similarity_transform, whole_image
-from service.preprocess import Box
+from service.bundle.preprocess import Box
+from service.faces.aligned import AlignedFace, similarity_transform, whole_image
+from service.faces.finder import preference
 
 
 def _matrix(angle_deg: float, scale: float, shift: tuple[float, float]) -> np.ndarray:

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service import faces
-from service.bundle import read_meta
-from service.faces import (
+from service.bundle.format import read_meta
+from service.faces import finder as faces
+from service.faces.finder import (
     SEARCH_MAX_PIXELS,
     FaceFinder,
     SearchView,

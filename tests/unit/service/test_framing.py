@@ -9,10 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from service.bundle import read_meta
-from service.faces import WHOLE_IMAGE_MAX_SIDE, choose_face, whole_image
-from service.framing import frame, framing_matrix, template_in_frame, warp
-from service.preprocess import Preprocessor
+from service.bundle.format import read_meta
+from service.bundle.framing import frame, framing_matrix, template_in_frame, warp
+from service.bundle.preprocess import Preprocessor
+from service.faces.aligned import WHOLE_IMAGE_MAX_SIDE, whole_image
+from service.faces.choice import choose_face
 from training.preprocess import Preprocessing
 
 BOX = (0.06, 0.2, 0.94, 1.08)

@@ -18,7 +18,7 @@ from service.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from service.images import (
+from service.intake.images import (
     ImageLimits,
     decode_image,
     decode_pixels,

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from service.metrics import ServiceMetrics
+from service.observability.metrics import ServiceMetrics
 
 
 def test_each_instance_has_its_own_registry():

@@ -11,18 +11,18 @@ import pytest
 from PIL import Image
 
 from service.__main__ import main
-from service.bundle import BundleError, load_gallery, read_meta, verify_files
-from service.engine import create_session
-from service.faces import whole_image
-from service.model import open_set_rule
-from service.open_set import (
+from service.bundle.format import BundleError, load_gallery, read_meta, verify_files
+from service.bundle.open_set import (
     MAX_SOFTMAX,
     NEAREST_FACE,
     component_scores,
+    open_set_rule,
     threshold_for_operating_point,
     threshold_for_rejection_rate,
 )
-from service.preprocess import Preprocessor
+from service.bundle.preprocess import Preprocessor
+from service.faces.aligned import whole_image
+from service.inference.engine import create_session
 from service.settings import Settings
 
 HELD_OUT_STRANGER = "miley_cyrus"  # held out of the bundle's calibration (meta.json open_set)

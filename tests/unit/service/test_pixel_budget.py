@@ -9,7 +9,7 @@ import os
 import pytest
 from prometheus_client import CollectorRegistry
 
-from service.pixel_budget import PixelBudget
+from service.intake.pixel_budget import PixelBudget
 from service.settings import Settings
 from service.state import ServiceState
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.bundle import (
+from service.bundle.format import (
     INT8_FILE,
     ONNX_FILE,
     BundleError,
@@ -22,9 +22,9 @@ from service.bundle import (
     read_meta,
     served_graph,
 )
-from service.engine import create_session
-from service.model import load_model
-from service.preprocess import Preprocessor
+from service.bundle.preprocess import Preprocessor
+from service.inference.engine import create_session
+from service.inference.model import load_model
 from service.settings import Settings
 
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.preprocess import InputSpec, PixelAffine, Preprocessor
+from service.bundle.preprocess import InputSpec, PixelAffine, Preprocessor
 
 DLIB_SPEC = InputSpec(
     height=150,

@@ -1,0 +1,243 @@
+"""Dependencies every router uses, as ``Annotated`` aliases.
+
+- ``SettingsDep``: this app's ``Settings``.
+- ``StateDep``: this app's ``ServiceState`` (metrics, model, readiness).
+- ``ModelDep``: the loaded ``ServingModel``; 503 ``not_ready`` until loading succeeded.
+- ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``), within
+  the app's budget of decoded pixels (``pixel_budget.py``).
+- ``FaceDep``: the face to classify or explain in that image (``faces.py``; query parameters
+  ``detect`` and ``face``).
+- ``ModelInputDep``: that face preprocessed into the model's input (what ``/predict``
+  classifies), for the explanation and insight routers.
+- ``ExplanationCacheDep``: the app's explanation result cache.
+- ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
+  ``explanation_slot`` too on routers whose work is expensive (explanations).
+- ``OwnerDep``: who owns the jobs the request makes or reads (a digest of its API key).
+- ``ClientDep``: the request's ``Cancellation``, cancelled when the client hangs up; expensive
+  work checks it between batches, and a request it stopped is answered (to nobody) and
+  counted in ``/metrics`` as 499 ``client_closed_request``.
+
+An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
+errors and limits as ``/predict``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Annotated
+
+import numpy as np
+from fastapi import Depends, File, Query, Request, Security, UploadFile
+from fastapi.security import APIKeyHeader
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
+
+from service.common.cancellation import Cancellation, Cancelled
+from service.common.lru import LruCache
+from service.errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
+from service.faces.choice import FaceChoice, choose_face
+from service.http.api_key import API_KEY_HEADER, verify_api_key
+from service.inference.model import ServingModel
+from service.insight.inspector import InspectedModel
+from service.intake.images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
+from service.jobs.store import owner_of
+from service.settings import Settings
+from service.state import ServiceState
+
+_api_key_header = APIKeyHeader(
+    name=API_KEY_HEADER,
+    auto_error=False,
+    description="required when the service is configured with an API key",
+)
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_model(state: StateDep) -> ServingModel:
+    if state.model is None:
+        raise NotReady(state.reason, headers={"Retry-After": "5"})
+    return state.model
+
+
+ModelDep = Annotated[ServingModel, Depends(get_model)]
+
+
+def class_index(model: ServingModel | InspectedModel, class_id: str) -> int:
+    """The index of class ``class_id``; 422 ``unknown_class`` listing the valid ids."""
+    ids = [info.id for info in model.meta.classes]
+    if class_id not in ids:
+        raise UnknownClass(f"{class_id!r} is not a class id; valid: {', '.join(ids)}")
+    return ids.index(class_id)
+
+
+async def api_key_guard(
+    settings: SettingsDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> None:
+    """401 unless the request carries the configured API key (no-op when none is configured).
+
+    ``ApiKeyFirstMiddleware`` already refused keyless requests to routes that use this guard,
+    before their body was read; the guard marks those routes and declares the scheme in OpenAPI.
+    """
+    verify_api_key(settings.api_key, key)
+
+
+def key_owner(key: Annotated[str | None, Security(_api_key_header)]) -> str:
+    """Who owns the jobs this request makes or reads: a digest of its API key
+    (``jobs.store.owner_of``); the key itself was checked by ``api_key_guard``."""
+    return owner_of(key)
+
+
+OwnerDep = Annotated[str, Depends(key_owner)]
+
+
+async def in_flight_slot(state: StateDep) -> AsyncIterator[None]:
+    """Hold one of ``max_in_flight`` slots for the request; 503 ``overloaded`` when none is free."""
+    if not state.limiter.try_acquire():
+        raise Overloaded(
+            f"more than {state.limiter.limit} image requests in progress; retry shortly",
+            headers={"Retry-After": "1"},
+        )
+    try:
+        yield
+    finally:
+        state.limiter.release()
+
+
+async def client_cancellation(request: Request, state: StateDep) -> AsyncIterator[Cancellation]:
+    """The request's ``Cancellation``, cancelled as soon as its client hangs up.
+
+    FastAPI has read the body before dependencies run, so from here on the ASGI ``receive()``
+    has nothing more to give but ``http.disconnect``, which uvicorn sends when the connection
+    is lost (or once the response is complete): a watcher task waits for it instead of
+    polling ``Request.is_disconnected()``. Work stopped by the cancellation (``Cancelled``)
+    becomes 499 ``client_closed_request``. Every forward pass the work runs is counted in
+    ``celebxai_explanation_batches``.
+    """
+    cancellation = Cancellation(on_batch=state.metrics.explanation_batches.inc)
+    watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, cancellation))
+    try:
+        yield cancellation
+    except Cancelled as exc:
+        raise ClientClosedRequest(f"work stopped: {exc}") from exc
+    finally:
+        watcher.cancel()
+
+
+async def _cancel_on_disconnect(receive: Receive, cancellation: Cancellation) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass  # the rest of a body nobody reads (a GET's empty one)
+    cancellation.cancel("the client closed the connection")
+
+
+ClientDep = Annotated[Cancellation, Depends(client_cancellation)]
+
+
+async def explanation_slot(state: StateDep, cancellation: ClientDep) -> AsyncIterator[None]:
+    """Wait for one of ``max_explanations`` turns; 503 ``overloaded`` (Retry-After) when
+    ``explanation_queue`` requests are already waiting. A request whose client hangs up while
+    it waits leaves the queue at once (``Cancelled``)."""
+    gate = state.explanations
+    if not gate.admitted.try_acquire():
+        raise Overloaded(
+            f"{gate.concurrent} explanation(s) running and {gate.queue} waiting; retry shortly",
+            headers={"Retry-After": "2"},
+        )
+    try:
+        await cancellation.guard(gate.running.acquire())
+        try:
+            cancellation.check()  # the turn came as the client left: run nothing
+            yield
+        finally:
+            gate.running.release()
+    finally:
+        gate.admitted.release()
+
+
+async def image_intake(
+    state: StateDep,
+    file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
+) -> AsyncIterator[DecodedImage]:
+    """The upload decoded, holding its width x height of the app's ``PixelBudget`` from before
+    decoding until the request is done (face search, rendering), so that large images are
+    decoded and processed a few at a time while small ones go on."""
+    received_at = time.perf_counter()
+    limits = ImageLimits.from_settings(state.settings)
+    data = await read_upload(file, limits.max_upload_bytes)
+    header = await run_in_threadpool(read_header, data, limits)
+    del data  # the header keeps what Pillow needs
+    async with state.decodes.hold(header.pixels):
+        yield await run_in_threadpool(decode_pixels, header, received_at)
+
+
+ImageDep = Annotated[DecodedImage, Depends(image_intake)]
+
+
+async def face_choice(
+    model: ModelDep,
+    image: ImageDep,
+    detect: Annotated[
+        bool,
+        Query(description="find the face first; false: the image already is a tight face crop"),
+    ] = True,
+    face: Annotated[
+        int | None,
+        Query(
+            ge=0,
+            description="which detected face to use: an index into `faces` (preferred first); "
+            "default 0, the largest and most central",
+        ),
+    ] = None,
+) -> FaceChoice:
+    return await run_in_threadpool(
+        choose_face,
+        model.faces,
+        image.rgb,
+        detect=detect,
+        index=face,
+        framing=model.meta.input.framing,
+    )
+
+
+FaceDep = Annotated[FaceChoice, Depends(face_choice)]
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The chosen face and the ``(3, H, W)`` float32 model input made from it."""
+
+    face: FaceChoice
+    x: np.ndarray
+    preprocess_ms: float
+
+
+async def model_input(model: ModelDep, face: FaceDep) -> ModelInput:
+    started = time.perf_counter()
+    x = await run_in_threadpool(model.preprocess, face.aligned.crop)
+    return ModelInput(face, x, (time.perf_counter() - started) * 1000)
+
+
+ModelInputDep = Annotated[ModelInput, Depends(model_input)]
+
+
+def get_explanation_cache(state: StateDep) -> LruCache:
+    if state.explanation_cache is None:
+        raise NotReady(state.reason, headers={"Retry-After": "5"})
+    return state.explanation_cache
+
+
+ExplanationCacheDep = Annotated[LruCache, Depends(get_explanation_cache)]

@@ -1,0 +1,371 @@
+"""Explanations: why the model chose a class, as a heatmap, for every method of the registry.
+
+- ``GET /explain``: every method (``service.explain.METHODS``) with what it shows, signed or
+  not, units, value range, whether it needs the twin, and its parameters (JSON Schema);
+- ``POST /explain/{method}``: run one, with the common query parameters ``target`` (class id;
+  default: the predicted class) and ``format`` (json | png | overlay), the face choice's
+  ``detect`` and ``face``, plus the method's own parameters; an unknown method is 404
+  ``unknown_method``;
+- ``POST /saliency`` (``method=`` one of the gradient methods), ``/occlusion``, ``/lime``: the
+  same code path under the names they have always had.
+
+Each explains the face ``/predict`` classifies (``ModelInputDep``) and lays the map back onto
+the upload through the face's alignment. Parameter defaults and bounds come from the methods'
+``Params`` models, so out-of-range values are 422 ``validation_error`` saying the limit;
+``batch_size`` is not offered: it changes speed and memory, never the map. Forward passes run
+on the engine's inference thread, where they queue with ``/predict`` batches. A request whose
+client hangs up (``ClientDep``) leaves the explanation queue, or stops at its next batch, and
+is counted as 499 in ``/metrics``. Results are kept in the app's bounded LRU, keyed by model,
+model input, method, parameters and target, so switching ``format`` or re-running is free.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import Annotated, Any, Literal
+
+import numpy as np
+from fastapi import APIRouter, Depends, Query
+from fastapi.responses import Response
+from pydantic import Field
+from starlette.concurrency import run_in_threadpool
+
+from service.api.deps import (
+    ClientDep,
+    ExplanationCacheDep,
+    ImageDep,
+    ModelDep,
+    ModelInput,
+    ModelInputDep,
+    api_key_guard,
+    class_index,
+    explanation_slot,
+    in_flight_slot,
+)
+from service.api.method_params import (
+    SERVER_SIDE_PARAMS,
+    MethodCall,
+    alias_query,
+    check_params,
+    method_call,
+    offered,
+    refuse_foreign,
+)
+from service.api.schemas import (
+    ClassProbability,
+    ExplainTimings,
+    ExplanationResponse,
+    FaceBox,
+    ImageInfo,
+    MethodInfo,
+    MethodsResponse,
+    ModelRef,
+    error_responses,
+    rank_classes,
+)
+from service.bundle.format import ONNX_FILE
+from service.common.cancellation import Cancellation
+from service.common.lru import LruCache
+from service.explain import (
+    EXPLAINERS,
+    GRADIENT_METHODS,
+    Explainer,
+    Heatmap,
+    ModelHandle,
+    array_digest,
+    cache_key,
+)
+from service.inference.model import ServingModel
+from service.intake.images import DecodedImage
+from service.render.png import MAX_RENDER_PIXELS
+from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, json_grid, render_png
+
+COMMON_PARAMS = ("target", "format", "detect", "face")
+CACHE_ENTRIES = 64
+TargetQuery = Annotated[
+    str | None, Query(description="class id to explain (default: the predicted class)")
+]
+FORMAT_HELP = (
+    "json: the heatmap as numbers in image coordinates with the prediction and parameters "
+    "used; png: a transparent RGBA heatmap the size of the upload; overlay: the upload with "
+    "the heatmap blended in (RGB PNG)"
+)
+FormatQuery = Annotated[Format, Query(description=FORMAT_HELP)]
+
+# Every explanation answer holds an explanation turn; the guard marks the routes as protected.
+EXPLANATION_DEPENDENCIES = [Depends(in_flight_slot), Depends(explanation_slot)]
+router = APIRouter(tags=["explain"])
+
+
+@router.get(
+    "/explain",
+    summary="Every explanation method and its parameters",
+    description="The methods `POST /explain/{method}` runs, in the page's order: what each "
+    "shows, whether its map is signed, its units and value range, whether it needs the "
+    "differentiable twin, and its own query parameters as JSON Schema (defaults, bounds, "
+    "choices).",
+)
+async def list_methods() -> MethodsResponse:
+    return MethodsResponse(
+        common_parameters=list(COMMON_PARAMS),
+        methods=[_method_info(explainer) for explainer in EXPLAINERS.values()],
+    )
+
+
+def _method_info(explainer: type[Explainer]) -> MethodInfo:
+    schema = explainer.Params.model_json_schema()
+    for name in SERVER_SIDE_PARAMS:
+        schema.get("properties", {}).pop(name, None)
+    return MethodInfo(
+        name=explainer.name,
+        title=explainer.title,
+        shows=explainer.shows,
+        signed=explainer.signed,
+        value_range=explainer.value_range,
+        units=explainer.units,
+        needs_twin=explainer.needs_twin,
+        anytime=explainer.anytime,
+        parameters=schema,
+    )
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "content": {PNG_MEDIA_TYPE: {}},
+        "description": "JSON (format=json), or a PNG (format=png: RGBA heatmap; overlay: RGB), "
+        f"the upload's size up to {MAX_RENDER_PIXELS} pixels and scaled down to them beyond; "
+        f"its {NEGLIGIBLE_HEADER} header is true when the map is negligible (nothing drawn)",
+        "headers": {
+            NEGLIGIBLE_HEADER: {
+                "description": "true when the map is negligible (JSON's heatmap.negligible)",
+                "schema": {"type": "string", "enum": ["true", "false"]},
+            }
+        },
+    },
+    **error_responses(400, 401, 413, 415, 422, 503),
+}
+
+
+@router.post(
+    "/explain/{method}",
+    summary="Heatmap by any method",
+    description="Runs one method of `GET /explain` on the face /predict classifies; its own "
+    "query parameters, defaults and bounds are those `GET /explain` lists for it (another "
+    "method's parameter is a 422). Methods:\n\n"
+    + "\n".join(f"- `{name}`: {explainer.shows}" for name, explainer in EXPLAINERS.items()),
+    responses={**RESPONSES, **error_responses(404)},
+    dependencies=[Depends(api_key_guard), Depends(method_call), *EXPLANATION_DEPENDENCIES],
+)
+async def explain(
+    call: Annotated[MethodCall, Depends(method_call)],
+    model: ModelDep,
+    image: ImageDep,
+    inputs: ModelInputDep,
+    cache: ExplanationCacheDep,
+    cancellation: ClientDep,
+    target: TargetQuery = None,
+    format: FormatQuery = "json",
+) -> ExplanationResponse:
+    return await _explain(model, image, inputs, call, target, format, cancellation, cache)
+
+
+def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) -> None:
+    """Register ``path`` as ``POST /explain/{method}`` for ``methods`` (the first is the
+    default ``method=``; a single method takes no ``method=``)."""
+    extra: dict[str, Any] = {}
+    if len(methods) > 1:
+        # a Literal of the registry's names, built at run time: mypy reads only literal values
+        choices = Literal[methods]  # type: ignore[valid-type]
+        help_ = f"{', '.join(methods[:-1])} or {methods[-1]}"
+        extra["method"] = (choices, Field(methods[0], description=help_))
+    query_model = alias_query(f"{summary.split()[0]}Query", methods, **extra)
+
+    async def endpoint(
+        model: ModelDep,
+        image: ImageDep,
+        inputs: ModelInputDep,
+        cache: ExplanationCacheDep,
+        cancellation: ClientDep,
+        query: Any,
+        target: TargetQuery = None,
+        format: FormatQuery = "json",
+    ) -> ExplanationResponse:
+        values = query.model_dump(exclude_unset=True)
+        method = values.pop("method", methods[0])
+        explainer = EXPLAINERS[method]
+        refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
+        call = check_params(explainer, values)
+        return await _explain(model, image, inputs, call, target, format, cancellation, cache)
+
+    signature = inspect.signature(endpoint)
+    hints = {
+        "model": ModelDep,
+        "image": ImageDep,
+        "inputs": ModelInputDep,
+        "cache": ExplanationCacheDep,
+        "cancellation": ClientDep,
+        "query": Annotated[query_model, Query()],
+        "target": TargetQuery,
+        "format": FormatQuery,
+    }
+    # FastAPI reads the endpoint's parameters through inspect, which honours __signature__;
+    # typeshed does not declare that attribute on functions
+    endpoint.__signature__ = signature.replace(  # type: ignore[attr-defined]
+        parameters=[p.replace(annotation=hints[p.name]) for p in signature.parameters.values()],
+        return_annotation=ExplanationResponse,
+    )
+    endpoint.__name__ = path.strip("/")
+    router.post(
+        path,
+        summary=summary,
+        description=description,
+        responses=RESPONSES,
+        dependencies=[Depends(api_key_guard), *EXPLANATION_DEPENDENCIES],
+    )(endpoint)
+
+
+_alias(
+    "/saliency",
+    GRADIENT_METHODS,
+    "Gradient heatmap",
+    "Gradients of the class score on the differentiable twin: plain gradient "
+    "(Simonyan et al. 2014), SmoothGrad, integrated gradients or Grad-CAM. Each method's "
+    "parameters apply to it alone; sending another method's parameter is a 422. The same as "
+    "POST /explain/{method}.",
+)
+_alias(
+    "/occlusion",
+    ("occlusion",),
+    "Occlusion heatmap",
+    "Hide a square patch at every position (batched forward passes on the ONNX model) and map "
+    "how much the target's score drops: positive where hiding the patch lowers it, negative "
+    "where it raises it. The same as POST /explain/occlusion.",
+)
+_alias(
+    "/lime",
+    ("lime",),
+    "LIME heatmap",
+    "Switch SLIC superpixels on and off at random (batched forward passes on the ONNX model), "
+    "fit a weighted linear model of the target's score, and give each superpixel its weight. "
+    "The same seed gives the same map. The same as POST /explain/lime.",
+)
+
+
+async def _explain(
+    model: ServingModel,
+    image: DecodedImage,
+    inputs: ModelInput,
+    call: MethodCall,
+    target_id: str | None,
+    fmt: Format,
+    cancellation: Cancellation,
+    cache: LruCache,
+) -> Any:
+    """The one code path of every explanation endpoint: cached heatmap or a new one, answered
+    as ``fmt``."""
+    target = None if target_id is None else class_index(model, target_id)
+    key = explanation_key(model, inputs, call, target)
+    started = time.perf_counter()
+    found: Heatmap | None = cache.get(key)
+    cached = found is not None
+    if found is None:
+        heatmap = await run_in_threadpool(compute, model, call, inputs.x, target, cancellation)
+        cache.put(key, heatmap)
+    else:
+        heatmap = found
+    explain_ms = 0.0 if cached else (time.perf_counter() - started) * 1000
+
+    if fmt in ("png", "overlay"):
+        png = await run_in_threadpool(render_png, fmt, image, inputs.face.aligned, heatmap)
+        negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
+        return Response(png, media_type=PNG_MEDIA_TYPE, headers=negligible)
+    return await run_in_threadpool(
+        explanation_response, model, image, inputs, heatmap, cached, explain_ms
+    )
+
+
+def explanation_key(
+    model: ServingModel, inputs: ModelInput, call: MethodCall, target: int | None
+) -> str:
+    """The explanation cache's key for this face, method, parameters, target and model."""
+    return cache_key(
+        image_digest=array_digest(inputs.x),
+        method=call.explainer.name,
+        params=call.params,
+        target=target,
+        model_digest=model.meta.files[ONNX_FILE].sha256,
+    )
+
+
+def explanation_response(
+    model: ServingModel,
+    image: DecodedImage,
+    inputs: ModelInput,
+    heatmap: Heatmap,
+    cached: bool,
+    explain_ms: float,
+) -> ExplanationResponse:
+    """The ``format=json`` answer: the map laid onto the upload, with the prediction."""
+    grid = json_grid(heatmap, inputs.face.aligned, image.rgb.size)
+    probabilities = heatmap.probabilities
+    ranked = rank_classes(model, probabilities)
+    explained = model.meta.classes[heatmap.target]
+    return ExplanationResponse(
+        method=heatmap.method,
+        target=ClassProbability(
+            id=explained.id,
+            name=explained.name,
+            probability=float(probabilities[heatmap.target]),
+        ),
+        label=ranked[0].id,
+        name=ranked[0].name,
+        probability=ranked[0].probability,
+        probabilities=ranked,
+        parameters=heatmap.params,
+        heatmap=grid,
+        face_box=FaceBox.of(inputs.face),
+        face_index=inputs.face.index,
+        image=ImageInfo.of(image),
+        model=ModelRef.of(model),
+        cached=cached,
+        timings=ExplainTimings(
+            decode_ms=image.decode_ms,
+            detect_ms=inputs.face.detect_ms,
+            preprocess_ms=inputs.preprocess_ms,
+            explain_ms=explain_ms,
+            total_ms=(time.perf_counter() - image.received_at) * 1000,
+        ),
+    )
+
+
+def compute(
+    model: ServingModel,
+    call: MethodCall,
+    x: np.ndarray,
+    target: int | None,
+    cancellation: Cancellation,
+    report: Callable[[np.ndarray, float, bool], None] | None = None,
+) -> Heatmap:
+    """Run the method here (a worker thread); its forward passes run on the inference thread.
+    Once ``cancellation`` is cancelled (the client has gone; the job was deleted) it stops at
+    the next batch with ``Cancelled``. ``report``: the sampling methods' partial maps (a job's
+    live view)."""
+
+    def forward(batch: np.ndarray) -> np.ndarray:
+        return model.engine.run_on_inference_thread(batch, cancellation)
+
+    def forward_soon(batch: np.ndarray) -> Future[np.ndarray]:
+        return model.engine.run_soon(batch, cancellation)
+
+    handle = ModelHandle(
+        forward,
+        model.twin,
+        model.meta.gradcam_layer,
+        cancellation,
+        forward_soon=forward_soon,
+        report=report,
+    )
+    return call.explainer(handle).attribute(x, target, **call.params)

@@ -1,0 +1,60 @@
+"""GET /model, /healthz, /readyz: what is served, and whether it can serve."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.api.deps import ModelDep, SettingsDep, api_key_guard
+from service.api.schemas import (
+    HealthResponse,
+    ModelRef,
+    ModelResponse,
+    OpenSetRuleInfo,
+    ReadinessResponse,
+    RuntimeInfo,
+    error_responses,
+)
+
+router = APIRouter(tags=["service"])
+
+
+@router.get(
+    "/model",
+    summary="The model bundle's metadata",
+    dependencies=[Depends(api_key_guard)],
+    responses=error_responses(401, 503),
+)
+async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
+    """meta.json of the served bundle (classes, input spec, metrics, file hashes) and runtime."""
+    report = model.report
+    runtime = RuntimeInfo(
+        provider=model.engine.provider,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_ms=settings.batch_timeout_ms,
+        threads=settings.threads,
+        files_verified=report.files_verified,
+        precision=report.precision,
+        onnx_file=report.onnx_file,
+        parity_max_abs_diff=report.parity_max_abs_diff,
+        parity_tolerance=report.parity_tolerance,
+        load_ms=report.load_ms,
+        warmup_ms=report.warmup_ms,
+        loaded_at=report.loaded_at,
+        open_set=OpenSetRuleInfo.of(model.open_set) if model.open_set else None,
+    )
+    return ModelResponse(meta=model.meta, runtime=runtime)
+
+
+@router.get("/healthz", summary="Liveness")
+async def healthz() -> HealthResponse:
+    """200 while the process serves HTTP, whether or not the model is ready."""
+    return HealthResponse()
+
+
+@router.get("/readyz", summary="Readiness", responses=error_responses(503))
+async def readyz(model: ModelDep) -> ReadinessResponse:
+    """200 once the bundle is loaded, checked and warmed up; else 503 ``not_ready`` saying why."""
+    return ReadinessResponse(
+        model=ModelRef.of(model),
+        provider=model.engine.provider,
+    )

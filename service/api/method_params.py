@@ -1,0 +1,104 @@
+"""An explanation method's own query parameters: which are offered, how they are checked.
+
+``method_call`` reads them for ``POST /explain/{method}`` from the query string;
+``alias_query`` declares them as a query model for the older ``/saliency``, ``/occlusion`` and
+``/lime`` (so openapi.yaml lists them there). Either way ``check_params`` checks them with the
+method's ``Params``, so bounds and rules across parameters give the same 422s everywhere.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Iterable, Mapping
+from typing import Annotated, Any, NoReturn
+
+from fastapi import Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import BaseModel, ValidationError, create_model
+
+from service.errors import UnknownMethod
+from service.explain import EXPLAINERS, Explainer
+
+# Not exposed over HTTP: it trades memory for speed and never changes the map.
+SERVER_SIDE_PARAMS = frozenset({"batch_size"})
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodCall:
+    """A method and its own parameters, checked against its ``Params``."""
+
+    explainer: type[Explainer]
+    params: dict[str, Any]
+
+
+def offered(explainer: type[Explainer]) -> list[str]:
+    """The method's parameters as HTTP offers them."""
+    return [name for name in explainer.Params.model_fields if name not in SERVER_SIDE_PARAMS]
+
+
+def check_params(explainer: type[Explainer], values: Mapping[str, Any]) -> MethodCall:
+    """``values`` (query strings or typed) checked by the method's ``Params``, rules across
+    parameters included (occlusion's stride <= window); 422 ``validation_error`` saying why."""
+    try:
+        checked = explainer.Params.model_validate(dict(values))
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
+        ) from exc
+    own = offered(explainer)
+    return MethodCall(explainer, {k: v for k, v in checked.model_dump().items() if k in own})
+
+
+def method_call(
+    request: Request,
+    method: Annotated[
+        str,
+        Path(
+            description="an explanation method, as GET /explain lists them",
+            json_schema_extra={"enum": list(EXPLAINERS)},
+        ),
+    ],
+) -> MethodCall:
+    """The path's method with its parameters from the query string; 404 ``unknown_method``
+    before any work is queued. Other methods' parameters are refused (422), other names are
+    left to the dependencies that read them (``detect``, ``face``)."""
+    explainer = EXPLAINERS.get(method)
+    if explainer is None:
+        raise UnknownMethod(f"no explanation method {method!r}; valid: {', '.join(EXPLAINERS)}")
+    own = offered(explainer)
+    others = {name for other in EXPLAINERS.values() for name in offered(other)}
+    refuse_foreign(request.query_params.keys() & others - set(own), method, own)
+    query = request.query_params
+    return check_params(explainer, {name: query[name] for name in own if name in query})
+
+
+def alias_query(name: str, methods: Iterable[str], **extra: Any) -> type[BaseModel]:
+    """The query model of an alias: ``extra`` fields, and every offered parameter of the
+    ``methods`` with its default, bounds and description (for openapi.yaml)."""
+    fields: dict[str, Any] = {**extra}
+    methods = list(methods)
+    for method in methods:
+        explainer = EXPLAINERS[method]
+        for field_name in offered(explainer):
+            if field_name in fields:
+                continue
+            info = explainer.Params.model_fields[field_name]
+            if len(methods) > 1:  # say which method a parameter belongs to
+                info = copy.copy(info)
+                info.description = f"{info.description} ({method} only)"
+            fields[field_name] = (info.annotation, info)
+    return create_model(name, **fields)
+
+
+def refuse_foreign(foreign: Iterable[str], method: str, own: Iterable[str]) -> None:
+    if names := sorted(foreign):
+        _reject(
+            ("query", names[0]),
+            f"{', '.join(names)} does not apply to method={method}; its parameters: "
+            f"{', '.join(sorted(own)) or 'none'}",
+        )
+
+
+def _reject(loc: tuple[str, ...], message: str) -> NoReturn:
+    raise RequestValidationError([{"loc": loc, "msg": message, "type": "value_error"}])

@@ -1,0 +1,22 @@
+"""POST /predict: which of the classes is this face?"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends
+
+from service.api.deps import FaceDep, ImageDep, ModelDep, api_key_guard, in_flight_slot
+from service.api.schemas import PredictionResponse, error_responses
+
+router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_guard), Depends(in_flight_slot)])
+
+
+@router.post(
+    "/predict",
+    summary="Classify a face image",
+    responses=error_responses(400, 401, 413, 415, 422, 503),
+)
+async def predict(model: ModelDep, image: ImageDep, face: FaceDep) -> PredictionResponse:
+    """Find the face, then its label, display name, the probability of every class and whether
+    it is one of the classes at all (``open_set``)."""
+    result = await model.classify(face.aligned.crop)
+    return PredictionResponse.build(model, image, face, result)

@@ -1,0 +1,363 @@
+"""Inference: one ONNX Runtime session, and a dynamic batcher in front of it.
+
+Concurrent ``/predict`` requests each submit one preprocessed image to ``DynamicBatcher``; it
+collects them for at most ``batch_timeout_ms`` after the oldest arrived (or until
+``max_batch_size``), runs them as one batch and hands each caller its row - the scheme of
+Triton's dynamic batcher. All model runs, batched predictions and the explanation methods'
+forward passes alike, go through one single-thread executor, so they queue instead of fighting
+over the cores; ONNX Runtime parallelises inside each run.
+
+Work whose client has gone is dropped (``service.common.cancellation``): ``infer`` checks its
+``Cancellation`` when each chunk's turn on the inference thread comes, so chunks queued behind
+other work never run; ``submit`` gives up its place in the batcher.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.bundle.format import EMBEDDING_OUTPUT
+from service.common.cancellation import Cancellation
+
+log = logging.getLogger(__name__)
+
+CPU = "CPUExecutionProvider"
+CUDA = "CUDAExecutionProvider"
+
+
+class EngineError(Exception):
+    """The ONNX model cannot be run as asked (e.g. CUDA requested but unavailable)."""
+
+
+def choose_providers(requested: str, available: list[str]) -> list[str]:
+    """ONNX Runtime providers, in priority order, for ``requested`` = auto | cpu | cuda."""
+    if requested == "cpu":
+        return [CPU]
+    if requested == "cuda":
+        if CUDA not in available:
+            raise EngineError(
+                f"providers=cuda, but ONNX Runtime offers only {available}; install "
+                "onnxruntime-gpu (the gpu extra) on a machine with a CUDA device, or use auto/cpu"
+            )
+        return [CUDA, CPU]
+    if requested == "auto":
+        return [CUDA, CPU] if CUDA in available else [CPU]
+    raise EngineError(f"unknown providers {requested!r}; valid: auto, cpu, cuda")
+
+
+def create_session(model_path: Path, providers: str, threads: int) -> ort.InferenceSession:
+    """An ONNX Runtime session on the providers asked for; logs which one runs."""
+    if providers != "cpu" and hasattr(ort, "preload_dlls"):
+        # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels (installed with torch) this way
+        ort.preload_dlls()
+    available = ort.get_available_providers()
+    chosen = choose_providers(providers, available)
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle ORT threads would otherwise spin between runs, taking the cores that the event loop
+    # and image decoding need while the next batch is being collected.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+    active = session.get_providers()
+    if providers == "cuda" and active[0] != CUDA:
+        raise EngineError(f"providers=cuda, but ONNX Runtime runs on {active[0]}")
+    if providers == "auto" and CUDA not in available:
+        log.info("no CUDA execution provider in this onnxruntime; running on CPU")
+    log.info(
+        "ONNX Runtime %s runs %s on %s (intra-op threads: %s)",
+        ort.__version__,
+        model_path.name,
+        active[0],
+        threads or f"auto, {os.cpu_count()} cores",
+    )
+    return session
+
+
+@dataclass(frozen=True)
+class BatchStats:
+    """How one request went through the batcher."""
+
+    batch_size: int
+    queue_ms: float
+    """from submission until its batch started running"""
+    inference_ms: float
+    """the batch's model run"""
+
+
+@dataclass
+class _Pending:
+    item: np.ndarray
+    future: asyncio.Future[tuple[np.ndarray, BatchStats]]
+    submitted_at: float
+
+
+BatchObserver = Callable[[int, float, float], None]
+"""Called after every batch with (batch size, seconds of inference, seconds the oldest waited)."""
+
+
+class DynamicBatcher:
+    """Collects single inputs into batches for ``run``: ``(N, ...) -> (N, ...)``.
+
+    ``start()`` and ``submit()`` must be called from the event loop that serves requests.
+    """
+
+    def __init__(
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        executor: ThreadPoolExecutor,
+        *,
+        max_batch_size: int,
+        timeout_s: float,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        self._run = run
+        self._executor = executor
+        self.max_batch_size = max_batch_size
+        self.timeout_s = timeout_s
+        self._observer = observer
+        self._queue: asyncio.Queue[_Pending] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is not None:
+            raise RuntimeError("batcher already started")
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._serve(), name="dynamic-batcher")
+
+    async def stop(self) -> None:
+        """Stop collecting; callers still waiting get ``asyncio.CancelledError``."""
+        if self._task is None:
+            return
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+        self._task = None
+        assert self._queue is not None
+        while not self._queue.empty():
+            self._queue.get_nowait().future.cancel()
+
+    @property
+    def pending(self) -> int:
+        """Inputs waiting for a batch."""
+        return 0 if self._queue is None else self._queue.qsize()
+
+    async def submit(self, item: np.ndarray) -> tuple[np.ndarray, BatchStats]:
+        """Run one input (without the batch axis); returns its output row and batch stats."""
+        if self._queue is None or self._task is None or self._task.done():
+            raise RuntimeError("batcher is not running")
+        future: asyncio.Future[tuple[np.ndarray, BatchStats]] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._queue.put_nowait(_Pending(item, future, time.perf_counter()))
+        return await future
+
+    async def _serve(self) -> None:
+        assert self._queue is not None
+        while True:
+            batch = await self._collect(self._queue)
+            batch = [pending for pending in batch if not pending.future.done()]  # caller gone
+            if batch:
+                await self._run_batch(batch)
+
+    async def _collect(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
+        batch = [await queue.get()]
+        deadline = batch[0].submitted_at + self.timeout_s
+        while len(batch) < self.max_batch_size:
+            if not queue.empty():
+                batch.append(queue.get_nowait())
+                continue
+            remaining = deadline - time.perf_counter()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(queue.get(), remaining))
+            except TimeoutError:
+                break
+        return batch
+
+    async def _run_batch(self, batch: list[_Pending]) -> None:
+        started = time.perf_counter()
+        try:
+            inputs = np.stack([pending.item for pending in batch])
+            loop = asyncio.get_running_loop()
+            outputs = await loop.run_in_executor(self._executor, self._run, inputs)
+        except Exception as exc:  # every waiting caller gets the failure, the batcher lives on
+            log.exception("batch of %d failed", len(batch))
+            for pending in batch:
+                if not pending.future.done():
+                    pending.future.set_exception(exc)
+            return
+        inference_s = time.perf_counter() - started
+        if self._observer is not None:
+            self._observer(len(batch), inference_s, started - batch[0].submitted_at)
+        for row, pending in zip(outputs, batch, strict=True):
+            if not pending.future.done():
+                stats = BatchStats(
+                    batch_size=len(batch),
+                    queue_ms=(started - pending.submitted_at) * 1000,
+                    inference_ms=inference_s * 1000,
+                )
+                pending.future.set_result((row, stats))
+
+
+class Engine:
+    """The ONNX session, its executor and the dynamic batcher: the one way to run the model.
+
+    - ``run(batch)``: synchronous forward pass, ``(N, 3, H, W)`` float32 -> ``(N, C)`` logits.
+    - ``await infer(batch, cancellation)``: the same on the inference thread, in chunks of
+      ``max_batch_size``; a cancelled ``cancellation`` stops it before its next chunk with
+      ``Cancelled``.
+    - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking
+      (the explainers' forward function: their batches queue with ``/predict``'s).
+    - ``run_soon(batch, cancellation)``: one chunk queued on the inference thread, returning
+      a future at once (a prediction that runs while the caller works on something else).
+    - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
+      ``(C,)`` logits, followed by the ``(D,)`` embedding when the graph has an ``embedding``
+      output (the open-set score reads it; ``split_row`` separates the two);
+      ``Cancelled`` (the input leaves the queue) once ``cancellation`` is.
+    """
+
+    has_embedding = False  # the graph also outputs ``embedding`` (set from the session)
+
+    def __init__(
+        self,
+        session: ort.InferenceSession,
+        *,
+        max_batch_size: int,
+        batch_timeout_s: float,
+        observer: BatchObserver | None = None,
+    ) -> None:
+        self.session = session
+        self.provider: str = session.get_providers()[0]
+        self.input_name = session.get_inputs()[0].name
+        self.output_name = session.get_outputs()[0].name
+        names = [output.name for output in session.get_outputs()]
+        self.has_embedding = EMBEDDING_OUTPUT in names[1:]
+        self.max_batch_size = max_batch_size
+        self.batch_timeout_s = batch_timeout_s
+        self._observer = observer
+        self._executor: ThreadPoolExecutor | None = None
+        self.batcher: DynamicBatcher | None = None
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self.session.run([self.output_name], {self.input_name: batch})
+        return logits
+
+    def run_rows(self, batch: np.ndarray) -> np.ndarray:
+        """``run`` with the embedding (when there is one) appended to each row of logits."""
+        if not self.has_embedding:
+            return self.run(batch)
+        names = [self.output_name, EMBEDDING_OUTPUT]
+        return np.concatenate(self.session.run(names, {self.input_name: batch}), axis=1)
+
+    def split_row(self, row: np.ndarray, classes: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """A ``submit`` row -> (logits, embedding or None)."""
+        return row[:classes], (row[classes:] if self.has_embedding else None)
+
+    def warm_up(self, example: np.ndarray) -> float:
+        """Run batches of 1 and ``max_batch_size`` copies of ``example`` once; returns seconds."""
+        started = time.perf_counter()
+        for size in sorted({1, self.max_batch_size}):
+            self.run_rows(np.repeat(example[None], size, axis=0))
+        return time.perf_counter() - started
+
+    async def infer(
+        self, batch: np.ndarray, cancellation: Cancellation | None = None
+    ) -> np.ndarray:
+        if len(batch) == 0:
+            raise ValueError("infer() needs at least one input")
+        executor = self._running_executor()
+        loop = asyncio.get_running_loop()
+        # checked on the inference thread when the chunk's turn comes, not when it is queued
+        run = partial(self._run_chunk, cancellation or Cancellation())
+        outputs = []
+        for start in range(0, len(batch), self.max_batch_size):
+            chunk = batch[start : start + self.max_batch_size]
+            outputs.append(await loop.run_in_executor(executor, run, chunk))
+        return np.concatenate(outputs)
+
+    def run_on_inference_thread(
+        self, batch: np.ndarray, cancellation: Cancellation | None = None
+    ) -> np.ndarray:
+        """``infer`` for code on a worker thread (an explainer's forward function): blocks
+        until the chunks have run on the inference thread, with no event loop in between.
+        Never call it from the inference thread itself: it would wait for itself."""
+        if len(batch) == 0:
+            raise ValueError("run_on_inference_thread() needs at least one input")
+        executor = self._running_executor()
+        run = partial(self._run_chunk, cancellation or Cancellation())
+        # one chunk at a time, as ``infer``: /predict batches queue between them
+        outputs = [
+            executor.submit(run, batch[start : start + self.max_batch_size]).result()
+            for start in range(0, len(batch), self.max_batch_size)
+        ]
+        return np.concatenate(outputs)
+
+    def run_soon(
+        self, batch: np.ndarray, cancellation: Cancellation | None = None
+    ) -> Future[np.ndarray]:
+        """Queue one chunk (at most ``max_batch_size`` inputs) on the inference thread and
+        return at once: a worker thread starts the prediction it needs, does its own work
+        meanwhile (an explainer's pass of the twin), then reads the future."""
+        if not 0 < len(batch) <= self.max_batch_size:
+            raise ValueError(f"run_soon() takes 1 to {self.max_batch_size} inputs: {len(batch)}")
+        run = partial(self._run_chunk, cancellation or Cancellation())
+        return self._running_executor().submit(run, batch)
+
+    def _run_chunk(self, cancellation: Cancellation, chunk: np.ndarray) -> np.ndarray:
+        cancellation.batch()
+        return self.run(chunk)
+
+    async def submit(
+        self, item: np.ndarray, cancellation: Cancellation | None = None
+    ) -> tuple[np.ndarray, BatchStats]:
+        if self.batcher is None:
+            raise RuntimeError("engine is not started")
+        if cancellation is None:
+            return await self.batcher.submit(item)
+        return await cancellation.guard(self.batcher.submit(item))
+
+    def start(self) -> None:
+        """Start the inference thread and the batcher (from the serving event loop)."""
+        if self._executor is not None:
+            raise RuntimeError("engine already started")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self.batcher = DynamicBatcher(
+            self.run_rows,
+            self._executor,
+            max_batch_size=self.max_batch_size,
+            timeout_s=self.batch_timeout_s,
+            observer=self._observer,
+        )
+        self.batcher.start()
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.stop()
+            self.batcher = None
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
+    def _running_executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            raise RuntimeError("engine is not started")
+        return self._executor

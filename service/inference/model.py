@@ -1,0 +1,191 @@
+"""The model as served: a checked bundle, its ONNX engine and torch twin, loaded once.
+
+``load_model`` runs every load-time check of models/README.md (sha256 of every file, ONNX vs
+twin parity on a fixed probe input) and warms the session up; any failure raises
+``BundleError``/``EngineError`` and the app stays not-ready with that message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+from starlette.concurrency import run_in_threadpool
+
+from service.bundle.format import (
+    BundleError,
+    BundleMeta,
+    check_parity,
+    load_gallery,
+    load_twin,
+    probe_batch,
+    read_meta,
+    served_graph,
+    verify_files,
+)
+from service.bundle.open_set import OpenSetRule, open_set_rule
+from service.bundle.preprocess import Preprocessor
+from service.common.softmax import softmax
+from service.faces.finder import FaceFinder
+from service.inference.engine import BatchObserver, BatchStats, Engine, create_session
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+# Crops up to this many pixels (an aligned face is 112 x 112) are preprocessed on the event loop:
+# that takes ~0.1 ms, less than the hop to a worker thread and back (~0.12 ms of CPU here).
+# Larger ones (whole uploads, detect=false) go to a worker thread, off the loop.
+INLINE_PREPROCESS_PIXELS = 256 * 256
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What loading found, for ``/model`` and ``/readyz``."""
+
+    files_verified: int
+    precision: str
+    """the ONNX graph serving: fp32 or int8 (``bundle.served_graph``)"""
+    onnx_file: str
+    parity_max_abs_diff: float
+    parity_tolerance: float
+    load_ms: float
+    warmup_ms: float
+    loaded_at: datetime
+
+
+@dataclass(frozen=True)
+class Classification:
+    """The model's answer for one image."""
+
+    probabilities: np.ndarray
+    """``(C,)`` float64 softmax of the logits, in ``meta.classes`` order"""
+    batch: BatchStats
+    preprocess_ms: float
+    open_set_score: float | None = None
+    """the "one of the classes" score (``ServingModel.open_set``); None without one"""
+
+    @property
+    def top(self) -> int:
+        return int(np.argmax(self.probabilities))
+
+
+class ServingModel:
+    """A loaded, checked bundle. ``engine`` runs the ONNX graph (batched); ``twin`` is the torch
+    module for gradient methods: ``twin(x) -> (logits, {layer: activation})``; ``faces`` finds and
+    aligns faces when the bundle says how (``meta.face_alignment``), else it is None."""
+
+    def __init__(
+        self,
+        bundle_dir: Path,
+        meta: BundleMeta,
+        preprocess: Preprocessor,
+        engine: Engine,
+        twin: Any,
+        report: LoadReport,
+        faces: FaceFinder | None = None,
+        open_set: OpenSetRule | None = None,
+    ) -> None:
+        self.bundle_dir = bundle_dir
+        self.meta = meta
+        self.preprocess = preprocess
+        self.engine = engine
+        self.twin = twin
+        self.report = report
+        self.faces = faces
+        self.open_set = open_set
+
+    async def classify(self, crop: Image.Image) -> Classification:
+        """Class probabilities for ``crop`` (RGB, e.g. an aligned face), through the batcher."""
+        started = time.perf_counter()
+        if crop.width * crop.height <= INLINE_PREPROCESS_PIXELS:
+            model_input = self.preprocess(crop)
+        else:
+            model_input = await run_in_threadpool(self.preprocess, crop)
+        preprocess_ms = (time.perf_counter() - started) * 1000
+        row, stats = await self.engine.submit(model_input)
+        logits, embedding = self.engine.split_row(row, len(self.meta.classes))
+        score = self.open_set(logits, embedding) if self.open_set else None
+        return Classification(softmax(logits), stats, preprocess_ms, score)
+
+    def start(self) -> None:
+        self.engine.start()
+
+    async def close(self) -> None:
+        await self.engine.close()
+
+
+def load_model(settings: Settings, observer: BatchObserver | None = None) -> ServingModel:
+    """Load and check the bundle at ``settings.model`` (blocking; seconds). Not started yet."""
+    started = time.perf_counter()
+    bundle_dir = settings.model.resolve()
+    log.info("loading model bundle %s", bundle_dir)
+    meta = read_meta(bundle_dir)
+    verify_files(bundle_dir, meta)
+    try:
+        preprocess = Preprocessor(meta.input)
+    except ValueError as exc:
+        raise BundleError(f"meta.json input: {exc}") from exc
+    if settings.threads:
+        import torch
+
+        torch.set_num_threads(settings.threads)
+    graph = served_graph(meta, settings.precision)
+    log.info(
+        "precision %s (setting %s): serving %s", graph.precision, settings.precision, graph.file
+    )
+    session = create_session(bundle_dir / graph.file, settings.providers, settings.threads)
+    engine = Engine(
+        session,
+        max_batch_size=settings.max_batch_size,
+        batch_timeout_s=settings.batch_timeout_ms / 1000,
+        observer=observer,
+    )
+    twin = load_twin(bundle_dir)
+    faces = None
+    if meta.face_alignment is not None:
+        faces = FaceFinder(meta.face_alignment, workers=settings.threads or os.cpu_count() or 1)
+        log.info(
+            "face detection on: %s + %s",
+            meta.face_alignment.detector,
+            meta.face_alignment.landmarks,
+        )
+    else:
+        log.warning("bundle has no face_alignment: every image is classified whole, as a face crop")
+    open_set = open_set_rule(meta, load_gallery(bundle_dir, meta), settings.open_set_target_frr)
+    probe = probe_batch(preprocess)
+    max_diff = check_parity(meta, engine.run, twin, probe, graph)
+    if open_set is not None and open_set.gallery is not None:
+        embedding = engine.split_row(engine.run_rows(probe[:1])[0], len(meta.classes))[1]
+        if embedding is None or embedding.shape != open_set.gallery.shape[1:]:
+            raise BundleError(
+                f"{graph.file} has no 'embedding' output of the open-set gallery's width "
+                f"{open_set.gallery.shape[1]}"
+            )
+    warmup_s = engine.warm_up(probe[0])
+    report = LoadReport(
+        files_verified=len(meta.files),
+        precision=graph.precision,
+        onnx_file=graph.file,
+        parity_max_abs_diff=max_diff,
+        parity_tolerance=graph.tolerance,
+        load_ms=(time.perf_counter() - started) * 1000,
+        warmup_ms=warmup_s * 1000,
+        loaded_at=datetime.now(UTC),
+    )
+    log.info(
+        "model %s %s ready: %d classes, %s, loaded in %.0f ms (warm-up %.0f ms)",
+        meta.name,
+        meta.version,
+        len(meta.classes),
+        engine.provider,
+        report.load_ms,
+        report.warmup_ms,
+    )
+    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report, faces, open_set)
