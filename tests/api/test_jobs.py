@@ -7,13 +7,16 @@ event interval; the model and data are the real ones.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
+from service import explanations
 from service.app import create_app
 from service.explain import EXPLAINERS
 
@@ -125,9 +128,61 @@ EVENTFUL = {
 }
 
 
+CARRY_TIMEOUT_S = 120.0
+
+
+class CarriedMaps:
+    """The partial maps the event stream has carried to the test, and how many maps the work
+    stopped waiting for before one was."""
+
+    def __init__(self) -> None:
+        self.seen: set[str] = set()
+        self.missed = 0
+        self.changed = threading.Condition()
+
+    def saw(self, heatmap: dict[str, Any]) -> None:
+        with self.changed:
+            self.seen.add(json.dumps(heatmap["values"]))
+            self.changed.notify_all()
+
+    def wait_for(self, heatmap: dict[str, Any]) -> None:
+        key = json.dumps(heatmap["values"])
+        with self.changed:
+            if not self.changed.wait_for(lambda: key in self.seen, CARRY_TIMEOUT_S):
+                self.missed += 1
+
+
+@pytest.fixture
+def paced_maps(monkeypatch: pytest.MonkeyPatch) -> CarriedMaps:
+    """The test sets the pace of a job's partial maps, so that what the events carry does not
+    depend on how fast the CPU computes them: every map the work reports is published (the work
+    first waits out the event interval, within which the service would drop it), and the work
+    then waits, on its own thread, until the event stream has carried that map to the test."""
+    carried = CarriedMaps()
+
+    class PacedMaps(explanations.PartialMaps):
+        def __init__(self, *args: Any) -> None:
+            super().__init__(*args)
+            publish = self.publish
+
+            def publish_and_wait(changes: dict[str, Any]) -> None:
+                publish(changes)
+                carried.wait_for(changes["partial"])
+
+            self.publish = publish_and_wait
+
+        def report(self, values: np.ndarray, scale: float, negligible: bool) -> None:
+            while (wait := self.last + self.interval - time.monotonic()) > 0:
+                time.sleep(wait)
+            super().report(values, scale, negligible)
+
+    monkeypatch.setattr(explanations, "PartialMaps", PacedMaps)
+    return carried
+
+
 @pytest.mark.parametrize("method", list(EVENTFUL))
 def test_events_report_rising_progress_and_a_refining_map_then_the_end(
-    jobs: TestClient, face_bytes: bytes, method: str
+    jobs: TestClient, face_bytes: bytes, method: str, paced_maps: CarriedMaps
 ) -> None:
     query = EVENTFUL[method]
     job_id = start(jobs, method, query, face_bytes).json()["id"]
@@ -137,6 +192,9 @@ def test_events_report_rising_progress_and_a_refining_map_then_the_end(
         for line in stream.iter_lines():
             if line.startswith("data:"):
                 events.append(json.loads(line.removeprefix("data:")))
+                if "heatmap" in events[-1]:
+                    paced_maps.saw(events[-1]["heatmap"])
+    assert paced_maps.missed == 0, f"{paced_maps.missed} partial maps never reached the test"
     assert events[-1]["state"] == "done" and events[-1]["progress"] == 1.0
     running = [event["progress"] for event in events if event["state"] == "running"]
     assert len(running) >= 2, events
