@@ -63,7 +63,8 @@ def timeline(url: str, face: bytes, args: argparse.Namespace) -> None:
     params = f"num_samples={args.samples}&seed={args.seed}&detect=false"
     files = {"file": ("face.png", face, "image/png")}
     posted = time.perf_counter()
-    started = httpx.post(f"{url}/jobs/lime?{params}", files=files, timeout=60)
+    # the job renders the overlay it is asked for, as the synchronous call would
+    started = httpx.post(f"{url}/jobs/lime?{params}&format=overlay", files=files, timeout=60)
     started.raise_for_status()
     job = started.json()
     print(f"\nLIME job, {args.samples} samples: 202 in {since(posted)} s, id {job['id']}")

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
+from service.common.admission import ExplanationGate, InFlightLimiter
 from service.intake.pixel_budget import PixelBudget
 from service.jobs.metrics import JobMetrics
 from service.jobs.runner import JobRunner
@@ -19,37 +19,6 @@ if TYPE_CHECKING:
     from service.insight.inspector import Inspector
 
 Phase = Literal["loading", "ready", "failed", "stopped"]
-
-
-class InFlightLimiter:
-    """Counts image requests in progress; ``try_acquire`` says no beyond ``limit``.
-
-    Used from the event loop only, so a plain counter is enough.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.active = 0
-
-    def try_acquire(self) -> bool:
-        if self.active >= self.limit:
-            return False
-        self.active += 1
-        return True
-
-    def release(self) -> None:
-        self.active -= 1
-
-
-class ExplanationGate:
-    """Bounds explanation work: ``running`` at most ``concurrent`` at once, and at most ``queue``
-    more admitted to wait for a turn; ``admitted`` says no beyond that. Explanations cost 10 to
-    100 times a prediction, so without this a burst of them would starve ``/predict``."""
-
-    def __init__(self, concurrent: int, queue: int) -> None:
-        self.concurrent, self.queue = concurrent, queue
-        self.admitted = InFlightLimiter(concurrent + queue)
-        self.running = asyncio.Semaphore(concurrent)
 
 
 @dataclass

@@ -26,10 +26,8 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from typing import Annotated
 
-import numpy as np
 from fastapi import Depends, File, Query, Request, Security, UploadFile
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
@@ -40,7 +38,7 @@ from service.common.lru import LruCache
 from service.errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
 from service.faces.choice import FaceChoice, choose_face
 from service.http.api_key import API_KEY_HEADER, verify_api_key
-from service.inference.model import ServingModel
+from service.inference.model import ModelInput, ServingModel
 from service.insight.inspector import InspectedModel
 from service.intake.images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
 from service.jobs.store import owner_of
@@ -214,15 +212,6 @@ async def face_choice(
 
 
 FaceDep = Annotated[FaceChoice, Depends(face_choice)]
-
-
-@dataclass(frozen=True)
-class ModelInput:
-    """The chosen face and the ``(3, H, W)`` float32 model input made from it."""
-
-    face: FaceChoice
-    x: np.ndarray
-    preprocess_ms: float
 
 
 async def model_input(model: ModelDep, face: FaceDep) -> ModelInput:

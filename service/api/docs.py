@@ -16,6 +16,7 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from service.api.page import NO_CACHE, STATIC_DIR, RevalidatedStaticFiles
+from service.api.placement import ON_GATEWAY
 
 DOCS_PAGE = STATIC_DIR / "docs.html"
 
@@ -29,7 +30,7 @@ def swagger_ui_dir() -> Path:
     return Path(spec.submodule_search_locations[0]) / "static"
 
 
-router = APIRouter(tags=["docs"])
+router = APIRouter(tags=["docs"], dependencies=[ON_GATEWAY])
 router.mount("/docs/assets", RevalidatedStaticFiles(directory=swagger_ui_dir()), name="docs-assets")
 
 

@@ -9,11 +9,11 @@
 - ``POST /saliency`` (``method=`` one of the gradient methods), ``/occlusion``, ``/lime``: the
   same code path under the names they have always had.
 
-Each explains the face ``/predict`` classifies (``ModelInputDep``) and lays the map back onto
-the upload through the face's alignment. Parameter defaults and bounds come from the methods'
-``Params`` models, so out-of-range values are 422 ``validation_error`` saying the limit;
-``batch_size`` is not offered: it changes speed and memory, never the map. Forward passes run
-on the engine's inference thread, where they queue with ``/predict`` batches. A request whose
+Each explains the face ``/predict`` classifies (``ModelInputDep``) through the explanation use
+case (``service.explanations``), which lays the map back onto the upload through the face's
+alignment. Parameter defaults and bounds come from the methods' ``Params`` models, checked once
+here (``method_params``), so out-of-range values are 422 ``validation_error`` saying the limit;
+``batch_size`` is not offered: it changes speed and memory, never the map. A request whose
 client hangs up (``ClientDep``) leaves the explanation queue, or stops at its next batch, and
 is counted as 499 in ``/metrics``. Results are kept in the app's bounded LRU, keyed by model,
 model input, method, parameters and target, so switching ``format`` or re-running is free.
@@ -22,23 +22,19 @@ model input, method, parameters and target, so switching ``format`` or re-runnin
 from __future__ import annotations
 
 import inspect
-import time
-from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
 
+from service import explanations
 from service.api.deps import (
     ClientDep,
     ExplanationCacheDep,
     ImageDep,
     ModelDep,
-    ModelInput,
     ModelInputDep,
     api_key_guard,
     class_index,
@@ -47,41 +43,23 @@ from service.api.deps import (
 )
 from service.api.method_params import (
     SERVER_SIDE_PARAMS,
-    MethodCall,
     alias_query,
     check_params,
     method_call,
     offered,
     refuse_foreign,
 )
-from service.api.schemas import (
-    ClassProbability,
-    ExplainTimings,
-    ExplanationResponse,
-    FaceBox,
-    ImageInfo,
-    MethodInfo,
-    MethodsResponse,
-    ModelRef,
-    error_responses,
-    rank_classes,
-)
-from service.bundle.format import ONNX_FILE
+from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
 from service.common.lru import LruCache
-from service.explain import (
-    EXPLAINERS,
-    GRADIENT_METHODS,
-    Explainer,
-    Heatmap,
-    ModelHandle,
-    array_digest,
-    cache_key,
-)
-from service.inference.model import ServingModel
+from service.explain import EXPLAINERS, GRADIENT_METHODS, Explainer
+from service.explain.base import MethodCall
+from service.inference.model import ModelInput, ServingModel
 from service.intake.images import DecodedImage
 from service.render.png import MAX_RENDER_PIXELS
-from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, json_grid, render_png
+from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, render_png
+from service.schemas.common import error_responses
+from service.schemas.explanation import ExplanationResponse, MethodInfo, MethodsResponse
 
 COMMON_PARAMS = ("target", "format", "detect", "face")
 CACHE_ENTRIES = 64
@@ -107,6 +85,7 @@ router = APIRouter(tags=["explain"])
     "shows, whether its map is signed, its units and value range, whether it needs the "
     "differentiable twin, and its own query parameters as JSON Schema (defaults, bounds, "
     "choices).",
+    dependencies=[ON_GATEWAY],
 )
 async def list_methods() -> MethodsResponse:
     return MethodsResponse(
@@ -157,7 +136,12 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     "method's parameter is a 422). Methods:\n\n"
     + "\n".join(f"- `{name}`: {explainer.shows}" for name, explainer in EXPLAINERS.items()),
     responses={**RESPONSES, **error_responses(404)},
-    dependencies=[Depends(api_key_guard), Depends(method_call), *EXPLANATION_DEPENDENCIES],
+    dependencies=[
+        Depends(api_key_guard),
+        Depends(method_call),
+        *EXPLANATION_DEPENDENCIES,
+        ON_EXPLAIN,
+    ],
 )
 async def explain(
     call: Annotated[MethodCall, Depends(method_call)],
@@ -223,7 +207,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         summary=summary,
         description=description,
         responses=RESPONSES,
-        dependencies=[Depends(api_key_guard), *EXPLANATION_DEPENDENCIES],
+        dependencies=[Depends(api_key_guard), *EXPLANATION_DEPENDENCIES, ON_EXPLAIN],
     )(endpoint)
 
 
@@ -264,108 +248,14 @@ async def _explain(
     cancellation: Cancellation,
     cache: LruCache,
 ) -> Any:
-    """The one code path of every explanation endpoint: cached heatmap or a new one, answered
-    as ``fmt``."""
+    """The one code path of every explanation endpoint: the use case, answered as ``fmt``."""
     target = None if target_id is None else class_index(model, target_id)
-    key = explanation_key(model, inputs, call, target)
-    started = time.perf_counter()
-    found: Heatmap | None = cache.get(key)
-    cached = found is not None
-    if found is None:
-        heatmap = await run_in_threadpool(compute, model, call, inputs.x, target, cancellation)
-        cache.put(key, heatmap)
-    else:
-        heatmap = found
-    explain_ms = 0.0 if cached else (time.perf_counter() - started) * 1000
-
+    explanation = await run_in_threadpool(
+        explanations.explain, model, inputs, call, target, cache, cancellation
+    )
     if fmt in ("png", "overlay"):
-        png = await run_in_threadpool(render_png, fmt, image, inputs.face.aligned, heatmap)
+        heatmap = explanation.heatmap
+        png = await run_in_threadpool(render_png, fmt, image.rgb, inputs.face.aligned, heatmap)
         negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
         return Response(png, media_type=PNG_MEDIA_TYPE, headers=negligible)
-    return await run_in_threadpool(
-        explanation_response, model, image, inputs, heatmap, cached, explain_ms
-    )
-
-
-def explanation_key(
-    model: ServingModel, inputs: ModelInput, call: MethodCall, target: int | None
-) -> str:
-    """The explanation cache's key for this face, method, parameters, target and model."""
-    return cache_key(
-        image_digest=array_digest(inputs.x),
-        method=call.explainer.name,
-        params=call.params,
-        target=target,
-        model_digest=model.meta.files[ONNX_FILE].sha256,
-    )
-
-
-def explanation_response(
-    model: ServingModel,
-    image: DecodedImage,
-    inputs: ModelInput,
-    heatmap: Heatmap,
-    cached: bool,
-    explain_ms: float,
-) -> ExplanationResponse:
-    """The ``format=json`` answer: the map laid onto the upload, with the prediction."""
-    grid = json_grid(heatmap, inputs.face.aligned, image.rgb.size)
-    probabilities = heatmap.probabilities
-    ranked = rank_classes(model, probabilities)
-    explained = model.meta.classes[heatmap.target]
-    return ExplanationResponse(
-        method=heatmap.method,
-        target=ClassProbability(
-            id=explained.id,
-            name=explained.name,
-            probability=float(probabilities[heatmap.target]),
-        ),
-        label=ranked[0].id,
-        name=ranked[0].name,
-        probability=ranked[0].probability,
-        probabilities=ranked,
-        parameters=heatmap.params,
-        heatmap=grid,
-        face_box=FaceBox.of(inputs.face),
-        face_index=inputs.face.index,
-        image=ImageInfo.of(image),
-        model=ModelRef.of(model),
-        cached=cached,
-        timings=ExplainTimings(
-            decode_ms=image.decode_ms,
-            detect_ms=inputs.face.detect_ms,
-            preprocess_ms=inputs.preprocess_ms,
-            explain_ms=explain_ms,
-            total_ms=(time.perf_counter() - image.received_at) * 1000,
-        ),
-    )
-
-
-def compute(
-    model: ServingModel,
-    call: MethodCall,
-    x: np.ndarray,
-    target: int | None,
-    cancellation: Cancellation,
-    report: Callable[[np.ndarray, float, bool], None] | None = None,
-) -> Heatmap:
-    """Run the method here (a worker thread); its forward passes run on the inference thread.
-    Once ``cancellation`` is cancelled (the client has gone; the job was deleted) it stops at
-    the next batch with ``Cancelled``. ``report``: the sampling methods' partial maps (a job's
-    live view)."""
-
-    def forward(batch: np.ndarray) -> np.ndarray:
-        return model.engine.run_on_inference_thread(batch, cancellation)
-
-    def forward_soon(batch: np.ndarray) -> Future[np.ndarray]:
-        return model.engine.run_soon(batch, cancellation)
-
-    handle = ModelHandle(
-        forward,
-        model.twin,
-        model.meta.gradcam_layer,
-        cancellation,
-        forward_soon=forward_soon,
-        report=report,
-    )
-    return call.explainer(handle).attribute(x, target, **call.params)
+    return await run_in_threadpool(explanations.json_answer, model, image, inputs, explanation)

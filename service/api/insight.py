@@ -33,7 +33,14 @@ from service.api.deps import (
     explanation_slot,
     in_flight_slot,
 )
-from service.api.insight_schemas import (
+from service.api.placement import ON_EXPLAIN, ON_GATEWAY
+from service.bundle.format import TWIN_FILE
+from service.errors import NoTopPatches, NotReady, UnknownChannel, UnknownLayer
+from service.insight.inspector import Grid, Inspector
+from service.insight.maximize import MaximizeParams, Objective, Synthesis
+from service.render.png import as_rows, encode_png
+from service.schemas.common import FaceBox, error_responses
+from service.schemas.insight import (
     ActivationMap,
     ActivationsResponse,
     AxisInfo,
@@ -43,13 +50,6 @@ from service.api.insight_schemas import (
     SynthesisResponse,
     TopPatchesResponse,
 )
-from service.api.schemas import FaceBox, error_responses
-from service.bundle.format import TWIN_FILE
-from service.errors import NoTopPatches, NotReady, UnknownChannel, UnknownLayer
-from service.insight.inspector import Grid, Inspector
-from service.insight.maximize import MaximizeParams, Objective, Synthesis
-from service.intake.images import encode_png
-from service.render.png import as_rows
 
 PNG_MEDIA_TYPE = "image/png"
 CHANNELS_HEADER = "X-Channels"
@@ -122,6 +122,7 @@ EITHER_RESPONSE: dict[int | str, dict[str, Any]] = {
     "to k * (48 // k) pixels (7x7: 42, 3x3: 48).",
     response_class=Response,
     responses={**GRID_RESPONSE, **error_responses(401, 422, 503)},
+    dependencies=[ON_GATEWAY],
 )
 async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
     _check_layer(inspector, layer)
@@ -139,7 +140,7 @@ async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
     "enlarged to s * (96 // s) pixels. The PNG's `X-Channels` header lists the channel of every "
     "tile.",
     responses={**EITHER_RESPONSE, **error_responses(400, 401, 413, 415, 422, 503)},
-    dependencies=[Depends(in_flight_slot)],
+    dependencies=[Depends(in_flight_slot), ON_GATEWAY],
 )
 async def activations(
     inspector: InspectorDep,
@@ -174,6 +175,7 @@ async def activations(
     "/receptive-field",
     summary="Every layer's receptive field",
     responses=error_responses(401, 503),
+    dependencies=[ON_GATEWAY],
 )
 async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
     """Size, jump (effective stride) and start of every layer's receptive field, from the
@@ -207,6 +209,7 @@ async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
     "input mean colour), strongest first. Patch tiles are enlarged by 96 // tile (stem: 11 px -> "
     "88).",
     responses={**EITHER_RESPONSE, **error_responses(401, 404, 422, 503)},
+    dependencies=[ON_GATEWAY],
 )
 async def top_patches(
     inspector: InspectorDep, layer: LayerQuery, channel: ChannelQuery, format: FormatQuery = "png"
@@ -253,7 +256,7 @@ async def top_patches(
     "`max_seconds` seconds; results are cached per model and parameters. A client that hangs "
     "up stops the ascent at its next step.",
     responses={**EITHER_RESPONSE, **error_responses(401, 422, 503)},
-    dependencies=[Depends(in_flight_slot), Depends(explanation_slot)],
+    dependencies=[Depends(in_flight_slot), Depends(explanation_slot), ON_EXPLAIN],
 )
 async def maximize(
     inspector: InspectorDep, query: Annotated[MaximizeQuery, Query()], cancellation: ClientDep

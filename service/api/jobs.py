@@ -3,11 +3,13 @@
 - ``POST /jobs/{method}``: the same upload and parameters as ``POST /explain/{method}`` (and
   ``POST /jobs/maximize``: those of ``GET /insight/maximize``); every check the synchronous call
   makes is made first, with the same 4xx answers; then 202 with the job's status and
-  ``Location: /jobs/{id}``;
+  ``Location: /jobs/{id}``. The job is that call run later (``service.explanations``), and
+  renders what the call would: the JSON answer, and the PNG of ``format=png`` or ``overlay``
+  when that is asked for;
 - ``GET /jobs/{id}``: state (queued, running, done, failed, cancelled), progress 0..1, times, and
   once done the synchronous call's JSON answer;
-- ``GET /jobs/{id}/result``: that answer alone, in any ``format`` the synchronous call offers
-  (409 ``job_not_done`` before);
+- ``GET /jobs/{id}/result``: that answer alone, as JSON or as the PNG the job was asked for
+  (409 ``job_not_done`` before, and for a PNG the job was not asked to render);
 - ``GET /jobs/{id}/events``: Server-Sent Events, one ``data:`` line of JSON (state, progress)
   per change, at most one per ``job_event_interval_s``, the last when the job ends;
 - ``DELETE /jobs/{id}``: cancel (the work stops at its next batch), or forget a finished job.
@@ -20,20 +22,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import math
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import numpy as np
 from fastapi import APIRouter, Depends, Query
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from service import explanations
 from service.api.deps import (
     ExplanationCacheDep,
     ImageDep,
     ModelDep,
-    ModelInput,
     ModelInputDep,
     OwnerDep,
     StateDep,
@@ -41,7 +41,7 @@ from service.api.deps import (
     class_index,
     in_flight_slot,
 )
-from service.api.explain import TargetQuery, compute, explanation_key, explanation_response
+from service.api.explain import FormatQuery, TargetQuery
 from service.api.insight import (
     InspectorDep,
     MaximizeQuery,
@@ -50,16 +50,15 @@ from service.api.insight import (
     objective_of,
     synthesis_response,
 )
-from service.api.method_params import MethodCall, method_call
-from service.api.schemas import JobStatus, error_responses
+from service.api.method_params import method_call, shown_params
+from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
-from service.explain import EXPLAINERS, Heatmap
-from service.inference.model import ServingModel
-from service.intake.images import DecodedImage
-from service.jobs.progress import planned_passes
+from service.explain.base import MethodCall
 from service.jobs.runner import JobWork, Publish
 from service.jobs.store import JobResult, Jobs, JobView
-from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, render_png, values_grid
+from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, render_png
+from service.schemas.common import error_responses
+from service.schemas.jobs import JobStatus
 from service.state import ServiceState
 
 EVENT_STREAM = "text/event-stream"
@@ -77,7 +76,7 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
     description="The parameters of GET /insight/maximize; the job's result is its answer "
     "(`format=json` or `png` on GET /jobs/{id}/result).",
     responses={**ACCEPTED, **error_responses(401, 422, 429, 503)},
-    dependencies=[Depends(in_flight_slot)],
+    dependencies=[Depends(in_flight_slot), ON_EXPLAIN],
 )
 async def maximize_job(
     state: StateDep,
@@ -91,13 +90,13 @@ async def maximize_job(
     def compute(cancellation: Cancellation, publish: Publish) -> Any:
         return inspector.synthesize(objective, params, cancellation)
 
-    def finish(value: Any, compute_ms: float) -> JobResult:
+    def finish(value: Any) -> JobResult:
         synthesis, cached = value
         png = encode_synthesis(synthesis.image)
         body = synthesis_response(query, params, synthesis, cached, png)
         return JobResult(body.model_dump(mode="json"), {"png": png})
 
-    planned = planned_passes("maximize", params.model_dump(), (0, 0))
+    planned = params.planned_passes()
     return await _start(
         state, owner, "maximize", params.model_dump(), JobWork(compute, finish, planned)
     )
@@ -108,10 +107,10 @@ async def maximize_job(
     status_code=202,
     summary="Run an explanation as a job",
     description="The upload and parameters of POST /explain/{method}, checked the same way "
-    "before any work starts; the job's result is that call's answer (any `format` on GET "
-    "/jobs/{id}/result).",
+    "before any work starts; the job's result is that call's answer: JSON, and the PNG of "
+    "`format=png` or `overlay` when that is asked for here (GET /jobs/{id}/result).",
     responses={**ACCEPTED, **error_responses(400, 401, 404, 413, 415, 422, 429, 503)},
-    dependencies=[Depends(in_flight_slot)],
+    dependencies=[Depends(in_flight_slot), ON_EXPLAIN],
 )
 async def explain_job(
     state: StateDep,
@@ -122,41 +121,36 @@ async def explain_job(
     inputs: ModelInputDep,
     cache: ExplanationCacheDep,
     target: TargetQuery = None,
+    format: FormatQuery = "json",
 ) -> JSONResponse:
     target_index = None if target is None else class_index(model, target)
-    method = call.explainer.name
-    side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
-    key = explanation_key(model, inputs, call, target_index)
-
     interval = state.settings.job_event_interval_s
 
-    def work(cancellation: Cancellation, publish: Publish) -> tuple[Heatmap, bool]:
-        found: Heatmap | None = cache.get(key)
-        if found is not None:
-            return found, True
-        shown = PartialMaps(model, image, inputs, method, interval, publish)
-        heatmap = compute(model, call, inputs.x, target_index, cancellation, shown.report)
-        cache.put(key, heatmap)
-        return heatmap, False
+    def work(cancellation: Cancellation, publish: Publish) -> explanations.Explanation:
+        shown = explanations.PartialMaps(image, inputs, call, interval, publish)
+        return explanations.explain(
+            model, inputs, call, target_index, cache, cancellation, shown.report
+        )
 
-    def finish(value: tuple[Heatmap, bool], compute_ms: float) -> JobResult:
-        heatmap, cached = value
-        explain_ms = 0.0 if cached else compute_ms
-        body = explanation_response(model, image, inputs, heatmap, cached, explain_ms)
-        renders = {
-            fmt: render_png(fmt, image, inputs.face.aligned, heatmap) for fmt in ("png", "overlay")
-        }
+    def finish(explanation: explanations.Explanation) -> JobResult:
+        body = explanations.json_answer(model, image, inputs, explanation)
+        heatmap = explanation.heatmap
+        renders: dict[str, bytes] = {}
+        if format != "json":
+            renders[format] = render_png(format, image.rgb, inputs.face.aligned, heatmap)
         negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
         return JobResult(body.model_dump(mode="json"), renders, negligible)
 
-    planned = planned_passes(method, call.params, side)
-    return await _start(state, owner, method, call.params, JobWork(work, finish, planned))
+    side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
+    work_plan = JobWork(work, finish, call.planned_passes(side))
+    return await _start(state, owner, call.name, shown_params(call), work_plan)
 
 
 @router.get(
     "/{job_id}",
     summary="A job's state, progress and, once done, its result",
     responses=error_responses(401, 404),
+    dependencies=[ON_GATEWAY],
 )
 async def job_status(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
     return status_of(await state.jobs.get(job_id, owner))
@@ -164,11 +158,12 @@ async def job_status(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus
 
 @router.get(
     "/{job_id}/result",
-    summary="A finished job's answer, in any format of the synchronous call",
+    summary="A finished job's answer: JSON, or the PNG it was asked for",
     responses={
         200: {"content": {PNG_MEDIA_TYPE: {}}, "description": "JSON, or the PNG (png, overlay)"},
         **error_responses(401, 404, 409, 422),
     },
+    dependencies=[ON_GATEWAY],
 )
 async def job_result(
     state: StateDep,
@@ -176,7 +171,10 @@ async def job_result(
     job_id: str,
     format: Annotated[
         Literal["json", "png", "overlay"],
-        Query(description="json, png or overlay, as the synchronous call (maximize: json, png)"),
+        Query(
+            description="json, or the PNG the job rendered: the `format` (png or overlay) "
+            "POST /jobs/{method} was asked for (maximize: png); another is 409 job_not_done"
+        ),
     ] = "json",
 ) -> Response:
     content, headers = await state.jobs.render(job_id, owner, format)
@@ -196,6 +194,7 @@ async def job_result(
         **error_responses(401, 404),
     },
     response_class=StreamingResponse,
+    dependencies=[ON_GATEWAY],
 )
 async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> StreamingResponse:
     job = await state.jobs.get(job_id, owner)
@@ -213,46 +212,10 @@ async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> Streaming
     description="An unfinished job is cancelled: its work stops at its next batch and its "
     "state becomes `cancelled` (kept until it expires). A finished job is forgotten at once.",
     responses=error_responses(401, 404),
+    dependencies=[ON_GATEWAY],
 )
 async def delete_job(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
     return status_of(await state.jobs.delete(job_id, owner))
-
-
-class PartialMaps:
-    """A sampling method's partial maps as the job's ``partial``: laid onto the upload as the
-    synchronous ``format=json`` grid, at most one per ``interval`` seconds (the event rate:
-    maps in between would never be sent)."""
-
-    def __init__(
-        self,
-        model: ServingModel,
-        image: DecodedImage,
-        inputs: ModelInput,
-        method: str,
-        interval: float,
-        publish: Publish,
-    ) -> None:
-        self.model, self.image, self.inputs, self.method = model, image, inputs, method
-        self.interval, self.publish = interval, publish
-        self.last = -math.inf
-        self.explainer = EXPLAINERS[method]
-
-    def report(self, values: np.ndarray, scale: float, negligible: bool) -> None:
-        now = time.monotonic()
-        if now - self.last < self.interval:
-            return
-        self.last = now
-        grid = values_grid(
-            values,
-            self.inputs.face.aligned,
-            self.image.rgb.size,
-            signed=self.explainer.signed,
-            value_range=self.explainer.value_range,
-            units=self.explainer.units,
-            scale=scale,
-            negligible=negligible,
-        )
-        self.publish({"partial": grid.model_dump(mode="json")})
 
 
 async def _start(

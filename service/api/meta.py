@@ -5,17 +5,12 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.api.deps import ModelDep, SettingsDep, api_key_guard
-from service.api.schemas import (
-    HealthResponse,
-    ModelRef,
-    ModelResponse,
-    OpenSetRuleInfo,
-    ReadinessResponse,
-    RuntimeInfo,
-    error_responses,
-)
+from service.api.placement import ON_GATEWAY
+from service.schemas.common import ModelRef, error_responses
+from service.schemas.meta import HealthResponse, ModelResponse, ReadinessResponse, RuntimeInfo
+from service.schemas.predict import OpenSetRuleInfo
 
-router = APIRouter(tags=["service"])
+router = APIRouter(tags=["service"], dependencies=[ON_GATEWAY])
 
 
 @router.get(

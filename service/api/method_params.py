@@ -2,14 +2,14 @@
 
 ``method_call`` reads them for ``POST /explain/{method}`` from the query string;
 ``alias_query`` declares them as a query model for the older ``/saliency``, ``/occlusion`` and
-``/lime`` (so openapi.yaml lists them there). Either way ``check_params`` checks them with the
-method's ``Params``, so bounds and rules across parameters give the same 422s everywhere.
+``/lime`` (so openapi.yaml lists them there). Either way ``check_params`` checks them once, with
+the method's ``Params`` (``MethodCall.of``), so bounds and rules across parameters give the
+same 422s everywhere; nothing below checks them again.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Annotated, Any, NoReturn
 
@@ -19,17 +19,10 @@ from pydantic import BaseModel, ValidationError, create_model
 
 from service.errors import UnknownMethod
 from service.explain import EXPLAINERS, Explainer
+from service.explain.base import MethodCall
 
 # Not exposed over HTTP: it trades memory for speed and never changes the map.
 SERVER_SIDE_PARAMS = frozenset({"batch_size"})
-
-
-@dataclasses.dataclass(frozen=True)
-class MethodCall:
-    """A method and its own parameters, checked against its ``Params``."""
-
-    explainer: type[Explainer]
-    params: dict[str, Any]
 
 
 def offered(explainer: type[Explainer]) -> list[str]:
@@ -37,17 +30,23 @@ def offered(explainer: type[Explainer]) -> list[str]:
     return [name for name in explainer.Params.model_fields if name not in SERVER_SIDE_PARAMS]
 
 
+def shown_params(call: MethodCall) -> dict[str, Any]:
+    """The call's parameters as HTTP offers them (a job's ``parameters``)."""
+    own = offered(call.explainer)
+    return {name: value for name, value in call.params.model_dump().items() if name in own}
+
+
 def check_params(explainer: type[Explainer], values: Mapping[str, Any]) -> MethodCall:
     """``values`` (query strings or typed) checked by the method's ``Params``, rules across
-    parameters included (occlusion's stride <= window); 422 ``validation_error`` saying why."""
+    parameters included (occlusion's stride <= window); 422 ``validation_error`` saying why.
+    Only offered parameters are taken from ``values``; the others keep their defaults."""
+    own = offered(explainer)
     try:
-        checked = explainer.Params.model_validate(dict(values))
+        return MethodCall.of(explainer, {k: v for k, v in values.items() if k in own})
     except ValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
         ) from exc
-    own = offered(explainer)
-    return MethodCall(explainer, {k: v for k, v in checked.model_dump().items() if k in own})
 
 
 def method_call(

@@ -5,8 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Response
 
 from service.api.deps import StateDep
+from service.api.placement import ON_GATEWAY
 
-router = APIRouter(tags=["service"])
+router = APIRouter(tags=["service"], dependencies=[ON_GATEWAY])
 
 
 @router.get(

@@ -14,6 +14,8 @@ from fastapi.staticfiles import StaticFiles
 from starlette.responses import Response
 from starlette.types import Scope
 
+from service.api.placement import ON_GATEWAY
+
 STATIC_DIR = Path(__file__).resolve().parents[1] / "static"
 PAGE = STATIC_DIR / "index.html"
 # Revalidate on every load (cheap: ETag), so a new version of the page is never mixed with
@@ -30,7 +32,7 @@ class RevalidatedStaticFiles(StaticFiles):
         return response
 
 
-router = APIRouter(tags=["page"])
+router = APIRouter(tags=["page"], dependencies=[ON_GATEWAY])
 router.mount("/static", RevalidatedStaticFiles(directory=STATIC_DIR), name="static")
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 from fastapi import APIRouter, Depends
 
 from service.api.deps import FaceDep, ImageDep, ModelDep, api_key_guard, in_flight_slot
-from service.api.schemas import PredictionResponse, error_responses
+from service.api.placement import ON_PREDICT
+from service.schemas.common import error_responses
+from service.schemas.predict import PredictionResponse
 
 router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_guard), Depends(in_flight_slot)])
 
@@ -14,6 +16,7 @@ router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_guard), Depen
     "/predict",
     summary="Classify a face image",
     responses=error_responses(400, 401, 413, 415, 422, 503),
+    dependencies=[ON_PREDICT],
 )
 async def predict(model: ModelDep, image: ImageDep, face: FaceDep) -> PredictionResponse:
     """Find the face, then its label, display name, the probability of every class and whether

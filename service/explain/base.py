@@ -8,13 +8,16 @@ target, packing the result as a ``Heatmap``)::
     heatmap = explainer.attribute(x, target=3, window=24)   # x: (3, H, W) float32 model input
 
 Parameters are a pydantic model per method (``Params``): defaults and upper bounds are data,
-so the HTTP layer turns them into query parameters and out-of-range values into 422s.
+so the HTTP layer turns them into query parameters and out-of-range values into 422s. A
+``MethodCall`` is a method with its parameters checked once; ``Explainer.run`` takes them as
+they are, and ``Explainer.planned_passes`` says how many forward passes they will cost.
 """
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -35,6 +38,8 @@ ForwardSoon = Callable[[np.ndarray], Future[np.ndarray]]
 
 UNSIGNED_RANGE = (0.0, 1.0)
 SIGNED_RANGE = (-1.0, 1.0)
+# The passes of a method without samples: the prediction, then one pass of its own.
+SINGLE_PASS = 2
 
 
 class MethodParams(BaseModel):
@@ -143,6 +148,13 @@ class Explainer(ABC):
         if self.model.report is not None:
             self.model.report(*scaled(np.asarray(raw, dtype=np.float64), self.value_range))
 
+    @classmethod
+    def planned_passes(cls, params: Any, side: tuple[int, int]) -> int:
+        """The forward passes ``run`` makes with these checked ``params`` on a model input of
+        ``side`` (H, W): the prediction, then one of its own. Sampling methods override it (a
+        job's progress counts passes against this plan)."""
+        return SINGLE_PASS
+
     def attribute(self, inputs: np.ndarray, target: int | None = None, **params: Any) -> Heatmap:
         """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``.
 
@@ -152,7 +164,15 @@ class Explainer(ABC):
         ``Cancelled`` (not a ``ValueError``) once ``model.cancellation`` is.
         Returns an ``(H, W)`` heatmap in ``value_range``.
         """
-        checked = self.Params.model_validate(params)
+        return self.run(inputs, target, self.Params.model_validate(params))
+
+    def run(self, inputs: np.ndarray, target: int | None, checked: MethodParams) -> Heatmap:
+        """``attribute`` with parameters already checked (a ``MethodCall``'s): not checked
+        again."""
+        if not isinstance(checked, self.Params):
+            raise TypeError(
+                f"{self.name} takes {self.Params.__name__}, not {type(checked).__name__}"
+            )
         x = _check_input(inputs)
         self.model.cancellation.check()
         raw, target, logits = self._explain(x, target, checked, Prediction.start(self.model, x))
@@ -192,6 +212,33 @@ class Explainer(ABC):
         method's checked ``params`` and ``x``'s ``(C,)`` logits (so perturbation methods need
         no extra pass for the unperturbed score). Non-negative for an unsigned method;
         ``attribute`` scales them into ``value_range``."""
+
+
+@dataclass(frozen=True)
+class MethodCall:
+    """A method and its own parameters, checked once (``of``) by the method's ``Params``."""
+
+    explainer: type[Explainer]
+    params: MethodParams
+
+    @classmethod
+    def of(cls, explainer: type[Explainer], values: Mapping[str, Any]) -> MethodCall:
+        """``values`` checked by ``explainer.Params``, rules across parameters included;
+        pydantic's ``ValidationError`` (a ``ValueError``) says what is wrong."""
+        return cls(explainer, explainer.Params.model_validate(dict(values)))
+
+    @property
+    def name(self) -> str:
+        return self.explainer.name
+
+    def planned_passes(self, side: tuple[int, int]) -> int:
+        return self.explainer.planned_passes(self.params, side)
+
+
+def sampled_passes(samples: int, batch_size: int) -> int:
+    """The passes of a method that scores ``samples`` copies, ``batch_size`` per pass, after the
+    prediction."""
+    return 1 + math.ceil(samples / batch_size)
 
 
 def resolve_target(target: int | None, num_classes: int, predicted: int) -> int:

@@ -10,7 +10,7 @@ from captum.attr import IntegratedGradients as CaptumIntegratedGradients
 from pydantic import Field
 
 from service.common.twin import input_gradients
-from service.explain.base import Explainer, MethodParams
+from service.explain.base import Explainer, MethodParams, sampled_passes
 from service.explain.perturb import BASELINE_HELP, Baseline, baseline_image
 from service.explain.twin import as_batch
 
@@ -39,6 +39,10 @@ class IntegratedGradients(Explainer):
     units = "contribution to the target logit versus the baseline (summed over channels)"
     needs_twin = True
     anytime = True
+
+    @classmethod
+    def planned_passes(cls, params: IntegratedGradientsParams, side: tuple[int, int]) -> int:
+        return sampled_passes(params.steps, params.batch_size)
 
     def _attribute(
         self, x: np.ndarray, target: int, params: IntegratedGradientsParams, logits: np.ndarray

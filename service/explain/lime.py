@@ -14,11 +14,12 @@ import numpy as np
 from pydantic import Field
 from skimage.segmentation import slic
 
-from service.explain.base import Explainer, MethodParams
+from service.explain.base import Explainer, sampled_passes
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
+    PerturbationParams,
     Score,
     baseline_image,
     target_scores,
@@ -29,7 +30,7 @@ RIDGE_ALPHA = 1.0
 SLIC_COMPACTNESS = 10.0
 
 
-class LimeParams(MethodParams):
+class LimeParams(PerturbationParams):
     num_samples: int = Field(256, ge=16, le=2000, description="random superpixel patterns scored")
     num_segments: int = Field(
         50, ge=4, le=200, description="superpixels SLIC aims for (it may return fewer)"
@@ -63,6 +64,10 @@ class Lime(Explainer):
     signed = True
     anytime = True
     units = "weight of the superpixel in the local linear model of the target score"
+
+    @classmethod
+    def planned_passes(cls, params: LimeParams, side: tuple[int, int]) -> int:
+        return sampled_passes(params.num_samples, params.batch_size)
 
     def _attribute(
         self, x: np.ndarray, target: int, params: LimeParams, logits: np.ndarray

@@ -17,22 +17,24 @@ multiply-adds, and only through per-region convolutions that ONNX Runtime does n
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from service.explain.base import Explainer, MethodParams
+from service.explain.base import Explainer
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
+    PerturbationParams,
     Score,
     baseline_image,
     score_of,
     target_scores,
 )
-from service.explain.window_schedule import coarse_to_fine, exhaustive
+from service.explain.window_schedule import coarse_indices, coarse_to_fine, exhaustive
 
 Strategy = Literal["exhaustive", "coarse_to_fine"]
 STRATEGY_HELP = (
@@ -42,7 +44,7 @@ STRATEGY_HELP = (
 )
 
 
-class OcclusionParams(MethodParams):
+class OcclusionParams(PerturbationParams):
     window: int = Field(24, ge=4, le=96, description="side of the square patch (model-input px)")
     stride: int = Field(12, ge=4, le=96, description="step between patches (model-input px)")
     baseline: Baseline = Field("zero", description="what the patch shows: " + BASELINE_HELP)
@@ -81,6 +83,20 @@ class Occlusion(Explainer):
     signed = True
     anytime = True
     units = "mean drop of the target score (probability or logit) when occluded"
+
+    @classmethod
+    def planned_passes(cls, params: OcclusionParams, side: tuple[int, int]) -> int:
+        """The prediction, then batches of occluded images: every window (``exhaustive``), or
+        the coarse grid and then the ``refine`` share of the other windows (``coarse_to_fine``),
+        each batched apart."""
+        starts = [window_starts(size, min(params.window, size), params.stride) for size in side]
+        windows = len(starts[0]) * len(starts[1])
+        batch = params.batch_size
+        if params.strategy == "exhaustive":
+            return 1 + math.ceil(windows / batch)
+        coarse = len(coarse_indices(len(starts[0]))) * len(coarse_indices(len(starts[1])))
+        refined = math.ceil(params.refine * (windows - coarse))
+        return 1 + math.ceil(coarse / batch) + math.ceil(refined / batch)
 
     def _attribute(
         self, x: np.ndarray, target: int, params: OcclusionParams, logits: np.ndarray

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from service.common.cancellation import Cancellation
 from service.common.softmax import softmax
-from service.explain.base import Forward
+from service.explain.base import Forward, MethodParams
 
 Baseline = Literal["zero", "mean", "blur"]
 BASELINE_HELP = (
@@ -24,6 +24,21 @@ SCORE_HELP = (
     "the target's score that perturbations change: its softmax probability (bounded, but flat "
     "where the model is very sure) or its logit"
 )
+
+
+class PerturbationParams(MethodParams):
+    """Base of the parameters of the methods that score perturbed copies of the input on the
+    forward function (occlusion, LIME, RISE): each has a ``baseline`` (what removed pixels
+    show), a ``score`` (what the perturbations change) and a ``batch_size`` (copies per pass).
+
+    Each method declares those three fields itself, in its own words and after its own
+    parameters (pydantic lists a base's fields first, and the API lists them in that order);
+    they are named here so that code shared by the three can rely on them."""
+
+    if TYPE_CHECKING:
+        baseline: Baseline
+        score: Score
+        batch_size: int
 
 
 def baseline_image(x: np.ndarray, kind: Baseline) -> np.ndarray:

@@ -19,11 +19,12 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field
 
-from service.explain.base import Explainer, MethodParams
+from service.explain.base import Explainer, sampled_passes
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
+    PerturbationParams,
     Score,
     baseline_image,
     batch_bounds,
@@ -31,7 +32,7 @@ from service.explain.perturb import (
 )
 
 
-class RiseParams(MethodParams):
+class RiseParams(PerturbationParams):
     num_masks: int = Field(256, ge=16, le=4000, description="random masks scored")
     grid: int = Field(8, ge=2, le=32, description="cells per side of a mask before upsampling")
     keep: float = Field(0.5, ge=0.05, le=0.95, description="probability that a cell is shown")
@@ -56,6 +57,10 @@ class Rise(Explainer):
     signed = True
     anytime = True
     units = "mean target score (probability or logit) of masks showing the pixel minus that of all"
+
+    @classmethod
+    def planned_passes(cls, params: RiseParams, side: tuple[int, int]) -> int:
+        return sampled_passes(params.num_masks, params.batch_size)
 
     def _attribute(
         self, x: np.ndarray, target: int, params: RiseParams, logits: np.ndarray

@@ -10,7 +10,7 @@ from captum.attr import NoiseTunnel, Saliency
 from pydantic import Field
 
 from service.common.twin import input_gradients
-from service.explain.base import Explainer, MethodParams
+from service.explain.base import Explainer, MethodParams, sampled_passes
 from service.explain.twin import as_batch, channel_max_abs
 
 
@@ -42,6 +42,10 @@ class SmoothGrad(Explainer):
     units = "mean |d target logit / d input value| over noisy copies, largest over channels"
     needs_twin = True
     anytime = True
+
+    @classmethod
+    def planned_passes(cls, params: SmoothGradParams, side: tuple[int, int]) -> int:
+        return sampled_passes(params.samples, params.batch_size)
 
     def _attribute(
         self, x: np.ndarray, target: int, params: SmoothGradParams, logits: np.ndarray

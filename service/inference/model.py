@@ -33,6 +33,7 @@ from service.bundle.format import (
 from service.bundle.open_set import OpenSetRule, open_set_rule
 from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
+from service.faces.choice import FaceChoice
 from service.faces.finder import FaceFinder
 from service.inference.engine import BatchObserver, BatchStats, Engine, create_session
 from service.settings import Settings
@@ -74,6 +75,15 @@ class Classification:
     @property
     def top(self) -> int:
         return int(np.argmax(self.probabilities))
+
+
+@dataclass(frozen=True)
+class ModelInput:
+    """The chosen face and the ``(3, H, W)`` float32 model input made from it."""
+
+    face: FaceChoice
+    x: np.ndarray
+    preprocess_ms: float
 
 
 class ServingModel:

@@ -32,7 +32,7 @@ from service.insight.grid import (
 )
 from service.insight.maximize import MaximizeParams, Objective, PixelCodec, Synthesis, synthesize
 from service.insight.patches import TopPatches
-from service.intake.images import encode_png
+from service.render.png import encode_png
 
 SYNTHESIS_CACHE_ENTRIES = 32
 SYNTHESIS_CACHE_BYTES = 8 * 1024 * 1024

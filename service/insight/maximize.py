@@ -63,6 +63,10 @@ class MaximizeParams(BaseModel):
         description="stop after this long even if steps remain (the answer says so)",
     )
 
+    def planned_passes(self) -> int:
+        """The passes a synthesis runs: the score before, one per step, the score after."""
+        return self.steps + 2
+
 
 @dataclass(frozen=True)
 class Objective:

@@ -21,9 +21,9 @@ import struct
 import time
 import zlib
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
-from fastapi import UploadFile
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import (
@@ -124,7 +124,13 @@ def sniff_format(head: bytes) -> str | None:
     return None
 
 
-async def read_upload(upload: UploadFile, max_bytes: int) -> bytes:
+class Upload(Protocol):
+    """An uploaded file being received (FastAPI's ``UploadFile``)."""
+
+    async def read(self, size: int = -1) -> bytes: ...
+
+
+async def read_upload(upload: Upload, max_bytes: int) -> bytes:
     """All bytes of ``upload``, read in chunks; 413 as soon as more than ``max_bytes`` arrive."""
     chunks: list[bytes] = []
     total = 0
@@ -265,16 +271,3 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image.convert("RGB")
-
-
-# --- Rendering ---------------------------------------------------------------------------------
-# Drawing on decoded images (heatmap colouring, overlays, PNG output) belongs here, beside the
-# intake, so that every endpoint draws on the same RGB image, in the same coordinates, that it
-# analysed.
-
-
-def encode_png(image: Image.Image) -> bytes:
-    """``image`` as PNG bytes (any mode Pillow can write as PNG: RGB, RGBA, L)."""
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()

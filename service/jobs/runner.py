@@ -7,8 +7,8 @@ on a worker thread with the job's own ``Cancellation``; a watcher waits for the 
 the store and cancels it when a ``DELETE`` asks, so the work stops at its next batch, exactly as
 when a synchronous client hangs up (the store may be in another process: the watcher is how
 the request reaches the process doing the work). Every pass the work runs moves ``progress``
-(``progress.PassCounter``). The result is rendered once, in every format the synchronous
-endpoint offers, and the store keeps only that.
+(``progress.PassCounter``). The result is rendered once, in the formats the job was asked for,
+and the store keeps only that.
 """
 
 from __future__ import annotations
@@ -16,20 +16,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
+from service.common.admission import ExplanationGate
 from service.common.cancellation import Cancellation, Cancelled
 from service.errors import INTERNAL_ERROR, ServiceError
 from service.jobs.progress import PassCounter
 from service.jobs.store import JobResult, Jobs, JobView
-
-if TYPE_CHECKING:
-    from service.state import ExplanationGate
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
@@ -44,10 +41,10 @@ Publish = Callable[[dict[str, Any]], None]
 class JobWork:
     """What a job does, both parts on a worker thread: ``compute(cancellation, publish)`` the
     expensive part (its passes go through ``cancellation.batch()``; it may ``publish`` partial
-    results); ``finish(value, compute_ms)`` renders the answer."""
+    results); ``finish(value)`` renders the answer; ``planned_passes`` is the compute's plan."""
 
     compute: Callable[[Cancellation, Publish], Any]
-    finish: Callable[[Any, float], JobResult]
+    finish: Callable[[Any], JobResult]
     planned_passes: int
 
 
@@ -107,10 +104,8 @@ class JobRunner:
         try:
             cancellation.check()
             await self.store.update(job.id, {"state": "running"})
-            started = time.perf_counter()
             value = await run_in_threadpool(work.compute, cancellation, publish)
-            compute_ms = (time.perf_counter() - started) * 1000
-            result = await run_in_threadpool(work.finish, value, compute_ms)
+            result = await run_in_threadpool(work.finish, value)
         except Cancelled as exc:
             await self._end(job, "cancelled", error=_error("cancelled", str(exc)))
         except ServiceError as exc:  # a mistake found only once the work ran

@@ -9,12 +9,12 @@ bounds the memory and time one PNG can take. Maps come here already laid onto th
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
 from PIL import Image
 
-from service.intake.images import encode_png
 from service.render.colormap import DIVERGING, SEQUENTIAL
 
 DEFAULT_OPACITY = 0.8
@@ -97,3 +97,10 @@ def blend_png(
 def as_rows(values: np.ndarray, decimals: int = JSON_DECIMALS) -> list[list[float]]:
     """A ``(H, W)`` array as JSON-friendly rows of rounded floats."""
     return np.round(np.asarray(values, dtype=np.float64), decimals).tolist()
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """``image`` as PNG bytes (any mode Pillow can write as PNG: RGB, RGBA, L)."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

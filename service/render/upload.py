@@ -11,11 +11,11 @@ import dataclasses
 from typing import Any, Literal
 
 import numpy as np
+from PIL import Image
+from pydantic import BaseModel, Field
 
-from service.api.schemas import HeatmapGrid
 from service.explain import Heatmap
 from service.faces.aligned import AlignedFace
-from service.intake.images import DecodedImage
 from service.render.png import as_rows, blend_png, render_factor, rgba_png, scaled_size
 
 # Longest side of the JSON grid: the image's own size up to this, scaled down beyond it.
@@ -27,13 +27,34 @@ NEGLIGIBLE_HEADER = "X-Heatmap-Negligible"
 Format = Literal["json", "png", "overlay"]
 
 
-def render_png(fmt: Format, image: DecodedImage, aligned: AlignedFace, heatmap: Heatmap) -> bytes:
-    """The heatmap laid back from the face crop onto the upload, as ``fmt`` (png | overlay), the
-    upload's size up to ``MAX_RENDER_PIXELS`` and scaled down to them beyond."""
-    factor = render_factor(image.rgb.size)
-    on_image = placed(heatmap.values, aligned, scaled_size(image.rgb.size, factor), factor)
+class HeatmapGrid(BaseModel):
+    """The heatmap in the coordinates of the uploaded image, 0 outside the face: row ``r``,
+    column ``c`` is image pixel ``(c * image width / width, r * image height / height)``; the
+    grid is the image's own size unless a side exceeds 256, then scaled down to fit."""
+
+    width: int
+    height: int
+    signed: bool = Field(
+        description="false: values in [0, 1], larger = more important; true: values in "
+        "[-1, 1], positive = evidence for the target class, negative = against it"
+    )
+    value_range: tuple[float, float]
+    units: str = Field(description="what values x scale measure")
+    scale: float = Field(description="the largest raw magnitude: values x scale are in units")
+    negligible: bool = Field(
+        description="true when scale is below 1e-4 (the model's numerical noise): the map "
+        "holds no evidence, and values are the raw ones (about 0), not stretched by 1 / scale"
+    )
+    values: list[list[float]] = Field(description="rows, top to bottom, 4 decimals")
+
+
+def render_png(fmt: Format, upload: Image.Image, aligned: AlignedFace, heatmap: Heatmap) -> bytes:
+    """The heatmap laid back from the face crop onto the ``upload`` (RGB), as ``fmt`` (png |
+    overlay), the upload's size up to ``MAX_RENDER_PIXELS`` and scaled down to them beyond."""
+    factor = render_factor(upload.size)
+    on_image = placed(heatmap.values, aligned, scaled_size(upload.size, factor), factor)
     if fmt == "overlay":
-        return blend_png(image.rgb, on_image, heatmap.signed)
+        return blend_png(upload, on_image, heatmap.signed)
     return rgba_png(on_image, heatmap.signed)
 
 

@@ -1,11 +1,12 @@
 """The gateway's ASGI app: routes each request to the deployment that does its work.
 
-Requests that ``routing`` sends to ``Predict`` or ``Explain`` are read here (key checked first,
-body bounded as in the single-process service) and carried to one replica of that deployment,
-whose in-process app answers them; every other request is answered by the gateway's own
-in-process app. Refusals are made by the same middleware as in the single-process service:
-a request without its key, or with a body over the limit, is handed to the gateway's own app,
-which refuses it (401, 413) before its body is read, with the same answer.
+Requests whose route runs on ``Predict`` or ``Explain`` (the placement each route of the app
+declares, read by ``routing``) are read here (key checked first, body bounded as in the
+single-process service) and carried to one replica of that deployment, whose in-process app
+answers them; every other request is answered by the gateway's own in-process app. Refusals
+are made by the same middleware as in the single-process service: a request without its key,
+or with a body over the limit, is handed to the gateway's own app, which refuses it (401, 413)
+before its body is read, with the same answer.
 
 What only exists here: Ray's refusals become the service's JSON errors (a full queue: 503
 ``overloaded``; a replica that died or is unavailable: 503 ``not_ready``; both with
@@ -34,7 +35,7 @@ from service.http.errors import error_response
 from service.observability.metrics import ServiceMetrics
 from service.scaleout.forward import ForwardedRequest, ForwardedResponse, run_asgi
 from service.scaleout.metrics_merge import merge_expositions
-from service.scaleout.routing import DEPLOYMENTS, deployment_for, route_template
+from service.scaleout.routing import DEPLOYMENTS, Routing
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -77,6 +78,7 @@ class Gateway:
         gateway hears of it): no answer, the client is gone. Any other failure of a call (a
         replica that died, none available) is 503 ``not_ready``."""
         self.local = local
+        self.routing = Routing(local.routes)
         self.settings = settings
         self.dispatch = dispatch
         self.expositions = expositions
@@ -97,7 +99,7 @@ class Gateway:
         if method in ("GET", "HEAD") and path == "/metrics":
             await self._metrics(scope, receive, send)
             return
-        deployment = deployment_for(method, path)
+        deployment = self.routing.deployment_for(method, path)
         if deployment is None or self._refused_by_local(scope):
             await self.local(scope, receive, send)
             return
@@ -113,7 +115,7 @@ class Gateway:
         if response is None:
             return  # the client left: the replica's app counts it (499) if it had started
         if response.header(SERVED_BY_HEADER) is None:  # the gateway's own answer: count it
-            labels = (route_template(path), method, str(response.status))
+            labels = (self.routing.route_template(path, method), method, str(response.status))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
         for message in response.messages():

@@ -86,7 +86,7 @@ export class ExplanationPanel {
   /** The same map as a job: progress and the refining map on the way, then its PNG result. */
   async #runJob(params, signal) {
     const path = `/jobs/${encodeURIComponent(this.method.name)}`;
-    const job = await postImage(path, this.photo.file, { params, signal });
+    const job = await postImage(path, this.photo.file, { params: { ...params, format: "png" }, signal });
     this.job = job.id;
     this.element.dataset.job = job.id;
     this.progress.value = 0;

@@ -79,7 +79,7 @@ def held_jobs(client: TestClient) -> int:
 def test_every_method_as_a_job_answers_as_the_synchronous_call(
     jobs: TestClient, face_bytes: bytes, method: str
 ) -> None:
-    started = start(jobs, method, SMALL[method], face_bytes)
+    started = start(jobs, method, f"format=overlay&{SMALL[method]}", face_bytes)
     assert started.status_code == 202, started.text
     body = started.json()
     assert started.headers["location"] == f"/jobs/{body['id']}"
@@ -105,6 +105,11 @@ def test_every_method_as_a_job_answers_as_the_synchronous_call(
     )
     assert png.headers["content-type"] == "image/png"
     assert png.content == sync_png.content
+    # the job rendered what it was asked for, and nothing else
+    not_asked = jobs.get(f"/jobs/{body['id']}/result?format=png")
+    assert not_asked.status_code == 409
+    assert not_asked.json()["error"]["code"] == "job_not_done"
+    assert "overlay" in not_asked.json()["error"]["message"]
 
 
 def test_a_synthesis_runs_as_a_job(jobs: TestClient) -> None:

@@ -45,7 +45,7 @@ def test_a_job_streams_its_progress_and_answers_as_the_single_process(
     face = face_png(celebs_root, "tom_hanks")
     results = {}
     for host, service in {"single": single_service, "ray": ray_service}.items():
-        started = _start(service.url, face, "num_samples=384&seed=7")
+        started = _start(service.url, face, "num_samples=384&seed=7&format=overlay")
         assert started.status_code == 202, (host, started.text)
         job_id = started.json()["id"]
         assert started.headers["location"] == f"/jobs/{job_id}"

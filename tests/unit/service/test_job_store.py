@@ -8,7 +8,10 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from service.errors import JobNotDone, TooManyJobs, UnknownJob
-from service.jobs.progress import PassCounter, planned_passes
+from service.explain import EXPLAINERS
+from service.explain.base import MethodCall
+from service.insight.maximize import MaximizeParams
+from service.jobs.progress import PassCounter
 from service.jobs.store import ANONYMOUS, JobResult, JobStore, owner_of
 
 
@@ -117,15 +120,22 @@ def test_owners_are_digests_of_the_key() -> None:
     assert "key-a" not in owner_of("key-a") and len(owner_of("key-a")) == 64
 
 
+def planned(method: str, params: dict, side: tuple[int, int]) -> int:
+    return MethodCall.of(EXPLAINERS[method], params).planned_passes(side)
+
+
 def test_planned_passes_follow_the_parameters() -> None:
-    assert planned_passes("lime", {"num_samples": 256}, (150, 150)) == 1 + 8
-    assert planned_passes("rise", {"num_masks": 100}, (150, 150)) == 1 + 4
+    assert planned("lime", {"num_samples": 256}, (150, 150)) == 1 + 8
+    assert planned("rise", {"num_masks": 100}, (150, 150)) == 1 + 4
+    assert planned("smoothgrad", {"samples": 16, "batch_size": 5}, (150, 150)) == 1 + 4
+    assert planned("integrated_gradients", {"steps": 32}, (150, 150)) == 1 + 2
+    assert planned("gradient", {}, (150, 150)) == planned("gradcam", {}, (150, 150)) == 2
     # occlusion 24/12 on 150 px: 12 x 12 windows, 32 a batch; coarse to fine: 7 x 7 coarse
     # windows, then 0.3 of the other 95
     exhaustive = {"window": 24, "stride": 12, "strategy": "exhaustive"}
-    assert planned_passes("occlusion", exhaustive, (150, 150)) == 1 + 5
-    assert planned_passes("occlusion", {"window": 24, "stride": 12}, (150, 150)) == 1 + 2 + 1
-    assert planned_passes("maximize", {"steps": 30}, (0, 0)) == 32
+    assert planned("occlusion", exhaustive, (150, 150)) == 1 + 5
+    assert planned("occlusion", {"window": 24, "stride": 12}, (150, 150)) == 1 + 2 + 1
+    assert MaximizeParams(steps=30).planned_passes() == 32
     counter = PassCounter(2)
     assert [counter.count() for _ in range(3)] == [0.5, 0.99, 0.99]
 

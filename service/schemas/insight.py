@@ -6,10 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from service.api.schemas import FaceBox
 from service.insight.architecture import AxisField
 from service.insight.grid import GAP, GridLayout
 from service.insight.patches import Patch
+from service.schemas.common import FaceBox
 
 
 class GridInfo(BaseModel):
