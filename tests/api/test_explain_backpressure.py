@@ -8,11 +8,24 @@ import time
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.inference.engine import Engine
 
 from .conftest import API_KEY
 
 
-def test_full_explanation_queue_is_503_and_predict_stays_fast(make_settings, face_bytes):
+def test_full_explanation_queue_is_503_and_predict_stays_fast(
+    make_settings, face_bytes, monkeypatch
+):
+    # The slow explanation's forward passes wait, on its worker thread, until the test has made
+    # its checks: it is still running then, however fast the CPU (/predict does not go this way).
+    release = threading.Event()
+    run_on_inference_thread = Engine.run_on_inference_thread
+
+    def held(engine, *args, **kwargs):
+        assert release.wait(120), "the test never released the explanation"
+        return run_on_inference_thread(engine, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "run_on_inference_thread", held)
     app = create_app(make_settings(max_explanations=1, explanation_queue=0))
     files = lambda: {"file": ("face.png", face_bytes, "image/png")}  # noqa: E731
     with TestClient(app, headers={"X-API-Key": API_KEY}) as client:
@@ -35,6 +48,7 @@ def test_full_explanation_queue_is_503_and_predict_stays_fast(make_settings, fac
         predicted = client.post("/predict", files=files())
         predict_seconds = time.perf_counter() - started
         busy_meanwhile = worker.is_alive()
+        release.set()
         worker.join(timeout=120)
 
         assert refused.status_code == 503
