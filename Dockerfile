@@ -21,7 +21,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CELEBXAI_MODEL=/app/models/celebs8 \
     OMP_WAIT_POLICY=PASSIVE
 # No MALLOC_* variables: the service sets its own malloc policy at start-up (service/inference/allocator.py;
-# README, "Memory"), so the image runs exactly what `python -m service` runs anywhere.
+# docs/operations.md, "Memory"), so the image runs exactly what `python -m service` runs anywhere.
 
 WORKDIR /app
 RUN useradd --create-home --uid 10001 celebxai

@@ -9,9 +9,9 @@ a target fraction (default 5 %) of the validation faces, and within that makes t
 calibration errors (``THRESHOLD_RULE``); the same figures are then reported on the test split and
 the held-out identities.
 
-The study (``python -m training open-set-study``, the README's table) adds the candidates that
-were compared and not shipped (energy, class centroids, k nearest training faces, the frozen
-backbone's embedding, test-time mirroring) and which strangers the threshold lets in
+The study (``python -m training open-set-study``, its table in docs/training.md) adds the
+candidates that were compared and not shipped (energy, class centroids, k nearest training faces,
+the frozen backbone's embedding, test-time mirroring) and which strangers the threshold lets in
 (``acceptances``).
 """
 

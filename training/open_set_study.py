@@ -1,5 +1,5 @@
 """``python -m training open-set-study``: which "none of the classes" score separates the classes
-from strangers best? Prints the comparison table (README) and writes it as JSON.
+from strangers best? Prints the comparison table (docs/training.md) and writes it as JSON.
 
 Protocol (the one ``open_set.calibrate`` ships with): fusion weights and thresholds come from the
 calibration side only (validation split + half of the strangers' identities); the figures that

@@ -1,4 +1,5 @@
-"""The README's first commands and tables stay true to the code and to .ci/run."""
+"""The README's first commands stay true to .ci/run, and the configuration table of
+docs/operations.md to the settings class."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from service.settings import ENV_PREFIX, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
+OPERATIONS = (ROOT / "docs" / "operations.md").read_text(encoding="utf-8")
 SERVE = "python3 -m venv .venv && . .venv/bin/activate && pip install -e . && python -m service"
 TEST = (
     "python3 -m venv .venv && . .venv/bin/activate && pip install -e '.[dev]' "
@@ -25,6 +27,10 @@ def test_readme_starts_with_the_serve_and_test_commands():
     assert _code_blocks()[:2] == [SERVE, TEST]
 
 
+def test_readme_names_the_fast_tier_next_to_the_test_command():
+    assert 'pytest -m "not slow"' in README.split(TEST, 1)[1].split("```bash", 1)[0]
+
+
 def test_ci_runs_the_readme_test_command():
     ci = (ROOT / ".ci" / "run").read_text()
 
@@ -33,6 +39,6 @@ def test_ci_runs_the_readme_test_command():
 
 
 def test_configuration_table_lists_every_setting():
-    documented = set(re.findall(rf"^\| `{ENV_PREFIX}([A-Z_]+)` \|", README, re.M))
+    documented = set(re.findall(rf"^\| `{ENV_PREFIX}([A-Z_]+)` \|", OPERATIONS, re.M))
 
     assert documented == {name.upper() for name in Settings.model_fields}

@@ -5,13 +5,13 @@ from pathlib import Path
 
 from service.errors import all_error_codes
 
-README = Path(__file__).resolve().parents[3] / "README.md"
+API_DOCS = Path(__file__).resolve().parents[3] / "docs" / "api.md"
 
 
-def test_readme_documents_every_error_code_with_its_status():
+def test_api_docs_document_every_error_code_with_its_status():
     documented = dict(
         (code, int(status))
-        for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", README.read_text(), re.M)
+        for status, code in re.findall(r"^\| (\d{3}) \| `([a-z_]+)` \|", API_DOCS.read_text(), re.M)
     )
 
     assert documented == all_error_codes()
