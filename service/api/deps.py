@@ -3,12 +3,12 @@
 - ``SettingsDep``: this app's ``Settings``.
 - ``StateDep``: this app's ``ServiceState`` (metrics, model, readiness).
 - ``ModelDep``: the loaded ``ServingModel``; 503 ``not_ready`` until loading succeeded.
-- ``ImageDep``: the uploaded multipart ``file`` through image intake (``images.py``), within
-  the app's budget of decoded pixels (``pixel_budget.py``).
-- ``FaceDep``: the face to classify or explain in that image (``faces.py``; query parameters
-  ``detect`` and ``face``).
-- ``ModelInputDep``: that face preprocessed into the model's input (what ``/predict``
-  classifies), for the explanation and insight routers.
+- ``ImageDep``: the uploaded multipart ``file`` through image intake (``service.intake``),
+  within the app's budget of decoded pixels (``intake/pixel_budget.py``).
+- ``FaceDep``: the face to classify or explain in that image (``service.faces``; query
+  parameters ``detect`` and ``face``).
+- ``ModelInputDep``: that face preprocessed into the model's input (``ServingModel.
+  model_input``): what ``/predict`` classifies and the explanation and insight routers explain.
 - ``ExplanationCacheDep``: the app's explanation result cache.
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
   ``explanation_slot`` too on routers whose work is expensive (explanations).
@@ -215,9 +215,7 @@ FaceDep = Annotated[FaceChoice, Depends(face_choice)]
 
 
 async def model_input(model: ModelDep, face: FaceDep) -> ModelInput:
-    started = time.perf_counter()
-    x = await run_in_threadpool(model.preprocess, face.aligned.crop)
-    return ModelInput(face, x, (time.perf_counter() - started) * 1000)
+    return await model.model_input(face)
 
 
 ModelInputDep = Annotated[ModelInput, Depends(model_input)]

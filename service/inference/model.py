@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 from starlette.concurrency import run_in_threadpool
 
 from service.bundle.format import (
@@ -111,18 +110,24 @@ class ServingModel:
         self.faces = faces
         self.open_set = open_set
 
-    async def classify(self, crop: Image.Image) -> Classification:
-        """Class probabilities for ``crop`` (RGB, e.g. an aligned face), through the batcher."""
+    async def model_input(self, face: FaceChoice) -> ModelInput:
+        """The one way from a chosen face to the model's input (what ``/predict`` classifies
+        and every explanation explains): its crop preprocessed, inline when it is small, on a
+        worker thread when it is large."""
         started = time.perf_counter()
+        crop = face.aligned.crop
         if crop.width * crop.height <= INLINE_PREPROCESS_PIXELS:
-            model_input = self.preprocess(crop)
+            x = self.preprocess(crop)
         else:
-            model_input = await run_in_threadpool(self.preprocess, crop)
-        preprocess_ms = (time.perf_counter() - started) * 1000
-        row, stats = await self.engine.submit(model_input)
+            x = await run_in_threadpool(self.preprocess, crop)
+        return ModelInput(face, x, (time.perf_counter() - started) * 1000)
+
+    async def classify(self, inputs: ModelInput) -> Classification:
+        """Class probabilities (and the open-set score) of ``inputs``, through the batcher."""
+        row, stats = await self.engine.submit(inputs.x)
         logits, embedding = self.engine.split_row(row, len(self.meta.classes))
         score = self.open_set(logits, embedding) if self.open_set else None
-        return Classification(softmax(logits), stats, preprocess_ms, score)
+        return Classification(softmax(logits), stats, inputs.preprocess_ms, score)
 
     def start(self) -> None:
         self.engine.start()
