@@ -34,7 +34,8 @@ from _common import add_bundle_args
 from PIL import Image
 from scipy.stats import spearmanr
 
-from service.bundle.format import ONNX_FILE, load_twin, read_meta
+from service.bundle.checks import load_twin
+from service.bundle.format import ONNX_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
 from service.common.twin import LogitsOnly

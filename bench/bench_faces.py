@@ -34,7 +34,8 @@ import numpy as np
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-from service.bundle.format import ONNX_FILE, load_gallery, read_meta
+from service.bundle.checks import load_gallery
+from service.bundle.format import ONNX_FILE, read_meta
 from service.bundle.framing import Framing
 from service.bundle.open_set import open_set_rule
 from service.bundle.preprocess import Preprocessor

@@ -34,7 +34,8 @@ from _common import add_bundle_args, machine_load
 from bench_explain import _mean_sem, load_faces
 from scipy.stats import spearmanr
 
-from service.bundle.format import ONNX_FILE, load_twin, read_meta
+from service.bundle.checks import load_twin
+from service.bundle.format import ONNX_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain import Lime, ModelHandle, Occlusion
 from service.explain.faithfulness import deletion_auc

@@ -20,6 +20,7 @@ import onnxruntime as ort
 import torch
 from torch import nn
 
+from service.bundle.checks import sha256_of
 from service.bundle.format import (
     DEFAULT_PARITY_TOLERANCE,
     EMBEDDING_OUTPUT,
@@ -28,7 +29,6 @@ from service.bundle.format import (
     SCHEMA_VERSION,
     TWIN_FILE,
     BundleMeta,
-    sha256_of,
 )
 from training.model import FaceClassifier, WithEmbedding
 from training.preprocess import Preprocessing

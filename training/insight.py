@@ -26,7 +26,8 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from service.bundle.format import META_FILE, TWIN_FILE, load_twin, read_meta, sha256_of
+from service.bundle.checks import load_twin, sha256_of
+from service.bundle.format import META_FILE, TWIN_FILE, read_meta
 from service.insight.architecture import ReceptiveField, receptive_fields
 from service.insight.patches import (
     INDEX_NAME,

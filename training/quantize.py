@@ -40,16 +40,14 @@ from onnxruntime.quantization.shape_inference import (  # type: ignore[import-un
 )
 from sklearn.metrics import roc_auc_score
 
+from service.bundle.checks import load_gallery, probe_batch, sha256_of
 from service.bundle.format import (
     EMBEDDING_OUTPUT,
     INT8_FILE,
     META_FILE,
     ONNX_FILE,
     BundleMeta,
-    load_gallery,
-    probe_batch,
     read_meta,
-    sha256_of,
 )
 from service.bundle.open_set import open_set_rule
 from service.bundle.preprocess import Preprocessor

@@ -18,17 +18,15 @@ from typing import Any
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from service.bundle.format import (
-    BundleError,
-    BundleMeta,
+from service.bundle.checks import (
     check_parity,
     load_gallery,
     load_twin,
     probe_batch,
-    read_meta,
     served_graph,
     verify_files,
 )
+from service.bundle.format import BundleError, BundleMeta, read_meta
 from service.bundle.open_set import OpenSetRule, open_set_rule
 from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax

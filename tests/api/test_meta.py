@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from service.bundle.format import sha256_of
+from service.bundle.checks import sha256_of
 
 
 def test_healthz(client):

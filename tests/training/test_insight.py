@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.bundle.format import read_meta, verify_files
+from service.bundle.checks import verify_files
+from service.bundle.format import read_meta
 from service.insight.patches import TopPatchIndex
 from training.__main__ import main
 

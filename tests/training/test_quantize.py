@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle.format import INT8_FILE, read_meta, served_graph, sha256_of, verify_files
+from service.bundle.checks import served_graph, sha256_of, verify_files
+from service.bundle.format import INT8_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.faces.aligned import whole_image
 from training.__main__ import get_args_parser

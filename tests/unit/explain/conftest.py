@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle.format import BundleMeta, load_twin, read_meta
+from service.bundle.checks import load_twin
+from service.bundle.format import BundleMeta, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain import ModelHandle
 from service.inference.engine import create_session

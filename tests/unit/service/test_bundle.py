@@ -6,14 +6,8 @@ import shutil
 import numpy as np
 import pytest
 
-from service.bundle.format import (
-    BundleError,
-    check_parity,
-    load_twin,
-    probe_batch,
-    read_meta,
-    verify_files,
-)
+from service.bundle.checks import check_parity, load_twin, probe_batch, verify_files
+from service.bundle.format import BundleError, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.inference.engine import create_session
 

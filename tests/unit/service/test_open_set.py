@@ -11,7 +11,8 @@ import pytest
 from PIL import Image
 
 from service.__main__ import main
-from service.bundle.format import BundleError, load_gallery, read_meta, verify_files
+from service.bundle.checks import load_gallery, verify_files
+from service.bundle.format import BundleError, read_meta
 from service.bundle.open_set import (
     MAX_SOFTMAX,
     NEAREST_FACE,

@@ -11,17 +11,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from service.bundle.format import (
-    INT8_FILE,
-    ONNX_FILE,
-    BundleError,
-    BundleMeta,
-    check_parity,
-    load_twin,
-    probe_batch,
-    read_meta,
-    served_graph,
-)
+from service.bundle.checks import check_parity, load_twin, probe_batch, served_graph
+from service.bundle.format import INT8_FILE, ONNX_FILE, BundleError, BundleMeta, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.inference.engine import create_session
 from service.inference.model import load_model
