@@ -23,7 +23,7 @@ Providers = Literal["auto", "cpu", "cuda"]
 
 
 class Settings(BaseSettings):
-    """Configuration of one service instance; see the README's Configuration table."""
+    """Configuration of one service instance; see the configuration table of docs/operations.md."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True

@@ -15,7 +15,7 @@ from service.intake.images import DecodedImage
 
 
 class ErrorDetail(BaseModel):
-    code: str = Field(description="stable machine-readable error code (README: Error codes)")
+    code: str = Field(description="stable machine-readable error code (docs/api.md: Error codes)")
     message: str = Field(description="what went wrong, for people")
 
 
