@@ -28,7 +28,8 @@ def test_strangers_photos_are_mostly_called_none_of_the_classes(
     ]
     verdicts = [post_image(path.read_bytes()).json()["open_set"] for path in photos]
 
-    # held-out strangers through the photo path: none of 160 accepted (bench_faces.py, docs/faces-and-strangers.md)
+    # held-out strangers through the photo path: none of 160 accepted (bench_faces.py,
+    # docs/faces-and-strangers.md)
     assert sum(not v["known"] for v in verdicts) >= 0.95 * len(photos)
     for v in verdicts:
         assert v["definition"] == "fused" and v["threshold"] == spec.threshold
