@@ -32,29 +32,36 @@ def modules_of(root: Path) -> dict[str, tuple[Path, bool]]:
     return found
 
 
+def imported_names(path: Path, package: str) -> set[str]:
+    """Absolute names of what the module at ``path`` imports (relative imports resolved against
+    its ``package``), anywhere in it, functions included: each module, and ``a.b`` for
+    ``from a import b``."""
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            names.add(module)
+            names.update(f"{module}.{alias.name}" for alias in node.names)
+    return names
+
+
 def import_edges(modules: dict[str, tuple[Path, bool]]) -> set[tuple[str, str]]:
-    """(importer, imported) pairs between ``modules``; ``from a import b`` counts ``a.b`` when
-    that is a module, else ``a``."""
+    """(importer, imported) pairs between ``modules``, each imported name counted as the
+    longest of ``modules`` it names."""
     edges = set()
     for name, (path, is_package) in modules.items():
         package = name if is_package else name.rpartition(".")[0]
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.Import):
-                targets = [alias.name for alias in node.names]
-            elif isinstance(node, ast.ImportFrom):
-                if node.level:
-                    base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                    module = ".".join([*base, node.module] if node.module else base)
-                else:
-                    module = node.module or ""
-                targets = [f"{module}.{alias.name}" for alias in node.names] or [module]
-            else:
-                continue
-            for target in targets:
-                while target and target not in modules:
-                    target = target.rpartition(".")[0]
-                if target and target != name:
-                    edges.add((name, target))
+        for target in imported_names(path, package):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name:
+                edges.add((name, target))
     return edges
 
 

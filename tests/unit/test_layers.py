@@ -11,11 +11,12 @@ imports the bundle contract and names every other service module it uses.
 
 from __future__ import annotations
 
-import ast
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from bench.architecture import imported_names
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVICE = ROOT / "service"
@@ -58,24 +59,11 @@ TRAINING_MAY_IMPORT = {
 
 
 def imported_modules(path: Path, package: str | None = None) -> set[str]:
-    """Absolute names of the modules ``path`` imports (relative imports resolved against its
-    ``package``, by default where it lies), with the names imported from them (``a.b`` for
-    ``from a import b``)."""
+    """What ``path`` imports, as absolute names (``bench.architecture.imported_names``), its
+    relative imports resolved against ``package`` (by default: where it lies)."""
     if package is None:
         package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
-    names: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.Import):
-            names.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")[: len(package.split(".")) - node.level + 1]
-                module = ".".join([*base, node.module] if node.module else base)
-            else:
-                module = node.module or ""
-            names.add(module)
-            names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
+    return imported_names(path, package)
 
 
 def package_of(module: str) -> str | None:
