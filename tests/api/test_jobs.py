@@ -142,19 +142,22 @@ class CarriedMaps:
     stopped waiting for before one was."""
 
     def __init__(self) -> None:
-        self.seen: set[str] = set()
+        self.seen: list[list[list[float]]] = []  # each map's values, once per change
         self.missed = 0
         self.changed = threading.Condition()
 
     def saw(self, heatmap: dict[str, Any]) -> None:
         with self.changed:
-            self.seen.add(json.dumps(heatmap["values"]))
-            self.changed.notify_all()
+            if not self.seen or heatmap["values"] != self.seen[-1]:
+                self.seen.append(heatmap["values"])
+                self.changed.notify_all()
 
     def wait_for(self, heatmap: dict[str, Any]) -> None:
-        key = json.dumps(heatmap["values"])
+        def carried() -> bool:  # the newest first: the map waited for is usually the last seen
+            return any(values == heatmap["values"] for values in reversed(self.seen))
+
         with self.changed:
-            if not self.changed.wait_for(lambda: key in self.seen, CARRY_TIMEOUT_S):
+            if not self.changed.wait_for(carried, CARRY_TIMEOUT_S):
                 self.missed += 1
 
 
