@@ -18,8 +18,8 @@ from fastapi.testclient import TestClient
 
 from service import explanations
 from service.app import create_app
-from service.common.cancellation import Cancellation
 from service.explain import EXPLAINERS
+from tests.pacing import HeldPasses
 
 KEY_A, KEY_B = "key-a", "key-b"
 MAX_JOBS, MAX_JOBS_PER_KEY = 3, 2
@@ -218,61 +218,10 @@ def test_events_report_rising_progress_and_a_refining_map_then_the_end(
         assert partial["signed"] == final["signed"] and partial["units"] == final["units"]
 
 
-HOLD_TIMEOUT_S = 120.0
-
-
-class HeldPasses:
-    """Holds the work of every job right before its forward pass number ``before_pass`` until
-    the job is cancelled (or the test ends), so that what the test sees of a running job does not
-    depend on how fast the CPU would have finished it. ``reached`` counts the works held."""
-
-    def __init__(self, before_pass: int) -> None:
-        self.before_pass = before_pass
-        self.reached = threading.Semaphore(0)
-        self.ended = threading.Event()
-        self.lock = threading.Lock()
-        self.passes: dict[int, tuple[Cancellation, int]] = {}  # keeps each token alive: ids stay
-
-    def wrap(self, batch: Any) -> Any:
-        def held_batch(cancellation: Cancellation) -> None:
-            with self.lock:
-                count = self.passes.get(id(cancellation), (cancellation, 0))[1] + 1
-                self.passes[id(cancellation)] = (cancellation, count)
-            if count == self.before_pass:
-                self.reached.release()
-                deadline = time.monotonic() + HOLD_TIMEOUT_S
-                while not (cancellation.cancelled or self.ended.is_set()):
-                    assert time.monotonic() < deadline, "a held job was never cancelled"
-                    time.sleep(0.01)
-            batch(cancellation)
-
-        return held_batch
-
-    def wait_until_reached(self) -> None:
-        assert self.reached.acquire(timeout=HOLD_TIMEOUT_S), "no job reached the held pass"
-
-
-@pytest.fixture
-def hold_jobs(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[[int], HeldPasses]]:
-    """``hold_jobs(n)``: from now on, hold every job before its n-th forward pass until it is
-    cancelled; every held job goes on when the test ends."""
-    made: list[HeldPasses] = []
-
-    def hold(before_pass: int) -> HeldPasses:
-        held = HeldPasses(before_pass)
-        monkeypatch.setattr(Cancellation, "batch", held.wrap(Cancellation.batch))
-        made.append(held)
-        return held
-
-    yield hold
-    for held in made:
-        held.ended.set()
-
-
 def test_delete_stops_the_work_within_a_batch(
-    jobs: TestClient, face_bytes: bytes, hold_jobs: Callable[[int], HeldPasses]
+    jobs: TestClient, face_bytes: bytes, hold_passes: Callable[[int], HeldPasses]
 ) -> None:
-    held = hold_jobs(3)  # two passes done, the third waits for the DELETE
+    held = hold_passes(3)  # two passes done, the third waits for the DELETE
     job_id = start(jobs, "lime", LONG_LIME.format(seed=11), face_bytes).json()["id"]
     held.wait_until_reached()
     status = wait_for(jobs, job_id, {"running"})
@@ -294,9 +243,9 @@ def test_delete_stops_the_work_within_a_batch(
 
 
 def test_limits_per_key_and_in_all_then_room_again(
-    jobs: TestClient, face_bytes: bytes, hold_jobs: Callable[[int], HeldPasses]
+    jobs: TestClient, face_bytes: bytes, hold_passes: Callable[[int], HeldPasses]
 ) -> None:
-    hold_jobs(1)  # the jobs stay unfinished until they are deleted
+    hold_passes(1)  # the jobs stay unfinished until they are deleted
     made = [start(jobs, "lime", LONG_LIME.format(seed=s), face_bytes) for s in (21, 22)]
     assert [r.status_code for r in made] == [202, 202]
     refused = start(jobs, "lime", LONG_LIME.format(seed=23), face_bytes)
@@ -375,9 +324,9 @@ def test_bad_requests_are_refused_before_any_job_is_made(
 
 
 def test_unknown_ids_and_unfinished_results(
-    jobs: TestClient, face_bytes: bytes, hold_jobs: Callable[[int], HeldPasses]
+    jobs: TestClient, face_bytes: bytes, hold_passes: Callable[[int], HeldPasses]
 ) -> None:
-    hold_jobs(1)  # the job stays unfinished until it is deleted
+    hold_passes(1)  # the job stays unfinished until it is deleted
     assert jobs.get("/jobs/no-such-job").json()["error"]["code"] == "unknown_job"
     assert jobs.get("/jobs/no-such-job/events").status_code == 404
     assert jobs.delete("/jobs/no-such-job").status_code == 404

@@ -18,6 +18,7 @@ from service.app import create_app
 from service.scaleout.forward import ForwardedRequest, run_asgi
 from service.settings import Settings
 from tests.image_bytes import face_png
+from tests.pacing import HeldPasses
 from tests.scaleout.multipart import multipart_file
 
 MAX_EXPLANATIONS = 2
@@ -87,9 +88,14 @@ def test_answers_are_the_apps(default_bundle: Path, face: bytes):
     _with_app(scenario, default_bundle)
 
 
-def test_a_cancelled_caller_stops_the_work_and_counts_499(default_bundle: Path, face: bytes):
+def test_a_cancelled_caller_stops_the_work_and_counts_499(
+    default_bundle: Path, face: bytes, hold_passes: Callable[[int], HeldPasses]
+):
     """LIME with 1000 samples runs 1 + ceil(1000 / 32) = 33 forward passes; cancelled after
-    3, at most the pass in flight and one that started meanwhile may still run."""
+    3, at most the pass in flight and one that started meanwhile may still run. The work waits
+    before its 4th pass until it is cancelled, so that the caller cancels it after 3 passes
+    however fast the CPU would have run the other 30."""
+    hold_passes(4)
 
     async def scenario(app) -> None:
         lime = _upload("/lime", face, b"detect=false&num_samples=1000&seed=0")
