@@ -3,7 +3,12 @@ a synthesised class image."""
 
 from __future__ import annotations
 
+import pytest
+
 from .test_page import enter_api_key
+
+# a live service and headless Chromium (tests/browser/conftest.py)
+pytestmark = pytest.mark.browser
 
 LOADED = (
     "id => { const img = document.getElementById(id); "

@@ -6,7 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 from PIL import Image
+
+# a live service and headless Chromium (tests/browser/conftest.py)
+pytestmark = pytest.mark.browser
 
 SETTLED = """() => {
   const panels = [...document.querySelectorAll('.panel')];

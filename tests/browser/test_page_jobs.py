@@ -4,9 +4,13 @@ and a Cancel button that stops the work on the service. Real headless Chromium, 
 from __future__ import annotations
 
 import httpx
+import pytest
 from PIL import Image
 
 from tests.browser.test_page import SETTLED, enter_api_key, show_explanations
+
+# a live service and headless Chromium (tests/browser/conftest.py)
+pytestmark = pytest.mark.browser
 
 LIME = ".panel[data-method=lime]"
 

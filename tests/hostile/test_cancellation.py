@@ -27,6 +27,9 @@ from tests.hostile.hang_up import (
 )
 from tests.image_bytes import face_png
 
+# a service process of its own (tests/hostile/conftest.py), started as users start it
+pytestmark = pytest.mark.slow
+
 MAX_EXPLANATIONS = 2  # the service's default max_explanations
 PASSES_AFTER_HANG_UP = 2 * MAX_EXPLANATIONS
 PASSES_BEFORE_HANG_UP = 3

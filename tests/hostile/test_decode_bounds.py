@@ -23,6 +23,9 @@ from service.render.png import MAX_RENDER_PIXELS
 from .conftest import ServiceProcess
 from .heavy_uploads import flat_png, latencies_while, post_at_once, rss_peak
 
+# a service process of its own (tests/hostile/conftest.py), started as users start it
+pytestmark = pytest.mark.slow
+
 SIDE = 6000
 UPLOADS = 8
 CORES = os.cpu_count() or 1

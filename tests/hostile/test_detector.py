@@ -18,6 +18,9 @@ from service.faces.finder import SEARCH_MAX_PIXELS
 from .detector_uploads import FACE, WORST_CASES
 from .scrape import metric_samples
 
+# a service process of its own (tests/hostile/conftest.py), started as users start it
+pytestmark = pytest.mark.slow
+
 # Two passes of at most SEARCH_MAX_PIXELS each; a bucket bound of the histogram.
 SEARCH_BOUND = 2 * SEARCH_MAX_PIXELS
 # A strip 16 pixels high is searched as a 1 or 2 pixel high view.

@@ -21,6 +21,9 @@ from tests.load.harness import stop_server
 from .conftest import ROOT, ServiceProcess, launch
 from .raw_http import connect, multipart, read_until_closed, request_head
 
+# two service processes of its own (with and without an API key)
+pytestmark = pytest.mark.slow
+
 KEY = "hostile-test-key"
 ANNOUNCED_BYTES = 10 * 2**20
 ANSWER_WITHIN_S = 15.0

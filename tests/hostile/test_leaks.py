@@ -22,6 +22,9 @@ from tests.load.harness import free_port, stop_server, tail
 from .conftest import READY_TIMEOUT_S, ROOT
 from .raw_http import connect, multipart, read_until_closed
 
+# a service process of its own (tests/hostile/conftest.py), started as users start it
+pytestmark = pytest.mark.slow
+
 LEAK_PATTERNS = [
     re.compile(r" at 0x[0-9a-f]+"),  # object reprs
     re.compile(r"/(?:work|home|tmp|usr|opt|root)/"),  # absolute paths

@@ -17,6 +17,9 @@ from PIL import Image
 
 from .conftest import ServiceProcess
 
+# a service process of its own (tests/hostile/conftest.py), started as users start it
+pytestmark = pytest.mark.slow
+
 FLAT_METHODS = [
     ("/saliency", {"method": "integrated_gradients", "baseline": "mean"}),
     ("/occlusion", {"baseline": "mean"}),

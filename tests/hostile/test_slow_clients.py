@@ -28,6 +28,9 @@ from .raw_http import (
     request_head,
 )
 
+# a service process, and the server's header, body and keep-alive timeouts waited out
+pytestmark = pytest.mark.slow
+
 DEFAULTS = Settings(_env_file=None)
 SLACK_S = 15.0
 CHUNK = 64 * 1024

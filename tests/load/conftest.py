@@ -7,12 +7,6 @@ import pytest
 SUMMARIES = pytest.StashKey[list[str]]()
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "load: runs the service under concurrent traffic for about two minutes"
-    )
-
-
 @pytest.fixture
 def load_summaries(pytestconfig: pytest.Config) -> list[str]:
     """Append a summary here to have it printed after the test session."""

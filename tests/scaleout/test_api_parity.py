@@ -24,6 +24,9 @@ from tests.image_bytes import encode, face_png, noise_image
 from tests.scaleout.conftest import API_KEY, MAX_UPLOAD_BYTES, RayService, Service
 from tests.scaleout.multipart import send_upload
 
+# the single-process and Ray services of the session (tests/scaleout/conftest.py)
+pytestmark = pytest.mark.ray
+
 KEY = {"X-API-Key": API_KEY}
 TIMEOUT_S = 180.0
 # Fields that measure this run, not the answer.

@@ -24,6 +24,9 @@ import pytest
 from tests.image_bytes import face_png
 from tests.scaleout.conftest import API_KEY, RayService
 
+# the single-process and Ray services of the session (tests/scaleout/conftest.py)
+pytestmark = pytest.mark.ray
+
 APP = "celebxai"
 EXPLAIN = "Explain"
 CLIENT_TIMEOUT_S = 120.0  # above the service's ray_request_timeout_s (conftest: 90 s)

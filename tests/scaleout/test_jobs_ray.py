@@ -9,12 +9,16 @@ import json
 import time
 
 import httpx
+import pytest
 
 from service.scaleout.metrics_merge import PUBLISH_EVERY_S
 from tests.hostile.hang_up import explanation_batches, wait_for
 from tests.image_bytes import face_png
 from tests.scaleout.conftest import API_KEY, RayService, Service
 from tests.scaleout.test_api_parity import _same, _stable
+
+# the single-process and Ray services of the session (tests/scaleout/conftest.py)
+pytestmark = pytest.mark.ray
 
 KEY = {"X-API-Key": API_KEY}
 TIMEOUT_S = 180.0

@@ -13,10 +13,15 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from service.scaleout.metrics_merge import PUBLISH_EVERY_S
 from tests.hostile.hang_up import explanation_batches, request_counts, wait_for
 from tests.scaleout.conftest import API_KEY, RayService
 from tests.scaleout.multipart import send_whole
+
+# the single-process and Ray services of the session (tests/scaleout/conftest.py)
+pytestmark = pytest.mark.ray
 
 MAXIMIZE = "/insight/maximize"
 SENT = 2  # the Explain replica's max ongoing requests (conftest)

@@ -22,6 +22,9 @@ from tests.image_bytes import face_png
 from tests.load.harness import free_port
 from tests.scaleout.conftest import API_KEY, Service, start_service, stop_ray_service
 
+# a simulated two-node Ray cluster and a service that joins it
+pytestmark = pytest.mark.ray
+
 EXPLANATIONS = 16
 CLIENTS = 4
 

@@ -15,6 +15,9 @@ from training.__main__ import main
 from training.export import ParityError, check_parity, onnx_logits
 from training.preprocess import Preprocessing
 
+# fits, exports and quantizes a tiny model
+pytestmark = pytest.mark.training
+
 
 def _add_to_last_initializer(source, target, delta: float) -> None:
     """Write ``source`` ONNX to ``target`` with ``delta`` added to its last weight (a head one)."""

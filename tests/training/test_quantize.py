@@ -39,6 +39,7 @@ def quantized(default_bundle: Path, data_root: Path, tmp_path_factory) -> tuple[
     return bundle, block
 
 
+@pytest.mark.training  # the quantized bundle of the module (~10 s)
 def test_the_int8_file_is_listed_with_its_sha256_and_the_bundle_checks(quantized):
     bundle, block = quantized
 
@@ -54,6 +55,7 @@ def test_the_int8_file_is_listed_with_its_sha256_and_the_bundle_checks(quantized
     assert block["calibration"] == {"split": "train", "images": 128, "seed": 0}
 
 
+@pytest.mark.training  # the quantized bundle of the module (~10 s)
 def test_the_gates_are_measured_and_recorded(quantized):
     bundle, block = quantized
     gates = block["gates"]
@@ -76,6 +78,7 @@ def test_the_gates_are_measured_and_recorded(quantized):
     assert "label agreement" in summary(block)
 
 
+@pytest.mark.training  # the quantized bundle of the module (~10 s)
 def test_int8_labels_agree_with_fp32_on_service_preprocessed_test_crops(quantized, data_root):
     bundle, _ = quantized
     meta = read_meta(bundle)

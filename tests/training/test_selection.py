@@ -58,6 +58,7 @@ def test_the_folded_probe_gives_the_logistic_regressions_logits(celebs_root):
     )
 
 
+@pytest.mark.training  # fits a tiny model and exports it
 def test_fit_exports_the_baseline_when_asked_and_it_serves(celebs_root, tmp_path, caplog):
     out = tmp_path / "bundle"
     caplog.set_level(logging.INFO, logger="training")

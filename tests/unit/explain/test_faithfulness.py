@@ -29,6 +29,7 @@ def test_a_perfect_map_beats_its_reverse_on_a_known_model():
         assert better(good, bad), auc.__name__
 
 
+@pytest.mark.slow  # ~30 s: every method's map, then deletion curves, on the test faces
 def test_every_method_deletes_faster_than_a_random_map(handle: ModelHandle, test_faces):
     rng = np.random.default_rng(0)
     scores: dict[str, list[float]] = {name: [] for name in [*EXPLAINERS, "random"]}

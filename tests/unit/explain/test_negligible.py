@@ -55,7 +55,14 @@ def test_flat_image_against_its_own_mean_is_negligible(
     assert np.abs(heatmap.values).max() < NEGLIGIBLE_SCALE  # not stretched to [-1, 1]
 
 
-@pytest.mark.parametrize("method", list(EXPLAINERS))
+# LIME and RISE at their defaults cost ~10 s each on 4 faces: those two are slow
+SLOW_ON_FACES = ("lime", "rise")
+
+
+@pytest.mark.parametrize(
+    "method",
+    [pytest.param(m, marks=pytest.mark.slow) if m in SLOW_ON_FACES else m for m in EXPLAINERS],
+)
 def test_real_faces_are_not_negligible(
     handle: ModelHandle, test_faces: list[tuple[np.ndarray, int, Image.Image]], method: str
 ):

@@ -70,6 +70,7 @@ def churn_growth_mib(policy: str, celebs_root: Path) -> float:
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="the policy is glibc's mallopt")
+@pytest.mark.slow  # ~30 s: two interpreters churn through 192 photos each, RSS measured
 def test_freed_request_memory_goes_back_to_the_system(celebs_root: Path):
     defaults = churn_growth_mib("defaults", celebs_root)
     policy = churn_growth_mib("policy", celebs_root)

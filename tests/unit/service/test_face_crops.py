@@ -82,6 +82,7 @@ def _source(finder: FaceFinder, image: Image.Image) -> str:
         return "no_face"
 
 
+@pytest.mark.slow  # ~10 s: 520 photos through the face search
 @pytest.mark.parametrize(("folder", "sample"), [("celebs8", 400), ("others", 120)])
 def test_face_crops_are_classified(finder, data_root, folder, sample):
     """A seeded sample (all of them: ~35 s unloaded, minutes on a shared machine; the crops that
@@ -94,6 +95,7 @@ def test_face_crops_are_classified(finder, data_root, folder, sample):
     assert "detector" in sources.values()
 
 
+@pytest.mark.slow  # ~14 s: a second look (three CNN views) at each of 31 crops
 def test_crops_the_hog_detector_misses_are_taken_as_face_crops(finder, data_root):
     for relative in HOG_MISSES:
         image = Image.open(data_root / relative).convert("RGB")
@@ -108,6 +110,7 @@ def test_crops_the_hog_detector_misses_are_taken_as_face_crops(finder, data_root
         )
 
 
+@pytest.mark.slow  # ~2 min: 2 s each, most of it the second look at a crop-shaped image
 @pytest.mark.parametrize(("name", "make"), list(nonface_images().items()))
 def test_no_face_in_a_non_face_image(finder, name, make):
     assert _source(finder, make()) == "no_face", name
