@@ -4,6 +4,9 @@ browser tests.
 Chromium is Debian's ``chromium`` package (``apt-get install -y chromium``), driven through
 Playwright's Python package; Playwright's own browser downloads are never used. Where it is
 missing the tests skip with the reason; in CI (``CI`` set) they fail instead.
+
+The service is ``python -m service``'s main run by ``paced_service.py``, which paces a job's
+partial maps so that what the page shows of a running job holds on a CPU of any speed.
 """
 
 from __future__ import annotations
@@ -69,12 +72,15 @@ class LiveService:
 def live_service(
     default_bundle: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveService]:
-    """``python -m service`` on the default bundle with an API key, once it is ready."""
+    """``python -m service`` on the default bundle with an API key, once it is ready; run as
+    ``paced_service`` (its main, with a job's partial maps paced: a job shows a map per batch,
+    at least an event interval apart, on a CPU of any speed), with events every 0.1 s."""
     port = free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"
     command = [
-        sys.executable, "-m", "service", "--model", str(default_bundle), "--host", "127.0.0.1",
-        "--port", str(port), "--threads", "2", "--api-key", API_KEY, "--log-level", "warning",
+        sys.executable, "-m", "tests.browser.paced_service", "--model", str(default_bundle),
+        "--host", "127.0.0.1", "--port", str(port), "--threads", "2", "--api-key", API_KEY,
+        "--log-level", "warning", "--job-event-interval-s", "0.1",
     ]  # fmt: skip
     env = {name: value for name, value in os.environ.items() if not name.startswith("CELEBXAI_")}
     with log.open("wb") as sink:
