@@ -75,9 +75,12 @@ def explanation_batches(url: str) -> int:
     raise LookupError(f"{EXPLANATION_BATCHES}_total not in /metrics")
 
 
-def wait_for(condition: Callable[[], bool], timeout_s: float, what: str) -> None:
+def wait_for(
+    condition: Callable[[], bool], timeout_s: float, what: str, every_s: float = 0.2
+) -> None:
+    """Until ``condition()``, asked every ``every_s``; ``TimeoutError`` after ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while not condition():
         if time.monotonic() > deadline:
             raise TimeoutError(f"not within {timeout_s:.0f} s: {what}")
-        time.sleep(0.2)
+        time.sleep(every_s)

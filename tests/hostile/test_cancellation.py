@@ -10,7 +10,10 @@ request had in flight, and one more that may have started between the reading an
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import time
 import urllib.request
 import uuid
 from pathlib import Path
@@ -31,6 +34,7 @@ from tests.image_bytes import face_png
 pytestmark = pytest.mark.slow
 
 MAX_EXPLANATIONS = 2  # the service's default max_explanations
+ADMITTED = 10  # the default max_explanations (2) and explanation_queue (8)
 PASSES_AFTER_HANG_UP = 2 * MAX_EXPLANATIONS
 PASSES_BEFORE_HANG_UP = 3
 SETTLE_TIMEOUT_S = 60.0
@@ -43,16 +47,34 @@ def face(celebs_root: Path) -> bytes:
 
 def _hang_up_once_running(service: ServiceProcess, sockets: list, start: int) -> int:
     """Wait until the work has run a few passes since ``start``, read the pass counter, then
-    close every socket; returns the counter read."""
+    close every socket; returns the counter read. The counter is read every 20 ms: the work
+    must not run to its end while the test looks away."""
     wait_for(
         lambda: explanation_batches(service.url) >= start + PASSES_BEFORE_HANG_UP,
         SETTLE_TIMEOUT_S,
         f"{PASSES_BEFORE_HANG_UP} forward passes",
+        every_s=0.02,
     )
     before = explanation_batches(service.url)
     for sock in sockets:
         sock.close()
     return before
+
+
+def _refused(service: ServiceProcess, sockets: list[socket.socket], expected: int) -> int:
+    """How many of ``sockets`` were answered 503, read once ``/metrics`` counts ``expected``
+    /lime 503s (or ``SETTLE_TIMEOUT_S`` passed): one short look at every socket, not a wait on
+    each for an answer that the admitted ones never give (which left their work seconds to run
+    to its end before the hang-up)."""
+    with contextlib.suppress(TimeoutError):
+        wait_for(
+            lambda: request_counts(service.url, "/lime")["503"] >= expected,
+            SETTLE_TIMEOUT_S,
+            f"{expected} /lime requests refused",
+            every_s=0.02,
+        )
+    time.sleep(0.05)  # the last 503 counted is on its way through loopback
+    return sum(status_of(sock) == 503 for sock in sockets)
 
 
 def _predict(service: ServiceProcess, face: bytes) -> dict:
@@ -86,14 +108,14 @@ def test_abandoned_lime_requests_stop_and_count_as_499(
             service.url,
             "POST",
             "/lime",
-            {"num_samples": 1000, "seed": seed, "detect": "false"},
+            {"num_samples": 2000, "seed": seed, "detect": "false"},
             ("face.png", face),
         )
         for seed in range(sent)
     ]
     # /predict keeps answering while explanations run
     assert _predict(service, face)["label"] == "tom_hanks"
-    refused = sum(status_of(sock, timeout_s=0.2) == 503 for sock in sockets)
+    refused = _refused(service, sockets, sent - ADMITTED)
 
     before = _hang_up_once_running(service, sockets, start)
 
@@ -105,8 +127,9 @@ def test_abandoned_lime_requests_stop_and_count_as_499(
     counts = request_counts(service.url, "/lime")
     after = explanation_batches(service.url)
     assert counts == {"499": sent - refused, "503": refused}
-    assert refused == sent - 10  # 2 running + 8 waiting admitted; the queue holds no more
-    # A whole run is 1 + ceil(1000 / 32) = 33 passes each; the 10 admitted would run 330.
+    assert refused == sent - ADMITTED  # 2 running + 8 waiting; the queue holds no more
+    # A whole run is 1 + ceil(2000 / 32) = 64 passes each (the largest LIME: the most room for
+    # the hang-up to come before any ends); the 10 admitted would run 640.
     assert after - before <= PASSES_AFTER_HANG_UP
     assert _predict(service, face)["label"] == "tom_hanks"
 
