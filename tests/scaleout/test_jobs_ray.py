@@ -69,10 +69,11 @@ def test_delete_in_ray_mode_stops_the_replica_within_a_batch(ray_service: RaySer
     url = ray_service.url
     face = face_png(celebs_root, "keanu_reeves")
     job_id = _start(url, face, "num_samples=2000&seed=9").json()["id"]
-    wait_for(
+    wait_for(  # asked every 20 ms: deleted as soon as it runs, long before half of it is done
         lambda: httpx.get(f"{url}/jobs/{job_id}", headers=KEY).json()["progress"] > 0,
         TIMEOUT_S,
         "the job running",
+        every_s=0.02,
     )
     deleted = httpx.delete(f"{url}/jobs/{job_id}", headers=KEY)
     assert deleted.status_code == 200
