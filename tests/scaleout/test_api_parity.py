@@ -216,7 +216,9 @@ def test_full_explanation_queue_is_503_overloaded_with_retry_after(
 ):
     """2 explanations at once and 2 waiting on both hosts: of 10 slow LIME requests sent at
     once, some are refused at once with 503 ``overloaded`` and ``Retry-After``. Then every
-    client hangs up, which stops the work."""
+    client hangs up, which stops the work. An admitted request that ends within the 5 s the
+    clients wait (a CPU fast enough runs a 1000-sample LIME in less) is a 200, not a refusal:
+    every other early answer must be the 503."""
     _, face, _ = uploads[FACE]
     for host, service in hosts.items():
         sockets = [
@@ -233,7 +235,7 @@ def test_full_explanation_queue_is_503_overloaded_with_retry_after(
             answers = list(pool.map(_early_answer, sockets))
         for sock in sockets:
             sock.close()
-        refused = [a for a in answers if a is not None]
+        refused = [a for a in answers if a is not None and a[0] != 200]
         assert refused, f"{host}: no request was refused"
         for status, headers, body in refused:
             assert status == 503, (host, status, body)
