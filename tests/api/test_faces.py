@@ -217,7 +217,7 @@ def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_siz
 
 # Through HTTP, a sample of tests/nonface_images.py (each costs the detector's second look, about
 # 2-3 s of CPU here): the rocket and coins, a cat, text, a texture, at a face crop's size
-# and their own. tests/unit/service/test_face_crops.py takes all of them, as they are.
+# and their own. tests/unit/faces/test_face_crops.py takes all of them, as they are.
 HTTP_NONFACE_SAMPLE = (
     "rocket",
     "rocket@112",
@@ -240,7 +240,7 @@ def test_a_non_face_image_is_a_422_no_face(post_image, name):
     assert response.json()["error"]["code"] == "no_face"
 
 
-# Tight crops in which the HOG detector finds no face (see tests/unit/service/test_face_crops.py).
+# Tight crops in which the HOG detector finds no face (see tests/unit/faces/test_face_crops.py).
 FACE_CROPS = ("tom_hanks/10000.png", "halle_berry/2192.png")
 
 

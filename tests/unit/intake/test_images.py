@@ -22,12 +22,12 @@ from service.intake.images import (
     ImageLimits,
     decode_image,
     decode_pixels,
-    encode_png,
     read_header,
     read_upload,
     sniff_format,
     to_rgb,
 )
+from service.render.png import encode_png
 
 LIMITS = ImageLimits(max_upload_bytes=2_000_000, max_image_pixels=4_000_000, min_image_side=16)
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from service.errors import all_error_codes
 
-API_DOCS = Path(__file__).resolve().parents[3] / "docs" / "api.md"
+API_DOCS = Path(__file__).resolve().parents[2] / "docs" / "api.md"
 
 
 def test_api_docs_document_every_error_code_with_its_status():
