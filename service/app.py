@@ -131,7 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
-        docs_url=None,  # served offline by routes.docs
+        docs_url=None,  # served offline by api.docs
         redoc_url=None,
         generate_unique_id_function=lambda route: route.name,  # operationId = function name
     )

@@ -7,8 +7,9 @@ Every method is an ``Explainer`` (``base.py``) with one call shape, like captum'
 
 ``x`` is one ``(3, H, W)`` float32 model input; ``target`` defaults to the predicted class; the
 keyword arguments are the method's ``Params`` (defaults and bounds as data). The result is a
-``Heatmap`` in model-input coordinates; ``render`` draws it over the uploaded image, and
-``service.common.lru.LruCache`` keeps recent results. Adding a method: one module, one line below.
+``Heatmap`` in model-input coordinates; ``service.render`` draws it over the uploaded image, and
+the explanation use case (``service.explanations``) keeps recent results in the app's cache.
+Adding a method: one module, one line below (docs/architecture.md, "Where to add").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Unsigned maps (``[0, 1]``) use a sequential colormap (inferno), signed maps (``[-1, 1]``) a
 diverging one (red = evidence for the target, blue = against, white = neither). The tables are
 interpolated from anchor colours taken from matplotlib's ``inferno`` and ``RdBu_r`` at 17 even
-steps, so the service needs no plotting library. Heatmaps (``explain.render``) and activation
+steps, so the service needs no plotting library. Heatmaps (``render.png``) and activation
 grids (``insight.grid``) share them, so one colour means the same everywhere.
 """
 
