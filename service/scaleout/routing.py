@@ -97,17 +97,10 @@ class Routing:
             return None
         return route.placement
 
-    def route_template(self, path: str, method: str | None = None) -> str:
-        """The route template of a path that ``deployment_for`` sends to a deployment, as the
-        app's metrics label it (for the answers the gateway makes itself): that of the route
-        that takes ``method`` there, or without one, of the first such route that takes any."""
-        route: PlacedRoute | None = None
-        if method is not None:
-            route = self._route(method, path)
-        else:
-            heavy = [r for r in self.routes if r.placement in DEPLOYMENTS]
-            matching = (r for p in _with_slash_dropped(path) for r in heavy if r.regex.match(p))
-            route = next(matching, None)
+    def route_template(self, path: str, method: str) -> str:
+        """The route template of a request that ``deployment_for`` sends to a deployment, as
+        the app's metrics label it (for the answers the gateway makes itself)."""
+        route = self._route(method, path)
         return (path.rstrip("/") or "/") if route is None else route.path
 
     def _route(self, method: str, path: str) -> PlacedRoute | None:

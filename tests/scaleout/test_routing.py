@@ -108,19 +108,19 @@ def test_every_documented_operation_has_a_host():
 
 
 @pytest.mark.parametrize(
-    ("path", "template"),
+    ("method", "path", "template"),
     [
-        ("/predict", "/predict"),
-        ("/explain/gradcam", "/explain/{method}"),
-        ("/explain/nope/", "/explain/{method}"),
-        ("/lime/", "/lime"),
-        ("/insight/maximize", "/insight/maximize"),
-        ("/jobs/lime", "/jobs/{method}"),
-        ("/jobs/maximize", "/jobs/maximize"),
+        ("POST", "/predict", "/predict"),
+        ("POST", "/explain/gradcam", "/explain/{method}"),
+        ("POST", "/explain/nope/", "/explain/{method}"),
+        ("POST", "/lime/", "/lime"),
+        ("GET", "/insight/maximize", "/insight/maximize"),
+        ("POST", "/jobs/lime", "/jobs/{method}"),
+        ("POST", "/jobs/maximize", "/jobs/maximize"),
     ],
 )
-def test_route_template(path: str, template: str):
-    assert route_template(path) == template
+def test_route_template(method: str, path: str, template: str):
+    assert route_template(path, method) == template
 
 
 def placements(app: FastAPI) -> dict[tuple[str, str], str]:
