@@ -91,6 +91,14 @@ class MaximizeQuery(MaximizeParams):
     format: Literal["png", "json"] = Field(
         "png", description="png: the image; json: the scores and the image as a data URL"
     )
+    max_seconds: float | None = Field(
+        None,
+        gt=0,
+        le=60,
+        deprecated=True,
+        description="ignored: the ascent always runs its `steps`, so that the same parameters "
+        "give the same image under any load (`steps` bounds what it costs)",
+    )
 
     @model_validator(mode="after")
     def _one_objective(self) -> MaximizeQuery:
@@ -252,8 +260,9 @@ async def top_patches(
     summary="An image synthesised to excite a class or a channel",
     description="Gradient ascent on the pixels through the twin (Simonyan et al. 2014), from "
     "smooth random colours plus noise, with L2 and total-variation penalties, jitter and a blur "
-    "every few steps. Give `class`, or `layer` and `channel`. At most `steps` steps and "
-    "`max_seconds` seconds; results are cached per model and parameters. A client that hangs "
+    "every few steps. Give `class`, or `layer` and `channel`. Exactly `steps` steps, however "
+    "busy the service is, so the same parameters give the same image; results are cached per "
+    "model and parameters. A client that hangs "
     "up stops the ascent at its next step.",
     responses={**EITHER_RESPONSE, **error_responses(401, 422, 503)},
     dependencies=[Depends(in_flight_slot), Depends(explanation_slot), ON_EXPLAIN],
@@ -290,7 +299,6 @@ def synthesis_response(
         probability_start=result.probability_start,
         probability_end=result.probability_end,
         steps=result.steps,
-        stopped_early=result.stopped_early,
         elapsed_ms=result.elapsed_ms,
         cached=cached,
         parameters=params.model_dump(),

@@ -12,7 +12,9 @@ The score is the class's logit (the unnormalised score, as Simonyan et al. use: 
 could rise by pushing the other classes down), or the mean activation of one channel of a layer.
 
 Every pass of the twin goes through the work's ``Cancellation`` first, so a synthesis whose
-client has gone stops at its next step.
+client has gone stops at its next step. Nothing else stops it: the ascent always runs its
+``steps``, so the same parameters give the same image however busy the machine is (what it may
+cost is bounded by ``steps``, counted in forward passes like every explanation).
 """
 
 from __future__ import annotations
@@ -56,12 +58,6 @@ class MaximizeParams(BaseModel):
     seed: int = Field(
         0, ge=0, le=2**31 - 1, description="seed of the starting noise and the jitter"
     )
-    max_seconds: float = Field(
-        20.0,
-        gt=0,
-        le=60,
-        description="stop after this long even if steps remain (the answer says so)",
-    )
 
     def planned_passes(self) -> int:
         """The passes a synthesis runs: the score before, one per step, the score after."""
@@ -96,7 +92,6 @@ class Synthesis:
     probability_start: float | None
     probability_end: float | None
     steps: int
-    stopped_early: bool
     elapsed_ms: float
 
 
@@ -145,11 +140,7 @@ def synthesize(
     start = _evaluate(twin, codec.to_input(codec.to_pixels(x[0]))[None], objective, cancellation)
     x.requires_grad_(True)
     optimizer = torch.optim.Adam([x], lr=params.lr)
-    done, stopped_early = 0, False
     for step in range(params.steps):
-        if time.perf_counter() - started > params.max_seconds:
-            stopped_early = True
-            break
         shift = torch.randint(-params.jitter, params.jitter + 1, (2,), generator=generator).tolist()
         with input_gradients(twin):
             cancellation.batch()
@@ -163,7 +154,6 @@ def synthesize(
             if params.blur_every and (step + 1) % params.blur_every == 0:
                 x.copy_(_blur(x))
             x.copy_(torch.maximum(torch.minimum(x, high), low))
-        done += 1
     image = codec.to_pixels(x[0])
     end = _evaluate(twin, codec.to_input(image)[None], objective, cancellation)
     return Synthesis(
@@ -172,8 +162,7 @@ def synthesize(
         score_end=end[0],
         probability_start=start[1],
         probability_end=end[1],
-        steps=done,
-        stopped_early=stopped_early,
+        steps=params.steps,
         elapsed_ms=(time.perf_counter() - started) * 1000,
     )
 

@@ -123,10 +123,7 @@ class SynthesisResponse(BaseModel):
     probability_end: float | None = Field(
         description="for a class: its softmax probability for the returned image"
     )
-    steps: int = Field(description="steps taken")
-    stopped_early: bool = Field(
-        description="the time limit (`max_seconds`) ended the ascent before `steps`"
-    )
+    steps: int = Field(description="steps taken (always the `steps` asked for)")
     elapsed_ms: float = Field(description="time the synthesis took when it was computed")
     cached: bool = Field(description="whether it came from the cache")
     parameters: dict[str, Any]

@@ -135,7 +135,7 @@ def test_work_cancelled_before_it_starts_runs_no_pass(handle, face, method):
 
 def test_a_cancelled_synthesis_stops_at_the_next_step(handle, bundle_meta):
     counter = CancelAfter(STOP_AFTER)
-    params = MaximizeParams(steps=50, max_seconds=60)
+    params = MaximizeParams(steps=50)
 
     with pytest.raises(Cancelled):
         synthesize(
@@ -157,7 +157,7 @@ def test_a_synthesis_reports_each_pass(handle, bundle_meta):
         handle.twin,
         PixelCodec(bundle_meta.input),
         Objective(class_index=0),
-        MaximizeParams(steps=4, max_seconds=60),
+        MaximizeParams(steps=4),
         counter.cancellation,
     )
 
