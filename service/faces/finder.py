@@ -26,17 +26,20 @@ What a request costs is bounded by the pixels searched, not by the upload: each 
 (HOG time grows with the area), so two passes search at most twice that, whatever the upload's
 size or shape (a blank 20000x16 PNG searches 800x1, then 1600x1 pixels); a second look adds
 views of at most ``second_look.LOOK_MAX_PIXELS`` pixels each, and only while the total stays
-within two passes. The retry is skipped when the first pass alone took ``RETRY_TIME_BUDGET_S``
-(a machine that busy answers ``no_face`` sooner rather than later). A detector is held for the
-search itself only, never while an image is resized; large passes take turns (``FaceFinder``),
-so that they leave a detector and a core to small ones. Boxes and landmarks are found on the
-searched pixels and mapped back onto the upload by that view's one transform
+within two passes. Nothing else bounds it: no clock, no CPU time, no wait for a detector decides
+whether a pass or a view runs, so the same pixels give the same faces under any load. A detector
+is held for the search itself only, never while an image is resized; large passes take turns
+(``FaceFinder``), so that they leave a detector and a core to small ones. Boxes and landmarks
+are found on the searched pixels and mapped back onto the upload by that view's one transform
 (``SearchView.to_image``).
+
+One search per photo: ``FaceFinder.detect`` keeps its results by a digest of the pixels
+(``search_cache``), so the explanation panels that follow a ``/predict`` of the same photo, at
+once or later, reuse its search instead of repeating it.
 """
 
 from __future__ import annotations
 
-import logging
 import queue
 import threading
 import time
@@ -54,9 +57,9 @@ from service.bundle.framing import warp
 from service.bundle.preprocess import Box
 from service.faces.aligned import AlignedFace, Face, similarity_transform
 from service.faces.model_files import face_models_file, landmarks_model_path
+from service.faces.search_cache import FaceSearchCache
 from service.faces.second_look import (
     CNN_FILE,
-    LOOK_TIME_BUDGET_S,
     MAX_LOOKS,
     SURE_SCORE,
     Region,
@@ -66,9 +69,7 @@ from service.faces.second_look import (
     fills_crop,
     is_crop_shaped,
 )
-from service.observability.metrics import FaceSearchMetrics
-
-log = logging.getLogger(__name__)
+from service.observability.metrics import FaceSearchMetrics, FaceSearchSize
 
 # The first pass searches the upload at most this large (longest side, pixels).
 DETECTION_MAX_SIDE = 800
@@ -87,8 +88,6 @@ RETRY_MAX_ENLARGEMENT = 2.0
 # training crops it finds half of the faces the first pass missed, on background patches of
 # photos it adds ~3% false detections, which the open-set decision then treats as strangers.
 RETRY_THRESHOLD = -0.5
-# No retry when the first pass alone took this long (seconds): the machine is that busy.
-RETRY_TIME_BUDGET_S = 1.0
 
 
 def preference(box: Box, width: int, height: int) -> float:
@@ -177,15 +176,20 @@ class FaceFinder:
     up front (about half a second each), and a search waits for a free one. Passes over more than
     ``SMALL_SEARCH_PIXELS`` (large uploads, retries on photos) take turns, at most
     ``workers - 1`` at once (at least one), resizing included: a stream of them leaves a set of
-    models, and a core, to face crops and small photos."""
+    models, and a core, to face crops and small photos. The results of the last
+    ``cache_entries`` photos searched are kept (0: none kept, every call searches)."""
 
-    def __init__(self, spec: AlignmentSpec, workers: int = 2) -> None:
+    def __init__(self, spec: AlignmentSpec, workers: int = 2, cache_entries: int = 0) -> None:
         import dlib  # imported here: only bundles with face alignment need it
 
         self.spec = spec
         self._dlib = dlib
         self._template = np.asarray(spec.points, dtype=np.float64) * [spec.width, spec.height]
+        self.cache = FaceSearchCache(cache_entries)
         self.metrics = FaceSearchMetrics()
+        self.metrics.cache_size = lambda: FaceSearchSize(
+            self.cache.entries, self.cache.max_entries, self.cache.bytes, self.cache.max_bytes
+        )
         predictor_path = str(landmarks_model_path())
         cnn_path = str(face_models_file(CNN_FILE))
         self._pool: queue.SimpleQueue = queue.SimpleQueue()
@@ -209,40 +213,49 @@ class FaceFinder:
             self._pool.put(models)
 
     def detect(self, image: Image.Image) -> list[Face]:
-        """Every face in ``image`` (RGB), preferred first (see ``preference``). At most two
+        """Every face in ``image`` (RGB), preferred first (see ``preference``): the cached
+        search of the same pixels, or a new one (``search``). Counted in ``self.metrics``: the
+        seconds (a wait for the same pixels' search included) and the pixels searched (0 for a
+        result had from the cache)."""
+        started = time.perf_counter()
+        searched = 0
+
+        def search() -> list[Face]:
+            nonlocal searched
+            faces, searched = self.search(image)
+            return faces
+
+        faces, lookup = self.cache.search(image, search)
+        self.metrics.observe(searched, time.perf_counter() - started, lookup)
+        return faces
+
+    def search(self, image: Image.Image) -> tuple[list[Face], int]:
+        """Every face in ``image`` (RGB), preferred first, and the pixels searched: at most two
         passes of at most ``SEARCH_MAX_PIXELS`` each, then, when they found no sure face, second
-        looks within the same total; all are counted in ``self.metrics``."""
-        started, cpu_started = time.perf_counter(), time.thread_time()
+        looks within the same total. Bounded by pixels and views only, so the same pixels
+        always give the same faces."""
         faces, searched = self._search(image, first_pass_scale(*image.size), 0.0, threshold=0.0)
-        first_s = time.perf_counter() - started
-        if not faces and first_s < RETRY_TIME_BUDGET_S:
+        if not faces:
             faces, retried = self._search(
                 image, retry_scale(*image.size), RETRY_PADDING, threshold=RETRY_THRESHOLD
             )
             searched += retried
             if not any(face.score >= SURE_SCORE for face in faces):
-                faces, looked = self._second_look(image, faces, searched, cpu_started)
+                faces, looked = self._second_look(image, faces, searched)
                 searched += looked
-        elif not faces:
-            log.warning(
-                "no retry of the face search: the first pass took %.2f s (budget %.2f s)",
-                first_s,
-                RETRY_TIME_BUDGET_S,
-            )
-        self.metrics.observe(searched, time.perf_counter() - started)
-        return sorted(
+        ordered = sorted(
             (face.clipped_to(image) for face in faces),
             key=lambda f: -preference(f.box, image.width, image.height),
         )
+        return ordered, searched
 
     def _second_look(
-        self, image: Image.Image, weak: list[Face], searched: int, cpu_started: float
+        self, image: Image.Image, weak: list[Face], searched: int
     ) -> tuple[list[Face], int]:
         """The faces among ``weak`` (retry faces, none sure) that the CNN detector finds too, the
         preferred ``MAX_LOOKS`` of them; if none, the upload as a face crop when it is shaped like
         one and the CNN finds a face filling it; and the pixels viewed. A look is skipped when it
-        would take the search past two passes' pixels or ``LOOK_TIME_BUDGET_S`` of this thread's
-        CPU time (``cpu_started``: ``time.thread_time()`` when the search began)."""
+        would take the search past two passes' pixels (``searched``: those of the passes)."""
         size = image.size
         candidates = sorted(weak, key=lambda f: -preference(f.box, *size))[:MAX_LOOKS]
         regions = [candidate_view(face.clipped_to(image).box, *size) for face in candidates]
@@ -252,11 +265,6 @@ class FaceFinder:
         for index, region in enumerate(regions):
             area = view_area((region.box.width, region.box.height), region.scale, region.padding)
             if searched + viewed + area > 2 * SEARCH_MAX_PIXELS:
-                break
-            if time.thread_time() - cpu_started > LOOK_TIME_BUDGET_S:
-                log.warning(
-                    "no second look at the face search: over %.2f s of CPU", LOOK_TIME_BUDGET_S
-                )
                 break
             found, seen = self._cnn_faces(image, region)
             viewed += seen

@@ -59,11 +59,6 @@ CROP_MIN_FACE = 0.45
 LOOK_PADDING = 0.25
 # No view is larger than this (pixels, padding included): 316x316.
 LOOK_MAX_PIXELS = 100_000
-# No second look once the search has used this much CPU time of its thread (seconds). CPU time,
-# not the clock: a busy machine stretches the clock, and a face crop must be one under load too.
-# A 112-pixel crop's three views take about 2.6 s of CPU here (0.6, 1.1, 0.9); a weak face's
-# look about 0.5 s.
-LOOK_TIME_BUDGET_S = 3.0
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import NamedTuple
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -18,6 +19,7 @@ from prometheus_client import (
     Info,
     generate_latest,
 )
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -111,31 +113,71 @@ class _Deferred(Collector):
         return collector.collect() if collector is not None else ()
 
 
+class FaceSearchSize(NamedTuple):
+    """What the face search cache holds now, and its bounds."""
+
+    entries: int
+    entries_max: int
+    bytes: int
+    bytes_max: int
+
+
 class FaceSearchMetrics(Collector):
-    """What face detection cost, per request: seconds (waiting for a detector included) and
-    pixels searched (every pass, padding and enlargement included). Kept by the face finder,
-    exposed through ``ServiceMetrics.watch``."""
+    """What face detection cost, per request: seconds (waiting for a detector, or for the same
+    photo's search in progress, included) and pixels searched (every pass, padding and
+    enlargement included; 0 for a result the cache held). The cache's lookups by outcome
+    (``hit``, ``shared``: waited for the same pixels' search in progress, ``miss``: searched)
+    and, read at scrape time from ``cache_size`` when set, its entries and bytes. Kept by the
+    face finder, exposed through ``ServiceMetrics.watch``."""
 
     def __init__(self) -> None:
         self.seconds = Histogram(
             f"{PREFIX}_face_detection_seconds",
-            "time one request spent finding faces (all passes, waiting for a detector included)",
+            "time one request spent finding faces (all passes, waiting for a detector or for "
+            "the same photo's search in progress included)",
             buckets=LATENCY_BUCKETS,
             registry=None,
         )
         self.pixels = Histogram(
             f"{PREFIX}_face_search_pixels",
-            "pixels the face detector searched for one request (all passes)",
+            "pixels the face detector searched for one request (all passes; 0 for a cached result)",
             buckets=PIXEL_BUCKETS,
             registry=None,
         )
+        self.lookups = Counter(
+            f"{PREFIX}_face_search_cache_lookups",
+            "face searches asked of the cache, by result: hit (held), shared (waited for the "
+            "same pixels' search in progress), miss (searched)",
+            ["result"],
+            registry=None,
+        )
+        for result in ("hit", "shared", "miss"):
+            self.lookups.labels(result)
+        self.cache_size: Callable[[], FaceSearchSize] | None = None
 
-    def observe(self, pixels: int, seconds: float) -> None:
+    def observe(self, pixels: int, seconds: float, lookup: str = "miss") -> None:
         self.pixels.observe(pixels)
         self.seconds.observe(seconds)
+        self.lookups.labels(lookup).inc()
 
     def collect(self) -> Iterable[Metric]:
-        return [*self.seconds.collect(), *self.pixels.collect()]
+        size = self.cache_size() if self.cache_size is not None else FaceSearchSize(0, 0, 0, 0)
+        gauges = []
+        for name, value, text in (
+            ("entries", size.entries, "face search results held by the cache"),
+            ("entries_max", size.entries_max, "most face search results the cache holds (0: off)"),
+            ("bytes", size.bytes, "bytes of arrays held by the face search cache"),
+            ("bytes_max", size.bytes_max, "most bytes the face search cache holds"),
+        ):
+            gauge = GaugeMetricFamily(f"{PREFIX}_face_search_cache_{name}", text)
+            gauge.add_metric([], value)
+            gauges.append(gauge)
+        return [
+            *self.seconds.collect(),
+            *self.pixels.collect(),
+            *self.lookups.collect(),
+            *gauges,
+        ]
 
 
 class MetricsMiddleware:
