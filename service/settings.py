@@ -116,6 +116,13 @@ class Settings(BaseSettings):
         "share the same budget of max_decodes x max_image_pixels pixels; more wait); "
         "0 = one per core",
     )
+    face_search_cache: int = Field(
+        256,
+        ge=0,
+        description="photos whose face search results are kept, by a digest of their pixels, so "
+        "that /predict and the explanations of the same photo search it once (concurrent "
+        "requests wait for the search in progress); 0 = off",
+    )
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["http://localhost:8000", "http://127.0.0.1:8000"],
         description="origins allowed by CORS (comma-separated); empty disables CORS",

@@ -163,7 +163,11 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
     twin = load_twin(bundle_dir)
     faces = None
     if meta.face_alignment is not None:
-        faces = FaceFinder(meta.face_alignment, workers=settings.threads or os.cpu_count() or 1)
+        faces = FaceFinder(
+            meta.face_alignment,
+            workers=settings.threads or os.cpu_count() or 1,
+            cache_entries=settings.face_search_cache,
+        )
         log.info(
             "face detection on: %s + %s",
             meta.face_alignment.detector,
