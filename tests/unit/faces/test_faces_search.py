@@ -180,10 +180,3 @@ def test_box_and_landmarks_land_on_the_face_at_any_size_and_padding(
     eyes_and_nose = expected.mean(axis=0)
     assert np.abs(centre - eyes_and_nose).max() <= 0.25 * box.width, (case, box, eyes_and_nose)
     assert 0 <= box.x and box.x + box.width <= width and 0 <= box.y and box.y + box.height <= height
-
-
-def test_no_retry_once_the_first_pass_used_the_time_budget(finder, crop, monkeypatch):
-    close_up = _close_up(crop, CLOSE_UP, 112).image
-    assert finder.detect(close_up), "the close-up needs the retry, which finds it"
-    monkeypatch.setattr(faces, "RETRY_TIME_BUDGET_S", 0.0)
-    assert finder.detect(close_up) == []
