@@ -109,11 +109,7 @@ def serve(settings: Settings) -> None:
     )
     configure_malloc()  # before the model, its buffers and the worker threads exist
     app = create_app(settings)
-    limits = ConnectionLimits(
-        header_timeout_s=settings.header_timeout_s,
-        body_timeout_s=settings.body_timeout_s,
-        max_header_bytes=settings.max_header_bytes,
-    )
+    limits = ConnectionLimits.from_settings(settings)
     closed = app.state.connections_closed
     config = uvicorn.Config(
         app,

@@ -31,6 +31,7 @@ from service.inference.model import load_model
 from service.insight.inspector import Inspector, synthesis_cache
 from service.observability.cache_metrics import CacheCollector
 from service.observability.metrics import MetricsMiddleware
+from service.render.upload import NEGLIGIBLE_HEADER
 from service.settings import ENV_PREFIX, Settings, get_settings
 from service.state import ServiceState
 
@@ -46,6 +47,15 @@ ROUTERS: tuple[APIRouter, ...] = (
     page.router,
     docs.router,
 )
+# What a page of an allowed origin may do: every method a route takes (HEAD and GET need no
+# preflight; DELETE cancels a job), and read every header an answer says something in.
+CORS_METHODS = ["GET", "POST", "DELETE"]
+CORS_EXPOSED_HEADERS = [
+    "Location",  # a new job's URL (202)
+    "Retry-After",  # when to retry a 503 or a 429
+    NEGLIGIBLE_HEADER,  # a PNG heatmap with nothing to show
+    insight.CHANNELS_HEADER,  # which channel each activation tile shows
+]
 # Room for the multipart framing around the file within the body size limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 DESCRIPTION = (
@@ -153,9 +163,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.add_middleware(
             JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
+            allow_methods=CORS_METHODS,
             allow_headers=[API_KEY_HEADER, "Content-Type"],
-            expose_headers=[insight.CHANNELS_HEADER],  # which channel each activation tile shows
+            expose_headers=CORS_EXPOSED_HEADERS,
         )
     app.add_middleware(SecurityHeadersMiddleware)
     return app

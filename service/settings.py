@@ -161,6 +161,19 @@ class Settings(BaseSettings):
         ge=1024,
         description="largest request line plus headers (bytes); larger gives 431 and a close",
     )
+    min_body_rate_bytes_s: float = Field(
+        1024.0,
+        gt=0,
+        description="once a request body has taken body_timeout_s, it must have come at least "
+        "this fast on average (bytes/s; time the server is not reading excluded); slower gives "
+        "408 and a close",
+    )
+    max_connections: int = Field(
+        1000,
+        ge=1,
+        description="open client connections at most; one beyond is answered 503 overloaded "
+        "(Retry-After) and closed as it opens",
+    )
     # Ray Serve host (``python -m service --ray``; service.scaleout). Unused by the default host.
     ray_address: str | None = Field(
         None,
