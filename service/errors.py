@@ -136,6 +136,18 @@ class TooManyJobs(ServiceError):
     status, code = 429, "too_many_jobs"
 
 
+class TooManyStreams(ServiceError):
+    """The caps on open event streams (per job, per API key) are reached."""
+
+    status, code = 429, "too_many_streams"
+
+
+class ResultTooLarge(ServiceError):
+    """A job's result is larger than all the bytes the service keeps for finished jobs."""
+
+    status, code = 507, "result_too_large"
+
+
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

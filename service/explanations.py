@@ -13,7 +13,9 @@ replicas (which serve those same routes in their own app)::
 target) or computes it: the method runs on the calling thread, its forward passes on the
 engine's inference thread, where they queue with ``/predict`` batches; once ``cancellation``
 is cancelled it stops at the next batch (``Cancelled``). ``PartialMaps`` turns a sampling
-method's partial maps into what a job's events carry.
+method's partial maps into what a job's events carry. An answer needs only ``UploadFacts`` of
+the upload (its size and header facts), not its pixels: a queued job keeps those, not the
+decoded image.
 """
 
 from __future__ import annotations
@@ -40,6 +42,35 @@ from service.schemas.explanation import ExplainTimings, ExplanationResponse
 
 Report = Callable[[np.ndarray, float, bool], None]
 """A sampling method's map as it stands: (values, scale, negligible), scaled as the final one."""
+
+
+@dataclass(frozen=True)
+class UploadFacts:
+    """What an explanation's answer says of its upload, without its pixels (a 40-megapixel
+    upload decodes to 120 MB; this is a few bytes)."""
+
+    size: tuple[int, int]
+    """(width, height) of the decoded upload"""
+    info: ImageInfo
+    decode_ms: float
+    received_at: float
+    """``time.perf_counter()`` when intake began"""
+
+    @classmethod
+    def of(cls, image: DecodedImage | UploadFacts) -> UploadFacts:
+        if isinstance(image, UploadFacts):
+            return image
+        return cls(image.rgb.size, ImageInfo.of(image), image.decode_ms, image.received_at)
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A heatmap, whether it came from the cache, and how long computing it took (0 if
+    cached)."""
+
+    heatmap: Heatmap
+    cached: bool
+    explain_ms: float
 
 
 @dataclass(frozen=True)
@@ -111,11 +142,15 @@ def model_handle(
 
 
 def json_answer(
-    model: ServingModel, image: DecodedImage, inputs: ModelInput, explanation: Explanation
+    model: ServingModel,
+    image: DecodedImage | UploadFacts,
+    inputs: ModelInput,
+    explanation: Explanation,
 ) -> ExplanationResponse:
     """The ``format=json`` answer: the map laid onto the upload, with the prediction."""
+    upload = UploadFacts.of(image)
     heatmap = explanation.heatmap
-    grid = json_grid(heatmap, inputs.face.aligned, image.rgb.size)
+    grid = json_grid(heatmap, inputs.face.aligned, upload.size)
     probabilities = heatmap.probabilities
     ranked = rank_classes(model, probabilities)
     explained = model.meta.classes[heatmap.target]
@@ -134,15 +169,15 @@ def json_answer(
         heatmap=grid,
         face_box=FaceBox.of(inputs.face),
         face_index=inputs.face.index,
-        image=ImageInfo.of(image),
+        image=upload.info,
         model=ModelRef.of(model),
         cached=explanation.cached,
         timings=ExplainTimings(
-            decode_ms=image.decode_ms,
+            decode_ms=upload.decode_ms,
             detect_ms=inputs.face.detect_ms,
             preprocess_ms=inputs.preprocess_ms,
             explain_ms=explanation.explain_ms,
-            total_ms=(time.perf_counter() - image.received_at) * 1000,
+            total_ms=(time.perf_counter() - upload.received_at) * 1000,
         ),
     )
 
@@ -154,13 +189,13 @@ class PartialMaps:
 
     def __init__(
         self,
-        image: DecodedImage,
+        image: DecodedImage | UploadFacts,
         inputs: ModelInput,
         call: MethodCall,
         interval: float,
         publish: Callable[[dict[str, Any]], None],
     ) -> None:
-        self.image, self.inputs, self.explainer = image, inputs, call.explainer
+        self.size, self.inputs, self.explainer = UploadFacts.of(image).size, inputs, call.explainer
         self.interval, self.publish = interval, publish
         self.last = -math.inf
 
@@ -172,7 +207,7 @@ class PartialMaps:
         grid = values_grid(
             values,
             self.inputs.face.aligned,
-            self.image.rgb.size,
+            self.size,
             signed=self.explainer.signed,
             value_range=self.explainer.value_range,
             units=self.explainer.units,

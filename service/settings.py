@@ -98,6 +98,37 @@ class Settings(BaseSettings):
         gt=0,
         description="GET /jobs/{id}/events sends at most one progress event per this many s",
     )
+    job_results_max: int = Field(
+        512,
+        ge=1,
+        description="finished jobs kept at once (done, failed or cancelled); a job that "
+        "finishes beyond it makes the oldest finished one forgotten (404 unknown_job)",
+    )
+    job_results_max_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="bytes of finished jobs' results (JSON and PNG renders) kept at once; a "
+        "result beyond it makes the oldest finished jobs forgotten first (one larger than it "
+        "alone fails the job with result_too_large)",
+    )
+    job_streams_per_job: int = Field(
+        8,
+        ge=1,
+        description="GET /jobs/{id}/events streams open at once on one job; one more is 429 "
+        "too_many_streams",
+    )
+    job_streams_per_key: int = Field(
+        32,
+        ge=1,
+        description="GET /jobs/{id}/events streams open at once per API key, over all its "
+        "jobs; one more is 429 too_many_streams",
+    )
+    write_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="a client that reads nothing of a response for this long while the server "
+        "has data waiting for it (an event stream, a large PNG) is dropped (s)",
+    )
     max_upload_bytes: int = Field(
         10 * 1024 * 1024, ge=1, description="largest accepted upload (bytes); larger gives 413"
     )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Literal
 
 from service.common.admission import ExplanationGate, InFlightLimiter
 from service.intake.pixel_budget import PixelBudget
+from service.jobs.events import EventStreams
 from service.jobs.metrics import JobMetrics
 from service.jobs.runner import JobRunner
 from service.jobs.store import Jobs, JobStore
@@ -33,6 +34,7 @@ class ServiceState:
     decodes: PixelBudget = field(init=False)
     jobs: Jobs = field(init=False)
     job_runner: JobRunner = field(init=False)
+    job_events: EventStreams = field(init=False)
     # Made by the lifespan: the explanation result cache (before loading) and the model's
     # insight inspector (once it is loaded).
     explanation_cache: LruCache | None = None
@@ -45,17 +47,24 @@ class ServiceState:
         )
         self.metrics.watch(self._face_search_metrics)
         self.decodes = PixelBudget.from_settings(self.settings, self.metrics.registry)
-        store = JobStore(
-            ttl_s=self.settings.job_ttl_s,
-            max_jobs=self.settings.max_jobs,
-            max_jobs_per_key=self.settings.max_jobs_per_key,
-        )
-        store.on_change = JobMetrics(self.metrics.registry, store.counts).observe
+        store = JobStore.from_settings(self.settings)
         self.use_job_store(store)
+        store.on_change = JobMetrics(
+            self.metrics.registry,
+            store.counts,
+            store.results_held,
+            streams=lambda: self.job_events.open,
+        ).observe
 
     def use_job_store(self, store: Jobs) -> None:
         """Keep jobs in ``store`` (in Ray mode, the one every replica shares)."""
         self.jobs = store
+        self.job_events = EventStreams(
+            store,
+            interval=self.settings.job_event_interval_s,
+            per_job=self.settings.job_streams_per_job,
+            per_key=self.settings.job_streams_per_key,
+        )
         self.job_runner = JobRunner(
             store, self.explanations, on_pass=self.metrics.explanation_batches.inc
         )

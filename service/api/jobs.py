@@ -11,23 +11,30 @@
 - ``GET /jobs/{id}/result``: that answer alone, as JSON or as the PNG the job was asked for
   (409 ``job_not_done`` before, and for a PNG the job was not asked to render);
 - ``GET /jobs/{id}/events``: Server-Sent Events, one ``data:`` line of JSON (state, progress)
-  per change, at most one per ``job_event_interval_s``, the last when the job ends;
+  per change, at most one per ``job_event_interval_s``, the last when the job ends or is
+  forgotten (state ``gone``), made once for all its readers (``jobs.events``);
 - ``DELETE /jobs/{id}``: cancel (the work stops at its next batch), or forget a finished job.
 
 A job is visible only with the API key that made it (another key, like an expired or unknown
-id, is 404 ``unknown_job``); too many unfinished jobs are 429 ``too_many_jobs``.
+id, is 404 ``unknown_job``); too many unfinished jobs are 429 ``too_many_jobs``, too many
+open event streams 429 ``too_many_streams``.
+
+What a job holds while it waits is bounded: the model input and the upload's facts, never the
+decoded upload. A job asked for a PNG (``format=png`` or ``overlay``, drawn the size of the
+upload) keeps the upload's compressed bytes and decodes them again to render, holding the
+upload's pixels in the app's pixel budget (``state.decodes``) while it does. A result is
+serialised once when the job finishes; every read sends those bytes (``status_json``).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import time
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from service import explanations
 from service.api.deps import (
@@ -53,16 +60,20 @@ from service.api.insight import (
 from service.api.method_params import method_call, shown_params
 from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
+from service.explain import Heatmap
 from service.explain.base import MethodCall
+from service.faces.aligned import AlignedFace
+from service.intake.images import ImageLimits, decode_pixels, read_header
+from service.jobs.events import Subscription
 from service.jobs.runner import JobWork, Publish
-from service.jobs.store import JobResult, Jobs, JobView
-from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, render_png
+from service.jobs.store import JobResult, JobView
+from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, render_png
 from service.schemas.common import error_responses
 from service.schemas.jobs import JobStatus
 from service.state import ServiceState
 
 EVENT_STREAM = "text/event-stream"
-KEEPALIVE_S = 15.0
+JSON_MEDIA_TYPE = "application/json"
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(api_key_guard)])
 ACCEPTED: dict[int | str, dict[str, Any]] = {
     202: {"description": "the job was made; `Location` is its URL", "model": JobStatus}
@@ -83,7 +94,7 @@ async def maximize_job(
     owner: OwnerDep,
     inspector: InspectorDep,
     query: Annotated[MaximizeQuery, Query()],
-) -> JSONResponse:
+) -> Response:
     objective = objective_of(inspector, query)
     params = maximize_params(query)
 
@@ -94,7 +105,7 @@ async def maximize_job(
         synthesis, cached = value
         png = encode_synthesis(synthesis.image)
         body = synthesis_response(query, params, synthesis, cached, png)
-        return JobResult(body.model_dump(mode="json"), {"png": png})
+        return JobResult.of(body, {"png": png})
 
     planned = params.planned_passes()
     return await _start(
@@ -120,26 +131,29 @@ async def explain_job(
     image: ImageDep,
     inputs: ModelInputDep,
     cache: ExplanationCacheDep,
+    file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
     target: TargetQuery = None,
     format: FormatQuery = "json",
-) -> JSONResponse:
+) -> Response:
     target_index = None if target is None else class_index(model, target)
     interval = state.settings.job_event_interval_s
+    upload = explanations.UploadFacts.of(image)  # the closures below never see ``image``
+    renderer = None if format == "json" else await _png_renderer(state, file, format, upload)
 
     def work(cancellation: Cancellation, publish: Publish) -> explanations.Explanation:
-        shown = explanations.PartialMaps(image, inputs, call, interval, publish)
+        shown = explanations.PartialMaps(upload, inputs, call, interval, publish)
         return explanations.explain(
             model, inputs, call, target_index, cache, cancellation, shown.report
         )
 
     def finish(explanation: explanations.Explanation) -> JobResult:
-        body = explanations.json_answer(model, image, inputs, explanation)
+        body = explanations.json_answer(model, upload, inputs, explanation)
         heatmap = explanation.heatmap
         renders: dict[str, bytes] = {}
-        if format != "json":
-            renders[format] = render_png(format, image.rgb, inputs.face.aligned, heatmap)
+        if renderer is not None:
+            renders[format] = renderer(inputs.face.aligned, heatmap)
         negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
-        return JobResult(body.model_dump(mode="json"), renders, negligible)
+        return JobResult.of(body, renders, negligible)
 
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
     work_plan = JobWork(work, finish, call.planned_passes(side))
@@ -149,11 +163,12 @@ async def explain_job(
 @router.get(
     "/{job_id}",
     summary="A job's state, progress and, once done, its result",
+    response_model=JobStatus,
     responses=error_responses(401, 404),
     dependencies=[ON_GATEWAY],
 )
-async def job_status(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
-    return status_of(await state.jobs.get(job_id, owner))
+async def job_status(state: StateDep, owner: OwnerDep, job_id: str) -> Response:
+    return _status_response(await state.jobs.get(job_id, owner))
 
 
 @router.get(
@@ -178,7 +193,7 @@ async def job_result(
     ] = "json",
 ) -> Response:
     content, headers = await state.jobs.render(job_id, owner, format)
-    media_type = "application/json" if format == "json" else PNG_MEDIA_TYPE
+    media_type = JSON_MEDIA_TYPE if format == "json" else PNG_MEDIA_TYPE
     return Response(content, media_type=media_type, headers=headers)
 
 
@@ -186,24 +201,24 @@ async def job_result(
     "/{job_id}/events",
     summary="A job's progress as Server-Sent Events",
     description="`text/event-stream`: one `data:` line of JSON per change (`state`, "
-    "`progress`, `elapsed_s`, `remaining_s`), at most one per `job_event_interval_s`, a "
-    "comment line every 15 s while nothing changes, and a last event when the job ends "
-    "(done, failed or cancelled), after which the stream closes.",
+    "`progress`, `elapsed_s`, `remaining_s`, and `heatmap`, `error` when there), at most one "
+    "per `job_event_interval_s` (a reader slower than that gets the newest state, not every "
+    "one), a comment line every 15 s while nothing changes, and a last event, after which the "
+    "stream closes: the job's end (`done`, `failed` or `cancelled`), or `gone` with an "
+    "`error` (`unknown_job`) when the job was forgotten first (deleted again, expired, or "
+    "evicted by newer results). At most `job_streams_per_job` streams per job and "
+    "`job_streams_per_key` per API key are open at once (one more: 429 too_many_streams); "
+    "a client that reads nothing for `write_timeout_s` is disconnected.",
     responses={
         200: {"content": {EVENT_STREAM: {}}, "description": "the event stream"},
-        **error_responses(401, 404),
+        **error_responses(401, 404, 429),
     },
     response_class=StreamingResponse,
     dependencies=[ON_GATEWAY],
 )
 async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> StreamingResponse:
     job = await state.jobs.get(job_id, owner)
-    interval = state.settings.job_event_interval_s
-    return StreamingResponse(
-        _events(state.jobs, job, owner, interval),
-        media_type=EVENT_STREAM,
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-    )
+    return EventStreamResponse(state.job_events.subscribe(job, owner))
 
 
 @router.delete(
@@ -211,23 +226,36 @@ async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> Streaming
     summary="Cancel a job, or forget a finished one",
     description="An unfinished job is cancelled: its work stops at its next batch and its "
     "state becomes `cancelled` (kept until it expires). A finished job is forgotten at once.",
+    response_model=JobStatus,
     responses=error_responses(401, 404),
     dependencies=[ON_GATEWAY],
 )
-async def delete_job(state: StateDep, owner: OwnerDep, job_id: str) -> JobStatus:
-    return status_of(await state.jobs.delete(job_id, owner))
+async def delete_job(state: StateDep, owner: OwnerDep, job_id: str) -> Response:
+    return _status_response(await state.jobs.delete(job_id, owner))
 
 
 async def _start(
     state: ServiceState, owner: str, method: str, parameters: dict[str, Any], work: JobWork
-) -> JSONResponse:
+) -> Response:
     job = await state.jobs.create(owner, method, parameters)
     state.job_runner.start(job, work)
-    body = status_of(job).model_dump(mode="json")
-    return JSONResponse(body, status_code=202, headers={"Location": f"/jobs/{job.id}"})
+    return _status_response(job, status_code=202, headers={"Location": f"/jobs/{job.id}"})
+
+
+def _status_response(job: JobView, **kwargs: Any) -> Response:
+    return Response(status_json(job), media_type=JSON_MEDIA_TYPE, **kwargs)
+
+
+def status_json(job: JobView) -> bytes:
+    """The job's ``JobStatus`` as JSON, its result (once done) spliced in as the bytes the store
+    keeps: a poll of a finished job costs a copy, not a serialisation of its heatmap."""
+    head = status_of(job).model_dump_json(exclude={"result"}).encode()
+    result = job.result_json if job.state == "done" and job.result_json is not None else b"null"
+    return b"".join((head[:-1], b',"result":', result, b"}"))
 
 
 def status_of(job: JobView) -> JobStatus:
+    """The job's status without its result (``status_json`` adds it)."""
     return JobStatus(
         id=job.id,
         method=job.method,
@@ -239,37 +267,50 @@ def status_of(job: JobView) -> JobStatus:
         elapsed_s=job.elapsed_s,
         remaining_s=job.remaining_s,
         error=job.error,
-        result=job.result if job.state == "done" else None,
     )
 
 
-async def _events(store: Jobs, job: JobView, owner: str, interval: float) -> AsyncIterator[str]:
-    """The job's changes as SSE, at most one per ``interval`` s, until it ends."""
-    yield _event(job)
-    last_sent = time.monotonic()
-    while not job.is_finished:
-        newer = await store.wait(job.id, owner, job.version, KEEPALIVE_S)
-        if newer.version == job.version:
-            yield ": keepalive\n\n"
-            continue
-        wait = last_sent + interval - time.monotonic()
-        if wait > 0 and not newer.is_finished:
-            await asyncio.sleep(wait)
-            newer = await store.get(job.id, owner)  # the newest state after the pause
-        job = newer
-        last_sent = time.monotonic()
-        yield _event(job)
+class EventStreamResponse(StreamingResponse):
+    """A job's events for one reader; its place among the job's streams is given back when
+    the response ends, however it ends (the job's end, a hang-up, a dropped connection)."""
+
+    def __init__(self, subscription: Subscription) -> None:
+        super().__init__(
+            subscription.events(),
+            media_type=EVENT_STREAM,
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+        self.subscription = subscription
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.subscription.close()
 
 
-def _event(job: JobView) -> str:
-    data: dict[str, Any] = {
-        "state": job.state,
-        "progress": job.progress,
-        "elapsed_s": job.elapsed_s,
-        "remaining_s": job.remaining_s,
-    }
-    if job.partial is not None:
-        data["heatmap"] = job.partial
-    if job.error is not None:
-        data["error"] = job.error
-    return f"id: {job.version}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n"
+Renderer = Callable[[AlignedFace, Heatmap], bytes]
+
+
+async def _png_renderer(
+    state: ServiceState, file: UploadFile, fmt: Format, upload: explanations.UploadFacts
+) -> Renderer:
+    """How the job draws its ``fmt`` PNG once its map is ready: from the upload's compressed
+    bytes (read again from the request's spooled file: at most ``max_upload_bytes``), decoded
+    again on the job's worker thread while holding the upload's pixels in the app's budget."""
+    await file.seek(0)
+    data = await file.read()
+    loop = asyncio.get_running_loop()
+    limits = ImageLimits.from_settings(state.settings)
+    width, height = upload.size
+    pixels = width * height
+
+    def render(aligned: AlignedFace, heatmap: Heatmap) -> bytes:  # on a worker thread
+        asyncio.run_coroutine_threadsafe(state.decodes.acquire(pixels), loop).result()
+        try:
+            image = decode_pixels(read_header(data, limits))
+            return render_png(fmt, image.rgb, aligned, heatmap)
+        finally:
+            loop.call_soon_threadsafe(state.decodes.release, pixels)
+
+    return render

@@ -1,15 +1,16 @@
 """What jobs do, for ``/metrics``: how many are in each state, how long they waited for a turn,
-how long they ran, and how each ended."""
+how long they ran, how each ended, what finished jobs hold (results and their bytes, and how
+many were forgotten to keep that bounded) and how many event streams are open."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from service.jobs.store import JobView
+from service.jobs.store import JobView, ResultsHeld
 from service.observability.metrics import LATENCY_BUCKETS, PREFIX
 
 JOB_BUCKETS = (*LATENCY_BUCKETS, 60, 120, 300)
@@ -18,8 +19,16 @@ JOB_BUCKETS = (*LATENCY_BUCKETS, 60, 120, 300)
 class JobMetrics:
     """Registered in a registry; ``observe`` is the store's ``on_change``."""
 
-    def __init__(self, registry: CollectorRegistry, counts: Callable[[], dict[str, int]]) -> None:
-        registry.register(_JobCounts(counts))
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        counts: Callable[[], dict[str, int]],
+        results: Callable[[], ResultsHeld] | None = None,
+        streams: Callable[[], int] | None = None,
+    ) -> None:
+        """``counts``: jobs by state; ``results``: what finished jobs hold; ``streams``: event
+        streams open (each read at scrape time; None: not in this process)."""
+        registry.register(_JobCounts(counts, results, streams))
         self.queue_wait = Histogram(
             f"{PREFIX}_job_queue_wait_seconds",
             "how long a job waited for an explanation turn before it ran",
@@ -53,10 +62,16 @@ class JobMetrics:
 
 
 class _JobCounts(Collector):
-    """The jobs held right now, by state, read from the store at scrape time."""
+    """The jobs held right now, by state, and what the finished ones hold, read from the store
+    at scrape time."""
 
-    def __init__(self, counts: Callable[[], dict[str, int]]) -> None:
-        self.counts = counts
+    def __init__(
+        self,
+        counts: Callable[[], dict[str, int]],
+        results: Callable[[], ResultsHeld] | None,
+        streams: Callable[[], int] | None,
+    ) -> None:
+        self.counts, self.results, self.streams = counts, results, streams
 
     def collect(self) -> Iterable[Metric]:
         family = GaugeMetricFamily(
@@ -66,4 +81,33 @@ class _JobCounts(Collector):
         )
         for state, count in self.counts().items():
             family.add_metric([state], count)
-        return [family]
+        families: list[Metric] = [family]
+        if self.results is not None:
+            held = self.results()
+            families += [
+                GaugeMetricFamily(
+                    f"{PREFIX}_job_results",
+                    "finished jobs held (at most job_results_max)",
+                    value=held.jobs,
+                ),
+                GaugeMetricFamily(
+                    f"{PREFIX}_job_result_bytes",
+                    "bytes of the results (JSON and PNG renders) finished jobs hold (at most "
+                    "job_results_max_bytes)",
+                    value=held.bytes,
+                ),
+                CounterMetricFamily(
+                    f"{PREFIX}_job_results_evicted",
+                    "finished jobs forgotten before they expired to make room for newer ones",
+                    value=held.evicted,
+                ),
+            ]
+        if self.streams is not None:
+            families.append(
+                GaugeMetricFamily(
+                    f"{PREFIX}_job_event_streams",
+                    "GET /jobs/{id}/events streams open now",
+                    value=self.streams(),
+                )
+            )
+        return families

@@ -8,7 +8,15 @@ synchronous endpoint makes; from then on it is read by id. The store bounds what
   rather than making everyone else's jobs slow;
 - a finished job (done, failed or cancelled) is kept for ``ttl_s`` seconds, then forgotten: its
   id answers 404 ``unknown_job`` like an id that never existed, as does a job asked for with
-  another key (whether a job exists is its owner's business only).
+  another key (whether a job exists is its owner's business only);
+- at most ``max_results`` finished jobs, holding at most ``max_result_bytes`` of results (JSON
+  and renders), are kept at once: a job that finishes beyond either makes the oldest finished
+  ones forgotten first (404 ``unknown_job`` as if expired; ``/metrics`` counts them), and a
+  result larger than ``max_result_bytes`` alone fails its job with ``result_too_large``. So
+  what finished jobs hold is bounded whatever the rate at which clients make them.
+
+A result is serialised once, when its job finishes (``JobResult.of``), and kept as bytes: a
+status or result read splices those bytes into its answer and never serialises them again.
 
 The store only keeps records; the work runs elsewhere (``runner.JobRunner``), reports through
 ``update`` and learns of a ``delete`` by ``wait``ing for the job's next version. Every change
@@ -23,14 +31,17 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import secrets
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from service.errors import JobNotDone, TooManyJobs, UnknownJob
+from pydantic import BaseModel
+
+from service.errors import JobNotDone, ResultTooLarge, TooManyJobs, UnknownJob
+from service.settings import Settings
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
 JOB_STATES: tuple[JobState, ...] = ("queued", "running", "done", "failed", "cancelled")
@@ -53,13 +64,38 @@ def owner_of(api_key: str | None) -> str:
 
 @dataclass(frozen=True)
 class JobResult:
-    """A finished job's answer, rendered once: the synchronous endpoint's JSON body and, for
-    heatmaps, its PNG and overlay renders (so the upload itself can be dropped)."""
+    """A finished job's answer, rendered once: the synchronous endpoint's JSON body, serialised,
+    and the PNG render it was asked for (so the upload itself can be dropped)."""
 
-    body: dict[str, Any]
+    body: bytes
+    """the JSON answer, serialised once (``of``)"""
     renders: dict[str, bytes] = field(default_factory=dict)
     """format name (``png``, ``overlay``) -> PNG bytes"""
     headers: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls,
+        body: BaseModel,
+        renders: dict[str, bytes] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> JobResult:
+        """``body`` serialised to JSON bytes here, once (on the job's worker thread)."""
+        return cls(body.model_dump_json().encode(), renders or {}, headers or {})
+
+    @property
+    def size(self) -> int:
+        """Bytes this result holds (what ``max_result_bytes`` counts)."""
+        return len(self.body) + sum(len(png) for png in self.renders.values())
+
+
+@dataclass(frozen=True)
+class ResultsHeld:
+    """What finished jobs hold now, and how many were forgotten to keep it bounded."""
+
+    jobs: int
+    bytes: int
+    evicted: int
 
 
 @dataclass(frozen=True)
@@ -77,8 +113,8 @@ class JobView:
     elapsed_s: float
     remaining_s: float | None
     error: dict[str, str] | None
-    result: dict[str, Any] | None
-    """the JSON answer, once done"""
+    result_json: bytes | None
+    """the JSON answer, serialised once when the job finished (once done)"""
     partial: dict[str, Any] | None
     version: int
     cancel_requested: bool
@@ -136,8 +172,14 @@ class Jobs(Protocol):
     def counts(self) -> dict[str, int]: ...
 
 
+# Defaults of the bounds on finished jobs (``Settings.job_results_max*`` in the service).
+MAX_RESULTS = 512
+MAX_RESULT_BYTES = 256 * 1024 * 1024
+
+
 class JobStore:
-    """The jobs of one process, bounded in number and kept ``ttl_s`` after they finish."""
+    """The jobs of one process, bounded in number, their finished ones in number and bytes,
+    and kept ``ttl_s`` after they finish."""
 
     def __init__(
         self,
@@ -145,16 +187,34 @@ class JobStore:
         ttl_s: float,
         max_jobs: int,
         max_jobs_per_key: int,
+        max_results: int = MAX_RESULTS,
+        max_result_bytes: int = MAX_RESULT_BYTES,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[JobView, str | None], None] | None = None,
     ) -> None:
         """``on_change(view, state_before)`` is called after every change (before None: the
         job is new)."""
         self.ttl_s, self.max_jobs, self.max_jobs_per_key = ttl_s, max_jobs, max_jobs_per_key
+        self.max_results, self.max_result_bytes = max_results, max_result_bytes
         self.on_change = on_change
         self._clock = clock
         self._jobs: dict[str, _Job] = {}
+        # finished jobs, oldest first -> the bytes their result holds
+        self._finished: OrderedDict[str, int] = OrderedDict()
+        self._evicted = 0
         self._changed = asyncio.Condition()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> JobStore:
+        """The store the service's settings describe (``max_jobs*``, ``job_ttl_s``,
+        ``job_results_max*``)."""
+        return cls(
+            ttl_s=settings.job_ttl_s,
+            max_jobs=settings.max_jobs,
+            max_jobs_per_key=settings.max_jobs_per_key,
+            max_results=settings.job_results_max,
+            max_result_bytes=settings.job_results_max_bytes,
+        )
 
     async def create(self, owner: str, method: str, parameters: dict[str, Any]) -> JobView:
         """A new queued job, or 429 ``too_many_jobs`` when the limits say no."""
@@ -216,8 +276,7 @@ class JobStore:
         if job.state == "running" and job.started is None:
             job.started = now
         if job.is_finished:
-            job.finished = now
-            job.partial = None
+            self._finish(job, now)
         return await self._changed_job(job, before)
 
     async def beat(self, job_id: str) -> None:
@@ -229,7 +288,7 @@ class JobStore:
         a finished one."""
         job = await self._find(job_id, owner)
         if job.is_finished:
-            del self._jobs[job.id]
+            self._forget(job.id)
             return self._view(job)
         job.cancel_requested = True
         return await self._changed_job(job, job.state)
@@ -242,11 +301,16 @@ class JobStore:
             why = f": {job.error['message']}" if job.error else ""
             raise JobNotDone(f"job {job_id} is {job.state}{why}; its result comes once it is done")
         if fmt == "json":
-            return json.dumps(job.result.body).encode(), job.result.headers
+            return job.result.body, job.result.headers
         if fmt not in job.result.renders:
             formats = ", ".join(["json", *job.result.renders])
             raise JobNotDone(f"a {job.method} job has no {fmt} result; its formats: {formats}")
         return job.result.renders[fmt], job.result.headers
+
+    def results_held(self) -> ResultsHeld:
+        """Finished jobs held now, the bytes of their results, and how many were forgotten
+        (oldest first) to stay within ``max_results`` and ``max_result_bytes``."""
+        return ResultsHeld(len(self._finished), sum(self._finished.values()), self._evicted)
 
     def counts(self) -> dict[str, int]:
         """Jobs held and not expired, by state."""
@@ -262,10 +326,41 @@ class JobStore:
         job = self._jobs.get(job_id)
         if job is None or (owner is not None and not secrets.compare_digest(job.owner, owner)):
             raise UnknownJob(
-                f"no job {job_id!r}: it never existed, expired ({self.ttl_s:g} s after it "
-                "finished) or belongs to another API key"
+                f"no job {job_id!r}: it never existed, was deleted, expired ({self.ttl_s:g} s "
+                f"after it finished), was forgotten to make room for newer results (at most "
+                f"{self.max_results} finished jobs and {self.max_result_bytes} bytes of "
+                "results are kept; the oldest go first) or belongs to another API key"
             )
         return job
+
+    def _finish(self, job: _Job, now: float) -> None:
+        """Mark ``job`` finished at ``now`` and make room for what it holds: the oldest
+        finished jobs are forgotten until it fits in ``max_results`` and ``max_result_bytes``.
+        A result that could never fit fails the job instead (it keeps only its error)."""
+        job.finished = now
+        job.partial = None
+        size = job.result.size if job.result is not None else 0
+        if size > self.max_result_bytes:
+            job.error = {
+                "code": ResultTooLarge.code,
+                "message": f"the result is {size} bytes, more than the {self.max_result_bytes} "
+                "this service keeps for all finished jobs; ask for format=json, or send a "
+                "smaller image",
+            }
+            job.state, job.result, size = "failed", None, 0
+        held = sum(self._finished.values())
+        while self._finished and (
+            len(self._finished) >= self.max_results or held + size > self.max_result_bytes
+        ):
+            oldest, freed = self._finished.popitem(last=False)
+            del self._jobs[oldest]
+            held -= freed
+            self._evicted += 1
+        self._finished[job.id] = size
+
+    def _forget(self, job_id: str) -> None:
+        del self._jobs[job_id]
+        self._finished.pop(job_id, None)
 
     async def _sweep(self) -> None:
         """Forget the finished jobs older than the TTL; fail the unfinished ones whose runner
@@ -276,15 +371,16 @@ class JobStore:
             for job_id, job in self._jobs.items()
             if job.finished is not None and job.finished <= now - self.ttl_s
         ]:
-            del self._jobs[job_id]
+            self._forget(job_id)
         for job in [j for j in self._jobs.values() if not j.is_finished]:
             if now - job.heard > LOST_AFTER_S:
-                before, job.state, job.finished = job.state, "failed", now
+                before, job.state = job.state, "failed"
                 job.error = {
                     "code": "job_lost",
                     "message": f"the worker running the job stopped answering for "
                     f"{LOST_AFTER_S:g} s (it stopped or was replaced); run the job again",
                 }
+                self._finish(job, now)
                 await self._changed_job(job, before)
 
     async def _changed_job(self, job: _Job, before: str | None) -> JobView:
@@ -317,7 +413,7 @@ class JobStore:
             elapsed_s=round(elapsed, 3),
             remaining_s=None if remaining is None else round(remaining, 3),
             error=job.error,
-            result=job.result.body if job.result is not None else None,
+            result_json=job.result.body if job.result is not None else None,
             partial=job.partial,
             version=job.version,
             cancel_requested=job.cancel_requested,

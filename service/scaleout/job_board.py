@@ -12,7 +12,9 @@ in one process: its runner waits for the job's next version, which says ``cancel
 The board's errors (404 ``unknown_job``, 409 ``job_not_done``, 429 ``too_many_jobs``) come back
 as a ``Refusal`` value and are raised again on the caller's side as the same ``ServiceError``,
 so the client's answer is the single-process one. The job metrics are the board's own registry,
-published to the ``MetricsBoard`` like every replica's, so ``/metrics`` counts each job once.
+published to the ``MetricsBoard`` like every replica's, so ``/metrics`` counts each job once,
+and the bounds on finished jobs' results (count, bytes) hold for the whole deployment. A result
+crosses to the gateway as the bytes serialised once when its job finished.
 """
 
 from __future__ import annotations
@@ -52,12 +54,10 @@ class JobBoard:
 
     def __init__(self, settings: Settings, metrics_board: Any) -> None:
         self.metrics = ServiceMetrics()
-        self.store = JobStore(
-            ttl_s=settings.job_ttl_s,
-            max_jobs=settings.max_jobs,
-            max_jobs_per_key=settings.max_jobs_per_key,
-        )
-        self.store.on_change = JobMetrics(self.metrics.registry, self.store.counts).observe
+        self.store = JobStore.from_settings(settings)
+        self.store.on_change = JobMetrics(
+            self.metrics.registry, self.store.counts, self.store.results_held
+        ).observe
         self.publisher = MetricsPublisher(
             BOARD_NAME,
             lambda: self.metrics.render().decode(),

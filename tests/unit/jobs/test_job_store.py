@@ -1,18 +1,21 @@
-"""The job store's bounds: limits per key and in all, expiry after the TTL, owners."""
+"""The job store's bounds: limits per key and in all, expiry after the TTL, owners, and what
+finished jobs may hold (results in number and bytes, the oldest forgotten first)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 
 import pytest
+from pydantic import BaseModel
 
 from service.errors import JobNotDone, TooManyJobs, UnknownJob
 from service.explain import EXPLAINERS
 from service.explain.base import MethodCall
 from service.insight.maximize import MaximizeParams
 from service.jobs.progress import PassCounter
-from service.jobs.store import ANONYMOUS, JobResult, JobStore, owner_of
+from service.jobs.store import ANONYMOUS, JobResult, JobStore, ResultsHeld, owner_of
 
 
 class Clock:
@@ -37,8 +40,8 @@ def test_finished_jobs_expire_after_the_ttl_and_unfinished_ones_with_a_runner_ne
         await store.update(done.id, {"state": "running"})
         await store.update(running.id, {"state": "running"})
         clock.now += 5
-        view = await store.update(done.id, {"state": "done", "result": JobResult({"x": 1})})
-        assert view.elapsed_s == 5 and view.remaining_s == 0 and view.result == {"x": 1}
+        view = await store.update(done.id, {"state": "done", "result": JobResult(b'{"x":1}')})
+        assert view.elapsed_s == 5 and view.remaining_s == 0 and view.result_json == b'{"x":1}'
         await store.beat(running.id)
         clock.now += 59.9
         await store.beat(running.id)
@@ -104,10 +107,10 @@ def test_renders_of_a_done_job() -> None:
     async def scenario() -> None:
         store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=3)
         job = await store.create("a", "maximize", {})
-        result = JobResult({"steps": 3}, {"png": b"\x89PNG"}, {"X-Test": "1"})
+        result = JobResult(b'{"steps":3}', {"png": b"\x89PNG"}, {"X-Test": "1"})
         await store.update(job.id, {"state": "done", "result": result})
         assert await store.render(job.id, "a", "png") == (b"\x89PNG", {"X-Test": "1"})
-        assert (await store.render(job.id, "a", "json"))[0] == b'{"steps": 3}'
+        assert (await store.render(job.id, "a", "json"))[0] == b'{"steps":3}'
         with pytest.raises(JobNotDone, match="formats: json, png"):
             await store.render(job.id, "a", "overlay")
 
@@ -155,5 +158,83 @@ def test_a_job_whose_runner_goes_silent_fails_as_lost() -> None:
         assert lost.state == "failed" and lost.error is not None
         assert lost.error["code"] == "job_lost"
         assert (await store.get(alive.id, "a")).state == "queued"
+
+    run(scenario)
+
+
+async def finish(store: JobStore, owner: str, result: JobResult | None = None) -> str:
+    job = await store.create(owner, "gradcam", {})
+    await store.update(job.id, {"state": "running"})
+    if result is None:
+        await store.update(job.id, {"state": "failed", "error": {"code": "x", "message": "y"}})
+    else:
+        await store.update(job.id, {"state": "done", "result": result})
+    return job.id
+
+
+def sized(nbytes: int) -> JobResult:
+    """A result of ``nbytes`` in all: a small JSON body and a PNG render making up the rest."""
+    body = b'{"label":"x"}'
+    return JobResult(body, {"overlay": b"\x89PNG" + b"\0" * (nbytes - len(body) - 4)})
+
+
+def test_finished_jobs_beyond_the_count_forget_the_oldest_first() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=600, max_jobs=4, max_jobs_per_key=4, max_results=3)
+        ids = [await finish(store, "a", sized(100)) for _ in range(3)]
+        ids.append(await finish(store, "a"))  # a failed job counts too: it is a finished one
+        with pytest.raises(UnknownJob, match="forgotten to make room for newer results"):
+            await store.get(ids[0], "a")
+        for job_id in ids[1:]:
+            assert (await store.get(job_id, "a")).is_finished
+        assert store.results_held() == ResultsHeld(jobs=3, bytes=200, evicted=1)
+        # an unfinished job is never evicted, however many finish after it
+        waiting = await store.create("a", "lime", {})
+        for _ in range(5):
+            await finish(store, "b", sized(10))
+        assert (await store.get(waiting.id, "a")).state == "queued"
+        assert store.results_held().jobs == 3 and store.results_held().evicted == 6
+
+    run(scenario)
+
+
+def test_finished_jobs_beyond_the_bytes_forget_the_oldest_until_the_new_one_fits() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=600, max_jobs=4, max_jobs_per_key=4, max_result_bytes=1000)
+        small = [await finish(store, "a", sized(300)) for _ in range(3)]  # 900 bytes held
+        big = await finish(store, "a", sized(600))  # needs the two oldest gone
+        held = store.results_held()
+        assert held == ResultsHeld(jobs=2, bytes=900, evicted=2)
+        for gone in small[:2]:
+            with pytest.raises(UnknownJob):
+                await store.render(gone, "a", "json")
+        assert (await store.render(big, "a", "overlay"))[0].startswith(b"\x89PNG")
+        # a result larger than everything kept fails its job and evicts nothing
+        huge = await finish(store, "a", sized(1001))
+        failed = await store.get(huge, "a")
+        assert failed.state == "failed" and failed.result_json is None
+        assert failed.error is not None and failed.error["code"] == "result_too_large"
+        assert store.results_held() == ResultsHeld(jobs=3, bytes=900, evicted=2)
+        # deleting and expiring give the bytes back
+        await store.delete(big, "a")
+        assert store.results_held().bytes == 300
+
+    run(scenario)
+
+
+def test_a_result_is_serialised_once_and_read_as_the_same_bytes() -> None:
+    class Body(BaseModel):
+        label: str
+        values: list[float]
+
+    async def scenario() -> None:
+        store = JobStore(ttl_s=600, max_jobs=4, max_jobs_per_key=4)
+        result = JobResult.of(Body(label="x", values=[0.25, 1.0]), {"png": b"\x89PNG"})
+        assert json.loads(result.body) == {"label": "x", "values": [0.25, 1.0]}
+        assert result.size == len(result.body) + 4
+        job_id = await finish(store, "a", result)
+        first = (await store.get(job_id, "a")).result_json
+        assert first is result.body and (await store.get(job_id, "a")).result_json is first
+        assert (await store.render(job_id, "a", "json"))[0] is result.body
 
     run(scenario)
