@@ -109,7 +109,7 @@ _ERROR_DESCRIPTIONS = {
     413: "upload or image too large",
     415: "not a JPEG, PNG, WebP or BMP image",
     422: "invalid request or image too small",
-    429: "too many jobs queued or running",
+    429: "too many jobs queued or running, or event streams open",
     503: "model not ready, or too many requests in flight",
 }
 
