@@ -10,6 +10,7 @@ import pytest
 from httpx import Response
 from nonface_images import nonface_images
 from PIL import Image, ImageFilter
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def _scene(size: tuple[int, int], seed: int) -> Image.Image:
@@ -215,9 +216,10 @@ def test_close_ups_at_high_resolution_are_found_and_labelled_as_at_their_own_siz
     assert len(flips) <= 1, f"{len(flips)} of {compared} close-ups change label: {flips}"
 
 
-# Through HTTP, a sample of tests/nonface_images.py (each costs the detector's second look, about
-# 2-3 s of CPU here): the issue's rocket and coins, a cat, text, a texture, at a face crop's size
-# and their own. tests/unit/faces/test_face_crops.py takes all of them, as they are.
+# Through HTTP, a sample of tests/nonface_images.py (each crop-shaped one costs every view of the
+# detector's second look, about 0.8 s of CPU here): the issue's rocket and coins, a cat, text, a
+# texture, at a face crop's size and their own. tests/unit/faces/test_face_crops.py takes all of
+# them, as they are.
 HTTP_NONFACE_SAMPLE = (
     "rocket",
     "rocket@112",
@@ -255,3 +257,37 @@ def test_a_tight_crop_without_a_detected_face_is_classified_as_a_face_crop(
     assert body["face_index"] == 0 and len(body["faces"]) == 1
     assert body["face_box"]["width"] >= 0.45 * 112
     assert body["label"] == relative.split("/")[0]
+
+
+def _face_search_counts(client) -> dict[str, float]:
+    """The face search cache's lookups by result and the pixels searched so far (/metrics)."""
+    counts = {}
+    for family in text_string_to_metric_families(client.get("/metrics").text):
+        for sample in family.samples:
+            if sample.name == "celebxai_face_search_cache_lookups_total":
+                counts[sample.labels["result"]] = sample.value
+            elif sample.name == "celebxai_face_search_pixels_sum":
+                counts["pixels"] = sample.value
+    return counts
+
+
+def test_a_repeat_of_a_tight_crop_and_its_explanation_reuse_the_first_search(
+    client, post_image, celebs_root
+):
+    """A crop that takes the CNN's second look is searched once: the repeat /predict and an
+    explanation of the same photo have its faces from the cache (counted, not timed)."""
+    photo = (celebs_root / "leonardo_dicaprio/6002.png").read_bytes()  # HOG misses it
+    before = _face_search_counts(client)
+    first = post_image(photo)
+    searched = _face_search_counts(client)
+    repeat = post_image(photo)
+    explained = post_image(photo, path="/explain/gradient")
+    after = _face_search_counts(client)
+
+    assert first.status_code == repeat.status_code == explained.status_code == 200, first.text
+    assert first.json()["face_box"]["source"] == "face_crop"
+    assert repeat.json()["face_box"] == first.json()["face_box"]
+    assert repeat.json()["label"] == first.json()["label"]
+    assert searched["miss"] - before["miss"] == 1 and searched["pixels"] > before["pixels"]
+    assert after["hit"] - searched["hit"] == 2 and after["miss"] == searched["miss"]
+    assert after["pixels"] == searched["pixels"], "a cached result searched no pixels"

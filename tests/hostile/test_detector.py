@@ -3,18 +3,23 @@
 A blank 20000x16 PNG (1 KB) once made the detector's retry search a 216-megapixel image for 78 s
 and 7 GB; a 12-megapixel photo without a face runs both passes on the largest views allowed. The
 cost is checked through the service's own counter, ``celebxai_face_search_pixels`` (pixels
-searched per request, every pass), not by a clock; memory through the server's RSS.
+searched per request, every pass), not by a clock; memory through the server's RSS. The worst
+cases run on a service with the face search cache off (``--face-search-cache 0``), so that every
+upload is searched; with it on (the default), two identical uploads at once are searched once.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import httpx
 import pytest
 
 from service.faces.finder import SEARCH_MAX_PIXELS
+from tests.load.harness import stop_server
 
+from .conftest import ServiceProcess, launch
 from .detector_uploads import FACE, WORST_CASES
 from .scrape import metric_samples
 
@@ -48,12 +53,34 @@ def _post(client: httpx.Client, data: bytes, content_type: str) -> httpx.Respons
     return client.post("/predict", files={"file": ("upload", data, content_type)})
 
 
+def _lookups(client: httpx.Client) -> dict[str, float]:
+    """The face search cache's lookups by result (``hit``, ``shared``, ``miss``) so far."""
+    url = str(client.base_url).rstrip("/")
+    return {
+        sample.labels["result"]: sample.value
+        for sample in metric_samples(url, "celebxai_face_search_cache_lookups")
+        if sample.name.endswith("_total")
+    }
+
+
 @pytest.fixture(scope="module")
 def uploads() -> dict[str, tuple[bytes, str]]:
     return {name: (build(), content_type) for name, (build, content_type) in WORST_CASES.items()}
 
 
-def test_each_worst_case_answers_and_searches_a_bounded_area(service_process, uploads):
+@pytest.fixture(scope="module")
+def uncached_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The README's ``python -m service``, with ``--face-search-cache 0``: every upload is
+    searched, however often it is sent."""
+    service = launch(tmp_path_factory.mktemp("uncached"), ["--face-search-cache", "0"])
+    try:
+        yield service
+    finally:
+        stop_server(service.process)
+
+
+def test_each_worst_case_answers_and_searches_a_bounded_area(uncached_service, uploads):
+    service_process = uncached_service
     rss_before = service_process.rss_mib()
     with httpx.Client(base_url=service_process.url, timeout=120) as client:
         for name, (data, content_type) in uploads.items():
@@ -73,9 +100,10 @@ def test_each_worst_case_answers_and_searches_a_bounded_area(service_process, up
     assert growth < RSS_GROWTH_LIMIT_MIB, f"RSS grew by {growth:.0f} MiB"
 
 
-def test_predict_answers_while_worst_cases_are_searched(service_process, uploads, celebs_root):
+def test_predict_answers_while_worst_cases_are_searched(uncached_service, uploads, celebs_root):
     """Two faceless 12-megapixel photos and two blank strips at once, then a face: everything
     is answered, the face correctly, and every search stays within the bound."""
+    service_process = uncached_service
     with httpx.Client(base_url=service_process.url, timeout=120) as client:
         before = _search_pixels(client)
         answers: list[int] = []
@@ -103,3 +131,32 @@ def test_predict_answers_while_worst_cases_are_searched(service_process, uploads
     searched = after["count"] - before["count"]
     assert searched == 5
     assert after["within_bound"] - before["within_bound"] == searched
+
+
+def test_identical_uploads_at_once_are_searched_once(service_process, uploads):
+    """Three faceless 12-megapixel photos at once, then again: one search, within the bound;
+    every other request had its faces (none) from that search, waiting for it or cached."""
+    data, content_type = uploads["photo-12mp"]
+    with httpx.Client(base_url=service_process.url, timeout=120) as client:
+        before, lookups_before = _search_pixels(client), _lookups(client)
+        answers: list[int] = []
+
+        def send() -> None:
+            with httpx.Client(base_url=service_process.url, timeout=120) as own:
+                answers.append(_post(own, data, content_type).status_code)
+
+        senders = [threading.Thread(target=send) for _ in range(3)]
+        for sender in senders:
+            sender.start()
+        for sender in senders:
+            sender.join()
+        answers.append(_post(client, data, content_type).status_code)
+        after, lookups = _search_pixels(client), _lookups(client)
+
+    assert answers == [422] * 4
+    assert lookups["miss"] - lookups_before["miss"] == 1
+    reused = sum(lookups[k] - lookups_before[k] for k in ("hit", "shared"))
+    assert reused == 3 and lookups["hit"] - lookups_before["hit"] >= 1
+    assert after["count"] - before["count"] == 4
+    assert after["within_bound"] - before["within_bound"] == 4
+    assert 0 < after["sum"] - before["sum"] <= SEARCH_BOUND
