@@ -41,7 +41,7 @@ Lookup = Literal["hit", "shared", "miss"]
 
 def pixel_digest(image: Image.Image) -> str:
     """A digest of ``image``'s decoded pixels, size and mode: equal for equal pixels."""
-    digest = hashlib.blake2b(digest_size=20)
+    digest = hashlib.sha256()
     digest.update(f"{image.mode} {image.width}x{image.height}".encode())
     row_bytes = max(1, len(image.getbands()) * image.width)
     rows = max(1, DIGEST_BAND_BYTES // row_bytes)
