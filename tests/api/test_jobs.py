@@ -6,19 +6,33 @@ event interval; the model and data are the real ones.
 
 from __future__ import annotations
 
+import gc
+import io
 import json
+import socket
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import uvicorn
 from fastapi.testclient import TestClient
+from PIL import Image
 
 from service import explanations
+from service.api import deps
+from service.api import jobs as job_routes
 from service.app import create_app
 from service.explain import EXPLAINERS
+from service.http.connection_limits import ConnectionLimits, protocol_class
+from service.intake.images import DecodedImage, decode_pixels
+from tests.hostile.raw_http import request_head
+from tests.load.harness import free_port
 from tests.pacing import HeldPasses
 
 KEY_A, KEY_B = "key-a", "key-b"
@@ -335,3 +349,250 @@ def test_unknown_ids_and_unfinished_results(
     assert early.status_code == 409 and early.json()["error"]["code"] == "job_not_done"
     jobs.delete(f"/jobs/{job_id}")
     assert wait_for(jobs, job_id, {"cancelled"})["state"] == "cancelled"
+
+
+@pytest.mark.parametrize("fmt", ["json", "overlay"])
+def test_a_waiting_job_holds_no_decoded_image(
+    jobs: TestClient,
+    face_bytes: bytes,
+    fmt: str,
+    hold_passes: Callable[[int], HeldPasses],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """What a job keeps while it waits is its model input and the upload's facts (an overlay
+    job: the compressed upload too), never the decoded upload: every decoded image of the
+    request is gone once the 202 is answered, and its pixels are back in the budget."""
+    decoded: list[weakref.ref[Any]] = []
+
+    def recorded(*args: Any) -> DecodedImage:
+        image = decode_pixels(*args)
+        decoded.extend([weakref.ref(image), weakref.ref(image.rgb)])
+        return image
+
+    monkeypatch.setattr(deps, "decode_pixels", recorded)
+    held = hold_passes(2)
+    job_id = start(jobs, "lime", f"format={fmt}&" + LONG_LIME.format(seed=51), face_bytes).json()[
+        "id"
+    ]
+    held.wait_until_reached()  # running, between its passes
+    gc.collect()
+    assert decoded and all(ref() is None for ref in decoded)
+    assert pixels_in_use(jobs) == 0
+    jobs.delete(f"/jobs/{job_id}")
+    assert wait_for(jobs, job_id, {"cancelled"})["state"] == "cancelled"
+
+
+def pixels_in_use(client: TestClient) -> float:
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("celebxai_decode_pixels_in_use "):
+            return float(line.split()[1])
+    raise AssertionError("no pixel budget gauge in /metrics")
+
+
+def test_an_overlay_job_renders_inside_the_pixel_budget(
+    jobs: TestClient, face_bytes: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The render decodes the upload again while holding its pixels, and gives them back."""
+    held_during_render: list[float] = []
+    render = job_routes.render_png
+
+    def watched(*args: Any) -> bytes:
+        state = jobs.app.state.service  # type: ignore[attr-defined]
+        held_during_render.append(state.decodes.in_use)
+        return render(*args)
+
+    monkeypatch.setattr(job_routes, "render_png", watched)
+    job_id = start(jobs, "gradcam", "format=overlay", face_bytes).json()["id"]
+    assert wait_for(jobs, job_id, {"done", "failed"})["state"] == "done"
+    width, height = Image.open(io.BytesIO(face_bytes)).size
+    assert held_during_render == [width * height]
+    assert pixels_in_use(jobs) == 0
+
+
+# --- event streams over a real connection ---------------------------------------------------
+# The test client runs an app to its end before it answers, so streams that stay open, readers
+# that never read and hang-ups need a real server: uvicorn in a thread of this process, with the
+# service's own connection protocol (``python -m service`` serves the same), so the test can
+# hold the jobs' work still (``hold_passes``) while streams are open.
+STREAMS_PER_JOB, STREAMS_PER_KEY = 3, 4
+WRITE_TIMEOUT_S = 1.0
+
+
+@dataclass
+class Served:
+    url: str
+
+    def headers(self, key: str = KEY_A) -> dict[str, str]:
+        return {"X-API-Key": key}
+
+    def metric(self, name: str, **labels: str) -> float:
+        for line in httpx.get(f"{self.url}/metrics").text.splitlines():
+            wanted = name + ("{" + ",".join(f'{k}="{v}"' for k, v in labels.items()) + "}")
+            if line.startswith(wanted if labels else name + " "):
+                return float(line.split()[-1])
+        return 0.0
+
+
+@pytest.fixture(scope="module")
+def served(make_settings: Any) -> Iterator[Served]:
+    settings = make_settings(
+        api_key=f"{KEY_A},{KEY_B}",
+        max_jobs=MAX_JOBS,
+        max_jobs_per_key=MAX_JOBS_PER_KEY,
+        job_event_interval_s=0.05,
+        job_streams_per_job=STREAMS_PER_JOB,
+        job_streams_per_key=STREAMS_PER_KEY,
+        write_timeout_s=WRITE_TIMEOUT_S,
+    )
+    app = create_app(settings)
+    closed = app.state.connections_closed
+    port = free_port()
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        http=protocol_class(
+            ConnectionLimits.from_settings(settings),
+            on_refused=lambda reason: closed.labels(reason=reason).inc(),
+        ),
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 120
+    while not server.started:
+        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
+        time.sleep(0.05)
+    try:
+        yield Served(f"http://127.0.0.1:{port}")
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def start_on(served: Served, query: str, face: bytes, key: str = KEY_A) -> str:
+    files = {"file": ("face.png", face, "image/png")}
+    response = httpx.post(
+        f"{served.url}/jobs/lime?detect=false&{query}",
+        files=files,
+        headers=served.headers(key),
+        timeout=60,
+    )
+    assert response.status_code == 202, response.text
+    return str(response.json()["id"])
+
+
+class Reader(threading.Thread):
+    """One client reading a job's event stream to its end."""
+
+    def __init__(self, served: Served, job_id: str, key: str = KEY_A) -> None:
+        super().__init__(daemon=True)
+        self.url, self.headers = f"{served.url}/jobs/{job_id}/events", served.headers(key)
+        self.status: int | None = None
+        self.events: list[dict[str, Any]] = []
+        self.opened = threading.Event()
+        self.start()
+
+    def run(self) -> None:
+        with httpx.stream("GET", self.url, headers=self.headers, timeout=60) as stream:
+            self.status = stream.status_code
+            self.opened.set()
+            for line in stream.iter_lines():
+                if line.startswith("data:"):
+                    self.events.append(json.loads(line.removeprefix("data:")))
+
+    def ended(self) -> list[dict[str, Any]]:
+        self.join(60)
+        assert not self.is_alive(), "the stream did not end"
+        return self.events
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.02)
+
+
+@pytest.mark.slow
+def test_a_second_delete_during_streams_ends_them_with_a_final_event(
+    served: Served,
+    face_bytes: bytes,
+    hold_passes: Callable[[int], HeldPasses],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    held = hold_passes(2)
+    job_id = start_on(served, LONG_LIME.format(seed=41), face_bytes)
+    held.wait_until_reached()
+    readers = [Reader(served, job_id) for _ in range(STREAMS_PER_JOB)]
+    wait_until(lambda: served.metric("celebxai_job_event_streams") == STREAMS_PER_JOB)
+    url, headers = f"{served.url}/jobs/{job_id}", served.headers()
+    assert httpx.delete(url, headers=headers).status_code == 200  # cancel
+    wait_until(lambda: httpx.get(url, headers=headers).json()["state"] == "cancelled")
+    assert httpx.delete(url, headers=headers).status_code == 200  # forget
+    assert httpx.get(url, headers=headers).status_code == 404
+    for reader in readers:
+        events = reader.ended()
+        assert reader.status == 200
+        assert events[-1]["state"] in {"cancelled", "gone"}, events
+        assert events[-1]["error"]["code"] in {"cancelled", "unknown_job"}
+    wait_until(lambda: served.metric("celebxai_job_event_streams") == 0)
+    assert not [r for r in caplog.records if r.levelname in ("ERROR", "CRITICAL")]
+    gone = httpx.get(f"{url}/events", headers=headers)
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "unknown_job"
+
+
+@pytest.mark.slow
+def test_open_streams_are_capped_per_job_and_per_key(
+    served: Served, face_bytes: bytes, hold_passes: Callable[[int], HeldPasses]
+) -> None:
+    held = hold_passes(2)
+    first = start_on(served, LONG_LIME.format(seed=42), face_bytes)
+    second = start_on(served, LONG_LIME.format(seed=43), face_bytes)
+    held.wait_until_reached()
+    readers = [Reader(served, first) for _ in range(STREAMS_PER_JOB)]
+    wait_until(lambda: served.metric("celebxai_job_event_streams") == STREAMS_PER_JOB)
+    refused = httpx.get(f"{served.url}/jobs/{first}/events", headers=served.headers())
+    assert refused.status_code == 429, refused.text
+    assert refused.json()["error"]["code"] == "too_many_streams"
+    assert "on job" in refused.json()["error"]["message"] and "Retry-After" in refused.headers
+    readers.append(Reader(served, second))  # the key's fourth: its last
+    wait_until(lambda: served.metric("celebxai_job_event_streams") == STREAMS_PER_KEY)
+    over = httpx.get(f"{served.url}/jobs/{second}/events", headers=served.headers())
+    assert over.status_code == 429 and "this API key" in over.json()["error"]["message"]
+    for job_id in (first, second):
+        httpx.delete(f"{served.url}/jobs/{job_id}", headers=served.headers())
+    for reader in readers:
+        assert reader.status == 200 and reader.ended()[-1]["state"] == "cancelled"
+    wait_until(lambda: served.metric("celebxai_job_event_streams") == 0)
+
+
+def never_reading_stream(served: Served, job_id: str) -> socket.socket:
+    """A connection asking for the job's events with a tiny receive buffer, never read."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: the window
+    sock.connect(("127.0.0.1", int(served.url.rsplit(":", 1)[1])))
+    sock.sendall(request_head("GET", f"/jobs/{job_id}/events", served.headers()))
+    return sock
+
+
+@pytest.mark.slow
+def test_a_reader_that_never_reads_is_dropped_and_does_not_hold_the_job(
+    served: Served, face_bytes: bytes
+) -> None:
+    job_id = start_on(served, "num_samples=2000&seed=44", face_bytes)
+    silent = never_reading_stream(served, job_id)
+    reader = Reader(served, job_id)  # a reader that reads, beside it
+    wait_until(lambda: served.metric("celebxai_job_event_streams") == 2)
+    try:
+        events = reader.ended()  # the job runs to its end, whatever the silent one does
+        assert events[-1]["state"] == "done"
+        # partial maps (hundreds of KB each) fill every buffer on the way to the silent
+        # reader, so its connection is dropped write_timeout_s after its last write stalled
+        # and gives back its place
+        wait_until(lambda: served.metric("celebxai_job_event_streams") == 0, timeout=30)
+        dropped = served.metric("celebxai_connections_closed_total", reason="write_timeout")
+        assert dropped >= 1
+    finally:
+        silent.close()

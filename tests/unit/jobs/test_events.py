@@ -34,6 +34,7 @@ async def next_event(stream: AsyncIterator[bytes]) -> dict[str, Any]:
 
 async def drain(stream: AsyncIterator[bytes]) -> list[dict[str, Any]]:
     """Every event left, until the stream ends (within 5 s)."""
+
     async def collect() -> list[dict[str, Any]]:
         return [parse(chunk) async for chunk in stream if chunk.startswith(b"id:")]
 
