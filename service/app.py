@@ -101,6 +101,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     finally:
         state.metrics.ready.set(0)
         await state.job_runner.stop()
+        await state.job_events.close_all()
         state.metrics.registry.unregister(caches)
         state.inspector = None
         if state.model is not None:
