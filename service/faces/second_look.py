@@ -40,10 +40,13 @@ LOOK_FACE_SIDE = 100
 LOOK_CONTEXT = 1.6
 # A face crop is searched whole, its longer side resized to each of these sides, padded by that
 # fraction of its shorter side, until the CNN finds a face: a crop's face (~0.8 of its side)
-# comes out 120-160 px. The CNN's answers on hard crops (dark, a poster, a kiss) flicker with
-# the phase of its image pyramid: of celebs8's crops that HOG misses, the first view finds all
-# but 4, the next two those 4 (at margins 0.03-0.40); no view finds a face in a non-face image.
-CROP_VIEWS = ((150, 0.25), (200, 0.25), (170, 0.25))
+# comes out 95-160 px. The CNN's cost grows with the view's pixels (0.10 s of one core for the
+# first view, 144x144, 0.46 s for the second, 300x300), and its answers on hard crops (dark, a
+# poster, a kiss) flicker with the phase of its image pyramid: of the 31 crops of the data folder
+# that HOG misses, the small first view finds 30, the second the last one (it alone finds that
+# one), the third is a spare of another size and padding that finds 30 of 31 too. No view finds
+# a face in any of the non-face images (bench/results/faces-tight-crops.md).
+CROP_VIEWS = ((120, 0.1), (200, 0.25), (150, 0.1))
 # Face crops are about square: longer side over shorter side at most this (3:4 portraits pass,
 # panoramas and strips do not).
 CROP_MAX_ASPECT = 1.5
