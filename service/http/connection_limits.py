@@ -18,6 +18,9 @@ that stalls, a body trickled a byte at a time, connections up to the file-descri
   a body trickled a byte at a time, each byte just inside the stall bound, is cut too; else 408;
 - the head may hold at most ``max_header_bytes``; the parser never sees more, so an unfinished
   head costs at most that much memory; beyond it, 431 ``headers_too_large``;
+- a client that reads nothing of its response for ``write_timeout_s`` while more of it waits
+  (the transport paused writing: an event stream or a PNG it never reads) is aborted, so it
+  holds no connection, and no task of the app, past that;
 - at most ``max_connections`` connections are open at once; one beyond is answered 503
   ``overloaded`` (with ``Retry-After``) as soon as it opens, before its request is read, and
   closed, so the server never runs out of file descriptors and the open ones keep being served.
@@ -371,8 +374,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 def refusal_counter(registry: CollectorRegistry) -> Counter:
     """``celebxai_connections_closed_total{reason}`` in ``registry``: connections this module
     closed, by reason (idle_connection, header_timeout, body_timeout, body_too_slow,
-    headers_too_large, too_many_connections, bad_request). ``counter.labels(reason=...).inc``
-    is the ``on_refused`` to give."""
+    headers_too_large, too_many_connections, bad_request, write_timeout).
+    ``counter.labels(reason=...).inc`` is the ``on_refused`` to give."""
     return Counter(
         "celebxai_connections_closed",
         "connections closed by the server for a slow, stalled, oversized or malformed request",
