@@ -6,6 +6,7 @@ event interval; the model and data are the real ones.
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import json
@@ -31,6 +32,8 @@ from service.app import create_app
 from service.explain import EXPLAINERS
 from service.http.connection_limits import ConnectionLimits, protocol_class
 from service.intake.images import DecodedImage, decode_pixels
+from service.jobs.store import JobView
+from service.schemas.jobs import JobStatus
 from tests.hostile.raw_http import request_head
 from tests.load.harness import free_port
 from tests.pacing import HeldPasses
@@ -380,6 +383,34 @@ def test_a_waiting_job_holds_no_decoded_image(
     assert pixels_in_use(jobs) == 0
     jobs.delete(f"/jobs/{job_id}")
     assert wait_for(jobs, job_id, {"cancelled"})["state"] == "cancelled"
+
+
+def test_a_status_splices_the_stored_result_bytes_in_as_they_are() -> None:
+    """Polling a finished job copies its result's bytes into the status; nothing re-serialises
+    them (a 256x256 heatmap took 31.5 ms of the event loop per poll)."""
+    stored = b'{"label":"x","heatmap":{"values":[[0.5,1.0]]},"note":"\\u00e9 \\"q\\""}'
+    view = JobView(
+        id="j",
+        method="lime",
+        parameters={"num_samples": 64},
+        state="done",
+        progress=1.0,
+        created_at=1.0,
+        queue_wait_s=0.0,
+        elapsed_s=2.0,
+        remaining_s=0.0,
+        error=None,
+        result_json=stored,
+        partial=None,
+        version=3,
+        cancel_requested=False,
+    )
+    body = job_routes.status_json(view)
+    assert body.endswith(b',"result":' + stored + b"}")
+    status = JobStatus.model_validate_json(body)
+    assert status.result == json.loads(stored) and status.state == "done"
+    queued = job_routes.status_json(dataclasses.replace(view, state="queued", result_json=None))
+    assert json.loads(queued)["result"] is None
 
 
 def pixels_in_use(client: TestClient) -> float:
