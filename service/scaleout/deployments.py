@@ -22,6 +22,7 @@ import time
 from typing import Any
 
 import ray
+from anyio import to_thread
 from ray import serve
 from ray.exceptions import TaskCancelledError
 from ray.serve.exceptions import BackPressureError
@@ -44,6 +45,8 @@ from service.state import ServiceState
 log = logging.getLogger(__name__)
 # The gateway only waits on replicas; its limit is far above any replica's queue.
 GATEWAY_MAX_ONGOING_REQUESTS = 4096
+# anyio's default thread limit: the worker threads the app has in the single process.
+APP_THREADS = 40
 
 
 class _HostsApp:
@@ -114,6 +117,7 @@ class AppReplica(_HostsApp):
         await super().__del__()
 
     async def handle(self, request: ForwardedRequest) -> ForwardedResponse:
+        _keep_app_threads()
         response = await run_asgi(self.service_app, request)
         served_by = f"{self.replica_name} node={self.node_id}".encode()
         response.headers.append((SERVED_BY_HEADER.encode(), served_by))
@@ -150,6 +154,23 @@ class Gateway(_HostsApp):
 
     async def _expositions(self) -> list[str]:
         return await self.board.snapshot.remote(self.replica_name)
+
+
+def _keep_app_threads() -> None:
+    """Give the replica's app the worker threads it has in the single process (anyio's default).
+
+    Ray Serve caps anyio's default thread limiter on a replica's loop at the deployment's
+    ``max_ongoing_requests`` (meant for plain sync handlers, where each request holds one
+    thread while it runs) and sets it again whenever the deployment is reconfigured. The app's
+    requests hold a thread for moments (decoding, the face search, sync dependencies), but a job
+    holds one for its whole run, long after its ``POST`` was answered: with the Explain
+    deployment's 2, two running jobs held every token, and every request to the replica
+    (``POST /jobs``, even ``/readyz``) waited for them to end. Jobs are bounded by the app's own
+    explanation gate, not by threads. Called on the loop that runs the app (the limiter is
+    per loop), before each request."""
+    limiter = to_thread.current_default_thread_limiter()
+    if limiter.total_tokens < APP_THREADS:
+        limiter.total_tokens = APP_THREADS
 
 
 class MetricsBoard:
