@@ -114,6 +114,12 @@ class UnknownMethod(RequestMistake):
     status, code = 404, "unknown_method"
 
 
+class TooCostly(ServiceError):
+    """A request whose parameters plan more forward passes than ``max_passes_per_request``."""
+
+    status, code = 422, "too_costly"
+
+
 class NoTopPatches(ServiceError):
     status, code = 404, "no_top_patches"
 

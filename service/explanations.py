@@ -10,7 +10,8 @@ replicas (which serve those same routes in their own app)::
     png = render_png("overlay", image.rgb, inputs.face.aligned, explanation.heatmap)
 
 ``explain`` takes a heatmap from the cache (keyed by model, model input, method, parameters and
-target) or computes it: the method runs on the calling thread, its forward passes on the
+target, within the ``ExplanationCache``'s scope: one per API key when keys are configured) or
+computes it: the method runs on the calling thread, its forward passes on the
 engine's inference thread, where they queue with ``/predict`` batches; once ``cancellation``
 is cancelled it stops at the next batch (``Cancelled``). ``PartialMaps`` turns a sampling
 method's partial maps into what a job's events carry. An answer needs only ``UploadFacts`` of
@@ -74,13 +75,23 @@ class Explanation:
 
 
 @dataclass(frozen=True)
-class Explanation:
-    """A heatmap, whether it came from the cache, and how long computing it took (0 if
-    cached)."""
+class ExplanationCache:
+    """The app's heatmap LRU as one client sees it: every key within ``scope`` (a digest of the
+    API key, or "" where all clients share it), so one client's entries are never another's
+    hits; the LRU's bounds stay the app's."""
 
-    heatmap: Heatmap
-    cached: bool
-    explain_ms: float
+    lru: LruCache
+    scope: str = ""
+
+    def get(self, key: str) -> Heatmap | None:
+        found: Heatmap | None = self.lru.get(self._scoped(key))
+        return found
+
+    def put(self, key: str, heatmap: Heatmap) -> None:
+        self.lru.put(self._scoped(key), heatmap)
+
+    def _scoped(self, key: str) -> str:
+        return f"{self.scope}|{key}"
 
 
 def explain(
@@ -88,7 +99,7 @@ def explain(
     inputs: ModelInput,
     call: MethodCall,
     target: int | None,
-    cache: LruCache,
+    cache: ExplanationCache,
     cancellation: Cancellation,
     report: Report | None = None,
 ) -> Explanation:
@@ -96,7 +107,7 @@ def explain(
     ``cache`` or computed here (a worker thread) and kept there. ``report``: the sampling
     methods' partial maps, for whoever watches (a job)."""
     key = explanation_key(model, inputs, call, target)
-    found: Heatmap | None = cache.get(key)
+    found = cache.get(key)
     if found is not None:
         return Explanation(found, cached=True, explain_ms=0.0)
     started = time.perf_counter()

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         description="explanations waiting for a turn; more are refused with 503 overloaded "
         "(Retry-After), so that /predict stays fast",
     )
+    max_passes_per_request: int = Field(
+        64,
+        ge=2,
+        description="forward passes one explanation (synchronous or job) may plan; more is "
+        "refused with 422 too_costly (docs/explanations.md lists each method's passes)",
+    )
     max_jobs: int = Field(
         16,
         ge=1,

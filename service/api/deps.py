@@ -9,10 +9,15 @@
   parameters ``detect`` and ``face``).
 - ``ModelInputDep``: that face preprocessed into the model's input (``ServingModel.
   model_input``): what ``/predict`` classifies and the explanation and insight routers explain.
-- ``ExplanationCacheDep``: the app's explanation result cache.
+- ``ExplanationCacheDep``: the app's explanation result cache as this request sees it: one
+  scope per API key when keys are configured (no key learns what another explained), shared
+  without keys.
 - ``api_key_guard`` and ``in_flight_slot``: put on image routers with ``dependencies=[...]``;
-  ``explanation_slot`` too on routers whose work is expensive (explanations).
-- ``OwnerDep``: who owns the jobs the request makes or reads (a digest of its API key).
+  ``explanation_slot`` too on routers whose work is expensive (explanations): synchronous
+  explanations take their turn before any queued job (``service.common.admission``).
+- ``OwnerDep``: who owns the jobs the request makes or reads, and whose job limit they count
+  against: a digest of its API key when keys are configured, else a digest of the client's
+  address (behind a proxy every client shares the proxy's address, and so one limit).
 - ``ClientDep``: the request's ``Cancellation``, cancelled when the client hangs up; expensive
   work checks it between batches, and a request it stopped is answered (to nobody) and
   counted in ``/metrics`` as 499 ``client_closed_request``.
@@ -33,9 +38,10 @@ from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
 
+from service.common.admission import Priority
 from service.common.cancellation import Cancellation, Cancelled
-from service.common.lru import LruCache
 from service.errors import ClientClosedRequest, NotReady, Overloaded, UnknownClass
+from service.explanations import ExplanationCache
 from service.faces.choice import FaceChoice, choose_face
 from service.http.api_key import API_KEY_HEADER, verify_api_key
 from service.inference.model import ModelInput, ServingModel
@@ -94,10 +100,20 @@ async def api_key_guard(
     verify_api_key(settings.api_key, key)
 
 
-def key_owner(key: Annotated[str | None, Security(_api_key_header)]) -> str:
-    """Who owns the jobs this request makes or reads: a digest of its API key
-    (``jobs.store.owner_of``); the key itself was checked by ``api_key_guard``."""
-    return owner_of(key)
+def key_owner(
+    request: Request,
+    settings: SettingsDep,
+    key: Annotated[str | None, Security(_api_key_header)],
+) -> str:
+    """Who owns the jobs this request makes or reads. With API keys configured: a digest of
+    its key (``jobs.store.owner_of``; the key itself was checked by ``api_key_guard``).
+    Without: a digest of the client's address, whatever ``X-API-Key`` it sends, so that made-up
+    keys do not buy more jobs than ``max_jobs_per_key`` (behind a proxy all clients share the
+    proxy's address)."""
+    if settings.api_key is not None:
+        return owner_of(key)
+    address = request.client.host if request.client is not None else "unknown"
+    return owner_of(f"address:{address}")
 
 
 OwnerDep = Annotated[str, Depends(key_owner)]
@@ -146,7 +162,8 @@ ClientDep = Annotated[Cancellation, Depends(client_cancellation)]
 
 
 async def explanation_slot(state: StateDep, cancellation: ClientDep) -> AsyncIterator[None]:
-    """Wait for one of ``max_explanations`` turns; 503 ``overloaded`` (Retry-After) when
+    """Wait for one of ``max_explanations`` turns, before any queued job, while running jobs
+    give theirs away at their next batch; 503 ``overloaded`` (Retry-After) when
     ``explanation_queue`` requests are already waiting. A request whose client hangs up while
     it waits leaves the queue at once (``Cancelled``)."""
     gate = state.explanations
@@ -156,12 +173,12 @@ async def explanation_slot(state: StateDep, cancellation: ClientDep) -> AsyncIte
             headers={"Retry-After": "2"},
         )
     try:
-        await cancellation.guard(gate.running.acquire())
+        await cancellation.guard(gate.take(Priority.INTERACTIVE))
         try:
             cancellation.check()  # the turn came as the client left: run nothing
             yield
         finally:
-            gate.running.release()
+            gate.release()
     finally:
         gate.admitted.release()
 
@@ -221,10 +238,16 @@ async def model_input(model: ModelDep, face: FaceDep) -> ModelInput:
 ModelInputDep = Annotated[ModelInput, Depends(model_input)]
 
 
-def get_explanation_cache(state: StateDep) -> LruCache:
+def get_explanation_cache(
+    state: StateDep, key: Annotated[str | None, Security(_api_key_header)]
+) -> ExplanationCache:
+    """The explanation cache in this request's scope: its key's (a digest, as jobs' owners)
+    when keys are configured, so that ``"cached": true`` or a fast answer never tells one key
+    what another explained; one shared scope without keys."""
     if state.explanation_cache is None:
         raise NotReady(state.reason, headers={"Retry-After": "5"})
-    return state.explanation_cache
+    scope = owner_of(key) if state.settings.api_key is not None else ""
+    return ExplanationCache(state.explanation_cache, scope)
 
 
-ExplanationCacheDep = Annotated[LruCache, Depends(get_explanation_cache)]
+ExplanationCacheDep = Annotated[ExplanationCache, Depends(get_explanation_cache)]

@@ -16,7 +16,10 @@ here (``method_params``), so out-of-range values are 422 ``validation_error`` sa
 ``batch_size`` is not offered: it changes speed and memory, never the map. A request whose
 client hangs up (``ClientDep``) leaves the explanation queue, or stops at its next batch, and
 is counted as 499 in ``/metrics``. Results are kept in the app's bounded LRU, keyed by model,
-model input, method, parameters and target, so switching ``format`` or re-running is free.
+model input, method, parameters and target (and by API key, when keys are configured:
+``ExplanationCacheDep``), so switching ``format`` or re-running is free. Every route takes its
+explanation turn before any queued job (``explanation_slot``), and refuses a call that plans
+more than ``max_passes_per_request`` forward passes (422 ``too_costly``) before it waits.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from service.api.deps import (
     ImageDep,
     ModelDep,
     ModelInputDep,
+    StateDep,
     api_key_guard,
     class_index,
     explanation_slot,
@@ -44,6 +48,7 @@ from service.api.deps import (
 from service.api.method_params import (
     SERVER_SIDE_PARAMS,
     alias_query,
+    call_bounds,
     check_params,
     method_call,
     offered,
@@ -51,7 +56,6 @@ from service.api.method_params import (
 )
 from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
-from service.common.lru import LruCache
 from service.explain import EXPLAINERS, GRADIENT_METHODS, Explainer
 from service.explain.base import MethodCall
 from service.inference.model import ModelInput, ServingModel
@@ -168,6 +172,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
     query_model = alias_query(f"{summary.split()[0]}Query", methods, **extra)
 
     async def endpoint(
+        state: StateDep,
         model: ModelDep,
         image: ImageDep,
         inputs: ModelInputDep,
@@ -181,11 +186,12 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
         refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
-        call = check_params(explainer, values)
+        call = check_params(explainer, values, call_bounds(state))
         return await _explain(model, image, inputs, call, target, format, cancellation, cache)
 
     signature = inspect.signature(endpoint)
     hints = {
+        "state": StateDep,
         "model": ModelDep,
         "image": ImageDep,
         "inputs": ModelInputDep,
@@ -246,7 +252,7 @@ async def _explain(
     target_id: str | None,
     fmt: Format,
     cancellation: Cancellation,
-    cache: LruCache,
+    cache: explanations.ExplanationCache,
 ) -> Any:
     """The one code path of every explanation endpoint: the use case, answered as ``fmt``."""
     target = None if target_id is None else class_index(model, target_id)

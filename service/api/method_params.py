@@ -3,8 +3,11 @@
 ``method_call`` reads them for ``POST /explain/{method}`` from the query string;
 ``alias_query`` declares them as a query model for the older ``/saliency``, ``/occlusion`` and
 ``/lime`` (so openapi.yaml lists them there). Either way ``check_params`` checks them once, with
-the method's ``Params`` (``MethodCall.of``), so bounds and rules across parameters give the
-same 422s everywhere; nothing below checks them again.
+the method's ``Params`` and against the served model and the cost limit (``MethodCall.of`` with
+``call_bounds``: a Grad-CAM ``layer`` the model lacks is 422 ``unknown_layer``, more passes
+than ``max_passes_per_request`` 422 ``too_costly``), so bounds and rules across parameters give
+the same 422s everywhere, a job's (``POST /jobs/{method}`` reads ``method_call`` too) before its
+202; nothing below checks them again.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError, create_model
 
+from service.api.deps import StateDep
 from service.errors import UnknownMethod
 from service.explain import EXPLAINERS, Explainer
-from service.explain.base import MethodCall
+from service.explain.base import CallBounds, MethodCall
+from service.state import ServiceState
 
 # Not exposed over HTTP: it trades memory for speed and never changes the map.
 SERVER_SIDE_PARAMS = frozenset({"batch_size"})
@@ -36,13 +41,31 @@ def shown_params(call: MethodCall) -> dict[str, Any]:
     return {name: value for name, value in call.params.model_dump().items() if name in own}
 
 
-def check_params(explainer: type[Explainer], values: Mapping[str, Any]) -> MethodCall:
+def call_bounds(state: ServiceState) -> CallBounds | None:
+    """What calls are checked against in this app: the served model's layers and input side,
+    and ``max_passes_per_request``; None before a model is loaded (the route answers 503
+    ``not_ready`` then, having nothing to run)."""
+    model = state.model
+    if model is None:
+        return None
+    meta = model.meta
+    layers = [layer.name for layer in meta.layers]
+    if meta.gradcam_layer and meta.gradcam_layer not in layers:
+        layers.append(meta.gradcam_layer)
+    side = (meta.input.height, meta.input.width)
+    return CallBounds(tuple(layers), side, state.settings.max_passes_per_request)
+
+
+def check_params(
+    explainer: type[Explainer], values: Mapping[str, Any], bounds: CallBounds | None
+) -> MethodCall:
     """``values`` (query strings or typed) checked by the method's ``Params``, rules across
     parameters included (occlusion's stride <= window); 422 ``validation_error`` saying why.
+    Then against ``bounds`` (``call_bounds``): 422 ``unknown_layer``, 422 ``too_costly``.
     Only offered parameters are taken from ``values``; the others keep their defaults."""
     own = offered(explainer)
     try:
-        return MethodCall.of(explainer, {k: v for k, v in values.items() if k in own})
+        return MethodCall.of(explainer, {k: v for k, v in values.items() if k in own}, bounds)
     except ValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("query", *error["loc"])} for error in exc.errors()]
@@ -51,6 +74,7 @@ def check_params(explainer: type[Explainer], values: Mapping[str, Any]) -> Metho
 
 def method_call(
     request: Request,
+    state: StateDep,
     method: Annotated[
         str,
         Path(
@@ -69,7 +93,8 @@ def method_call(
     others = {name for other in EXPLAINERS.values() for name in offered(other)}
     refuse_foreign(request.query_params.keys() & others - set(own), method, own)
     query = request.query_params
-    return check_params(explainer, {name: query[name] for name in own if name in query})
+    values = {name: query[name] for name in own if name in query}
+    return check_params(explainer, values, call_bounds(state))
 
 
 def alias_query(name: str, methods: Iterable[str], **extra: Any) -> type[BaseModel]:

@@ -11,6 +11,13 @@ Parameters are a pydantic model per method (``Params``): defaults and upper boun
 so the HTTP layer turns them into query parameters and out-of-range values into 422s. A
 ``MethodCall`` is a method with its parameters checked once; ``Explainer.run`` takes them as
 they are, and ``Explainer.planned_passes`` says how many forward passes they will cost.
+
+Forward passes are the cost unit of a request: a pass is one batch through the model (ONNX or
+the twin, forward and, for the gradient methods, backward), at the methods' own batch sizes.
+Checked against ``CallBounds`` (the model's layers, its input side, ``max_passes_per_request``),
+a call that names a layer the model lacks is 422 ``unknown_layer`` and one that plans more
+passes than allowed 422 ``too_costly``, before any work is queued: every way of asking (the
+synchronous routes, a job) checks the same ``MethodCall.of``.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from service.common.cancellation import Cancellation
-from service.errors import UnknownClass
+from service.errors import TooCostly, UnknownClass
 from service.explain.heatmap import Heatmap, scaled
 
 Forward = Callable[[np.ndarray], np.ndarray]
@@ -127,6 +134,8 @@ class Explainer(ABC):
     the page runs it as a job and draws the map as it comes."""
     value_range: ClassVar[tuple[float, float]]
     """Set from ``signed``."""
+    cost_hint: ClassVar[str] = ""
+    """Which parameters to change for fewer passes (a ``too_costly`` answer says it)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -154,6 +163,12 @@ class Explainer(ABC):
         ``side`` (H, W): the prediction, then one of its own. Sampling methods override it (a
         job's progress counts passes against this plan)."""
         return SINGLE_PASS
+
+    @classmethod
+    def check_names(cls, params: Any, layers: tuple[str, ...]) -> None:
+        """Raise a ``RequestMistake`` (422) for checked ``params`` that name something the
+        model lacks (``layers``: the twin's activations); the ones that name nothing pass."""
+        return None
 
     def attribute(self, inputs: np.ndarray, target: int | None = None, **params: Any) -> Heatmap:
         """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``.
@@ -215,6 +230,17 @@ class Explainer(ABC):
 
 
 @dataclass(frozen=True)
+class CallBounds:
+    """What a call is checked against beyond its own ``Params``: the model it will run on
+    (``layers``: the twin's activations; ``side``: the model input's (H, W)) and the forward
+    passes one request may plan (``max_passes``)."""
+
+    layers: tuple[str, ...]
+    side: tuple[int, int]
+    max_passes: int
+
+
+@dataclass(frozen=True)
 class MethodCall:
     """A method and its own parameters, checked once (``of``) by the method's ``Params``."""
 
@@ -222,10 +248,31 @@ class MethodCall:
     params: MethodParams
 
     @classmethod
-    def of(cls, explainer: type[Explainer], values: Mapping[str, Any]) -> MethodCall:
+    def of(
+        cls,
+        explainer: type[Explainer],
+        values: Mapping[str, Any],
+        bounds: CallBounds | None = None,
+    ) -> MethodCall:
         """``values`` checked by ``explainer.Params``, rules across parameters included;
-        pydantic's ``ValidationError`` (a ``ValueError``) says what is wrong."""
-        return cls(explainer, explainer.Params.model_validate(dict(values)))
+        pydantic's ``ValidationError`` (a ``ValueError``) says what is wrong. With ``bounds``,
+        also the names it gives (``UnknownLayer``) and its cost (``TooCostly``)."""
+        call = cls(explainer, explainer.Params.model_validate(dict(values)))
+        if bounds is not None:
+            explainer.check_names(call.params, bounds.layers)
+            call.check_cost(bounds.side, bounds.max_passes)
+        return call
+
+    def check_cost(self, side: tuple[int, int], max_passes: int) -> None:
+        """``TooCostly`` when the call plans more than ``max_passes`` forward passes on a model
+        input of ``side``: the plan, the limit and what to lower."""
+        planned = self.planned_passes(side)
+        if planned > max_passes:
+            hint = f"; {self.explainer.cost_hint}" if self.explainer.cost_hint else ""
+            raise TooCostly(
+                f"{self.name} with these parameters plans {planned} forward passes, more than "
+                f"the {max_passes} one request may ask (max_passes_per_request){hint}"
+            )
 
     @property
     def name(self) -> str:

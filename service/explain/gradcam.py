@@ -39,6 +39,13 @@ class GradCam(TwinPass):
     signed = False
     units = "gradient-weighted activation of the layer for the target logit"
 
+    @classmethod
+    def check_names(cls, params: GradCamParams, layers: tuple[str, ...]) -> None:
+        """``layer`` must be one of the twin's activations (checked before any work, and
+        again by the pass for a caller that skipped it)."""
+        if params.layer is not None:
+            _known_layer(params.layer, layers)
+
     def _from_pass(
         self,
         inputs: torch.Tensor,
@@ -46,15 +53,19 @@ class GradCam(TwinPass):
         activations: dict[str, torch.Tensor],
         params: GradCamParams,
     ) -> np.ndarray:
-        layer = params.layer or self.model.gradcam_layer
-        if layer not in activations:
-            raise UnknownLayer(
-                f"layer {layer!r} is not an activation of the model; valid: "
-                f"{', '.join(activations)}"
-            )
+        layer = _known_layer(params.layer or self.model.gradcam_layer, tuple(activations))
         activation = activations[layer]
         (gradient,) = torch.autograd.grad(score, activation)
         weights = gradient.mean(dim=(2, 3), keepdim=True)
         cam = F.relu((weights * activation.detach()).sum(dim=1, keepdim=True))
         cam = F.interpolate(cam, size=inputs.shape[2:], mode="bilinear", align_corners=False)
         return cam[0, 0].numpy()
+
+
+def _known_layer(layer: str | None, layers: tuple[str, ...]) -> str:
+    """``layer`` if it is one of ``layers``, else ``UnknownLayer`` listing them."""
+    if layer is None or layer not in layers:
+        raise UnknownLayer(
+            f"layer {layer!r} is not an activation of the model; valid: {', '.join(layers)}"
+        )
+    return layer

@@ -37,6 +37,7 @@ class IntegratedGradients(Explainer):
     Params = IntegratedGradientsParams
     signed = True
     units = "contribution to the target logit versus the baseline (summed over channels)"
+    cost_hint = "lower steps"
     needs_twin = True
     anytime = True
 

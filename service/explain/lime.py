@@ -64,6 +64,7 @@ class Lime(Explainer):
     signed = True
     anytime = True
     units = "weight of the superpixel in the local linear model of the target score"
+    cost_hint = "lower num_samples"
 
     @classmethod
     def planned_passes(cls, params: LimeParams, side: tuple[int, int]) -> int:

@@ -83,6 +83,7 @@ class Occlusion(Explainer):
     signed = True
     anytime = True
     units = "mean drop of the target score (probability or logit) when occluded"
+    cost_hint = "raise stride, or use strategy=coarse_to_fine with a lower refine"
 
     @classmethod
     def planned_passes(cls, params: OcclusionParams, side: tuple[int, int]) -> int:

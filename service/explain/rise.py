@@ -57,6 +57,7 @@ class Rise(Explainer):
     signed = True
     anytime = True
     units = "mean target score (probability or logit) of masks showing the pixel minus that of all"
+    cost_hint = "lower num_masks"
 
     @classmethod
     def planned_passes(cls, params: RiseParams, side: tuple[int, int]) -> int:

@@ -40,6 +40,7 @@ class SmoothGrad(Explainer):
     Params = SmoothGradParams
     signed = False
     units = "mean |d target logit / d input value| over noisy copies, largest over channels"
+    cost_hint = "lower samples"
     needs_twin = True
     anytime = True
 

@@ -4,33 +4,48 @@ Concurrent ``/predict`` requests each submit one preprocessed image to ``Dynamic
 collects them for at most ``batch_timeout_ms`` after the oldest arrived (or until
 ``max_batch_size``), runs them as one batch and hands each caller its row - the scheme of
 Triton's dynamic batcher. All model runs, batched predictions and the explanation methods'
-forward passes alike, go through one single-thread executor, so they queue instead of fighting
-over the cores; ONNX Runtime parallelises inside each run.
+forward passes alike, go through one inference thread (``InferenceThread``), so they queue
+instead of fighting over the cores; ONNX Runtime parallelises inside each run.
 
-Work whose client has gone is dropped (``service.common.cancellation``): ``infer`` checks its
-``Cancellation`` when each chunk's turn on the inference thread comes, so chunks queued behind
-other work never run; ``submit`` gives up its place in the batcher.
+The inference thread serves interactive work first (``service.common.admission.Priority``):
+``/predict`` batches and synchronous explanations' chunks run before every job chunk queued
+there, first come, first served within each; a job's chunk never interrupts a run, so
+interactive work waits at most the one job chunk already running (up to ``max_batch_size``
+images). Without this, each running job keeps a chunk queued at all times and every ``/predict``
+batch waits behind them.
+
+Work whose client has gone is dropped (``service.common.cancellation``): a chunk checks its
+``Cancellation`` when its turn on the inference thread comes, so chunks queued behind other
+work never run; ``submit`` gives up its place in the batcher. ``Cancellation.batch()`` (which
+counts the pass, and where a job gives its explanation turn away) runs on the thread that asks
+for the pass, never on the inference thread, which must never wait for other work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import heapq
+import itertools
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Executor, Future
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
 
 from service.bundle.format import EMBEDDING_OUTPUT
+from service.common.admission import Priority, priority_of
 from service.common.cancellation import Cancellation
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -105,6 +120,79 @@ class _Pending:
     submitted_at: float
 
 
+@dataclass(order=True)
+class _Queued:
+    """One run waiting for the inference thread, ordered by (priority, arrival)."""
+
+    priority: int
+    arrival: int
+    future: Future[Any] = field(compare=False)
+    run: Callable[[], Any] = field(compare=False)
+
+
+class InferenceThread(Executor):
+    """One thread that runs what it is given in priority order (``Priority``, lower first),
+    first come, first served within a priority; a run in progress is never interrupted.
+    ``submit`` (what ``loop.run_in_executor`` calls) is interactive; ``submit_at`` names the
+    priority. ``shutdown`` runs what is already queued, then stops the thread."""
+
+    def __init__(self, name: str = "inference") -> None:
+        self._queue: list[_Queued] = []
+        self._order = itertools.count()
+        self._ready = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        return self.submit_at(Priority.INTERACTIVE, fn, *args, **kwargs)
+
+    def submit_at(
+        self, priority: Priority, fn: Callable[..., T], /, *args: Any, **kwargs: Any
+    ) -> Future[T]:
+        future: Future[T] = Future()
+        with self._ready:
+            if self._closed:
+                raise RuntimeError("the inference thread is shut down")
+            run = _Queued(priority, next(self._order), future, partial(fn, *args, **kwargs))
+            heapq.heappush(self._queue, run)
+            self._ready.notify()
+        return future
+
+    @property
+    def queued(self) -> int:
+        """Runs waiting for the thread."""
+        with self._ready:
+            return len(self._queue)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        with self._ready:
+            self._closed = True
+            if cancel_futures:
+                for queued in self._queue:
+                    queued.future.cancel()
+            self._ready.notify()
+        if wait:
+            self._thread.join()
+
+    def _serve(self) -> None:
+        while True:
+            with self._ready:
+                while not self._queue and not self._closed:
+                    self._ready.wait()
+                if not self._queue:
+                    return
+                queued = heapq.heappop(self._queue)
+            if not queued.future.set_running_or_notify_cancel():
+                continue
+            try:
+                result = queued.run()
+            except BaseException as exc:  # the caller gets it, the thread lives on
+                queued.future.set_exception(exc)
+            else:
+                queued.future.set_result(result)
+
+
 BatchObserver = Callable[[int, float, float], None]
 """Called after every batch with (batch size, seconds of inference, seconds the oldest waited)."""
 
@@ -118,7 +206,7 @@ class DynamicBatcher:
     def __init__(
         self,
         run: Callable[[np.ndarray], np.ndarray],
-        executor: ThreadPoolExecutor,
+        executor: Executor,
         *,
         max_batch_size: int,
         timeout_s: float,
@@ -224,9 +312,10 @@ class Engine:
     - ``run(batch)``: synchronous forward pass, ``(N, 3, H, W)`` float32 -> ``(N, C)`` logits.
     - ``await infer(batch, cancellation)``: the same on the inference thread, in chunks of
       ``max_batch_size``; a cancelled ``cancellation`` stops it before its next chunk with
-      ``Cancelled``.
+      ``Cancelled``. For interactive callers on the event loop.
     - ``run_on_inference_thread(batch, cancellation)``: ``infer`` for a worker thread, blocking
-      (the explainers' forward function: their batches queue with ``/predict``'s).
+      (the explainers' forward function: their batches queue with ``/predict``'s, a job's
+      behind every interactive one: ``priority_of(cancellation)``).
     - ``run_soon(batch, cancellation)``: one chunk queued on the inference thread, returning
       a future at once (a prediction that runs while the caller works on something else).
     - ``await submit(x, cancellation)``: one ``(3, H, W)`` input through the dynamic batcher ->
@@ -254,7 +343,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.batch_timeout_s = batch_timeout_s
         self._observer = observer
-        self._executor: ThreadPoolExecutor | None = None
+        self._executor: InferenceThread | None = None
         self.batcher: DynamicBatcher | None = None
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -286,11 +375,13 @@ class Engine:
             raise ValueError("infer() needs at least one input")
         executor = self._running_executor()
         loop = asyncio.get_running_loop()
-        # checked on the inference thread when the chunk's turn comes, not when it is queued
-        run = partial(self._run_chunk, cancellation or Cancellation())
+        cancellation = cancellation or Cancellation()
+        # checked again on the inference thread when the chunk's turn comes
+        run = partial(self._run_chunk, cancellation)
         outputs = []
         for start in range(0, len(batch), self.max_batch_size):
             chunk = batch[start : start + self.max_batch_size]
+            cancellation.batch()
             outputs.append(await loop.run_in_executor(executor, run, chunk))
         return np.concatenate(outputs)
 
@@ -302,11 +393,9 @@ class Engine:
         Never call it from the inference thread itself: it would wait for itself."""
         if len(batch) == 0:
             raise ValueError("run_on_inference_thread() needs at least one input")
-        executor = self._running_executor()
-        run = partial(self._run_chunk, cancellation or Cancellation())
         # one chunk at a time, as ``infer``: /predict batches queue between them
         outputs = [
-            executor.submit(run, batch[start : start + self.max_batch_size]).result()
+            self._chunk_soon(batch[start : start + self.max_batch_size], cancellation).result()
             for start in range(0, len(batch), self.max_batch_size)
         ]
         return np.concatenate(outputs)
@@ -319,11 +408,21 @@ class Engine:
         meanwhile (an explainer's pass of the twin), then reads the future."""
         if not 0 < len(batch) <= self.max_batch_size:
             raise ValueError(f"run_soon() takes 1 to {self.max_batch_size} inputs: {len(batch)}")
-        run = partial(self._run_chunk, cancellation or Cancellation())
-        return self._running_executor().submit(run, batch)
+        return self._chunk_soon(batch, cancellation)
+
+    def _chunk_soon(
+        self, chunk: np.ndarray, cancellation: Cancellation | None
+    ) -> Future[np.ndarray]:
+        """``cancellation.batch()`` here, on the asking thread (a job may wait there to give
+        its turn away); the chunk queued at the work's priority."""
+        executor = self._running_executor()
+        cancellation = cancellation or Cancellation()
+        cancellation.batch()
+        run = partial(self._run_chunk, cancellation)
+        return executor.submit_at(priority_of(cancellation), run, chunk)
 
     def _run_chunk(self, cancellation: Cancellation, chunk: np.ndarray) -> np.ndarray:
-        cancellation.batch()
+        cancellation.check()  # gone while the chunk queued: run nothing
         return self.run(chunk)
 
     async def submit(
@@ -339,7 +438,7 @@ class Engine:
         """Start the inference thread and the batcher (from the serving event loop)."""
         if self._executor is not None:
             raise RuntimeError("engine already started")
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference")
+        self._executor = InferenceThread()
         self.batcher = DynamicBatcher(
             self.run_rows,
             self._executor,
@@ -357,7 +456,7 @@ class Engine:
             self._executor.shutdown(wait=True)
             self._executor = None
 
-    def _running_executor(self) -> ThreadPoolExecutor:
+    def _running_executor(self) -> InferenceThread:
         if self._executor is None:
             raise RuntimeError("engine is not started")
         return self._executor

@@ -1,9 +1,14 @@
 """Running jobs in the background: wait for an explanation turn, compute, render, keep.
 
 A job takes one of the ``max_explanations`` turns that synchronous explanations take, so jobs
-and requests share the same bounded CPU; it waits for its turn in state ``queued`` (jobs do not
-count against the synchronous ``explanation_queue``: the job limits bound them). Its work runs
-on a worker thread with the job's own ``Cancellation``; a watcher waits for the job's changes in
+and requests share the same bounded CPU, by the gate's policy: synchronous first
+(``service.common.admission``). A job waits for its turn in state ``queued`` behind every
+synchronous explanation waiting (jobs do not count against the synchronous
+``explanation_queue``: the job limits bound them); once running, it gives its turn away at its
+next batch whenever a synchronous explanation waits, and takes it back before the queued jobs
+(it stays ``running`` meanwhile), and its forward passes queue behind interactive ones on the
+inference thread. Its work runs on a worker thread with the job's own ``Cancellation`` (a
+``BackgroundWork``, which holds the turn); a watcher waits for the job's changes in
 the store and cancels it when a ``DELETE`` asks, so the work stops at its next batch, exactly as
 when a synchronous client hangs up (the store may be in another process: the watcher is how
 the request reaches the process doing the work). Every pass the work runs moves ``progress``
@@ -22,7 +27,7 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 
-from service.common.admission import ExplanationGate
+from service.common.admission import BackgroundWork, ExplanationGate
 from service.common.cancellation import Cancellation, Cancelled
 from service.errors import INTERNAL_ERROR, ServiceError
 from service.jobs.progress import PassCounter
@@ -56,7 +61,7 @@ class JobRunner:
         self, store: Jobs, gate: ExplanationGate, on_pass: Callable[[], None] | None = None
     ) -> None:
         self.store, self.gate, self.on_pass = store, gate, on_pass
-        self._running: dict[asyncio.Task[None], Cancellation] = {}
+        self._running: dict[asyncio.Task[None], BackgroundWork] = {}
 
     def start(self, job: JobView, work: JobWork) -> None:
         loop = asyncio.get_running_loop()
@@ -70,7 +75,7 @@ class JobRunner:
                 self.on_pass()
             publish({"progress": counter.count()})
 
-        cancellation = Cancellation(on_batch=on_pass)
+        cancellation = BackgroundWork(self.gate, on_batch=on_pass)
         task = loop.create_task(self._run(job, work, cancellation, publish), name=f"job {job.id}")
         self._running[task] = cancellation
         task.add_done_callback(self._running.pop)
@@ -83,7 +88,7 @@ class JobRunner:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def _run(
-        self, job: JobView, work: JobWork, cancellation: Cancellation, publish: Publish
+        self, job: JobView, work: JobWork, cancellation: BackgroundWork, publish: Publish
     ) -> None:
         watcher = asyncio.create_task(self._watch(job, cancellation))
         try:
@@ -94,10 +99,10 @@ class JobRunner:
                 await watcher
 
     async def _turn_and_work(
-        self, job: JobView, work: JobWork, cancellation: Cancellation, publish: Publish
+        self, job: JobView, work: JobWork, cancellation: BackgroundWork, publish: Publish
     ) -> None:
         try:
-            await cancellation.guard(self.gate.running.acquire())
+            await cancellation.take_turn()
         except Cancelled as exc:
             await self._end(job, "cancelled", error=_error("cancelled", str(exc)))
             return
@@ -116,7 +121,7 @@ class JobRunner:
         else:
             await self._end(job, "done", progress=1.0, result=result)
         finally:
-            self.gate.running.release()
+            cancellation.release_turn()  # none held if it was cancelled while it gave way
 
     async def _watch(self, job: JobView, cancellation: Cancellation) -> None:
         """Cancel the work as soon as the store says the job was deleted; meanwhile tell the

@@ -1,4 +1,5 @@
-"""The explanation gate: at most N running, M waiting, the rest refused at once."""
+"""The explanation gate: at most N running, M waiting, the rest refused at once; synchronous
+explanations before jobs, and a running job gives its turn away at its next batch."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import asyncio
 import pytest
 
 from service.api.deps import explanation_slot
+from service.common.admission import BackgroundWork, ExplanationGate, Priority
 from service.common.cancellation import Cancellation, Cancelled
 from service.errors import Overloaded
 from service.settings import Settings
@@ -79,5 +81,92 @@ def test_a_waiting_request_whose_client_left_gives_up_its_place():
         await asyncio.gather(*tasks)
         assert order == ["gone left", "kept runs"]
         assert state.explanations.admitted.active == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_waiting_synchronous_explanation_goes_before_queued_jobs():
+    gate = ExplanationGate(concurrent=1, queue=4)
+    order: list[str] = []
+
+    async def take(priority: Priority, name: str) -> None:
+        await gate.take(priority)
+        order.append(name)
+
+    async def scenario() -> None:
+        await gate.take(Priority.BACKGROUND)  # a job runs
+        queued = [
+            asyncio.create_task(take(Priority.BACKGROUND, "job 2")),
+            asyncio.create_task(take(Priority.BACKGROUND, "job 3")),
+        ]
+        await asyncio.sleep(0.01)
+        interactive = asyncio.create_task(take(Priority.INTERACTIVE, "sync"))
+        await asyncio.sleep(0.01)
+        assert gate.interactive_waiting == 1 and gate.background_waiting == 2
+        for _ in range(3):
+            gate.release()
+            await asyncio.sleep(0.01)
+        await asyncio.gather(interactive, *queued)
+        assert order == ["sync", "job 2", "job 3"]
+        gate.release()
+        assert gate.taken == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_running_job_gives_its_turn_away_at_its_next_batch_and_takes_it_back_first():
+    """The job's ``batch()`` (its work thread, before a pass) blocks while the synchronous
+    explanation runs, then the job goes on ahead of the job queued meanwhile."""
+    gate = ExplanationGate(concurrent=1, queue=1)
+    order: list[str] = []
+
+    async def scenario() -> None:
+        job = BackgroundWork(gate, on_batch=lambda: order.append("job pass"))
+        await job.take_turn()
+        job.batch()  # nobody waits: the pass goes on, on the loop or not
+        queued = BackgroundWork(gate)
+        queued_turn = asyncio.create_task(queued.take_turn())
+
+        async def synchronous() -> None:
+            await gate.take(Priority.INTERACTIVE)
+            order.append("sync runs")
+            await asyncio.sleep(0.05)  # the job's thread stays blocked meanwhile
+            order.append("sync done")
+            gate.release()
+
+        sync = asyncio.create_task(synchronous())
+        await asyncio.sleep(0.01)
+        assert order == ["job pass"] and gate.interactive_waiting == 1
+        await asyncio.to_thread(job.batch)  # the job's next pass, from its work thread
+        await sync
+        assert order == ["job pass", "sync runs", "sync done", "job pass"]
+        assert job.holding and job.gave_way == 1 and not queued_turn.done()
+        job.release_turn()
+        await queued_turn
+        assert queued.holding
+        queued.release_turn()
+        assert gate.taken == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_job_cancelled_while_it_gave_way_holds_no_turn():
+    gate = ExplanationGate(concurrent=1, queue=1)
+
+    async def scenario() -> None:
+        job = BackgroundWork(gate)
+        await job.take_turn()
+        await_sync = asyncio.create_task(gate.take(Priority.INTERACTIVE))
+        await asyncio.sleep(0.01)
+        giving_way = asyncio.create_task(asyncio.to_thread(job.batch))
+        await await_sync  # the job gave its turn to it
+        job.cancel("the job was deleted")
+        with pytest.raises(Cancelled, match="deleted"):
+            await giving_way
+        assert not job.holding
+        job.release_turn()  # what the runner's finally does: nothing to give back
+        assert gate.taken == 1  # the synchronous explanation's
+        gate.release()
+        assert gate.taken == 0 and gate.background_waiting == 0
 
     asyncio.run(scenario())

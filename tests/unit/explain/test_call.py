@@ -8,8 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from service.common.cancellation import Cancellation
+from service.errors import TooCostly, UnknownLayer
 from service.explain import EXPLAINERS, ModelHandle
-from service.explain.base import MethodCall
+from service.explain.base import CallBounds, MethodCall
 from service.explain.lime import LimeParams
 from service.explain.occlusion import OcclusionParams
 
@@ -72,3 +73,53 @@ def test_a_call_runs_as_attribute_does_and_as_many_passes_as_it_plans(
     assert run.params == attributed.params == call.params.model_dump()
     # every forward pass goes through the cancellation's batch(): the plan is what runs
     assert passes == call.planned_passes((x.shape[1], x.shape[2])), method
+
+
+# The served bundle's twin activations and input side (models/celebs8/meta.json).
+BOUNDS = CallBounds(("stem", "layer1", "layer2", "layer3", "layer4", "layer5"), (150, 150), 64)
+# Each method at its most expensive parameters: the passes docs/explanations.md states.
+MAXIMUM = {
+    "gradient": ({}, 2),
+    "gradcam": ({}, 2),
+    "smoothgrad": ({"samples": 64}, 9),
+    "integrated_gradients": ({"steps": 256}, 17),
+    "occlusion": ({"window": 4, "stride": 4, "strategy": "exhaustive"}, 47),
+    "lime": ({"num_samples": 2000}, 64),
+    "rise": ({"num_masks": 4000}, 126),
+}
+
+
+@pytest.mark.parametrize("method", list(EXPLAINERS))
+def test_each_method_at_its_maximum_plans_the_passes_the_docs_state(method: str) -> None:
+    values, passes = MAXIMUM[method]
+    call = MethodCall.of(EXPLAINERS[method], values)
+    assert call.planned_passes(BOUNDS.side) == passes
+    refused = passes > BOUNDS.max_passes
+    try:
+        MethodCall.of(EXPLAINERS[method], values, BOUNDS)
+    except TooCostly as error:
+        assert refused, error
+        assert f"plans {passes} forward passes" in error.message
+        assert "the 64 one request may ask" in error.message
+        assert EXPLAINERS[method].cost_hint in error.message
+    else:
+        assert not refused
+
+
+def test_the_cost_limit_allows_exactly_max_passes() -> None:
+    rise = EXPLAINERS["rise"]
+    assert MethodCall.of(rise, {"num_masks": 2016}, BOUNDS).planned_passes((150, 150)) == 64
+    with pytest.raises(TooCostly, match="plans 65 forward passes.*lower num_masks"):
+        MethodCall.of(rise, {"num_masks": 2017}, BOUNDS)
+
+
+def test_a_gradcam_layer_the_model_lacks_is_refused_before_any_work() -> None:
+    gradcam = EXPLAINERS["gradcam"]
+    with pytest.raises(UnknownLayer, match=r"'\.\./\.\./etc' is not an activation.*layer5"):
+        MethodCall.of(gradcam, {"layer": "../../etc"}, BOUNDS)
+    assert MethodCall.of(gradcam, {"layer": "layer2"}, BOUNDS).params.model_dump() == {
+        "layer": "layer2"
+    }
+    assert MethodCall.of(gradcam, {}, BOUNDS).params.model_dump() == {"layer": None}
+    # without bounds (a library caller) the name is checked when the pass runs
+    assert MethodCall.of(gradcam, {"layer": "../../etc"}).params.model_dump()

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
 
+from service.common.admission import BackgroundWork, ExplanationGate, Priority
 from service.common.cancellation import Cancellation, Cancelled
 from service.inference.engine import (
     CPU,
@@ -14,6 +16,7 @@ from service.inference.engine import (
     DynamicBatcher,
     Engine,
     EngineError,
+    InferenceThread,
     choose_providers,
     create_session,
 )
@@ -218,11 +221,12 @@ def test_infer_stops_before_the_next_chunk_once_cancelled():
     model = RecordingModel()
     passes: list[int] = []
 
-    def hang_up_during_the_first_pass() -> None:
+    def hang_up_before_the_second_pass() -> None:
         passes.append(len(passes))
-        cancellation.cancel("client hung up")
+        if len(passes) == 2:
+            cancellation.cancel("client hung up")
 
-    cancellation = Cancellation(on_batch=hang_up_during_the_first_pass)
+    cancellation = Cancellation(on_batch=hang_up_before_the_second_pass)
 
     async def scenario():
         engine = EngineOnModel(model, max_batch_size=4, timeout_s=0.001)
@@ -235,14 +239,15 @@ def test_infer_stops_before_the_next_chunk_once_cancelled():
     with pytest.raises(Cancelled, match="client hung up"):
         asyncio.run(scenario())
 
-    # the chunk running when it was cancelled finishes; the next three never start
+    # the chunk that ran before it was cancelled finished; the next three never start
     assert model.batch_sizes == [4]
-    assert passes == [0]
+    assert passes == [0, 1]
 
 
 def test_run_on_inference_thread_chunks_on_that_thread_and_stops_once_cancelled():
     """The blocking form explainers use from a worker thread: the same chunks as ``infer``, run
-    on the inference thread, and none after the one running when the client hung up."""
+    on the inference thread, and none after the client hung up. ``batch()`` runs on the asking
+    thread (where a job may wait to give its turn away), never on the inference thread."""
     model = RecordingModel()
     threads: list[str] = []
     passes: list[int] = []
@@ -272,9 +277,9 @@ def test_run_on_inference_thread_chunks_on_that_thread_and_stops_once_cancelled(
     full = asyncio.run(scenario())
 
     assert len(full) == 10
-    # 10 rows in chunks of 4, then the cancelled run: its second chunk finishes, no third starts
-    assert model.batch_sizes == [4, 4, 2, 4, 4]
-    assert passes == [0, 1] and all(name.startswith("inference") for name in threads)
+    # 10 rows in chunks of 4, then the cancelled run: its first chunk ran, no second starts
+    assert model.batch_sizes == [4, 4, 2, 4]
+    assert passes == [0, 1] and not any(name.startswith("inference") for name in threads)
 
 
 def test_run_soon_returns_at_once_and_runs_on_the_inference_thread():
@@ -305,7 +310,7 @@ def test_run_soon_returns_at_once_and_runs_on_the_inference_thread():
     assert pending  # it returned while the busy chunk was still running
     np.testing.assert_array_equal(row, [[2.0, 2.0]])
     assert model.batch_sizes == [4, 1]
-    assert len(threads) == 1 and threads[0].startswith("inference")
+    assert threads == [threading.main_thread().name]  # counted where it was asked for
 
 
 def test_a_chunk_queued_behind_other_work_is_dropped_when_its_turn_comes():
@@ -360,3 +365,66 @@ def test_a_submission_whose_client_left_leaves_the_batcher_queue():
 
     np.testing.assert_array_equal(row, [4.0])
     assert model.batch_sizes == [1, 1]  # the second batch holds only the one still wanted
+
+
+def test_interactive_chunks_run_before_queued_job_chunks():
+    """A job's chunks (``BackgroundWork``) queue behind interactive ones on the inference
+    thread: a /predict batch or a synchronous explanation waits at most the one job chunk
+    already running, not every job chunk queued before it."""
+    model = RecordingModel(delay_s=0.05)
+    gate = ExplanationGate(concurrent=4, queue=0)
+    order: list[str] = []
+
+    def run_marked(batch: np.ndarray) -> np.ndarray:
+        order.append("job" if batch[0, 0] == 1 else "interactive")
+        return model(batch)
+
+    async def scenario():
+        engine = EngineOnModel(model, max_batch_size=4, timeout_s=0.001)
+        engine.run = run_marked  # type: ignore[method-assign]
+        engine.start()
+        try:
+            jobs = [engine.run_soon(np.ones((4, 2), dtype=np.float32), BackgroundWork(gate))]
+            await asyncio.sleep(0.01)  # the first job chunk is running
+            jobs += [
+                engine.run_soon(np.ones((4, 2), dtype=np.float32), BackgroundWork(gate))
+                for _ in range(3)
+            ]
+            predicted = await engine.infer(np.zeros((2, 2), dtype=np.float32))
+            for future in jobs:
+                await asyncio.wrap_future(future)
+        finally:
+            await engine.close()
+        return predicted
+
+    assert len(asyncio.run(scenario())) == 2
+    assert order == ["job", "interactive", "job", "job", "job"]
+
+
+def test_inference_thread_orders_by_priority_then_arrival_and_drains_on_shutdown():
+    thread = InferenceThread(name="inference-test")
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def hold() -> None:
+        started.set()
+        release.wait(5)
+
+    thread.submit(hold)
+    assert started.wait(5)
+    futures = [
+        thread.submit_at(Priority.BACKGROUND, ran.append, "job 1"),
+        thread.submit(ran.append, "interactive 1"),
+        thread.submit_at(Priority.BACKGROUND, ran.append, "job 2"),
+        thread.submit_at(Priority.INTERACTIVE, ran.append, "interactive 2"),
+    ]
+    failing = thread.submit(operator.truediv, 1, 0)
+    assert thread.queued == 5
+    release.set()
+    thread.shutdown(wait=True)  # what was queued still runs
+    assert ran == ["interactive 1", "interactive 2", "job 1", "job 2"]
+    assert all(future.done() for future in futures)
+    with pytest.raises(ZeroDivisionError):
+        failing.result()
+    with pytest.raises(RuntimeError, match="shut down"):
+        thread.submit(ran.append, "late")
