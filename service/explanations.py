@@ -12,7 +12,8 @@ replicas (which serve those same routes in their own app)::
 ``explain`` takes a heatmap from the cache (keyed by model, model input, method, parameters and
 target, within the ``ExplanationCache``'s scope: one per API key when keys are configured) or
 computes it: the method runs on the calling thread, its forward passes on the
-engine's inference thread, where they queue with ``/predict`` batches; once ``cancellation``
+engine's inference thread, where they queue with ``/predict`` batches (a job's, whose
+``cancellation`` is a ``BackgroundWork``, behind every interactive one); once ``cancellation``
 is cancelled it stops at the next batch (``Cancelled``). ``PartialMaps`` turns a sampling
 method's partial maps into what a job's events carry. An answer needs only ``UploadFacts`` of
 the upload (its size and header facts), not its pixels: a queued job keeps those, not the
