@@ -9,6 +9,7 @@ which things happen, not how fast.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -51,18 +52,13 @@ def post(
     return client.post(f"{path}{separator}detect=false", files=files, headers=headers, **kwargs)
 
 
-def wait_for_state(client: TestClient, job_id: str, states: set[str], **kwargs: Any) -> dict:
-    deadline = threading.Event()
-    timer = threading.Timer(JOIN_S, deadline.set)
-    timer.start()
-    try:
-        while not deadline.is_set():
-            status = client.get(f"/jobs/{job_id}", **kwargs).json()
-            if status["state"] in states:
-                return status
-            deadline.wait(0.05)
-    finally:
-        timer.cancel()
+def wait_for_state(client: TestClient, job_id: str, states: set[str]) -> dict:
+    deadline = time.monotonic() + JOIN_S
+    while time.monotonic() < deadline:
+        status = client.get(f"/jobs/{job_id}").json()
+        if status["state"] in states:
+            return status
+        time.sleep(0.05)
     raise AssertionError(f"job {job_id} never reached {states}: {status}")
 
 
@@ -92,9 +88,10 @@ def test_a_synchronous_explanation_waits_at_most_one_job_batch(
     later = hold_passes(6)  # after giving way, the job stops again before its 6th pass
 
     thread, answer = in_thread(lambda: post(keyed, "/explain/gradient", face_bytes))
-    waited = threading.Event()
-    while not (gate.interactive_waiting or waited.wait(0.01)):
-        pass
+    deadline = time.monotonic() + JOIN_S
+    while not gate.interactive_waiting:
+        assert time.monotonic() < deadline, "the synchronous explanation never queued"
+        time.sleep(0.01)
     assert gate.interactive_waiting == 1
     assert thread.is_alive()  # the held job has the turn
     first.ended.set()  # the job runs its 3rd pass; at its 4th it gives its turn away
