@@ -14,7 +14,11 @@ expensive parameters: the forward passes it plans (``Explainer.planned_passes``;
 docs/explanations.md).
 
     python bench/bench_fair_share.py [latency] [--jobs 16] [--samples 2000] [--requests 5]
+        [--root CHECKOUT]
     python bench/bench_fair_share.py costs [--threads 2]
+
+``--root`` runs the service of another checkout (``git worktree add /tmp/before <commit>``) with
+this bench, for the figures before and after a change.
 """
 
 from __future__ import annotations
@@ -68,6 +72,9 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, default=2, help="costs: ONNX Runtime threads (default 2)"
     )
+    parser.add_argument(
+        "--root", type=Path, default=ROOT, help="latency: the checkout whose service runs"
+    )
     args = parser.parse_args()
     photos = [
         (args.data / "celebs8" / relative).read_bytes()
@@ -85,7 +92,9 @@ def latency(args: argparse.Namespace, photos: list[bytes]) -> None:
     print(f"before: {machine_load({os.getpid()})}")
     with tempfile.TemporaryDirectory() as logs:
         options = ["--api-key", ",".join(KEYS)]
-        server = start_server(args.model, port, Path(logs) / "service.log", options)
+        model = args.root / args.model.resolve().relative_to(ROOT)
+        log = Path(logs) / "service.log"
+        server = start_server(model, port, log, options, root=args.root.resolve())
         clients = [httpx.Client(base_url=url, headers={"X-API-Key": k}, timeout=600) for k in KEYS]
         try:
             face, rest = photos[0], photos[1:]
