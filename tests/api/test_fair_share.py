@@ -37,8 +37,10 @@ def keyed(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
 
 @pytest.fixture(scope="module")
 def keyless(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
-    """No API key; one job per client."""
-    settings = make_settings(api_key=None, max_jobs=4, max_jobs_per_key=1)
+    """No API key; one job per client; at most 16 passes per request."""
+    settings = make_settings(
+        api_key=None, max_jobs=4, max_jobs_per_key=1, max_passes_per_request=16
+    )
     with TestClient(create_app(settings)) as client:
         yield client
 
@@ -206,3 +208,27 @@ def test_a_job_refuses_what_the_synchronous_call_refuses(
     assert 400 <= sync.status_code < 500, sync.text
     assert job.status_code == sync.status_code, job.text  # never 202, then failed
     assert job.json()["error"]["code"] == sync.json()["error"]["code"]
+
+
+@pytest.mark.parametrize(
+    ("path", "passes", "hint"),
+    [
+        ("/lime?num_samples=2000", 64, "lower num_samples"),
+        ("/saliency?method=integrated_gradients&steps=256", 17, "lower steps"),
+        ("/explain/occlusion?window=8&stride=4", 23, "raise stride"),
+        ("/jobs/smoothgrad?samples=64&noise=0.2", 9, None),
+    ],
+)
+def test_every_route_honours_the_configured_pass_limit(
+    keyless: TestClient, face_bytes: bytes, path: str, passes: int, hint: str | None
+) -> None:
+    response = post(keyless, path, face_bytes)
+    if hint is None:  # within the limit: accepted
+        assert response.status_code == 202, response.text
+        wait_for_state(keyless, response.json()["id"], {"done"})
+        return
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["code"] == "too_costly"
+    assert f"plans {passes} forward passes, more than the 16" in error["message"]
+    assert hint in error["message"]
