@@ -95,13 +95,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def serve(settings: Settings) -> None:
-    """Run the app under uvicorn with the service's bounds on slow and oversized clients
-    (``connection_limits``) and an access log that never shows a key from a query string."""
-    import uvicorn
-
+    """Run the app under uvicorn with the service's bounds on slow, oversized and too many
+    clients (``connection_limits``) and an access log that never shows a key from a query
+    string (``service.http.server``)."""
     from service.app import create_app
-    from service.http import access_log
-    from service.http.connection_limits import ConnectionLimits, protocol_class
+    from service.http.server import run_server
 
     logging.basicConfig(
         level=settings.log_level.upper(),
@@ -109,19 +107,7 @@ def serve(settings: Settings) -> None:
     )
     configure_malloc()  # before the model, its buffers and the worker threads exist
     app = create_app(settings)
-    limits = ConnectionLimits.from_settings(settings)
-    closed = app.state.connections_closed
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        access_log=settings.access_log,
-        http=protocol_class(limits, on_refused=lambda reason: closed.labels(reason=reason).inc()),
-        timeout_keep_alive=settings.keep_alive_timeout_s,  # type: ignore[arg-type]  # float works
-    )
-    access_log.install()  # after uvicorn.Config, which (re)configures uvicorn's loggers
-    uvicorn.Server(config).run()
+    run_server(app, settings, app.state.connections_closed)
 
 
 def export_openapi(path: str) -> int:

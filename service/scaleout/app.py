@@ -4,23 +4,28 @@
 (``import_path: service.scaleout.app:build_app``; ``args`` are ``Settings`` field names, and
 ``CELEBXAI_*`` environment variables apply as for ``python -m service``). ``run(settings)``
 starts a local Ray instance (or joins the cluster that ``ray_address`` or ``RAY_ADDRESS``
-names), starts Serve's HTTP proxy on ``host``:``port``, deploys, and serves until Ctrl-C or
-SIGTERM, then takes the application down (and the local Ray instance, if it started one).
+names), starts Serve's HTTP proxy on a loopback port of its own, deploys, and serves clients
+on ``host``:``port`` from the front (``front``: the single process's connection bounds, relaying
+to that proxy) until Ctrl-C or SIGTERM, then takes the application down (and the local Ray
+instance, if it started one).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import signal
-import threading
+import socket
 import time
 from typing import Any
 
 import ray
+from prometheus_client import CollectorRegistry
 from ray import serve
 
+from service.http.connection_limits import refusal_counter
+from service.http.server import run_server
 from service.scaleout.deployments import application
+from service.scaleout.front import Relay, Upstream, front_publisher
 from service.settings import Settings
 
 APP_NAME = "celebxai"
@@ -54,20 +59,25 @@ def run(settings: Settings) -> None:
         )
     try:
         # One HTTP address, on the head node (a proxy per node would need a port per node
-        # where several nodes share a machine, and a balancer in front of them anyway).
+        # where several nodes share a machine, and a balancer in front of them anyway), reached
+        # only through the front on this machine.
+        upstream = Upstream("127.0.0.1", _free_loopback_port())
         serve.start(
-            http_options={"host": settings.host, "port": settings.port},
+            http_options={"host": upstream.host, "port": upstream.port},
             proxy_location="HeadOnly",
         )
         serve.run(application(settings), name=APP_NAME, route_prefix="/", blocking=False)
         log.info(
-            "serving on http://%s:%d (Ray Serve application %r, ready in %.1f s)",
+            "serving on http://%s:%d (Ray Serve application %r behind its proxy at %s:%d, "
+            "ready in %.1f s)",
             settings.host,
             settings.port,
             APP_NAME,
+            upstream.host,
+            upstream.port,
             time.perf_counter() - started,
         )
-        _wait_for_stop()
+        serve_front(settings, upstream)
     finally:
         log.info("shutting down")
         if address:
@@ -77,14 +87,18 @@ def run(settings: Settings) -> None:
         ray.shutdown()
 
 
-def _wait_for_stop() -> None:
-    """Block until SIGINT or SIGTERM."""
-    stop = threading.Event()
+def serve_front(settings: Settings, upstream: Upstream) -> None:
+    """Serve clients on ``host``:``port`` through ``front.Relay`` until SIGINT or SIGTERM."""
+    registry = CollectorRegistry()
+    closed = refusal_counter(registry)
+    board = serve.get_deployment_handle("MetricsBoard", app_name=APP_NAME)
+    publisher = front_publisher(registry, board)
+    relay = Relay(upstream, on_start=publisher.start, on_stop=publisher.stop)
+    # Ray's proxy dates and names its answers already; the front passes them on as they are.
+    run_server(relay, settings, closed, lifespan="on", server_header=False, date_header=False)
 
-    def handler(signum: int, frame: object) -> None:
-        stop.set()
 
-    signal.signal(signal.SIGINT, handler)
-    signal.signal(signal.SIGTERM, handler)
-    while not stop.wait(1.0):
-        pass
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
