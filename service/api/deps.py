@@ -17,7 +17,8 @@
   explanations take their turn before any queued job (``service.common.admission``).
 - ``OwnerDep``: who owns the jobs the request makes or reads, and whose job limit they count
   against: a digest of its API key when keys are configured, else a digest of the client's
-  address (behind a proxy every client shares the proxy's address, and so one limit).
+  address as uvicorn reports it (``X-Forwarded-For`` from a proxy on loopback; behind a proxy
+  on another host every client shares the proxy's address, and so one limit).
 - ``ClientDep``: the request's ``Cancellation``, cancelled when the client hangs up; expensive
   work checks it between batches, and a request it stopped is answered (to nobody) and
   counted in ``/metrics`` as 499 ``client_closed_request``.
@@ -108,8 +109,8 @@ def key_owner(
     """Who owns the jobs this request makes or reads. With API keys configured: a digest of
     its key (``jobs.store.owner_of``; the key itself was checked by ``api_key_guard``).
     Without: a digest of the client's address, whatever ``X-API-Key`` it sends, so that made-up
-    keys do not buy more jobs than ``max_jobs_per_key`` (behind a proxy all clients share the
-    proxy's address)."""
+    keys do not buy more jobs than ``max_jobs_per_key`` (behind a proxy on another host all
+    clients share the proxy's address)."""
     if settings.api_key is not None:
         return owner_of(key)
     address = request.client.host if request.client is not None else "unknown"
