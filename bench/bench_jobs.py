@@ -13,9 +13,9 @@ tests/load/harness.py's ``start_server``), then:
    server's CPU seconds from the DELETE until the job says ``cancelled`` and in the second
    after, and how long the cancel took;
 3. ``finished``: ``--finished-jobs`` (40) Grad-CAM jobs with ``format=overlay`` on a
-   ``--side`` (2048) square upload of a face, run to their end (8 at a time, the limit per
-   key) and kept: what finished jobs hold is bounded by ``job_results_max`` and
-   ``job_results_max_bytes`` (the oldest evicted first);
+   ``--side`` (2048) square upload of a face (upscaled, with a photo's grain), run to their
+   end (8 at a time per key) and kept: what finished jobs hold is bounded by
+   ``job_results_max`` and ``job_results_max_bytes`` (the oldest evicted first);
 4. ``queued``: ``--queued-jobs`` (16) LIME jobs on ``--megapixels`` (40) megapixel PNGs (a face
    on a smooth background: ~100-200 KB, ~120 MB decoded), made at once over two API keys, so
    that all but two wait for a turn; then every one deleted and forgotten.
@@ -53,6 +53,7 @@ from tests.load.harness import free_port, start_server, stop_server  # noqa: E40
 
 BATCHES = "celebxai_explanation_batches_total"
 KEYS = ("bench-a", "bench-b")
+GRAIN = 8.0
 PARTS = ("timeline", "cancel", "finished", "queued")
 # every request carries the first key; a request for the second key's jobs names it
 CLIENT = httpx.Client(headers={"X-API-Key": KEYS[0]}, timeout=600)
@@ -325,10 +326,14 @@ def held(url: str) -> str:
     )
 
 
-def square_upload(face: bytes, side: int) -> bytes:
-    """The face scaled to ``side`` x ``side``, as a JPEG (a photo of that size)."""
+def square_upload(face: bytes, side: int, grain: float = GRAIN) -> bytes:
+    """The face scaled to ``side`` x ``side`` with a camera's grain (Gaussian, ``grain`` levels
+    of 255; fixed seed), as a JPEG: a photo of that size, whose overlay PNG compresses as a
+    photo's does (an upscaled crop alone is smooth and would compress several times better)."""
     photo = Image.open(io.BytesIO(face)).convert("RGB")
-    image = photo.resize((side, side), Image.Resampling.BICUBIC)
+    pixels = np.asarray(photo.resize((side, side), Image.Resampling.BICUBIC), dtype=np.float32)
+    pixels += np.random.default_rng(0).normal(0.0, grain, pixels.shape).astype(np.float32)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
     out = io.BytesIO()
     image.save(out, format="JPEG", quality=92)
     return out.getvalue()
