@@ -608,20 +608,42 @@ def never_reading_stream(served: Served, job_id: str) -> socket.socket:
     return sock
 
 
+class EveryMap(explanations.PartialMaps):
+    """Publishes every map the work reports, each after waiting out the event interval (the
+    service would drop maps within it): how much a stream carries does not depend on how fast
+    the CPU computes them."""
+
+    def report(self, values: np.ndarray, scale: float, negligible: bool) -> None:
+        while (wait := self.last + self.interval - time.monotonic()) > 0:
+            time.sleep(wait)
+        super().report(values, scale, negligible)
+
+
 @pytest.mark.slow
 def test_a_reader_that_never_reads_is_dropped_and_does_not_hold_the_job(
-    served: Served, face_bytes: bytes
+    served: Served,
+    face_bytes: bytes,
+    hold_passes: Callable[[int], HeldPasses],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    job_id = start_on(served, "num_samples=2000&seed=44", face_bytes)
+    monkeypatch.setattr(explanations, "PartialMaps", EveryMap)
+    # 256 x 256: each partial map is a 256 x 256 grid, ~0.5 MB of JSON; 63 of them fill every
+    # buffer between the service and a reader that takes nothing
+    large = io.BytesIO()
+    Image.open(io.BytesIO(face_bytes)).resize((256, 256)).save(large, format="PNG")
+    held = hold_passes(2)  # until both streams are open
+    job_id = start_on(served, "num_samples=2000&seed=44", large.getvalue())
+    held.wait_until_reached()
     silent = never_reading_stream(served, job_id)
-    reader = Reader(served, job_id)  # a reader that reads, beside it
-    wait_until(lambda: served.metric("celebxai_job_event_streams") == 2)
     try:
+        reader = Reader(served, job_id)  # a reader that reads, beside it
+        wait_until(lambda: served.metric("celebxai_job_event_streams") == 2)
+        held.ended.set()
         events = reader.ended()  # the job runs to its end, whatever the silent one does
         assert events[-1]["state"] == "done"
-        # partial maps (hundreds of KB each) fill every buffer on the way to the silent
-        # reader, so its connection is dropped write_timeout_s after its last write stalled
-        # and gives back its place
+        assert sum("heatmap" in event for event in events) >= 10
+        # the silent reader's connection is dropped write_timeout_s after its writes stalled,
+        # which gives back its place among the streams
         wait_until(lambda: served.metric("celebxai_job_event_streams") == 0, timeout=30)
         dropped = served.metric("celebxai_connections_closed_total", reason="write_timeout")
         assert dropped >= 1
