@@ -245,3 +245,33 @@ def test_jobs_are_accepted_at_once_while_jobs_run_in_ray_mode(ray_service: RaySe
     finally:
         for job_id in long_jobs:
             httpx.delete(f"{url}/jobs/{job_id}", headers=KEY)
+
+
+def test_an_allowed_origin_may_delete_a_job_and_read_its_location_in_ray_mode(
+    ray_service: RayService, celebs_root
+):
+    url = ray_service.url
+    origin = DEFAULTS.cors_origins[0]
+    preflight = httpx.options(
+        f"{url}/jobs/0123456789abcdef01234567",
+        headers={
+            "Origin": origin,
+            "Access-Control-Request-Method": "DELETE",
+            "Access-Control-Request-Headers": "x-api-key",
+        },
+    )
+    assert preflight.status_code == 200, preflight.text
+    assert "DELETE" in preflight.headers["access-control-allow-methods"]
+
+    made = httpx.post(
+        f"{url}/jobs/gradient?detect=false",
+        files={"file": ("face.png", face_png(celebs_root, "tom_hanks"), "image/png")},
+        headers={**KEY, "Origin": origin},
+        timeout=TIMEOUT_S,
+    )
+    assert made.status_code == 202, made.text
+    exposed = [h.strip().lower() for h in made.headers["access-control-expose-headers"].split(",")]
+    assert "location" in exposed
+    deleted = httpx.delete(f"{url}{made.headers['location']}", headers={**KEY, "Origin": origin})
+    assert deleted.status_code == 200
+    assert deleted.headers["access-control-allow-origin"] == origin
