@@ -16,6 +16,7 @@ from .scrape import metric_samples
 
 BOUNDARY = "celebxai-raw-boundary"
 CONNECTIONS_CLOSED = "celebxai_connections_closed"
+CHUNK = 64 * 1024
 
 
 @dataclass
@@ -116,3 +117,22 @@ def closed_connections(url: str) -> dict[str, float]:
         for sample in metric_samples(url, CONNECTIONS_CLOSED)
         if sample.name.endswith("_total")
     }
+
+
+def send_huge_head(url: str, size: int, within: float = 15.0) -> int:
+    """Send a head of ``size`` bytes (never finished) until the server stops taking it; returns
+    the bytes sent."""
+    sock = connect(url)
+    sent = 0
+    try:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
+        chunk = b"a" * CHUNK
+        while sent < size:
+            sock.sendall(chunk)
+            sent += len(chunk)
+        read_until_closed(sock, within)
+    except OSError:
+        pass  # the server closed the connection while we were still sending: what we want
+    finally:
+        sock.close()
+    return sent

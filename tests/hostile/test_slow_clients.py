@@ -26,6 +26,7 @@ from .raw_http import (
     read_response,
     read_until_closed,
     request_head,
+    send_huge_head,
 )
 
 # a service process, and the server's header, body and keep-alive timeouts waited out
@@ -33,7 +34,6 @@ pytestmark = pytest.mark.slow
 
 DEFAULTS = Settings(_env_file=None)
 SLACK_S = 15.0
-CHUNK = 64 * 1024
 
 
 @pytest.fixture(scope="module")
@@ -162,25 +162,6 @@ def test_a_head_under_the_limit_is_answered(service_process):
     assert read_until_closed(sock, SLACK_S).status == 200
 
 
-def _send_huge_head(url: str, size: int) -> int:
-    """Send a head of ``size`` bytes (never finished) until the server stops taking it; returns
-    the bytes sent."""
-    sock = connect(url)
-    sent = 0
-    try:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ")
-        chunk = b"a" * CHUNK
-        while sent < size:
-            sock.sendall(chunk)
-            sent += len(chunk)
-        read_until_closed(sock, SLACK_S)
-    except OSError:
-        pass  # the server closed the connection while we were still sending: what we want
-    finally:
-        sock.close()
-    return sent
-
-
 def test_many_huge_unfinished_heads_cost_bounded_memory(service_process):
     url = service_process.url
     before = closed_connections(url).get("headers_too_large", 0)
@@ -198,7 +179,7 @@ def test_many_huge_unfinished_heads_cost_bounded_memory(service_process):
     clients, size = 8, 30 * 2**20
     try:
         with ThreadPoolExecutor(clients) as pool:
-            sent = list(pool.map(lambda _: _send_huge_head(url, size), range(clients)))
+            sent = list(pool.map(lambda _: send_huge_head(url, size), range(clients)))
     finally:
         done.set()
         sampler.join()

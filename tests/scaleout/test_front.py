@@ -28,8 +28,8 @@ from tests.hostile.raw_http import (
     read_response,
     read_until_closed,
     request_head,
+    send_huge_head,
 )
-from tests.hostile.test_slow_clients import _send_huge_head
 from tests.image_bytes import face_png
 from tests.scaleout.conftest import API_KEY, RayService
 
@@ -156,7 +156,7 @@ def test_huge_heads_and_stalled_connections_cost_neither_proxy_memory(ray_servic
 
     def huge_heads() -> list[int]:
         with ThreadPoolExecutor(HUGE_HEADS) as pool:
-            return list(pool.map(lambda _: _send_huge_head(url, HUGE_HEAD_BYTES), range(8)))
+            return list(pool.map(lambda _: send_huge_head(url, HUGE_HEAD_BYTES), range(HUGE_HEADS)))
 
     sent: list[int] = []
     grown = _peak_while([front, proxy], lambda: sent.extend(huge_heads()))
