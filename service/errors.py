@@ -148,12 +148,6 @@ class TooManyStreams(ServiceError):
     status, code = 429, "too_many_streams"
 
 
-class ResultTooLarge(ServiceError):
-    """A job's result is larger than all the bytes the service keeps for finished jobs."""
-
-    status, code = 507, "result_too_large"
-
-
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
 

@@ -40,7 +40,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel
 
-from service.errors import JobNotDone, ResultTooLarge, TooManyJobs, UnknownJob
+from service.errors import JobNotDone, TooManyJobs, UnknownJob
 from service.settings import Settings
 
 JobState = Literal["queued", "running", "done", "failed", "cancelled"]
@@ -52,6 +52,9 @@ RETRY_AFTER_S = "5"
 # running it died): it fails rather than stay "running" for ever. Runners beat every
 # ``runner.HEARTBEAT_S``.
 LOST_AFTER_S = 60.0
+# A failed job's error code (never an HTTP status) when its result alone is larger than every
+# byte the store keeps for finished jobs.
+RESULT_TOO_LARGE = "result_too_large"
 
 
 def owner_of(api_key: str | None) -> str:
@@ -342,7 +345,7 @@ class JobStore:
         size = job.result.size if job.result is not None else 0
         if size > self.max_result_bytes:
             job.error = {
-                "code": ResultTooLarge.code,
+                "code": RESULT_TOO_LARGE,
                 "message": f"the result is {size} bytes, more than the {self.max_result_bytes} "
                 "this service keeps for all finished jobs; ask for format=json, or send a "
                 "smaller image",

@@ -119,6 +119,9 @@ const PLAIN_WORDS = {
   too_many_jobs: "Too many long explanations are running for this key. Wait for one to finish, then try again.",
   unknown_job: "That explanation is no longer kept by the service. Run it again.",
   job_lost: "The service stopped working on that explanation. Run it again.",
+  result_too_large: "That explanation's picture is too large for the service to keep. Try a smaller photo.",
+  too_costly: "Those settings ask for more work than this service allows for one explanation. Lower them.",
+  too_many_streams: "Too many pages are watching explanations for this key. Close one, then try again.",
   cancelled: "Cancelled.",
 };
 
