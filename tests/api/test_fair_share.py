@@ -20,6 +20,7 @@ from httpx import Response
 from service.app import create_app
 from service.explain import EXPLAINERS
 from service.settings import Settings
+from tests.api.job_polling import batches, wait_for
 from tests.pacing import HeldPasses
 
 KEY_A, KEY_B = "key-a", "key-b"
@@ -52,23 +53,6 @@ def post(
     separator = "&" if "?" in path else "?"
     files = {"file": ("face.png", face, "image/png")}
     return client.post(f"{path}{separator}detect=false", files=files, headers=headers, **kwargs)
-
-
-def wait_for_state(client: TestClient, job_id: str, states: set[str]) -> dict:
-    deadline = time.monotonic() + JOIN_S
-    while time.monotonic() < deadline:
-        status = client.get(f"/jobs/{job_id}").json()
-        if status["state"] in states:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} never reached {states}: {status}")
-
-
-def batches(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("celebxai_explanation_batches_total "):
-            return float(line.split()[1])
-    raise AssertionError("no explanation batch counter in /metrics")
 
 
 def in_thread(call: Callable[[], Response]) -> tuple[threading.Thread, dict[str, Response]]:
@@ -104,7 +88,7 @@ def test_a_synchronous_explanation_waits_at_most_one_job_batch(
     assert keyed.get(f"/jobs/{job_id}").json()["state"] == "running"
 
     later.ended.set()
-    done = wait_for_state(keyed, job_id, {"done", "failed", "cancelled"})
+    done = wait_for(keyed, job_id, {"done", "failed", "cancelled"}, JOIN_S)
     assert done["state"] == "done", done
     # giving way changes when the job runs, never what it answers
     sync = post(keyed, f"/explain/lime?{LIME}", face_bytes).json()
@@ -149,7 +133,7 @@ def test_without_keys_jobs_are_limited_per_client_address(
     assert elsewhere.get(f"/jobs/{job_id}").status_code == 404  # not their job
     for client, made in ((keyless, mine), (elsewhere, theirs)):
         assert client.delete(f"/jobs/{made.json()['id']}").status_code == 200
-        wait_for_state(client, made.json()["id"], {"cancelled"})
+        wait_for(client, made.json()["id"], {"cancelled"}, JOIN_S)
 
 
 def test_a_request_over_the_pass_limit_is_refused_before_any_work(
@@ -225,7 +209,7 @@ def test_every_route_honours_the_configured_pass_limit(
     response = post(keyless, path, face_bytes)
     if hint is None:  # within the limit: accepted
         assert response.status_code == 202, response.text
-        wait_for_state(keyless, response.json()["id"], {"done"})
+        wait_for(keyless, response.json()["id"], {"done"}, JOIN_S)
         return
     assert response.status_code == 422, response.text
     error = response.json()["error"]

@@ -34,6 +34,7 @@ from service.http.connection_limits import ConnectionLimits, protocol_class
 from service.intake.images import DecodedImage, decode_pixels
 from service.jobs.store import JobView
 from service.schemas.jobs import JobStatus
+from tests.api.job_polling import batches, wait_for
 from tests.hostile.raw_http import request_head
 from tests.load.harness import free_port
 from tests.pacing import HeldPasses
@@ -68,23 +69,6 @@ def jobs(make_settings: Any) -> Iterator[TestClient]:
 def start(client: TestClient, method: str, query: str, face: bytes, **kwargs: Any) -> Any:
     files = {"file": ("face.png", face, "image/png")}
     return client.post(f"/jobs/{method}?detect=false&{query}", files=files, **kwargs)
-
-
-def wait_for(client: TestClient, job_id: str, states: set[str], timeout: float = 300) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        status = client.get(f"/jobs/{job_id}").json()
-        if status["state"] in states:
-            return status
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} not {states} within {timeout} s: {status}")
-
-
-def batches(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("celebxai_explanation_batches_total "):
-            return float(line.split()[1])
-    raise AssertionError("no explanation batch counter in /metrics")
 
 
 def held_jobs(client: TestClient) -> int:
