@@ -13,7 +13,11 @@ nobody is waiting on a job. So
   each);
 - a running job gives its turn away at its next batch whenever a synchronous explanation
   waits (``BackgroundWork.batch``, on the job's work thread), and takes it back, ahead of the
-  jobs still queued, when a turn is free; so an interactive call waits at most one job batch;
+  jobs still queued, when a turn is free; so an interactive call waits at most one job batch.
+  Except inside the twin (``holds_shared``): a job never pauses while it holds the twin, which
+  the synchronous gradient methods wait for, so a gradient job's twin stretch (SmoothGrad's
+  samples, integrated gradients' steps: at most ``max_passes_per_request`` passes) runs to its
+  end before it can give way;
 - on the engine's inference thread, a job's forward passes run after every interactive one
   already queued there (``/predict`` batches, synchronous explanations' chunks: see
   ``service.inference.engine.InferenceThread``), so ``/predict`` waits at most the one job
@@ -30,7 +34,7 @@ from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
 
-from service.common.cancellation import Cancellation
+from service.common.cancellation import Cancellation, holds_shared
 
 
 class Priority(IntEnum):
@@ -163,6 +167,8 @@ class BackgroundWork(Cancellation):
     def _should_give_way(self) -> bool:
         if not (self.holding and self.gate.interactive_waiting and self._loop is not None):
             return False
+        if holds_shared():
+            return False  # paused here, it would keep the twin the others may wait for
         try:
             asyncio.get_running_loop()
         except RuntimeError:

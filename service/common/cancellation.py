@@ -12,16 +12,39 @@ the dynamic batcher) end at once through ``guard``.
 ``batch()`` is what a forward pass calls right before it runs: it stops cancelled work and tells
 ``on_batch`` that one more pass runs (the service counts explanation batches with it; a job can
 report progress the same way).
+
+``holding_shared()`` marks a stretch in which the calling thread holds something every other
+piece of work may wait for (the twin, ``service.common.twin``). Work that could pause in its
+``batch()`` (a job giving its explanation turn away, ``service.common.admission``) must not
+pause there: it would keep what it holds while paused, and whoever took its turn might wait for
+exactly that. ``holds_shared()`` says whether the thread is in such a stretch.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+_held = threading.local()
+
+
+@contextmanager
+def holding_shared() -> Iterator[None]:
+    """The calling thread holds a resource others wait for, for the block (nests)."""
+    _held.depth = getattr(_held, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _held.depth -= 1
+
+
+def holds_shared() -> bool:
+    """Whether the calling thread is inside ``holding_shared()``: work must not pause here."""
+    return getattr(_held, "depth", 0) > 0
 
 
 class Cancelled(Exception):

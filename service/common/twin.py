@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from service.common.cancellation import Cancellation
+from service.common.cancellation import Cancellation, holding_shared
 
 
 class LogitsOnly(nn.Module):
@@ -43,9 +43,10 @@ _TWIN_LOCK = threading.Lock()
 @contextmanager
 def input_gradients(twin: Any, cancellation: Cancellation | None = None) -> Iterator[LogitsOnly]:
     """Gradient mode on and the twin's parameters frozen for the block; both restored after.
-    Blocks of different threads run one after another. Yields the twin as captum's forward
-    function, checking ``cancellation`` before each pass."""
-    with _TWIN_LOCK:
+    Blocks of different threads run one after another, and no work pauses inside one
+    (``holding_shared``: a job never gives its turn away while other work waits for the twin).
+    Yields the twin as captum's forward function, checking ``cancellation`` before each pass."""
+    with _TWIN_LOCK, holding_shared():
         parameters = list(twin.parameters())
         flags = [parameter.requires_grad for parameter in parameters]
         grad_was_enabled = torch.is_grad_enabled()

@@ -142,8 +142,8 @@ def synthesize(
     optimizer = torch.optim.Adam([x], lr=params.lr)
     for step in range(params.steps):
         shift = torch.randint(-params.jitter, params.jitter + 1, (2,), generator=generator).tolist()
+        cancellation.batch()  # outside the twin: a job may give its turn away here
         with input_gradients(twin):
-            cancellation.batch()
             logits, activations = twin(torch.roll(x, shifts=shift, dims=(2, 3)))
             score = objective.score(logits, activations)[0]
             loss = -score + params.l2 * x.pow(2).mean() + params.tv * _total_variation(x)

@@ -95,6 +95,33 @@ def test_a_synchronous_explanation_waits_at_most_one_job_batch(
     assert done["result"]["heatmap"] == sync["heatmap"]
 
 
+def test_a_job_inside_the_twin_runs_on_rather_than_give_way_to_a_call_waiting_for_the_twin(
+    keyed: TestClient, face_bytes: bytes, hold_passes: Callable[[int], HeldPasses]
+) -> None:
+    """A SmoothGrad job holds the twin for all its samples. Were it to give its turn away
+    there, the synchronous gradient call taking the turn would wait for the twin the paused
+    job keeps, and the job for a turn the call keeps: neither would ever finish."""
+    gate = keyed.app.state.service.explanations
+    held = hold_passes(2)  # the job holds the turn and the twin, before its 2nd of 4 passes
+    job = post(keyed, "/jobs/smoothgrad?samples=16&batch_size=4", face_bytes)
+    assert job.status_code == 202, job.text
+    held.wait_until_reached()
+
+    thread, answer = in_thread(
+        lambda: post(keyed, "/explain/gradient?target=halle_berry", face_bytes)
+    )
+    deadline = time.monotonic() + JOIN_S
+    while not gate.interactive_waiting:
+        assert time.monotonic() < deadline, "the synchronous explanation never queued"
+        time.sleep(0.01)
+    held.ended.set()  # the job's 3rd pass comes while the call waits: it runs on
+    done = wait_for(keyed, job.json()["id"], {"done", "failed", "cancelled"}, JOIN_S)
+    assert done["state"] == "done", done
+    thread.join(JOIN_S)
+    assert not thread.is_alive(), "the synchronous explanation never finished"
+    assert answer["response"].status_code == 200, answer["response"].text
+
+
 def test_the_explanation_cache_is_per_api_key(keyed: TestClient, face_bytes: bytes) -> None:
     path = "/explain/gradient?target=tom_hanks"
     first = post(keyed, path, face_bytes, key=KEY_A).json()
