@@ -13,8 +13,10 @@ with ``--ray``; ``--no-face-cache`` adds ``--face-search-cache 0``) on a free po
 4. sends the page's requests for one photo -- ``/predict``, then every panel at once, as
    service/static/app.js does (``POST /explain/{method}?format=png``, or for the anytime
    methods ``POST /jobs/{method}``, its event stream to the end, ``GET /jobs/{id}/result``) --
-   for a fresh tight crop and a fresh ordinary photo: each panel's time on the tight crop over
-   its time on the ordinary photo;
+   once on an ordinary photo (every method's first run, left out), then for ``--pages`` pairs
+   of a fresh tight crop and a fresh ordinary photo in turn: each panel's time on the tight
+   crop over its time on the ordinary photo, and the median over the pairs (one page is seven
+   requests sharing two cores: which gets a turn first moves a single ratio);
 5. runs ``--clients`` clients for ``--duration`` seconds, each sending the photos in its own
    random order, and prints how many answers differ from the baseline, with p50/p95 latency per
    kind of photo.
@@ -86,17 +88,23 @@ def search_kind(finder: FaceFinder, image: Image.Image) -> str:
     return "retry" if searched == retried else "second look"
 
 
-def pick_photos(model: Path, data: Path, tight: int, seed: int) -> tuple[list[Photo], list[Photo]]:
+def pick_photos(
+    model: Path, data: Path, tight: int, pages: int, seed: int
+) -> tuple[list[Photo], list[Photo], list[Photo]]:
     """``tight`` crops that need the retry or the second look (half each, where the sample has
-    them), as many ordinary crops, and the non-face images, for the load; and two spares kept
-    out of it (a second-look crop, an ordinary crop) for the first-versus-repeat and panel
-    timings."""
+    them), as many ordinary crops, and the non-face images, for the load; kept out of it,
+    ``pages`` second-look crops and ``pages`` + 1 ordinary crops (the first warms the page up)
+    for the first-versus-repeat and panel timings."""
     meta = read_meta(model)
     if meta.face_alignment is None:
         raise SystemExit(f"{model} has no face_alignment: no face search to load")
     finder = FaceFinder(meta.face_alignment, workers=1)
     crops = sorted(data.glob("celebs8/*/*.png")) + sorted(data.glob("others/*/*.png"))
-    wanted = {"retry": tight // 2, "second look": tight - tight // 2 + 1, "ordinary": tight + 1}
+    wanted = {
+        "retry": tight // 2,
+        "second look": tight - tight // 2 + pages,
+        "ordinary": tight + pages + 1,
+    }
     found: dict[str, list[Photo]] = defaultdict(list)
     for index in np.random.default_rng(seed).permutation(len(crops)):
         path = crops[index]
@@ -105,13 +113,14 @@ def pick_photos(model: Path, data: Path, tight: int, seed: int) -> tuple[list[Ph
             found[kind].append(Photo(str(path.relative_to(data)), kind, path.read_bytes()))
         if all(len(found[k]) >= n for k, n in wanted.items()):
             break
-    spares = [found["second look"].pop(), found["ordinary"].pop()]
+    tight_spares = [found["second look"].pop() for _ in range(pages)]
+    ordinary_spares = [found["ordinary"].pop() for _ in range(pages + 1)]
     non_faces = [
         Photo(f"{name}@112", "non-face", _png(crop_sized(skimage_photo(name))))
         for name in NON_FACES
     ]
     photos = [photo for kind in ("retry", "second look", "ordinary") for photo in found[kind]]
-    return photos + non_faces, spares
+    return photos + non_faces, tight_spares, ordinary_spares
 
 
 def answer_of(response: httpx.Response) -> str:
@@ -183,16 +192,28 @@ def page(url: str, methods: list[dict], photo: Photo) -> dict[str, float]:
         return {name: future.result() for name, future in futures.items()}
 
 
-def panels(url: str, spares: list[Photo]) -> None:
+def panels(url: str, tight_spares: list[Photo], ordinary_spares: list[Photo]) -> None:
+    """The page on an ordinary photo first (every method's first run, out of the figures), then
+    on a fresh tight crop and a fresh ordinary photo in turn, once per pair: each panel's time
+    on the tight crop over its time on the ordinary photo, per pair and their median."""
     with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
         methods = client.get("/explain").json()["methods"]
-    tight, ordinary = (page(url, methods, photo) for photo in spares)
-    print(f"the page's panels, tight crop {spares[0].name} over ordinary {spares[1].name}:")
-    for name in tight:
-        print(
-            f"  {name:22s} {tight[name]:7.2f} s / {ordinary[name]:7.2f} s = "
-            f"{tight[name] / ordinary[name]:5.2f}"
-        )
+    page(url, methods, ordinary_spares[0])
+    ratios: dict[str, list[float]] = defaultdict(list)
+    print("the page's panels, each pair a fresh tight crop (second look) and an ordinary photo:")
+    for tight_photo, ordinary_photo in zip(tight_spares, ordinary_spares[1:], strict=True):
+        tight, ordinary = page(url, methods, tight_photo), page(url, methods, ordinary_photo)
+        print(f"  {tight_photo.name} over {ordinary_photo.name}:")
+        for name in tight:
+            ratios[name].append(tight[name] / ordinary[name])
+            print(
+                f"    {name:22s} {tight[name]:7.2f} s / {ordinary[name]:7.2f} s = "
+                f"{ratios[name][-1]:5.2f}"
+            )
+    print(
+        "  median ratio per panel: "
+        + ", ".join(f"{name} {float(np.median(values)):.2f}" for name, values in ratios.items())
+    )
 
 
 def load(
@@ -263,6 +284,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         default=12,
         help="tight crops in the load, and as many ordinary ones (default: 12)",
     )
+    parser.add_argument(
+        "--pages",
+        type=int,
+        default=3,
+        help="pairs of pages (a tight crop's, an ordinary photo's) timed, after one warm-up page "
+        "(default: 3)",
+    )
     parser.add_argument("--seed", type=int, default=24, help="sample and order seed (default: 24)")
     parser.add_argument(
         "--ray", action="store_true", help="serve with python -m service --ray (default: off)"
@@ -282,10 +310,12 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace) -> None:
-    photos, spares = pick_photos(args.model, args.data, args.tight, args.seed)
+    photos, tight_spares, ordinary_spares = pick_photos(
+        args.model, args.data, args.tight, args.pages, args.seed
+    )
     print(
         f"photos: {dict(Counter(photo.kind for photo in photos))}; "
-        f"spares {[p.name for p in spares]}"
+        f"kept for the page: {[p.name for p in tight_spares + ordinary_spares]}"
     )
     options = ["--ray"] if args.ray else []
     if args.no_face_cache:
@@ -300,8 +330,8 @@ def main(args: argparse.Namespace) -> None:
             with httpx.Client(base_url=url, timeout=REQUEST_TIMEOUT_S) as client:
                 expected = baseline(client, photos)
                 print(f"baseline: {json.dumps(Counter(expected.values()))}")
-                first_and_repeat(client, spares[0])
-                panels(url, spares)
+                first_and_repeat(client, tight_spares[0])
+                panels(url, tight_spares, ordinary_spares)
                 before = face_search_lookups(client)
                 print(f"{args.clients} clients for {args.duration:g} s ...", flush=True)
                 results = load(url, photos, args.clients, args.duration, args.seed)
