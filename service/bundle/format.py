@@ -141,6 +141,44 @@ class PrecisionSpec(BaseModel):
     int8: Int8Spec | None = None
 
 
+class SanityStage(BaseModel):
+    """One step of the cascade: the modules re-drawn so far and how alike the maps still are."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    stage: str  # the module(s) randomised at this step, e.g. "fc", "layer4"
+    spearman: float  # mean over faces, |map| rank correlation trained vs randomised
+    ssim: float  # mean over faces
+
+
+class SanityMethod(BaseModel):
+    """One explanation method's cascade and whether it passed the rule."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    passed: bool
+    stages: list[SanityStage]  # cascade order: top of the network first, cumulative
+
+
+class SanitySpec(BaseModel):
+    """``meta.json["sanity"]``, written by ``python -m training sanity``: the cascading
+    model-parameter randomisation test (Adebayo et al., 2018). The network's parameters are
+    re-drawn stage by stage from the head down, cumulatively, and each method's maps of the
+    test faces on the randomised network are compared with its maps on the trained one. A
+    method passes when its mean Spearman rank correlation of the absolute maps stays below
+    ``pass_below`` at every stage: its maps depend on what the model learned."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    test: Literal["cascading_model_parameter_randomisation"]
+    rule: str  # the pass rule in words (the same text the docs give)
+    pass_below: float
+    faces: int
+    split: str
+    created_at: str
+    methods: dict[str, SanityMethod]
+
+
 class BundleMeta(BaseModel):
     """``meta.json``. Unknown keys are kept, so newer bundles pass through ``/model`` intact."""
 
@@ -162,6 +200,7 @@ class BundleMeta(BaseModel):
     face_alignment: AlignmentSpec | None = None
     open_set: OpenSetSpec | None = None
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
+    sanity: SanitySpec | None = None
 
     @property
     def parity_tolerance(self) -> float:
