@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate|export|insight|open-set-study|quantize``: see each
+"""``python -m training fit|evaluate|export|insight|open-set-study|quantize|sanity``: see each
 ``--help``."""
 
 from __future__ import annotations
@@ -242,6 +242,25 @@ def get_args_parser() -> argparse.ArgumentParser:
     quantize.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime threads for the throughput figures"
     )
+    sanity = sub.add_parser(
+        "sanity",
+        help="cascading model-parameter randomisation test of every explanation method "
+        "(Adebayo et al. 2018) on the bundle's test faces; prints the table and stores it in "
+        "meta.json['sanity'] (model files untouched)",
+        formatter_class=fmt,
+    )
+    sanity.add_argument("--bundle", default="models/celebs8")
+    sanity.add_argument(
+        "--data", default=DEFAULT_DATA, help="image tree <root>/<class_id>/* of split.json's paths"
+    )
+    sanity.add_argument("--faces", type=int, default=12, help="test faces, spread over the split")
+    sanity.add_argument(
+        "--methods", default=None, help="comma-separated methods (default: every method)"
+    )
+    sanity.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    sanity.add_argument(
+        "--dry-run", action="store_true", help="print the table without writing meta.json"
+    )
     return parser
 
 
@@ -253,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     from training import run  # heavy imports only after --help
     from training.open_set_study import study_command
     from training.quantize import quantize_command
+    from training.sanity import sanity_command
 
     try:
         commands = {
@@ -262,6 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             "insight": run.insight_command,
             "open-set-study": study_command,
             "quantize": quantize_command,
+            "sanity": sanity_command,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

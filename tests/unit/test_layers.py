@@ -55,6 +55,9 @@ TRAINING_MAY_IMPORT = {
     # the same receptive fields and top patches the service shows (insight data in the bundle)
     "service.insight.architecture",
     "service.insight.patches",
+    # the explanation methods themselves: the sanity check (training/sanity.py) runs every
+    # method on randomised copies of the twin and stores the result in the bundle
+    "service.explain",
 }
 
 
