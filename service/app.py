@@ -16,9 +16,10 @@ import yaml
 from fastapi import APIRouter, FastAPI
 
 from service import __version__
-from service.api import docs, explain, insight, jobs, meta, metrics, page, predict
+from service.api import docs, evaluate, explain, insight, jobs, meta, metrics, page, predict
 from service.bundle.format import BundleError
 from service.common.lru import LruCache
+from service.explanations import QUALITY_HEADER
 from service.http.api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
 from service.http.body_limit import BodySizeLimitMiddleware
 from service.http.connection_limits import refusal_counter
@@ -39,6 +40,7 @@ log = logging.getLogger(__name__)
 
 ROUTERS: tuple[APIRouter, ...] = (
     predict.router,
+    evaluate.router,  # before explain's: /explain/{method} would take its path
     explain.router,
     jobs.router,
     insight.router,
@@ -54,6 +56,7 @@ CORS_EXPOSED_HEADERS = [
     "Location",  # a new job's URL (202)
     "Retry-After",  # when to retry a 503 or a 429
     NEGLIGIBLE_HEADER,  # a PNG heatmap with nothing to show
+    QUALITY_HEADER,  # a PNG heatmap's verdict
     insight.CHANNELS_HEADER,  # which channel each activation tile shows
 ]
 # Room for the multipart framing around the file within the body size limit.

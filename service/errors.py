@@ -85,6 +85,13 @@ class FaceNotFound(ServiceError):
     status, code = 422, "face_index_out_of_range"
 
 
+class BadMap(ServiceError):
+    """A map to grade (``POST /explain/evaluate``) that is not a JSON grid of numbers or a
+    greyscale PNG, or not at a size it can be laid on the face at."""
+
+    status, code = 422, "bad_map"
+
+
 class RequestMistake(ServiceError, ValueError):
     """A request naming something the model does not have. Also a ``ValueError``, so that
     code below the HTTP layer (the explainers) raises the same class the client's code names."""

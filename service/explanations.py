@@ -27,21 +27,33 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import numpy as np
+from PIL import Image
 
 from service.bundle.format import ONNX_FILE
 from service.common.cancellation import Cancellation
 from service.common.lru import LruCache
+from service.errors import BadMap
 from service.explain import Heatmap, ModelHandle, array_digest, cache_key
-from service.explain.base import MethodCall
+from service.explain.base import MethodCall, resolve_target
+from service.explain.quality import Completeness, QualityReport, RandomCurves
+from service.explain.quality import grade as grade_map
+from service.faces.aligned import AlignedFace
 from service.inference.model import ModelInput, ServingModel
 from service.intake.images import DecodedImage
-from service.render.upload import json_grid, values_grid
+from service.render.png import scaled_size
+from service.render.upload import MAX_JSON_SIDE, NEGLIGIBLE_HEADER, json_grid, values_grid
 from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRef, rank_classes
-from service.schemas.explanation import ExplainTimings, ExplanationResponse
+from service.schemas.explanation import (
+    ExplainTimings,
+    ExplanationResponse,
+    QualityInfo,
+    SanityNote,
+)
 
+MapSpace = Literal["upload", "model_input"]
 Report = Callable[[np.ndarray, float, bool], None]
 """A sampling method's map as it stands: (values, scale, negligible), scaled as the final one."""
 
@@ -67,12 +79,14 @@ class UploadFacts:
 
 @dataclass(frozen=True)
 class Explanation:
-    """A heatmap, whether it came from the cache, and how long computing it took (0 if
-    cached)."""
+    """A heatmap, whether it came from the cache, how long computing it took (0 if cached),
+    and its quality report when one was asked for (``grade``)."""
 
     heatmap: Heatmap
     cached: bool
     explain_ms: float
+    quality: QualityReport | None = None
+    quality_ms: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -84,12 +98,11 @@ class ExplanationCache:
     lru: LruCache
     scope: str = ""
 
-    def get(self, key: str) -> Heatmap | None:
-        found: Heatmap | None = self.lru.get(self._scoped(key))
-        return found
+    def get(self, key: str) -> Any:
+        return self.lru.get(self._scoped(key))
 
-    def put(self, key: str, heatmap: Heatmap) -> None:
-        self.lru.put(self._scoped(key), heatmap)
+    def put(self, key: str, value: Heatmap | QualityReport | RandomCurves) -> None:
+        self.lru.put(self._scoped(key), value)
 
     def _scoped(self, key: str) -> str:
         return f"{self.scope}|{key}"
@@ -103,19 +116,137 @@ def explain(
     cache: ExplanationCache,
     cancellation: Cancellation,
     report: Report | None = None,
+    quality: bool = False,
 ) -> Explanation:
     """``call``'s heatmap of ``inputs`` for class ``target`` (None: the predicted class), from
-    ``cache`` or computed here (a worker thread) and kept there. ``report``: the sampling
-    methods' partial maps, for whoever watches (a job)."""
+    ``cache`` or computed here (a worker thread) and kept there; with ``quality``, its quality
+    report too (``grade``). ``report``: the sampling methods' partial maps, for whoever
+    watches (a job)."""
     key = explanation_key(model, inputs, call, target)
     found = cache.get(key)
-    if found is not None:
-        return Explanation(found, cached=True, explain_ms=0.0)
+    cached, explain_ms = found is not None, 0.0
+    if found is None:
+        started = time.perf_counter()
+        handle = model_handle(model, cancellation, report)
+        found = call.explainer(handle).run(inputs.x, target, call.params)
+        cache.put(key, found)
+        explain_ms = (time.perf_counter() - started) * 1000
+    if not quality:
+        return Explanation(found, cached, explain_ms)
     started = time.perf_counter()
-    handle = model_handle(model, cancellation, report)
-    heatmap = call.explainer(handle).run(inputs.x, target, call.params)
-    cache.put(key, heatmap)
-    return Explanation(heatmap, cached=False, explain_ms=(time.perf_counter() - started) * 1000)
+    completeness = call.explainer.completeness_baseline(inputs.x, call.params)
+    graded = grade(model, inputs, found, cache, cancellation, key, completeness)
+    return Explanation(found, cached, explain_ms, graded, (time.perf_counter() - started) * 1000)
+
+
+def grade(
+    model: ServingModel,
+    inputs: ModelInput,
+    heatmap: Heatmap,
+    cache: ExplanationCache,
+    cancellation: Cancellation,
+    key: str | None = None,
+    completeness_baseline: np.ndarray | None = None,
+) -> QualityReport:
+    """``heatmap``'s quality report on ``inputs`` (``service.explain.quality``), from
+    ``cache`` under ``key`` (the heatmap's) or computed here, its forward passes on the
+    engine's inference thread like the method's. The random map's curves are kept per face
+    and target, so the other maps of a face cost one pass each. ``completeness_baseline``:
+    the method's (``Explainer.completeness_baseline``)."""
+    quality_key = None if key is None else f"{key}|quality"
+    if quality_key is not None and (found := cache.get(quality_key)) is not None:
+        return cast(QualityReport, found)
+    completeness = None
+    if completeness_baseline is not None:
+        unscaled = 1.0 if heatmap.negligible else heatmap.scale
+        total = float(np.sum(heatmap.values, dtype=np.float64)) * unscaled
+        completeness = Completeness(completeness_baseline, total)
+    report = _graded(
+        model,
+        inputs,
+        heatmap.values,
+        heatmap.target,
+        heatmap.logits,
+        cache,
+        cancellation,
+        signals=heatmap.signals,
+        negligible=heatmap.negligible,
+        completeness=completeness,
+    )
+    if quality_key is not None:
+        cache.put(quality_key, report)
+    return report
+
+
+def evaluate(
+    model: ServingModel,
+    inputs: ModelInput,
+    values: np.ndarray,
+    target: int | None,
+    cache: ExplanationCache,
+    cancellation: Cancellation,
+) -> tuple[QualityReport, int, np.ndarray]:
+    """Grade a map from elsewhere (``values``: ``(H, W)`` on the model input) for ``target``
+    (None: the predicted class): its report, the target and the face's logits."""
+    handle = model_handle(model, cancellation)
+    logits = np.asarray(handle.forward(inputs.x[None]), dtype=np.float32)[0]
+    target = resolve_target(target, len(logits), int(np.argmax(logits)))
+    report = _graded(model, inputs, values, target, logits, cache, cancellation)
+    return report, target, logits
+
+
+def _graded(
+    model: ServingModel,
+    inputs: ModelInput,
+    values: np.ndarray,
+    target: int,
+    logits: np.ndarray,
+    cache: ExplanationCache,
+    cancellation: Cancellation,
+    **extra: Any,
+) -> QualityReport:
+    """``quality.grade`` with the face's random curves from ``cache`` (kept there after)."""
+    random_key = "|".join(
+        ("random-curves", model.meta.files[ONNX_FILE].sha256, array_digest(inputs.x), str(target))
+    )
+    report, random = grade_map(
+        model_handle(model, cancellation).forward,
+        inputs.x,
+        values,
+        target,
+        logits,
+        random=cache.get(random_key),
+        cancellation=cancellation,
+        **extra,
+    )
+    cache.put(random_key, random)
+    return report
+
+
+def map_on_model_input(
+    values: np.ndarray, aligned: AlignedFace, upload_size: tuple[int, int], side: tuple[int, int]
+) -> tuple[np.ndarray, MapSpace]:
+    """A map sent to be graded, on the model input ``side`` (H, W), and the space it was in:
+    ``model_input`` at that size; ``upload`` at the upload's size or at the size of the grid a
+    JSON answer for this upload has (``render.upload.json_grid``). Anything else is 422
+    ``bad_map``, saying the sizes it may have."""
+    height, width = values.shape
+    grid = scaled_size(upload_size, min(1.0, MAX_JSON_SIDE / max(upload_size)))
+    if (width, height) == upload_size or (width, height) == grid:
+        on_crop = aligned.from_image(values, width / upload_size[0])
+        space: MapSpace = "upload"
+    elif (height, width) == side:
+        return np.asarray(values, dtype=np.float32), "model_input"
+    else:
+        sizes = {f"{w}x{h}" for w, h in (upload_size, grid, side[::-1])}
+        raise BadMap(
+            f"the map is {width}x{height}; send it at the upload's size, the JSON answer's "
+            f"grid or the model input's: {', '.join(sorted(sizes))} (width x height)"
+        )
+    if on_crop.shape != side:
+        layer = Image.fromarray(on_crop, mode="F")
+        on_crop = np.asarray(layer.resize(side[::-1], Image.Resampling.BILINEAR))
+    return on_crop, space
 
 
 def explanation_key(
@@ -153,6 +284,44 @@ def model_handle(
     )
 
 
+QUALITY_HEADER = "X-Quality-Verdict"
+"""A PNG answer's verdict (JSON's quality.verdict), when the map was graded."""
+
+
+def wants_quality(call: MethodCall, asked: bool | None) -> bool:
+    """Whether to grade: as asked (``quality=true|false``), else the method's default."""
+    return call.explainer.quality_by_default if asked is None else asked
+
+
+def answer_headers(explanation: Explanation) -> dict[str, str]:
+    """A PNG answer's headers: whether the map is negligible, and its verdict when graded."""
+    headers = {NEGLIGIBLE_HEADER: str(explanation.heatmap.negligible).lower()}
+    if explanation.quality is not None:
+        headers[QUALITY_HEADER] = explanation.quality.verdict
+    return headers
+
+
+def sanity_note(model: ServingModel, method: str) -> SanityNote | None:
+    """``method``'s result in the bundle's sanity check, in one sentence; None without one."""
+    spec = model.meta.sanity
+    result = None if spec is None else spec.methods.get(method)
+    if spec is None or result is None or not result.stages:
+        return None
+    closest = max(result.stages, key=lambda stage: stage.spearman)
+    similarity = (
+        f"rank correlation {closest.spearman:.2f} with the trained model's maps once "
+        f"{closest.stage} and every layer above it are random (limit {spec.pass_below})"
+    )
+    if result.passed:
+        note = f"passes the sanity check: its maps change with the model's weights ({similarity})"
+    else:
+        note = (
+            "fails the sanity check: its maps stay similar when the model's weights are "
+            f"randomised, so they show the photo more than what the model learned ({similarity})"
+        )
+    return SanityNote(passed=result.passed, note=note)
+
+
 def json_answer(
     model: ServingModel,
     image: DecodedImage | UploadFacts,
@@ -184,11 +353,14 @@ def json_answer(
         image=upload.info,
         model=ModelRef.of(model),
         cached=explanation.cached,
+        quality=None if explanation.quality is None else QualityInfo.of(explanation.quality),
+        sanity=sanity_note(model, heatmap.method),
         timings=ExplainTimings(
             decode_ms=upload.decode_ms,
             detect_ms=inputs.face.detect_ms,
             preprocess_ms=inputs.preprocess_ms,
             explain_ms=explanation.explain_ms,
+            quality_ms=explanation.quality_ms,
             total_ms=(time.perf_counter() - upload.received_at) * 1000,
         ),
     )

@@ -58,14 +58,21 @@ from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
 from service.explain import EXPLAINERS, GRADIENT_METHODS, Explainer
 from service.explain.base import MethodCall
+from service.explain.quality import PASSES, REPEAT_PASSES, RULE, VERDICTS
 from service.inference.model import ModelInput, ServingModel
 from service.intake.images import DecodedImage
 from service.render.png import MAX_RENDER_PIXELS
 from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, render_png
 from service.schemas.common import error_responses
-from service.schemas.explanation import ExplanationResponse, MethodInfo, MethodsResponse
+from service.schemas.explanation import (
+    ExplanationResponse,
+    MethodInfo,
+    MethodsResponse,
+    QualityCost,
+)
+from service.state import ServiceState
 
-COMMON_PARAMS = ("target", "format", "detect", "face")
+COMMON_PARAMS = ("target", "format", "quality", "detect", "face")
 CACHE_ENTRIES = 64
 TargetQuery = Annotated[
     str | None, Query(description="class id to explain (default: the predicted class)")
@@ -76,6 +83,13 @@ FORMAT_HELP = (
     "the heatmap blended in (RGB PNG)"
 )
 FormatQuery = Annotated[Format, Query(description=FORMAT_HELP)]
+QualityQuery = Annotated[
+    bool | None,
+    Query(
+        description="grade the map (the answer's quality; a PNG's X-Quality-Verdict header): "
+        "true or false; default: the method's quality.default in GET /explain"
+    ),
+]
 
 # Every explanation answer holds an explanation turn; the guard marks the routes as protected.
 EXPLANATION_DEPENDENCIES = [Depends(in_flight_slot), Depends(explanation_slot)]
@@ -91,14 +105,15 @@ router = APIRouter(tags=["explain"])
     "choices).",
     dependencies=[ON_GATEWAY],
 )
-async def list_methods() -> MethodsResponse:
+async def list_methods(state: StateDep) -> MethodsResponse:
     return MethodsResponse(
         common_parameters=list(COMMON_PARAMS),
-        methods=[_method_info(explainer) for explainer in EXPLAINERS.values()],
+        quality_rule=RULE,
+        methods=[_method_info(explainer, state.model) for explainer in EXPLAINERS.values()],
     )
 
 
-def _method_info(explainer: type[Explainer]) -> MethodInfo:
+def _method_info(explainer: type[Explainer], model: ServingModel | None) -> MethodInfo:
     schema = explainer.Params.model_json_schema()
     for name in SERVER_SIDE_PARAMS:
         schema.get("properties", {}).pop(name, None)
@@ -112,6 +127,13 @@ def _method_info(explainer: type[Explainer]) -> MethodInfo:
         needs_twin=explainer.needs_twin,
         anytime=explainer.anytime,
         parameters=schema,
+        quality=QualityCost(
+            default=explainer.quality_by_default,
+            passes=PASSES,
+            repeat_passes=REPEAT_PASSES,
+            signals=list(explainer.signal_names),
+        ),
+        sanity=None if model is None else explanations.sanity_note(model, explainer.name),
     )
 
 
@@ -125,7 +147,11 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
             NEGLIGIBLE_HEADER: {
                 "description": "true when the map is negligible (JSON's heatmap.negligible)",
                 "schema": {"type": "string", "enum": ["true", "false"]},
-            }
+            },
+            explanations.QUALITY_HEADER: {
+                "description": "the map's verdict (JSON's quality.verdict), when it was graded",
+                "schema": {"type": "string", "enum": list(VERDICTS)},
+            },
         },
     },
     **error_responses(400, 401, 413, 415, 422, 503),
@@ -154,10 +180,14 @@ async def explain(
     inputs: ModelInputDep,
     cache: ExplanationCacheDep,
     cancellation: ClientDep,
+    state: StateDep,
     target: TargetQuery = None,
     format: FormatQuery = "json",
+    quality: QualityQuery = None,
 ) -> ExplanationResponse:
-    return await _explain(model, image, inputs, call, target, format, cancellation, cache)
+    return await _explain(
+        state, model, image, inputs, call, target, format, quality, cancellation, cache
+    )
 
 
 def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) -> None:
@@ -181,13 +211,16 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         query: Any,
         target: TargetQuery = None,
         format: FormatQuery = "json",
+        quality: QualityQuery = None,
     ) -> ExplanationResponse:
         values = query.model_dump(exclude_unset=True)
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
         refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
         call = check_params(explainer, values, call_bounds(state))
-        return await _explain(model, image, inputs, call, target, format, cancellation, cache)
+        return await _explain(
+            state, model, image, inputs, call, target, format, quality, cancellation, cache
+        )
 
     signature = inspect.signature(endpoint)
     hints = {
@@ -200,6 +233,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         "query": Annotated[query_model, Query()],
         "target": TargetQuery,
         "format": FormatQuery,
+        "quality": QualityQuery,
     }
     # FastAPI reads the endpoint's parameters through inspect, which honours __signature__;
     # typeshed does not declare that attribute on functions
@@ -245,23 +279,28 @@ _alias(
 
 
 async def _explain(
+    state: ServiceState,
     model: ServingModel,
     image: DecodedImage,
     inputs: ModelInput,
     call: MethodCall,
     target_id: str | None,
     fmt: Format,
+    quality: bool | None,
     cancellation: Cancellation,
     cache: explanations.ExplanationCache,
 ) -> Any:
     """The one code path of every explanation endpoint: the use case, answered as ``fmt``."""
     target = None if target_id is None else class_index(model, target_id)
+    graded = explanations.wants_quality(call, quality)
     explanation = await run_in_threadpool(
-        explanations.explain, model, inputs, call, target, cache, cancellation
+        explanations.explain, model, inputs, call, target, cache, cancellation, None, graded
     )
+    if explanation.quality is not None:
+        state.metrics.verdicts.labels(call.name, explanation.quality.verdict).inc()
     if fmt in ("png", "overlay"):
         heatmap = explanation.heatmap
         png = await run_in_threadpool(render_png, fmt, image.rgb, inputs.face.aligned, heatmap)
-        negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
-        return Response(png, media_type=PNG_MEDIA_TYPE, headers=negligible)
+        headers = explanations.answer_headers(explanation)
+        return Response(png, media_type=PNG_MEDIA_TYPE, headers=headers)
     return await run_in_threadpool(explanations.json_answer, model, image, inputs, explanation)

@@ -48,7 +48,7 @@ from service.api.deps import (
     class_index,
     in_flight_slot,
 )
-from service.api.explain import FormatQuery, TargetQuery
+from service.api.explain import FormatQuery, QualityQuery, TargetQuery
 from service.api.insight import (
     InspectorDep,
     MaximizeQuery,
@@ -62,12 +62,13 @@ from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
 from service.explain import Heatmap
 from service.explain.base import MethodCall
+from service.explain.quality import PASSES as QUALITY_PASSES
 from service.faces.aligned import AlignedFace
 from service.intake.images import ImageLimits, decode_pixels, read_header
 from service.jobs.events import Subscription
 from service.jobs.runner import JobWork, Publish
 from service.jobs.store import JobResult, JobView
-from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, render_png
+from service.render.upload import PNG_MEDIA_TYPE, Format, render_png
 from service.schemas.common import error_responses
 from service.schemas.jobs import JobStatus
 from service.state import ServiceState
@@ -134,8 +135,10 @@ async def explain_job(
     file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
     target: TargetQuery = None,
     format: FormatQuery = "json",
+    quality: QualityQuery = None,
 ) -> Response:
     target_index = None if target is None else class_index(model, target)
+    graded = explanations.wants_quality(call, quality)
     interval = state.settings.job_event_interval_s
     upload = explanations.UploadFacts.of(image)  # the closures below never see ``image``
     renderer = None if format == "json" else await _png_renderer(state, file, format, upload)
@@ -143,20 +146,21 @@ async def explain_job(
     def work(cancellation: Cancellation, publish: Publish) -> explanations.Explanation:
         shown = explanations.PartialMaps(upload, inputs, call, interval, publish)
         return explanations.explain(
-            model, inputs, call, target_index, cache, cancellation, shown.report
+            model, inputs, call, target_index, cache, cancellation, shown.report, graded
         )
 
     def finish(explanation: explanations.Explanation) -> JobResult:
         body = explanations.json_answer(model, upload, inputs, explanation)
-        heatmap = explanation.heatmap
+        if explanation.quality is not None:
+            state.metrics.verdicts.labels(call.name, explanation.quality.verdict).inc()
         renders: dict[str, bytes] = {}
         if renderer is not None:
-            renders[format] = renderer(inputs.face.aligned, heatmap)
-        negligible = {NEGLIGIBLE_HEADER: str(heatmap.negligible).lower()}
-        return JobResult.of(body, renders, negligible)
+            renders[format] = renderer(inputs.face.aligned, explanation.heatmap)
+        return JobResult.of(body, renders, explanations.answer_headers(explanation))
 
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
-    work_plan = JobWork(work, finish, call.planned_passes(side))
+    planned = call.planned_passes(side) + (QUALITY_PASSES if graded else 0)
+    work_plan = JobWork(work, finish, planned)
     return await _start(state, owner, call.name, shown_params(call), work_plan)
 
 

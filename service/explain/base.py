@@ -132,6 +132,11 @@ class Explainer(ABC):
     anytime: ClassVar[bool] = False
     """Whether the method refines its map as it samples and reports it (``report_partial``):
     the page runs it as a job and draws the map as it comes."""
+    signal_names: ClassVar[tuple[str, ...]] = ()
+    """The names of the ``signals`` its maps carry (``Heatmap.signals``)."""
+    quality_by_default: ClassVar[bool] = False
+    """Whether its answers carry a quality report unless asked not to (``quality=false``):
+    where grading adds at most about a third to the method's time (docs/explanations.md)."""
     value_range: ClassVar[tuple[float, float]]
     """Set from ``signed``."""
     cost_hint: ClassVar[str] = ""
@@ -146,6 +151,8 @@ class Explainer(ABC):
         if self.needs_twin and model.twin is None:
             raise ValueError(f"{self.name} needs the model's differentiable twin")
         self.model = model
+        self.signals: dict[str, float] = {}
+        """The method's own trust measures, set by ``_attribute`` (``Heatmap.signals``)."""
 
     @property
     def watched(self) -> bool:
@@ -163,6 +170,13 @@ class Explainer(ABC):
         ``side`` (H, W): the prediction, then one of its own. Sampling methods override it (a
         job's progress counts passes against this plan)."""
         return SINGLE_PASS
+
+    @classmethod
+    def completeness_baseline(cls, x: np.ndarray, params: Any) -> np.ndarray | None:
+        """The image whose score, with ``x``'s, the map's raw values should add up to
+        (integrated gradients' completeness: the values sum to the target logit's change from
+        it to ``x``); None for a method without that property."""
+        return None
 
     @classmethod
     def check_names(cls, params: Any, layers: tuple[str, ...]) -> None:
@@ -208,6 +222,7 @@ class Explainer(ABC):
             logits=logits,
             params=checked.model_dump(),
             negligible=negligible,
+            signals=dict(self.signals),
         )
 
     def _explain(

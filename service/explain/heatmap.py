@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.stats import spearmanr
 
 from service.common.softmax import softmax
 
@@ -45,6 +46,9 @@ class Heatmap:
     all about 0, because stretching numerical noise to full strength would show a confident
     map where there is no evidence (``scaled`` decides).
     ``logits`` are the model's logits for the unperturbed input, ``(C,)`` float32.
+    ``signals`` are the method's own measures of how far to trust the map, from the work it did
+    anyway (``service.explain.quality`` reads them): ``split_half_agreement`` (a sampling
+    method's two halves of samples), ``surrogate_r2`` (LIME's fit).
     """
 
     values: np.ndarray
@@ -57,6 +61,7 @@ class Heatmap:
     logits: np.ndarray
     params: dict[str, Any] = field(default_factory=dict)
     negligible: bool = False
+    signals: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2:
@@ -87,3 +92,12 @@ def scaled(raw: np.ndarray, value_range: tuple[float, float]) -> tuple[np.ndarra
     negligible = scale < NEGLIGIBLE_SCALE
     values = raw if negligible else raw / scale
     return np.clip(values, *value_range), scale, negligible  # unsigned: cuts rounding below 0
+
+
+def split_half_agreement(first: np.ndarray, second: np.ndarray) -> float:
+    """Spearman rank correlation of two estimates of one map (from two halves of a sampling
+    method's samples); 0 where either is constant (nothing to rank)."""
+    a, b = np.ravel(first), np.ravel(second)
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return 0.0
+    return float(spearmanr(a, b).statistic)

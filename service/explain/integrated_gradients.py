@@ -34,12 +34,17 @@ class IntegratedGradients(Explainer):
         "Gradients summed along a path from a blank image to the photo (Sundararajan et al. 2017): "
         "red pixels raise the class score, blue ones lower it."
     )
+    signal_names = ("completeness_gap",)
     Params = IntegratedGradientsParams
     signed = True
     units = "contribution to the target logit versus the baseline (summed over channels)"
     cost_hint = "lower steps"
     needs_twin = True
     anytime = True
+
+    @classmethod
+    def completeness_baseline(cls, x: np.ndarray, params: IntegratedGradientsParams) -> np.ndarray:
+        return baseline_image(x, params.baseline)
 
     @classmethod
     def planned_passes(cls, params: IntegratedGradientsParams, side: tuple[int, int]) -> int:

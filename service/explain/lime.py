@@ -15,6 +15,7 @@ from pydantic import Field
 from skimage.segmentation import slic
 
 from service.explain.base import Explainer, sampled_passes
+from service.explain.heatmap import split_half_agreement
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
@@ -60,6 +61,8 @@ class Lime(Explainer):
         "Switch superpixels (regions of similar colour) on and off at random, score every variant, "
         "and fit a local linear model (Ribeiro et al. 2016): each region is coloured by its weight."
     )
+    signal_names = ("surrogate_r2", "split_half_agreement")
+    quality_by_default = True
     Params = LimeParams
     signed = True
     anytime = True
@@ -103,6 +106,7 @@ class Lime(Explainer):
             if self.watched
             else None,
         )
+        self.signals.update(surrogate_signals(features, scores, kernel))
         return surrogate(params.num_samples, scores)
 
 
@@ -144,6 +148,24 @@ def fit_surrogate(
     weighted = centred * sample_weights[:, None]
     gram = centred.T @ weighted + alpha * np.eye(features.shape[1])
     return np.linalg.solve(gram, weighted.T @ (targets - y_mean))
+
+
+def surrogate_signals(
+    features: np.ndarray, scores: np.ndarray, kernel: np.ndarray
+) -> dict[str, float]:
+    """How far to trust the fit, from the patterns scored anyway: its weighted R² (the share of
+    the scores' weighted variance the linear model explains) and the Spearman agreement of the
+    weights fitted on each half of the patterns."""
+    weights = fit_surrogate(features, scores, kernel)
+    w = kernel / kernel.sum()
+    centred = features - w @ features
+    residual = scores - (w @ scores) - centred @ weights
+    spread = w @ (scores - w @ scores) ** 2
+    r2 = 1.0 - float(w @ residual**2) / float(spread) if spread > 0 else 0.0
+    half = len(scores) // 2
+    first = fit_surrogate(features[:half], scores[:half], kernel[:half])
+    second = fit_surrogate(features[half:], scores[half:], kernel[half:])
+    return {"surrogate_r2": r2, "split_half_agreement": split_half_agreement(first, second)}
 
 
 def select_features(weights: np.ndarray, positive_only: bool, top: int | None) -> np.ndarray:

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from service.explain.base import Explainer, sampled_passes
+from service.explain.heatmap import split_half_agreement
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
@@ -53,6 +54,8 @@ class Rise(Explainer):
         "(Petsiuk et al. 2018): red where the class score is higher when the region is "
         "visible, blue where it is lower."
     )
+    signal_names = ("split_half_agreement",)
+    quality_by_default = True
     Params = RiseParams
     signed = True
     anytime = True
@@ -74,22 +77,36 @@ class Rise(Explainer):
         baseline = baseline_image(x, params.baseline)
 
         scores = np.empty(params.num_masks, dtype=np.float64)
-        total = np.zeros((height, width), dtype=np.float64)
-        weighted = np.zeros((height, width), dtype=np.float64)
+        # sums over each half of the masks: their two maps' agreement is a signal of the map's
+        # noise (``Heatmap.signals``), and their sum is the map's own
+        half = params.num_masks // 2
+        total = np.zeros((2, height, width), dtype=np.float64)
+        weighted = np.zeros((2, height, width), dtype=np.float64)
         for start, stop in batch_bounds(params.num_masks, params.batch_size):
             self.model.cancellation.check()
             masks = _upsampled(cells[start:stop], shifts[start:stop], (cell_h, cell_w), x.shape)
             batch = baseline + (x - baseline) * masks[:, None]
             batch_logits = self.model.forward(batch.astype(np.float32))
             scores[start:stop] = score_of(batch_logits, target, params.score)
-            weighted += np.tensordot(scores[start:stop], masks, axes=1)
-            total += masks.sum(axis=0)
+            for side, (a, b) in enumerate(((start, min(stop, half)), (max(start, half), stop))):
+                if a < b:
+                    weighted[side] += np.tensordot(scores[a:b], masks[a - start : b - start], 1)
+                    total[side] += masks[a - start : b - start].sum(axis=0)
             if self.watched and stop < params.num_masks:  # the same estimate over masks so far
-                self.report_partial(
-                    (weighted - scores[:stop].mean() * total) / (stop * params.keep)
-                )
-        # sum_i (s_i - mean s) M_i == sum_i s_i M_i - mean s * sum_i M_i
-        return (weighted - scores.mean() * total) / (params.num_masks * params.keep)
+                self.report_partial(_estimate(weighted.sum(0), total.sum(0), scores[:stop], params))
+        self.signals["split_half_agreement"] = split_half_agreement(
+            _estimate(weighted[0], total[0], scores[:half], params),
+            _estimate(weighted[1], total[1], scores[half:], params),
+        )
+        return _estimate(weighted.sum(0), total.sum(0), scores, params)
+
+
+def _estimate(
+    weighted: np.ndarray, total: np.ndarray, scores: np.ndarray, params: RiseParams
+) -> np.ndarray:
+    """The map over the masks of ``scores``: ``weighted = sum_i s_i M_i``, ``total = sum_i M_i``.
+    sum_i (s_i - mean s) M_i == sum_i s_i M_i - mean s * sum_i M_i."""
+    return (weighted - scores.mean() * total) / (len(scores) * params.keep)
 
 
 def _upsampled(

@@ -11,6 +11,7 @@ from pydantic import Field
 
 from service.common.twin import input_gradients
 from service.explain.base import Explainer, MethodParams, sampled_passes
+from service.explain.heatmap import split_half_agreement
 from service.explain.twin import as_batch, channel_max_abs
 
 
@@ -37,6 +38,7 @@ class SmoothGrad(Explainer):
         "The gradient averaged over noisy copies of the photo (Smilkov et al. 2017): the same "
         "question as the gradient, with less speckle."
     )
+    signal_names = ("split_half_agreement",)
     Params = SmoothGradParams
     signed = False
     units = "mean |d target logit / d input value| over noisy copies, largest over channels"
@@ -58,7 +60,7 @@ class SmoothGrad(Explainer):
             input_gradients(self.model.twin, self.model.cancellation) as logits_fn,
         ):
             torch.manual_seed(params.seed)
-            saliency = _Reporting(logits_fn, self) if self.watched else Saliency(logits_fn)
+            saliency = _Halves(logits_fn, self, params.samples)
             gradients = NoiseTunnel(saliency).attribute(
                 as_batch(x),
                 target=target,
@@ -68,27 +70,47 @@ class SmoothGrad(Explainer):
                 stdevs=stdev,
                 abs=True,
             )
+        if params.samples > 1:
+            self.signals["split_half_agreement"] = split_half_agreement(*saliency.halves())
         return channel_max_abs(gradients)
 
 
-class _Reporting(Saliency):
-    """Saliency that also keeps the mean gradient over the noisy copies so far and reports it
-    (``Explainer.report_partial``) after each of NoiseTunnel's batches: SmoothGrad's estimate
-    as it refines. The gradients, and so the final map, are Saliency's own."""
+class _Halves(Saliency):
+    """Saliency that also keeps the sum of the gradients of each half of the noisy copies (the
+    two halves' maps agree where the map is more than noise: ``Heatmap.signals``) and, when
+    the work is watched, reports the mean so far (``Explainer.report_partial``) after each of
+    NoiseTunnel's batches. The gradients, and so the final map, are Saliency's own."""
 
-    def __init__(self, forward: Any, explainer: Explainer) -> None:
+    def __init__(self, forward: Any, explainer: Explainer, samples: int) -> None:
         super().__init__(forward)
         self.explainer = explainer
-        self.total: torch.Tensor | None = None
-        self.count = 0
+        self.half = samples // 2
+        self.sums: list[torch.Tensor | None] = [None, None]
+        self.counts = [0, 0]
 
     def attribute(self, inputs: Any, **kwargs: Any) -> Any:
         gradients = Saliency.attribute.__wrapped__(self, inputs, **kwargs)
-        batch = gradients.detach().sum(dim=0, keepdim=True)
-        self.total = batch if self.total is None else self.total + batch
-        self.count += len(gradients)
-        self.explainer.report_partial(channel_max_abs(self.total / self.count))
+        done = sum(self.counts)
+        split = min(len(gradients), max(0, self.half - done))
+        for side, part in enumerate((gradients[:split], gradients[split:])):
+            if len(part):
+                total = part.detach().sum(dim=0, keepdim=True)
+                known = self.sums[side]
+                self.sums[side] = total if known is None else known + total
+                self.counts[side] += len(part)
+        if self.explainer.watched:
+            total = torch.stack([s for s in self.sums if s is not None]).sum(dim=0)
+            self.explainer.report_partial(channel_max_abs(total / sum(self.counts)))
         return gradients
 
     # NoiseTunnel calls its method's undecorated ``attribute`` (captum's ``__wrapped__``)
     attribute.__wrapped__ = attribute  # type: ignore[attr-defined]
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """The mean map of each half of the noisy copies."""
+        first, second = self.sums
+        assert first is not None and second is not None
+        return (
+            channel_max_abs(first / self.counts[0]),
+            channel_max_abs(second / self.counts[1]),
+        )

@@ -62,6 +62,25 @@ class AlignedFace:
         )
         return np.asarray(back, dtype=np.float32)
 
+    def from_image(self, values: np.ndarray, factor: float = 1.0) -> np.ndarray:
+        """``to_image``'s inverse: a map over the image (``(h, w)`` float, on the image's pixels
+        times ``factor``) as it falls on the crop, ``(crop height, crop width)`` float32,
+        bilinear. Crop pixels beyond the map (a crop reaching past the image's edge) get the
+        map's smallest value: least important."""
+        to_crop = self.matrix * np.array([[1 / factor, 1 / factor, 1.0]])
+        inverse = np.linalg.inv(np.vstack([to_crop, [0.0, 0.0, 1.0]]))[:2]  # crop -> map pixel
+        values = np.asarray(values, dtype=np.float32)
+        layer = Image.fromarray(values, mode="F")
+        fill = float(values.min()) if values.size else 0.0
+        on_crop = layer.transform(
+            self.crop.size,
+            Image.Transform.AFFINE,
+            tuple(inverse.ravel()),
+            Image.Resampling.BILINEAR,
+            fillcolor=fill,
+        )
+        return np.asarray(on_crop, dtype=np.float32)
+
 
 # An upload classified whole is cut to the framing box at most this large (then preprocessed to
 # the model's input, 150x150): a 10-megapixel upload is not copied at full size to be framed.

@@ -81,6 +81,13 @@ class ServiceMetrics:
             "ONNX model and passes of the twin (work cancelled with its client stops adding)",
             registry=self.registry,
         )
+        self.verdicts = Counter(
+            f"{PREFIX}_explanation_verdicts",
+            "quality verdicts given with explanation answers (and by POST /explain/evaluate, "
+            "method=evaluate), by method and verdict",
+            ("method", "verdict"),
+            registry=self.registry,
+        )
         self.model_info = Info(f"{PREFIX}_model", "the loaded model bundle", registry=self.registry)
         self.ready = Gauge(
             f"{PREFIX}_ready",

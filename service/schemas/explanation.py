@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from service.explain.quality import QualityReport
 from service.render.upload import HeatmapGrid
 from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRef
 
@@ -15,7 +17,62 @@ class ExplainTimings(BaseModel):
     detect_ms: float = Field(description="finding and aligning the face")
     preprocess_ms: float
     explain_ms: float = Field(description="computing the heatmap (0 when it came from the cache)")
+    quality_ms: float = Field(
+        0.0, description="grading the map (0 without quality, or when it came from the cache)"
+    )
     total_ms: float
+
+
+class QualityInfo(BaseModel):
+    """How much to believe this map on this face (docs/explanations.md#how-much-to-believe-a-map):
+    its deletion and insertion areas against a random map's, the method's own signals, and a
+    verdict by the rule ``GET /explain`` states."""
+
+    verdict: Literal["strong", "weak", "unreliable"]
+    reasons: list[str] = Field(description="what decided the verdict, in words")
+    deletion_auc: float = Field(
+        description="area under the target's probability as the map's most important pixels "
+        "are deleted first (lower is better)"
+    )
+    insertion_auc: float = Field(
+        description="area under the target's probability as they are put back into the "
+        "blurred face first (higher is better)"
+    )
+    random_deletion_auc: float = Field(description="the same for a random map of this face")
+    random_insertion_auc: float = Field(description="the same for a random map of this face")
+    deletion_ratio: float | None = Field(
+        description="deletion_auc / random_deletion_auc: below 1 beats a random map; null "
+        "when the random map's area is 0"
+    )
+    insertion_ratio: float | None = Field(
+        description="insertion_auc / random_insertion_auc: above 1 beats a random map"
+    )
+    probability: float = Field(description="the target's probability on the face")
+    deleted_probability: float = Field(
+        description="the target's probability once every pixel is deleted"
+    )
+    signals: dict[str, float] = Field(
+        description="the method's own: completeness_gap (integrated gradients: |sum of "
+        "attributions - logit change| / |logit change|), surrogate_r2 (LIME's weighted fit), "
+        "split_half_agreement (Spearman of the maps from each half of the samples: LIME, "
+        "RISE, SmoothGrad)"
+    )
+    steps: int = Field(description="steps per curve")
+
+    @classmethod
+    def of(cls, report: QualityReport) -> QualityInfo:
+        values = dataclasses.asdict(report)
+        return cls(**{**values, "reasons": list(report.reasons), "signals": dict(report.signals)})
+
+
+class SanityNote(BaseModel):
+    """The method's result in the bundle's sanity check (``python -m training sanity``)."""
+
+    passed: bool = Field(
+        description="false: the method's maps stay similar when the model's weights are "
+        "randomised, so they show the image more than what the model learned"
+    )
+    note: str = Field(description="what the result means, in one sentence")
 
 
 class ExplanationResponse(BaseModel):
@@ -34,7 +91,33 @@ class ExplanationResponse(BaseModel):
     image: ImageInfo
     model: ModelRef
     cached: bool = Field(description="whether the heatmap came from the result cache")
+    quality: QualityInfo | None = Field(
+        None,
+        description="how much to believe the map (null unless quality=true, or the method "
+        "grades by default: GET /explain)",
+    )
+    sanity: SanityNote | None = Field(
+        None, description="the method's sanity check on this model (null: the bundle has none)"
+    )
     timings: ExplainTimings
+
+
+class QualityCost(BaseModel):
+    """What ``quality=true`` costs a method's answer, and whether it is on by default."""
+
+    default: bool = Field(
+        description="graded unless quality=false: where grading adds at most about a third to "
+        "the method's time at its defaults (docs/explanations.md)"
+    )
+    passes: int = Field(
+        description="forward passes grading adds for the first map of a face and target (the "
+        "random map's curves included)"
+    )
+    repeat_passes: int = Field(
+        description="forward passes for another map of the same face and target (the random "
+        "map's curves are kept)"
+    )
+    signals: list[str] = Field(description="the method's own signals in the report")
 
 
 class MethodInfo(BaseModel):
@@ -61,12 +144,52 @@ class MethodInfo(BaseModel):
         description="JSON Schema of the method's own query parameters: properties with their "
         "type, default, bounds or choices, and description"
     )
+    quality: QualityCost = Field(description="what grading its maps costs, and its default")
+    sanity: SanityNote | None = Field(
+        description="its result in the bundle's sanity check (null: the bundle has none)"
+    )
 
 
 class MethodsResponse(BaseModel):
     """Every explanation method the service runs, in the page's order."""
 
     common_parameters: list[str] = Field(
-        description="query parameters every method takes: target, format, detect, face"
+        description="query parameters every method takes: target, format, quality, detect, face"
     )
+    quality_rule: str = Field(description="how an answer's quality.verdict is decided")
     methods: list[MethodInfo]
+
+
+class MapInfo(BaseModel):
+    """The map that was graded, as it was read."""
+
+    width: int
+    height: int
+    space: Literal["upload", "model_input"] = Field(
+        description="upload: laid on the upload (its size, or the JSON answer's grid) and "
+        "carried onto the face through the same alignment as the photo; model_input: already "
+        "on the model input"
+    )
+
+
+class EvaluationTimings(BaseModel):
+    decode_ms: float
+    detect_ms: float = Field(description="finding and aligning the face")
+    preprocess_ms: float
+    quality_ms: float = Field(description="the prediction and the grading")
+    total_ms: float
+
+
+class EvaluationResponse(BaseModel):
+    """The quality report of a map made elsewhere, graded against the served model."""
+
+    target: ClassProbability = Field(description="the class the map is graded for")
+    label: str = Field(description="predicted class id")
+    probability: float = Field(description="probability of the predicted class")
+    quality: QualityInfo
+    map: MapInfo
+    face_box: FaceBox = Field(description="the face graded (the region /predict classifies)")
+    face_index: int | None = Field(description="which detected face; null: the whole image")
+    image: ImageInfo
+    model: ModelRef
+    timings: EvaluationTimings

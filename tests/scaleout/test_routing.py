@@ -23,6 +23,7 @@ route_template = ROUTING.route_template
 PLACEMENTS = {
     ("POST", "/predict"): PREDICT,
     ("GET", "/explain"): GATEWAY,
+    ("POST", "/explain/evaluate"): EXPLAIN,  # registered before /explain/{method}
     ("POST", "/explain/{method}"): EXPLAIN,
     ("POST", "/saliency"): EXPLAIN,
     ("POST", "/occlusion"): EXPLAIN,
@@ -46,6 +47,7 @@ PLACEMENTS = {
     ("GET", "/docs"): GATEWAY,
 }
 EXPLAIN_ROUTES = {
+    "/explain/evaluate",
     "/explain/{method}",
     "/saliency",
     "/occlusion",

@@ -1,0 +1,321 @@
+"""How much to believe a map: a quality report on one face, with a verdict.
+
+The report puts a heatmap through the deletion and insertion test of ``faithfulness``
+(Petsiuk et al. 2018) on the model input as served, ``STEPS`` steps each, and compares its
+areas with those of a random map of the same face (``RANDOM_SEED``): a map that tracks the
+model makes the target's probability fall faster on deletion, and rise faster on insertion,
+than a random one. To these it adds the method's own signals, where the method has them
+(``Heatmap.signals``): integrated gradients' completeness gap, LIME's weighted surrogate R²,
+the agreement of the two halves of a sampling method's samples. ``verdict`` turns them into
+``strong``, ``weak`` or ``unreliable`` by the rule in ``RULE`` (docs/explanations.md).
+
+Cost: the map's two curves need ``2 * (STEPS - 1)`` images (their ends are the photo, whose
+score is known, and the two baselines, which do not depend on the map) -- one forward pass of
+``BATCH`` -- and the random map's curves as many again plus the two baselines, once per face and
+target (``RandomCurves``, kept by the caller). No clock decides anything: the same face, map
+and target always get the same report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+
+from service.common.cancellation import Cancellation
+from service.common.softmax import softmax
+from service.explain.base import Forward
+from service.explain.faithfulness import (
+    DELETION_BASELINE,
+    INSERTION_BASELINE,
+    area_under,
+    pixel_order,
+)
+from service.explain.perturb import baseline_image
+
+STEPS = 16
+BATCH = 32
+# images: each curve's STEPS - 1 inner steps (the map's two, then the random map's two), the
+# two baselines, and a completeness baseline
+PASSES = -(-(4 * (STEPS - 1) + 3) // BATCH)
+REPEAT_PASSES = -(-(2 * (STEPS - 1) + 1) // BATCH)
+RANDOM_SEED = 0
+Verdict = Literal["strong", "weak", "unreliable"]
+VERDICTS: tuple[Verdict, ...] = ("strong", "weak", "unreliable")
+
+# The rule's thresholds (RULE says them in words; docs/explanations.md shows how they were set).
+STRONG_DELETION_RATIO = 0.6
+STRONG_INSERTION_RATIO = 1.1
+NO_BETTER_DELETION_RATIO = 0.9
+NO_BETTER_INSERTION_RATIO = 1.0
+MIN_SPAN = 0.1
+STRONG_AGREEMENT = 0.5
+MIN_AGREEMENT = 0.2
+MAX_COMPLETENESS_GAP = 0.25
+MIN_SURROGATE_R2 = 0.2
+
+RULE = (
+    f"unreliable: the map is negligible; or deleting the whole face moves the target's "
+    f"probability by less than {MIN_SPAN}, so the test cannot tell a map from noise; or the map "
+    f"is no better than a random one on either curve (deletion ratio >= "
+    f"{NO_BETTER_DELETION_RATIO} or insertion ratio <= {NO_BETTER_INSERTION_RATIO}); or the "
+    f"two halves of its samples agree less than {MIN_AGREEMENT} (Spearman). "
+    f"strong: deletion ratio <= {STRONG_DELETION_RATIO} and insertion ratio >= "
+    f"{STRONG_INSERTION_RATIO}, and the method's own signals hold: halves agree at least "
+    f"{STRONG_AGREEMENT}, completeness gap at most {MAX_COMPLETENESS_GAP}, surrogate R² at "
+    f"least {MIN_SURROGATE_R2}. weak: anything else. The ratios are this map's area over a "
+    f"random map's on the same face ({STEPS} steps per curve): below 1 beats it on deletion, "
+    f"above 1 on insertion."
+)
+
+
+@dataclass(frozen=True)
+class Completeness:
+    """A method's completeness claim on one map: its raw values sum to ``total``, which should
+    equal the target logit's change from ``baseline`` (an image) to the photo."""
+
+    baseline: np.ndarray
+    total: float
+
+
+@dataclass(frozen=True)
+class RandomCurves:
+    """What the report compares a map with on one face and target: the random map's deletion
+    and insertion curves, and the target's probability on the two baseline images (the
+    deletion curve's end, the insertion curve's start), which every map's curves share."""
+
+    deletion: np.ndarray
+    insertion: np.ndarray
+
+    @property
+    def deleted(self) -> float:
+        return float(self.deletion[-1])
+
+    @property
+    def blurred(self) -> float:
+        return float(self.insertion[0])
+
+
+@dataclass(frozen=True)
+class QualityReport:
+    """One map's grade on one face (see the module's docstring)."""
+
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    deletion_auc: float
+    insertion_auc: float
+    random_deletion_auc: float
+    random_insertion_auc: float
+    deletion_ratio: float | None
+    insertion_ratio: float | None
+    probability: float
+    """the target's probability on the photo (both curves' photo end)"""
+    deleted_probability: float
+    """the target's probability once every pixel is deleted"""
+    signals: Mapping[str, float] = field(default_factory=dict)
+    steps: int = STEPS
+
+
+def random_map(shape: tuple[int, int]) -> np.ndarray:
+    """The fixed random map every face's maps are compared with: uniform per pixel."""
+    return np.random.default_rng(RANDOM_SEED).random(shape)
+
+
+def grade(
+    forward: Forward,
+    x: np.ndarray,
+    values: np.ndarray,
+    target: int,
+    logits: np.ndarray,
+    *,
+    signals: Mapping[str, float] | None = None,
+    negligible: bool = False,
+    completeness: Completeness | None = None,
+    random: RandomCurves | None = None,
+    cancellation: Cancellation | None = None,
+) -> tuple[QualityReport, RandomCurves]:
+    """The report of map ``values`` ``(H, W)`` of model input ``x`` ``(3, H, W)`` for
+    ``target`` (``logits``: ``x``'s), and the face's ``RandomCurves`` (``random`` when the
+    caller has them, else computed here: pass them on to the next map of this face and target).
+    ``signals``: the method's own (``Heatmap.signals``); ``completeness``: for a method whose
+    raw values should add up to the target logit's change from a baseline image, that image
+    and their sum (the ``completeness_gap`` signal; its image shares the map's pass)."""
+    signals = dict(signals or {})
+    photo = float(softmax(np.asarray(logits, dtype=np.float64)[None])[0, target])
+    deleted, blurred = baseline_image(x, DELETION_BASELINE), baseline_image(x, INSERTION_BASELINE)
+    plans: list[_Plan | _Ends] = [_Plan(x, deleted, values), _Plan(blurred, x, values)]
+    if completeness is not None:
+        plans.append(_Ends(completeness.baseline))
+    if random is None:
+        noise = random_map(values.shape)
+        plans += [_Plan(x, deleted, noise), _Plan(blurred, x, noise), _Ends(deleted, blurred)]
+    batches = _logits(forward, plans, cancellation)
+    scores = [softmax(part)[:, target] for part in batches]
+    if completeness is not None:
+        change = float(logits[target]) - float(batches[2][0, target])
+        signals["completeness_gap"] = abs(completeness.total - change) / max(abs(change), 1e-6)
+        del scores[2]
+    if random is None:
+        end_deleted, start_blurred = scores[-1]
+        random = RandomCurves(
+            deletion=np.concatenate([[photo], scores[2], [end_deleted]]),
+            insertion=np.concatenate([[start_blurred], scores[3], [photo]]),
+        )
+    deletion = np.concatenate([[photo], scores[0], [random.deleted]])
+    insertion = np.concatenate([[random.blurred], scores[1], [photo]])
+    report = _report(
+        area_under(deletion),
+        area_under(insertion),
+        random,
+        photo,
+        signals,
+        negligible,
+    )
+    return report, random
+
+
+class _Plan:
+    """The ``STEPS - 1`` inner images of one curve: pixels switch from ``start`` to ``end`` in
+    the order ``values`` ranks them (ties in ``RANDOM_SEED``'s random order)."""
+
+    def __init__(self, start: np.ndarray, end: np.ndarray, values: np.ndarray) -> None:
+        self.start, self.end = start, end
+        order = pixel_order(values, np.random.default_rng(RANDOM_SEED))
+        ranks = np.empty(order.size, dtype=np.int64)
+        ranks[order] = np.arange(order.size)
+        self.ranks = ranks.reshape(values.shape)
+        self.counts = np.round(np.linspace(0, order.size, STEPS + 1)).astype(np.int64)[1:-1]
+
+    def __len__(self) -> int:
+        return len(self.counts)
+
+    def image(self, index: int) -> np.ndarray:
+        switched = self.ranks < self.counts[index]
+        return np.where(switched[None], self.end, self.start)
+
+
+class _Ends:
+    """The two baseline images themselves."""
+
+    def __init__(self, *images: np.ndarray) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def image(self, index: int) -> np.ndarray:
+        return self.images[index]
+
+
+def _logits(
+    forward: Forward, plans: list[_Plan | _Ends], cancellation: Cancellation | None
+) -> list[np.ndarray]:
+    """Every plan's images through ``forward`` in shared batches of ``BATCH``: the ``(n, C)``
+    logits of each plan."""
+    index = [(p, i) for p, plan in enumerate(plans) for i in range(len(plan))]
+    logits: list[np.ndarray] = []
+    for start in range(0, len(index), BATCH):
+        if cancellation is not None:
+            cancellation.check()
+        chunk = index[start : start + BATCH]
+        batch = np.stack([plans[p].image(i) for p, i in chunk]).astype(np.float32)
+        logits.append(np.asarray(forward(batch), dtype=np.float64))
+    flat = np.concatenate(logits)
+    bounds = np.cumsum([0, *(len(plan) for plan in plans)])
+    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+
+
+def _ratio(value: float, reference: float) -> float | None:
+    return value / reference if reference > 1e-6 else None
+
+
+def _report(
+    deletion: float,
+    insertion: float,
+    random: RandomCurves,
+    photo: float,
+    signals: dict[str, float],
+    negligible: bool,
+) -> QualityReport:
+    random_deletion, random_insertion = area_under(random.deletion), area_under(random.insertion)
+    deletion_ratio = _ratio(deletion, random_deletion)
+    insertion_ratio = _ratio(insertion, random_insertion)
+    verdict, reasons = verdict_of(
+        deletion_ratio, insertion_ratio, photo - random.deleted, signals, negligible
+    )
+    return QualityReport(
+        verdict=verdict,
+        reasons=reasons,
+        deletion_auc=deletion,
+        insertion_auc=insertion,
+        random_deletion_auc=random_deletion,
+        random_insertion_auc=random_insertion,
+        deletion_ratio=deletion_ratio,
+        insertion_ratio=insertion_ratio,
+        probability=photo,
+        deleted_probability=random.deleted,
+        signals=signals,
+    )
+
+
+Check = Callable[[float], bool]
+
+
+def verdict_of(
+    deletion_ratio: float | None,
+    insertion_ratio: float | None,
+    span: float,
+    signals: Mapping[str, float],
+    negligible: bool = False,
+) -> tuple[Verdict, tuple[str, ...]]:
+    """``RULE``, as code: the verdict and the reasons that decided it."""
+    agreement = signals.get("split_half_agreement")
+    unreliable = []
+    if negligible:
+        unreliable.append("the map is negligible: it holds no evidence")
+    if span < MIN_SPAN:
+        unreliable.append(
+            f"deleting the whole face moves the target's probability by {span:.3f} "
+            f"(< {MIN_SPAN}): the test cannot tell this map from noise"
+        )
+    if deletion_ratio is None or deletion_ratio >= NO_BETTER_DELETION_RATIO:
+        unreliable.append(
+            f"deletion ratio {_show(deletion_ratio)} >= {NO_BETTER_DELETION_RATIO}: deleting "
+            "by this map is no faster than by a random one"
+        )
+    if insertion_ratio is None or insertion_ratio <= NO_BETTER_INSERTION_RATIO:
+        unreliable.append(
+            f"insertion ratio {_show(insertion_ratio)} <= {NO_BETTER_INSERTION_RATIO}: "
+            "putting pixels back by this map is no faster than by a random one"
+        )
+    if agreement is not None and agreement < MIN_AGREEMENT:
+        unreliable.append(
+            f"its two halves of samples agree {agreement:.2f} (< {MIN_AGREEMENT}): mostly noise"
+        )
+    if unreliable:
+        return "unreliable", tuple(unreliable)
+    weak = []
+    if deletion_ratio is None or deletion_ratio > STRONG_DELETION_RATIO:
+        weak.append(f"deletion ratio {_show(deletion_ratio)} > {STRONG_DELETION_RATIO}")
+    if insertion_ratio is None or insertion_ratio < STRONG_INSERTION_RATIO:
+        weak.append(f"insertion ratio {_show(insertion_ratio)} < {STRONG_INSERTION_RATIO}")
+    limits: dict[str, tuple[Check, str]] = {
+        "split_half_agreement": (lambda v: v >= STRONG_AGREEMENT, f">= {STRONG_AGREEMENT}"),
+        "completeness_gap": (lambda v: v <= MAX_COMPLETENESS_GAP, f"<= {MAX_COMPLETENESS_GAP}"),
+        "surrogate_r2": (lambda v: v >= MIN_SURROGATE_R2, f">= {MIN_SURROGATE_R2}"),
+    }
+    for name, (holds, wanted) in limits.items():
+        if name in signals and not holds(signals[name]):
+            weak.append(f"{name} {signals[name]:.2f}, wanted {wanted}")
+    if weak:
+        return "weak", tuple(weak)
+    return "strong", (
+        f"deletion ratio {_show(deletion_ratio)} and insertion ratio {_show(insertion_ratio)} "
+        "beat a random map, and the method's own signals hold",
+    )
+
+
+def _show(ratio: float | None) -> str:
+    return "n/a" if ratio is None else f"{ratio:.2f}"
