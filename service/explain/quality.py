@@ -60,7 +60,9 @@ RULE = (
     f"unreliable: the map is negligible; or deleting the whole face moves the target's "
     f"probability by less than {MIN_SPAN}, so the test cannot tell a map from noise; or the map "
     f"is no better than a random one on either curve (deletion ratio >= "
-    f"{NO_BETTER_DELETION_RATIO} or insertion ratio <= {NO_BETTER_INSERTION_RATIO}); or the "
+    f"{NO_BETTER_DELETION_RATIO} or insertion ratio <= {NO_BETTER_INSERTION_RATIO}; the "
+    f"insertion ratio counts only where the blurred face's probability is at least {MIN_SPAN} "
+    f"below the photo's, and where it is not the map is at most weak); or the "
     f"two halves of its samples agree less than {MIN_AGREEMENT} (Spearman). "
     f"strong: deletion ratio <= {STRONG_DELETION_RATIO} and insertion ratio >= "
     f"{STRONG_INSERTION_RATIO}, and the method's own signals hold: halves agree at least "
@@ -114,6 +116,8 @@ class QualityReport:
     """the target's probability on the photo (both curves' photo end)"""
     deleted_probability: float
     """the target's probability once every pixel is deleted"""
+    blurred_probability: float
+    """the target's probability on the blurred face (the insertion curve's start)"""
     signals: Mapping[str, float] = field(default_factory=dict)
     steps: int = STEPS
 
@@ -243,7 +247,12 @@ def _report(
     deletion_ratio = _ratio(deletion, random_deletion)
     insertion_ratio = _ratio(insertion, random_insertion)
     verdict, reasons = verdict_of(
-        deletion_ratio, insertion_ratio, photo - random.deleted, signals, negligible
+        deletion_ratio,
+        insertion_ratio,
+        photo - random.deleted,
+        signals,
+        negligible,
+        insertion_span=photo - random.blurred,
     )
     return QualityReport(
         verdict=verdict,
@@ -256,6 +265,7 @@ def _report(
         insertion_ratio=insertion_ratio,
         probability=photo,
         deleted_probability=random.deleted,
+        blurred_probability=random.blurred,
         signals=signals,
     )
 
@@ -269,8 +279,12 @@ def verdict_of(
     span: float,
     signals: Mapping[str, float],
     negligible: bool = False,
+    insertion_span: float = 1.0,
 ) -> tuple[Verdict, tuple[str, ...]]:
-    """``RULE``, as code: the verdict and the reasons that decided it."""
+    """``RULE``, as code: the verdict and the reasons that decided it. ``span``: how far
+    deleting every pixel moves the target's probability; ``insertion_span``: how far the
+    blurred face is below the photo (the insertion curve's rise)."""
+    measures_insertion = insertion_span >= MIN_SPAN
     agreement = signals.get("split_half_agreement")
     unreliable = []
     if negligible:
@@ -285,7 +299,8 @@ def verdict_of(
             f"deletion ratio {_show(deletion_ratio)} >= {NO_BETTER_DELETION_RATIO}: deleting "
             "by this map is no faster than by a random one"
         )
-    if insertion_ratio is None or insertion_ratio <= NO_BETTER_INSERTION_RATIO:
+    bad_insertion = insertion_ratio is None or insertion_ratio <= NO_BETTER_INSERTION_RATIO
+    if measures_insertion and bad_insertion:
         unreliable.append(
             f"insertion ratio {_show(insertion_ratio)} <= {NO_BETTER_INSERTION_RATIO}: "
             "putting pixels back by this map is no faster than by a random one"
@@ -297,6 +312,11 @@ def verdict_of(
     if unreliable:
         return "unreliable", tuple(unreliable)
     weak = []
+    if not measures_insertion:
+        weak.append(
+            f"the blurred face is within {MIN_SPAN} of the photo's probability "
+            f"({insertion_span:.3f}): the insertion test cannot measure this map"
+        )
     if deletion_ratio is None or deletion_ratio > STRONG_DELETION_RATIO:
         weak.append(f"deletion ratio {_show(deletion_ratio)} > {STRONG_DELETION_RATIO}")
     if insertion_ratio is None or insertion_ratio < STRONG_INSERTION_RATIO:

@@ -51,6 +51,9 @@ class QualityInfo(BaseModel):
     deleted_probability: float = Field(
         description="the target's probability once every pixel is deleted"
     )
+    blurred_probability: float = Field(
+        description="the target's probability on the blurred face, where insertion starts"
+    )
     signals: dict[str, float] = Field(
         description="the method's own: completeness_gap (integrated gradients: |sum of "
         "attributions - logit change| / |logit change|), surrogate_r2 (LIME's weighted fit), "
