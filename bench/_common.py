@@ -1,5 +1,5 @@
 """What several benches share: the ``--model``/``--data`` options, the bundle's test faces, and
-what else the machine was doing.
+which CPU ran them and what else the machine was doing.
 
 Benches are run as scripts (``python bench/bench_x.py``), so this module is imported as
 ``_common`` from the script's own directory.
@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import time
 from pathlib import Path
 
@@ -77,3 +78,17 @@ def machine_load(exclude: set[int]) -> str:
     busy = ", ".join(f"{name} {share:.0f}%" for name, share in busiest_processes(exclude))
     load = " ".join(f"{value:.2f}" for value in os.getloadavg())
     return f"load average {load}; busiest other processes: {busy or 'none above 1%'}"
+
+
+def cpu_model() -> str:
+    """The CPU's model name as lscpu reports it (``/proc/cpuinfo``), or the platform's word for
+    it where that file is missing: timings say which CPU made them."""
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:
+        key, _, value = line.partition(":")
+        if key.strip() == "model name":
+            return value.strip()
+    return platform.processor() or platform.machine() or "unknown CPU"
