@@ -138,7 +138,7 @@ def grade_heatmap(
     whether the map is negligible, and for a method with a completeness claim its baseline
     image and the raw values' sum (the map's values times its scale)."""
     completeness = None
-    baseline = method.completeness_baseline(x, method.Params())
+    baseline = method.completeness_baseline(x, method.Params.model_validate(heatmap.params))
     if baseline is not None:
         unscaled = 1.0 if heatmap.negligible else heatmap.scale
         total = float(np.sum(heatmap.values, dtype=np.float64)) * unscaled
