@@ -156,7 +156,8 @@ async def explain_job(
         renders: dict[str, bytes] = {}
         if renderer is not None:
             renders[format] = renderer(inputs.face.aligned, explanation.heatmap)
-        return JobResult.of(body, renders, explanations.answer_headers(explanation))
+        summary = {"quality": body.quality.model_dump(mode="json") if body.quality else None}
+        return JobResult.of(body, renders, explanations.answer_headers(explanation), summary)
 
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
     planned = call.planned_passes(side) + (QUALITY_PASSES if graded else 0)

@@ -42,8 +42,8 @@ RETRY_AFTER_S = "5"
 
 def event_bytes(job: JobView) -> bytes:
     """One SSE event of the job's state: ``id`` its version, ``data`` the JSON of ``state``,
-    ``progress``, ``elapsed_s``, ``remaining_s`` and, when there, ``heatmap`` (a partial map)
-    and ``error``."""
+    ``progress``, ``elapsed_s``, ``remaining_s`` and, when there, ``heatmap`` (a partial map),
+    ``error`` and the result's summary (a done explanation's ``quality``)."""
     data: dict[str, Any] = {
         "state": job.state,
         "progress": job.progress,
@@ -54,6 +54,7 @@ def event_bytes(job: JobView) -> bytes:
         data["heatmap"] = job.partial
     if job.error is not None:
         data["error"] = job.error
+    data.update(job.summary)
     return _event(job.version, data)
 
 

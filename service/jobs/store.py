@@ -75,6 +75,9 @@ class JobResult:
     renders: dict[str, bytes] = field(default_factory=dict)
     """format name (``png``, ``overlay``) -> PNG bytes"""
     headers: dict[str, str] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
+    """small parts of the answer that the final event carries too (an explanation's
+    ``quality``): the result itself may be megabytes"""
 
     @classmethod
     def of(
@@ -82,9 +85,10 @@ class JobResult:
         body: BaseModel,
         renders: dict[str, bytes] | None = None,
         headers: dict[str, str] | None = None,
+        summary: dict[str, Any] | None = None,
     ) -> JobResult:
         """``body`` serialised to JSON bytes here, once (on the job's worker thread)."""
-        return cls(body.model_dump_json().encode(), renders or {}, headers or {})
+        return cls(body.model_dump_json().encode(), renders or {}, headers or {}, summary or {})
 
     @property
     def size(self) -> int:
@@ -118,6 +122,8 @@ class JobView:
     error: dict[str, str] | None
     result_json: bytes | None
     """the JSON answer, serialised once when the job finished (once done)"""
+    summary: dict[str, Any]
+    """``JobResult.summary`` once done, else empty"""
     partial: dict[str, Any] | None
     version: int
     cancel_requested: bool
@@ -417,6 +423,7 @@ class JobStore:
             remaining_s=None if remaining is None else round(remaining, 3),
             error=job.error,
             result_json=job.result.body if job.result is not None else None,
+            summary=job.result.summary if job.result is not None else {},
             partial=job.partial,
             version=job.version,
             cancel_requested=job.cancel_requested,

@@ -385,6 +385,7 @@ def test_a_status_splices_the_stored_result_bytes_in_as_they_are() -> None:
         remaining_s=0.0,
         error=None,
         result_json=stored,
+        summary={},
         partial=None,
         version=3,
         cancel_requested=False,

@@ -119,9 +119,7 @@ def test_the_report_is_the_areas_of_the_curves_it_describes(handle, occlusion_fa
     assert len(random.deletion) == len(random.insertion) == STEPS + 1
     assert random.deletion[0] == random.insertion[-1] == pytest.approx(photo)
     assert report.random_deletion_auc == pytest.approx(area_under(random.deletion))
-    assert report.deletion_ratio == pytest.approx(
-        report.deletion_auc / report.random_deletion_auc
-    )
+    assert report.deletion_ratio == pytest.approx(report.deletion_auc / report.random_deletion_auc)
     assert report.insertion_ratio == pytest.approx(
         report.insertion_auc / report.random_insertion_auc
     )
