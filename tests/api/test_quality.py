@@ -304,3 +304,20 @@ def test_a_missing_map_an_unknown_target_and_a_faceless_photo_are_clear_errors(
     blank = png_bytes(Image.new("RGB", (300, 300), (200, 200, 200)))
     faceless = evaluate(client, blank, values)
     assert faceless.status_code == 422 and faceless.json()["error"]["code"] == "no_face"
+
+
+def test_answers_and_the_method_list_carry_the_bundles_sanity_result(
+    client, photo, default_bundle
+) -> None:
+    measured = json.loads((default_bundle / "meta.json").read_text())["sanity"]["methods"]
+    listed = {m["name"]: m["sanity"] for m in client.get("/explain").json()["methods"]}
+    assert {name: note["passed"] for name, note in listed.items()} == {
+        name: result["passed"] for name, result in measured.items()
+    }
+    failing = next(name for name, result in measured.items() if not result["passed"])
+    passing = next(name for name, result in measured.items() if result["passed"])
+    for name in (failing, passing):
+        answer = client.post(f"/explain/{name}", files={"file": ("photo.png", photo)}).json()
+        assert answer["sanity"] == listed[name]
+    assert listed[failing]["note"].startswith("fails the sanity check")
+    assert listed[passing]["note"].startswith("passes the sanity check")

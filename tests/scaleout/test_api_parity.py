@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 
 from tests.image_bytes import encode, face_png, noise_image
@@ -40,11 +41,13 @@ class Case:
     params: dict[str, str] = field(default_factory=dict)
     upload: str | None = None  # a key of ``uploads``
     key: bool = True  # send the API key
+    map: str | None = None  # a key of ``uploads``: the map part of POST /explain/evaluate
 
     @property
     def id(self) -> str:
         query = "&".join(f"{k}={v}" for k, v in self.params.items())
-        return f"{self.method} {self.path}{'?' + query if query else ''} {self.upload or ''}"
+        parts = " ".join(filter(None, (self.upload, self.map)))
+        return f"{self.method} {self.path}{'?' + query if query else ''} {parts}"
 
 
 FACE = "face"
@@ -69,6 +72,8 @@ CASES = [
     Case("POST", "/explain/gradcam", JSON, upload=FACE),
     Case("POST", "/explain/gradcam", {"detect": "false"}, upload=FACE),  # image/png
     Case("POST", "/saliency", JSON, upload=FACE),
+    Case("POST", "/explain/gradcam", {**JSON, "quality": "true"}, upload=FACE),
+    Case("POST", "/explain/evaluate", {"detect": "false"}, upload=FACE, map="map"),
     Case("POST", "/occlusion", {**JSON, "window": "32", "stride": "32"}, upload=FACE),
     Case("POST", "/lime", {**JSON, "num_samples": "64", "seed": "1"}, upload=FACE),
     Case("GET", "/insight/filters", {"layer": "stem"}),
@@ -85,6 +90,7 @@ CASES = [
     Case("POST", "/saliency", upload=FACE, key=False),  # 401 before the body is read
     Case("GET", "/model", key=False),  # 401
     Case("POST", "/explain/no-such-method", upload=FACE),  # 404 unknown_method
+    Case("POST", "/explain/evaluate", upload=FACE, map="text"),  # 422 bad_map
     Case("GET", "/no-such-page"),  # 404 not_found
     Case("GET", "/predict"),  # 405
     Case("POST", "/predict", upload="too_large"),  # 413 file_too_large
@@ -111,6 +117,8 @@ CASES = [
 def uploads(celebs_root: Path) -> dict[str, tuple[str, bytes, str]]:
     """(file name, bytes, content type) of each kind of upload."""
     face = face_png(celebs_root, "tom_hanks")
+    rows, cols = np.mgrid[0:150, 0:150]
+    bump = np.round(np.exp(-(((rows - 75) / 30.0) ** 2 + ((cols - 75) / 25.0) ** 2)), 4)
     return {
         FACE: ("face.png", face, "image/png"),
         "empty": ("empty.png", b"", "image/png"),
@@ -118,6 +126,7 @@ def uploads(celebs_root: Path) -> dict[str, tuple[str, bytes, str]]:
         "too_large": ("big.png", b"\0" * (MAX_UPLOAD_BYTES + 100_000), "image/png"),
         "text": ("notes.txt", b"not an image at all, just words\n" * 20, "text/plain"),
         "noise": ("noise.png", encode(noise_image((160, 160)), "PNG"), "image/png"),
+        "map": ("map.json", json.dumps(bump.tolist()).encode(), "application/json"),
     }
 
 
@@ -136,6 +145,8 @@ def clients(hosts: dict[str, Service]) -> Iterator[dict[str, httpx.Client]]:
 
 def _send(client: httpx.Client, case: Case, uploads: dict) -> httpx.Response:
     files = {"file": uploads[case.upload]} if case.upload else None
+    if files is not None and case.map:
+        files["map"] = uploads[case.map]
     return client.request(
         case.method, case.path, params=case.params, files=files, headers=KEY if case.key else {}
     )
