@@ -37,10 +37,10 @@ from service.explain.perturb import baseline_image
 
 STEPS = 16
 BATCH = 32
-# images: each curve's STEPS - 1 inner steps (the map's two, then the random map's two), the
-# two baselines, and a completeness baseline
-PASSES = -(-(4 * (STEPS - 1) + 3) // BATCH)
+# passes: the map's two curves' inner images (and a completeness baseline) in batches of their
+# own, then, once per face and target, the random map's and the two baselines
 REPEAT_PASSES = -(-(2 * (STEPS - 1) + 1) // BATCH)
+PASSES = REPEAT_PASSES + -(-(2 * (STEPS - 1) + 2) // BATCH)
 RANDOM_SEED = 0
 Verdict = Literal["strong", "weak", "unreliable"]
 VERDICTS: tuple[Verdict, ...] = ("strong", "weak", "unreliable")
@@ -152,20 +152,16 @@ def grade(
     plans: list[_Plan | _Ends] = [_Plan(x, deleted, values), _Plan(blurred, x, values)]
     if completeness is not None:
         plans.append(_Ends(completeness.baseline))
-    if random is None:
-        noise = random_map(values.shape)
-        plans += [_Plan(x, deleted, noise), _Plan(blurred, x, noise), _Ends(deleted, blurred)]
+    # the map's images and the random map's in batches of their own: a map's scores never
+    # depend on whether the face's random curves were already known
     batches = _logits(forward, plans, cancellation)
     scores = [softmax(part)[:, target] for part in batches]
     if completeness is not None:
         change = float(logits[target]) - float(batches[2][0, target])
         signals["completeness_gap"] = abs(completeness.total - change) / max(abs(change), 1e-6)
-        del scores[2]
     if random is None:
-        end_deleted, start_blurred = scores[-1]
-        random = RandomCurves(
-            deletion=np.concatenate([[photo], scores[2], [end_deleted]]),
-            insertion=np.concatenate([[start_blurred], scores[3], [photo]]),
+        random = _random_curves(
+            forward, x, deleted, blurred, values.shape, target, photo, cancellation
         )
     deletion = np.concatenate([[photo], scores[0], [random.deleted]])
     insertion = np.concatenate([[random.blurred], scores[1], [photo]])
@@ -211,6 +207,32 @@ class _Ends:
 
     def image(self, index: int) -> np.ndarray:
         return self.images[index]
+
+
+def _random_curves(
+    forward: Forward,
+    x: np.ndarray,
+    deleted: np.ndarray,
+    blurred: np.ndarray,
+    shape: tuple[int, int],
+    target: int,
+    photo: float,
+    cancellation: Cancellation | None = None,
+) -> RandomCurves:
+    """The random map's two curves on this face, and the two baselines' probabilities."""
+    noise = random_map(shape)
+    plans: list[_Plan | _Ends] = [
+        _Plan(x, deleted, noise),
+        _Plan(blurred, x, noise),
+        _Ends(deleted, blurred),
+    ]
+    deletion, insertion, ends = (
+        softmax(part)[:, target] for part in _logits(forward, plans, cancellation)
+    )
+    return RandomCurves(
+        deletion=np.concatenate([[photo], deletion, [ends[0]]]),
+        insertion=np.concatenate([[ends[1]], insertion, [photo]]),
+    )
 
 
 def _logits(
