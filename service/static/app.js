@@ -16,24 +16,37 @@ setUpKey();
 setUpUpload();
 checkReady();
 
-/** One panel per method of GET /explain (none when the list cannot be read). */
+/** One panel per method of GET /explain (none when the list cannot be read), and the rule of
+ * their quality lights. */
 async function buildPanels() {
-  const methods = await loadMethods().catch(() => []);
+  const { methods, rule } = await loadMethods().catch(() => ({ methods: [], rule: "" }));
+  $("quality-rule").querySelector("[data-part=rule]").textContent = rule;
+  $("quality-rule").hidden = !rule;
   const panels = methods.map((method) => new ExplanationPanel(method));
   $("panels").append(...panels.map((panel) => panel.element));
   return panels;
 }
 
-async function checkReady() {
+async function checkReady(waited = false) {
   const status = $("status");
   try {
     const ready = await getJson("/readyz");
     status.textContent = `Model ${ready.model.name} ${ready.model.version} ready (${ready.provider.replace("ExecutionProvider", "")})`;
     status.dataset.state = "ready";
+    if (waited) refreshSanity();
   } catch (error) {
     status.textContent = `Model not ready: ${error.message}`;
     status.dataset.state = "waiting";
-    setTimeout(checkReady, READY_RETRY_MS);
+    setTimeout(() => checkReady(true), READY_RETRY_MS);
+  }
+}
+
+/** The methods' sanity results once the model is loaded: GET /explain has none before. */
+async function refreshSanity() {
+  const [{ methods }, panels] = await Promise.all([loadMethods(), panelsReady]).catch(() => [{ methods: [] }, []]);
+  const sanity = new Map(methods.map((method) => [method.name, method.sanity ?? null]));
+  for (const panel of panels) {
+    if (sanity.has(panel.method.name)) panel.showSanity(sanity.get(panel.method.name));
   }
 }
 

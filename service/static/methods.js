@@ -5,9 +5,10 @@
 import { getJson } from "./api.js";
 import { fieldsOf } from "./schema.js";
 
-/** ``[{name, title, shows, signed, units, fields}]`` in the service's order; ``fields``: see
- * ``fieldsOf``. */
+/** ``{methods, rule}``: ``methods`` ``[{name, title, shows, signed, units, anytime, quality,
+ * sanity, fields}]`` in the service's order (``fields``: see ``fieldsOf``); ``rule``: how an
+ * answer's quality verdict is decided, in words. */
 export async function loadMethods() {
-  const { methods } = await getJson("/explain");
-  return methods.map((method) => ({ ...method, fields: fieldsOf(method.parameters) }));
+  const { methods, quality_rule: rule } = await getJson("/explain");
+  return { methods: methods.map((method) => ({ ...method, fields: fieldsOf(method.parameters) })), rule };
 }

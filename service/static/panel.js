@@ -1,12 +1,23 @@
 // One explanation panel: the heatmap (a transparent PNG from the API) laid over the photo with
 // CSS, an opacity slider, the method's parameter fields, and a Re-run button. Methods that
 // refine a map as they sample (GET /explain: ``anytime``) run as jobs: a progress bar, the map
-// drawn again at every event, and a Cancel button; the others answer at once.
+// drawn again at every event, and a Cancel button; the others answer at once. Every map is
+// graded unless its "Grade the map" box is cleared (``quality=true``): a traffic light under
+// the map (quality.js), and the method's sanity result beside its name.
 
 import { ApiError, cancelJob, describeError, jobEvents, postImage, send } from "./api.js";
 import { gridPng } from "./livemap.js";
+import { QualityLight, SanityBadge } from "./quality.js";
 
 const NEGLIGIBLE_HEADER = "X-Heatmap-Negligible";
+// Asked of every panel by default: the page is where people look at the maps, so it pays for
+// the extra pass (GET /explain: methods[].quality.passes) even where the API does not.
+const GRADE_FIELD = {
+  label: "Grade the map",
+  type: "boolean",
+  default: true,
+  description: "quality=true: test the map against a random one (deletion and insertion) and show how much to believe it",
+};
 
 let nextId = 0;
 
@@ -27,6 +38,7 @@ export class ExplanationPanel {
     this.base.src = photo.url;
     this.#setHeat(null);
     this.negligible.hidden = true;
+    this.quality.show(null, "pending");
     this.classNames = new Map(classes.map((c) => [c.id, c.name]));
     this.predicted = predicted;
     this.target.replaceChildren(new Option(`predicted: ${this.classNames.get(predicted)}`, ""));
@@ -49,8 +61,9 @@ export class ExplanationPanel {
     const started = performance.now();
     this.#setBusy(true);
     this.error.hidden = true;
+    this.quality.show(null, "pending");
     try {
-      const response = this.method.anytime
+      const { response, answer } = this.method.anytime
         ? await this.#runJob(params, abort.signal)
         : await this.#runNow(params, abort.signal);
       const png = await response.blob();
@@ -63,10 +76,14 @@ export class ExplanationPanel {
       await this.#setHeat(png);
       this.#setLegend(className, negligible);
       this.timing.textContent = `${seconds.toFixed(1)} s`;
+      const graded = params.quality ? await answer() : null;
+      if (abort.signal.aborted) return;
+      this.quality.show(graded?.quality ?? null, "ungraded");
       this.rerun.classList.remove("attention");
       this.element.dataset.state = "done";
     } catch (error) {
       if (abort.signal.aborted || error.name === "AbortError") return;
+      this.quality.show(null, "none");
       const { summary, detail } = describeError(error);
       this.error.replaceChildren(summary, Object.assign(document.createElement("small"), { textContent: detail }));
       this.error.hidden = false;
@@ -77,13 +94,19 @@ export class ExplanationPanel {
     }
   }
 
-  /** The PNG answer of POST /explain/{method}. */
-  #runNow(params, signal) {
+  /** The PNG answer of POST /explain/{method} (``response``), and ``answer()``: its JSON one. A
+   * PNG carries only the verdict (X-Quality-Verdict), so the figures come from asking again for
+   * JSON: the service keeps the map and its grade, so that answer costs no forward pass. */
+  async #runNow(params, signal) {
     const path = `/explain/${encodeURIComponent(this.method.name)}`;
-    return postImage(path, this.photo.file, { params: { ...params, format: "png" }, as: "response", signal });
+    const { file } = this.photo;
+    const response = await postImage(path, file, { params: { ...params, format: "png" }, as: "response", signal });
+    const answer = () => postImage(path, file, { params: { ...params, format: "json" }, signal });
+    return { response, answer };
   }
 
-  /** The same map as a job: progress and the refining map on the way, then its PNG result. */
+  /** The same map as a job: progress and the refining map on the way, then its PNG result
+   * (``response``) and ``answer()``: its last event, which carries the answer's ``quality``. */
   async #runJob(params, signal) {
     const path = `/jobs/${encodeURIComponent(this.method.name)}`;
     const job = await postImage(path, this.photo.file, { params: { ...params, format: "png" }, signal });
@@ -104,7 +127,9 @@ export class ExplanationPanel {
     }
     this.job = null;
     if (last.state === "done") {
-      return send(`/jobs/${encodeURIComponent(job.id)}/result?format=png`, { method: "GET", signal });
+      const result = `/jobs/${encodeURIComponent(job.id)}/result?format=png`;
+      const response = await send(result, { method: "GET", signal });
+      return { response, answer: async () => last };
     }
     if (last.state === "cancelled") throw new ApiError("cancelled", "the explanation was cancelled");
     throw new ApiError(last.error?.code ?? "job_failed", last.error?.message ?? "the job failed");
@@ -114,6 +139,11 @@ export class ExplanationPanel {
   #dropJob() {
     if (this.job) cancelJob(this.job);
     this.job = null;
+  }
+
+  /** The method's sanity result (GET /explain's ``methods[].sanity``; null: no badge). */
+  showSanity(sanity) {
+    this.sanity.show(sanity);
   }
 
   #params() {
@@ -167,6 +197,9 @@ export class ExplanationPanel {
     root.dataset.method = this.method.name;
     root.setAttribute("aria-labelledby", `${id}-title`);
     Object.assign(part("title"), { id: `${id}-title`, textContent: this.method.title });
+    this.sanity = new SanityBadge();
+    this.sanity.show(this.method.sanity ?? null);
+    part("title").after(this.sanity.element);
     part("teaches").textContent = this.method.shows;
     this.base = part("base");
     this.heat = part("heat");
@@ -180,6 +213,8 @@ export class ExplanationPanel {
     this.negligible = Object.assign(document.createElement("p"), { className: "hint negligible", hidden: true });
     this.negligible.dataset.part = "negligible";
     this.legend.after(this.negligible);
+    this.quality = new QualityLight();
+    this.negligible.after(this.quality.element);
     this.form = part("form");
     this.rerun = part("rerun");
     this.progress = part("progress");
@@ -203,6 +238,7 @@ export class ExplanationPanel {
     this.target = this.#field(part("fields"), `${id}-target`, "Explain class", document.createElement("select"));
     this.target.name = "target";
     for (const [name, field] of this.method.fields) this.#control(part("fields"), id, name, field);
+    this.#control(part("fields"), id, "quality", GRADE_FIELD);
 
     this.form.addEventListener("input", (event) => {
       if (event.target !== opacity) this.rerun.classList.add("attention");
