@@ -8,22 +8,20 @@ const VERDICTS = {
   strong: {
     label: "strong",
     says:
-      "Deleting the pixels this map ranks highest lowers the prediction much faster than " +
-      "deleting random pixels, and restoring them first brings it back faster: the map points " +
-      "at what the model uses.",
+      "Deleting the pixels this map marks first removes the prediction much faster than " +
+      "deleting random pixels: it points at what the model uses.",
   },
   weak: {
     label: "weak",
     says:
-      "The map beats random pixels when its top pixels are deleted or restored first, but not " +
-      "by the margin a strong map needs, or the method's own checks are shaky: read it as a " +
-      "rough guide.",
+      "The map beats random pixels, but not by the margin of a strong one (or the method's " +
+      "own checks are shaky): take it as a rough guide.",
   },
   unreliable: {
     label: "unreliable",
     says:
-      "The map picks out what the prediction depends on no better than random pixels do (or " +
-      "the test cannot tell on this face), so do not read much into it.",
+      "The map finds what the prediction rests on no better than random pixels do (or the " +
+      "test cannot tell on this face): do not trust it.",
   },
 };
 const NOT_GRADED = {
