@@ -7,9 +7,9 @@ One run prints four tables, all on test-split faces of the bundle's split.json:
    occlusion on ONNX Runtime, same window and stride; the ``lime`` package's ``lime_image`` with
    its defaults (quickshift, 1000 samples, batch size 10, top 5 labels) on the
    same ONNX model against our LIME, at its default and at 1000 samples;
-3. model randomisation (Adebayo et al. 2018): the classifier head (the twin's last linear
-   layer) gets random weights; Spearman rank correlation between each gradient method's map
-   before and after (near 1 = the map ignores what the head learned);
+3. the cascading model-parameter randomisation test (Adebayo et al. 2018) of every method on
+   ``--sanity-images`` faces: ``training/sanity.py``, the same code as
+   ``python -m training sanity``, which stores the figures in the bundle (docs/training.md);
 4. deletion and insertion AUC (Petsiuk et al. 2018) of every method at its default parameters
    and of a random heatmap, averaged over ``--n`` faces (deletion: lower is better; insertion:
    higher is better), each for the predicted class.
@@ -20,7 +20,6 @@ One run prints four tables, all on test-split faces of the bundle's split.json:
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import statistics
@@ -32,16 +31,18 @@ import numpy as np
 import torch
 from _common import add_bundle_args
 from PIL import Image
-from scipy.stats import spearmanr
 
 from service.bundle.checks import load_twin
 from service.bundle.format import ONNX_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
+from service.common.cancellation import Cancellation
 from service.common.softmax import softmax
 from service.common.twin import LogitsOnly
-from service.explain import EXPLAINERS, GRADIENT_METHODS, ModelHandle
+from service.explain import EXPLAINERS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
 from service.inference.engine import create_session
+from training.sanity import Face, run_sanity, table
+from training.sanity import load_faces as load_class_faces
 
 RANDOM = "random"
 SECTIONS = ("latency", "speed", "sanity", "faithfulness")
@@ -62,7 +63,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--sanity-images",
         type=int,
         default=10,
-        help="faces for the randomisation check (default: 10)",
+        help="faces for the cascading randomisation test (default: 10)",
     )
     parser.add_argument(
         "--speed-images", type=int, default=5, help="faces for the speed comparison (default: 5)"
@@ -86,20 +87,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def load_faces(
-    bundle: Path, data: Path, count: int, preprocess: Preprocessor
-) -> list[tuple[np.ndarray, int, Image.Image]]:
-    """``count`` test-split faces spread evenly over the split: (model input, label, photo at
-    the model's input size)."""
-    items = json.loads((bundle / "split.json").read_text())["splits"]["test"]
-    step = max(1, len(items) // count)
-    faces = []
-    for relative, label in items[::step][:count]:
-        photo = Image.open(data / "celebs8" / relative).convert("RGB")
-        faces.append(
-            (preprocess(photo), label, photo.resize(preprocess.size, Image.Resampling.BILINEAR))
-        )
-    return faces
+def load_faces(bundle: Path, data: Path, count: int, preprocess: Preprocessor) -> list[Face]:
+    """``count`` test faces spread over the split, from the data root ``data`` (with
+    ``celebs8/``): ``training.sanity.load_faces``, for the benches that take ``--data``."""
+    return load_class_faces(bundle, data / "celebs8", count, preprocess)
 
 
 def timed(function: Callable[[], object]) -> float:
@@ -146,35 +137,14 @@ def _mean_sem(values: np.ndarray) -> str:
     return f"{values.mean():.3f} ± {sem:.3f}"
 
 
-def randomised_head(bundle: Path) -> torch.nn.Module:
-    """A fresh copy of the twin whose last linear layer (the last 2-D weight and its bias) is
-    re-drawn from a normal distribution with the trained weights' standard deviation."""
-    twin = load_twin(bundle)
-    parameters = dict(twin.named_parameters())
-    weight_name = [name for name, p in parameters.items() if p.ndim == 2][-1]
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name in (weight_name, weight_name.removesuffix("weight") + "bias"):
-            if name in parameters:
-                p = parameters[name]
-                p.copy_(torch.randn(p.shape, generator=generator) * p.std())
-    log.info("randomised %s (and its bias)", weight_name)
-    return twin
-
-
-def randomisation_table(handle: ModelHandle, random_handle: ModelHandle, faces) -> None:
+def sanity_section(bundle: Path, images: Path, count: int) -> None:
+    spec = run_sanity(bundle, images, count)
     print(
-        f"\n3. Model randomisation (classifier head re-drawn), {len(faces)} faces, true class: "
-        "Spearman rank correlation of maps before/after (lower = more sensitive to the model)"
+        f"\n3. Cascading model-parameter randomisation, {spec.faces} faces, true class: mean "
+        f"Spearman of |map| trained vs randomised per stage (top first, cumulative); a method "
+        f"passes below {spec.pass_below} at every stage"
     )
-    print(f"{'method':<22}{'mean rho':>10}{'min':>8}{'max':>8}")
-    for name in GRADIENT_METHODS:
-        rhos = []
-        for x, label, _ in faces:
-            before = EXPLAINERS[name](handle).attribute(x, target=label).values
-            after = EXPLAINERS[name](random_handle).attribute(x, target=label).values
-            rhos.append(spearmanr(before.ravel(), after.ravel()).statistic)
-        print(f"{name:<22}{np.mean(rhos):>10.3f}{np.min(rhos):>8.3f}{np.max(rhos):>8.3f}")
+    print(table(spec))
 
 
 def speed_table(handle: ModelHandle, preprocess: Preprocessor, faces) -> None:
@@ -183,7 +153,7 @@ def speed_table(handle: ModelHandle, preprocess: Preprocessor, faces) -> None:
 
     occlusion = EXPLAINERS["occlusion"].Params()
     lime_defaults = EXPLAINERS["lime"].Params()
-    captum = CaptumOcclusion(LogitsOnly(handle.twin))
+    captum = CaptumOcclusion(LogitsOnly(handle.twin, Cancellation()))
 
     def captum_occlusion(x: np.ndarray, target: int) -> None:
         with torch.no_grad():
@@ -273,10 +243,10 @@ def main(args: argparse.Namespace) -> None:
         return session.run(["logits"], {"input": batch})[0]
 
     handle = ModelHandle(forward, load_twin(args.model), meta.gradcam_layer)
-    random_handle = ModelHandle(forward, randomised_head(args.model), meta.gradcam_layer)
-    faces = load_faces(
-        args.model, args.data, max(args.n, args.sanity_images, args.speed_images), preprocess
-    )
+    # the sanity section reads its own faces (training/sanity.py); the others share these
+    wanted = {"latency": 1, "speed": args.speed_images, "faithfulness": args.n}
+    count = max((n for section, n in wanted.items() if section in args.only), default=0)
+    faces = load_faces(args.model, args.data, count, preprocess) if count else []
     print(
         f"bundle {meta.name} {meta.version} ({args.model}); torch and ONNX Runtime threads: "
         f"{args.threads}; {os.cpu_count()} cores; OMP_WAIT_POLICY="
@@ -287,7 +257,7 @@ def main(args: argparse.Namespace) -> None:
     if "speed" in args.only:
         speed_table(handle, preprocess, faces[: args.speed_images])
     if "sanity" in args.only:
-        randomisation_table(handle, random_handle, faces[: args.sanity_images])
+        sanity_section(args.model, args.data / "celebs8", args.sanity_images)
     if "faithfulness" in args.only:
         faithfulness_table(handle, faces[: args.n], args.steps)
 
