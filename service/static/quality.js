@@ -27,7 +27,7 @@ const VERDICTS = {
 const NOT_GRADED = {
   pending: "The map is still coming; it is graded once it is finished.",
   ungraded: "This map was not graded: tick “Grade the map” and re-run to see how far to trust it.",
-  none: "There is no map to grade.",
+  none: "No finished map, so nothing was graded.",
 };
 const SIGNALS = {
   completeness_gap: "Completeness gap",

@@ -16,6 +16,7 @@ from tests.browser.test_page import SETTLED, enter_api_key, show_explanations
 # a live service and headless Chromium (tests/browser/conftest.py)
 pytestmark = pytest.mark.browser
 
+LIME = ".panel[data-method=lime]"
 LIGHTS = """() => Object.fromEntries([...document.querySelectorAll('.panel')].map((p) => {
   const quality = p.querySelector('.quality');
   return [p.dataset.method, {
@@ -34,13 +35,13 @@ BADGES = """ps => ps.map((p) => {
 })"""
 
 
-def api_answer(live_service, photo: Path, method: str, graded: bool) -> dict:
-    """The service's JSON answer for ``photo`` by ``method`` at its defaults (the page's
-    fields start at them), asked directly."""
+def api_answer(live_service, photo: Path, method: str, graded: bool, **params: object) -> dict:
+    """The service's JSON answer for ``photo`` by ``method`` with ``params``, the others at
+    their defaults (where the page's fields start), asked directly."""
     with photo.open("rb") as file:
         response = httpx.post(
             f"{live_service.url}/explain/{method}",
-            params={"format": "json", "quality": str(graded).lower()},
+            params={"format": "json", "quality": str(graded).lower(), **params},
             files={"file": file},
             headers={"X-API-Key": live_service.api_key},
             timeout=300,
@@ -121,6 +122,29 @@ def test_every_light_shows_the_verdict_the_api_gives_with_its_figures_on_hover_a
         page.locator("#file").focus()
         tip.wait_for(state="hidden")
     assert session.console_errors == []
+
+
+def test_a_job_light_is_grey_while_its_map_comes_then_shows_the_verdict(
+    open_page, live_service, recognised_face, methods
+):
+    page = open_page().page
+    enter_api_key(page, live_service.api_key)
+    show_explanations(page, recognised_face.path, methods)
+    panel = page.locator(LIME)
+    panel.locator("input[name=num_samples]").fill("1000")
+
+    panel.locator("button[type=submit]").click()
+    page.wait_for_function(
+        "p => Number(document.querySelector(p).dataset.partials ?? 0) >= 1", arg=LIME
+    )
+    light = page.evaluate(LIGHTS)["lime"]
+    assert panel.get_attribute("data-state") == "busy"
+    assert (light["verdict"], light["word"]) == ("pending", "not graded")
+    page.wait_for_function(SETTLED)
+
+    answer = api_answer(live_service, recognised_face.path, "lime", True, num_samples=1000)
+    assert page.evaluate(LIGHTS)["lime"]["verdict"] == answer["quality"]["verdict"]
+    assert page.evaluate(LIGHTS)["lime"]["colour"] != light["colour"]
 
 
 def test_a_map_asked_without_grading_says_not_graded(
