@@ -79,19 +79,21 @@ function figures(quality) {
   const list = node("dl");
   const row = (name, key, text) => {
     const value = node("dd", "", text);
-    if (key) value.dataset.figure = key;
-    list.append(node("dt", "", name), value);
+    value.dataset.figure = key;
+    const pair = node("div");
+    pair.append(node("dt", "", name), value);
+    list.append(pair);
   };
   row(
     "Deletion",
     "deletion",
-    `area ${fixed(quality.deletion_auc, 3)} vs random ${fixed(quality.random_deletion_auc, 3)}: ` +
+    `area ${fixed(quality.deletion_auc, 3)} vs random ${fixed(quality.random_deletion_auc, 3)}, ` +
       `ratio ${ratio(quality.deletion_ratio)} (below 1 beats random)`,
   );
   row(
     "Insertion",
     "insertion",
-    `area ${fixed(quality.insertion_auc, 3)} vs random ${fixed(quality.random_insertion_auc, 3)}: ` +
+    `area ${fixed(quality.insertion_auc, 3)} vs random ${fixed(quality.random_insertion_auc, 3)}, ` +
       `ratio ${ratio(quality.insertion_ratio)} (above 1 beats random)`,
   );
   for (const [name, value] of Object.entries(quality.signals ?? {})) {
@@ -103,10 +105,9 @@ function figures(quality) {
     `${fixed(quality.probability, 2)} on the photo, ${fixed(quality.deleted_probability, 2)} ` +
       `with every pixel deleted (${quality.steps} steps per curve)`,
   );
-  const reasons = node("ul", "reasons");
-  reasons.append(...quality.reasons.map((reason) => node("li", "", reason)));
+  row(`Why ${quality.verdict}`, "reasons", quality.reasons.join("; "));
   const rule = node("p", "rule", "The rule: “How the quality light is decided”, above the panels.");
-  return [list, reasons, rule];
+  return [list, rule];
 }
 
 /** The sanity badge beside a method's name: shown only where the bundle has a result. */
