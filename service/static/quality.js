@@ -53,7 +53,7 @@ export class QualityLight {
     this.tip.setAttribute("role", "tooltip");
     this.light.setAttribute("aria-describedby", this.tip.id);
     this.says = node("p", "says");
-    const anchor = node("div", "anchor");  // the tip hangs under the light, without a gap
+    const anchor = node("div", "anchor");  // the tip hangs under the light's row, panel-wide
     anchor.append(this.light, this.tip);
     this.element.append(anchor, this.says);
     dismissOnEscape(anchor, this.light);
@@ -62,7 +62,7 @@ export class QualityLight {
 
   /** Show ``quality`` (an answer's ``quality`` object); when it is null, ``why`` says why there
    * is none: ``pending`` (the map is still coming), ``ungraded`` (grading was off) or ``none``
-   * (no map: an error, a cancelled job). */
+   * (no finished map: an error, a cancelled job). */
   show(quality, why = "ungraded") {
     const state = quality ? quality.verdict : why;
     const verdict = VERDICTS[state];

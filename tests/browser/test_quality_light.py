@@ -93,6 +93,8 @@ def test_every_light_shows_the_verdict_the_api_gives_with_its_figures_on_hover_a
     assert all(colour_of[light["verdict"]] == light["colour"] for light in lights.values())
     assert all(says_of[light["verdict"]] == light["says"] for light in lights.values())
     assert len(set(colour_of.values())) == len(set(says_of.values())) == len(colour_of)
+    rule = httpx.get(f"{live_service.url}/explain", timeout=10).json()["quality_rule"]
+    assert page.locator("#quality-rule [data-part=rule]").text_content() == rule
 
     # the figures: on hover for a panel answered at once, on keyboard focus for a job's
     at_once = next(m["name"] for m in listed if not m["anytime"])
