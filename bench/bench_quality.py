@@ -397,6 +397,7 @@ def agreement_section(handle: ModelHandle, faces: list[Face], steps: int) -> Non
     strong = [rows[name].share("strong") for name in methods]
     deletion = [float(np.mean(rows[name].deletion_aucs)) for name in methods]
     insertion = [float(np.mean(rows[name].insertion_aucs)) for name in methods]
+    ratios = [float(np.mean(rows[name].deletion_ratios)) for name in methods]
     print(
         "\nrank by strong share (1 = most strong) against rank by offline deletion AUC "
         "(1 = lowest):"
@@ -413,7 +414,8 @@ def agreement_section(handle: ModelHandle, faces: list[Face], steps: int) -> Non
     print(
         f"Spearman over the {len(methods)} methods: strong share vs offline deletion AUC "
         f"(lower = better) {spearman(strong, [-d for d in deletion]):+.2f}; "
-        f"vs offline insertion AUC {spearman(strong, insertion):+.2f}"
+        f"vs offline insertion AUC {spearman(strong, insertion):+.2f}; the curves alone, "
+        f"mean deletion ratio vs offline deletion AUC {spearman(ratios, deletion):+.2f}"
     )
     print(
         "\nMaps that should fail, graded with no method signals (as /explain/evaluate grades "
