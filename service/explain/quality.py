@@ -46,10 +46,8 @@ Verdict = Literal["strong", "weak", "unreliable"]
 VERDICTS: tuple[Verdict, ...] = ("strong", "weak", "unreliable")
 
 # The rule's thresholds (RULE says them in words; docs/explanations.md shows how they were set).
-STRONG_DELETION_RATIO = 0.6
-STRONG_INSERTION_RATIO = 1.1
-NO_BETTER_DELETION_RATIO = 0.9
-NO_BETTER_INSERTION_RATIO = 1.0
+MIN_GAIN = 0.15
+STRONG_GAIN = 0.4
 MIN_SPAN = 0.1
 STRONG_AGREEMENT = 0.5
 MIN_AGREEMENT = 0.2
@@ -57,19 +55,17 @@ MAX_COMPLETENESS_GAP = 0.25
 MIN_SURROGATE_R2 = 0.2
 
 RULE = (
+    f"gain: how much better than a random map of the same face the map does, the mean of "
+    f"(1 - deletion ratio) and (insertion ratio - 1), each ratio this map's area over the random "
+    f"map's ({STEPS} steps per curve); where the blurred face's probability is less than "
+    f"{MIN_SPAN} below the photo's, insertion cannot measure and the gain is 1 - deletion ratio. "
     f"unreliable: the map is negligible; or deleting the whole face moves the target's "
-    f"probability by less than {MIN_SPAN}, so the test cannot tell a map from noise; or the map "
-    f"is no better than a random one on either curve (deletion ratio >= "
-    f"{NO_BETTER_DELETION_RATIO} or insertion ratio <= {NO_BETTER_INSERTION_RATIO}; the "
-    f"insertion ratio counts only where the blurred face's probability is at least {MIN_SPAN} "
-    f"below the photo's, and where it is not the map is at most weak); or the "
-    f"two halves of its samples agree less than {MIN_AGREEMENT} (Spearman). "
-    f"strong: deletion ratio <= {STRONG_DELETION_RATIO} and insertion ratio >= "
-    f"{STRONG_INSERTION_RATIO}, and the method's own signals hold: halves agree at least "
+    f"probability by less than {MIN_SPAN} (nothing to measure); or the gain is below {MIN_GAIN}; "
+    f"or the two halves of its samples agree less than {MIN_AGREEMENT} (Spearman). "
+    f"strong: a gain of at least {STRONG_GAIN}, both curves better than the random map's "
+    f"(insertion measured), and the method's own signals hold: halves agree at least "
     f"{STRONG_AGREEMENT}, completeness gap at most {MAX_COMPLETENESS_GAP}, surrogate R² at "
-    f"least {MIN_SURROGATE_R2}. weak: anything else. The ratios are this map's area over a "
-    f"random map's on the same face ({STEPS} steps per curve): below 1 beats it on deletion, "
-    f"above 1 on insertion."
+    f"least {MIN_SURROGATE_R2}. weak: anything else."
 )
 
 
@@ -112,6 +108,8 @@ class QualityReport:
     random_insertion_auc: float
     deletion_ratio: float | None
     insertion_ratio: float | None
+    gain: float | None
+    """how much better than the random map (``gain_of``)"""
     probability: float
     """the target's probability on the photo (both curves' photo end)"""
     deleted_probability: float
@@ -285,6 +283,7 @@ def _report(
         random_insertion_auc=random_insertion,
         deletion_ratio=deletion_ratio,
         insertion_ratio=insertion_ratio,
+        gain=gain_of(deletion_ratio, insertion_ratio, photo - random.blurred),
         probability=photo,
         deleted_probability=random.deleted,
         blurred_probability=random.blurred,
@@ -293,6 +292,20 @@ def _report(
 
 
 Check = Callable[[float], bool]
+
+
+def gain_of(
+    deletion_ratio: float | None, insertion_ratio: float | None, insertion_span: float = 1.0
+) -> float | None:
+    """How much better than the random map: the mean of ``1 - deletion_ratio`` and
+    ``insertion_ratio - 1`` (0 for a random map, 1 for one that halves the deletion area and
+    doubles the insertion area), or ``1 - deletion_ratio`` alone where insertion cannot measure
+    (``insertion_span`` below ``MIN_SPAN``). None without a deletion ratio."""
+    if deletion_ratio is None:
+        return None
+    if insertion_span < MIN_SPAN or insertion_ratio is None:
+        return 1.0 - deletion_ratio
+    return ((1.0 - deletion_ratio) + (insertion_ratio - 1.0)) / 2.0
 
 
 def verdict_of(
@@ -306,7 +319,7 @@ def verdict_of(
     """``RULE``, as code: the verdict and the reasons that decided it. ``span``: how far
     deleting every pixel moves the target's probability; ``insertion_span``: how far the
     blurred face is below the photo (the insertion curve's rise)."""
-    measures_insertion = insertion_span >= MIN_SPAN
+    gain = gain_of(deletion_ratio, insertion_ratio, insertion_span)
     agreement = signals.get("split_half_agreement")
     unreliable = []
     if negligible:
@@ -316,33 +329,29 @@ def verdict_of(
             f"deleting the whole face moves the target's probability by {span:.3f} "
             f"(< {MIN_SPAN}): the test cannot tell this map from noise"
         )
-    if deletion_ratio is None or deletion_ratio >= NO_BETTER_DELETION_RATIO:
+    if gain is None or gain < MIN_GAIN:
         unreliable.append(
-            f"deletion ratio {_show(deletion_ratio)} >= {NO_BETTER_DELETION_RATIO}: deleting "
-            "by this map is no faster than by a random one"
-        )
-    bad_insertion = insertion_ratio is None or insertion_ratio <= NO_BETTER_INSERTION_RATIO
-    if measures_insertion and bad_insertion:
-        unreliable.append(
-            f"insertion ratio {_show(insertion_ratio)} <= {NO_BETTER_INSERTION_RATIO}: "
-            "putting pixels back by this map is no faster than by a random one"
+            f"gain {_show(gain)} < {MIN_GAIN}: no clearly better than a random map (deletion "
+            f"ratio {_show(deletion_ratio)}, insertion ratio {_show(insertion_ratio)})"
         )
     if agreement is not None and agreement < MIN_AGREEMENT:
         unreliable.append(
             f"its two halves of samples agree {agreement:.2f} (< {MIN_AGREEMENT}): mostly noise"
         )
-    if unreliable:
+    if unreliable or gain is None or deletion_ratio is None:
         return "unreliable", tuple(unreliable)
     weak = []
-    if not measures_insertion:
+    if gain < STRONG_GAIN:
+        weak.append(f"gain {gain:.2f} < {STRONG_GAIN}")
+    if deletion_ratio >= 1.0:
+        weak.append(f"deletion ratio {deletion_ratio:.2f}: no better than a random map")
+    if insertion_span < MIN_SPAN or insertion_ratio is None:
         weak.append(
             f"the blurred face is within {MIN_SPAN} of the photo's probability "
             f"({insertion_span:.3f}): the insertion test cannot measure this map"
         )
-    if deletion_ratio is None or deletion_ratio > STRONG_DELETION_RATIO:
-        weak.append(f"deletion ratio {_show(deletion_ratio)} > {STRONG_DELETION_RATIO}")
-    if insertion_ratio is None or insertion_ratio < STRONG_INSERTION_RATIO:
-        weak.append(f"insertion ratio {_show(insertion_ratio)} < {STRONG_INSERTION_RATIO}")
+    elif insertion_ratio <= 1.0:
+        weak.append(f"insertion ratio {insertion_ratio:.2f}: no better than a random map")
     limits: dict[str, tuple[Check, str]] = {
         "split_half_agreement": (lambda v: v >= STRONG_AGREEMENT, f">= {STRONG_AGREEMENT}"),
         "completeness_gap": (lambda v: v <= MAX_COMPLETENESS_GAP, f"<= {MAX_COMPLETENESS_GAP}"),
@@ -354,8 +363,8 @@ def verdict_of(
     if weak:
         return "weak", tuple(weak)
     return "strong", (
-        f"deletion ratio {_show(deletion_ratio)} and insertion ratio {_show(insertion_ratio)} "
-        "beat a random map, and the method's own signals hold",
+        f"gain {gain:.2f} over a random map (deletion ratio {deletion_ratio:.2f}, insertion "
+        f"ratio {_show(insertion_ratio)}), and the method's own signals hold",
     )
 
 

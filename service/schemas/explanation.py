@@ -47,6 +47,11 @@ class QualityInfo(BaseModel):
     insertion_ratio: float | None = Field(
         description="insertion_auc / random_insertion_auc: above 1 beats a random map"
     )
+    gain: float | None = Field(
+        description="how much better than the random map: the mean of (1 - deletion_ratio) "
+        "and (insertion_ratio - 1); 0 for a random map; 1 - deletion_ratio where insertion "
+        "cannot measure (GET /explain's quality_rule)"
+    )
     probability: float = Field(description="the target's probability on the face")
     deleted_probability: float = Field(
         description="the target's probability once every pixel is deleted"

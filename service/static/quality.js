@@ -96,6 +96,13 @@ function figures(quality) {
     `area ${fixed(quality.insertion_auc, 3)} vs random ${fixed(quality.random_insertion_auc, 3)}, ` +
       `ratio ${ratio(quality.insertion_ratio)} (above 1 beats random)`,
   );
+  row(
+    "Gain",
+    "gain",
+    quality.gain == null
+      ? "n/a"
+      : `${fixed(quality.gain, 2)} over a random map (0: no better; mean of both curves' gains)`,
+  );
   for (const [name, value] of Object.entries(quality.signals ?? {})) {
     row(SIGNALS[name] ?? name.replaceAll("_", " "), name, fixed(value, 2));
   }

@@ -158,7 +158,10 @@ def test_a_good_map_is_strong_and_inverted_or_shuffled_it_is_unreliable(
 
     as_sent = evaluate(client, photo, json.dumps(good_answer["heatmap"]).encode()).json()
     inverted = evaluate(client, photo, grid_json(-values)).json()
-    shuffled_values = np.random.default_rng(1).permutation(values.ravel()).reshape(values.shape)
+    # shuffled pixel by pixel where the model sees it (a shuffle on the upload's grid would be
+    # smoothed into blobs on its way onto the face)
+    on_input = np.asarray(Image.fromarray(values.astype(np.float32), mode="F").resize((150, 150)))
+    shuffled_values = np.random.default_rng(1).permutation(on_input.ravel()).reshape(150, 150)
     shuffled = evaluate(client, photo, grid_json(shuffled_values)).json()
 
     assert as_sent["quality"]["verdict"] == "strong", as_sent["quality"]
