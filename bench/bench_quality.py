@@ -19,16 +19,16 @@ torch threads; gradient methods on the torch twin, as the service runs them):
    (``python -m service`` on a free port), ``POST /explain/lime?format=json&detect=false``
    with ``quality=false`` and ``quality=true`` in turn, a fresh face each call (no cache
    answers): the median of the answer's ``timings``.
-2. ``agreement``: on ``--n`` faces, each method's verdict shares and mean deletion and
-   insertion ratios (``quality.grade``, the face's random curves shared by its maps as the
+2. ``agreement``: on ``--n`` faces, each method's verdict shares, mean deletion and insertion
+   ratios and mean gain (``quality.grade``, the face's random curves shared by its maps as the
    service shares them), beside the offline benchmark's deletion and insertion AUC of the same
    maps (``service.explain.faithfulness``, ``--steps`` steps, as bench_explain.py section 4)
    and of bench_explain's random map (uniform, ``default_rng(0)`` drawn face after face);
-   whether the ranking by strong share agrees with the ranking by offline deletion AUC
-   (Spearman over the methods); and the verdicts of two maps that should fail, for occlusion
-   and LIME: the map inverted (``-values``) and its values shuffled over the pixels
-   (``default_rng(1).permutation``), graded as ``POST /explain/evaluate`` grades a map from
-   elsewhere (no method signals).
+   whether the ranking by strong share (and by mean gain) agrees with the ranking by offline
+   deletion AUC (Spearman over the methods); and the verdicts of two maps that should fail,
+   for occlusion and LIME: the map inverted (``-values``) and its values shuffled over the
+   pixels (``default_rng(1).permutation``), graded as ``POST /explain/evaluate`` grades a map
+   from elsewhere (no method signals).
 
     python bench/bench_quality.py [--faces 10] [--http-faces 10] [--n 50] [--threads 2]
                                   [--only cost agreement]
@@ -333,6 +333,7 @@ class AgreementRow:
     verdicts: Counter[str] = field(default_factory=Counter)
     deletion_ratios: list[float] = field(default_factory=list)
     insertion_ratios: list[float] = field(default_factory=list)
+    gains: list[float] = field(default_factory=list)
     deletion_aucs: list[float] = field(default_factory=list)
     insertion_aucs: list[float] = field(default_factory=list)
 
@@ -342,6 +343,8 @@ class AgreementRow:
             self.deletion_ratios.append(report.deletion_ratio)
         if report.insertion_ratio is not None:
             self.insertion_ratios.append(report.insertion_ratio)
+        if report.gain is not None:
+            self.gains.append(report.gain)
 
     def share(self, verdict: str) -> float:
         """The share of ``verdict`` among the graded maps, in percent."""
@@ -397,7 +400,7 @@ def agreement_section(handle: ModelHandle, faces: list[Face], steps: int) -> Non
     strong = [rows[name].share("strong") for name in methods]
     deletion = [float(np.mean(rows[name].deletion_aucs)) for name in methods]
     insertion = [float(np.mean(rows[name].insertion_aucs)) for name in methods]
-    ratios = [float(np.mean(rows[name].deletion_ratios)) for name in methods]
+    gains = [float(np.mean(rows[name].gains)) for name in methods]
     print(
         "\nrank by strong share (1 = most strong) against rank by offline deletion AUC "
         "(1 = lowest):"
@@ -414,8 +417,9 @@ def agreement_section(handle: ModelHandle, faces: list[Face], steps: int) -> Non
     print(
         f"Spearman over the {len(methods)} methods: strong share vs offline deletion AUC "
         f"(lower = better) {spearman(strong, [-d for d in deletion]):+.2f}; "
-        f"vs offline insertion AUC {spearman(strong, insertion):+.2f}; the curves alone, "
-        f"mean deletion ratio vs offline deletion AUC {spearman(ratios, deletion):+.2f}"
+        f"vs offline insertion AUC {spearman(strong, insertion):+.2f}; the curves alone "
+        f"(the verdict weighs the method's own signals too), mean gain vs offline deletion AUC "
+        f"{spearman(gains, [-d for d in deletion]):+.2f} (+1: the same order)"
     )
     print(
         "\nMaps that should fail, graded with no method signals (as /explain/evaluate grades "
@@ -450,7 +454,7 @@ def spearman(first: Sequence[float], second: Sequence[float]) -> float:
 def _agreement_header(first: str) -> str:
     return (
         f"{first:<22}{'strong %':>9}{'weak %':>8}{'unrel. %':>9}{'mean del ratio':>16}"
-        f"{'mean ins ratio':>16}{'offline del AUC':>17}{'offline ins AUC':>17}"
+        f"{'mean ins ratio':>16}{'mean gain':>11}{'offline del AUC':>17}{'offline ins AUC':>17}"
     )
 
 
@@ -462,9 +466,8 @@ def _agreement_line(name: str, row: AgreementRow, offline: bool = True) -> str:
     aucs = (
         f"{_mean_sem(row.deletion_aucs):>17}{_mean_sem(row.insertion_aucs):>17}" if offline else ""
     )
-    return (
-        f"{name:<22}{shares}{_mean(row.deletion_ratios):>16}{_mean(row.insertion_ratios):>16}{aucs}"
-    )
+    ratios = f"{_mean(row.deletion_ratios):>16}{_mean(row.insertion_ratios):>16}"
+    return f"{name:<22}{shares}{ratios}{_mean(row.gains):>11}{aucs}"
 
 
 def _mean(values: list[float]) -> str:
