@@ -64,7 +64,6 @@ from service.explain import quality as quality_module  # noqa: E402
 from service.explain.faithfulness import deletion_auc, insertion_auc  # noqa: E402
 from service.explain.quality import (  # noqa: E402
     VERDICTS,
-    Completeness,
     QualityReport,
     RandomCurves,
 )
@@ -134,26 +133,10 @@ def grade_heatmap(
     method: type[Explainer],
     random: RandomCurves | None,
 ) -> tuple[QualityReport, RandomCurves]:
-    """``heatmap``'s report as ``service.explanations.grade`` makes it: the method's signals,
-    whether the map is negligible, and for a method with a completeness claim its baseline
-    image and the raw values' sum (the map's values times its scale)."""
-    completeness = None
+    """``heatmap``'s report as ``service.explanations.grade`` makes it
+    (``quality.grade_heatmap``, with the method's completeness baseline for its parameters)."""
     baseline = method.completeness_baseline(x, method.Params.model_validate(heatmap.params))
-    if baseline is not None:
-        unscaled = 1.0 if heatmap.negligible else heatmap.scale
-        total = float(np.sum(heatmap.values, dtype=np.float64)) * unscaled
-        completeness = Completeness(baseline, total)
-    return quality_module.grade(
-        handle.forward,
-        x,
-        heatmap.values,
-        heatmap.target,
-        heatmap.logits,
-        signals=heatmap.signals,
-        negligible=heatmap.negligible,
-        completeness=completeness,
-        random=random,
-    )
+    return quality_module.grade_heatmap(handle.forward, x, heatmap, baseline, random=random)
 
 
 def rotated(names: Sequence[str], turn: int) -> list[str]:

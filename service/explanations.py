@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal, cast
 
 import numpy as np
@@ -38,7 +39,7 @@ from service.common.lru import LruCache
 from service.errors import BadMap
 from service.explain import Heatmap, ModelHandle, array_digest, cache_key
 from service.explain.base import MethodCall, resolve_target
-from service.explain.quality import Completeness, QualityReport, RandomCurves
+from service.explain.quality import QualityReport, RandomCurves, grade_heatmap
 from service.explain.quality import grade as grade_map
 from service.faces.aligned import AlignedFace
 from service.inference.model import ModelInput, ServingModel
@@ -156,22 +157,14 @@ def grade(
     quality_key = None if key is None else f"{key}|quality"
     if quality_key is not None and (found := cache.get(quality_key)) is not None:
         return cast(QualityReport, found)
-    completeness = None
-    if completeness_baseline is not None:
-        unscaled = 1.0 if heatmap.negligible else heatmap.scale
-        total = float(np.sum(heatmap.values, dtype=np.float64)) * unscaled
-        completeness = Completeness(completeness_baseline, total)
-    report = _graded(
+    forward = model_handle(model, cancellation).forward
+    report = _with_random_curves(
         model,
         inputs,
-        heatmap.values,
         heatmap.target,
-        heatmap.logits,
         cache,
+        partial(grade_heatmap, forward, inputs.x, heatmap, completeness_baseline),
         cancellation,
-        signals=heatmap.signals,
-        negligible=heatmap.negligible,
-        completeness=completeness,
     )
     if quality_key is not None:
         cache.put(quality_key, report)
@@ -188,37 +181,28 @@ def evaluate(
 ) -> tuple[QualityReport, int, np.ndarray]:
     """Grade a map from elsewhere (``values``: ``(H, W)`` on the model input) for ``target``
     (None: the predicted class): its report, the target and the face's logits."""
-    handle = model_handle(model, cancellation)
-    logits = np.asarray(handle.forward(inputs.x[None]), dtype=np.float32)[0]
+    forward = model_handle(model, cancellation).forward
+    logits = np.asarray(forward(inputs.x[None]), dtype=np.float32)[0]
     target = resolve_target(target, len(logits), int(np.argmax(logits)))
-    report = _graded(model, inputs, values, target, logits, cache, cancellation)
+    graded = partial(grade_map, forward, inputs.x, values, target, logits)
+    report = _with_random_curves(model, inputs, target, cache, graded, cancellation)
     return report, target, logits
 
 
-def _graded(
+def _with_random_curves(
     model: ServingModel,
     inputs: ModelInput,
-    values: np.ndarray,
     target: int,
-    logits: np.ndarray,
     cache: ExplanationCache,
+    graded: Callable[..., tuple[QualityReport, RandomCurves]],
     cancellation: Cancellation,
-    **extra: Any,
 ) -> QualityReport:
-    """``quality.grade`` with the face's random curves from ``cache`` (kept there after)."""
+    """``graded(random=..., cancellation=...)``'s report, with the face's random curves for
+    ``target`` from ``cache`` (kept there after)."""
     random_key = "|".join(
         ("random-curves", model.meta.files[ONNX_FILE].sha256, array_digest(inputs.x), str(target))
     )
-    report, random = grade_map(
-        model_handle(model, cancellation).forward,
-        inputs.x,
-        values,
-        target,
-        logits,
-        random=cache.get(random_key),
-        cancellation=cancellation,
-        **extra,
-    )
+    report, random = graded(random=cache.get(random_key), cancellation=cancellation)
     cache.put(random_key, random)
     return report
 

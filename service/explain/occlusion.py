@@ -79,7 +79,6 @@ class Occlusion(Explainer):
         "Hide one square patch at a time and watch the class score: red where hiding the patch "
         "lowers the score (it supported the class), blue where it raises it."
     )
-    quality_by_default = True
     Params = OcclusionParams
     signed = True
     anytime = True

@@ -33,6 +33,7 @@ from service.explain.faithfulness import (
     area_under,
     pixel_order,
 )
+from service.explain.heatmap import Heatmap
 from service.explain.perturb import baseline_image
 
 STEPS = 16
@@ -172,6 +173,37 @@ def grade(
         negligible,
     )
     return report, random
+
+
+def grade_heatmap(
+    forward: Forward,
+    x: np.ndarray,
+    heatmap: Heatmap,
+    completeness_baseline: np.ndarray | None = None,
+    *,
+    random: RandomCurves | None = None,
+    cancellation: Cancellation | None = None,
+) -> tuple[QualityReport, RandomCurves]:
+    """``grade`` of a method's ``heatmap``: its target, logits, signals and negligibility, and
+    the completeness claim of a method that makes one (``Explainer.completeness_baseline``;
+    its raw values' sum is the map's values times its scale)."""
+    completeness = None
+    if completeness_baseline is not None:
+        unscaled = 1.0 if heatmap.negligible else heatmap.scale
+        total = float(np.sum(heatmap.values, dtype=np.float64)) * unscaled
+        completeness = Completeness(completeness_baseline, total)
+    return grade(
+        forward,
+        x,
+        heatmap.values,
+        heatmap.target,
+        heatmap.logits,
+        signals=heatmap.signals,
+        negligible=heatmap.negligible,
+        completeness=completeness,
+        random=random,
+        cancellation=cancellation,
+    )
 
 
 class _Plan:

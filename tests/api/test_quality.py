@@ -56,8 +56,8 @@ def photo(held_out_faces: list[tuple[Path, str]]) -> bytes:
 
 @pytest.fixture(scope="module")
 def good_answer(client: TestClient, photo: bytes) -> dict:
-    """Occlusion's answer for ``photo``, graded (occlusion grades by default)."""
-    response = client.post("/explain/occlusion", files={"file": ("photo.png", photo)})
+    """Occlusion's answer for ``photo``, graded."""
+    response = client.post("/explain/occlusion?quality=true", files={"file": ("photo.png", photo)})
     assert response.status_code == 200, response.text
     return response.json()
 
@@ -75,7 +75,7 @@ def test_get_explain_states_the_rule_and_each_methods_default_cost_and_signals(c
         assert method["quality"]["signals"] == list(explainer.signal_names)
         assert method["quality"]["passes"] > method["quality"]["repeat_passes"] >= 1
     defaults = {m["name"] for m in body["methods"] if m["quality"]["default"]}
-    assert defaults == {"occlusion", "lime", "rise"}
+    assert defaults == {"lime", "rise"}
 
 
 def test_a_method_that_grades_by_default_answers_with_its_report(good_answer) -> None:
@@ -101,7 +101,7 @@ def test_quality_true_and_false_override_the_methods_default(client, photo) -> N
 
 def test_a_png_answer_carries_its_verdict_in_a_header(client, photo, good_answer) -> None:
     files = {"file": ("photo.png", photo)}
-    overlay = client.post("/explain/occlusion?format=overlay", files=files)
+    overlay = client.post("/explain/occlusion?format=overlay&quality=true", files=files)
     assert overlay.headers["x-quality-verdict"] == good_answer["quality"]["verdict"]
     plain = client.post("/explain/gradcam?format=png&quality=false", files=files)
     assert "x-quality-verdict" not in plain.headers
@@ -139,7 +139,7 @@ def test_a_job_carries_the_report_in_its_result_and_its_final_event(client, phot
 def test_a_black_images_map_is_unreliable(client) -> None:
     black = png_bytes(Image.new("RGB", (200, 200)))
     answer = client.post(
-        "/explain/occlusion?detect=false", files={"file": ("black.png", black)}
+        "/explain/occlusion?detect=false&quality=true", files={"file": ("black.png", black)}
     ).json()
     assert answer["quality"]["verdict"] == "unreliable"
     graded = evaluate(client, black, grid_json(answer["heatmap"]["values"]), detect="false")
