@@ -134,6 +134,9 @@ def test_a_job_light_is_grey_while_its_map_comes_then_shows_the_verdict(
     show_explanations(page, recognised_face.path, methods)
     panel = page.locator(LIME)
     panel.locator("input[name=num_samples]").fill("1000")
+    # a seed no other test asks for: a map already in the service's cache comes at once,
+    # with no partial map to watch (the jobs tests ask LIME at 1000 samples, seed 0)
+    panel.locator("input[name=seed]").fill("8128")
 
     panel.locator("button[type=submit]").click()
     page.wait_for_function(
@@ -144,7 +147,9 @@ def test_a_job_light_is_grey_while_its_map_comes_then_shows_the_verdict(
     assert (light["verdict"], light["word"]) == ("pending", "not graded")
     page.wait_for_function(SETTLED)
 
-    answer = api_answer(live_service, recognised_face.path, "lime", True, num_samples=1000)
+    answer = api_answer(
+        live_service, recognised_face.path, "lime", True, num_samples=1000, seed=8128
+    )
     assert page.evaluate(LIGHTS)["lime"]["verdict"] == answer["quality"]["verdict"]
     assert page.evaluate(LIGHTS)["lime"]["colour"] != light["colour"]
 
