@@ -75,8 +75,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     log_authentication(settings)
     # Keys hold the model's sha256, so a cache would never mix bundles; it is the app's anyway.
     state.explanation_cache = LruCache(explain.CACHE_ENTRIES)
+    state.grade_cache = LruCache(explain.GRADE_CACHE_ENTRIES)
     syntheses = synthesis_cache()
-    caches = CacheCollector({"explanations": state.explanation_cache, "syntheses": syntheses})
+    caches = CacheCollector(
+        {
+            "explanations": state.explanation_cache,
+            "grades": state.grade_cache,
+            "syntheses": syntheses,
+        }
+    )
     state.metrics.registry.register(caches)
     try:
         model = await asyncio.to_thread(load_model, settings, state.metrics.observe_batch)

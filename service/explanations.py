@@ -94,16 +94,30 @@ class Explanation:
 class ExplanationCache:
     """The app's heatmap LRU as one client sees it: every key within ``scope`` (a digest of the
     API key, or "" where all clients share it), so one client's entries are never another's
-    hits; the LRU's bounds stay the app's."""
+    hits; the LRU's bounds stay the app's. ``grades`` keeps what grading made (quality
+    reports, a face's random curves: small values, many per face) apart, so that they never
+    push heatmaps out; None keeps them with the heatmaps."""
 
     lru: LruCache
     scope: str = ""
+    grades: LruCache | None = None
 
-    def get(self, key: str) -> Any:
-        return self.lru.get(self._scoped(key))
+    def get(self, key: str) -> Heatmap | None:
+        found: Heatmap | None = self.lru.get(self._scoped(key))
+        return found
 
-    def put(self, key: str, value: Heatmap | QualityReport | RandomCurves) -> None:
-        self.lru.put(self._scoped(key), value)
+    def put(self, key: str, heatmap: Heatmap) -> None:
+        self.lru.put(self._scoped(key), heatmap)
+
+    def get_grade(self, key: str) -> Any:
+        return self._grades.get(self._scoped(key))
+
+    def put_grade(self, key: str, value: QualityReport | RandomCurves) -> None:
+        self._grades.put(self._scoped(key), value)
+
+    @property
+    def _grades(self) -> LruCache:
+        return self.lru if self.grades is None else self.grades  # an empty LRU is falsy
 
     def _scoped(self, key: str) -> str:
         return f"{self.scope}|{key}"
@@ -155,7 +169,7 @@ def grade(
     and target, so the other maps of a face cost one pass each. ``completeness_baseline``:
     the method's (``Explainer.completeness_baseline``)."""
     quality_key = None if key is None else f"{key}|quality"
-    if quality_key is not None and (found := cache.get(quality_key)) is not None:
+    if quality_key is not None and (found := cache.get_grade(quality_key)) is not None:
         return cast(QualityReport, found)
     forward = model_handle(model, cancellation).forward
     report = _with_random_curves(
@@ -167,7 +181,7 @@ def grade(
         cancellation,
     )
     if quality_key is not None:
-        cache.put(quality_key, report)
+        cache.put_grade(quality_key, report)
     return report
 
 
@@ -202,8 +216,8 @@ def _with_random_curves(
     random_key = "|".join(
         ("random-curves", model.meta.files[ONNX_FILE].sha256, array_digest(inputs.x), str(target))
     )
-    report, random = graded(random=cache.get(random_key), cancellation=cancellation)
-    cache.put(random_key, random)
+    report, random = graded(random=cache.get_grade(random_key), cancellation=cancellation)
+    cache.put_grade(random_key, random)
     return report
 
 

@@ -38,6 +38,7 @@ class ServiceState:
     # Made by the lifespan: the explanation result cache (before loading) and the model's
     # insight inspector (once it is loaded).
     explanation_cache: LruCache | None = None
+    grade_cache: LruCache | None = None
     inspector: Inspector | None = None
 
     def __post_init__(self) -> None:

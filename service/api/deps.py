@@ -248,7 +248,7 @@ def get_explanation_cache(
     if state.explanation_cache is None:
         raise NotReady(state.reason, headers={"Retry-After": "5"})
     scope = owner_of(key) if state.settings.api_key is not None else ""
-    return ExplanationCache(state.explanation_cache, scope)
+    return ExplanationCache(state.explanation_cache, scope, state.grade_cache)
 
 
 ExplanationCacheDep = Annotated[ExplanationCache, Depends(get_explanation_cache)]

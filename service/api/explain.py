@@ -74,6 +74,8 @@ from service.state import ServiceState
 
 COMMON_PARAMS = ("target", "format", "quality", "detect", "face")
 CACHE_ENTRIES = 64
+# quality reports and random curves: a few hundred bytes each, up to 8 per face (the page's)
+GRADE_CACHE_ENTRIES = 512
 TargetQuery = Annotated[
     str | None, Query(description="class id to explain (default: the predicted class)")
 ]

@@ -27,12 +27,12 @@ def test_the_gauges_follow_the_cache():
     assert 'celebxai_cache_bytes_max{cache="maps"} 4096.0' in text
 
 
-def test_the_app_exports_both_result_caches(tmp_path):
+def test_the_app_exports_its_result_caches(tmp_path):
     """The lifespan makes the app's caches before loading the bundle: exported even when the
     bundle cannot be served (here: an empty folder)."""
     with TestClient(create_app(Settings(model=tmp_path))) as client:
         text = client.get("/metrics").text
 
-    for cache in ("explanations", "syntheses"):
+    for cache in ("explanations", "grades", "syntheses"):
         assert f'celebxai_cache_bytes_max{{cache="{cache}"}}' in text
         assert f'celebxai_cache_entries_max{{cache="{cache}"}}' in text
