@@ -1,4 +1,4 @@
-"""``python -m training fit|evaluate|export|insight|open-set-study|quantize|sanity``: see each
+"""``python -m training fit|evaluate|export|insight|open-set-study|quantize|sanity|twin``: see each
 ``--help``."""
 
 from __future__ import annotations
@@ -261,6 +261,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     sanity.add_argument(
         "--dry-run", action="store_true", help="print the table without writing meta.json"
     )
+    twin = sub.add_parser(
+        "twin",
+        help="re-export a bundle's torch twin from its own weights in the current format (it "
+        "also returns the embedding, for gradient maps of the open-set score); other files kept",
+        formatter_class=fmt,
+    )
+    twin.add_argument("--bundle", default="models/celebs8")
     return parser
 
 
@@ -273,6 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.open_set_study import study_command
     from training.quantize import quantize_command
     from training.sanity import sanity_command
+    from training.twin import twin_command
 
     try:
         commands = {
@@ -283,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             "open-set-study": study_command,
             "quantize": quantize_command,
             "sanity": sanity_command,
+            "twin": twin_command,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

@@ -43,14 +43,17 @@ class ParityError(RuntimeError):
 
 
 class Twin(nn.Module):
-    """The differentiable twin's forward: ``(logits, {layer: activation})``."""
+    """The differentiable twin's forward: ``(logits, {layer: activation, "embedding": (N, D)})``:
+    every stage's activation and the embedding the open-set score reads (the ONNX graph's
+    ``embedding`` output), so gradient methods can explain that score too."""
 
     def __init__(self, model: FaceClassifier) -> None:
         super().__init__()
         self.model = model
 
     def forward(self, x: torch.Tensor):
-        return self.model.forward_with_activations(x)
+        logits, activations, embedding = self.model.forward_with_embedding(x)
+        return logits, {**activations, EMBEDDING_OUTPUT: embedding}
 
 
 def display_name(class_id: str) -> str:

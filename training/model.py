@@ -38,21 +38,27 @@ class FaceClassifier(nn.Module):
     def forward_with_activations(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, activations, _ = self.forward_with_embedding(x)
+        return logits, activations
+
+    def forward_with_embedding(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """(logits, every stage's activation, the backbone's embedding)."""
         activations = {}
         for name, stage in self.backbone.stages():
             x = stage(x)
             activations[name] = x
-        return self.head(self.backbone.embed(x)), activations
+        embedding = self.backbone.embed(x)
+        return self.head(embedding), activations, embedding
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_with_activations(x)[0]
 
     def logits_and_embedding(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(logits, the backbone's embedding): the open-set score reads both."""
-        for _, stage in self.backbone.stages():
-            x = stage(x)
-        embedding = self.backbone.embed(x)
-        return self.head(embedding), embedding
+        logits, _, embedding = self.forward_with_embedding(x)
+        return logits, embedding
 
 
 class WithEmbedding(nn.Module):

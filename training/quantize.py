@@ -40,17 +40,17 @@ from onnxruntime.quantization.shape_inference import (  # type: ignore[import-un
 )
 from sklearn.metrics import roc_auc_score
 
-from service.bundle.checks import load_gallery, probe_batch, sha256_of
+from service.bundle.checks import load_gallery, probe_batch
 from service.bundle.format import (
     EMBEDDING_OUTPUT,
     INT8_FILE,
-    META_FILE,
     ONNX_FILE,
     BundleMeta,
     read_meta,
 )
 from service.bundle.open_set import open_set_rule
 from service.bundle.preprocess import Preprocessor
+from training.bundle_meta import update_meta
 from training.data import FaceDataset, scan
 from training.preprocess import Preprocessing
 
@@ -342,16 +342,7 @@ def _open_set_gates(
 
 def _write_meta(bundle: Path, block: dict[str, Any]) -> None:
     """List the INT8 file with its sha256 and store ``precision.int8``, validated, atomically."""
-    path = bundle / META_FILE
-    raw = json.loads(path.read_text())
-    written = bundle / INT8_FILE
-    raw["files"][INT8_FILE] = {"sha256": sha256_of(written), "bytes": written.stat().st_size}
-    raw["files"] = dict(sorted(raw["files"].items()))
-    raw.setdefault("precision", {})["int8"] = block
-    BundleMeta.model_validate(raw)
-    staged = path.with_name(f".{META_FILE}.tmp-{os.getpid()}")
-    staged.write_text(json.dumps(raw, indent=2) + "\n")
-    staged.replace(path)
+    update_meta(bundle, lambda raw: raw.setdefault("precision", {}).update(int8=block), [INT8_FILE])
 
 
 def summary(block: dict[str, Any]) -> str:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -36,10 +35,11 @@ from PIL import Image
 from skimage.metrics import structural_similarity
 
 from service.bundle.checks import load_twin
-from service.bundle.format import META_FILE, BundleMeta, SanitySpec, read_meta
+from service.bundle.format import META_FILE, SanitySpec, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.heatmap import Heatmap, split_half_agreement
+from training.bundle_meta import update_meta
 
 TEST = "cascading_model_parameter_randomisation"
 PASS_BELOW = 0.5
@@ -250,17 +250,10 @@ def run_sanity(
 
 
 def write_sanity(bundle: Path, spec: SanitySpec) -> None:
-    """Store ``spec`` as ``meta.json["sanity"]``: every other key and the key order kept (an
-    earlier ``sanity`` is replaced where it stood), validated as the service reads it, written
-    atomically with the file's 2-space indent. meta.json lists no hash of itself, so nothing
-    else changes."""
-    path = bundle / META_FILE
-    raw = json.loads(path.read_text(encoding="utf-8"))
-    raw["sanity"] = spec.model_dump(mode="json")
-    BundleMeta.model_validate(raw)
-    staged = path.with_name(f".{META_FILE}.tmp-{os.getpid()}")
-    staged.write_text(json.dumps(raw, indent=2) + "\n", encoding="utf-8")
-    staged.replace(path)
+    """Store ``spec`` as ``meta.json["sanity"]`` (``update_meta``: every other key and the key
+    order kept, an earlier ``sanity`` replaced where it stood). meta.json lists no hash of
+    itself, so nothing else changes."""
+    update_meta(bundle, lambda raw: raw.update(sanity=spec.model_dump(mode="json")))
 
 
 def table(spec: SanitySpec) -> str:
