@@ -16,7 +16,18 @@ import yaml
 from fastapi import APIRouter, FastAPI
 
 from service import __version__
-from service.api import docs, evaluate, explain, insight, jobs, meta, metrics, page, predict
+from service.api import (
+    docs,
+    evaluate,
+    evidence,
+    explain,
+    insight,
+    jobs,
+    meta,
+    metrics,
+    page,
+    predict,
+)
 from service.bundle.format import BundleError
 from service.common.lru import LruCache
 from service.explanations import QUALITY_HEADER
@@ -40,6 +51,7 @@ log = logging.getLogger(__name__)
 
 ROUTERS: tuple[APIRouter, ...] = (
     predict.router,
+    evidence.router,
     evaluate.router,  # before explain's: /explain/{method} would take its path
     explain.router,
     jobs.router,

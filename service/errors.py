@@ -131,6 +131,21 @@ class NoTopPatches(ServiceError):
     status, code = 404, "no_top_patches"
 
 
+class UnknownTrainingFace(ServiceError):
+    """``GET /evidence/{class_id}/{file}`` for a file that the bundle's train split does not
+    list under that class (a test image, a made-up name, an unknown class)."""
+
+    status, code = 404, "unknown_training_face"
+
+
+class EvidenceUnavailable(ServiceError):
+    """Training-face thumbnails asked for where the service has no training images: the
+    ``evidence_dir`` setting is empty or names no folder, the bundle's data root is not there,
+    the bundle names no training faces, or the listed file is missing from the folder."""
+
+    status, code = 404, "evidence_unavailable"
+
+
 class UnknownJob(ServiceError):
     """A job id that was never made, has expired, or belongs to another API key."""
 

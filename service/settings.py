@@ -39,6 +39,13 @@ class Settings(BaseSettings):
         description="'none of the classes' threshold: the fraction of the classes' own faces "
         "it may reject (on the bundle's calibration faces), in [0, 1); unset = the bundle's",
     )
+    evidence_dir: str | None = Field(
+        None,
+        description="folder of the training images (<class_id>/<file>) that GET /evidence "
+        "serves thumbnails of (only files of the bundle's train split); unset = the data root "
+        "the bundle's split.json records, relative to the working directory, where that "
+        "folder exists; empty = no thumbnails",
+    )
     host: str = Field("127.0.0.1", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="TCP port to listen on")
     providers: Providers = Field(

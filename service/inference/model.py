@@ -26,6 +26,12 @@ from service.bundle.checks import (
     served_graph,
     verify_files,
 )
+from service.bundle.evidence import (
+    TrainingFaces,
+    gallery_similarities,
+    load_training_faces,
+    open_set_parts,
+)
 from service.bundle.format import BundleError, BundleMeta, read_meta
 from service.bundle.open_set import OpenSetRule, open_set_rule
 from service.bundle.preprocess import Preprocessor
@@ -68,6 +74,13 @@ class Classification:
     preprocess_ms: float
     open_set_score: float | None = None
     """the "one of the classes" score (``ServingModel.open_set``); None without one"""
+    open_set_parts: dict[str, float] | None = None
+    """the parts the open-set score was made of, by name (``bundle.open_set.COMPONENTS``)"""
+    embedding: np.ndarray | None = None
+    """``(D,)`` float32 embedding (the layer before the head); None when the graph has none"""
+    similarities: np.ndarray | None = None
+    """``(N,)`` cosine of the embedding to each open-set gallery row (``training_faces``'s
+    files); None without a gallery"""
 
     @property
     def top(self) -> int:
@@ -98,6 +111,7 @@ class ServingModel:
         report: LoadReport,
         faces: FaceFinder | None = None,
         open_set: OpenSetRule | None = None,
+        training_faces: TrainingFaces | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.meta = meta
@@ -107,6 +121,8 @@ class ServingModel:
         self.report = report
         self.faces = faces
         self.open_set = open_set
+        self.training_faces = training_faces
+        """the gallery's rows as training files (answers' evidence, ``GET /evidence``)"""
 
     async def model_input(self, face: FaceChoice) -> ModelInput:
         """The one way from a chosen face to the model's input (what ``/predict`` classifies
@@ -121,11 +137,21 @@ class ServingModel:
         return ModelInput(face, x, (time.perf_counter() - started) * 1000)
 
     async def classify(self, inputs: ModelInput) -> Classification:
-        """Class probabilities (and the open-set score) of ``inputs``, through the batcher."""
+        """Class probabilities (and the open-set score) of ``inputs``, through the batcher.
+        The embedding's product with the gallery is made once: the score's nearest-face part
+        and the answer's evidence both read it."""
         row, stats = await self.engine.submit(inputs.x)
         logits, embedding = self.engine.split_row(row, len(self.meta.classes))
-        score = self.open_set(logits, embedding) if self.open_set else None
-        return Classification(softmax(logits), stats, inputs.preprocess_ms, score)
+        gallery = self.open_set.gallery if self.open_set else None
+        similarities = None
+        if embedding is not None and gallery is not None:
+            similarities = gallery_similarities(embedding, gallery)
+        score = parts = None
+        if self.open_set is not None:
+            score, parts = open_set_parts(self.open_set, logits, similarities)
+        return Classification(
+            softmax(logits), stats, inputs.preprocess_ms, score, parts, embedding, similarities
+        )
 
     def start(self) -> None:
         self.engine.start()
@@ -175,7 +201,9 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         )
     else:
         log.warning("bundle has no face_alignment: every image is classified whole, as a face crop")
-    open_set = open_set_rule(meta, load_gallery(bundle_dir, meta), settings.open_set_target_frr)
+    gallery = load_gallery(bundle_dir, meta)
+    open_set = open_set_rule(meta, gallery, settings.open_set_target_frr)
+    training_faces = load_training_faces(bundle_dir, meta, gallery, settings.evidence_dir)
     probe = probe_batch(preprocess)
     max_diff = check_parity(meta, engine.run, twin, probe, graph)
     if open_set is not None and open_set.gallery is not None:
@@ -205,4 +233,6 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         report.load_ms,
         report.warmup_ms,
     )
-    return ServingModel(bundle_dir, meta, preprocess, engine, twin, report, faces, open_set)
+    return ServingModel(
+        bundle_dir, meta, preprocess, engine, twin, report, faces, open_set, training_faces
+    )

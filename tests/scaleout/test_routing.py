@@ -22,6 +22,7 @@ route_template = ROUTING.route_template
 # Where every route of the app runs on Ray: moving one is a change to this table.
 PLACEMENTS = {
     ("POST", "/predict"): PREDICT,
+    ("GET", "/evidence/{class_id}/{file}"): GATEWAY,  # a thumbnail read from the data folder
     ("GET", "/explain"): GATEWAY,
     ("POST", "/explain/evaluate"): EXPLAIN,  # registered before /explain/{method}
     ("POST", "/explain/{method}"): EXPLAIN,
