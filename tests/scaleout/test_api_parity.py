@@ -66,6 +66,10 @@ CASES = [
     Case("GET", "/readyz"),
     Case("GET", "/model"),
     Case("GET", "/explain"),
+    # a training face's thumbnail (/predict's open_set.evidence links it), and a file outside
+    # the train split (404 unknown_training_face)
+    Case("GET", "/evidence/tom_hanks/9804.png"),
+    Case("GET", "/evidence/tom_hanks/9882.png"),
     # work
     Case("POST", "/predict", upload=FACE),
     Case("POST", "/predict", {"detect": "false"}, upload=FACE),
@@ -205,6 +209,18 @@ def test_same_answer_on_both_hosts(case: Case, clients: dict, uploads: dict):
     ray = _answer(_send(clients["ray"], case, uploads))
 
     assert _same(single, ray) == [], f"single: {str(single)[:400]}\nray: {str(ray)[:400]}"
+
+
+def test_predict_links_thumbnails_each_host_serves(clients: dict, uploads: dict):
+    """/predict's evidence links training-face thumbnails on both hosts: the Ray replicas find
+    the data root from the working directory as the single process does."""
+    for host, client in clients.items():
+        answer = client.post("/predict", files={"file": uploads[FACE]}, headers=KEY).json()
+        evidence = answer["open_set"]["evidence"]
+        assert evidence["thumbnails"], (host, evidence["thumbnails_note"])
+        thumbnail = client.get(evidence["nearest"]["thumbnail"], headers=KEY)
+        assert thumbnail.status_code == 200, (host, thumbnail.text[:200])
+        assert thumbnail.headers["content-type"] == "image/jpeg", host
 
 
 def test_head_requests_and_metrics_names(clients: dict):
