@@ -181,7 +181,9 @@ def test_the_nearest_cosine_is_the_part_the_score_used(
         assert verdict["score"] == pytest.approx(1 / (1 + math.exp(-(z + fusion["bias"]))), 1e-12)
 
 
-def test_a_listed_training_face_has_a_jpeg_thumbnail(known_answers, client: TestClient):
+def test_a_listed_training_face_has_a_jpeg_thumbnail(
+    known_answers, client: TestClient, celebs_root: Path
+):
     _, answer = known_answers[0]
     evidence = answer["open_set"]["evidence"]
     assert evidence["thumbnails"] is True and evidence["thumbnails_note"] is None
@@ -195,6 +197,10 @@ def test_a_listed_training_face_has_a_jpeg_thumbnail(known_answers, client: Test
     image = Image.open(io.BytesIO(response.content))
     assert image.format == "JPEG" and image.mode == "RGB"
     assert max(image.size) <= THUMBNAIL_SIDE
+    # the picture of that very file
+    with Image.open(celebs_root / evidence["nearest"]["file"]) as original:
+        expected = np.asarray(original.convert("RGB").resize(image.size), dtype=np.float64)
+    assert np.abs(np.asarray(image, dtype=np.float64) - expected).mean() < 6
     assert client.head(evidence["nearest"]["thumbnail"]).status_code == 200
 
 
@@ -212,7 +218,7 @@ def test_files_outside_the_train_split_have_no_thumbnail(
     client: TestClient, held_out_faces, train_split
 ):
     test_file, class_id = held_out_faces[0]
-    train_file, train_label = train_split[0]
+    train_file, _ = train_split[0]
     other_class = "tom_hanks" if not train_file.startswith("tom_hanks/") else "keanu_reeves"
     refused = {
         # a real photo of the class, in the test split
