@@ -103,6 +103,13 @@ class UnknownClass(RequestMistake):
     status, code = 422, "unknown_class"
 
 
+class OpenSetUnavailable(RequestMistake):
+    """``target=open_set`` on a model whose bundle has no open-set score, or whose twin has no
+    embedding for a gradient method to explain it with."""
+
+    status, code = 422, "open_set_unavailable"
+
+
 class UnknownLayer(RequestMistake):
     """A layer name (Grad-CAM's ``layer=``, the insight endpoints') the model does not have."""
 

@@ -36,9 +36,11 @@ from PIL import Image
 from service.bundle.format import ONNX_FILE
 from service.common.cancellation import Cancellation
 from service.common.lru import LruCache
+from service.common.softmax import softmax
 from service.errors import BadMap
 from service.explain import Heatmap, ModelHandle, array_digest, cache_key
-from service.explain.base import MethodCall, resolve_target
+from service.explain.base import MethodCall
+from service.explain.objective import Objective, Question, resolve
 from service.explain.quality import QualityReport, RandomCurves, grade_heatmap
 from service.explain.quality import grade as grade_map
 from service.faces.aligned import AlignedFace
@@ -50,6 +52,7 @@ from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRe
 from service.schemas.explanation import (
     ExplainTimings,
     ExplanationResponse,
+    ObjectiveInfo,
     QualityInfo,
     SanityNote,
 )
@@ -81,11 +84,14 @@ class UploadFacts:
 @dataclass(frozen=True)
 class Explanation:
     """A heatmap, whether it came from the cache, how long computing it took (0 if cached),
-    and its quality report when one was asked for (``grade``)."""
+    the score it explains on the face, and its quality report when one was asked for
+    (``grade``)."""
 
     heatmap: Heatmap
     cached: bool
     explain_ms: float
+    scores: tuple[float, float]
+    """the objective's score on the face, (probability, logit) flavours (``photo_scores``)"""
     quality: QualityReport | None = None
     quality_ms: float = 0.0
 
@@ -127,13 +133,14 @@ def explain(
     model: ServingModel,
     inputs: ModelInput,
     call: MethodCall,
-    target: int | None,
+    target: int | Question | None,
     cache: ExplanationCache,
     cancellation: Cancellation,
     report: Report | None = None,
     quality: bool = False,
 ) -> Explanation:
-    """``call``'s heatmap of ``inputs`` for class ``target`` (None: the predicted class), from
+    """``call``'s heatmap of ``inputs`` for class ``target`` (None: the predicted class; a
+    ``Question``: a contrast or the open-set score), from
     ``cache`` or computed here (a worker thread) and kept there; with ``quality``, its quality
     report too (``grade``). ``report``: the sampling methods' partial maps, for whoever
     watches (a job)."""
@@ -146,12 +153,55 @@ def explain(
         found = call.explainer(handle).run(inputs.x, target, call.params)
         cache.put(key, found)
         explain_ms = (time.perf_counter() - started) * 1000
+    scores = photo_scores(model, inputs, found.explains, found.logits, cancellation)
     if not quality:
-        return Explanation(found, cached, explain_ms)
+        return Explanation(found, cached, explain_ms, scores)
     started = time.perf_counter()
     completeness = call.explainer.completeness_baseline(inputs.x, call.params)
     graded = grade(model, inputs, found, cache, cancellation, key, completeness)
-    return Explanation(found, cached, explain_ms, graded, (time.perf_counter() - started) * 1000)
+    quality_ms = (time.perf_counter() - started) * 1000
+    return Explanation(found, cached, explain_ms, scores, graded, quality_ms)
+
+
+def photo_scores(
+    model: ServingModel,
+    inputs: ModelInput,
+    objective: Objective,
+    logits: np.ndarray,
+    cancellation: Cancellation,
+) -> tuple[float, float]:
+    """``objective``'s score on the face, as a probability and as a logit: from its
+    ``logits``, or with one pass for the embedding where the score needs it (open set)."""
+    outputs: tuple[np.ndarray, np.ndarray | None] = (np.asarray(logits)[None], None)
+    rows = model_handle(model, cancellation).rows
+    if objective.needs_rows and rows is not None:
+        outputs = rows(inputs.x[None])
+    probability, logit = (objective.scores(*outputs, kind)[0] for kind in ("probability", "logit"))
+    return float(probability), float(logit)
+
+
+def objective_info(
+    model: ServingModel, objective: Objective, logits: np.ndarray, scores: tuple[float, float]
+) -> ObjectiveInfo:
+    """What an answer says its map explains (``ObjectiveInfo``)."""
+    classes = model.meta.classes
+    contrast = None
+    if objective.contrast is not None:
+        info = classes[objective.contrast]
+        probability = float(
+            softmax(np.asarray(logits, dtype=np.float64)[None])[0, objective.contrast]
+        )
+        contrast = ClassProbability(id=info.id, name=info.name, probability=probability)
+    rule = model.open_set if objective.kind == "open_set" else None
+    return ObjectiveInfo(
+        kind=objective.kind,
+        score=objective.describe([info.id for info in classes]),
+        contrast=contrast,
+        value=scores[0],
+        log_odds=scores[1],
+        known=None if rule is None else scores[0] >= rule.threshold,
+        threshold=None if rule is None else rule.threshold,
+    )
 
 
 def grade(
@@ -171,13 +221,20 @@ def grade(
     quality_key = None if key is None else f"{key}|quality"
     if quality_key is not None and (found := cache.get_grade(quality_key)) is not None:
         return cast(QualityReport, found)
-    forward = model_handle(model, cancellation).forward
+    handle = model_handle(model, cancellation)
     report = _with_random_curves(
         model,
         inputs,
-        heatmap.target,
+        heatmap.explains,
         cache,
-        partial(grade_heatmap, forward, inputs.x, heatmap, completeness_baseline),
+        partial(
+            grade_heatmap,
+            handle.forward,
+            inputs.x,
+            heatmap,
+            completeness_baseline,
+            rows=handle.rows,
+        ),
         cancellation,
     )
     if quality_key is not None:
@@ -189,33 +246,36 @@ def evaluate(
     model: ServingModel,
     inputs: ModelInput,
     values: np.ndarray,
-    target: int | None,
+    target: int | Question | None,
     cache: ExplanationCache,
     cancellation: Cancellation,
-) -> tuple[QualityReport, int, np.ndarray]:
+) -> tuple[QualityReport, Objective, np.ndarray, tuple[float, float]]:
     """Grade a map from elsewhere (``values``: ``(H, W)`` on the model input) for ``target``
-    (None: the predicted class): its report, the target and the face's logits."""
-    forward = model_handle(model, cancellation).forward
-    logits = np.asarray(forward(inputs.x[None]), dtype=np.float32)[0]
-    target = resolve_target(target, len(logits), int(np.argmax(logits)))
-    graded = partial(grade_map, forward, inputs.x, values, target, logits)
-    report = _with_random_curves(model, inputs, target, cache, graded, cancellation)
-    return report, target, logits
+    (None: the predicted class; a ``Question``: a contrast or the open-set score): its report,
+    the objective it was graded on, the face's logits and the objective's scores on it."""
+    handle = model_handle(model, cancellation)
+    logits = np.asarray(handle.forward(inputs.x[None]), dtype=np.float32)[0]
+    objective = resolve(Question.of(target), logits, handle.open_set)
+    graded = partial(
+        grade_map, handle.forward, inputs.x, values, objective, logits, rows=handle.rows
+    )
+    report = _with_random_curves(model, inputs, objective, cache, graded, cancellation)
+    scores = photo_scores(model, inputs, objective, logits, cancellation)
+    return report, objective, logits, scores
 
 
 def _with_random_curves(
     model: ServingModel,
     inputs: ModelInput,
-    target: int,
+    objective: Objective,
     cache: ExplanationCache,
     graded: Callable[..., tuple[QualityReport, RandomCurves]],
     cancellation: Cancellation,
 ) -> QualityReport:
     """``graded(random=..., cancellation=...)``'s report, with the face's random curves for
-    ``target`` from ``cache`` (kept there after)."""
-    random_key = "|".join(
-        ("random-curves", model.meta.files[ONNX_FILE].sha256, array_digest(inputs.x), str(target))
-    )
+    ``objective`` from ``cache`` (kept there after)."""
+    digests = (model.meta.files[ONNX_FILE].sha256, array_digest(inputs.x))
+    random_key = "|".join(("random-curves", *digests, objective.key))
     report, random = graded(random=cache.get_grade(random_key), cancellation=cancellation)
     cache.put_grade(random_key, random)
     return report
@@ -248,14 +308,15 @@ def map_on_model_input(
 
 
 def explanation_key(
-    model: ServingModel, inputs: ModelInput, call: MethodCall, target: int | None
+    model: ServingModel, inputs: ModelInput, call: MethodCall, target: int | Question | None
 ) -> str:
-    """The cache key of this face, method, parameters, target and model."""
+    """The cache key of this face, method, parameters, target (or question) and model."""
+    question = Question.of(target)
     return cache_key(
         image_digest=array_digest(inputs.x),
         method=call.name,
         params=call.params.model_dump(),
-        target=target,
+        target=question.target if question == Question(question.target) else question.key,
         model_digest=model.meta.files[ONNX_FILE].sha256,
     )
 
@@ -272,6 +333,11 @@ def model_handle(
     def forward_soon(batch: np.ndarray) -> Future[np.ndarray]:
         return model.engine.run_soon(batch, cancellation)
 
+    def rows(batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = model.engine.run_on_inference_thread(batch, cancellation, rows=True)
+        classes = len(model.meta.classes)
+        return out[:, :classes], out[:, classes:]
+
     return ModelHandle(
         forward,
         model.twin,
@@ -279,6 +345,8 @@ def model_handle(
         cancellation,
         forward_soon=forward_soon,
         report=report,
+        rows=rows if model.engine.has_embedding else None,
+        open_set=model.open_set_score,
     )
 
 
@@ -340,6 +408,7 @@ def json_answer(
             name=explained.name,
             probability=float(probabilities[heatmap.target]),
         ),
+        explains=objective_info(model, heatmap.explains, heatmap.logits, explanation.scores),
         label=ranked[0].id,
         name=ranked[0].name,
         probability=ranked[0].probability,

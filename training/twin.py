@@ -18,9 +18,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from service.bundle.checks import load_twin, probe_batch
+from service.bundle.checks import load_twin, probe_batch, sha256_of
 from service.bundle.format import EMBEDDING_OUTPUT, ONNX_FILE, TWIN_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
+from service.insight.patches import INDEX_NAME, INSIGHT_DIR, TopPatchIndex
 from training.bundle_meta import update_meta
 from training.export import export_twin
 from training.from_bundle import classifier_from_bundle
@@ -51,8 +52,25 @@ def refresh_twin(bundle: Path) -> float:
                 f"{TWIN_FILE} kept"
             )
         staged.replace(bundle / TWIN_FILE)
-    update_meta(bundle, lambda raw: None, [TWIN_FILE])
+    relinked = _relink_top_patches(bundle, meta.files[TWIN_FILE].sha256)
+    update_meta(bundle, lambda raw: None, [TWIN_FILE, *relinked])
     return worst
+
+
+def _relink_top_patches(bundle: Path, old_sha256: str) -> list[str]:
+    """The stored top patches name the twin that computed them (the service serves them only
+    for that twin). The new twin computes the same activations (checked above), so patches
+    computed by the old one now name the new one; returns the file changed (none where there
+    are no top patches, or they were computed by yet another twin)."""
+    path = bundle / INSIGHT_DIR / INDEX_NAME
+    if not path.is_file():
+        return []
+    index = TopPatchIndex.model_validate_json(path.read_text())
+    if index.model_sha256 != old_sha256:
+        return []
+    relinked = index.model_copy(update={"model_sha256": sha256_of(bundle / TWIN_FILE)})
+    path.write_text(relinked.model_dump_json() + "\n")
+    return [f"{INSIGHT_DIR}/{INDEX_NAME}"]
 
 
 @torch.no_grad()

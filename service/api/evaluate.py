@@ -26,9 +26,13 @@ from service.api.deps import (
     ModelInputDep,
     StateDep,
     api_key_guard,
-    class_index,
 )
-from service.api.explain import EXPLANATION_DEPENDENCIES, TargetQuery
+from service.api.explain import (
+    EXPLANATION_DEPENDENCIES,
+    ContrastQuery,
+    TargetQuery,
+    question_of,
+)
 from service.api.placement import ON_EXPLAIN
 from service.common.softmax import softmax
 from service.intake.images import read_upload
@@ -69,26 +73,28 @@ async def evaluate(
     cancellation: ClientDep,
     map: Annotated[UploadFile, File(description=MAP_HELP)],
     target: TargetQuery = None,
+    contrast: ContrastQuery = None,
 ) -> EvaluationResponse:
-    target_index = None if target is None else class_index(model, target)
+    question = question_of(model, target, contrast)
     values = await run_in_threadpool(read_map, await read_upload(map, MAX_MAP_BYTES))
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
     on_input, space = await run_in_threadpool(
         explanations.map_on_model_input, values, inputs.face.aligned, image.rgb.size, side
     )
     started = time.perf_counter()
-    report, explained, logits = await run_in_threadpool(
-        explanations.evaluate, model, inputs, on_input, target_index, cache, cancellation
+    report, objective, logits, scores = await run_in_threadpool(
+        explanations.evaluate, model, inputs, on_input, question, cache, cancellation
     )
     quality_ms = (time.perf_counter() - started) * 1000
     state.metrics.verdicts.labels("evaluate", report.verdict).inc()
     probabilities = softmax(logits)
     predicted = int(probabilities.argmax())
-    info = model.meta.classes[explained]
+    info = model.meta.classes[objective.target]
     return EvaluationResponse(
         target=ClassProbability(
-            id=info.id, name=info.name, probability=float(probabilities[explained])
+            id=info.id, name=info.name, probability=float(probabilities[objective.target])
         ),
+        explains=explanations.objective_info(model, objective, logits, scores),
         label=model.meta.classes[predicted].id,
         probability=float(probabilities[predicted]),
         quality=QualityInfo.of(report),

@@ -56,8 +56,10 @@ from service.api.method_params import (
 )
 from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
+from service.errors import UnknownClass
 from service.explain import EXPLAINERS, GRADIENT_METHODS, Explainer
 from service.explain.base import MethodCall
+from service.explain.objective import OPEN_SET, Question
 from service.explain.quality import PASSES, REPEAT_PASSES, RULE, VERDICTS
 from service.inference.model import ModelInput, ServingModel
 from service.intake.images import DecodedImage
@@ -72,13 +74,42 @@ from service.schemas.explanation import (
 )
 from service.state import ServiceState
 
-COMMON_PARAMS = ("target", "format", "quality", "detect", "face")
+COMMON_PARAMS = ("target", "contrast", "format", "quality", "detect", "face")
 CACHE_ENTRIES = 64
 # quality reports and random curves: a few hundred bytes each, up to 8 per face (the page's)
 GRADE_CACHE_ENTRIES = 512
 TargetQuery = Annotated[
-    str | None, Query(description="class id to explain (default: the predicted class)")
+    str | None,
+    Query(
+        description="class id to explain (default: the predicted class), or open_set: the "
+        "open-set score, why the face is one of the classes or none of them"
+    ),
 ]
+ContrastQuery = Annotated[
+    str | None,
+    Query(
+        description="a class id: explain why the target and not this class, the map of "
+        "logit(target) - logit(contrast) (positive: evidence for the target over it)"
+    ),
+]
+
+
+def question_of(model: ServingModel, target: str | None, contrast: str | None) -> Question:
+    """The query's ``target`` and ``contrast`` as a ``Question``: class ids checked (422
+    ``unknown_class``), ``target=open_set`` for the open-set score (no contrast with it), a
+    contrast equal to the target refused."""
+    contrast_index = None if contrast is None else class_index(model, contrast)
+    if target == OPEN_SET:
+        return Question(None, contrast_index, open_set=True)
+    target_index = None if target is None else class_index(model, target)
+    if contrast_index is not None and contrast_index == target_index:
+        raise UnknownClass(
+            f"contrast={contrast} is the target itself: a contrast asks why the target and "
+            "not another class; name a different one"
+        )
+    return Question(target_index, contrast_index)
+
+
 FORMAT_HELP = (
     "json: the heatmap as numbers in image coordinates with the prediction and parameters "
     "used; png: a transparent RGBA heatmap the size of the upload; overlay: the upload with "
@@ -184,11 +215,13 @@ async def explain(
     cancellation: ClientDep,
     state: StateDep,
     target: TargetQuery = None,
+    contrast: ContrastQuery = None,
     format: FormatQuery = "json",
     quality: QualityQuery = None,
 ) -> ExplanationResponse:
+    question = question_of(model, target, contrast)
     return await _explain(
-        state, model, image, inputs, call, target, format, quality, cancellation, cache
+        state, model, image, inputs, call, question, format, quality, cancellation, cache
     )
 
 
@@ -212,16 +245,18 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         cancellation: ClientDep,
         query: Any,
         target: TargetQuery = None,
+        contrast: ContrastQuery = None,
         format: FormatQuery = "json",
         quality: QualityQuery = None,
     ) -> ExplanationResponse:
+        question = question_of(model, target, contrast)
         values = query.model_dump(exclude_unset=True)
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
         refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
         call = check_params(explainer, values, call_bounds(state))
         return await _explain(
-            state, model, image, inputs, call, target, format, quality, cancellation, cache
+            state, model, image, inputs, call, question, format, quality, cancellation, cache
         )
 
     signature = inspect.signature(endpoint)
@@ -234,6 +269,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         "cancellation": ClientDep,
         "query": Annotated[query_model, Query()],
         "target": TargetQuery,
+        "contrast": ContrastQuery,
         "format": FormatQuery,
         "quality": QualityQuery,
     }
@@ -286,17 +322,16 @@ async def _explain(
     image: DecodedImage,
     inputs: ModelInput,
     call: MethodCall,
-    target_id: str | None,
+    question: Question,
     fmt: Format,
     quality: bool | None,
     cancellation: Cancellation,
     cache: explanations.ExplanationCache,
 ) -> Any:
     """The one code path of every explanation endpoint: the use case, answered as ``fmt``."""
-    target = None if target_id is None else class_index(model, target_id)
     graded = explanations.wants_quality(call, quality)
     explanation = await run_in_threadpool(
-        explanations.explain, model, inputs, call, target, cache, cancellation, None, graded
+        explanations.explain, model, inputs, call, question, cache, cancellation, None, graded
     )
     if explanation.quality is not None:
         state.metrics.verdicts.labels(call.name, explanation.quality.verdict).inc()

@@ -45,10 +45,15 @@ from service.api.deps import (
     OwnerDep,
     StateDep,
     api_key_guard,
-    class_index,
     in_flight_slot,
 )
-from service.api.explain import FormatQuery, QualityQuery, TargetQuery
+from service.api.explain import (
+    ContrastQuery,
+    FormatQuery,
+    QualityQuery,
+    TargetQuery,
+    question_of,
+)
 from service.api.insight import (
     InspectorDep,
     MaximizeQuery,
@@ -134,10 +139,11 @@ async def explain_job(
     cache: ExplanationCacheDep,
     file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
     target: TargetQuery = None,
+    contrast: ContrastQuery = None,
     format: FormatQuery = "json",
     quality: QualityQuery = None,
 ) -> Response:
-    target_index = None if target is None else class_index(model, target)
+    question = question_of(model, target, contrast)
     graded = explanations.wants_quality(call, quality)
     interval = state.settings.job_event_interval_s
     upload = explanations.UploadFacts.of(image)  # the closures below never see ``image``
@@ -146,7 +152,7 @@ async def explain_job(
     def work(cancellation: Cancellation, publish: Publish) -> explanations.Explanation:
         shown = explanations.PartialMaps(upload, inputs, call, interval, publish)
         return explanations.explain(
-            model, inputs, call, target_index, cache, cancellation, shown.report, graded
+            model, inputs, call, question, cache, cancellation, shown.report, graded
         )
 
     def finish(explanation: explanations.Explanation) -> JobResult:

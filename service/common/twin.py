@@ -10,7 +10,7 @@ noisy samples, integrated gradients' path points) and synthesis steps stop at th
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -19,20 +19,25 @@ from torch import nn
 
 from service.common.cancellation import Cancellation, holding_shared
 
+Head = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+"""The twin's ``(logits, activations)`` -> what to differentiate, ``(N, K)``."""
+
 
 class LogitsOnly(nn.Module):
     """The twin with its activations dropped: ``(N, 3, H, W) -> (N, C)`` logits (captum's
-    ``forward_func`` shape). Each pass first goes through ``cancellation.batch()``."""
+    ``forward_func`` shape), or ``head`` of its outputs where one is given. Each pass first
+    goes through ``cancellation.batch()``."""
 
-    def __init__(self, twin: Any, cancellation: Cancellation) -> None:
+    def __init__(self, twin: Any, cancellation: Cancellation, head: Head | None = None) -> None:
         super().__init__()
         self.twin = twin
         self.cancellation = cancellation
+        self.head = head
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         self.cancellation.batch()
-        logits, _ = self.twin(inputs)
-        return logits
+        logits, activations = self.twin(inputs)
+        return logits if self.head is None else self.head(logits, activations)
 
 
 # One gradient computation at a time: torch already spreads each over every core, and the
@@ -41,11 +46,14 @@ _TWIN_LOCK = threading.Lock()
 
 
 @contextmanager
-def input_gradients(twin: Any, cancellation: Cancellation | None = None) -> Iterator[LogitsOnly]:
+def input_gradients(
+    twin: Any, cancellation: Cancellation | None = None, head: Head | None = None
+) -> Iterator[LogitsOnly]:
     """Gradient mode on and the twin's parameters frozen for the block; both restored after.
     Blocks of different threads run one after another, and no work pauses inside one
     (``holding_shared``: a job never gives its turn away while other work waits for the twin).
-    Yields the twin as captum's forward function, checking ``cancellation`` before each pass."""
+    Yields the twin as captum's forward function (its logits, or ``head`` of its outputs),
+    checking ``cancellation`` before each pass."""
     with _TWIN_LOCK, holding_shared():
         parameters = list(twin.parameters())
         flags = [parameter.requires_grad for parameter in parameters]
@@ -54,7 +62,7 @@ def input_gradients(twin: Any, cancellation: Cancellation | None = None) -> Iter
             for parameter in parameters:
                 parameter.requires_grad_(False)
             torch.set_grad_enabled(True)
-            yield LogitsOnly(twin, cancellation or Cancellation())
+            yield LogitsOnly(twin, cancellation or Cancellation(), head)
         finally:
             for parameter, flag in zip(parameters, flags, strict=True):
                 parameter.requires_grad_(flag)

@@ -35,6 +35,14 @@ from pydantic import BaseModel, ConfigDict
 from service.common.cancellation import Cancellation
 from service.errors import TooCostly, UnknownClass
 from service.explain.heatmap import Heatmap, scaled
+from service.explain.objective import (
+    Objective,
+    OpenSetScore,
+    Question,
+    Rows,
+    Score,
+    resolve,
+)
 
 Forward = Callable[[np.ndarray], np.ndarray]
 """A batched forward pass: ``(N, 3, H, W)`` float32 model input -> ``(N, C)`` logits (for
@@ -77,6 +85,8 @@ class ModelHandle:
     - ``forward_soon``: ``forward`` that returns at once with a future, for the prediction that
       a method may overlap with work of its own (``Prediction``); None: the prediction runs
       through ``forward`` when it is read.
+    - ``rows``: ``forward`` with the embedding too, and ``open_set`` the model's open-set
+      score: what a map of that score needs (``Objective``); None where the model has none.
     """
 
     forward: Forward
@@ -85,6 +95,8 @@ class ModelHandle:
     cancellation: Cancellation = field(default_factory=Cancellation)
     forward_soon: ForwardSoon | None = None
     report: Callable[[np.ndarray, float, bool], None] | None = None
+    rows: Rows | None = None
+    open_set: OpenSetScore | None = None
 
 
 class Prediction:
@@ -184,8 +196,11 @@ class Explainer(ABC):
         model lacks (``layers``: the twin's activations); the ones that name nothing pass."""
         return None
 
-    def attribute(self, inputs: np.ndarray, target: int | None = None, **params: Any) -> Heatmap:
-        """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``.
+    def attribute(
+        self, inputs: np.ndarray, target: int | Question | None = None, **params: Any
+    ) -> Heatmap:
+        """Explain ``inputs`` (one ``(3, H, W)`` float32 model input) for class ``target``, or
+        for what a ``Question`` asks (a contrast, the open-set score: ``objective``).
 
         ``target`` defaults to the predicted class. ``params`` are this method's ``Params``
         fields; an unknown name or a value outside its bounds raises pydantic's
@@ -195,7 +210,9 @@ class Explainer(ABC):
         """
         return self.run(inputs, target, self.Params.model_validate(params))
 
-    def run(self, inputs: np.ndarray, target: int | None, checked: MethodParams) -> Heatmap:
+    def run(
+        self, inputs: np.ndarray, target: int | Question | None, checked: MethodParams
+    ) -> Heatmap:
         """``attribute`` with parameters already checked (a ``MethodCall``'s): not checked
         again."""
         if not isinstance(checked, self.Params):
@@ -204,7 +221,9 @@ class Explainer(ABC):
             )
         x = _check_input(inputs)
         self.model.cancellation.check()
-        raw, target, logits = self._explain(x, target, checked, Prediction.start(self.model, x))
+        question = Question.of(target)
+        prediction = Prediction.start(self.model, x)
+        raw, objective, logits = self._explain(x, question, checked, prediction)
         raw = np.asarray(raw, dtype=np.float64)
         if raw.shape != x.shape[1:]:
             raise RuntimeError(f"{self.name} returned shape {raw.shape}, expected {x.shape[1:]}")
@@ -214,7 +233,7 @@ class Explainer(ABC):
         return Heatmap(
             values=values,
             method=self.name,
-            target=target,
+            target=objective.target,
             signed=self.signed,
             value_range=self.value_range,
             units=self.units,
@@ -223,25 +242,42 @@ class Explainer(ABC):
             params=checked.model_dump(),
             negligible=negligible,
             signals=dict(self.signals),
+            objective=objective,
         )
 
     def _explain(
-        self, x: np.ndarray, target: int | None, params: Any, prediction: Prediction
-    ) -> tuple[np.ndarray, int, np.ndarray]:
-        """The raw map, the target it explains (``target`` checked, or the predicted class) and
-        ``x``'s logits. Here: the prediction first, then ``_attribute``. A method with work
-        that needs no target (the twin's forward pass) overrides this to do that work while
-        the prediction runs."""
+        self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
+    ) -> tuple[np.ndarray, Objective, np.ndarray]:
+        """The raw map, the objective it explains (the question resolved: the predicted class
+        unless it names one) and ``x``'s logits. Here: the prediction first, then
+        ``_attribute``. A method with work that needs no target (the twin's forward pass)
+        overrides this to do that work while the prediction runs."""
         logits = prediction.logits()
-        target = resolve_target(target, len(logits), int(np.argmax(logits)))
-        return self._attribute(x, target, params, logits), target, logits
+        objective = resolve(question, logits, self.model.open_set)
+        return self._attribute(x, objective, params, logits), objective, logits
+
+    def scorer(self, objective: Objective, score: Score) -> Callable[[np.ndarray], np.ndarray]:
+        """``objective``'s ``score`` of a batch of perturbed inputs, on the model's forward
+        function (its ``rows`` where the score needs the embedding)."""
+        return objective.scorer(self.model.forward, self.model.rows, score)
+
+    def photo_score(
+        self, x: np.ndarray, objective: Objective, score: Score, logits: np.ndarray
+    ) -> float:
+        """``objective``'s ``score`` of the unperturbed ``x``: from its ``logits`` (no pass),
+        or one pass of ``rows`` where the score needs the embedding."""
+        if objective.needs_rows:
+            return float(self.scorer(objective, score)(x[None])[0])
+        return float(objective.scores(logits[None], None, score)[0])
 
     @abstractmethod
-    def _attribute(self, x: np.ndarray, target: int, params: Any, logits: np.ndarray) -> np.ndarray:
-        """Raw ``(H, W)`` values in ``units`` for ``x`` ``(3, H, W)``, a valid ``target``, this
-        method's checked ``params`` and ``x``'s ``(C,)`` logits (so perturbation methods need
-        no extra pass for the unperturbed score). Non-negative for an unsigned method;
-        ``attribute`` scales them into ``value_range``."""
+    def _attribute(
+        self, x: np.ndarray, objective: Objective, params: Any, logits: np.ndarray
+    ) -> np.ndarray:
+        """Raw ``(H, W)`` values in ``units`` for ``x`` ``(3, H, W)``, a resolved ``objective``
+        (``objective.target`` a valid class), this method's checked ``params`` and ``x``'s
+        ``(C,)`` logits (so perturbation methods need no extra pass for the unperturbed score).
+        Non-negative for an unsigned method; ``attribute`` scales them into ``value_range``."""
 
 
 @dataclass(frozen=True)

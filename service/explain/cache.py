@@ -1,8 +1,8 @@
 """The key of a cached heatmap (the cache itself is ``service.common.lru.LruCache``).
 
 Keys are built by ``cache_key`` from everything that determines a heatmap: the model input
-(its digest), the method, its checked parameters, the requested target and the model (the
-ONNX file's sha256).
+(its digest), the method, its checked parameters, the requested target (or, for a contrast or
+the open-set score, the question's ``key``) and the model (the ONNX file's sha256).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ def cache_key(
     image_digest: str,
     method: str,
     params: Mapping[str, Any],
-    target: int | None,
+    target: int | str | None,
     model_digest: str,
 ) -> str:
     """One string for one heatmap: parameters in canonical (sorted) JSON."""

@@ -16,6 +16,7 @@ from typing import Literal
 import numpy as np
 
 from service.explain.base import Forward
+from service.explain.objective import Objective
 from service.explain.perturb import Baseline, baseline_image, target_scores
 
 DELETION_BASELINE: Baseline = "zero"
@@ -50,7 +51,8 @@ def probability_curve(
         switched = ranks[None] < counts[first:stop, None, None]  # (n, H, W)
         return np.where(switched[:, None], end[None], start[None])
 
-    return target_scores(forward, images, steps + 1, target, batch_size, "probability")
+    scorer = Objective("class", target).scorer(forward, None, "probability")
+    return target_scores(scorer, images, steps + 1, batch_size)
 
 
 def area_under(curve: np.ndarray) -> float:

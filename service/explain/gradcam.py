@@ -53,7 +53,8 @@ class GradCam(TwinPass):
         activations: dict[str, torch.Tensor],
         params: GradCamParams,
     ) -> np.ndarray:
-        layer = _known_layer(params.layer or self.model.gradcam_layer, tuple(activations))
+        layers = tuple(name for name, value in activations.items() if value.ndim == 4)
+        layer = _known_layer(params.layer or self.model.gradcam_layer, layers)
         activation = activations[layer]
         (gradient,) = torch.autograd.grad(score, activation)
         weights = gradient.mean(dim=(2, 3), keepdim=True)

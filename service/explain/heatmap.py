@@ -14,6 +14,7 @@ import numpy as np
 from scipy.stats import spearmanr
 
 from service.common.softmax import softmax
+from service.explain.objective import Objective
 
 NEGLIGIBLE_SCALE = 1e-4
 """A map whose largest raw magnitude is below this holds no evidence.
@@ -62,6 +63,8 @@ class Heatmap:
     params: dict[str, Any] = field(default_factory=dict)
     negligible: bool = False
     signals: dict[str, float] = field(default_factory=dict)
+    objective: Objective | None = None
+    """what the map explains (``service.explain.objective``); None: class ``target``'s score"""
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2:
@@ -82,6 +85,11 @@ class Heatmap:
     @property
     def predicted(self) -> int:
         return int(np.argmax(self.logits))
+
+    @property
+    def explains(self) -> Objective:
+        """The objective the map explains (``objective``, or class ``target``'s score)."""
+        return self.objective or Objective("class", self.target)
 
 
 def scaled(raw: np.ndarray, value_range: tuple[float, float]) -> tuple[np.ndarray, float, bool]:

@@ -11,8 +11,9 @@ from pydantic import Field
 
 from service.common.twin import input_gradients
 from service.explain.base import Explainer, MethodParams, sampled_passes
+from service.explain.objective import Objective
 from service.explain.perturb import BASELINE_HELP, Baseline, baseline_image
-from service.explain.twin import as_batch
+from service.explain.twin import as_batch, score_head
 
 
 class IntegratedGradientsParams(MethodParams):
@@ -51,15 +52,21 @@ class IntegratedGradients(Explainer):
         return sampled_passes(params.steps, params.batch_size)
 
     def _attribute(
-        self, x: np.ndarray, target: int, params: IntegratedGradientsParams, logits: np.ndarray
+        self,
+        x: np.ndarray,
+        objective: Objective,
+        params: IntegratedGradientsParams,
+        logits: np.ndarray,
     ) -> np.ndarray:
         baseline = torch.from_numpy(baseline_image(x, params.baseline)[None])
-        with input_gradients(self.model.twin, self.model.cancellation) as logits_fn:
+        with input_gradients(
+            self.model.twin, self.model.cancellation, score_head(objective)
+        ) as logits_fn:
             method = _Reporting(logits_fn, self) if self.watched else None
             attributions = (method or CaptumIntegratedGradients(logits_fn)).attribute(
                 as_batch(x),
                 baselines=baseline,
-                target=target,
+                target=0,
                 n_steps=params.steps,
                 method=params.quadrature,
                 internal_batch_size=params.batch_size,

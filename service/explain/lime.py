@@ -16,12 +16,12 @@ from skimage.segmentation import slic
 
 from service.explain.base import Explainer, sampled_passes
 from service.explain.heatmap import split_half_agreement
+from service.explain.objective import Objective, Score
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
     PerturbationParams,
-    Score,
     baseline_image,
     target_scores,
 )
@@ -74,7 +74,7 @@ class Lime(Explainer):
         return sampled_passes(params.num_samples, params.batch_size)
 
     def _attribute(
-        self, x: np.ndarray, target: int, params: LimeParams, logits: np.ndarray
+        self, x: np.ndarray, objective: Objective, params: LimeParams, logits: np.ndarray
     ) -> np.ndarray:
         segments = superpixels(x, params.num_segments)
         count = int(segments.max()) + 1
@@ -94,12 +94,10 @@ class Lime(Explainer):
             return select_features(weights, params.positive_only, params.top_features)[segments]
 
         scores = target_scores(
-            self.model.forward,
+            self.scorer(objective, params.score),
             perturbed,
             params.num_samples,
-            target,
             params.batch_size,
-            params.score,
             self.model.cancellation,
             # the surrogate fit on the patterns scored so far: LIME's own estimate, refining
             on_batch=(lambda stop, s: self.report_partial(surrogate(stop, s)))

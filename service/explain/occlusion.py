@@ -24,14 +24,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from service.explain.base import Explainer
+from service.explain.objective import Objective, Score
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
     PerturbationParams,
-    Score,
     baseline_image,
-    score_of,
     target_scores,
 )
 from service.explain.window_schedule import coarse_indices, coarse_to_fine, exhaustive
@@ -100,14 +99,14 @@ class Occlusion(Explainer):
         return 1 + math.ceil(coarse / batch) + math.ceil(refined / batch)
 
     def _attribute(
-        self, x: np.ndarray, target: int, params: OcclusionParams, logits: np.ndarray
+        self, x: np.ndarray, objective: Objective, params: OcclusionParams, logits: np.ndarray
     ) -> np.ndarray:
         _, height, width = x.shape
         window_h, window_w = min(params.window, height), min(params.window, width)
         row_starts = window_starts(height, window_h, params.stride)
         col_starts = window_starts(width, window_w, params.stride)
         baseline = baseline_image(x, params.baseline)
-        original = score_of(logits[None], target, params.score)[0]
+        original = self.photo_score(x, objective, params.score, logits)
 
         # what a watcher sees: the drops scored so far (the estimate where one exists, 0 else)
         known = np.zeros((len(row_starts), len(col_starts)), dtype=np.float64)
@@ -134,12 +133,10 @@ class Occlusion(Explainer):
                 show(partial)
 
             scores = target_scores(
-                self.model.forward,
+                self.scorer(objective, params.score),
                 occluded,
                 len(corners),
-                target,
                 params.batch_size,
-                params.score,
                 self.model.cancellation,
                 on_batch=scored if self.watched else None,
             )

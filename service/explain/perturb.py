@@ -9,8 +9,8 @@ import numpy as np
 from scipy.ndimage import gaussian_filter
 
 from service.common.cancellation import Cancellation
-from service.common.softmax import softmax
-from service.explain.base import Forward, MethodParams
+from service.explain.base import MethodParams
+from service.explain.objective import Score
 
 Baseline = Literal["zero", "mean", "blur"]
 BASELINE_HELP = (
@@ -19,10 +19,11 @@ BASELINE_HELP = (
     "(sigma = 5% of its side)"
 )
 BLUR_SIGMA_FRACTION = 0.05
-Score = Literal["probability", "logit"]
 SCORE_HELP = (
     "the target's score that perturbations change: its softmax probability (bounded, but flat "
-    "where the model is very sure) or its logit"
+    "where the model is very sure) or its logit; with a contrast, the target's probability "
+    "between the two classes or the logit gap; for target=open_set, the open-set score or its "
+    "log-odds"
 )
 
 
@@ -54,16 +55,15 @@ def baseline_image(x: np.ndarray, kind: Baseline) -> np.ndarray:
 
 
 def target_scores(
-    forward: Forward,
+    scorer: Callable[[np.ndarray], np.ndarray],
     make_batch: Callable[[int, int], np.ndarray],
     count: int,
-    target: int,
     batch_size: int,
-    score: Score,
     cancellation: Cancellation | None = None,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
 ) -> np.ndarray:
-    """``score`` of ``target`` for ``count`` perturbed inputs, ``batch_size`` per forward pass.
+    """The objective's scores (``scorer``: ``Explainer.scorer``) of ``count`` perturbed inputs,
+    ``batch_size`` per forward pass.
 
     ``make_batch(start, stop)`` builds inputs ``start..stop-1`` as ``(stop - start, 3, H, W)``
     float32, so only one batch is in memory at a time. Returns ``(count,)`` float64.
@@ -74,18 +74,10 @@ def target_scores(
     for start, stop in batch_bounds(count, batch_size):
         if cancellation is not None:
             cancellation.check()
-        scores[start:stop] = score_of(forward(make_batch(start, stop)), target, score)
+        scores[start:stop] = scorer(make_batch(start, stop))
         if on_batch is not None and stop < count:
             on_batch(stop, scores)
     return scores
-
-
-def score_of(logits: np.ndarray, target: int, score: Score) -> np.ndarray:
-    """``(N, C)`` logits -> ``(N,)`` float64 score of ``target``: softmax probability or logit."""
-    logits = np.asarray(logits)
-    if score == "probability":
-        return softmax(logits)[:, target]
-    return logits[:, target].astype(np.float64)
 
 
 def batch_bounds(count: int, batch_size: int) -> Iterator[tuple[int, int]]:

@@ -25,7 +25,6 @@ from typing import Literal
 import numpy as np
 
 from service.common.cancellation import Cancellation
-from service.common.softmax import softmax
 from service.explain.base import Forward
 from service.explain.faithfulness import (
     DELETION_BASELINE,
@@ -34,6 +33,7 @@ from service.explain.faithfulness import (
     pixel_order,
 )
 from service.explain.heatmap import Heatmap
+from service.explain.objective import Objective, Rows
 from service.explain.perturb import baseline_image
 
 STEPS = 16
@@ -130,9 +130,10 @@ def grade(
     forward: Forward,
     x: np.ndarray,
     values: np.ndarray,
-    target: int,
+    target: int | Objective,
     logits: np.ndarray,
     *,
+    rows: Rows | None = None,
     signals: Mapping[str, float] | None = None,
     negligible: bool = False,
     completeness: Completeness | None = None,
@@ -140,27 +141,33 @@ def grade(
     cancellation: Cancellation | None = None,
 ) -> tuple[QualityReport, RandomCurves]:
     """The report of map ``values`` ``(H, W)`` of model input ``x`` ``(3, H, W)`` for
-    ``target`` (``logits``: ``x``'s), and the face's ``RandomCurves`` (``random`` when the
-    caller has them, else computed here: pass them on to the next map of this face and target).
+    ``target`` (a class, or any ``Objective``: its probability-flavour score is what the curves
+    follow; ``logits``: ``x``'s; ``rows``: the forward pass with embeddings, which the open-set
+    score needs), and the face's ``RandomCurves`` (``random`` when the caller has them, else
+    computed here: pass them on to the next map of this face and objective).
     ``signals``: the method's own (``Heatmap.signals``); ``completeness``: for a method whose
     raw values should add up to the target logit's change from a baseline image, that image
     and their sum (the ``completeness_gap`` signal; its image shares the map's pass)."""
     signals = dict(signals or {})
-    photo = float(softmax(np.asarray(logits, dtype=np.float64)[None])[0, target])
+    objective = target if isinstance(target, Objective) else Objective("class", target)
+    outputs = _outputs(forward, rows if objective.needs_rows else None)
+    photo_outputs = outputs(x[None]) if objective.needs_rows else (np.asarray(logits)[None], None)
+    photo = float(objective.scores(*photo_outputs, "probability")[0])
     deleted, blurred = baseline_image(x, DELETION_BASELINE), baseline_image(x, INSERTION_BASELINE)
     plans: list[_Plan | _Ends] = [_Plan(x, deleted, values), _Plan(blurred, x, values)]
     if completeness is not None:
         plans.append(_Ends(completeness.baseline))
     # the map's images and the random map's in batches of their own: a map's scores never
     # depend on whether the face's random curves were already known
-    batches = _logits(forward, plans, cancellation)
-    scores = [softmax(part)[:, target] for part in batches]
+    batches = _run(outputs, plans, cancellation)
+    scores = [objective.scores(*part, "probability") for part in batches]
     if completeness is not None:
-        change = float(logits[target]) - float(batches[2][0, target])
+        logit = objective.scores(*photo_outputs, "logit")[0]
+        change = float(logit - objective.scores(*batches[2], "logit")[0])
         signals["completeness_gap"] = abs(completeness.total - change) / max(abs(change), 1e-6)
     if random is None:
         random = _random_curves(
-            forward, x, deleted, blurred, values.shape, target, photo, cancellation
+            outputs, x, deleted, blurred, values.shape, objective, photo, cancellation
         )
     deletion = np.concatenate([[photo], scores[0], [random.deleted]])
     insertion = np.concatenate([[random.blurred], scores[1], [photo]])
@@ -181,10 +188,11 @@ def grade_heatmap(
     heatmap: Heatmap,
     completeness_baseline: np.ndarray | None = None,
     *,
+    rows: Rows | None = None,
     random: RandomCurves | None = None,
     cancellation: Cancellation | None = None,
 ) -> tuple[QualityReport, RandomCurves]:
-    """``grade`` of a method's ``heatmap``: its target, logits, signals and negligibility, and
+    """``grade`` of a method's ``heatmap``: its objective, logits, signals and negligibility, and
     the completeness claim of a method that makes one (``Explainer.completeness_baseline``;
     its raw values' sum is the map's values times its scale)."""
     completeness = None
@@ -196,8 +204,9 @@ def grade_heatmap(
         forward,
         x,
         heatmap.values,
-        heatmap.target,
+        heatmap.explains,
         heatmap.logits,
+        rows=rows,
         signals=heatmap.signals,
         negligible=heatmap.negligible,
         completeness=completeness,
@@ -240,16 +249,16 @@ class _Ends:
 
 
 def _random_curves(
-    forward: Forward,
+    outputs: Outputs,
     x: np.ndarray,
     deleted: np.ndarray,
     blurred: np.ndarray,
     shape: tuple[int, int],
-    target: int,
+    objective: Objective,
     photo: float,
     cancellation: Cancellation | None = None,
 ) -> RandomCurves:
-    """The random map's two curves on this face, and the two baselines' probabilities."""
+    """The random map's two curves on this face, and the two baselines' scores."""
     noise = random_map(shape)
     plans: list[_Plan | _Ends] = [
         _Plan(x, deleted, noise),
@@ -257,7 +266,7 @@ def _random_curves(
         _Ends(deleted, blurred),
     ]
     deletion, insertion, ends = (
-        softmax(part)[:, target] for part in _logits(forward, plans, cancellation)
+        objective.scores(*part, "probability") for part in _run(outputs, plans, cancellation)
     )
     return RandomCurves(
         deletion=np.concatenate([[photo], deletion, [ends[0]]]),
@@ -265,22 +274,40 @@ def _random_curves(
     )
 
 
-def _logits(
-    forward: Forward, plans: list[_Plan | _Ends], cancellation: Cancellation | None
-) -> list[np.ndarray]:
-    """Every plan's images through ``forward`` in shared batches of ``BATCH``: the ``(n, C)``
-    logits of each plan."""
+Outputs = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]
+"""A batch -> its ``(N, C)`` logits and ``(N, D)`` embeddings (None where not needed)."""
+
+
+def _outputs(forward: Forward, rows: Rows | None) -> Outputs:
+    if rows is not None:
+        return rows
+    return lambda batch: (np.asarray(forward(batch)), None)
+
+
+def _run(
+    outputs: Outputs, plans: list[_Plan | _Ends], cancellation: Cancellation | None
+) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """Every plan's images through ``outputs`` in shared batches of ``BATCH``: the ``(n, C)``
+    logits (and embeddings) of each plan."""
     index = [(p, i) for p, plan in enumerate(plans) for i in range(len(plan))]
     logits: list[np.ndarray] = []
+    embeddings: list[np.ndarray] = []
     for start in range(0, len(index), BATCH):
         if cancellation is not None:
             cancellation.check()
         chunk = index[start : start + BATCH]
         batch = np.stack([plans[p].image(i) for p, i in chunk]).astype(np.float32)
-        logits.append(np.asarray(forward(batch), dtype=np.float64))
+        z, emb = outputs(batch)
+        logits.append(np.asarray(z, dtype=np.float64))
+        if emb is not None:
+            embeddings.append(np.asarray(emb, dtype=np.float32))
     flat = np.concatenate(logits)
+    flat_emb = np.concatenate(embeddings) if embeddings else None
     bounds = np.cumsum([0, *(len(plan) for plan in plans)])
-    return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [
+        (flat[a:b], None if flat_emb is None else flat_emb[a:b])
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
 
 
 def _ratio(value: float, reference: float) -> float | None:

@@ -21,15 +21,14 @@ from pydantic import Field
 
 from service.explain.base import Explainer, sampled_passes
 from service.explain.heatmap import split_half_agreement
+from service.explain.objective import Objective, Score
 from service.explain.perturb import (
     BASELINE_HELP,
     SCORE_HELP,
     Baseline,
     PerturbationParams,
-    Score,
     baseline_image,
     batch_bounds,
-    score_of,
 )
 
 
@@ -67,7 +66,7 @@ class Rise(Explainer):
         return sampled_passes(params.num_masks, params.batch_size)
 
     def _attribute(
-        self, x: np.ndarray, target: int, params: RiseParams, logits: np.ndarray
+        self, x: np.ndarray, objective: Objective, params: RiseParams, logits: np.ndarray
     ) -> np.ndarray:
         _, height, width = x.shape
         rng = np.random.default_rng(params.seed)
@@ -77,6 +76,7 @@ class Rise(Explainer):
         baseline = baseline_image(x, params.baseline)
 
         scores = np.empty(params.num_masks, dtype=np.float64)
+        scorer = self.scorer(objective, params.score)
         # sums over each half of the masks: their two maps' agreement is a signal of the map's
         # noise (``Heatmap.signals``), and their sum is the map's own
         half = params.num_masks // 2
@@ -86,8 +86,7 @@ class Rise(Explainer):
             self.model.cancellation.check()
             masks = _upsampled(cells[start:stop], shifts[start:stop], (cell_h, cell_w), x.shape)
             batch = baseline + (x - baseline) * masks[:, None]
-            batch_logits = self.model.forward(batch.astype(np.float32))
-            scores[start:stop] = score_of(batch_logits, target, params.score)
+            scores[start:stop] = scorer(batch.astype(np.float32))
             for side, (a, b) in enumerate(((start, min(stop, half)), (max(start, half), stop))):
                 if a < b:
                     weighted[side] += np.tensordot(scores[a:b], masks[a - start : b - start], 1)

@@ -12,7 +12,8 @@ from pydantic import Field
 from service.common.twin import input_gradients
 from service.explain.base import Explainer, MethodParams, sampled_passes
 from service.explain.heatmap import split_half_agreement
-from service.explain.twin import as_batch, channel_max_abs
+from service.explain.objective import Objective
+from service.explain.twin import as_batch, channel_max_abs, score_head
 
 
 class SmoothGradParams(MethodParams):
@@ -51,19 +52,21 @@ class SmoothGrad(Explainer):
         return sampled_passes(params.samples, params.batch_size)
 
     def _attribute(
-        self, x: np.ndarray, target: int, params: SmoothGradParams, logits: np.ndarray
+        self, x: np.ndarray, objective: Objective, params: SmoothGradParams, logits: np.ndarray
     ) -> np.ndarray:
         stdev = params.noise * float(x.max() - x.min())
         # captum draws the noise from torch's global generator: seed it, and restore it after.
         with (
             torch.random.fork_rng(devices=[]),
-            input_gradients(self.model.twin, self.model.cancellation) as logits_fn,
+            input_gradients(
+                self.model.twin, self.model.cancellation, score_head(objective)
+            ) as logits_fn,
         ):
             torch.manual_seed(params.seed)
             saliency = _Halves(logits_fn, self, params.samples)
             gradients = NoiseTunnel(saliency).attribute(
                 as_batch(x),
-                target=target,
+                target=0,
                 nt_type="smoothgrad",
                 nt_samples=params.samples,
                 nt_samples_batch_size=params.batch_size,

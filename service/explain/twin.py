@@ -14,8 +14,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.common.twin import input_gradients
-from service.explain.base import Explainer, Prediction, resolve_target
+from service.common.twin import Head, input_gradients
+from service.errors import OpenSetUnavailable
+from service.explain.base import Explainer, Prediction
+from service.explain.objective import EMBEDDING, Objective, Question, resolve
 
 
 def as_batch(x: np.ndarray) -> torch.Tensor:
@@ -39,19 +41,31 @@ class TwinPass(Explainer):
     needs_twin = True
 
     def _explain(
-        self, x: np.ndarray, target: int | None, params: Any, prediction: Prediction
-    ) -> tuple[np.ndarray, int, np.ndarray]:
+        self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
+    ) -> tuple[np.ndarray, Objective, np.ndarray]:
         with input_gradients(self.model.twin):
             self.model.cancellation.batch()
             inputs = as_batch(x)
-            twin_logits, activations = self.model.twin(inputs)
+            outputs = self.model.twin(inputs)
             logits = prediction.logits()
-            target = resolve_target(target, len(logits), int(np.argmax(logits)))
-            raw = self._from_pass(inputs, twin_logits[0, target], activations, params)
-        return raw, target, logits
+            objective = resolve(question, logits, self.model.open_set)
+            raw = self._from_outputs(inputs, outputs, objective, params)
+        return raw, objective, logits
 
-    def _attribute(self, x: np.ndarray, target: int, params: Any, logits: np.ndarray) -> np.ndarray:
-        return self._explain(x, target, params, Prediction.known(logits))[0]
+    def _attribute(
+        self, x: np.ndarray, objective: Objective, params: Any, logits: np.ndarray
+    ) -> np.ndarray:
+        with input_gradients(self.model.twin):
+            self.model.cancellation.batch()
+            inputs = as_batch(x)
+            return self._from_outputs(inputs, self.model.twin(inputs), objective, params)
+
+    def _from_outputs(
+        self, inputs: torch.Tensor, outputs: Any, objective: Objective, params: Any
+    ) -> np.ndarray:
+        twin_logits, activations = outputs
+        score = objective.differentiable(twin_logits, twin_embedding(objective, activations))
+        return self._from_pass(inputs, score[0], activations, params)
 
     @abstractmethod
     def _from_pass(
@@ -62,4 +76,29 @@ class TwinPass(Explainer):
         params: Any,
     ) -> np.ndarray:
         """The raw ``(H, W)`` map from one pass: ``inputs`` ``(1, 3, H, W)`` (requires grad),
-        ``score`` the target's logit computed from them, the twin's ``activations``."""
+        ``score`` the objective's score computed from them, the twin's ``activations``."""
+
+
+def twin_embedding(objective: Objective, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
+    """The embedding among the twin's ``outputs`` when ``objective``'s score needs it;
+    ``OpenSetUnavailable`` for a twin without one (an older bundle: ``python -m training
+    twin`` re-exports it)."""
+    if not objective.needs_rows:
+        return None
+    if EMBEDDING not in outputs:
+        raise OpenSetUnavailable(
+            "this bundle's twin has no embedding output, which gradient maps of the open-set "
+            "score need; use a perturbation method (occlusion, lime, rise) or re-export the "
+            "twin (python -m training twin)"
+        )
+    return outputs[EMBEDDING]
+
+
+def score_head(objective: Objective) -> Head:
+    """``objective``'s score as the twin's captum head: ``(N, 1)``, differentiated as captum's
+    target 0 (the class's logit column, the contrast's gap, the open-set score's log-odds)."""
+
+    def head(logits: torch.Tensor, activations: dict[str, torch.Tensor]) -> torch.Tensor:
+        return objective.differentiable(logits, twin_embedding(objective, activations))[:, None]
+
+    return head

@@ -386,16 +386,19 @@ class Engine:
         return np.concatenate(outputs)
 
     def run_on_inference_thread(
-        self, batch: np.ndarray, cancellation: Cancellation | None = None
+        self, batch: np.ndarray, cancellation: Cancellation | None = None, rows: bool = False
     ) -> np.ndarray:
         """``infer`` for code on a worker thread (an explainer's forward function): blocks
         until the chunks have run on the inference thread, with no event loop in between.
-        Never call it from the inference thread itself: it would wait for itself."""
+        ``rows``: the embedding appended to each row (``run_rows``). Never call it from the
+        inference thread itself: it would wait for itself."""
         if len(batch) == 0:
             raise ValueError("run_on_inference_thread() needs at least one input")
         # one chunk at a time, as ``infer``: /predict batches queue between them
         outputs = [
-            self._chunk_soon(batch[start : start + self.max_batch_size], cancellation).result()
+            self._chunk_soon(
+                batch[start : start + self.max_batch_size], cancellation, rows
+            ).result()
             for start in range(0, len(batch), self.max_batch_size)
         ]
         return np.concatenate(outputs)
@@ -411,19 +414,21 @@ class Engine:
         return self._chunk_soon(batch, cancellation)
 
     def _chunk_soon(
-        self, chunk: np.ndarray, cancellation: Cancellation | None
+        self, chunk: np.ndarray, cancellation: Cancellation | None, rows: bool = False
     ) -> Future[np.ndarray]:
         """``cancellation.batch()`` here, on the asking thread (a job may wait there to give
         its turn away); the chunk queued at the work's priority."""
         executor = self._running_executor()
         cancellation = cancellation or Cancellation()
         cancellation.batch()
-        run = partial(self._run_chunk, cancellation)
+        run = partial(self._run_chunk, cancellation, rows=rows)
         return executor.submit_at(priority_of(cancellation), run, chunk)
 
-    def _run_chunk(self, cancellation: Cancellation, chunk: np.ndarray) -> np.ndarray:
+    def _run_chunk(
+        self, cancellation: Cancellation, chunk: np.ndarray, rows: bool = False
+    ) -> np.ndarray:
         cancellation.check()  # gone while the chunk queued: run nothing
-        return self.run(chunk)
+        return self.run_rows(chunk) if rows else self.run(chunk)
 
     async def submit(
         self, item: np.ndarray, cancellation: Cancellation | None = None

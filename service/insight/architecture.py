@@ -26,6 +26,8 @@ from torch import fx
 from torch.fx.operator_schemas import normalize_function
 from torch.utils import _pytree as pytree
 
+from service.bundle.format import EMBEDDING_OUTPUT
+
 aten = torch.ops.aten
 
 CONVOLUTIONS = {aten.conv2d.default, aten.conv2d.padding, aten.convolution.default}
@@ -146,7 +148,8 @@ _Field = tuple[AxisField, AxisField] | _Global | None  # None: does not depend o
 
 
 def layer_nodes(twin: fx.GraphModule) -> dict[str, fx.Node]:
-    """``{layer name: graph node}`` of the activations the twin returns, in its order."""
+    """``{layer name: graph node}`` of the activations the twin returns, in its order (its
+    ``embedding`` output, a vector, is not a layer)."""
     spec = getattr(twin, "_out_spec", None)
     output = next(node for node in twin.graph.nodes if node.op == "output")
     flat = output.args[0]
@@ -157,7 +160,7 @@ def layer_nodes(twin: fx.GraphModule) -> dict[str, fx.Node]:
         isinstance(structure, tuple) and len(structure) == 2 and isinstance(structure[1], dict)
     ):
         raise ArchitectureError("the twin must return (logits, {layer: activation})")
-    return dict(structure[1])
+    return {name: node for name, node in structure[1].items() if name != EMBEDDING_OUTPUT}
 
 
 def receptive_fields(twin: fx.GraphModule) -> dict[str, ReceptiveField]:

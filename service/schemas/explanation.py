@@ -23,6 +23,40 @@ class ExplainTimings(BaseModel):
     total_ms: float
 
 
+class ObjectiveInfo(BaseModel):
+    """What the map explains (docs/explanations.md#why-this-class-and-not-that-one): the
+    target's score, the target against a contrast class, or the open-set score. Positive map
+    values are evidence for it: for the target, for the target over the contrast, for "one of
+    the classes" over "none of them"."""
+
+    kind: Literal["class", "contrast", "open_set"] = Field(
+        description="class: why the target (its score); contrast: why the target and not the "
+        "contrast class (logit(target) - logit(contrast)); open_set: why one of the classes, "
+        "or why none (the open-set score /predict's open_set verdict reads)"
+    )
+    score: str = Field(description="the score explained, in words, with class ids")
+    contrast: ClassProbability | None = Field(
+        None, description="the class the target is contrasted with (kind=contrast only)"
+    )
+    value: float = Field(
+        description="the score on this face as a probability: the target's probability "
+        "(class), the target's probability between the two classes, p_target / (p_target + "
+        "p_contrast) (contrast), the open-set score (open_set); quality grades this one"
+    )
+    log_odds: float = Field(
+        description="the score as a logit: the target's logit (class), logit(target) - "
+        "logit(contrast) (contrast), the open-set score's log-odds (open_set); what gradient "
+        "methods differentiate"
+    )
+    known: bool | None = Field(
+        None,
+        description="open_set only: /predict's verdict, whether the face is one of the classes",
+    )
+    threshold: float | None = Field(
+        None, description="open_set only: the threshold of that verdict (known when value >= it)"
+    )
+
+
 class QualityInfo(BaseModel):
     """How much to believe this map on this face (docs/explanations.md#how-much-to-believe-a-map):
     its deletion and insertion areas against a random map's, the method's own signals, and a
@@ -87,7 +121,11 @@ class ExplanationResponse(BaseModel):
     """A heatmap for one class, with the prediction it explains and the parameters used."""
 
     method: str
-    target: ClassProbability = Field(description="the class explained")
+    target: ClassProbability = Field(
+        description="the class explained (for target=open_set: the predicted class, the one the "
+        "verdict is about)"
+    )
+    explains: ObjectiveInfo
     label: str = Field(description="predicted class id")
     name: str = Field(description="display name of the predicted class")
     probability: float = Field(description="probability of the predicted class")
@@ -192,6 +230,7 @@ class EvaluationResponse(BaseModel):
     """The quality report of a map made elsewhere, graded against the served model."""
 
     target: ClassProbability = Field(description="the class the map is graded for")
+    explains: ObjectiveInfo = Field(description="the score the map is graded on")
     label: str = Field(description="predicted class id")
     probability: float = Field(description="probability of the predicted class")
     quality: QualityInfo

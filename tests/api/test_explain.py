@@ -249,7 +249,7 @@ def test_get_explain_lists_every_method_of_the_registry(client):
 
     assert response.status_code == 200
     body = response.json()
-    assert body["common_parameters"] == ["target", "format", "quality", "detect", "face"]
+    assert body["common_parameters"] == ["target", "contrast", "format", "quality", "detect", "face"]
     assert [method["name"] for method in body["methods"]] == list(EXPLAINERS)
     for method in body["methods"]:
         explainer = EXPLAINERS[method["name"]]

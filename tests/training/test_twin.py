@@ -20,13 +20,15 @@ from training.__main__ import main
 
 @pytest.fixture()
 def bundle_copy(default_bundle: Path, tmp_path: Path) -> Path:
-    """meta.json, split.json and the twin copied (writable), the other files linked."""
+    """meta.json, split.json, the twin and the top patches copied (writable), the other files
+    linked."""
     copy = tmp_path / "celebs8"
     copy.mkdir()
-    for name in ("model.onnx", "model.int8.onnx", "open_set", "insight", "report"):
+    for name in ("model.onnx", "model.int8.onnx", "open_set", "report"):
         (copy / name).symlink_to(default_bundle / name)
     for name in ("meta.json", "split.json", "model.pt2"):
         shutil.copy(default_bundle / name, copy / name)
+    shutil.copytree(default_bundle / "insight", copy / "insight")
     return copy
 
 
@@ -44,18 +46,27 @@ def test_the_committed_twin_returns_the_onnx_graphs_embedding(default_bundle: Pa
 
 
 @pytest.mark.training
-def test_the_command_rewrites_the_twin_and_its_hash_only(bundle_copy: Path) -> None:
+def test_the_command_rewrites_the_twin_and_the_top_patches_link_only(bundle_copy: Path) -> None:
     before = json.loads((bundle_copy / "meta.json").read_text())
+    patches = bundle_copy / "insight/top_patches.json"
+    index = json.loads(patches.read_text())
+    index["model_sha256"] = before["files"]["model.pt2"]["sha256"]  # made by the old twin
+    patches.write_text(json.dumps(index, separators=(",", ":")) + "\n")
 
     assert main(["twin", "--bundle", str(bundle_copy)]) == 0
 
     after = json.loads((bundle_copy / "meta.json").read_text())
-    assert after["files"]["model.pt2"]["sha256"] == sha256_of(bundle_copy / "model.pt2")
-    changed = {k for k in before if before[k] != after[k]}
-    assert changed <= {"files"}
-    assert {k: v for k, v in after["files"].items() if k != "model.pt2"} == {
-        k: v for k, v in before["files"].items() if k != "model.pt2"
+    new_sha = sha256_of(bundle_copy / "model.pt2")
+    assert after["files"]["model.pt2"]["sha256"] == new_sha
+    assert {k for k in before if before[k] != after[k]} <= {"files"}
+    relinked = json.loads(patches.read_text())
+    assert relinked["model_sha256"] == new_sha
+    assert {k: v for k, v in relinked.items() if k != "model_sha256"} == {
+        k: v for k, v in index.items() if k != "model_sha256"
     }
+    assert after["files"]["insight/top_patches.json"]["sha256"] == sha256_of(patches)
+    unchanged = set(after["files"]) - {"model.pt2", "insight/top_patches.json"}
+    assert {k: after["files"][k] for k in unchanged} == {k: before["files"][k] for k in unchanged}
     verify_files(bundle_copy, read_meta(bundle_copy))  # what the service checks at load
 
 
