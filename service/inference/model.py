@@ -36,6 +36,7 @@ from service.bundle.format import BundleError, BundleMeta, read_meta
 from service.bundle.open_set import OpenSetRule, open_set_rule
 from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
+from service.explain.objective import OpenSetScore
 from service.faces.choice import FaceChoice
 from service.faces.finder import FaceFinder
 from service.inference.engine import BatchObserver, BatchStats, Engine, create_session
@@ -121,6 +122,8 @@ class ServingModel:
         self.report = report
         self.faces = faces
         self.open_set = open_set
+        self.open_set_score = None if open_set is None else explainable(open_set)
+        """the open-set score as maps explain it (``target=open_set``)"""
         self.training_faces = training_faces
         """the gallery's rows as training files (answers' evidence, ``GET /evidence``)"""
 
@@ -158,6 +161,16 @@ class ServingModel:
 
     async def close(self) -> None:
         await self.engine.close()
+
+
+def explainable(rule: OpenSetRule) -> OpenSetScore:
+    """``rule``'s score as a differentiable function (``service.explain.objective``)."""
+    fusion = rule.fusion
+    if fusion is None:
+        return OpenSetScore((rule.score,), rule.gallery)
+    return OpenSetScore(
+        fusion.components, rule.gallery, fusion.mean, fusion.scale, fusion.weights, fusion.bias
+    )
 
 
 def load_model(settings: Settings, observer: BatchObserver | None = None) -> ServingModel:
