@@ -1,15 +1,20 @@
 // The page: upload a photo (picker, drag and drop, paste), show the prediction with its face
-// box and class probabilities, and run the explanation panels on it.
+// box and class probabilities, and run the explanation panels on it: for the predicted class, a
+// class bar's, and against the "Why not …?" class; and the stranger check (stranger.js).
 
 import { apiKey, describeError, getJson, postImage } from "./api.js";
 import { loadMethods } from "./methods.js";
 import { ExplanationPanel } from "./panel.js";
+import { StrangerCheck } from "./stranger.js";
+import { ContrastChoice } from "./whynot.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
 const READY_RETRY_MS = 3000;
 
 const state = { file: null, photo: null, predicting: null };
+const stranger = new StrangerCheck($("stranger"), $("stranger-toggle"));
+const whyNot = new ContrastChoice($("contrast"), explainAgainst);
 const panelsReady = buildPanels();
 
 setUpKey();
@@ -22,6 +27,7 @@ async function buildPanels() {
   const { methods, rule } = await loadMethods().catch(() => ({ methods: [], rule: "" }));
   $("quality-rule").querySelector("[data-part=rule]").textContent = rule;
   $("quality-rule").hidden = !rule;
+  stranger.setMethods(methods);
   const panels = methods.map((method) => new ExplanationPanel(method));
   $("panels").append(...panels.map((panel) => panel.element));
   return panels;
@@ -114,12 +120,14 @@ async function analyse(file) {
   const classes = prediction.probabilities
     .map(({ id, name }) => ({ id, name }))
     .sort((a, b) => a.name.localeCompare(b.name));
+  whyNot.show(classes, prediction.label);
   const panels = await panelsReady;
   $("explanations").hidden = false;
   for (const panel of panels) {
     panel.show(state.photo, classes, prediction.label);
     panel.run();
   }
+  stranger.show(prediction, state.photo, classes);
 }
 
 function showError(error) {
@@ -228,8 +236,18 @@ async function explainClass(classId) {
   for (const button of $("bars").querySelectorAll("button")) {
     button.setAttribute("aria-pressed", String(button.dataset.classId === classId));
   }
+  whyNot.setTarget(classId);
   for (const panel of await panelsReady) {
     panel.setTarget(classId);
+    panel.setContrast(whyNot.value);
+    panel.run();
+  }
+}
+
+/** Every panel again, as "why the target and not ``classId``" ("": plain maps). */
+async function explainAgainst(classId) {
+  for (const panel of await panelsReady) {
+    panel.setContrast(classId);
     panel.run();
   }
 }

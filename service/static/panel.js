@@ -4,12 +4,18 @@
 // drawn again at every event, and a Cancel button; the others answer at once. Every map is
 // graded unless its "Grade the map" box is cleared (``quality=true``): a traffic light under
 // the map (quality.js), and the method's sanity result beside its name.
+//
+// A panel answers one question about the face, which its caption states: why the target class
+// (plain), why the target and not a contrast class (``contrast=``: the map of logit(target) -
+// logit(contrast)), or, for an open-set panel, why one of the classes or none (``target=open_set``,
+// the score behind /predict's stranger verdict).
 
 import { ApiError, cancelJob, describeError, jobEvents, postImage, send } from "./api.js";
 import { gridPng } from "./livemap.js";
 import { QualityLight, SanityBadge } from "./quality.js";
 
 const NEGLIGIBLE_HEADER = "X-Heatmap-Negligible";
+const OPEN_SET = "open_set";
 // Asked of every panel by default: the page is where people look at the maps, so it pays for
 // the extra pass (GET /explain: methods[].quality.passes) even where the API does not.
 const GRADE_FIELD = {
@@ -22,9 +28,12 @@ const GRADE_FIELD = {
 let nextId = 0;
 
 export class ExplanationPanel {
-  /** ``method``: an entry of ``loadMethods()`` (GET /explain). */
-  constructor(method) {
+  /** ``method``: an entry of ``loadMethods()`` (GET /explain). ``openSet``: the panel explains
+   * the open-set score (``target=open_set``, no contrast) instead of a class; it is not one of
+   * the method panels (no ``panel`` class), so it never counts among them. */
+  constructor(method, { openSet = false } = {}) {
     this.method = method;
+    this.openSet = openSet;
     this.photo = null;
     this.heatUrl = null;
     this.abort = null;
@@ -38,16 +47,41 @@ export class ExplanationPanel {
     this.base.src = photo.url;
     this.#setHeat(null);
     this.negligible.hidden = true;
+    this.explains.hidden = true;
     this.quality.show(null, "pending");
     this.classNames = new Map(classes.map((c) => [c.id, c.name]));
     this.predicted = predicted;
+    if (this.openSet) {
+      this.target.replaceChildren(new Option(`the open-set score: one of the ${classes.length}, or none`, OPEN_SET));
+      return;
+    }
     this.target.replaceChildren(new Option(`predicted: ${this.classNames.get(predicted)}`, ""));
     for (const { id, name } of classes) this.target.append(new Option(name, id));
     this.target.value = "";
+    this.contrast.replaceChildren(new Option("none (plain map)", ""));
+    for (const { id, name } of classes) this.contrast.append(new Option(name, id));
+    this.contrast.value = "";
+    this.#offerContrasts();
   }
 
   setTarget(classId) {
     this.target.value = classId;
+    this.#offerContrasts();
+  }
+
+  /** Explain the target against ``classId`` ("" or null: a plain map). */
+  setContrast(classId) {
+    this.contrast.value = classId ?? "";
+    this.#offerContrasts();
+  }
+
+  // The target itself is no contrast (the API refuses it): its option is disabled, and a
+  // contrast that has become the target goes back to none.
+  #offerContrasts() {
+    if (this.openSet) return;
+    const target = this.target.value || this.predicted;
+    for (const option of this.contrast.options) option.disabled = option.value === target;
+    if (this.contrast.value === target) this.contrast.value = "";
   }
 
   /** Fetch the heatmap for the current photo and controls; replaces any run in progress. */
@@ -71,10 +105,13 @@ export class ExplanationPanel {
       // A negligible map is drawn fully transparent: say so rather than show an empty photo.
       const negligible = response.headers.get(NEGLIGIBLE_HEADER) === "true";
       const seconds = (performance.now() - started) / 1000;
-      const className = this.classNames.get(params.target) ?? this.classNames.get(this.predicted);
-      this.heat.alt = `${title} heatmap for ${className}, laid over the photo`;
+      const question = this.#question(params);
+      this.heat.alt = `${title} heatmap: ${question.caption}, laid over the photo`;
       await this.#setHeat(png);
-      this.#setLegend(className, negligible);
+      this.#setLegend(question, negligible);
+      this.explains.textContent = question.caption;
+      this.explains.hidden = false;
+      this.element.dataset.explains = question.kind;
       this.timing.textContent = `${seconds.toFixed(1)} s`;
       const graded = params.quality ? await answer() : null;
       if (abort.signal.aborted) return;
@@ -179,14 +216,42 @@ export class ExplanationPanel {
     await this.heat.decode().catch(() => {});
   }
 
-  #setLegend(className, negligible) {
+  /** What a run with ``params`` asks, in words: ``{kind, caption, subject, low, high}`` (the
+   * legend's ends for a signed map: what negative and positive values are evidence for). */
+  #question(params) {
+    const name = (id) => this.classNames.get(id);
+    if (params.target === OPEN_SET) {
+      const count = this.classNames.size;
+      return {
+        kind: "open_set",
+        caption: `Why one of the ${count}, or none: the open-set score`,
+        subject: "the open-set score",
+        low: "a stranger",
+        high: `one of the ${count}`,
+      };
+    }
+    const target = name(params.target) ?? name(this.predicted);
+    if (params.contrast) {
+      const contrast = name(params.contrast);
+      return {
+        kind: "contrast",
+        caption: `Why ${target} and not ${contrast}`,
+        subject: `${target} over ${contrast}`,
+        low: contrast,
+        high: target,
+      };
+    }
+    return { kind: "class", caption: `Why ${target}`, subject: target, low: "against", high: "for" };
+  }
+
+  #setLegend(question, negligible) {
     const { signed } = this.method;
     this.legend.className = `legend ${signed ? "signed" : "unsigned"}`;
-    this.legendLow.textContent = signed ? "against" : "none";
-    this.legendTarget.textContent = className;
-    this.legendHigh.textContent = signed ? "for" : "strong";
+    this.legendLow.textContent = signed ? question.low : "none";
+    this.legendTarget.textContent = question.subject;
+    this.legendHigh.textContent = signed ? question.high : "strong";
     this.legend.hidden = negligible;
-    this.negligible.textContent = `No evidence for ${className}: the map is negligible (every value is below the model's numerical noise), so nothing is drawn.`;
+    this.negligible.textContent = `No evidence for ${question.subject}: the map is negligible (every value is below the model's numerical noise), so nothing is drawn.`;
     this.negligible.hidden = !negligible;
   }
 
@@ -195,6 +260,7 @@ export class ExplanationPanel {
     const root = document.getElementById("panel-template").content.firstElementChild.cloneNode(true);
     const part = (name) => root.querySelector(`[data-part="${name}"]`);
     root.dataset.method = this.method.name;
+    if (this.openSet) root.classList.replace("panel", "open-set-panel");
     root.setAttribute("aria-labelledby", `${id}-title`);
     Object.assign(part("title"), { id: `${id}-title`, textContent: this.method.title });
     this.sanity = new SanityBadge();
@@ -204,6 +270,7 @@ export class ExplanationPanel {
     this.base = part("base");
     this.heat = part("heat");
     this.spinner = part("spinner");
+    this.explains = part("explains");
     this.timing = part("timing");
     this.error = part("error");
     this.legend = part("legend");
@@ -237,6 +304,13 @@ export class ExplanationPanel {
 
     this.target = this.#field(part("fields"), `${id}-target`, "Explain class", document.createElement("select"));
     this.target.name = "target";
+    if (!this.openSet) {
+      this.contrast = this.#field(part("fields"), `${id}-contrast`, "and not", document.createElement("select"));
+      this.contrast.name = "contrast";
+      this.contrast.title = "contrast=: why the target and not this class (the map of logit(target) - logit(contrast))";
+      this.contrast.parentElement.classList.add("wide");
+      this.target.addEventListener("change", () => this.#offerContrasts());
+    }
     for (const [name, field] of this.method.fields) this.#control(part("fields"), id, name, field);
     this.#control(part("fields"), id, "quality", GRADE_FIELD);
 
