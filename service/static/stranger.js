@@ -127,8 +127,8 @@ export class StrangerCheck {
     } else {
       item.append(element("span", "file", file));
     }
-    const caption = `cosine ${cosine.toFixed(3)}${isNearest ? " · nearest of all" : ""}`;
-    item.append(element("span", "cosine", caption));
+    item.append(element("span", "cosine", `cosine ${cosine.toFixed(3)}`));
+    if (isNearest) item.append(element("span", "tag", "nearest of all"));
     return item;
   }
 
@@ -154,7 +154,7 @@ function scoreSentence({ score, threshold, known, definition, parts = {} }, coun
   const made =
     definition === "fused" && named.length > 1
       ? `fuses ${named.slice(0, -1).join(", ")} and ${named.at(-1)} into one number`
-      : `is ${named[0] ?? definition.replaceAll("_", " ")}`;
+      : `is ${named[0] ?? String(definition ?? "a score").replaceAll("_", " ")}`;
   const verdict = known
     ? `at or above the threshold ${figure(threshold)}, so the face counts as one of the ${count}`
     : `below the threshold ${figure(threshold)}, so the face counts as none of the ${count}`;
