@@ -172,6 +172,16 @@ export class ExplanationPanel {
     throw new ApiError(last.error?.code ?? "job_failed", last.error?.message ?? "the job failed");
   }
 
+  /** Stop the run in progress, if any (its job cancelled on the service): a panel that is put
+   * away should not keep the service busy. */
+  stop() {
+    if (this.element.dataset.state !== "busy") return;
+    this.abort?.abort();
+    this.#dropJob();
+    this.#setBusy(false);
+    this.element.dataset.state = "idle";
+  }
+
   /** Cancel the job of a run that is being replaced or stopped. */
   #dropJob() {
     if (this.job) cancelJob(this.job);

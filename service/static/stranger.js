@@ -53,6 +53,7 @@ export class StrangerCheck {
    * an open-set verdict has no check. */
   show(prediction, photo, classes) {
     this.#release();
+    this.panel?.stop();  // the last face's map, if it is still coming
     const openSet = prediction.open_set;
     this.face = openSet ? { openSet, photo, classes, predicted: prediction.label, filled: false } : null;
     this.toggle.hidden = !openSet;

@@ -245,3 +245,34 @@ def test_a_known_face_shows_the_stranger_check_only_when_asked(
     toggle.click()
     assert page.locator("#stranger").is_hidden()
     assert toggle.get_attribute("aria-expanded") == "false"
+
+
+def test_a_class_bar_that_is_the_contrast_explains_that_class_plainly(
+    open_page, live_service, recognised_face, methods
+):
+    """A class is no contrast to itself (the API refuses it): choosing the contrast's own bar
+    explains that class with plain maps, and "Why not …?" then offers every other class."""
+    page = open_page().page
+    enter_api_key(page, live_service.api_key)
+    show_explanations(page, recognised_face.path, methods)
+    predicted = recognised_face.prediction["probabilities"][0]
+    runner_up = recognised_face.prediction["probabilities"][1]
+    page.select_option("#contrast", runner_up["id"])
+    page.wait_for_function(EXPLAINING, arg="contrast")
+    page.wait_for_function(SETTLED)
+
+    page.locator(f"#bars button[data-class-id={runner_up['id']}]").click()
+    page.wait_for_function(EXPLAINING, arg="class")
+    page.wait_for_function(SETTLED)
+
+    assert page.locator("#contrast").input_value() == ""
+    offered = page.locator("#contrast option").evaluate_all("os => os.map(o => o.value)")
+    assert runner_up["id"] not in offered and predicted["id"] in offered
+    captions = page.eval_on_selector_all(".panel", CAPTIONS)
+    assert {method: caption[1] for method, caption in captions.items()} == {
+        method: f"Why {runner_up['name']}" for method in methods
+    }
+    assert page.locator(".panel select[name=contrast]").evaluate_all(
+        "ss => ss.map(s => [s.value, s.querySelector('option:disabled').value])"
+    ) == [["", runner_up["id"]]] * len(methods)
+    assert page.locator(".panel[data-state=done]").count() == len(methods)
