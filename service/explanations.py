@@ -39,7 +39,7 @@ from service.common.lru import LruCache
 from service.common.softmax import softmax
 from service.errors import BadMap
 from service.explain import Heatmap, ModelHandle, array_digest, cache_key
-from service.explain.base import MethodCall
+from service.explain.base import SIGNED_RANGE, UNSIGNED_RANGE, MethodCall
 from service.explain.objective import Objective, Question, resolve
 from service.explain.quality import QualityReport, RandomCurves, grade_heatmap
 from service.explain.quality import grade as grade_map
@@ -445,8 +445,11 @@ class PartialMaps:
         call: MethodCall,
         interval: float,
         publish: Callable[[dict[str, Any]], None],
+        question: Question | None = None,
     ) -> None:
         self.size, self.inputs, self.explainer = UploadFacts.of(image).size, inputs, call.explainer
+        self.signed = self.explainer.signed_for(question or Question())
+        self.units = self.explainer.units_for(question or Question())
         self.interval, self.publish = interval, publish
         self.last = -math.inf
 
@@ -459,9 +462,9 @@ class PartialMaps:
             values,
             self.inputs.face.aligned,
             self.size,
-            signed=self.explainer.signed,
-            value_range=self.explainer.value_range,
-            units=self.explainer.units,
+            signed=self.signed,
+            value_range=SIGNED_RANGE if self.signed else UNSIGNED_RANGE,
+            units=self.units,
             scale=scale,
             negligible=negligible,
         )

@@ -150,7 +150,7 @@ async def explain_job(
     renderer = None if format == "json" else await _png_renderer(state, file, format, upload)
 
     def work(cancellation: Cancellation, publish: Publish) -> explanations.Explanation:
-        shown = explanations.PartialMaps(upload, inputs, call, interval, publish)
+        shown = explanations.PartialMaps(upload, inputs, call, interval, publish, question)
         return explanations.explain(
             model, inputs, call, question, cache, cancellation, shown.report, graded
         )

@@ -159,11 +159,25 @@ class Explainer(ABC):
         if hasattr(cls, "signed"):
             cls.value_range = SIGNED_RANGE if cls.signed else UNSIGNED_RANGE
 
+    @classmethod
+    def signed_for(cls, question: Question) -> bool:
+        """Whether its map of ``question`` is signed: ``signed``, unless the method makes a
+        signed map of a contrast only (gradient, SmoothGrad: a magnitude cannot say whether a
+        pixel speaks for the target or for the contrast)."""
+        return cls.signed
+
+    @classmethod
+    def units_for(cls, question: Question) -> str:
+        """``units`` of its map of ``question`` (where ``signed_for`` changes them)."""
+        return cls.units
+
     def __init__(self, model: ModelHandle) -> None:
         if self.needs_twin and model.twin is None:
             raise ValueError(f"{self.name} needs the model's differentiable twin")
         self.model = model
         self.signals: dict[str, float] = {}
+        self.map_range = self.value_range
+        """the value range of the map being made (``signed_for`` its question)"""
         """The method's own trust measures, set by ``_attribute`` (``Heatmap.signals``)."""
 
     @property
@@ -174,7 +188,7 @@ class Explainer(ABC):
     def report_partial(self, raw: np.ndarray) -> None:
         """Hand the raw map as it stands to ``ModelHandle.report``, scaled as the final one."""
         if self.model.report is not None:
-            self.model.report(*scaled(np.asarray(raw, dtype=np.float64), self.value_range))
+            self.model.report(*scaled(np.asarray(raw, dtype=np.float64), self.map_range))
 
     @classmethod
     def planned_passes(cls, params: Any, side: tuple[int, int]) -> int:
@@ -222,6 +236,8 @@ class Explainer(ABC):
         x = _check_input(inputs)
         self.model.cancellation.check()
         question = Question.of(target)
+        signed = self.signed_for(question)
+        self.map_range = SIGNED_RANGE if signed else UNSIGNED_RANGE
         prediction = Prediction.start(self.model, x)
         raw, objective, logits = self._explain(x, question, checked, prediction)
         raw = np.asarray(raw, dtype=np.float64)
@@ -229,14 +245,14 @@ class Explainer(ABC):
             raise RuntimeError(f"{self.name} returned shape {raw.shape}, expected {x.shape[1:]}")
         if not np.all(np.isfinite(raw)):
             raise RuntimeError(f"{self.name} produced non-finite values")
-        values, scale, negligible = scaled(raw, self.value_range)
+        values, scale, negligible = scaled(raw, self.map_range)
         return Heatmap(
             values=values,
             method=self.name,
             target=objective.target,
-            signed=self.signed,
-            value_range=self.value_range,
-            units=self.units,
+            signed=signed,
+            value_range=self.map_range,
+            units=self.units_for(question),
             scale=scale,
             logits=logits,
             params=checked.model_dump(),

@@ -10,6 +10,7 @@ order: a *higher* area is better. Areas are the trapezoid rule over the removed 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import Literal
 
@@ -41,6 +42,20 @@ def probability_curve(
 ) -> np.ndarray:
     """Target probability while pixels switch from ``start`` to ``end`` (both ``(3, H, W)``)
     in ``order``, ``steps`` equal portions: ``(steps + 1,)``, the first for ``start``."""
+    scorer = Objective("class", target).scorer(forward, None, "probability")
+    return score_curve(scorer, start, end, order, steps, batch_size)
+
+
+def score_curve(
+    scorer: Callable[[np.ndarray], np.ndarray],
+    start: np.ndarray,
+    end: np.ndarray,
+    order: np.ndarray,
+    steps: int,
+    batch_size: int,
+) -> np.ndarray:
+    """``probability_curve`` of any score (``scorer``: a batch of images -> ``(N,)`` scores,
+    e.g. ``Objective.scorer``: a contrast's logit gap, the open-set score's log-odds)."""
     _, height, width = start.shape
     switched_at = np.empty(order.size, dtype=np.int64)
     switched_at[order] = np.arange(order.size)  # rank of every pixel
@@ -51,7 +66,6 @@ def probability_curve(
         switched = ranks[None] < counts[first:stop, None, None]  # (n, H, W)
         return np.where(switched[:, None], end[None], start[None])
 
-    scorer = Objective("class", target).scorer(forward, None, "probability")
     return target_scores(scorer, images, steps + 1, batch_size)
 
 

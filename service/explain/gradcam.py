@@ -13,6 +13,7 @@ from pydantic import Field
 
 from service.errors import UnknownLayer
 from service.explain.base import MethodParams
+from service.explain.objective import Objective
 from service.explain.twin import TwinPass
 
 
@@ -52,6 +53,7 @@ class GradCam(TwinPass):
         score: torch.Tensor,
         activations: dict[str, torch.Tensor],
         params: GradCamParams,
+        objective: Objective,
     ) -> np.ndarray:
         layers = tuple(name for name, value in activations.items() if value.ndim == 4)
         layer = _known_layer(params.layer or self.model.gradcam_layer, layers)

@@ -1,4 +1,5 @@
-"""Gradient saliency (Simonyan et al. 2014): |d score / d pixel|, largest over channels."""
+"""Gradient saliency (Simonyan et al. 2014): |d score / d pixel|, largest over channels; for a
+contrast, signed: gradient times input (``twin.times_input``)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.explain.twin import TwinPass, channel_max_abs
+from service.explain.objective import Objective, Question
+from service.explain.twin import CONTRAST_UNITS, TwinPass, channel_max_abs, times_input
 
 
 class GradientSaliency(TwinPass):
@@ -22,12 +24,23 @@ class GradientSaliency(TwinPass):
     signed = False
     units = "|d target logit / d input value|, largest over channels"
 
+    @classmethod
+    def signed_for(cls, question: Question) -> bool:
+        return question.contrast is not None
+
+    @classmethod
+    def units_for(cls, question: Question) -> str:
+        return CONTRAST_UNITS if question.contrast is not None else cls.units
+
     def _from_pass(
         self,
         inputs: torch.Tensor,
         score: torch.Tensor,
         activations: dict[str, torch.Tensor],
         params: Any,
+        objective: Objective,
     ) -> np.ndarray:
         (gradient,) = torch.autograd.grad(score, inputs)
+        if objective.kind == "contrast":
+            return times_input(gradient, inputs.detach()[0].numpy())
         return channel_max_abs(gradient)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -12,8 +13,14 @@ from pydantic import Field
 from service.common.twin import input_gradients
 from service.explain.base import Explainer, MethodParams, sampled_passes
 from service.explain.heatmap import split_half_agreement
-from service.explain.objective import Objective
-from service.explain.twin import as_batch, channel_max_abs, score_head
+from service.explain.objective import Objective, Question
+from service.explain.twin import (
+    CONTRAST_UNITS,
+    as_batch,
+    channel_max_abs,
+    score_head,
+    times_input,
+)
 
 
 class SmoothGradParams(MethodParams):
@@ -48,6 +55,14 @@ class SmoothGrad(Explainer):
     anytime = True
 
     @classmethod
+    def signed_for(cls, question: Question) -> bool:
+        return question.contrast is not None
+
+    @classmethod
+    def units_for(cls, question: Question) -> str:
+        return "mean " + CONTRAST_UNITS if question.contrast is not None else cls.units
+
+    @classmethod
     def planned_passes(cls, params: SmoothGradParams, side: tuple[int, int]) -> int:
         return sampled_passes(params.samples, params.batch_size)
 
@@ -55,6 +70,11 @@ class SmoothGrad(Explainer):
         self, x: np.ndarray, objective: Objective, params: SmoothGradParams, logits: np.ndarray
     ) -> np.ndarray:
         stdev = params.noise * float(x.max() - x.min())
+        contrast = objective.kind == "contrast"  # signed: the mean gradient times the input
+
+        def reduce(gradients: torch.Tensor) -> np.ndarray:
+            return times_input(gradients, x) if contrast else channel_max_abs(gradients)
+
         # captum draws the noise from torch's global generator: seed it, and restore it after.
         with (
             torch.random.fork_rng(devices=[]),
@@ -63,7 +83,7 @@ class SmoothGrad(Explainer):
             ) as logits_fn,
         ):
             torch.manual_seed(params.seed)
-            saliency = _Halves(logits_fn, self, params.samples)
+            saliency = _Halves(logits_fn, self, params.samples, reduce)
             gradients = NoiseTunnel(saliency).attribute(
                 as_batch(x),
                 target=0,
@@ -71,11 +91,11 @@ class SmoothGrad(Explainer):
                 nt_samples=params.samples,
                 nt_samples_batch_size=params.batch_size,
                 stdevs=stdev,
-                abs=True,
+                abs=not contrast,
             )
         if params.samples > 1:
             self.signals["split_half_agreement"] = split_half_agreement(*saliency.halves())
-        return channel_max_abs(gradients)
+        return reduce(gradients)
 
 
 class _Halves(Saliency):
@@ -84,9 +104,16 @@ class _Halves(Saliency):
     the work is watched, reports the mean so far (``Explainer.report_partial``) after each of
     NoiseTunnel's batches. The gradients, and so the final map, are Saliency's own."""
 
-    def __init__(self, forward: Any, explainer: Explainer, samples: int) -> None:
+    def __init__(
+        self,
+        forward: Any,
+        explainer: Explainer,
+        samples: int,
+        reduce: Callable[[torch.Tensor], np.ndarray],
+    ) -> None:
         super().__init__(forward)
         self.explainer = explainer
+        self.reduce = reduce
         self.half = samples // 2
         self.sums: list[torch.Tensor | None] = [None, None]
         self.counts = [0, 0]
@@ -103,7 +130,7 @@ class _Halves(Saliency):
                 self.counts[side] += len(part)
         if self.explainer.watched:
             total = torch.stack([s for s in self.sums if s is not None]).sum(dim=0)
-            self.explainer.report_partial(channel_max_abs(total / sum(self.counts)))
+            self.explainer.report_partial(self.reduce(total / sum(self.counts)))
         return gradients
 
     # NoiseTunnel calls its method's undecorated ``attribute`` (captum's ``__wrapped__``)
@@ -113,7 +140,4 @@ class _Halves(Saliency):
         """The mean map of each half of the noisy copies."""
         first, second = self.sums
         assert first is not None and second is not None
-        return (
-            channel_max_abs(first / self.counts[0]),
-            channel_max_abs(second / self.counts[1]),
-        )
+        return self.reduce(first / self.counts[0]), self.reduce(second / self.counts[1])

@@ -31,6 +31,19 @@ def channel_max_abs(attributions: torch.Tensor) -> np.ndarray:
     return attributions.detach().abs().amax(dim=1)[0].cpu().numpy()
 
 
+def times_input(gradients: torch.Tensor, x: np.ndarray) -> np.ndarray:
+    """``(1, 3, H, W)`` gradients -> ``(H, W)``: gradient times input, summed over channels
+    (Shrikumar et al. 2016), the first-order change of the score when a pixel goes to model
+    input 0 (the deletion baseline): signed, positive where the pixel raises the score."""
+    return (gradients.detach()[0].cpu().numpy() * x).sum(axis=0)
+
+
+CONTRAST_UNITS = (
+    "gradient of logit(target) - logit(contrast) times the input, summed over channels: "
+    "positive pixels favour the target over the contrast"
+)
+
+
 class TwinPass(Explainer):
     """A method whose map needs one forward pass of the twin and the gradient of the target's
     logit through it. The forward pass does not depend on the target, so it runs while the
@@ -65,7 +78,7 @@ class TwinPass(Explainer):
     ) -> np.ndarray:
         twin_logits, activations = outputs
         score = objective.differentiable(twin_logits, twin_embedding(objective, activations))
-        return self._from_pass(inputs, score[0], activations, params)
+        return self._from_pass(inputs, score[0], activations, params, objective)
 
     @abstractmethod
     def _from_pass(
@@ -74,9 +87,10 @@ class TwinPass(Explainer):
         score: torch.Tensor,
         activations: dict[str, torch.Tensor],
         params: Any,
+        objective: Objective,
     ) -> np.ndarray:
         """The raw ``(H, W)`` map from one pass: ``inputs`` ``(1, 3, H, W)`` (requires grad),
-        ``score`` the objective's score computed from them, the twin's ``activations``."""
+        ``score`` the ``objective``'s score computed from them, the twin's ``activations``."""
 
 
 def twin_embedding(objective: Objective, outputs: dict[str, torch.Tensor]) -> torch.Tensor | None:
