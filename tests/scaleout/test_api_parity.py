@@ -52,6 +52,7 @@ class Case:
 
 FACE = "face"
 JSON = {"format": "json", "detect": "false"}
+COARSE = {"window": "32", "stride": "32"}  # occlusion in a few passes
 CASES = [
     # the page and what it loads, the docs
     Case("GET", "/"),
@@ -80,6 +81,25 @@ CASES = [
     Case("POST", "/explain/evaluate", {"detect": "false"}, upload=FACE, map="map"),
     Case("POST", "/occlusion", {**JSON, "window": "32", "stride": "32"}, upload=FACE),
     Case("POST", "/lime", {**JSON, "num_samples": "64", "seed": "1"}, upload=FACE),
+    # contrastive and open-set maps: a perturbation and a gradient method each
+    Case("POST", "/occlusion", {**JSON, **COARSE, "contrast": "keanu_reeves"}, upload=FACE),
+    Case("POST", "/explain/gradient", {**JSON, "contrast": "keanu_reeves"}, upload=FACE),
+    Case("POST", "/explain/occlusion", {**JSON, **COARSE, "target": "open_set"}, upload=FACE),
+    Case("POST", "/saliency", {**JSON, "method": "gradcam", "target": "open_set"}, upload=FACE),
+    Case(
+        "POST",
+        "/explain/evaluate",
+        {"detect": "false", "contrast": "keanu_reeves"},
+        upload=FACE,
+        map="map",
+    ),
+    Case(
+        "POST",
+        "/explain/evaluate",
+        {"detect": "false", "target": "open_set"},
+        upload=FACE,
+        map="map",
+    ),
     Case("GET", "/insight/filters", {"layer": "stem"}),
     Case("POST", "/insight/activations", {"layer": "layer2", "top": "4", **JSON}, upload=FACE),
     Case("GET", "/insight/receptive-field"),
@@ -103,12 +123,17 @@ CASES = [
     Case("POST", "/predict", upload="noise"),  # 422 no_face
     Case("POST", "/predict", {"face": "-1"}, upload=FACE),  # 422 validation_error
     Case("POST", "/saliency", {"target": "nobody", **JSON}, upload=FACE),  # 422 unknown_class
+    Case("POST", "/occlusion", {"contrast": "nobody", **JSON}, upload=FACE),  # 422 unknown_class
+    # 422 unknown_class: the open-set score takes no contrast; a contrast that is the target
+    Case("POST", "/explain/gradient", {"target": "open_set", "contrast": "tom_hanks"}, upload=FACE),
+    Case("POST", "/lime", {"target": "tom_hanks", "contrast": "tom_hanks"}, upload=FACE),
     Case("GET", "/insight/maximize", {"class": "nobody"}),  # 422 unknown_class
     # jobs: refused before any job is made, or unknown
     Case("POST", "/jobs/no-such-method", upload=FACE),  # 404 unknown_method
     Case("POST", "/jobs/lime", {"num_samples": "5"}, upload=FACE),  # 422 validation_error
     Case("POST", "/jobs/lime", upload="text"),  # 415 in the Explain replica
     Case("POST", "/jobs/maximize", {"class": "nobody"}),  # 422 unknown_class
+    Case("POST", "/jobs/occlusion", {"contrast": "nobody"}, upload=FACE),  # 422 unknown_class
     Case("POST", "/jobs/lime", upload=FACE, key=False),  # 401 before the body is read
     Case("GET", "/jobs/no-such-job"),  # 404 unknown_job, from the job board
     Case("GET", "/jobs/no-such-job/result"),
