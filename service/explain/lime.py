@@ -23,6 +23,7 @@ from service.explain.perturb import (
     Baseline,
     PerturbationParams,
     baseline_image,
+    score_kind,
     target_scores,
 )
 
@@ -47,7 +48,7 @@ class LimeParams(PerturbationParams):
     baseline: Baseline = Field(
         "mean", description="what a switched-off superpixel shows: " + BASELINE_HELP
     )
-    score: Score = Field("probability", description=SCORE_HELP)
+    score: Score | None = Field(None, description=SCORE_HELP)
     batch_size: int = Field(32, ge=1, le=256, description="perturbed images per forward pass")
 
 
@@ -94,7 +95,7 @@ class Lime(Explainer):
             return select_features(weights, params.positive_only, params.top_features)[segments]
 
         scores = target_scores(
-            self.scorer(objective, params.score),
+            self.scorer(objective, score_kind(params.score, objective)),
             perturbed,
             params.num_samples,
             params.batch_size,

@@ -31,6 +31,7 @@ from service.explain.perturb import (
     Baseline,
     PerturbationParams,
     baseline_image,
+    score_kind,
     target_scores,
 )
 from service.explain.window_schedule import coarse_indices, coarse_to_fine, exhaustive
@@ -47,7 +48,7 @@ class OcclusionParams(PerturbationParams):
     window: int = Field(24, ge=4, le=96, description="side of the square patch (model-input px)")
     stride: int = Field(12, ge=4, le=96, description="step between patches (model-input px)")
     baseline: Baseline = Field("zero", description="what the patch shows: " + BASELINE_HELP)
-    score: Score = Field("probability", description=SCORE_HELP)
+    score: Score | None = Field(None, description=SCORE_HELP)
     batch_size: int = Field(32, ge=1, le=256, description="occluded images per forward pass")
     strategy: Strategy = Field("coarse_to_fine", description=STRATEGY_HELP)
     refine: float = Field(
@@ -106,7 +107,7 @@ class Occlusion(Explainer):
         row_starts = window_starts(height, window_h, params.stride)
         col_starts = window_starts(width, window_w, params.stride)
         baseline = baseline_image(x, params.baseline)
-        original = self.photo_score(x, objective, params.score, logits)
+        original = self.photo_score(x, objective, score_kind(params.score, objective), logits)
 
         # what a watcher sees: the drops scored so far (the estimate where one exists, 0 else)
         known = np.zeros((len(row_starts), len(col_starts)), dtype=np.float64)
@@ -133,7 +134,7 @@ class Occlusion(Explainer):
                 show(partial)
 
             scores = target_scores(
-                self.scorer(objective, params.score),
+                self.scorer(objective, score_kind(params.score, objective)),
                 occluded,
                 len(corners),
                 params.batch_size,

@@ -10,7 +10,7 @@ from scipy.ndimage import gaussian_filter
 
 from service.common.cancellation import Cancellation
 from service.explain.base import MethodParams
-from service.explain.objective import Score
+from service.explain.objective import Objective, Score
 
 Baseline = Literal["zero", "mean", "blur"]
 BASELINE_HELP = (
@@ -20,11 +20,21 @@ BASELINE_HELP = (
 )
 BLUR_SIGMA_FRACTION = 0.05
 SCORE_HELP = (
-    "the target's score that perturbations change: its softmax probability (bounded, but flat "
-    "where the model is very sure) or its logit; with a contrast, the target's probability "
-    "between the two classes or the logit gap; for target=open_set, the open-set score or its "
-    "log-odds"
+    "the score that perturbations change: probability or logit. For a class: its softmax "
+    "probability (bounded, but flat where the model is very sure) or its logit; default "
+    "probability. For a contrast: the target's probability between the two classes or the "
+    "logit gap; for target=open_set: the open-set score or its log-odds; default logit for "
+    "both (a contrast is a difference of logits, and the open-set score is flat near 0 for "
+    "every stranger)"
 )
+
+
+def score_kind(asked: Score | None, objective: Objective) -> Score:
+    """The score flavour a perturbation method watches: as ``asked``, else probability for a
+    class and logit for a contrast or the open-set score (``SCORE_HELP``)."""
+    if asked is not None:
+        return asked
+    return "probability" if objective.kind == "class" else "logit"
 
 
 class PerturbationParams(MethodParams):
@@ -38,7 +48,7 @@ class PerturbationParams(MethodParams):
 
     if TYPE_CHECKING:
         baseline: Baseline
-        score: Score
+        score: Score | None
         batch_size: int
 
 

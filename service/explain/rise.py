@@ -29,6 +29,7 @@ from service.explain.perturb import (
     PerturbationParams,
     baseline_image,
     batch_bounds,
+    score_kind,
 )
 
 
@@ -38,7 +39,7 @@ class RiseParams(PerturbationParams):
     keep: float = Field(0.5, ge=0.05, le=0.95, description="probability that a cell is shown")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed: same seed, same map")
     baseline: Baseline = Field("zero", description="what a hidden cell shows: " + BASELINE_HELP)
-    score: Score = Field("probability", description=SCORE_HELP)
+    score: Score | None = Field(None, description=SCORE_HELP)
     batch_size: int = Field(32, ge=1, le=256, description="masked images per forward pass")
 
 
@@ -76,7 +77,7 @@ class Rise(Explainer):
         baseline = baseline_image(x, params.baseline)
 
         scores = np.empty(params.num_masks, dtype=np.float64)
-        scorer = self.scorer(objective, params.score)
+        scorer = self.scorer(objective, score_kind(params.score, objective))
         # sums over each half of the masks: their two maps' agreement is a signal of the map's
         # noise (``Heatmap.signals``), and their sum is the map's own
         half = params.num_masks // 2
