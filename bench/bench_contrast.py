@@ -35,6 +35,7 @@ import os
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -108,6 +109,13 @@ def faces_of(args: argparse.Namespace, meta: BundleMeta, preprocess: Preprocesso
     strangers = sorted(p for name in ids for p in (args.data / "others" / name).glob("*.png"))
     if not strangers:
         raise SystemExit("no held-out strangers: meta.json open_set.held_out names none found")
+    model_input = aligned_input(meta, preprocess)
+    paths = {"test": known, "strangers": spread(strangers, args.n)}
+    return {name: [model_input(path) for path in items] for name, items in paths.items()}
+
+
+def aligned_input(meta: BundleMeta, preprocess: Preprocessor) -> Callable[[Path], np.ndarray]:
+    """A photo -> its model input, its face found and aligned as the service does it."""
     finder = FaceFinder(meta.face_alignment) if meta.face_alignment else None
 
     def model_input(path: Path) -> np.ndarray:
@@ -115,8 +123,7 @@ def faces_of(args: argparse.Namespace, meta: BundleMeta, preprocess: Preprocesso
         choice = choose_face(finder, image, detect=True, index=None, framing=meta.input.framing)
         return preprocess(choice.aligned.crop)
 
-    paths = {"test": known, "strangers": spread(strangers, args.n)}
-    return {name: [model_input(path) for path in items] for name, items in paths.items()}
+    return model_input
 
 
 def deletion_curve(
@@ -180,14 +187,13 @@ def table(name: str, result: Areas, methods: list[str], n: int) -> str:
     return "\n".join(lines)
 
 
-def main(args: argparse.Namespace) -> None:
-    torch.set_num_threads(args.threads)
-    meta = read_meta(args.model)
-    preprocess = Preprocessor(meta.input)
-    session = create_session(args.model / ONNX_FILE, "cpu", args.threads)
-    rule = open_set_rule(meta, load_gallery(args.model, meta), None)
+def model_handle(bundle: Path, meta: BundleMeta, threads: int) -> ModelHandle:
+    """The bundle's FP32 ONNX model (with its embedding) and twin, and its open-set score, as
+    the service hands them to the methods (``explanations.model_handle``)."""
+    session = create_session(bundle / ONNX_FILE, "cpu", threads)
+    rule = open_set_rule(meta, load_gallery(bundle, meta), None)
     if rule is None:
-        raise SystemExit(f"{args.model} has no open-set score to explain")
+        raise SystemExit(f"{bundle} has no open-set score to explain")
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return np.asarray(session.run(["logits"], {"input": batch})[0])
@@ -196,9 +202,15 @@ def main(args: argparse.Namespace) -> None:
         logits, embedding = session.run(["logits", EMBEDDING_OUTPUT], {"input": batch})
         return np.asarray(logits), np.asarray(embedding)
 
-    handle = ModelHandle(
-        forward, load_twin(args.model), meta.gradcam_layer, rows=rows, open_set=explainable(rule)
-    )
+    twin = load_twin(bundle)
+    return ModelHandle(forward, twin, meta.gradcam_layer, rows=rows, open_set=explainable(rule))
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    meta = read_meta(args.model)
+    preprocess = Preprocessor(meta.input)
+    handle = model_handle(args.model, meta, args.threads)
     faces = faces_of(args, meta, preprocess)
     print(
         f"bundle {meta.name} {meta.version}; FP32 ONNX Runtime and torch, {args.threads} "

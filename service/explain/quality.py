@@ -56,6 +56,9 @@ MAX_COMPLETENESS_GAP = 0.25
 MIN_SURROGATE_R2 = 0.2
 
 RULE = (
+    f"the curves follow the score the map explains, as a probability: the target's probability "
+    f"(for a contrast, the target's probability between the two classes; for target=open_set, "
+    f"the open-set score). "
     f"gain: how much better than a random map of the same face the map does, the mean of "
     f"(1 - deletion ratio) and (insertion ratio - 1), each ratio this map's area over the random "
     f"map's ({STEPS} steps per curve); where the blurred face's probability is less than "
@@ -385,8 +388,9 @@ def verdict_of(
         unreliable.append("the map is negligible: it holds no evidence")
     if span < MIN_SPAN:
         unreliable.append(
-            f"deleting the whole face moves the target's probability by {span:.3f} "
-            f"(< {MIN_SPAN}): the test cannot tell this map from noise"
+            f"deleting the whole face moves the score by {span:.3f} (< {MIN_SPAN}): the test "
+            f"cannot tell this map from noise (a score already near its floor, such as a "
+            f"stranger's open-set score, has nothing left to delete)"
         )
     if gain is None or gain < MIN_GAIN:
         unreliable.append(
