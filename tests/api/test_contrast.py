@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -160,7 +159,7 @@ def test_unsigned_and_surrogate_methods_give_contrasts_their_own_maps(ask, face,
 
 def test_a_cached_contrast_is_not_the_plain_answer(ask, face, ranking):
     # parameters no other test asks, so the first answer is computed here
-    params = {"window": 40, "stride": 20, "baseline": "mean"}
+    params = {"window": 44, "stride": 22, "baseline": "mean"}
     plain = ask("/explain/occlusion", face, **params).json()
     contrast = ask("/explain/occlusion", face, contrast=ranking[1], **params).json()
     plain_again = ask("/explain/occlusion", face, **params).json()
@@ -199,20 +198,25 @@ def test_open_set_maps_explain_the_score_predict_reads(request, ask, client, pat
     assert np.isfinite(values(body)).all() and np.abs(values(body)).max() > 0
 
 
-def test_a_stranger_is_called_unknown_and_its_open_set_map_is_not_its_classs(ask, stranger):
-    params = CHEAP["occlusion"]
-    open_set = ask("/explain/occlusion", stranger, target="open_set", **params).json()
-    predicted = ask("/explain/occlusion", stranger, **params).json()
+@pytest.mark.parametrize("method", ["occlusion", "gradient"])
+def test_a_stranger_is_called_unknown_and_its_open_set_map_is_not_its_classs(ask, stranger, method):
+    params = CHEAP.get(method, {})
+    open_set = ask(f"/explain/{method}", stranger, target="open_set", **params).json()
+    predicted = ask(f"/explain/{method}", stranger, **params).json()
 
     assert open_set["explains"]["known"] is False
+    assert open_set["explains"]["value"] < open_set["explains"]["threshold"]
     assert open_set["target"]["id"] == predicted["target"]["id"]
+    assert predicted["explains"]["kind"] == "class"
     assert correlation(values(open_set), values(predicted)) < 0.99
 
 
+@pytest.mark.parametrize("method", ["occlusion", "gradcam"])
 @pytest.mark.parametrize("question", ["contrast", "open_set"])
-def test_quality_grades_the_score_the_map_explains(ask, face, ranking, question):
+def test_quality_grades_the_score_the_map_explains(ask, face, ranking, question, method):
     query = {"contrast": ranking[1]} if question == "contrast" else {"target": "open_set"}
-    answer = ask("/explain/occlusion", face, quality="true", **CHEAP["occlusion"], **query)
+    params = CHEAP.get(method, {})
+    answer = ask(f"/explain/{method}", face, quality="true", **params, **query)
 
     assert answer.status_code == 200, answer.text
     body = answer.json()
@@ -263,11 +267,14 @@ def test_evaluate_grades_a_sent_map_as_the_answer_graded_it(client, ask, face, r
     assert body["explains"] == answer["explains"]
     assert body["target"]["id"] == answer["target"]["id"]
     mine, theirs = body["quality"], answer["quality"]
-    # the map laid back on the face is the answer's own, up to the resampling both ways
-    assert mine["probability"] == pytest.approx(theirs["probability"], abs=1e-6)
-    assert mine["random_deletion_auc"] == pytest.approx(theirs["random_deletion_auc"], abs=1e-6)
-    assert mine["deletion_auc"] == pytest.approx(theirs["deletion_auc"], abs=0.03)
-    assert mine["insertion_auc"] == pytest.approx(theirs["insertion_auc"], abs=0.03)
+    # the same score and the same random map: equal to the bit
+    for same in ("probability", "random_deletion_auc", "random_insertion_auc", "steps"):
+        assert mine[same] == pytest.approx(theirs[same], abs=1e-9), same
+    # the map laid back on the face is the answer's own up to the resampling both ways (the
+    # 112 px upload's grid to the 150 px model input): within 0.05 of each area (0.031 the
+    # largest seen), the same verdict
+    for area in ("deletion_auc", "insertion_auc", "gain"):
+        assert mine[area] == pytest.approx(theirs[area], abs=0.05), area
     assert mine["verdict"] == theirs["verdict"]
 
 
@@ -348,7 +355,7 @@ def test_a_job_whose_contrast_is_the_predicted_class_fails_with_the_reason(clien
 
 
 @pytest.fixture(scope="module")
-def without_open_set(make_settings, default_bundle: Path, tmp_path_factory) -> TestClient:
+def without_open_set(make_settings, default_bundle: Path, tmp_path_factory) -> Iterator[TestClient]:
     """An app on a copy of the bundle whose meta.json has no ``open_set`` block."""
     bundle = tmp_path_factory.mktemp("no-open-set") / "bundle"
     bundle.mkdir()
@@ -360,7 +367,6 @@ def without_open_set(make_settings, default_bundle: Path, tmp_path_factory) -> T
     (bundle / "meta.json").write_text(json.dumps(meta))
     with TestClient(create_app(make_settings(model=bundle)), headers={"X-API-Key": API_KEY}) as c:
         yield c
-    shutil.rmtree(bundle.parent, ignore_errors=True)
 
 
 @pytest.mark.parametrize(
