@@ -56,7 +56,7 @@ from service.api.method_params import (
 )
 from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
-from service.errors import UnknownClass
+from service.errors import OpenSetUnavailable, UnknownClass
 from service.explain import EXPLAINERS, GRADIENT_METHODS, Explainer
 from service.explain.base import MethodCall
 from service.explain.objective import OPEN_SET, Question
@@ -95,11 +95,16 @@ ContrastQuery = Annotated[
 
 
 def question_of(model: ServingModel, target: str | None, contrast: str | None) -> Question:
-    """The query's ``target`` and ``contrast`` as a ``Question``: class ids checked (422
-    ``unknown_class``), ``target=open_set`` for the open-set score (no contrast with it), a
-    contrast equal to the target refused."""
+    """The query's ``target`` and ``contrast`` as a ``Question``, checked before any work: class
+    ids (422 ``unknown_class``), ``target=open_set`` for the open-set score (422
+    ``open_set_unavailable`` on a model without one; no contrast with it), a contrast equal to
+    the target refused."""
     contrast_index = None if contrast is None else class_index(model, contrast)
     if target == OPEN_SET:
+        if model.open_set_score is None:
+            raise OpenSetUnavailable(
+                "this model has no open-set score to explain (its bundle has no open_set block)"
+            )
         return Question(None, contrast_index, open_set=True)
     target_index = None if target is None else class_index(model, target)
     if contrast_index is not None and contrast_index == target_index:

@@ -396,23 +396,6 @@ def test_open_set_on_a_model_without_one_is_refused(without_open_set, face, path
     assert send(without_open_set, path, face, params).status_code == 200
 
 
-def test_an_open_set_job_on_a_model_without_one_fails_with_the_reason(without_open_set, face):
-    started = send(without_open_set, "/jobs/occlusion", face, {"target": "open_set"})
-    assert started.status_code == 202, started.text
-    ended = wait_for(without_open_set, started.json()["id"], {"done", "failed", "cancelled"})
-
-    assert ended["state"] == "failed", ended
-    assert ended["error"]["code"] == "open_set_unavailable"
-    assert "no open-set score" in ended["error"]["message"]
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="target=open_set on a model without an open-set score is refused only once the "
-    "method ran its prediction (explain.objective.resolve), and a job is made and then fails; "
-    "the model is known at the request, so question_of (service/api/explain.py) could refuse "
-    "it before any pass or job",
-)
 @pytest.mark.parametrize(
     ("path", "params"),
     [("/explain/occlusion", CHEAP["occlusion"]), ("/explain/gradient", {}), REFUSING[5]],
