@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from service.common.cancellation import Cancellation
-from service.errors import TooCostly, UnknownClass
+from service.errors import TooCostly
 from service.explain.heatmap import Heatmap, scaled
 from service.explain.objective import (
     Objective,
@@ -353,17 +353,6 @@ def sampled_passes(samples: int, batch_size: int) -> int:
     """The passes of a method that scores ``samples`` copies, ``batch_size`` per pass, after the
     prediction."""
     return 1 + math.ceil(samples / batch_size)
-
-
-def resolve_target(target: int | None, num_classes: int, predicted: int) -> int:
-    """``target`` checked against ``num_classes``, or ``predicted`` when it is None."""
-    if target is None:
-        return predicted
-    if isinstance(target, bool) or not isinstance(target, (int, np.integer)):
-        raise UnknownClass(f"target must be a class index, got {target!r}")
-    if not 0 <= target < num_classes:
-        raise UnknownClass(f"target {target} is not a class index: valid 0..{num_classes - 1}")
-    return int(target)
 
 
 def _check_input(inputs: np.ndarray) -> np.ndarray:

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle.checks import load_gallery
 from service.bundle.evidence import (
     SETTING,
     THUMBNAIL_SIDE,
@@ -22,18 +21,8 @@ from service.bundle.evidence import (
     load_training_faces,
     open_set_parts,
 )
-from service.bundle.format import BundleError, read_meta
+from service.bundle.format import BundleError
 from service.bundle.open_set import MAX_SOFTMAX, NEAREST_FACE, open_set_rule
-
-
-@pytest.fixture(scope="module")
-def meta(default_bundle):
-    return read_meta(default_bundle)
-
-
-@pytest.fixture(scope="module")
-def gallery(default_bundle, meta):
-    return load_gallery(default_bundle, meta)
 
 
 @pytest.fixture

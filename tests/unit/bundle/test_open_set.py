@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from service.__main__ import main
-from service.bundle.checks import load_gallery, verify_files
+from service.bundle.checks import verify_files
 from service.bundle.format import BundleError, read_meta
 from service.bundle.open_set import (
     MAX_SOFTMAX,
@@ -27,16 +27,6 @@ from service.inference.engine import create_session
 from service.settings import Settings
 
 HELD_OUT_STRANGER = "miley_cyrus"  # held out of the bundle's calibration (meta.json open_set)
-
-
-@pytest.fixture(scope="module")
-def meta(default_bundle):
-    return read_meta(default_bundle)
-
-
-@pytest.fixture(scope="module")
-def gallery(default_bundle, meta):
-    return load_gallery(default_bundle, meta)
 
 
 @pytest.fixture(scope="module")
