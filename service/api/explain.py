@@ -172,6 +172,9 @@ def _method_info(explainer: type[Explainer], model: ServingModel | None) -> Meth
             signals=list(explainer.signal_names),
         ),
         sanity=None if model is None else explanations.sanity_note(model, explainer.name),
+        explains=["class", "contrast"]
+        + (["open_set"] if model is not None and model.open_set_score is not None else []),
+        contrast_signed=explainer.signed_for(Question(0, 1)),
     )
 
 

@@ -194,6 +194,14 @@ class MethodInfo(BaseModel):
     sanity: SanityNote | None = Field(
         description="its result in the bundle's sanity check (null: the bundle has none)"
     )
+    explains: list[Literal["class", "contrast", "open_set"]] = Field(
+        description="what its maps can explain on this model (ObjectiveInfo.kind): a class, a "
+        "contrast (contrast=), the open-set score (target=open_set; where the model has one)"
+    )
+    contrast_signed: bool = Field(
+        description="whether its map of a contrast is signed (positive: favours the target, "
+        "negative: the contrast), whatever `signed` says of its other maps"
+    )
 
 
 class MethodsResponse(BaseModel):

@@ -249,7 +249,14 @@ def test_get_explain_lists_every_method_of_the_registry(client):
 
     assert response.status_code == 200
     body = response.json()
-    assert body["common_parameters"] == ["target", "contrast", "format", "quality", "detect", "face"]
+    assert body["common_parameters"] == [
+        "target",
+        "contrast",
+        "format",
+        "quality",
+        "detect",
+        "face",
+    ]
     assert [method["name"] for method in body["methods"]] == list(EXPLAINERS)
     for method in body["methods"]:
         explainer = EXPLAINERS[method["name"]]
@@ -262,6 +269,10 @@ def test_get_explain_lists_every_method_of_the_registry(client):
         for name, schema in properties.items():
             field = explainer.Params.model_fields[name]
             assert schema.get("default") == field.default, (method["name"], name)
+        assert method["explains"] == ["class", "contrast", "open_set"]  # every method, all three
+    # a contrast is signed by nature: only Grad-CAM (its ReLU keeps the target's side) is not
+    contrast_signed = {m["name"] for m in body["methods"] if m["contrast_signed"]}
+    assert contrast_signed == set(EXPLAINERS) - {"gradcam"}
     occlusion = next(m for m in body["methods"] if m["name"] == "occlusion")
     window = occlusion["parameters"]["properties"]["window"]
     assert (window["minimum"], window["maximum"], window["default"]) == (4, 96, 24)
