@@ -54,6 +54,15 @@ def client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
         yield client
 
 
+@pytest.fixture()
+def cold_client(make_settings: Callable[..., Settings]) -> Iterator[TestClient]:
+    """A client of an app of its own, its caches empty: for a test that counts what a first
+    request adds to them (the session's app has served every earlier test, whose photos may
+    already fill its caches)."""
+    with TestClient(create_app(make_settings()), headers={"X-API-Key": API_KEY}) as client:
+        yield client
+
+
 @pytest.fixture(scope="session")
 def serving_model(client: TestClient) -> ServingModel:
     state = client.app.state.service

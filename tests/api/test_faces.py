@@ -272,17 +272,21 @@ def _face_search_counts(client) -> dict[str, float]:
 
 
 def test_a_repeat_of_a_tight_crop_and_its_explanation_reuse_the_first_search(
-    client, post_image, celebs_root
+    cold_client, celebs_root
 ):
     """A crop that takes the CNN's second look is searched once: the repeat /predict and an
     explanation of the same photo have its faces from the cache (counted, not timed)."""
     photo = (celebs_root / "leonardo_dicaprio/6002.png").read_bytes()  # HOG misses it
-    before = _face_search_counts(client)
+
+    def post_image(data: bytes, path: str = "/predict") -> Response:
+        return cold_client.post(path, files={"file": ("face.png", data, "image/png")})
+
+    before = _face_search_counts(cold_client)
     first = post_image(photo)
-    searched = _face_search_counts(client)
+    searched = _face_search_counts(cold_client)
     repeat = post_image(photo)
     explained = post_image(photo, path="/explain/gradient")
-    after = _face_search_counts(client)
+    after = _face_search_counts(cold_client)
 
     assert first.status_code == repeat.status_code == explained.status_code == 200, first.text
     assert first.json()["face_box"]["source"] == "face_crop"

@@ -326,20 +326,20 @@ def test_answers_and_the_method_list_carry_the_bundles_sanity_result(
     assert listed[passing]["note"].startswith("passes the sanity check")
 
 
-def test_grading_keeps_its_results_apart_from_the_heatmaps(client, photo) -> None:
+def test_grading_keeps_its_results_apart_from_the_heatmaps(cold_client, photo) -> None:
     """A graded map adds its report and the face's random curves to the grades cache, not to
     the heatmaps' (whose 64 entries hold the page's maps of several faces)."""
 
     def entries() -> dict[str, float]:
         found = {}
-        for line in client.get("/metrics").text.splitlines():
+        for line in cold_client.get("/metrics").text.splitlines():
             if line.startswith("celebxai_cache_entries{"):
                 found[line.split('cache="')[1].split('"')[0]] = float(line.split()[-1])
         return found
 
     before = entries()
     files = {"file": ("photo.png", photo)}
-    client.post("/explain/gradcam?quality=true&layer=layer4", files=files)
+    cold_client.post("/explain/gradcam?quality=true&layer=layer4", files=files)
     after = entries()
     assert after["explanations"] - before["explanations"] == 1  # the heatmap
     assert 1 <= after["grades"] - before["grades"] <= 2  # its report (and the random curves)
