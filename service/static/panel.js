@@ -341,6 +341,9 @@ export class ExplanationPanel {
     let input;
     if (schema.choices) {
       input = document.createElement("select");
+      // no default of its own (perturbation methods' score: it depends on the question asked):
+      // an empty first choice leaves it to the service
+      if (schema.default === undefined || schema.default === null) input.append(new Option("default", ""));
       for (const choice of schema.choices) {
         input.append(new Option(String(choice).replaceAll("_", " "), choice));
       }

@@ -163,6 +163,8 @@ def test_a_stranger_shows_why_none_of_the_8_with_the_open_set_map_and_the_neares
     assert panel.get_attribute("data-state") == "done"
     asked = [query for query in queries if query.get("target") == ["open_set"]]
     assert len(asked) >= 1 and all("contrast" not in query for query in asked), queries
+    # the score's flavour left to the service (its log-odds: the probability is flat here)
+    assert all("score" not in query for query in asked), queries
     assert panel.get_attribute("data-explains") == "open_set"
     assert panel.locator("[data-part=explains]").inner_text() == (
         f"Why one of the {count}, or none: the open-set score"
