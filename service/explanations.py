@@ -172,10 +172,7 @@ def photo_scores(
 ) -> tuple[float, float]:
     """``objective``'s score on the face, as a probability and as a logit: from its
     ``logits``, or with one pass for the embedding where the score needs it (open set)."""
-    outputs: tuple[np.ndarray, np.ndarray | None] = (np.asarray(logits)[None], None)
-    rows = model_handle(model, cancellation).rows
-    if objective.needs_rows and rows is not None:
-        outputs = rows(inputs.x[None])
+    outputs = objective.photo_outputs(inputs.x, logits, model_handle(model, cancellation).rows)
     probability, logit = (objective.scores(*outputs, kind)[0] for kind in ("probability", "logit"))
     return float(probability), float(logit)
 

@@ -282,9 +282,8 @@ class Explainer(ABC):
     ) -> float:
         """``objective``'s ``score`` of the unperturbed ``x``: from its ``logits`` (no pass),
         or one pass of ``rows`` where the score needs the embedding."""
-        if objective.needs_rows:
-            return float(self.scorer(objective, score)(x[None])[0])
-        return float(objective.scores(logits[None], None, score)[0])
+        outputs = objective.photo_outputs(x, logits, self.model.rows)
+        return float(objective.scores(*outputs, score)[0])
 
     @abstractmethod
     def _attribute(

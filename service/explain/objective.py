@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from service.common.softmax import softmax
 from service.errors import OpenSetUnavailable, UnknownClass
 
 Kind = Literal["class", "contrast", "open_set"]
@@ -177,10 +178,7 @@ class Objective:
         if self.kind == "contrast":
             gap = z[:, self.target] - z[:, self.contrast]
             return gap if score == "logit" else 1.0 / (1.0 + np.exp(-gap))
-        if score == "logit":
-            return z[:, self.target]
-        shifted = np.exp(z - z.max(axis=1, keepdims=True))
-        return shifted[:, self.target] / shifted.sum(axis=1)
+        return z[:, self.target] if score == "logit" else softmax(z)[:, self.target]
 
     def scorer(
         self, forward: Callable[[np.ndarray], np.ndarray], rows: Rows | None, score: Score
@@ -189,9 +187,23 @@ class Objective:
         embedding, else through ``forward`` (logits)."""
         if not self.needs_rows:
             return lambda batch: self.scores(forward(batch), None, score)
+        with_embedding = self._rows(rows)
+        return lambda batch: self.scores(*with_embedding(batch), score)
+
+    def photo_outputs(
+        self, x: np.ndarray, logits: np.ndarray, rows: Rows | None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """What its score reads of the unperturbed ``x`` ``(3, H, W)``: its ``(C,)`` logits as
+        a batch of one (no pass), or one pass of ``rows`` where the score needs the embedding."""
+        if not self.needs_rows:
+            return np.asarray(logits)[None], None
+        return self._rows(rows)(x[None])
+
+    @staticmethod
+    def _rows(rows: Rows | None) -> Rows:
         if rows is None:
             raise OpenSetUnavailable("the model serves no embedding for the open-set score")
-        return lambda batch: self.scores(*rows(batch), score)
+        return rows
 
     def describe(self, names: list[str]) -> str:
         """The score in words, with class ids (``names``)."""

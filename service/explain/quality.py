@@ -154,7 +154,7 @@ def grade(
     signals = dict(signals or {})
     objective = target if isinstance(target, Objective) else Objective("class", target)
     outputs = _outputs(forward, rows if objective.needs_rows else None)
-    photo_outputs = outputs(x[None]) if objective.needs_rows else (np.asarray(logits)[None], None)
+    photo_outputs = objective.photo_outputs(x, logits, rows)
     photo = float(objective.scores(*photo_outputs, "probability")[0])
     deleted, blurred = baseline_image(x, DELETION_BASELINE), baseline_image(x, INSERTION_BASELINE)
     plans: list[_Plan | _Ends] = [_Plan(x, deleted, values), _Plan(blurred, x, values)]
