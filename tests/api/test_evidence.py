@@ -128,19 +128,23 @@ def test_a_training_photo_finds_its_own_gallery_row(post_image, celebs_root, tra
 
 
 @pytest.mark.slow
-def test_every_training_photo_finds_its_own_row(post_image, celebs_root, train_split):
-    """The whole train list through /predict (~35 s): nearly every photo's nearest training
-    face is itself, and every one is among its class's listed faces. (The few that are not the
-    nearest have a near-duplicate in the data: the gallery was embedded when the model was
-    exported, the photos here are found and aligned again.)"""
+def test_training_photos_across_the_list_find_their_own_rows(
+    post_image, celebs_root, train_split
+):
+    """Every fourth photo of the train list, every class, start to end, through /predict
+    (~10 s; a row shifted anywhere in the gallery shifts every row after it): nearly every
+    photo's nearest training face is itself, and every one is among its class's listed faces.
+    (The few that are not the nearest have a near-duplicate in the data: the gallery was
+    embedded when the model was exported, the photos here are found and aligned again.)"""
+    photos = train_split[::4]
     own_nearest = own_listed = 0
-    for file, _ in train_split:
+    for file, _ in photos:
         evidence = post_image((celebs_root / file).read_bytes()).json()["open_set"]["evidence"]
         own_nearest += evidence["nearest"]["file"] == file
         own_listed += any(f["file"] == file for e in evidence["per_class"] for f in e["faces"])
 
-    assert own_nearest >= 0.97 * len(train_split)
-    assert own_listed >= 0.995 * len(train_split)
+    assert own_nearest >= 0.97 * len(photos)
+    assert own_listed >= 0.99 * len(photos)
 
 
 def test_a_strangers_nearest_training_face_is_further_than_a_known_faces(
