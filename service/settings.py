@@ -54,11 +54,13 @@ class Settings(BaseSettings):
         "cpu, or cuda (fail when CUDA is unavailable)",
     )
     precision: Literal["fp32", "int8", "auto"] = Field(
-        "fp32",
+        "auto",
         description="ONNX graph that serves: fp32 (model.onnx), int8 (the bundle's "
         "model.int8.onnx from 'python -m training quantize'; not ready without it), or auto "
-        "(INT8 when the bundle has it and its recorded accuracy gates passed, else FP32); "
-        "gradient methods always use the FP32 twin",
+        "(INT8 when the bundle has it, its recorded accuracy gates passed and a load-time "
+        "probe measures it at most 0.8 of FP32's CPU time on this CPU, else FP32); gradient "
+        "methods use the FP32 twin (sampled ones bfloat16 where the CPU has it and a parity "
+        "gate passes)",
     )
     threads: int = Field(
         0, ge=0, description="intra-op threads for ONNX Runtime and torch; 0 = one per core"

@@ -6,8 +6,16 @@ from fastapi import APIRouter, Depends
 
 from service.api.deps import ModelDep, SettingsDep, api_key_guard
 from service.api.placement import ON_GATEWAY
+from service.inference.precision_probe import INT8_MARGIN, ProbeTimes
 from service.schemas.common import ModelRef, error_responses
-from service.schemas.meta import HealthResponse, ModelResponse, ReadinessResponse, RuntimeInfo
+from service.schemas.meta import (
+    CpuInfoOut,
+    HealthResponse,
+    ModelResponse,
+    PrecisionProbeInfo,
+    ReadinessResponse,
+    RuntimeInfo,
+)
 from service.schemas.predict import OpenSetRuleInfo
 
 router = APIRouter(tags=["service"], dependencies=[ON_GATEWAY])
@@ -22,6 +30,7 @@ router = APIRouter(tags=["service"], dependencies=[ON_GATEWAY])
 async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
     """meta.json of the served bundle (classes, input spec, metrics, file hashes) and runtime."""
     report = model.report
+    choice = report.precision_choice
     runtime = RuntimeInfo(
         provider=model.engine.provider,
         max_batch_size=settings.max_batch_size,
@@ -32,12 +41,32 @@ async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
         onnx_file=report.onnx_file,
         parity_max_abs_diff=report.parity_max_abs_diff,
         parity_tolerance=report.parity_tolerance,
+        precision_setting=choice.setting,
+        precision_reason=choice.reason,
+        precision_probe=probe_info(choice.times),
+        cpu=CpuInfoOut(model=choice.cpu.model, flags=list(choice.cpu.flags)),
+        twin_precision=report.twin_precision.dtype,
+        twin_precision_reason=report.twin_precision.reason,
+        twin_bf16_spearman=report.twin_precision.spearman,
         load_ms=report.load_ms,
         warmup_ms=report.warmup_ms,
         loaded_at=report.loaded_at,
         open_set=OpenSetRuleInfo.of(model.open_set) if model.open_set else None,
     )
     return ModelResponse(meta=model.meta, runtime=runtime)
+
+
+def probe_info(times: ProbeTimes | None) -> PrecisionProbeInfo | None:
+    if times is None:
+        return None
+    return PrecisionProbeInfo(
+        fp32_ms=times.fp32_s * 1000,
+        int8_ms=times.int8_s * 1000,
+        ratio=times.ratio,
+        margin=INT8_MARGIN,
+        rounds=times.rounds,
+        batch=times.batch,
+    )
 
 
 @router.get("/healthz", summary="Liveness")

@@ -2,8 +2,9 @@
 the parity of the ONNX graph with the twin on a fixed probe input.
 
 Each raises ``BundleError`` with a message fit for ``/readyz`` (file names within the bundle,
-never its path). ``served_graph`` says which ONNX graph serves for the ``precision`` setting
-and how it is checked against the FP32 twin.
+never its path). ``served_graph`` says which ONNX graph a ``precision`` setting names (for
+``auto``, the candidate the load-time probe measures) and how it is checked against the FP32
+twin.
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ class ServedGraph:
 
 def served_graph(meta: BundleMeta, precision: str) -> ServedGraph:
     """The graph for the ``precision`` setting: fp32, int8 (a ``BundleError`` when the bundle
-    has none), or auto (INT8 when the bundle has it and its recorded gates passed)."""
+    has none), or auto's candidate (INT8 when the bundle has it and its recorded gates passed),
+    which serves only if it also measures faster on this CPU
+    (``service.inference.precision_probe.resolve_precision``)."""
     int8 = meta.precision.int8
     if precision not in ("fp32", "int8", "auto"):
         raise BundleError(f"unknown precision {precision!r}; valid: fp32, int8, auto")

@@ -5,11 +5,17 @@ mode on and freezes the twin's parameters (only input and activation gradients a
 puts both back in ``finally``, whatever happens in between. The module it yields checks the
 work's ``Cancellation`` before every forward pass, so captum's internal batches (SmoothGrad's
 noisy samples, integrated gradients' path points) and synthesis steps stop at the next one.
+
+Where the load-time gate allowed it (``service.inference.bf16_gate``), a twin is marked
+``set_bf16``: the module ``input_gradients`` yields then runs its forward passes under CPU
+bfloat16 autocast and returns float32 scores. One-pass methods that read the twin's activations
+(plain gradient, Grad-CAM) call the twin themselves and stay FP32.
 """
 
 from __future__ import annotations
 
 import threading
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -28,16 +34,42 @@ class LogitsOnly(nn.Module):
     ``forward_func`` shape), or ``head`` of its outputs where one is given. Each pass first
     goes through ``cancellation.batch()``."""
 
-    def __init__(self, twin: Any, cancellation: Cancellation, head: Head | None = None) -> None:
+    def __init__(
+        self,
+        twin: Any,
+        cancellation: Cancellation,
+        head: Head | None = None,
+        bf16: bool = False,
+    ) -> None:
         super().__init__()
         self.twin = twin
         self.cancellation = cancellation
         self.head = head
+        self.bf16 = bf16
+        """forward passes under CPU bfloat16 autocast, the scores cast back to float32"""
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         self.cancellation.batch()
-        logits, activations = self.twin(inputs)
-        return logits if self.head is None else self.head(logits, activations)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits, activations = self.twin(inputs)
+            scores = logits if self.head is None else self.head(logits, activations)
+        return scores.float()
+
+
+# Twins whose gradient passes run in bfloat16 (set once at load, after the parity gate).
+_BF16_TWINS: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def set_bf16(twin: Any, enabled: bool) -> None:
+    """Mark ``twin``'s gradient passes through ``input_gradients`` as bfloat16 (or FP32)."""
+    if enabled:
+        _BF16_TWINS.add(twin)
+    else:
+        _BF16_TWINS.discard(twin)
+
+
+def runs_bf16(twin: Any) -> bool:
+    return twin in _BF16_TWINS
 
 
 # One gradient computation at a time: torch already spreads each over every core, and the
@@ -62,7 +94,7 @@ def input_gradients(
             for parameter in parameters:
                 parameter.requires_grad_(False)
             torch.set_grad_enabled(True)
-            yield LogitsOnly(twin, cancellation or Cancellation(), head)
+            yield LogitsOnly(twin, cancellation or Cancellation(), head, runs_bf16(twin))
         finally:
             for parameter, flag in zip(parameters, flags, strict=True):
                 parameter.requires_grad_(flag)

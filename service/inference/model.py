@@ -23,7 +23,6 @@ from service.bundle.checks import (
     load_gallery,
     load_twin,
     probe_batch,
-    served_graph,
     verify_files,
 )
 from service.bundle.evidence import (
@@ -39,7 +38,9 @@ from service.common.softmax import softmax
 from service.explain.objective import OpenSetScore
 from service.faces.choice import FaceChoice
 from service.faces.finder import FaceFinder
+from service.inference.bf16_gate import TwinPrecision, choose_twin_precision
 from service.inference.engine import BatchObserver, BatchStats, Engine, create_session
+from service.inference.precision_probe import PrecisionChoice, resolve_precision
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,10 @@ class LoadReport:
     load_ms: float
     warmup_ms: float
     loaded_at: datetime
+    precision_choice: PrecisionChoice
+    """why that graph serves: the setting, auto's probe figures and the CPU"""
+    twin_precision: TwinPrecision
+    """whether the twin's sampled gradient passes run in bfloat16, and why"""
 
 
 @dataclass(frozen=True)
@@ -188,9 +193,16 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         import torch
 
         torch.set_num_threads(settings.threads)
-    graph = served_graph(meta, settings.precision)
+    probe = probe_batch(preprocess)
+    graph, choice = resolve_precision(
+        bundle_dir, meta, settings.precision, settings.providers, probe
+    )
     log.info(
-        "precision %s (setting %s): serving %s", graph.precision, settings.precision, graph.file
+        "precision %s (setting %s): serving %s; %s",
+        graph.precision,
+        settings.precision,
+        graph.file,
+        choice.reason,
     )
     session = create_session(bundle_dir / graph.file, settings.providers, settings.threads)
     engine = Engine(
@@ -217,8 +229,8 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
     gallery = load_gallery(bundle_dir, meta)
     open_set = open_set_rule(meta, gallery, settings.open_set_target_frr)
     training_faces = load_training_faces(bundle_dir, meta, gallery, settings.evidence_dir)
-    probe = probe_batch(preprocess)
     max_diff = check_parity(meta, engine.run, twin, probe, graph)
+    twin_precision = choose_twin_precision(twin, probe, choice.cpu)
     if open_set is not None and open_set.gallery is not None:
         embedding = engine.split_row(engine.run_rows(probe[:1])[0], len(meta.classes))[1]
         if embedding is None or embedding.shape != open_set.gallery.shape[1:]:
@@ -236,6 +248,8 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         load_ms=(time.perf_counter() - started) * 1000,
         warmup_ms=warmup_s * 1000,
         loaded_at=datetime.now(UTC),
+        precision_choice=choice,
+        twin_precision=twin_precision,
     )
     log.info(
         "model %s %s ready: %d classes, %s, loaded in %.0f ms (warm-up %.0f ms)",

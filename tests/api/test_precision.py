@@ -1,25 +1,75 @@
-"""/model names the precision that serves; INT8 asked of a bundle without it: not ready."""
+"""/model names the precision that serves and why; INT8 asked of a bundle without it: not ready."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 
+import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.bundle.format import INT8_FILE, ONNX_FILE
+from service.inference.precision_probe import cpu_info
+from service.settings import Settings
 
 
-def test_model_reports_the_precision_that_serves(client):
-    runtime = client.get("/model").json()["runtime"]
+@pytest.fixture(scope="module")
+def auto_client(make_settings) -> Iterator[TestClient]:
+    """An app on the service's default precision, auto (the session's app pins fp32)."""
+    with TestClient(create_app(make_settings(precision="auto", api_key=None))) as client:
+        yield client
 
-    assert (runtime["precision"], runtime["onnx_file"]) == ("fp32", ONNX_FILE)
+
+def test_the_default_precision_is_auto():
+    assert Settings(_env_file=None).precision == "auto"
+
+
+def test_model_reports_the_precision_that_serves_and_why(auto_client):
+    """The default (auto) measured FP32 against INT8 at load: INT8 serves where the CPU has an
+    8-bit dot product (VNNI, AMX), FP32 where it has not; /model says which, why, the probe's
+    figures and the CPU."""
+    runtime = auto_client.get("/model").json()["runtime"]
+
+    cpu = cpu_info()
+    expected = "int8" if cpu.int8_dot else "fp32"
+    assert runtime["precision_setting"] == "auto"
+    assert (runtime["precision"], runtime["onnx_file"]) == (
+        expected,
+        INT8_FILE if expected == "int8" else ONNX_FILE,
+    )
+    probe = runtime["precision_probe"]
+    assert probe["ratio"] == pytest.approx(probe["int8_ms"] / probe["fp32_ms"])
+    assert (probe["ratio"] <= probe["margin"]) is (expected == "int8")
+    assert f"INT8 took {probe['ratio']:.2f} of FP32's CPU time" in runtime["precision_reason"]
+    assert runtime["cpu"] == {"model": cpu.model, "flags": list(cpu.flags)}
     info = next(
         line
-        for line in client.get("/metrics").text.splitlines()
+        for line in auto_client.get("/metrics").text.splitlines()
         if line.startswith("celebxai_model_info{")
     )
-    assert 'precision="fp32"' in info
+    assert f'precision="{expected}"' in info
+
+
+def test_model_says_how_the_twin_runs(auto_client):
+    runtime = auto_client.get("/model").json()["runtime"]
+
+    if not {"avx512_bf16", "amx_bf16"} & set(runtime["cpu"]["flags"]):
+        assert runtime["twin_precision"] == "fp32"
+        assert runtime["twin_bf16_spearman"] is None
+        assert "no bfloat16 arithmetic" in runtime["twin_precision_reason"]
+    else:  # tried: the gate's figure decides
+        passed = runtime["twin_bf16_spearman"] >= 0.99
+        assert runtime["twin_precision"] == ("bf16" if passed else "fp32")
+        assert f"{runtime['twin_bf16_spearman']:.3f}" in runtime["twin_precision_reason"]
+
+
+def test_an_explicit_fp32_serves_fp32_without_a_probe(client):
+    runtime = client.get("/model").json()["runtime"]  # the session's app: precision=fp32
+
+    assert (runtime["precision"], runtime["precision_setting"]) == ("fp32", "fp32")
+    assert runtime["precision_probe"] is None
+    assert runtime["precision_reason"] == "precision=fp32"
 
 
 def test_int8_without_the_file_leaves_the_service_not_ready(
