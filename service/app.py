@@ -30,7 +30,7 @@ from service.api import (
 )
 from service.bundle.format import BundleError
 from service.common.lru import LruCache
-from service.explanations import QUALITY_HEADER
+from service.explanations import QUALITY_HEADER, SAMPLES_PLANNED_HEADER, SAMPLES_USED_HEADER
 from service.http.api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
 from service.http.body_limit import BodySizeLimitMiddleware
 from service.http.connection_limits import refusal_counter
@@ -69,6 +69,8 @@ CORS_EXPOSED_HEADERS = [
     "Retry-After",  # when to retry a 503 or a 429
     NEGLIGIBLE_HEADER,  # a PNG heatmap with nothing to show
     QUALITY_HEADER,  # a PNG heatmap's verdict
+    SAMPLES_USED_HEADER,  # a sampling method's PNG heatmap: samples used
+    SAMPLES_PLANNED_HEADER,  # and planned
     insight.CHANNELS_HEADER,  # which channel each activation tile shows
 ]
 # Room for the multipart framing around the file within the body size limit.

@@ -54,6 +54,7 @@ from service.schemas.explanation import (
     ExplanationResponse,
     ObjectiveInfo,
     QualityInfo,
+    SampleUse,
     SanityNote,
 )
 
@@ -349,6 +350,9 @@ def model_handle(
 
 QUALITY_HEADER = "X-Quality-Verdict"
 """A PNG answer's verdict (JSON's quality.verdict), when the map was graded."""
+SAMPLES_USED_HEADER = "X-Samples-Used"
+SAMPLES_PLANNED_HEADER = "X-Samples-Planned"
+"""A sampling method's PNG answer: its samples used and planned (JSON's samples)."""
 
 
 def wants_quality(call: MethodCall, asked: bool | None) -> bool:
@@ -357,10 +361,15 @@ def wants_quality(call: MethodCall, asked: bool | None) -> bool:
 
 
 def answer_headers(explanation: Explanation) -> dict[str, str]:
-    """A PNG answer's headers: whether the map is negligible, and its verdict when graded."""
+    """A PNG answer's headers: whether the map is negligible, its verdict when graded, and a
+    sampling method's samples used and planned."""
     headers = {NEGLIGIBLE_HEADER: str(explanation.heatmap.negligible).lower()}
     if explanation.quality is not None:
         headers[QUALITY_HEADER] = explanation.quality.verdict
+    sampling = explanation.heatmap.sampling
+    if sampling is not None:
+        headers[SAMPLES_USED_HEADER] = str(sampling.used)
+        headers[SAMPLES_PLANNED_HEADER] = str(sampling.planned)
     return headers
 
 
@@ -417,6 +426,7 @@ def json_answer(
         image=upload.info,
         model=ModelRef.of(model),
         cached=explanation.cached,
+        samples=SampleUse.of(heatmap.sampling),
         quality=None if explanation.quality is None else QualityInfo.of(explanation.quality),
         sanity=sanity_note(model, heatmap.method),
         timings=ExplainTimings(

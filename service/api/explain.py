@@ -193,6 +193,14 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
                 "description": "the map's verdict (JSON's quality.verdict), when it was graded",
                 "schema": {"type": "string", "enum": list(VERDICTS)},
             },
+            explanations.SAMPLES_USED_HEADER: {
+                "description": "a sampling method's samples used (JSON's samples.used)",
+                "schema": {"type": "integer"},
+            },
+            explanations.SAMPLES_PLANNED_HEADER: {
+                "description": "its samples planned (JSON's samples.planned)",
+                "schema": {"type": "integer"},
+            },
         },
     },
     **error_responses(400, 401, 413, 415, 422, 503),

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict
 
 from service.common.cancellation import Cancellation
 from service.errors import TooCostly
+from service.explain.convergence import Sampling
 from service.explain.heatmap import Heatmap, scaled
 from service.explain.objective import (
     Objective,
@@ -187,6 +188,8 @@ class Explainer(ABC):
 
     def report_partial(self, raw: np.ndarray) -> None:
         """Hand the raw map as it stands to ``ModelHandle.report``, scaled as the final one."""
+        self.sampling: Sampling | None = None
+        """A sampling method's samples used and planned, set by ``_attribute``."""
         if self.model.report is not None:
             self.model.report(*scaled(np.asarray(raw, dtype=np.float64), self.map_range))
 
@@ -267,6 +270,7 @@ class Explainer(ABC):
         """The raw map, the objective it explains (the question resolved: the predicted class
         unless it names one) and ``x``'s logits. Here: the prediction first, then
         ``_attribute``. A method with work that needs no target (the twin's forward pass)
+            sampling=self.sampling,
         overrides this to do that work while the prediction runs."""
         logits = prediction.logits()
         objective = resolve(question, logits, self.model.open_set)

@@ -8,13 +8,16 @@ the upload, through the same transform that cut the crop out of it (rotation and
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from service.common.softmax import softmax
 from service.explain.objective import Objective
+
+if TYPE_CHECKING:
+    from service.explain.convergence import Sampling
 
 NEGLIGIBLE_SCALE = 1e-4
 """A map whose largest raw magnitude is below this holds no evidence.
@@ -65,6 +68,8 @@ class Heatmap:
     signals: dict[str, float] = field(default_factory=dict)
     objective: Objective | None = None
     """what the map explains (``service.explain.objective``); None: class ``target``'s score"""
+    sampling: Sampling | None = None
+    """how much of its sample budget a sampling method used (``stop``); None for the others"""
 
     def __post_init__(self) -> None:
         if self.values.ndim != 2:

@@ -1,28 +1,61 @@
-"""Integrated gradients (Sundararajan et al. 2017) from a baseline image to the input."""
+"""Integrated gradients (Sundararajan et al. 2017) from a baseline image to the input.
+
+With ``stop=fixed`` captum integrates over ``steps`` points by the ``quadrature`` rule. With
+``stop=converged`` the path is cut into ``steps`` equal pieces whose midpoints are visited in an
+interleaved order (the bit-reversed order of their indices: every prefix spreads over the whole
+path), ``batch_size`` per pass; after each pass the mean gradient over the points so far is the
+estimate, and the split-half test (``convergence``: the points dealt alternately into two
+halves) says when more points would no longer change the map. Run to the end it is the midpoint
+rule over ``steps`` points.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from captum.attr import IntegratedGradients as CaptumIntegratedGradients
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from service.common.twin import input_gradients
 from service.explain.base import Explainer, MethodParams, sampled_passes
+from service.explain.convergence import STOP_HELP, Sampling, SplitHalf, Stop
 from service.explain.objective import Objective
 from service.explain.perturb import BASELINE_HELP, Baseline, baseline_image
 from service.explain.twin import as_batch, score_head
 
+CONVERGENCE = SplitHalf(agreement=0.95, min_samples=8)
+"""``stop=converged``: the maps of the two halves of the path points so far agree enough that two
+maps of all of them would reach Spearman 0.95 (Spearman-Brown), with at least 8 points in;
+bench/bench_converged.py measured it (docs/explanations.md)."""
+
 
 class IntegratedGradientsParams(MethodParams):
-    steps: int = Field(32, ge=2, le=256, description="points on the path from baseline to input")
+    steps: int = Field(
+        32,
+        ge=2,
+        le=256,
+        description="points on the path from baseline to input (at most, with stop=converged)",
+    )
     baseline: Baseline = Field("zero", description="the path's start: " + BASELINE_HELP)
     batch_size: int = Field(16, ge=1, le=128, description="path points per forward/backward pass")
     quadrature: Literal["gausslegendre", "riemann_trapezoid"] = Field(
-        "gausslegendre", description="quadrature rule along the path"
+        "gausslegendre",
+        description="quadrature rule along the path (stop=fixed; converged takes the midpoints "
+        "in an interleaved order)",
     )
+    stop: Stop = Field("fixed", description=STOP_HELP)
+
+    @model_validator(mode="after")
+    def _quadrature_with_fixed(self) -> IntegratedGradientsParams:
+        if self.stop == "converged" and "quadrature" in self.model_fields_set:
+            raise ValueError(
+                "quadrature applies to stop=fixed; stop=converged takes the midpoints of the "
+                "path in an interleaved order"
+            )
+        return self
 
 
 class IntegratedGradients(Explainer):
@@ -59,6 +92,9 @@ class IntegratedGradients(Explainer):
         logits: np.ndarray,
     ) -> np.ndarray:
         baseline = torch.from_numpy(baseline_image(x, params.baseline)[None])
+        if params.stop == "converged":
+            return self._converged(x, baseline, objective, params)
+        self.sampling = Sampling(params.steps, params.steps, params.stop)
         with input_gradients(
             self.model.twin, self.model.cancellation, score_head(objective)
         ) as logits_fn:
@@ -72,6 +108,66 @@ class IntegratedGradients(Explainer):
                 internal_batch_size=params.batch_size,
             )
         return attributions.detach().sum(dim=1)[0].cpu().numpy()
+
+    def _converged(
+        self,
+        x: np.ndarray,
+        baseline: torch.Tensor,
+        objective: Objective,
+        params: IntegratedGradientsParams,
+    ) -> np.ndarray:
+        """``stop=converged``: midpoints in interleaved order until the split-half test holds."""
+        difference = torch.from_numpy(x[None]) - baseline
+        alphas = (interleaved(params.steps) + 0.5) / params.steps
+        sums = torch.zeros((2, *x.shape), dtype=torch.float32)
+        counts = [0, 0]
+
+        def attribution(gradient_sum: torch.Tensor, count: int) -> np.ndarray:
+            return (difference[0] * gradient_sum / count).sum(dim=0).numpy()
+
+        used, agreement = params.steps, None
+        with input_gradients(
+            self.model.twin, self.model.cancellation, score_head(objective)
+        ) as logits_fn:
+            for start in range(0, params.steps, params.batch_size):
+                stop = min(start + params.batch_size, params.steps)
+                gradients = path_gradients(logits_fn, baseline, difference, alphas[start:stop])
+                for side in range(2):
+                    part = gradients[(side - start) % 2 :: 2]
+                    sums[side] += part.sum(dim=0)
+                    counts[side] += len(part)
+                if self.watched and stop < params.steps:
+                    self.report_partial(attribution(sums.sum(dim=0), stop))
+                if stop < params.steps and min(counts) > 0:
+                    reached, agreement = CONVERGENCE.reached(
+                        stop, *(attribution(sums[side], counts[side]) for side in range(2))
+                    )
+                    if reached:
+                        used = stop
+                        break
+        self.sampling = Sampling(used, params.steps, params.stop)
+        if agreement is not None and used < params.steps:
+            self.signals["split_half_agreement"] = agreement
+        return attribution(sums.sum(dim=0), used)
+
+
+def interleaved(count: int) -> np.ndarray:
+    """``0..count-1`` in bit-reversed order (van der Corput): every prefix of it spreads over
+    the whole range, so the path points visited so far cover the path evenly."""
+    bits = max(1, math.ceil(math.log2(count)))
+    reversed_bits = [int(format(i, f"0{bits}b")[::-1], 2) for i in range(2**bits)]
+    return np.array([i for i in reversed_bits if i < count], dtype=np.float64)
+
+
+def path_gradients(
+    logits_fn: Any, baseline: torch.Tensor, difference: torch.Tensor, alphas: np.ndarray
+) -> torch.Tensor:
+    """The gradients ``(n, 3, H, W)`` of the score (the twin head's column 0) at the points
+    ``baseline + alpha * difference`` of the path, one pass of the twin."""
+    weights = torch.from_numpy(alphas.astype(np.float32))[:, None, None, None]
+    points = (baseline + weights * difference).requires_grad_(True)
+    (gradients,) = torch.autograd.grad(logits_fn(points)[:, 0].sum(), points)
+    return gradients.detach()
 
 
 class _Reporting(CaptumIntegratedGradients):

@@ -15,6 +15,7 @@ from pydantic import Field
 from skimage.segmentation import slic
 
 from service.explain.base import Explainer, sampled_passes
+from service.explain.convergence import STOP_HELP, Sampling, SplitHalf, Stop
 from service.explain.heatmap import split_half_agreement
 from service.explain.objective import Objective, Score
 from service.explain.perturb import (
@@ -28,16 +29,26 @@ from service.explain.perturb import (
 )
 
 KERNEL_WIDTH = 0.25
+CONVERGENCE = SplitHalf(agreement=0.6, min_samples=64)
+"""``stop=converged``: the surrogate weights fitted on each half of the patterns (even and odd)
+agree enough that two fits of all of them would reach Spearman 0.6 (Spearman-Brown), with at
+least 64 patterns in; bench/bench_converged.py measured it (docs/explanations.md)."""
 RIDGE_ALPHA = 1.0
 SLIC_COMPACTNESS = 10.0
 
 
 class LimeParams(PerturbationParams):
-    num_samples: int = Field(256, ge=16, le=2000, description="random superpixel patterns scored")
+    num_samples: int = Field(
+        256,
+        ge=16,
+        le=2000,
+        description="random superpixel patterns scored (at most, with stop=converged)",
+    )
     num_segments: int = Field(
         50, ge=4, le=200, description="superpixels SLIC aims for (it may return fewer)"
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed: same seed, same map")
+    stop: Stop = Field("converged", description=STOP_HELP)
     positive_only: bool = Field(False, description="keep only superpixels that support the target")
     top_features: int | None = Field(
         None,
@@ -94,6 +105,17 @@ class Lime(Explainer):
             weights = fit_surrogate(features[:stop], scores[:stop], kernel[:stop])
             return select_features(weights, params.positive_only, params.top_features)[segments]
 
+        agreement: list[float] = []
+
+        def converged(stop: int, scores: np.ndarray) -> bool:
+            halves = [
+                fit_surrogate(features[half], scores[half], kernel[half])
+                for half in (slice(0, stop, 2), slice(1, stop, 2))
+            ]
+            reached, r = CONVERGENCE.reached(stop, *halves)
+            agreement.append(r)
+            return reached
+
         scores = target_scores(
             self.scorer(objective, score_kind(params.score, objective)),
             perturbed,
@@ -104,9 +126,14 @@ class Lime(Explainer):
             on_batch=(lambda stop, s: self.report_partial(surrogate(stop, s)))
             if self.watched
             else None,
+            done=converged if params.stop == "converged" else None,
         )
-        self.signals.update(surrogate_signals(features, scores, kernel))
-        return surrogate(params.num_samples, scores)
+        used = len(scores)
+        self.sampling = Sampling(used, params.num_samples, params.stop)
+        self.signals.update(surrogate_signals(features[:used], scores, kernel[:used]))
+        if used < params.num_samples:  # the halves of the test that stopped it
+            self.signals["split_half_agreement"] = agreement[-1]
+        return surrogate(used, scores)
 
 
 def superpixels(x: np.ndarray, num_segments: int) -> np.ndarray:

@@ -24,6 +24,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from service.explain.base import Explainer
+from service.explain.convergence import Sampling, Stop
 from service.explain.objective import Objective, Score
 from service.explain.perturb import (
     BASELINE_HELP,
@@ -43,6 +44,15 @@ STRATEGY_HELP = (
     "interpolated (about half the passes; deletion AUC within 0.01 on the test faces)"
 )
 
+REFINE_TOLERANCE = 0.05
+"""``stop=converged``: refining ends once a batch of refined windows corrects their interpolated
+drops by less than 5 % of the largest drop (bench/bench_converged.py)."""
+STOP_HELP = (
+    "coarse_to_fine only: fixed = score the whole refine share; converged = score it a batch "
+    "at a time, windows next to the largest drops first, and end once a batch corrects the "
+    f"interpolated drops by less than {REFINE_TOLERANCE:.0%} of the largest drop"
+)
+
 
 class OcclusionParams(PerturbationParams):
     window: int = Field(24, ge=4, le=96, description="side of the square patch (model-input px)")
@@ -55,8 +65,10 @@ class OcclusionParams(PerturbationParams):
         0.3,
         ge=0.0,
         le=1.0,
-        description="coarse_to_fine: share of the skipped positions scored exactly (1 = all)",
+        description="coarse_to_fine: share of the skipped positions scored exactly (1 = all; "
+        "at most, with stop=converged)",
     )
+    stop: Stop = Field("converged", description=STOP_HELP)
 
     @model_validator(mode="after")
     def _stride_within_window(self) -> OcclusionParams:
@@ -90,12 +102,10 @@ class Occlusion(Explainer):
         """The prediction, then batches of occluded images: every window (``exhaustive``), or
         the coarse grid and then the ``refine`` share of the other windows (``coarse_to_fine``),
         each batched apart."""
-        starts = [window_starts(size, min(params.window, size), params.stride) for size in side]
-        windows = len(starts[0]) * len(starts[1])
+        windows, coarse = _grid(params, side)
         batch = params.batch_size
         if params.strategy == "exhaustive":
             return 1 + math.ceil(windows / batch)
-        coarse = len(coarse_indices(len(starts[0]))) * len(coarse_indices(len(starts[1])))
         refined = math.ceil(params.refine * (windows - coarse))
         return 1 + math.ceil(coarse / batch) + math.ceil(refined / batch)
 
@@ -148,12 +158,34 @@ class Occlusion(Explainer):
                 show(partial)
             return drops
 
+        windows = len(row_starts) * len(col_starts)
         if params.strategy == "exhaustive":
             drops = exhaustive(len(row_starts), len(col_starts), drops_at)
+            self.sampling = Sampling(windows, windows, "fixed")
         else:
             estimate = show if self.watched else None
-            drops, _ = coarse_to_fine(row_starts, col_starts, drops_at, params.refine, estimate)
+            converge = (params.batch_size, REFINE_TOLERANCE) if params.stop == "converged" else None
+            drops, used = coarse_to_fine(
+                row_starts, col_starts, drops_at, params.refine, estimate, converge
+            )
+            self.sampling = Sampling(used, planned_windows(params, (height, width)), params.stop)
         return spread(drops, row_starts, col_starts, (window_h, window_w), (height, width))
+
+
+def _grid(params: OcclusionParams, side: tuple[int, int]) -> tuple[int, int]:
+    """The windows on a model input of ``side`` (H, W), and those of the coarse grid."""
+    starts = [window_starts(size, min(params.window, size), params.stride) for size in side]
+    coarse = len(coarse_indices(len(starts[0]))) * len(coarse_indices(len(starts[1])))
+    return len(starts[0]) * len(starts[1]), coarse
+
+
+def planned_windows(params: OcclusionParams, side: tuple[int, int]) -> int:
+    """The windows ``params`` score at most on a model input of ``side``: all of them
+    (``exhaustive``), or the coarse grid and the ``refine`` share of the rest."""
+    windows, coarse = _grid(params, side)
+    if params.strategy == "exhaustive":
+        return windows
+    return coarse + math.ceil(params.refine * (windows - coarse))
 
 
 def window_starts(size: int, window: int, stride: int) -> list[int]:

@@ -71,6 +71,7 @@ def target_scores(
     batch_size: int,
     cancellation: Cancellation | None = None,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
+    done: Callable[[int, np.ndarray], bool] | None = None,
 ) -> np.ndarray:
     """The objective's scores (``scorer``: ``Explainer.scorer``) of ``count`` perturbed inputs,
     ``batch_size`` per forward pass.
@@ -78,13 +79,17 @@ def target_scores(
     ``make_batch(start, stop)`` builds inputs ``start..stop-1`` as ``(stop - start, 3, H, W)``
     float32, so only one batch is in memory at a time. Returns ``(count,)`` float64.
     ``Cancelled`` before the next batch once ``cancellation`` is cancelled. ``on_batch(stop,
-    scores)`` after each batch: ``scores[:stop]`` are known (for a partial map).
+    scores)`` after each batch: ``scores[:stop]`` are known (for a partial map). ``done(stop,
+    scores)`` after each batch but the last: True ends the scoring there (``stop=converged``),
+    and only ``scores[:stop]`` are returned.
     """
     scores = np.empty(count, dtype=np.float64)
     for start, stop in batch_bounds(count, batch_size):
         if cancellation is not None:
             cancellation.check()
         scores[start:stop] = scorer(make_batch(start, stop))
+        if done is not None and stop < count and done(stop, scores):
+            return scores[:stop]
         if on_batch is not None and stop < count:
             on_batch(stop, scores)
     return scores

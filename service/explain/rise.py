@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from service.explain.base import Explainer, sampled_passes
+from service.explain.convergence import STOP_HELP, Sampling, SplitHalf, Stop, parity_halves
 from service.explain.heatmap import split_half_agreement
 from service.explain.objective import Objective, Score
 from service.explain.perturb import (
@@ -32,12 +33,20 @@ from service.explain.perturb import (
     score_kind,
 )
 
+CONVERGENCE = SplitHalf(agreement=0.9, min_samples=64)
+"""``stop=converged``: the maps of the even and the odd masks agree enough that two maps of all
+the masks so far would reach Spearman 0.9 (Spearman-Brown), with at least 64 masks in;
+bench/bench_converged.py measured it (docs/explanations.md)."""
+
 
 class RiseParams(PerturbationParams):
-    num_masks: int = Field(256, ge=16, le=4000, description="random masks scored")
+    num_masks: int = Field(
+        256, ge=16, le=4000, description="random masks scored (at most, with stop=converged)"
+    )
     grid: int = Field(8, ge=2, le=32, description="cells per side of a mask before upsampling")
     keep: float = Field(0.5, ge=0.05, le=0.95, description="probability that a cell is shown")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="sampling seed: same seed, same map")
+    stop: Stop = Field("converged", description=STOP_HELP)
     baseline: Baseline = Field("zero", description="what a hidden cell shows: " + BASELINE_HELP)
     score: Score | None = Field(None, description=SCORE_HELP)
     batch_size: int = Field(32, ge=1, le=256, description="masked images per forward pass")
@@ -83,6 +92,10 @@ class Rise(Explainer):
         half = params.num_masks // 2
         total = np.zeros((2, height, width), dtype=np.float64)
         weighted = np.zeros((2, height, width), dtype=np.float64)
+        # the same sums over the even and the odd masks: the halves of the stopping test
+        parity_total = np.zeros((2, height, width), dtype=np.float64)
+        parity_weighted = np.zeros((2, height, width), dtype=np.float64)
+        used, agreement = params.num_masks, 0.0
         for start, stop in batch_bounds(params.num_masks, params.batch_size):
             self.model.cancellation.check()
             masks = _upsampled(cells[start:stop], shifts[start:stop], (cell_h, cell_w), x.shape)
@@ -92,8 +105,27 @@ class Rise(Explainer):
                 if a < b:
                     weighted[side] += np.tensordot(scores[a:b], masks[a - start : b - start], 1)
                     total[side] += masks[a - start : b - start].sum(axis=0)
+            if params.stop == "converged":
+                for side, part in enumerate(parity_halves(start, stop)):
+                    parity_weighted[side] += np.tensordot(scores[start:stop][part], masks[part], 1)
+                    parity_total[side] += masks[part].sum(axis=0)
+                parity_scores = (scores[0:stop:2], scores[1:stop:2])
+                reached, agreement = CONVERGENCE.reached(
+                    stop,
+                    *(
+                        _estimate(parity_weighted[side], parity_total[side], s, params)
+                        for side, s in enumerate(parity_scores)
+                    ),
+                )
+                if reached and stop < params.num_masks:
+                    used = stop
+                    break
             if self.watched and stop < params.num_masks:  # the same estimate over masks so far
                 self.report_partial(_estimate(weighted.sum(0), total.sum(0), scores[:stop], params))
+        self.sampling = Sampling(used, params.num_masks, params.stop)
+        if used < params.num_masks:  # the halves of the test that stopped it
+            self.signals["split_half_agreement"] = agreement
+            return _estimate(parity_weighted.sum(0), parity_total.sum(0), scores[:used], params)
         self.signals["split_half_agreement"] = split_half_agreement(
             _estimate(weighted[0], total[0], scores[:half], params),
             _estimate(weighted[1], total[1], scores[half:], params),

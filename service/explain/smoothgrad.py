@@ -12,6 +12,7 @@ from pydantic import Field
 
 from service.common.twin import input_gradients
 from service.explain.base import Explainer, MethodParams, sampled_passes
+from service.explain.convergence import STOP_HELP, Sampling, SplitHalf, Stop, parity_halves
 from service.explain.heatmap import split_half_agreement
 from service.explain.objective import Objective, Question
 from service.explain.twin import (
@@ -22,9 +23,16 @@ from service.explain.twin import (
     times_input,
 )
 
+CONVERGENCE = SplitHalf(agreement=0.9, min_samples=8)
+"""``stop=converged``: the mean maps of the even and the odd noisy copies agree enough that two
+maps of all the copies so far would reach Spearman 0.9 (Spearman-Brown), with at least 8 copies
+in; bench/bench_converged.py measured it (docs/explanations.md)."""
+
 
 class SmoothGradParams(MethodParams):
-    samples: int = Field(16, ge=1, le=64, description="noisy copies averaged")
+    samples: int = Field(
+        16, ge=1, le=64, description="noisy copies averaged (at most, with stop=converged)"
+    )
     noise: float = Field(
         0.15,
         ge=0.0,
@@ -34,6 +42,7 @@ class SmoothGradParams(MethodParams):
     )
     batch_size: int = Field(8, ge=1, le=64, description="noisy copies per forward/backward pass")
     seed: int = Field(0, ge=0, le=2**31 - 1, description="noise seed: same seed, same map")
+    stop: Stop = Field("converged", description=STOP_HELP)
 
 
 class SmoothGrad(Explainer):
@@ -83,19 +92,34 @@ class SmoothGrad(Explainer):
             ) as logits_fn,
         ):
             torch.manual_seed(params.seed)
-            saliency = _Halves(logits_fn, self, params.samples, reduce)
-            gradients = NoiseTunnel(saliency).attribute(
-                as_batch(x),
-                target=0,
-                nt_type="smoothgrad",
-                nt_samples=params.samples,
-                nt_samples_batch_size=params.batch_size,
-                stdevs=stdev,
-                abs=not contrast,
-            )
+            saliency = _Halves(logits_fn, self, params.samples, reduce, params.stop == "converged")
+            try:
+                gradients = NoiseTunnel(saliency).attribute(
+                    as_batch(x),
+                    target=0,
+                    nt_type="smoothgrad",
+                    nt_samples=params.samples,
+                    nt_samples_batch_size=params.batch_size,
+                    stdevs=stdev,
+                    abs=not contrast,
+                )
+            except _Converged as stopped:
+                self.sampling = Sampling(stopped.used, params.samples, params.stop)
+                self.signals["split_half_agreement"] = stopped.agreement
+                return reduce(saliency.mean())
+        self.sampling = Sampling(params.samples, params.samples, params.stop)
         if params.samples > 1:
             self.signals["split_half_agreement"] = split_half_agreement(*saliency.halves())
         return reduce(gradients)
+
+
+class _Converged(Exception):
+    """Raised out of NoiseTunnel's loop once the split-half test holds (``stop=converged``):
+    captum has no way to end its batches early."""
+
+    def __init__(self, used: int, agreement: float) -> None:
+        super().__init__(f"converged after {used} noisy copies")
+        self.used, self.agreement = used, agreement
 
 
 class _Halves(Saliency):
@@ -110,17 +134,25 @@ class _Halves(Saliency):
         explainer: Explainer,
         samples: int,
         reduce: Callable[[torch.Tensor], np.ndarray],
+        stop_early: bool = False,
     ) -> None:
         super().__init__(forward)
         self.explainer = explainer
         self.reduce = reduce
+        self.samples = samples
         self.half = samples // 2
         self.sums: list[torch.Tensor | None] = [None, None]
         self.counts = [0, 0]
+        # sums over the even and the odd copies: the halves of the stopping test
+        self.stop_early = stop_early
+        self.parity_sums: list[torch.Tensor] = []
+        self.parity_counts = [0, 0]
 
     def attribute(self, inputs: Any, **kwargs: Any) -> Any:
         gradients = Saliency.attribute.__wrapped__(self, inputs, **kwargs)
         done = sum(self.counts)
+        if self.stop_early:
+            self._check(gradients.detach(), done)
         split = min(len(gradients), max(0, self.half - done))
         for side, part in enumerate((gradients[:split], gradients[split:])):
             if len(part):
@@ -132,6 +164,31 @@ class _Halves(Saliency):
             total = torch.stack([s for s in self.sums if s is not None]).sum(dim=0)
             self.explainer.report_partial(self.reduce(total / sum(self.counts)))
         return gradients
+
+    def _check(self, gradients: torch.Tensor, done: int) -> None:
+        """Add a batch's copies to the even and odd sums; raise ``_Converged`` once their mean
+        maps pass the split-half test and copies remain."""
+        if not self.parity_sums:
+            self.parity_sums = [torch.zeros_like(gradients[:1]) for _ in range(2)]
+        for side, part in enumerate(parity_halves(done, done + len(gradients))):
+            self.parity_sums[side] += gradients[part].sum(dim=0, keepdim=True)
+            self.parity_counts[side] += len(gradients[part])
+        used = done + len(gradients)
+        if used >= self.samples or min(self.parity_counts) == 0:
+            return
+        reached, agreement = CONVERGENCE.reached(
+            used,
+            *(
+                self.reduce(s / n)
+                for s, n in zip(self.parity_sums, self.parity_counts, strict=True)
+            ),
+        )
+        if reached:
+            raise _Converged(used, agreement)
+
+    def mean(self) -> torch.Tensor:
+        """The mean gradient over the copies so far (the map where sampling stopped)."""
+        return sum(self.parity_sums) / sum(self.parity_counts)  # type: ignore[return-value]
 
     # NoiseTunnel calls its method's undecorated ``attribute`` (captum's ``__wrapped__``)
     attribute.__wrapped__ = attribute  # type: ignore[attr-defined]

@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from scipy.ndimage import maximum_filter
 
+from service.explain.convergence import changed_less_than
+
 DropsAt = Callable[[np.ndarray, np.ndarray], np.ndarray]
 COARSE_STEP = 2
 """Every second window position per axis: a quarter of the grid, each skipped position lying
@@ -45,12 +47,16 @@ def coarse_to_fine(
     drops_at: DropsAt,
     refine: float,
     on_estimate: Callable[[np.ndarray], None] | None = None,
+    converge: tuple[int, float] | None = None,
 ) -> tuple[np.ndarray, int]:
     """Drops over the grid of ``row_starts x col_starts`` window offsets (pixels): scored on the
     coarse grid and at the ``refine`` share (0..1) of the other positions whose scored
     neighbours dropped most, interpolated elsewhere. Returns the ``(rows, cols)`` float64 drops and
     how many positions were scored. ``on_estimate(drops)``: the interpolated grid, once the
-    coarse grid is scored."""
+    coarse grid is scored. ``converge=(batch, tolerance)`` (``stop=converged``): the chosen
+    positions are scored ``batch`` at a time, those next to the largest drops first, and
+    refining ends once a batch corrects its interpolated drops by less than ``tolerance`` of the
+    largest drop (the change test of ``convergence``)."""
     rows, cols = np.asarray(row_starts, float), np.asarray(col_starts, float)
     coarse_rows, coarse_cols = coarse_indices(rows.size), coarse_indices(cols.size)
     grid_rows, grid_cols = np.meshgrid(coarse_rows, coarse_cols, indexing="ij")
@@ -65,11 +71,24 @@ def coarse_to_fine(
     nearby = maximum_filter(np.where(scored, drops, -np.inf), size=3, mode="constant", cval=-np.inf)
     # ties (positions next to the same scored one) go to the larger interpolated drop
     chosen = estimated[np.lexsort((-drops.ravel()[estimated], -nearby.ravel()[estimated]))]
-    chosen = np.sort(chosen[: int(np.ceil(refine * estimated.size))])
-    if chosen.size:
-        refine_rows, refine_cols = np.divmod(chosen, drops.shape[1])
-        drops[refine_rows, refine_cols] = drops_at(refine_rows, refine_cols)
-    return drops, int(scored.sum()) + int(chosen.size)
+    chosen = chosen[: int(np.ceil(refine * estimated.size))]
+    if converge is None:
+        chosen = np.sort(chosen)
+        if chosen.size:
+            refine_rows, refine_cols = np.divmod(chosen, drops.shape[1])
+            drops[refine_rows, refine_cols] = drops_at(refine_rows, refine_cols)
+        return drops, int(scored.sum()) + int(chosen.size)
+    batch, tolerance = converge
+    refined = 0
+    for start in range(0, chosen.size, batch):
+        refine_rows, refine_cols = np.divmod(chosen[start : start + batch], drops.shape[1])
+        exact = drops_at(refine_rows, refine_cols)
+        change = exact - drops[refine_rows, refine_cols]
+        drops[refine_rows, refine_cols] = exact
+        refined += exact.size
+        if changed_less_than(change, drops, tolerance):
+            break
+    return drops, int(scored.sum()) + refined
 
 
 def coarse_indices(count: int, step: int = COARSE_STEP) -> np.ndarray:

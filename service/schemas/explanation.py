@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from service.explain.convergence import Sampling
 from service.explain.quality import QualityReport
 from service.render.upload import HeatmapGrid
 from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRef
@@ -107,6 +108,24 @@ class QualityInfo(BaseModel):
         return cls(**{**values, "reasons": list(report.reasons), "signals": dict(report.signals)})
 
 
+class SampleUse(BaseModel):
+    """How much of its sample budget a sampling method used for this map (stop=)."""
+
+    used: int = Field(
+        description="samples scored: LIME's patterns, RISE's masks, SmoothGrad's noisy copies, "
+        "occlusion's windows"
+    )
+    planned: int = Field(description="the budget the parameters set (used <= planned)")
+    stop: Literal["converged", "fixed"] = Field(
+        description="the rule followed: fixed = the whole budget; converged = until the map was "
+        "stable (docs/explanations.md#stopping-when-the-map-has-converged)"
+    )
+
+    @classmethod
+    def of(cls, sampling: Sampling | None) -> SampleUse | None:
+        return None if sampling is None else cls(**dataclasses.asdict(sampling))
+
+
 class SanityNote(BaseModel):
     """The method's result in the bundle's sanity check (``python -m training sanity``)."""
 
@@ -137,6 +156,12 @@ class ExplanationResponse(BaseModel):
     image: ImageInfo
     model: ModelRef
     cached: bool = Field(description="whether the heatmap came from the result cache")
+    samples: SampleUse | None = Field(
+        None,
+        description="samples used and planned (sampling methods: LIME, RISE, SmoothGrad, "
+        "occlusion; null for the others); on a PNG answer the X-Samples-Used and "
+        "X-Samples-Planned headers",
+    )
     quality: QualityInfo | None = Field(
         None,
         description="how much to believe the map (null unless quality=true, or the method "

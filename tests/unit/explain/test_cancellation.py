@@ -87,8 +87,9 @@ def test_an_uncancelled_token_changes_nothing(handle, face, method, params):
 
 
 GRADIENT_CASES = [
-    ("smoothgrad", {"samples": 16, "batch_size": 2}),  # 8 passes of 2 noisy copies
-    ("integrated_gradients", {"steps": 32, "batch_size": 4}),  # 8 passes of 4 path points
+    # the whole budget (stop=fixed): 8 passes of 2 noisy copies, 8 of 4 path points
+    ("smoothgrad", {"samples": 16, "batch_size": 2, "stop": "fixed"}),
+    ("integrated_gradients", {"steps": 32, "batch_size": 4, "stop": "fixed"}),
 ]
 
 
