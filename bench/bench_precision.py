@@ -3,7 +3,9 @@ that run on the ONNX graph.
 
 One run prints two tables:
 1. images per second and CPU milliseconds per image at batch 1 and 32 for both graphs,
-   interleaved rounds (``training.quantize.throughput``, the figures ``quantize`` records);
+   interleaved rounds (``training.quantize.throughput``, the figures ``quantize`` records),
+   and what ``precision=auto`` chooses on this CPU (its load-time probe, with the CPU's model
+   and flags);
 2. for every perturbation method (occlusion, LIME, RISE: the methods without the twin) on
    ``--n`` test faces: the deletion and insertion AUC of its FP32 map and of its INT8 map, both
    judged by the FP32 model (so a map is not graded by the graph that made it), the Spearman
@@ -27,10 +29,12 @@ from bench_explain import load_faces
 from onnxruntime import InferenceSession
 from scipy.stats import spearmanr
 
+from service.bundle.checks import probe_batch
 from service.bundle.format import INT8_FILE, ONNX_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.faithfulness import deletion_auc, insertion_auc
+from service.inference.precision_probe import resolve_precision
 from training.quantize import session, throughput
 
 PRECISIONS = {"fp32": ONNX_FILE, "int8": INT8_FILE}
@@ -67,6 +71,10 @@ def throughput_table(args: argparse.Namespace, faces: list) -> None:
             f"{name:<8}{f['img_per_s_batch_1']:>12.1f}{f['img_per_s_batch_32']:>12.1f}"
             f"{f['cpu_ms_batch_1']:>12.2f}{f['cpu_ms_batch_32']:>12.2f}"
         )
+    meta = read_meta(args.model)
+    probe = probe_batch(Preprocessor(meta.input))
+    _, choice = resolve_precision(args.model, meta, "auto", "cpu", probe)
+    print(f"precision=auto on this CPU ({choice.cpu.describe()}): {choice.graph}: {choice.reason}")
 
 
 def _forward(sess: InferenceSession) -> Callable[[np.ndarray], np.ndarray]:
@@ -77,7 +85,12 @@ def maps_table(args: argparse.Namespace, faces: list) -> None:
     sessions = {name: session(args.model / file, args.threads) for name, file in PRECISIONS.items()}
     handles = {name: ModelHandle(_forward(s)) for name, s in sessions.items()}
     judge = handles["fp32"].forward
-    methods = [name for name, method in EXPLAINERS.items() if not method.needs_twin]
+    # the methods that run on the ONNX graph alone (not the twin, not a model of their own)
+    methods = [
+        name
+        for name, method in EXPLAINERS.items()
+        if not method.needs_twin and not getattr(method, "needs_one_pass", False)
+    ]
     rows: dict[tuple[str, str], dict[str, list[float]]] = {
         (method, precision): {"deletion": [], "insertion": [], "seconds": []}
         for method in methods
