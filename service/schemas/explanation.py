@@ -113,7 +113,7 @@ class SampleUse(BaseModel):
 
     used: int = Field(
         description="samples scored: LIME's patterns, RISE's masks, SmoothGrad's noisy copies, "
-        "occlusion's windows"
+        "integrated gradients' path points, occlusion's windows"
     )
     planned: int = Field(description="the budget the parameters set (used <= planned)")
     stop: Literal["converged", "fixed"] = Field(
@@ -158,7 +158,7 @@ class ExplanationResponse(BaseModel):
     cached: bool = Field(description="whether the heatmap came from the result cache")
     samples: SampleUse | None = Field(
         None,
-        description="samples used and planned (sampling methods: LIME, RISE, SmoothGrad, "
+        description="samples used and planned (LIME, RISE, SmoothGrad, integrated gradients, "
         "occlusion; null for the others); on a PNG answer the X-Samples-Used and "
         "X-Samples-Planned headers",
     )

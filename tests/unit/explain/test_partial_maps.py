@@ -10,20 +10,21 @@ import pytest
 
 from service.explain import EXPLAINERS, ModelHandle
 
-# Small runs: several batches each, the last one not reported (the final map follows it).
+# Small runs: several batches each, the last one not reported (the final map follows it); the
+# whole budget (stop=fixed), so that the batches are known.
 CASES = {
-    "lime": ({"num_samples": 96, "batch_size": 16}, 5),
-    "rise": ({"num_masks": 96, "batch_size": 16}, 5),
+    "lime": ({"num_samples": 96, "batch_size": 16, "stop": "fixed"}, 5),
+    "rise": ({"num_masks": 96, "batch_size": 16, "stop": "fixed"}, 5),
     # 12 x 12 windows in batches of 32: 4 batches, then the whole grid once more
     "occlusion exhaustive": (
         {"strategy": "exhaustive", "window": 24, "stride": 12, "batch_size": 32},
         5,
     ),
-    # coarse 7 x 7 = 49: after its first batch and when done, the interpolated estimate, then
-    # the 29 refined windows in one batch
+    # coarse 6 x 6 = 36: after its first batch and when done, the interpolated estimate, then
+    # the 17 refined windows in one batch
     "occlusion coarse_to_fine": ({"window": 24, "stride": 12, "batch_size": 32}, 4),
     # the gradient methods report after every batch, the last one too
-    "smoothgrad": ({"samples": 8, "batch_size": 2, "seed": 3}, 4),
+    "smoothgrad": ({"samples": 8, "batch_size": 2, "seed": 3, "stop": "fixed"}, 4),
     "integrated_gradients": ({"steps": 16, "batch_size": 4}, 4),
 }
 
