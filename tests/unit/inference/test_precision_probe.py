@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -119,13 +120,14 @@ def test_the_probe_measures_work_not_time():
 
 
 def test_the_committed_bundle_is_probed_once_per_process_and_chosen_as_its_cpu_predicts(
-    default_bundle, meta
+    default_bundle, meta, caplog
 ):
     """The issue's claim on this machine: INT8 where the CPU has an 8-bit dot product (VNNI,
-    AMX), FP32 where it has not; the reason names the measured ratio."""
+    AMX), FP32 where it has not; the reason names the measured ratio, the log the CPU."""
     probe = probe_batch(Preprocessor(meta.input))
 
-    graph, choice = resolve_precision(default_bundle, meta, "auto", "cpu", probe)
+    with caplog.at_level(logging.INFO, logger="service.inference.precision_probe"):
+        graph, choice = resolve_precision(default_bundle, meta, "auto", "cpu", probe)
 
     cpu = cpu_info()
     expected = "int8" if cpu.int8_dot else "fp32"
@@ -133,6 +135,7 @@ def test_the_committed_bundle_is_probed_once_per_process_and_chosen_as_its_cpu_p
     assert graph.file == (INT8_FILE if expected == "int8" else ONNX_FILE)
     assert choice.times is not None and choice.cpu == cpu
     assert f"INT8 took {choice.times.ratio:.2f} of FP32's CPU time" in choice.reason
+    assert f"CPU {cpu.describe()}" in caplog.text and "precision probe (7 rounds" in caplog.text
     key = (meta.files[ONNX_FILE].sha256, meta.files[INT8_FILE].sha256)
     again, spent_s = probe_graphs(
         default_bundle / ONNX_FILE, default_bundle / INT8_FILE, key, probe
