@@ -130,7 +130,7 @@ EVENTFUL = {
     "lime": "num_samples=512&seed=5",
     "occlusion": "",
     "rise": "num_masks=512",
-    "smoothgrad": "samples=32",
+    "smoothgrad": "samples=32&stop=fixed",  # converged may stop after one batch of 8
     "integrated_gradients": "steps=64",
 }
 
