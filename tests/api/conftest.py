@@ -35,10 +35,6 @@ def _settings(bundle: Path, **overrides: object) -> Settings:
         "api_key": API_KEY,
         "cors_origins": [WEB_ORIGIN],
         "access_log": False,
-        # FP32 whatever the CPU: precision=auto would serve INT8 on a VNNI/AMX machine and FP32
-        # elsewhere, and the tests' tolerances would then depend on the machine (test_precision
-        # runs auto itself)
-        "precision": "fp32",
     }
     values.update(overrides)
     return Settings(_env_file=None, **values)

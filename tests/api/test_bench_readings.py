@@ -58,14 +58,14 @@ def test_a_whole_upload_grid_is_the_model_input_map(client, serving_model, held_
 
 
 def test_the_precision_and_int8_gates_are_read_from_get_model(
-    client, default_bundle, make_settings
+    client, default_bundle, serving_model
 ):
     recorded = json.loads((default_bundle / "meta.json").read_text()).get("precision", {})
     gates_recorded = recorded.get("int8", {}).get("gates")
 
     precision, gates = precision_of(client.get("/model").json())
 
-    assert precision == make_settings().precision
+    assert precision == serving_model.report.precision  # the graph that serves, not the setting
     if gates_recorded is None:
         assert gates is None
     else:

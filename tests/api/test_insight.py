@@ -262,7 +262,9 @@ def test_synthesised_class_image_raises_the_class_score(client, serving_model):
     probabilities = softmax(serving_model.engine.run(x[None]))[0]
     classes = [c.id for c in serving_model.meta.classes]
     assert classes[int(probabilities.argmax())] == "keanu_reeves"
-    assert float(probabilities.max()) == pytest.approx(body["probability_end"], abs=1e-3)
+    # the synthesis ran on the FP32 twin; an INT8 graph that serves agrees to its own tolerance
+    agreement = 1e-3 if serving_model.report.precision == "fp32" else 1e-2
+    assert float(probabilities.max()) == pytest.approx(body["probability_end"], abs=agreement)
 
     again = client.get(
         "/insight/maximize", params={"class": "keanu_reeves", "format": "json"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import pytest
 from fastapi.testclient import TestClient
@@ -14,22 +13,15 @@ from service.inference.precision_probe import cpu_info
 from service.settings import Settings
 
 
-@pytest.fixture(scope="module")
-def auto_client(make_settings) -> Iterator[TestClient]:
-    """An app on the service's default precision, auto (the session's app pins fp32)."""
-    with TestClient(create_app(make_settings(precision="auto", api_key=None))) as client:
-        yield client
-
-
 def test_the_default_precision_is_auto():
     assert Settings(_env_file=None).precision == "auto"
 
 
-def test_model_reports_the_precision_that_serves_and_why(auto_client):
+def test_model_reports_the_precision_that_serves_and_why(client):
     """The default (auto) measured FP32 against INT8 at load: INT8 serves where the CPU has an
     8-bit dot product (VNNI, AMX), FP32 where it has not; /model says which, why, the probe's
     figures and the CPU."""
-    runtime = auto_client.get("/model").json()["runtime"]
+    runtime = client.get("/model").json()["runtime"]
 
     cpu = cpu_info()
     expected = "int8" if cpu.int8_dot else "fp32"
@@ -45,14 +37,14 @@ def test_model_reports_the_precision_that_serves_and_why(auto_client):
     assert runtime["cpu"] == {"model": cpu.model, "flags": list(cpu.flags)}
     info = next(
         line
-        for line in auto_client.get("/metrics").text.splitlines()
+        for line in client.get("/metrics").text.splitlines()
         if line.startswith("celebxai_model_info{")
     )
     assert f'precision="{expected}"' in info
 
 
-def test_model_says_how_the_twin_runs(auto_client):
-    runtime = auto_client.get("/model").json()["runtime"]
+def test_model_says_how_the_twin_runs(client):
+    runtime = client.get("/model").json()["runtime"]
 
     if not {"avx512_bf16", "amx_bf16"} & set(runtime["cpu"]["flags"]):
         assert runtime["twin_precision"] == "fp32"
@@ -64,8 +56,9 @@ def test_model_says_how_the_twin_runs(auto_client):
         assert f"{runtime['twin_bf16_spearman']:.3f}" in runtime["twin_precision_reason"]
 
 
-def test_an_explicit_fp32_serves_fp32_without_a_probe(client):
-    runtime = client.get("/model").json()["runtime"]  # the session's app: precision=fp32
+def test_an_explicit_fp32_serves_fp32_without_a_probe(make_settings):
+    with TestClient(create_app(make_settings(precision="fp32", api_key=None))) as fp32_client:
+        runtime = fp32_client.get("/model").json()["runtime"]
 
     assert (runtime["precision"], runtime["precision_setting"]) == ("fp32", "fp32")
     assert runtime["precision_probe"] is None
