@@ -345,6 +345,7 @@ def model_handle(
         report=report,
         rows=rows if model.engine.has_embedding else None,
         open_set=model.open_set_score,
+        one_pass=model.one_pass,
     )
 
 

@@ -1,5 +1,5 @@
-"""``python -m training fit|evaluate|export|insight|open-set-study|quantize|sanity|twin``: see each
-``--help``."""
+"""``python -m training fit|evaluate|export|insight|one-pass|open-set-study|quantize|sanity|
+twin``: see each ``--help``."""
 
 from __future__ import annotations
 
@@ -261,6 +261,62 @@ def get_args_parser() -> argparse.ArgumentParser:
     sanity.add_argument(
         "--dry-run", action="store_true", help="print the table without writing meta.json"
     )
+    one_pass = sub.add_parser(
+        "one-pass",
+        help="fit the one-pass explainer (FastSHAP over a grid of the face, method fastshap) "
+        "to a bundle's model, gate it on the test split against LIME and occlusion and by the "
+        "model-randomisation test, and add it to the bundle (one_pass.onnx, meta.json "
+        "one_pass); a failed gate leaves the bundle unchanged",
+        formatter_class=fmt,
+    )
+    one_pass.add_argument("--bundle", default="models/celebs8")
+    one_pass.add_argument(
+        "--data", default=DEFAULT_DATA, help="image tree <root>/<class_id>/* of split.json's paths"
+    )
+    one_pass.add_argument(
+        "--layer", default="layer3", help="the trunk's last stage; its activation is grid x grid"
+    )
+    one_pass.add_argument("--grid", type=int, default=8, help="cells per side of the grid")
+    one_pass.add_argument(
+        "--value",
+        default="logit",
+        choices=["logit", "log_probability"],
+        help="what a class's cell values share out (a contrast is the logit gap either way)",
+    )
+    one_pass.add_argument(
+        "--masks", type=int, default=12, help="coalitions scored per face (even: antithetic pairs)"
+    )
+    one_pass.add_argument(
+        "--train-faces", type=int, default=None, help="train faces used (default: all)"
+    )
+    one_pass.add_argument("--val-faces", type=int, default=64, help="val faces for model choice")
+    one_pass.add_argument("--epochs", type=int, default=30, help="epochs of the head")
+    one_pass.add_argument("--lr", type=float, default=3e-4, help="AdamW learning rate")
+    one_pass.add_argument("--weight-decay", type=float, default=1e-3, help="AdamW weight decay")
+    one_pass.add_argument(
+        "--dropout", type=float, default=0.3, help="channel dropout on the trunk's features"
+    )
+    one_pass.add_argument("--width", type=int, default=64, help="channels of the head")
+    one_pass.add_argument(
+        "--gate-faces", type=int, default=32, help="test faces of the faithfulness gate"
+    )
+    one_pass.add_argument(
+        "--sanity-faces", type=int, default=12, help="test faces of the randomisation gate"
+    )
+    one_pass.add_argument(
+        "--sanity-fit-faces",
+        type=int,
+        default=120,
+        help="train faces of each refit in the randomisation gate (a quarter as many val)",
+    )
+    one_pass.add_argument(
+        "--sanity-masks", type=int, default=8, help="coalitions per face in those refits"
+    )
+    one_pass.add_argument("--seed", type=int, default=0, help="seed of coalitions and head")
+    one_pass.add_argument("--threads", type=int, default=2, help="torch and ORT CPU threads")
+    one_pass.add_argument(
+        "--dry-run", action="store_true", help="run the gates without writing the bundle"
+    )
     twin = sub.add_parser(
         "twin",
         help="re-export a bundle's torch twin from its own weights in the current format (it "
@@ -277,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from training import run  # heavy imports only after --help
+    from training.one_pass.command import one_pass_command
     from training.open_set_study import study_command
     from training.quantize import quantize_command
     from training.sanity import sanity_command
@@ -288,6 +345,7 @@ def main(argv: list[str] | None = None) -> int:
             "export": run.export_command,
             "evaluate": run.evaluate_command,
             "insight": run.insight_command,
+            "one-pass": one_pass_command,
             "open-set-study": study_command,
             "quantize": quantize_command,
             "sanity": sanity_command,

@@ -122,6 +122,21 @@ def load_twin(bundle_dir: Path) -> Any:
         raise BundleError(f"cannot load the torch twin {TWIN_FILE} ({type(exc).__name__})") from exc
 
 
+def check_one_pass(meta: BundleMeta, values: np.ndarray, probe: np.ndarray) -> None:
+    """The one-pass explainer's output on ``probe`` must be ``(N, classes, grid, grid)`` and
+    finite (``meta.one_pass``); else ``BundleError``."""
+    assert meta.one_pass is not None
+    grid, name = meta.one_pass.grid, meta.one_pass.file
+    expected = (len(probe), len(meta.classes), grid, grid)
+    if values.shape != expected:
+        raise BundleError(
+            f"the one-pass explainer {name} gives shape {values.shape} on the probe input, "
+            f"expected {expected} ({len(meta.classes)} classes, a {grid}x{grid} grid)"
+        )
+    if not np.isfinite(values).all():
+        raise BundleError(f"the one-pass explainer {name} gives non-finite values")
+
+
 def probe_batch(preprocess: Preprocessor) -> np.ndarray:
     """A fixed, seeded ``(2, 3, H, W)`` input: random RGB images through the real preprocessing."""
     rng = np.random.default_rng(PROBE_SEED)

@@ -28,6 +28,7 @@ META_FILE = "meta.json"
 ONNX_FILE = "model.onnx"
 TWIN_FILE = "model.pt2"
 INT8_FILE = "model.int8.onnx"
+ONE_PASS_FILE = "one_pass.onnx"
 # The ONNX graph's optional second output: the layer before the head (open-set scores).
 EMBEDDING_OUTPUT = "embedding"
 DEFAULT_PARITY_TOLERANCE = 1e-4
@@ -141,6 +142,26 @@ class PrecisionSpec(BaseModel):
     int8: Int8Spec | None = None
 
 
+class OnePassSpec(BaseModel):
+    """``meta.json["one_pass"]``, written by ``python -m training one-pass``: the one-pass
+    explainer the ``fastshap`` method runs. ``file`` maps the model input (``input``) to
+    ``(N, classes, grid, grid)`` raw cell values (``output``); the service makes them Shapley
+    values of the model's logits with hidden cells at model input 0
+    (``service.explain.one_pass``). ``gates`` holds the figures it passed on the test split,
+    ``training`` how it was fitted."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: Literal["fastshap"]
+    file: str
+    grid: int = Field(ge=1, le=64)
+    output: str = "values"
+    value: Literal["logit", "log_probability"] = "logit"
+    explains: str
+    gates: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+
 class SanityStage(BaseModel):
     """One step of the cascade: the modules re-drawn so far and how alike the maps still are."""
 
@@ -201,6 +222,7 @@ class BundleMeta(BaseModel):
     open_set: OpenSetSpec | None = None
     precision: PrecisionSpec = Field(default_factory=PrecisionSpec)
     sanity: SanitySpec | None = None
+    one_pass: OnePassSpec | None = None
 
     @property
     def parity_tolerance(self) -> float:
@@ -246,4 +268,8 @@ def read_meta(bundle_dir: Path) -> BundleMeta:
     int8 = meta.precision.int8
     if int8 is not None and int8.file not in meta.files:
         raise BundleError(f"{META_FILE}: 'files' does not list the INT8 model {int8.file}")
+    if meta.one_pass is not None and meta.one_pass.file not in meta.files:
+        raise BundleError(
+            f"{META_FILE}: 'files' does not list the one-pass explainer {meta.one_pass.file}"
+        )
     return meta

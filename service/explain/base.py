@@ -88,6 +88,8 @@ class ModelHandle:
       through ``forward`` when it is read.
     - ``rows``: ``forward`` with the embedding too, and ``open_set`` the model's open-set
       score: what a map of that score needs (``Objective``); None where the model has none.
+    - ``one_pass``: the bundle's one-pass explainer (``service.explain.one_pass.OnePassModel``)
+      that ``fastshap`` runs; None where the bundle has none.
     """
 
     forward: Forward
@@ -98,6 +100,7 @@ class ModelHandle:
     report: Callable[[np.ndarray, float, bool], None] | None = None
     rows: Rows | None = None
     open_set: OpenSetScore | None = None
+    one_pass: Any = None
 
 
 class Prediction:
@@ -154,6 +157,8 @@ class Explainer(ABC):
     """Set from ``signed``."""
     cost_hint: ClassVar[str] = ""
     """Which parameters to change for fewer passes (a ``too_costly`` answer says it)."""
+    needs_one_pass: ClassVar[bool] = False
+    """Whether it runs the bundle's one-pass explainer (``ModelHandle.one_pass``)."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -175,11 +180,18 @@ class Explainer(ABC):
     def __init__(self, model: ModelHandle) -> None:
         if self.needs_twin and model.twin is None:
             raise ValueError(f"{self.name} needs the model's differentiable twin")
+        if self.needs_one_pass and model.one_pass is None:
+            raise ValueError(
+                f"{self.name} needs the bundle's one-pass explainer, and this model has none "
+                "(make it with 'python -m training one-pass --bundle DIR')"
+            )
         self.model = model
         self.signals: dict[str, float] = {}
         self.map_range = self.value_range
         """the value range of the map being made (``signed_for`` its question)"""
         """The method's own trust measures, set by ``_attribute`` (``Heatmap.signals``)."""
+        self.sampling: Sampling | None = None
+        """A sampling method's samples used and planned, set by ``_attribute``."""
 
     @property
     def watched(self) -> bool:
@@ -188,8 +200,6 @@ class Explainer(ABC):
 
     def report_partial(self, raw: np.ndarray) -> None:
         """Hand the raw map as it stands to ``ModelHandle.report``, scaled as the final one."""
-        self.sampling: Sampling | None = None
-        """A sampling method's samples used and planned, set by ``_attribute``."""
         if self.model.report is not None:
             self.model.report(*scaled(np.asarray(raw, dtype=np.float64), self.map_range))
 
@@ -262,6 +272,7 @@ class Explainer(ABC):
             negligible=negligible,
             signals=dict(self.signals),
             objective=objective,
+            sampling=self.sampling,
         )
 
     def _explain(
@@ -270,7 +281,6 @@ class Explainer(ABC):
         """The raw map, the objective it explains (the question resolved: the predicted class
         unless it names one) and ``x``'s logits. Here: the prediction first, then
         ``_attribute``. A method with work that needs no target (the twin's forward pass)
-            sampling=self.sampling,
         overrides this to do that work while the prediction runs."""
         logits = prediction.logits()
         objective = resolve(question, logits, self.model.open_set)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -19,6 +20,7 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from service.bundle.checks import (
+    check_one_pass,
     check_parity,
     load_gallery,
     load_twin,
@@ -36,6 +38,7 @@ from service.bundle.open_set import OpenSetRule, open_set_rule
 from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
 from service.explain.objective import OpenSetScore
+from service.explain.one_pass import OnePassModel
 from service.faces.choice import FaceChoice
 from service.faces.finder import FaceFinder
 from service.inference.bf16_gate import TwinPrecision, choose_twin_precision
@@ -118,6 +121,7 @@ class ServingModel:
         faces: FaceFinder | None = None,
         open_set: OpenSetRule | None = None,
         training_faces: TrainingFaces | None = None,
+        one_pass: OnePassModel | None = None,
     ) -> None:
         self.bundle_dir = bundle_dir
         self.meta = meta
@@ -131,6 +135,8 @@ class ServingModel:
         """the open-set score as maps explain it (``target=open_set``)"""
         self.training_faces = training_faces
         """the gallery's rows as training files (answers' evidence, ``GET /evidence``)"""
+        self.one_pass = one_pass
+        """the bundle's one-pass explainer (``fastshap``); None where it has none"""
 
     async def model_input(self, face: FaceChoice) -> ModelInput:
         """The one way from a chosen face to the model's input (what ``/predict`` classifies
@@ -238,6 +244,9 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
                 f"{graph.file} has no 'embedding' output of the open-set gallery's width "
                 f"{open_set.gallery.shape[1]}"
             )
+    one_pass = load_one_pass(
+        bundle_dir, meta, engine.run, probe, settings.providers, settings.threads
+    )
     warmup_s = engine.warm_up(probe[0])
     report = LoadReport(
         files_verified=len(meta.files),
@@ -261,5 +270,52 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         report.warmup_ms,
     )
     return ServingModel(
-        bundle_dir, meta, preprocess, engine, twin, report, faces, open_set, training_faces
+        bundle_dir,
+        meta,
+        preprocess,
+        engine,
+        twin,
+        report,
+        faces,
+        open_set,
+        training_faces,
+        one_pass,
     )
+
+
+def load_one_pass(
+    bundle_dir: Path,
+    meta: BundleMeta,
+    forward: Callable[[np.ndarray], np.ndarray],
+    probe: np.ndarray,
+    providers: str = "cpu",
+    threads: int = 0,
+) -> OnePassModel | None:
+    """The bundle's one-pass explainer, checked on ``probe`` (``check_one_pass``), with the
+    model's logits (``forward``) on the all-hidden image that its values add up from; None where
+    the bundle has none (``fastshap`` is then unavailable). Its sha256 was checked with the
+    other files. It runs on the calling worker thread, not the inference thread: one pass per
+    request, never batched with others."""
+    spec = meta.one_pass
+    if spec is None:
+        log.info("bundle has no one-pass explainer: fastshap is unavailable")
+        return None
+    session = create_session(bundle_dir / spec.file, providers, threads)
+    input_name = session.get_inputs()[0].name
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        values: np.ndarray = session.run([spec.output], {input_name: batch})[0]
+        return values
+
+    try:
+        check_one_pass(meta, run(probe), probe)
+    except BundleError:
+        raise
+    except Exception as exc:  # ONNX Runtime raises its own types for a graph that does not fit
+        raise BundleError(
+            f"the one-pass explainer {spec.file} does not run on the model input "
+            f"({type(exc).__name__})"
+        ) from exc
+    baseline = forward(np.zeros_like(probe[:1]))[0]
+    log.info("one-pass explainer %s: %dx%d grid", spec.file, spec.grid, spec.grid)
+    return OnePassModel(run, np.asarray(baseline, dtype=np.float32), spec.grid, spec.value)
