@@ -284,10 +284,13 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="what a class's cell values share out (a contrast is the logit gap either way)",
     )
     one_pass.add_argument(
-        "--masks", type=int, default=12, help="coalitions scored per face (even: antithetic pairs)"
+        "--masks", type=int, default=64, help="coalitions scored per face (even: antithetic pairs)"
     )
     one_pass.add_argument(
-        "--train-faces", type=int, default=None, help="train faces used (default: all)"
+        "--train-faces",
+        type=int,
+        default=600,
+        help="train faces used, spread over the split (0: all)",
     )
     one_pass.add_argument("--val-faces", type=int, default=64, help="val faces for model choice")
     one_pass.add_argument("--epochs", type=int, default=30, help="epochs of the head")

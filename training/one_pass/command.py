@@ -95,7 +95,7 @@ def one_pass_command(args: Any) -> int:
     check_grid(features(probe[:1]), args.grid, args.layer)
     baseline = forward(np.zeros_like(probe[:1]))[0]
 
-    train_faces = split_faces(bundle, images, "train", preprocess, args.train_faces)
+    train_faces = split_faces(bundle, images, "train", preprocess, args.train_faces or None)
     val_faces = split_faces(bundle, images, "val", preprocess, args.val_faces)
     log.info("%d train and %d val faces read", len(train_faces[1]), len(val_faces[1]))
     grid, masks = args.grid, args.masks
