@@ -289,7 +289,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     one_pass.add_argument(
         "--train-faces",
         type=int,
-        default=600,
+        default=0,
         help="train faces used, spread over the split (0: all)",
     )
     one_pass.add_argument("--val-faces", type=int, default=64, help="val faces for model choice")
