@@ -128,9 +128,7 @@ def test_a_training_photo_finds_its_own_gallery_row(post_image, celebs_root, tra
 
 
 @pytest.mark.slow
-def test_training_photos_across_the_list_find_their_own_rows(
-    post_image, celebs_root, train_split
-):
+def test_training_photos_across_the_list_find_their_own_rows(post_image, celebs_root, train_split):
     """Every fourth photo of the train list, every class, start to end, through /predict
     (~10 s; a row shifted anywhere in the gallery shifts every row after it): nearly every
     photo's nearest training face is itself, and every one is among its class's listed faces.
