@@ -18,7 +18,8 @@ import pytest
 from service.inference.allocator import POLICY, configure_malloc
 
 ROOT = Path(__file__).resolve().parents[3]
-GROWTH_LIMIT_MIB = 48.0  # one run here: +37 MiB with the policy, +110 MiB without
+# runs here: +42-45 MiB with the policy (its 1 MiB mmap threshold), +93-110 MiB without
+GROWTH_LIMIT_MIB = 56.0
 
 CHURN = r"""
 import collections, io, json, sys, threading
