@@ -134,6 +134,13 @@ class TooCostly(ServiceError):
     status, code = 422, "too_costly"
 
 
+class MethodUnavailable(ServiceError):
+    """A method the served bundle lacks a part for (``fastshap`` without its one-pass
+    explainer)."""
+
+    status, code = 422, "method_unavailable"
+
+
 class NoTopPatches(ServiceError):
     status, code = 404, "no_top_patches"
 

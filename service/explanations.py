@@ -41,6 +41,7 @@ from service.errors import BadMap
 from service.explain import Heatmap, ModelHandle, array_digest, cache_key
 from service.explain.base import SIGNED_RANGE, UNSIGNED_RANGE, MethodCall
 from service.explain.objective import Objective, Question, resolve
+from service.explain.one_pass import FastShap
 from service.explain.quality import QualityReport, RandomCurves, grade_heatmap
 from service.explain.quality import grade as grade_map
 from service.faces.aligned import AlignedFace
@@ -375,24 +376,45 @@ def answer_headers(explanation: Explanation) -> dict[str, str]:
 
 
 def sanity_note(model: ServingModel, method: str) -> SanityNote | None:
-    """``method``'s result in the bundle's sanity check, in one sentence; None without one."""
+    """``method``'s result in the bundle's sanity check, in one sentence; None without one. The
+    one-pass method's is its explainer's own cascade (``meta.one_pass.gates``), refitted to the
+    model at every stage."""
     spec = model.meta.sanity
     result = None if spec is None else spec.methods.get(method)
     if spec is None or result is None or not result.stages:
-        return None
+        return one_pass_sanity_note(model) if method == FastShap.name else None
     closest = max(result.stages, key=lambda stage: stage.spearman)
-    similarity = (
-        f"rank correlation {closest.spearman:.2f} with the trained model's maps once "
-        f"{closest.stage} and every layer above it are random (limit {spec.pass_below})"
+    return _sanity_sentence(result.passed, closest.stage, closest.spearman, spec.pass_below)
+
+
+def one_pass_sanity_note(model: ServingModel) -> SanityNote | None:
+    """The one-pass explainer's randomisation gate (``meta.one_pass.gates``), as a note."""
+    one_pass = model.meta.one_pass
+    check = None if one_pass is None else one_pass.gates.get("randomisation")
+    if not check or not check.get("stages"):
+        return None
+    closest = max(check["stages"], key=lambda stage: stage["spearman"])
+    # the same rule as the bundle's sanity check (training.sanity.PASS_BELOW)
+    limit = None if model.meta.sanity is None else model.meta.sanity.pass_below
+    return _sanity_sentence(
+        bool(check["passed"]), closest["stage"], float(closest["spearman"]), limit
     )
-    if result.passed:
+
+
+def _sanity_sentence(passed: bool, stage: str, spearman: float, limit: float | None) -> SanityNote:
+    similarity = (
+        f"rank correlation {spearman:.2f} with the trained model's maps once "
+        f"{stage} and every layer above it are random"
+        + ("" if limit is None else f" (limit {limit})")
+    )
+    if passed:
         note = f"passes the sanity check: its maps change with the model's weights ({similarity})"
     else:
         note = (
             "fails the sanity check: its maps stay similar when the model's weights are "
             f"randomised, so they show the photo more than what the model learned ({similarity})"
         )
-    return SanityNote(passed=result.passed, note=note)
+    return SanityNote(passed=passed, note=note)
 
 
 def json_answer(

@@ -276,6 +276,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     one_pass.add_argument(
         "--layer", default="layer3", help="the trunk's last stage; its activation is grid x grid"
     )
+    one_pass.add_argument(
+        "--context",
+        nargs="*",
+        default=["layer4", "layer5"],
+        help="deeper stages laid on the grid stage's cells as more channels (none: that stage "
+        "alone)",
+    )
+    one_pass.add_argument(
+        "--heads", type=int, default=3, help="heads fitted from successive seeds, averaged"
+    )
     one_pass.add_argument("--grid", type=int, default=8, help="cells per side of the grid")
     one_pass.add_argument(
         "--value",

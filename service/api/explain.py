@@ -58,7 +58,7 @@ from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
 from service.errors import OpenSetUnavailable, UnknownClass
 from service.explain import EXPLAINERS, GRADIENT_METHODS, Explainer
-from service.explain.base import MethodCall
+from service.explain.base import CallBounds, MethodCall
 from service.explain.objective import OPEN_SET, Question
 from service.explain.quality import PASSES, REPEAT_PASSES, RULE, VERDICTS
 from service.inference.model import ModelInput, ServingModel
@@ -139,19 +139,23 @@ router = APIRouter(tags=["explain"])
     summary="Every explanation method and its parameters",
     description="The methods `POST /explain/{method}` runs, in the page's order: what each "
     "shows, whether its map is signed, its units and value range, whether it needs the "
-    "differentiable twin, and its own query parameters as JSON Schema (defaults, bounds, "
-    "choices).",
+    "differentiable twin, its own query parameters as JSON Schema (defaults, bounds, "
+    "choices), and whether the served bundle can run it (`available`).",
     dependencies=[ON_GATEWAY],
 )
 async def list_methods(state: StateDep) -> MethodsResponse:
+    bounds = call_bounds(state)
     return MethodsResponse(
         common_parameters=list(COMMON_PARAMS),
         quality_rule=RULE,
-        methods=[_method_info(explainer, state.model) for explainer in EXPLAINERS.values()],
+        methods=[_method_info(explainer, state.model, bounds) for explainer in EXPLAINERS.values()],
     )
 
 
-def _method_info(explainer: type[Explainer], model: ServingModel | None) -> MethodInfo:
+def _method_info(
+    explainer: type[Explainer], model: ServingModel | None, bounds: CallBounds | None
+) -> MethodInfo:
+    unavailable = None if bounds is None else explainer.unavailable(bounds)
     schema = explainer.Params.model_json_schema()
     for name in SERVER_SIDE_PARAMS:
         schema.get("properties", {}).pop(name, None)
@@ -173,8 +177,16 @@ def _method_info(explainer: type[Explainer], model: ServingModel | None) -> Meth
         ),
         sanity=None if model is None else explanations.sanity_note(model, explainer.name),
         explains=["class", "contrast"]
-        + (["open_set"] if model is not None and model.open_set_score is not None else []),
+        + (
+            ["open_set"]
+            if explainer.explains_open_set
+            and model is not None
+            and model.open_set_score is not None
+            else []
+        ),
         contrast_signed=explainer.signed_for(Question(0, 1)),
+        available=unavailable is None,
+        unavailable=unavailable,
     )
 
 

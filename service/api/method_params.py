@@ -43,8 +43,8 @@ def shown_params(call: MethodCall) -> dict[str, Any]:
 
 def call_bounds(state: ServiceState) -> CallBounds | None:
     """What calls are checked against in this app: the served model's layers and input side,
-    and ``max_passes_per_request``; None before a model is loaded (the route answers 503
-    ``not_ready`` then, having nothing to run)."""
+    ``max_passes_per_request`` and whether it has a one-pass explainer; None before a model is
+    loaded (the route answers 503 ``not_ready`` then, having nothing to run)."""
     model = state.model
     if model is None:
         return None
@@ -53,7 +53,9 @@ def call_bounds(state: ServiceState) -> CallBounds | None:
     if meta.gradcam_layer and meta.gradcam_layer not in layers:
         layers.append(meta.gradcam_layer)
     side = (meta.input.height, meta.input.width)
-    return CallBounds(tuple(layers), side, state.settings.max_passes_per_request)
+    return CallBounds(
+        tuple(layers), side, state.settings.max_passes_per_request, model.one_pass is not None
+    )
 
 
 def check_params(

@@ -22,6 +22,7 @@ from service.explain.heatmap import Heatmap
 from service.explain.integrated_gradients import IntegratedGradients
 from service.explain.lime import Lime
 from service.explain.occlusion import Occlusion
+from service.explain.one_pass import FastShap
 from service.explain.rise import Rise
 from service.explain.smoothgrad import SmoothGrad
 
@@ -35,6 +36,7 @@ METHODS: tuple[type[Explainer], ...] = (
     Occlusion,
     Lime,
     Rise,
+    FastShap,
 )
 EXPLAINERS: dict[str, type[Explainer]] = {method.name: method for method in METHODS}
 GRADIENT_METHODS = tuple(name for name, method in EXPLAINERS.items() if method.needs_twin)

@@ -33,7 +33,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict
 
 from service.common.cancellation import Cancellation
-from service.errors import TooCostly
+from service.errors import MethodUnavailable, TooCostly
 from service.explain.convergence import Sampling
 from service.explain.heatmap import Heatmap, scaled
 from service.explain.objective import (
@@ -159,6 +159,8 @@ class Explainer(ABC):
     """Which parameters to change for fewer passes (a ``too_costly`` answer says it)."""
     needs_one_pass: ClassVar[bool] = False
     """Whether it runs the bundle's one-pass explainer (``ModelHandle.one_pass``)."""
+    explains_open_set: ClassVar[bool] = True
+    """Whether it can explain the open-set score (``target=open_set``) where the model has one."""
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -216,6 +218,22 @@ class Explainer(ABC):
         (integrated gradients' completeness: the values sum to the target logit's change from
         it to ``x``); None for a method without that property."""
         return None
+
+    @classmethod
+    def unavailable(cls, bounds: CallBounds) -> str | None:
+        """Why the model of ``bounds`` cannot run this method (None: it can)."""
+        if cls.needs_one_pass and not bounds.one_pass:
+            return (
+                f"{cls.name} needs the bundle's one-pass explainer, and the served bundle has "
+                "none (make it with 'python -m training one-pass --bundle DIR')"
+            )
+        return None
+
+    @classmethod
+    def check_available(cls, bounds: CallBounds) -> None:
+        """``MethodUnavailable`` (422) where ``unavailable`` says why."""
+        if (reason := cls.unavailable(bounds)) is not None:
+            raise MethodUnavailable(reason)
 
     @classmethod
     def check_names(cls, params: Any, layers: tuple[str, ...]) -> None:
@@ -313,11 +331,13 @@ class Explainer(ABC):
 class CallBounds:
     """What a call is checked against beyond its own ``Params``: the model it will run on
     (``layers``: the twin's activations; ``side``: the model input's (H, W)) and the forward
-    passes one request may plan (``max_passes``)."""
+    passes one request may plan (``max_passes``); whether the bundle has its one-pass
+    explainer (``one_pass``)."""
 
     layers: tuple[str, ...]
     side: tuple[int, int]
     max_passes: int
+    one_pass: bool = True
 
 
 @dataclass(frozen=True)
@@ -336,9 +356,11 @@ class MethodCall:
     ) -> MethodCall:
         """``values`` checked by ``explainer.Params``, rules across parameters included;
         pydantic's ``ValidationError`` (a ``ValueError``) says what is wrong. With ``bounds``,
-        also the names it gives (``UnknownLayer``) and its cost (``TooCostly``)."""
+        also that the model has what the method runs (``MethodUnavailable``), the names it
+        gives (``UnknownLayer``) and its cost (``TooCostly``)."""
         call = cls(explainer, explainer.Params.model_validate(dict(values)))
         if bounds is not None:
+            explainer.check_available(bounds)
             explainer.check_names(call.params, bounds.layers)
             call.check_cost(bounds.side, bounds.max_passes)
         return call

@@ -70,8 +70,9 @@ def efficient(raw: ArrayT, gain: ArrayT) -> ArrayT:
 
 
 class FastShap(Explainer):
-    """Signed, [-1, 1]: each grid cell's Shapley value for the target's logit (hidden cells at
-    model input 0), bilinear between the cells' centres, divided by the largest magnitude."""
+    """Signed, [-1, 1]: each grid cell's Shapley value for the target's centred logit (its logit
+    minus the mean of the classes' logits; hidden cells at model input 0), bilinear between the
+    cells' centres, divided by the largest magnitude."""
 
     name = "fastshap"
     title = "FastSHAP (one pass)"
@@ -82,8 +83,12 @@ class FastShap(Explainer):
     )
     Params = NoParams
     signed = True
-    units = "Shapley value of the grid cell for the target logit (hidden: model input 0)"
+    units = (
+        "Shapley value of the grid cell for the target's centred logit (its logit minus the "
+        "classes' mean; hidden: model input 0)"
+    )
     needs_one_pass = True
+    explains_open_set = False
 
     def _explain(
         self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
@@ -94,7 +99,7 @@ class FastShap(Explainer):
                 "fastshap explains class logits, not the open-set score; ask another method "
                 "for target=open_set"
             )
-        self.model.cancellation.check()
+        self.model.cancellation.batch()  # the explainer's pass, counted as every pass is
         # runs here while the prediction runs on the inference thread
         self._raw = np.asarray(one_pass.run(x[None]), dtype=np.float64)[0]
         return super()._explain(x, question, params, prediction)
@@ -108,9 +113,9 @@ class FastShap(Explainer):
             np.asarray(one_pass.baseline_logits, np.float64), one_pass.value
         )
         values = efficient(self._raw.reshape(classes, grid * grid), gain)
-        cells = values[objective.target]
-        if objective.contrast is not None:
-            cells = cells - values[objective.contrast]
+        # a contrast's difference needs no centring: the classes' mean cancels in it
+        other = values.mean(axis=0) if objective.contrast is None else values[objective.contrast]
+        cells = values[objective.target] - other
         return upsampled(cells.reshape(grid, grid), x.shape[1:])
 
 

@@ -227,6 +227,14 @@ class MethodInfo(BaseModel):
         description="whether its map of a contrast is signed (positive: favours the target, "
         "negative: the contrast), whatever `signed` says of its other maps"
     )
+    available: bool = Field(
+        True,
+        description="whether the served bundle can run it (false: POST answers 422 "
+        "method_unavailable, and `unavailable` says why)",
+    )
+    unavailable: str | None = Field(
+        None, description="why the served bundle cannot run it (null: it can)"
+    )
 
 
 class MethodsResponse(BaseModel):

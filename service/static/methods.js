@@ -6,9 +6,10 @@ import { getJson } from "./api.js";
 import { fieldsOf } from "./schema.js";
 
 /** ``{methods, rule}``: ``methods`` ``[{name, title, shows, signed, units, anytime, quality,
- * sanity, fields}]`` in the service's order (``fields``: see ``fieldsOf``); ``rule``: how an
- * answer's quality verdict is decided, in words. */
+ * sanity, fields}]`` in the service's order (``fields``: see ``fieldsOf``), those the served
+ * bundle can run (``available``); ``rule``: how an answer's quality verdict is decided, in words. */
 export async function loadMethods() {
   const { methods, quality_rule: rule } = await getJson("/explain");
-  return { methods: methods.map((method) => ({ ...method, fields: fieldsOf(method.parameters) })), rule };
+  const runnable = methods.filter((method) => method.available !== false);
+  return { methods: runnable.map((method) => ({ ...method, fields: fieldsOf(method.parameters) })), rule };
 }

@@ -13,7 +13,8 @@ import { ExplanationPanel } from "./panel.js";
 // like nobody it knows", its signed blocks read at a glance on a face crop, and it runs on the
 // same ONNX rows (logits and embedding) as /predict's score. A gradient map of the score is
 // unsigned pixel speckle that cannot say which way a region pushes. Where the service lists
-// neither preferred method: its first signed one, else its first.
+// neither preferred method: its first signed one, else its first (among those that explain the
+// open-set score).
 const PREFERRED = ["occlusion", "integrated_gradients"];
 
 const PART_WORDS = {
@@ -24,6 +25,8 @@ const PART_WORDS = {
 
 /** The method ``PREFERRED`` names first among ``methods`` (GET /explain's), or a fallback. */
 export function openSetMethod(methods) {
+  // a method whose list of what it explains leaves the open-set score out cannot serve here
+  methods = methods.filter((method) => !method.explains || method.explains.includes("open_set"));
   const byName = new Map(methods.map((method) => [method.name, method]));
   const preferred = PREFERRED.map((name) => byName.get(name)).find(Boolean);
   return preferred ?? methods.find((method) => method.signed) ?? methods[0] ?? null;

@@ -269,7 +269,11 @@ def test_get_explain_lists_every_method_of_the_registry(client):
         for name, schema in properties.items():
             field = explainer.Params.model_fields[name]
             assert schema.get("default") == field.default, (method["name"], name)
-        assert method["explains"] == ["class", "contrast", "open_set"]  # every method, all three
+        # every method all three, but fastshap, whose explainer learned class logits only
+        assert method["explains"] == ["class", "contrast"] + (
+            ["open_set"] if explainer.explains_open_set else []
+        )
+        assert method["available"] is True and method["unavailable"] is None
     # a contrast is signed by nature: only Grad-CAM (its ReLU keeps the target's side) is not
     contrast_signed = {m["name"] for m in body["methods"] if m["contrast_signed"]}
     assert contrast_signed == set(EXPLAINERS) - {"gradcam"}

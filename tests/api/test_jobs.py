@@ -50,6 +50,7 @@ SMALL: dict[str, str] = {
     "occlusion": "window=48&stride=48",
     "lime": "num_samples=64",
     "rise": "num_masks=64",
+    "fastshap": "",
 }
 LONG_LIME = "num_samples=2000&seed={seed}"  # 63 batches of 32
 

@@ -17,7 +17,7 @@ from service.insight.patches import TopPatchIndex
 from training.__main__ import main
 
 MODEL_FILES = ("model.onnx", "model.int8.onnx", "model.pt2")
-LINKED = (*MODEL_FILES, "open_set")  # what insight never writes
+LINKED = (*MODEL_FILES, "one_pass.onnx", "open_set")  # what insight never writes
 LIMIT = 40
 
 

@@ -20,9 +20,11 @@ from service.inference.model import load_model
 from service.settings import Settings
 from tests.one_pass_explainer import as_one_pass, small_explainer
 from training.bundle_meta import update_meta
+from training.from_bundle import classifier_from_bundle
 from training.one_pass.command import export_onnx
-from training.one_pass.fit import FitConfig, fit_head
+from training.one_pass.fit import FitConfig, fit_head, fit_heads
 from training.one_pass.gates import faithfulness
+from training.one_pass.net import Heads, Trunk
 from training.one_pass.samples import Samples, cell_masks, kernel_coalitions, split_faces
 
 PLAYERS = 64
@@ -98,7 +100,8 @@ def explainer_bundle(default_bundle: Path, into: Path, net, baseline) -> Path:
     and listed in meta.json as the command lists it."""
     into.mkdir()
     for path in default_bundle.iterdir():
-        if path.name != "meta.json":
+        # the bundle's own explainer is not linked: the export below must not write through it
+        if path.name not in {"meta.json", ONE_PASS_FILE}:
             (into / path.name).symlink_to(path)
     (into / "meta.json").write_text((default_bundle / "meta.json").read_text())
     export_onnx(net, torch.zeros(1, 3, 150, 150), into / ONE_PASS_FILE)
@@ -149,3 +152,55 @@ def test_the_faithfulness_gate_refuses_a_map_that_points_the_wrong_way(
     methods = result["methods"]
     assert methods["fastshap"]["deletion_auc"] > methods["lime"]["deletion_auc"] + 0.02
     assert methods["fastshap"]["deletion_ratio_to_random"] > 1.0  # worse than a random map
+
+
+def test_the_trunk_stacks_the_deeper_stages_on_the_grid_stages_cells(default_bundle: Path) -> None:
+    classifier, _, _ = classifier_from_bundle(default_bundle)
+    x = torch.from_numpy(np.random.default_rng(1).normal(size=(2, 3, 150, 150)).astype(np.float32))
+    with torch.no_grad():
+        activations, h = {}, x
+        for name, stage in classifier.backbone.stages():
+            h = stage(h)
+            activations[name] = h
+        alone = Trunk(classifier, "layer3").eval()(x)
+        stacked = Trunk(classifier, "layer3", ("layer4", "layer5")).eval()(x)
+
+    assert alone.shape == (2, 128, 8, 8)
+    assert stacked.shape == (2, 128 + 256 + 256, 8, 8)
+    torch.testing.assert_close(stacked[:, :128], activations["layer3"])
+    # layer5's 2 x 2 cells laid on the 8 x 8 grid: the corner cells take the corner values,
+    # and each cell's value lies within the range of the deeper stage's
+    layer5 = stacked[:, 384:]
+    torch.testing.assert_close(layer5[:, :, 0, 0], activations["layer5"][:, :, 0, 0])
+    torch.testing.assert_close(layer5[:, :, -1, -1], activations["layer5"][:, :, -1, -1])
+    assert float(layer5.max()) <= float(activations["layer5"].max()) + 1e-5
+    with pytest.raises(ValueError, match="context stages must come after layer3"):
+        Trunk(classifier, "layer3", ("layer2",))
+    with pytest.raises(ValueError, match="no stage 'layer9'"):
+        Trunk(classifier, "layer3", ("layer9",))
+
+
+def test_an_ensemble_averages_heads_fitted_from_successive_seeds() -> None:
+    rng = np.random.default_rng(2)
+    faces, channels, classes = 24, 16, 8
+    samples = Samples(
+        rng.normal(size=(faces, channels, 8, 8)).astype(np.float32),
+        rng.normal(size=(faces, classes)).astype(np.float32),
+        kernel_coalitions(rng, faces, 8, PLAYERS),
+        rng.normal(size=(faces, 8, classes)).astype(np.float32),
+        rng.integers(0, classes, size=faces),
+    )
+    baseline = np.zeros(classes, dtype=np.float32)
+    config = FitConfig(epochs=2, width=8, seed=5)
+    heads, histories = fit_heads(samples, samples, baseline, config, 3)
+
+    assert len(heads.heads) == 3 and len(histories) == 3
+    single, _ = fit_head(samples, samples, baseline, dataclasses.replace(config, seed=6))
+    torch.testing.assert_close(heads.heads[1].state_dict(), single.state_dict())
+    features = torch.from_numpy(samples.features[:4])
+    with torch.no_grad():
+        each = [head(features) for head in heads.heads]
+        torch.testing.assert_close(heads(features), sum(each) / 3)
+        assert not torch.allclose(each[0], each[1])  # different seeds, different heads
+    with pytest.raises(ValueError, match="at least one head"):
+        Heads([])

@@ -149,7 +149,7 @@ def bundle_copy(default_bundle: Path, tmp_path: Path) -> Path:
     """meta.json and split.json copied (writable), the model files linked."""
     copy = tmp_path / "celebs8"
     copy.mkdir()
-    for name in ("model.onnx", "model.int8.onnx", "model.pt2", "open_set"):
+    for name in ("model.onnx", "model.int8.onnx", "model.pt2", "one_pass.onnx", "open_set"):
         (copy / name).symlink_to(default_bundle / name)
     for name in ("meta.json", "split.json"):
         shutil.copy(default_bundle / name, copy / name)

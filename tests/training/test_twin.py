@@ -24,7 +24,7 @@ def bundle_copy(default_bundle: Path, tmp_path: Path) -> Path:
     linked."""
     copy = tmp_path / "celebs8"
     copy.mkdir()
-    for name in ("model.onnx", "model.int8.onnx", "open_set", "report"):
+    for name in ("model.onnx", "model.int8.onnx", "one_pass.onnx", "open_set", "report"):
         (copy / name).symlink_to(default_bundle / name)
     for name in ("meta.json", "split.json", "model.pt2"):
         shutil.copy(default_bundle / name, copy / name)

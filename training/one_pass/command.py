@@ -3,7 +3,8 @@ and add it to the bundle.
 
 1. the train split's faces (and some of the validation split's) scored under Shapley-kernel
    coalitions of the grid (``samples``), through the bundle's FP32 ONNX model;
-2. the head fitted on the frozen trunk's features (``fit``), the best validation epoch kept;
+2. ``--heads`` heads fitted on the frozen trunk's features (``fit``), each from its own seed,
+   the best validation epoch of each kept, their values averaged;
 3. trunk and head exported to ONNX, checked against torch;
 4. the gates on the test split (``gates``): faithfulness against LIME and occlusion, and the
    model-randomisation test;
@@ -28,13 +29,13 @@ import onnxruntime as ort
 import torch
 
 from service.bundle.checks import check_one_pass, load_twin, probe_batch
-from service.bundle.format import ONE_PASS_FILE, ONNX_FILE, read_meta
+from service.bundle.format import ONE_PASS_FILE, ONNX_FILE, OnePassSpec, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain.one_pass import FastShap, OnePassModel
 from training.bundle_meta import update_meta
 from training.export import ONNX_OPSET
 from training.from_bundle import classifier_from_bundle
-from training.one_pass.fit import FitConfig, fit_head
+from training.one_pass.fit import FitConfig, fit_heads
 from training.one_pass.gates import MARGIN, faithfulness, randomisation
 from training.one_pass.net import OnePassNet, Trunk
 from training.one_pass.samples import check_grid, make_samples, split_faces
@@ -84,7 +85,7 @@ def one_pass_command(args: Any) -> int:
     meta = read_meta(bundle)
     preprocess = Preprocessor(meta.input)
     classifier, _, _ = classifier_from_bundle(bundle)
-    trunk = Trunk(classifier, args.layer).eval()
+    trunk = Trunk(classifier, args.layer, args.context).eval()
     forward = onnx_forward(bundle / ONNX_FILE, args.threads, "logits")
 
     def features(batch: np.ndarray) -> np.ndarray:
@@ -114,8 +115,8 @@ def one_pass_command(args: Any) -> int:
         value=args.value,
         dropout=args.dropout,
     )
-    head, history = fit_head(train, val, baseline, config)
-    net = OnePassNet(trunk, head).eval()
+    heads, histories = fit_heads(train, val, baseline, config, args.heads)
+    net = OnePassNet(trunk, heads).eval()
 
     staged = bundle / f".{ONE_PASS_FILE}.tmp-{os.getpid()}"
     try:
@@ -136,6 +137,7 @@ def one_pass_command(args: Any) -> int:
             copy.deepcopy(load_twin(bundle)),
             [layer.name for layer in meta.layers],
             args.layer,
+            args.context,
             grid,
             split_faces(bundle, images, "train", preprocess, args.sanity_fit_faces),
             split_faces(bundle, images, "val", preprocess, args.sanity_fit_faces // 4),
@@ -150,41 +152,57 @@ def one_pass_command(args: Any) -> int:
                 "unchanged: "
                 + json.dumps({"faithfulness": faithful, "randomisation": random_check})
             )
+        entry = {
+            "method": FastShap.name,
+            "file": ONE_PASS_FILE,
+            "grid": grid,
+            "output": OUTPUT,
+            "value": args.value,
+            "explains": (
+                f"Shapley values of every class's {args.value.replace('_', '-')} over a "
+                f"{grid}x{grid} grid of the model input, hidden cells at model input 0 (the "
+                "deletion baseline); the raw output plus an equal share of what it misses of the "
+                "value on the face minus on the all-hidden image, per class (additive efficient "
+                "normalisation); a class's map is its values minus the mean of every class's "
+                "(its centred logit's Shapley values)"
+            ),
+            "trunk": (
+                f"the model's own stages (frozen): {args.layer}'s activation"
+                + (
+                    f" with {', '.join(args.context)}'s laid on its grid (bilinear) as more "
+                    "channels"
+                    if args.context
+                    else ""
+                )
+            ),
+            "heads": args.heads,
+            "gates": {"faithfulness": faithful, "randomisation": random_check},
+            "training": {
+                "args": {k: v for k, v in vars(args).items() if k != "func"},
+                "train_faces": len(train.labels),
+                "val_faces": len(val.labels),
+                "masks_per_face": masks,
+                "sampling": "Shapley kernel, antithetic pairs",
+                "best_val_loss": [
+                    round(min(h["val_loss"] for h in history), DECIMALS) for history in histories
+                ],
+                "history": [
+                    [{k: round(v, DECIMALS) for k, v in h.items()} for h in history]
+                    for history in histories
+                ],
+                "onnx_parity_max_abs_diff": parity,
+                "wall_time_s": round(time.perf_counter() - started, 1),
+                "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
+            },
+        }
         if args.dry_run:
             print(f"--dry-run: {bundle} not changed")
             return 0
-        check_one_pass(meta, run(probe), probe)
+        spec = OnePassSpec.model_validate(entry)
+        check_one_pass(meta.model_copy(update={"one_pass": spec}), run(probe), probe)
         os.replace(staged, bundle / ONE_PASS_FILE)
     finally:
         staged.unlink(missing_ok=True)
-    entry = {
-        "method": FastShap.name,
-        "file": ONE_PASS_FILE,
-        "grid": grid,
-        "output": OUTPUT,
-        "value": args.value,
-        "explains": (
-            f"Shapley values of every class's {args.value.replace('_', '-')} over a "
-            f"{grid}x{grid} grid of the model input, hidden cells at model input 0 (the "
-            "deletion baseline); the raw output plus an equal share of what it misses of the "
-            "value on the face minus on the all-hidden image, per class (additive efficient "
-            "normalisation)"
-        ),
-        "trunk": f"the model's own stages up to {args.layer} (frozen)",
-        "gates": {"faithfulness": faithful, "randomisation": random_check},
-        "training": {
-            "args": {k: v for k, v in vars(args).items() if k != "func"},
-            "train_faces": len(train.labels),
-            "val_faces": len(val.labels),
-            "masks_per_face": masks,
-            "sampling": "Shapley kernel, antithetic pairs",
-            "best_val_loss": round(min(h["val_loss"] for h in history), DECIMALS),
-            "history": [{k: round(v, DECIMALS) for k, v in h.items()} for h in history],
-            "onnx_parity_max_abs_diff": parity,
-            "wall_time_s": round(time.perf_counter() - started, 1),
-            "created_at": datetime.now(UTC).replace(microsecond=0).isoformat(),
-        },
-    }
     update_meta(bundle, lambda raw: raw.update(one_pass=entry), files=[ONE_PASS_FILE])
     print(f"wrote {ONE_PASS_FILE} and meta.json['one_pass'] of {bundle}")
     return 0

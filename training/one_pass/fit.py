@@ -7,11 +7,13 @@ minimiser the Shapley values (Jethani et al. 2022, eq. 4). ``v(empty)`` is the m
 the baseline image, the same for every face. The trunk's features are precomputed
 (``samples``), so an epoch costs only the head's passes. The epoch with the lowest loss on the
 validation split's samples is kept; every epoch's figures are in the returned history.
+``fit_heads`` fits an ensemble: the same recipe from ``count`` seeds, each head's history kept.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -20,7 +22,7 @@ import numpy as np
 import torch
 
 from service.explain.one_pass import Value, class_values, efficient
-from training.one_pass.net import Head
+from training.one_pass.net import Head, Heads
 from training.one_pass.samples import Samples
 
 log = logging.getLogger(__name__)
@@ -125,3 +127,18 @@ def fit_head(
             )
     head.load_state_dict(best)
     return head.eval(), history
+
+
+def fit_heads(
+    train: Samples, val: Samples, baseline_logits: np.ndarray, config: FitConfig, count: int
+) -> tuple[Heads, list[list[dict[str, Any]]]]:
+    """``count`` heads fitted from seeds ``config.seed``, ``config.seed + 1``, ...: their
+    ensemble and every head's history."""
+    heads, histories = [], []
+    for index in range(count):
+        seeded = dataclasses.replace(config, seed=config.seed + index)
+        head, history = fit_head(train, val, baseline_logits, seeded)
+        log.info("head %d/%d: best val %.4f", index + 1, count, min(h["val_loss"] for h in history))
+        heads.append(head)
+        histories.append(history)
+    return Heads(heads).eval(), histories

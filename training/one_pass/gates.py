@@ -28,7 +28,7 @@ from service.explain.faithfulness import deletion_auc, insertion_auc
 from service.explain.heatmap import Heatmap
 from service.explain.one_pass import FastShap, OnePassModel
 from training.one_pass.fit import FitConfig, fit_head
-from training.one_pass.net import Head
+from training.one_pass.net import Head, grid_features
 from training.one_pass.samples import make_samples
 from training.sanity import (
     PASS_BELOW,
@@ -106,11 +106,15 @@ def faithfulness(
     }
 
 
-def twin_features(twin: Any, layer: str) -> Callable[[np.ndarray], np.ndarray]:
+def twin_features(
+    twin: Any, layer: str, context: Sequence[str] = ()
+) -> Callable[[np.ndarray], np.ndarray]:
+    """The explainer's trunk features (``net.grid_features``) from the twin's activations."""
+
     def features(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():
             _, activations = twin(torch.from_numpy(np.ascontiguousarray(batch)))
-            return np.asarray(activations[layer].numpy(), dtype=np.float32)
+            return np.asarray(grid_features(activations, layer, context).numpy(), np.float32)
 
     return features
 
@@ -119,6 +123,7 @@ def randomisation(
     twin: Any,
     layers: Sequence[str],
     layer: str,
+    context: Sequence[str],
     grid: int,
     train: tuple[np.ndarray, np.ndarray],
     val: tuple[np.ndarray, np.ndarray],
@@ -128,10 +133,11 @@ def randomisation(
 ) -> dict[str, Any]:
     """The cascade (see the module's docstring) on ``twin`` (re-drawn in place: pass a copy),
     the reduced recipe fitted on ``train`` and ``val`` faces (inputs, labels) with ``masks``
-    coalitions each, maps of ``faces`` (input, true label) compared."""
+    coalitions each, maps of ``faces`` (input, true label) compared. The reduced recipe fits one
+    head, not an ensemble: what is tested is whether the maps follow the model."""
 
     def maps_now(state: str) -> list[Heatmap]:
-        forward, features = twin_forward(twin), twin_features(twin, layer)
+        forward, features = twin_forward(twin), twin_features(twin, layer, context)
         fitted = make_samples(
             forward, features, *train, grid=grid, masks=masks, seed=config.seed, name=state
         )
@@ -140,7 +146,7 @@ def randomisation(
         )
         baseline = forward(np.zeros((1, *train[0].shape[1:]), dtype=np.float32))[0]
         head, _ = fit_head(fitted, held, baseline, config)
-        one_pass = OnePassModel(_head_on(twin, head, layer), baseline, grid, config.value)
+        one_pass = OnePassModel(_head_on(twin, head, layer, context), baseline, grid, config.value)
         handle = ModelHandle(forward=forward, one_pass=one_pass)
         return [FastShap(handle).attribute(x, target=label) for x, label in faces]
 
@@ -171,8 +177,10 @@ def randomisation(
     }
 
 
-def _head_on(twin: Any, head: Head, layer: str) -> Callable[[np.ndarray], np.ndarray]:
-    features = twin_features(twin, layer)
+def _head_on(
+    twin: Any, head: Head, layer: str, context: Sequence[str]
+) -> Callable[[np.ndarray], np.ndarray]:
+    features = twin_features(twin, layer, context)
 
     def run(batch: np.ndarray) -> np.ndarray:
         with torch.no_grad():

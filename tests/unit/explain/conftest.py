@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.bundle.checks import load_twin
+from service.bundle.checks import load_twin, probe_batch
 from service.bundle.format import BundleMeta, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain import ModelHandle
 from service.inference.engine import create_session
+from service.inference.model import load_one_pass
 
 THREADS = 2
 
@@ -30,13 +31,18 @@ def preprocess(bundle_meta: BundleMeta) -> Preprocessor:
 
 @pytest.fixture(scope="session")
 def handle(default_bundle: Path, bundle_meta: BundleMeta) -> ModelHandle:
-    """ONNX forward (CPU, two threads) and the torch twin of the default bundle."""
+    """ONNX forward (CPU, two threads), the torch twin and the one-pass explainer of the default
+    bundle."""
     session = create_session(default_bundle / "model.onnx", "cpu", THREADS)
 
     def forward(batch: np.ndarray) -> np.ndarray:
         return session.run(["logits"], {"input": batch})[0]
 
-    return ModelHandle(forward, load_twin(default_bundle), bundle_meta.gradcam_layer)
+    probe = probe_batch(Preprocessor(bundle_meta.input))
+    one_pass = load_one_pass(default_bundle, bundle_meta, forward, probe, threads=THREADS)
+    return ModelHandle(
+        forward, load_twin(default_bundle), bundle_meta.gradcam_layer, one_pass=one_pass
+    )
 
 
 @pytest.fixture(scope="session")

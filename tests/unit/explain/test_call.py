@@ -22,6 +22,7 @@ SMALL = {
     "occlusion": {"window": 32, "stride": 24},
     "lime": {"num_samples": 40, "batch_size": 16, "seed": 3},
     "rise": {"num_masks": 40, "batch_size": 16},
+    "fastshap": {},
 }
 
 
@@ -66,7 +67,9 @@ def test_a_call_runs_as_attribute_does_and_as_many_passes_as_it_plans(
         cancellation.batch()  # as the engine does before every pass it runs
         return handle.forward(batch)
 
-    counted = ModelHandle(forward, handle.twin, handle.gradcam_layer, cancellation)
+    counted = ModelHandle(
+        forward, handle.twin, handle.gradcam_layer, cancellation, one_pass=handle.one_pass
+    )
     run = EXPLAINERS[method](counted).run(x, label, call.params)
     attributed = EXPLAINERS[method](handle).attribute(x, label, **SMALL[method])
     np.testing.assert_array_equal(run.values, attributed.values)
@@ -86,6 +89,7 @@ MAXIMUM = {
     "occlusion": ({"window": 4, "stride": 4, "strategy": "exhaustive"}, 47),
     "lime": ({"num_samples": 2000}, 64),
     "rise": ({"num_masks": 4000}, 126),
+    "fastshap": ({}, 2),
 }
 
 

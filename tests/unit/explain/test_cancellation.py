@@ -53,7 +53,7 @@ PERTURBATION_PARAMS: dict[str, dict[str, object]] = {
 PERTURBATION_CASES = [
     (name, PERTURBATION_PARAMS.get(name, {}))
     for name, method in EXPLAINERS.items()
-    if not method.needs_twin
+    if not method.needs_twin and not method.needs_one_pass  # one pass: nothing to cut short
 ]
 
 
@@ -125,7 +125,9 @@ def test_work_cancelled_before_it_starts_runs_no_pass(handle, face, method):
     cancellation.cancel("client hung up")
     forward = CountingForward(handle, cancellation, stop_after=0)
     explainer = EXPLAINERS[method](
-        ModelHandle(forward, handle.twin, handle.gradcam_layer, cancellation)
+        ModelHandle(
+            forward, handle.twin, handle.gradcam_layer, cancellation, one_pass=handle.one_pass
+        )
     )
 
     with pytest.raises(Cancelled):

@@ -56,20 +56,24 @@ def test_the_cells_add_up_to_each_logits_change_from_the_hidden_face(
         assert np.ptp(values[int(np.argmax(logits))]) > 0  # not an even spread
 
 
-def test_a_map_is_its_classs_cells_laid_on_the_input(
+def test_a_map_is_its_classs_centred_cells_laid_on_the_input(
     with_one_pass: ModelHandle, one_pass: OnePassModel, face: tuple[np.ndarray, int]
 ) -> None:
     x, label = face
     heatmap = FastShap(with_one_pass).attribute(x, target=label)
     logits = with_one_pass.forward(x[None])[0].astype(np.float64)
-    cells = efficient(
+    values = efficient(
         one_pass.run(x[None])[0].reshape(len(logits), -1).astype(np.float64),
         logits - one_pass.baseline_logits,
-    )[label].reshape(one_pass.grid, one_pass.grid)
+    )
+    cells = (values[label] - values.mean(axis=0)).reshape(one_pass.grid, one_pass.grid)
     expected = upsampled(cells, x.shape[1:])
     np.testing.assert_allclose(heatmap.values * heatmap.scale, expected, rtol=1e-4, atol=1e-5)
     assert heatmap.signed and heatmap.value_range == (-1.0, 1.0)
     assert heatmap.values.min() < 0 < heatmap.values.max()
+    # centred: what moves every class's logit alike is no class's, so the maps cancel out
+    every = [FastShap(with_one_pass).attribute(x, target=c) for c in range(len(logits))]
+    np.testing.assert_allclose(sum(m.values * m.scale for m in every), 0.0, atol=1e-4)
 
 
 def test_a_contrast_is_exactly_the_difference_of_the_two_class_maps(
