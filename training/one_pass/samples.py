@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from service.bundle.framing import frame
 from service.bundle.preprocess import Preprocessor
 from service.explain.faithfulness import DELETION_BASELINE
 from service.explain.perturb import baseline_image
@@ -64,11 +65,18 @@ def split_faces(
     bundle: Path, images: Path, split: str, preprocess: Preprocessor, limit: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
     """``split``'s faces of ``bundle/split.json`` read from ``images``: ``(N, 3, H, W)`` model
-    inputs and ``(N,)`` labels; with ``limit``, that many spread evenly over the split."""
+    inputs and ``(N,)`` labels; with ``limit``, that many spread evenly over the split. Each
+    photo is cut to the bundle's framing box first, as the service does with a face crop sent
+    whole (and as the model was trained): the explainer learns and is gated on the inputs the
+    service feeds it."""
     items = json.loads((bundle / "split.json").read_text())["splits"][split]
     if limit is not None and limit < len(items):
         items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
-    inputs = [preprocess(Image.open(images / path).convert("RGB")) for path, _ in items]
+    framing = preprocess.spec.framing
+    photos = [Image.open(images / path).convert("RGB") for path, _ in items]
+    inputs = [
+        preprocess(photo if framing is None else frame(photo, framing)[0]) for photo in photos
+    ]
     return np.stack(inputs).astype(np.float32), np.array([label for _, label in items])
 
 
