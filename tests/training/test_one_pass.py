@@ -18,7 +18,7 @@ from service.bundle.preprocess import Preprocessor
 from service.explain.one_pass import efficient
 from service.inference.model import load_model
 from service.settings import Settings
-from tests.one_pass_explainer import as_one_pass, small_explainer
+from tests.one_pass_explainer import small_explainer
 from training.bundle_meta import update_meta
 from training.from_bundle import classifier_from_bundle
 from training.one_pass.command import export_onnx
@@ -137,17 +137,15 @@ def test_the_service_loads_the_exported_explainer_and_checks_it(
 
 @pytest.mark.slow
 def test_the_faithfulness_gate_refuses_a_map_that_points_the_wrong_way(
-    default_bundle: Path, celebs_root: Path, net_and_baseline
+    default_bundle: Path, celebs_root: Path
 ) -> None:
-    net, baseline = net_and_baseline
-    fitted = as_one_pass(net, baseline)
-    inverted = dataclasses.replace(fitted, run=lambda batch: -fitted.run(batch))
-    session_forward = load_model(
-        Settings(_env_file=None, model=default_bundle, threads=2, precision="fp32")
-    ).engine.run
+    model = load_model(Settings(_env_file=None, model=default_bundle, threads=2, precision="fp32"))
+    committed = model.one_pass
+    assert committed is not None, "the committed bundle ships its one-pass explainer"
+    inverted = dataclasses.replace(committed, run=lambda batch: -committed.run(batch))
     preprocess = Preprocessor(read_meta(default_bundle).input)
     faces, _ = split_faces(default_bundle, celebs_root, "test", preprocess, 3)
-    result = faithfulness(session_forward, inverted, list(faces))
+    result = faithfulness(model.engine.run, inverted, list(faces))
     assert result["passed"] is False
     methods = result["methods"]
     assert methods["fastshap"]["deletion_auc"] > methods["lime"]["deletion_auc"] + 0.02
