@@ -107,7 +107,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # The log has what clients are not shown: the bundle's path and the whole error.
         log.error("model bundle %s cannot be served: %s", settings.model, exc, exc_info=exc)
     else:
-        model.start()
+        model.start(admitted=lambda: state.limiter.active)
         state.inspector = Inspector(model, syntheses)
         state.model, state.phase, state.reason = model, "ready", "ready"
         state.metrics.ready.set(1)

@@ -197,8 +197,19 @@ BatchObserver = Callable[[int, float, float], None]
 """Called after every batch with (batch size, seconds of inference, seconds the oldest waited)."""
 
 
+Admitted = Callable[[], int]
+"""How many requests are admitted that may still hand the batcher an input (the service's image
+requests in progress, ``InFlightLimiter.active``)."""
+
+
 class DynamicBatcher:
     """Collects single inputs into batches for ``run``: ``(N, ...) -> (N, ...)``.
+
+    A batch waits up to ``timeout_s`` after its first input for more, but with ``admitted`` only
+    while it holds fewer inputs than there are admitted requests: once every request in
+    progress is in the batch, no other can join it in time, so it runs at once. A lone request
+    then costs no wait, and a burst still batches (its requests are admitted before they reach
+    the batcher). Without ``admitted`` every batch waits the whole timeout for a full batch.
 
     ``start()`` and ``submit()`` must be called from the event loop that serves requests.
     """
@@ -211,6 +222,7 @@ class DynamicBatcher:
         max_batch_size: int,
         timeout_s: float,
         observer: BatchObserver | None = None,
+        admitted: Admitted | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -219,6 +231,7 @@ class DynamicBatcher:
         self.max_batch_size = max_batch_size
         self.timeout_s = timeout_s
         self._observer = observer
+        self._admitted = admitted
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -272,6 +285,8 @@ class DynamicBatcher:
             if not queue.empty():
                 batch.append(queue.get_nowait())
                 continue
+            if self._admitted is not None and len(batch) >= self._admitted():
+                break  # every request in progress is in the batch: none can join it in time
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
                 break
@@ -439,8 +454,9 @@ class Engine:
             return await self.batcher.submit(item)
         return await cancellation.guard(self.batcher.submit(item))
 
-    def start(self) -> None:
-        """Start the inference thread and the batcher (from the serving event loop)."""
+    def start(self, admitted: Admitted | None = None) -> None:
+        """Start the inference thread and the batcher (from the serving event loop);
+        ``admitted``: see ``DynamicBatcher``."""
         if self._executor is not None:
             raise RuntimeError("engine already started")
         self._executor = InferenceThread()
@@ -450,6 +466,7 @@ class Engine:
             max_batch_size=self.max_batch_size,
             timeout_s=self.batch_timeout_s,
             observer=self._observer,
+            admitted=admitted,
         )
         self.batcher.start()
 

@@ -42,7 +42,13 @@ from service.explain.one_pass import OnePassModel
 from service.faces.choice import FaceChoice
 from service.faces.finder import FaceFinder
 from service.inference.bf16_gate import TwinPrecision, choose_twin_precision
-from service.inference.engine import BatchObserver, BatchStats, Engine, create_session
+from service.inference.engine import (
+    Admitted,
+    BatchObserver,
+    BatchStats,
+    Engine,
+    create_session,
+)
 from service.inference.precision_probe import PrecisionChoice, resolve_precision
 from service.settings import Settings
 
@@ -167,8 +173,9 @@ class ServingModel:
             softmax(logits), stats, inputs.preprocess_ms, score, parts, embedding, similarities
         )
 
-    def start(self) -> None:
-        self.engine.start()
+    def start(self, admitted: Admitted | None = None) -> None:
+        """Start serving; ``admitted``: the requests in progress (``DynamicBatcher``)."""
+        self.engine.start(admitted)
 
     async def close(self) -> None:
         await self.engine.close()

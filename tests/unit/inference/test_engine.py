@@ -63,7 +63,7 @@ class RecordingModel:
         return batch * 2
 
 
-async def _run(model, inputs, *, max_batch_size, timeout_s, observed=None):
+async def _run(model, inputs, *, max_batch_size, timeout_s, observed=None, admitted=None):
     with ThreadPoolExecutor(max_workers=1) as executor:
         batcher = DynamicBatcher(
             model,
@@ -71,6 +71,7 @@ async def _run(model, inputs, *, max_batch_size, timeout_s, observed=None):
             max_batch_size=max_batch_size,
             timeout_s=timeout_s,
             observer=None if observed is None else lambda *args: observed.append(args),
+            admitted=admitted,
         )
         batcher.start()
         try:
@@ -116,6 +117,52 @@ def test_a_lone_request_waits_at_most_the_timeout():
 
     assert stats.batch_size == 1
     assert 15 <= stats.queue_ms < 500
+
+
+def test_a_lone_request_in_progress_runs_without_waiting_for_company():
+    model = RecordingModel()
+
+    # a minute's timeout: the batch holds every admitted request, so it does not wait
+    ((row, stats),) = asyncio.run(
+        _run(
+            model,
+            [np.ones(2, dtype=np.float32)],
+            max_batch_size=8,
+            timeout_s=60,
+            admitted=lambda: 1,
+        )
+    )
+
+    np.testing.assert_array_equal(row, np.full(2, 2.0))
+    assert stats.batch_size == 1
+    assert stats.queue_ms < 30_000
+
+
+def test_a_batch_waits_for_admitted_requests_still_on_their_way():
+    """Three requests in progress, the last two reaching the batcher later (still decoding):
+    the first waits for them, and the three run as one batch, at once when the third is in."""
+    model = RecordingModel()
+
+    async def scenario():
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher = DynamicBatcher(
+                model, executor, max_batch_size=8, timeout_s=60, admitted=lambda: 3
+            )
+            batcher.start()
+            try:
+                first = asyncio.ensure_future(batcher.submit(np.zeros(2, dtype=np.float32)))
+                for _ in range(20):  # the first is collected and waiting before the others come
+                    await asyncio.sleep(0)
+                assert not first.done()
+                later = [batcher.submit(np.ones(2, dtype=np.float32)) for _ in range(2)]
+                return await asyncio.wait_for(asyncio.gather(first, *later), 30)
+            finally:
+                await batcher.stop()
+
+    results = asyncio.run(scenario())
+
+    assert model.batch_sizes == [3]
+    assert [stats.batch_size for _, stats in results] == [3, 3, 3]
 
 
 def test_a_failing_batch_fails_each_caller_and_the_batcher_goes_on():
