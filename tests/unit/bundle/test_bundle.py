@@ -154,3 +154,30 @@ def test_unloadable_twin(tmp_path):
 
     with pytest.raises(BundleError, match="cannot load the torch twin"):
         load_twin(tmp_path)
+
+
+def test_the_twin_runs_channels_last_with_the_default_layouts_gradients(meta, loaded):
+    """Channels-last weights (oneDNN for every convolution) change the input gradient only by
+    the order of sums: the same map as the default layout's, to float32 rounding."""
+    import torch
+
+    _, twin, probe = loaded
+    convolutions = [p for p in twin.parameters() if p.dim() == 4]
+    assert convolutions and all(
+        p.is_contiguous(memory_format=torch.channels_last) for p in convolutions
+    )
+
+    def input_gradient() -> np.ndarray:
+        x = torch.from_numpy(probe[:1].copy()).requires_grad_(True)
+        logits, _ = twin(x)
+        (gradient,) = torch.autograd.grad(logits[0].max(), x)
+        return gradient.numpy()
+
+    channels_last = input_gradient()
+    try:
+        twin.to(memory_format=torch.contiguous_format)
+        default = input_gradient()
+    finally:
+        twin.to(memory_format=torch.channels_last)
+
+    np.testing.assert_allclose(channels_last, default, rtol=0, atol=1e-4 * np.abs(default).max())
