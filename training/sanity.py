@@ -36,6 +36,7 @@ from skimage.metrics import structural_similarity
 
 from service.bundle.checks import load_twin
 from service.bundle.format import META_FILE, SanitySpec, read_meta
+from service.bundle.framing import framed
 from service.bundle.preprocess import Preprocessor
 from service.explain import EXPLAINERS, ModelHandle
 from service.explain.heatmap import Heatmap, split_half_agreement
@@ -69,12 +70,14 @@ class Stage:
 def load_faces(bundle: Path, images: Path, count: int, preprocess: Preprocessor) -> list[Face]:
     """``count`` test-split faces of ``bundle/split.json`` spread evenly over the split, read
     from ``images`` (the class folders, e.g. ``../shared/data/celebs8``): (model input
-    ``(3, H, W)`` float32, class index, photo resized to the model's input size)."""
+    ``(3, H, W)`` float32, class index, photo resized to the model's input size). Each photo is
+    cut to the bundle's framing box first, as the service does with a face crop sent whole
+    (and as the model was trained): the maps are judged on the inputs the service explains."""
     items = json.loads((bundle / "split.json").read_text())["splits"][SPLIT]
     step = max(1, len(items) // max(count, 1))
     faces = []
     for relative, label in items[::step][:count]:
-        photo = Image.open(images / relative).convert("RGB")
+        photo = framed(Image.open(images / relative).convert("RGB"), preprocess.spec.framing)
         faces.append(
             (
                 preprocess(photo),

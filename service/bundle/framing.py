@@ -71,6 +71,12 @@ def frame(
     return warp(source, matrix, source.size), matrix @ shrink
 
 
+def framed(image: Image.Image, box: Sequence[float] | None) -> Image.Image:
+    """A face crop as the model sees it: ``box`` cut out of it (``frame``), or the crop itself
+    where the bundle records no framing."""
+    return image if box is None else frame(image, box)[0]
+
+
 def template_in_frame(points: Sequence[Sequence[float]], box: Sequence[float]) -> list[list[float]]:
     """Landmark positions measured as fractions of a crop -> as fractions of its ``box``."""
     left, top, right, bottom = box

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.bundle.framing import frame
+from service.bundle.framing import framed
 from service.bundle.preprocess import Preprocessor
 from service.explain.faithfulness import DELETION_BASELINE
 from service.explain.perturb import baseline_image
@@ -74,9 +74,7 @@ def split_faces(
         items = [items[i] for i in np.linspace(0, len(items) - 1, limit).round().astype(int)]
     framing = preprocess.spec.framing
     photos = [Image.open(images / path).convert("RGB") for path, _ in items]
-    inputs = [
-        preprocess(photo if framing is None else frame(photo, framing)[0]) for photo in photos
-    ]
+    inputs = [preprocess(framed(photo, framing)) for photo in photos]
     return np.stack(inputs).astype(np.float32), np.array([label for _, label in items])
 
 
