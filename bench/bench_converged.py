@@ -3,9 +3,9 @@
 In process, FP32 ONNX Runtime (the bundle's model.onnx) and the torch twin, on test-split faces
 of split.json, for the predicted class. For every method with a ``stop`` parameter, each face
 is explained twice, interleaved (so machine load hits both alike): as it was before ``stop``
-existed (``TODAY``: its budget, ``stop=fixed``; occlusion on the coarse grid of earlier
-versions, every second window position and the last, with ``refine`` 0.3) and at its defaults
-with ``stop=converged`` (occlusion: at its defaults, whose ``stop`` is fixed). Per
+existed (``TODAY``: its budget, ``stop=fixed``; occlusion with ``refine`` 0.3, 78 windows,
+as earlier versions ran it) and at its defaults with ``stop=converged`` (occlusion: at its
+defaults, whose ``stop`` is fixed). Per
 method it prints the samples used (mean, p50, max, of the budget), the forward passes (ONNX
 calls and twin passes, the prediction included), the deletion AUC of both maps (lower = more
 faithful) with the mean difference and its standard error, the Spearman agreement of the two
@@ -20,8 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -35,7 +33,7 @@ from service.bundle.checks import load_twin
 from service.bundle.format import ONNX_FILE, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.common.cancellation import Cancellation
-from service.explain import EXPLAINERS, ModelHandle, window_schedule
+from service.explain import EXPLAINERS, ModelHandle
 from service.explain.faithfulness import deletion_auc
 from service.inference.engine import create_session
 
@@ -56,22 +54,6 @@ NEW: dict[str, dict[str, Any]] = {
     "integrated_gradients": {"stop": "converged"},
     "occlusion": {},
 }
-
-
-@contextmanager
-def earlier_coarse_grid() -> Iterator[None]:
-    """Occlusion's coarse grid as earlier versions took it: every second position and the last
-    (12 positions: 0, 2, ..., 10, 11), for the ``TODAY`` side of the comparison."""
-
-    def every_second_and_last(count: int, step: int = 2) -> np.ndarray:
-        return np.array(sorted({*range(0, count, step), count - 1}))
-
-    current = window_schedule.coarse_indices
-    window_schedule.coarse_indices = every_second_and_last  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        window_schedule.coarse_indices = current  # type: ignore[assignment]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -124,10 +106,8 @@ def measure(handle: ModelHandle, method: str, faces: list, runs: Runs) -> None:
         maps = {}
         for stop, params in (("fixed", TODAY[method]), ("converged", NEW[method])):
             counted = Counted(handle)
-            earlier = stop == "fixed" and method == "occlusion"
             started = time.perf_counter()
-            with earlier_coarse_grid() if earlier else nullcontext():
-                heatmap = explainer(counted.handle).attribute(x, target, **params)
+            heatmap = explainer(counted.handle).attribute(x, target, **params)
             runs.seconds[stop].append(time.perf_counter() - started)
             assert heatmap.sampling is not None, f"{method} reports no sampling"
             runs.used[stop].append(heatmap.sampling.used)

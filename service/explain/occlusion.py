@@ -7,14 +7,14 @@ covered. All occluded images go through the plain forward function, ``batch_size
 
 ``strategy`` says which window positions are scored (``window_schedule``): ``exhaustive`` scores
 all of them (window 24, stride 12 on a 150 px input: 144 passes); ``coarse_to_fine``, the
-default, scores about every second position per axis (spread evenly) and the ``refine`` share of
-the rest next to the largest drops, and interpolates the others (53 of the 144 at the defaults;
-78 before the coarse grid was spread evenly and ``refine`` went from 0.3 to 0.15). On 50 test
-faces its deletion AUC stays within 0.01 of the exhaustive map's and of the 78-window schedule's
-(bench/bench_perturb.py, bench/bench_converged.py). An exact incremental variant (recomputing
-only the activations a patch changes, Krypton) was measured there and not kept: on this network
-it saves at most 42 % of the multiply-adds, and only through per-region convolutions that ONNX
-Runtime does not run.
+default, scores every second position per axis and the last, and the ``refine`` share of the
+rest next to the largest drops, and interpolates the others (73 of the 144 at the defaults; 78
+at ``refine`` 0.3, the default of earlier versions). On 48 test faces framed as the model sees
+them its deletion AUC stayed within 0.01 of the 78-window schedule's (+0.002; the exhaustive
+map's is 0.017 lower: docs/explanations.md, bench/bench_converged.py). An exact incremental
+variant (recomputing only the activations a patch changes, Krypton) was measured and not kept:
+on this network it saves at most 42 % of the multiply-adds, and only through per-region
+convolutions that ONNX Runtime does not run (bench/bench_perturb.py).
 """
 
 from __future__ import annotations
@@ -41,10 +41,10 @@ from service.explain.window_schedule import coarse_indices, coarse_to_fine, exha
 
 Strategy = Literal["exhaustive", "coarse_to_fine"]
 STRATEGY_HELP = (
-    "which window positions are scored: exhaustive = every one; coarse_to_fine = about every "
-    "second one per axis, then the refine share of the others next to the largest drops, the "
-    "rest interpolated (53 of 144 windows at the defaults; deletion AUC within 0.01 on the test "
-    "faces)"
+    "which window positions are scored: exhaustive = every one; coarse_to_fine = every second "
+    "one per axis and the last, then the refine share of the others next to the largest drops, "
+    "the rest interpolated (73 of 144 windows at the defaults; deletion AUC within 0.01 on the "
+    "test faces)"
 )
 
 REFINE_TOLERANCE = 0.05
@@ -65,7 +65,7 @@ class OcclusionParams(PerturbationParams):
     batch_size: int = Field(32, ge=1, le=256, description="occluded images per forward pass")
     strategy: Strategy = Field("coarse_to_fine", description=STRATEGY_HELP)
     refine: float = Field(
-        0.15,
+        0.25,
         ge=0.0,
         le=1.0,
         description="coarse_to_fine: share of the skipped positions scored exactly (1 = all; "

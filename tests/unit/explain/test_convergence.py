@@ -204,5 +204,5 @@ def test_occlusion_refines_until_a_batch_changes_little(
     assert fixed.sampling == dataclasses.replace(exhausted.sampling, stop="fixed")  # type: ignore[arg-type]
     np.testing.assert_allclose(exhausted.values, fixed.values, atol=1e-5)
     assert first_batch.sampling is not None and fixed.sampling is not None
-    assert first_batch.sampling.used == 36 + 4  # the 6 x 6 coarse grid, one refined batch
-    assert fixed.sampling.used == fixed.sampling.planned == 36 + 33  # ceil(0.3 * 108)
+    assert first_batch.sampling.used == 49 + 4  # the 7 x 7 coarse grid, one refined batch
+    assert fixed.sampling.used == fixed.sampling.planned == 49 + 29  # ceil(0.3 * 95)
