@@ -71,7 +71,8 @@ class Settings(BaseSettings):
     batch_timeout_ms: float = Field(
         4.0,
         ge=0,
-        description="how long the batcher waits for more requests after the first one (ms)",
+        description="how long the batcher waits for more requests after the first one (ms), "
+        "while other admitted requests may still join it (a lone request never waits)",
     )
     max_in_flight: int = Field(
         256,
