@@ -493,6 +493,15 @@ class Judged:
         return mean(self.aucs[run].get(key, [])) / self.random_auc
 
 
+def paired_sem(before: list[float], after: list[float]) -> str:
+    """`` ± s.e.`` of the mean face-by-face difference (empty for fewer than two faces): how far
+    the gate's Δ could move on other faces."""
+    if len(before) < 2 or len(before) != len(after):
+        return ""
+    difference = np.subtract(after, before)
+    return f" ± {difference.std(ddof=1) / np.sqrt(difference.size):.3f}"
+
+
 def explain_checks(
     old: ServiceRun, new: ServiceRun, row: ExplainRow, judged: Judged, rows: list[ExplainRow]
 ) -> list[str]:
@@ -503,7 +512,8 @@ def explain_checks(
         before = mean(judged.aucs["old"][row.key])
         ok = abs(after - before) <= AUC_TOLERANCE
         shown = (
-            f"deletion AUC {before:.3f} → {after:.3f} (Δ {after - before:+.3f}, gate "
+            f"deletion AUC {before:.3f} → {after:.3f} (Δ {after - before:+.3f}"
+            f"{paired_sem(judged.aucs['old'][row.key], judged.aucs['new'][row.key])}, gate "
             f"±{AUC_TOLERANCE}: {'ok' if ok else 'FAILED'}; ÷ random "
             f"{judged.ratio('old', row.key):.2f} → {judged.ratio('new', row.key):.2f})"
         )
