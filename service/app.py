@@ -27,6 +27,7 @@ from service.api import (
     metrics,
     page,
     predict,
+    v2,
 )
 from service.bundle.format import BundleError
 from service.common.lru import LruCache
@@ -60,6 +61,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     metrics.router,
     page.router,
     docs.router,
+    v2.router,
 )
 # What a page of an allowed origin may do: every method a route takes (HEAD and GET need no
 # preflight; DELETE cancels a job), and read every header an answer says something in.
