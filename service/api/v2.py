@@ -66,6 +66,7 @@ from service.api.v2_tensors import (
     invalid,
     read_request,
 )
+from service.bundle.open_set import OpenSetRule
 from service.errors import UnknownMethod, UnknownModel
 from service.explain import EXPLAINERS, Explainer
 from service.explain.base import MethodCall
@@ -365,26 +366,26 @@ async def v2_infer(
         Output("name", "BYTES", (count,), [top.name.encode() for top in tops]),
     ]
     if model.open_set is not None:
-        verdicts = [_verdict(model, result) for result in results]
-        threshold = model.open_set.threshold
+        rule = model.open_set
+        verdicts = [_verdict(rule, result) for result in results]
         outputs += [
             Output(
                 "open_set_score",
                 "FP32",
                 (count,),
                 np.array([v.score for v in verdicts]),
-                {"threshold": threshold, "definition": model.open_set.score},
+                {"threshold": rule.threshold, "definition": rule.score},
             ),
             Output("open_set_known", "BOOL", (count,), np.array([v.known for v in verdicts])),
         ]
     return answer(body, model.meta.name, model.meta.version, outputs)
 
 
-def _verdict(model: ServingModel, result: Classification) -> OpenSetVerdict:
-    verdict = OpenSetVerdict.for_result(model, result)
-    if verdict is None:  # a rule without a score: the classifier gave none
+def _verdict(rule: OpenSetRule, result: Classification) -> OpenSetVerdict:
+    """/predict's verdict on ``result`` (without its evidence, which no output carries)."""
+    if result.open_set_score is None:  # a model with a rule scores every face
         raise RuntimeError("the model's open-set rule gave no score")
-    return verdict
+    return OpenSetVerdict.judge(rule, result.open_set_score, result.open_set_parts or {})
 
 
 async def _read(request: Request, body: bytes) -> tuple[InferenceRequest, Tensor]:
