@@ -28,6 +28,7 @@ from service.api import (
     page,
     predict,
     v2,
+    v2_tensors,
 )
 from service.bundle.format import BundleError
 from service.common.lru import LruCache
@@ -74,6 +75,7 @@ CORS_EXPOSED_HEADERS = [
     SAMPLES_USED_HEADER,  # a sampling method's PNG heatmap: samples used
     SAMPLES_PLANNED_HEADER,  # and planned
     insight.CHANNELS_HEADER,  # which channel each activation tile shows
+    v2_tensors.INFERENCE_HEADER,  # where a v2 answer's JSON ends and its binary data begins
 ]
 # Room for the multipart framing around the file within the body size limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024

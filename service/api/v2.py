@@ -19,7 +19,8 @@ the service's own API, with an explanation extension (docs/v2.md).
 
 Each model route also answers under ``/v2/models/{name}/versions/{version}``. The work is that
 of the service's own routes, by the same functions: image intake (``deps.decoded_image``), the
-face choice and model input (``deps.image_input``), ``ServingModel.classify``, the explanation
+face choice and model input (``deps.image_input``; both through ``v2_inputs``; the tensors on
+the wire: ``v2_tensors``), ``ServingModel.classify``, the explanation
 use case (``explain.run_explanation``, ``explanations.json_answer``); the same API key, body
 limit, in-flight and explanation turns, metrics, and placement on Ray (``Predict``,
 ``Explain``). Errors keep their statuses and codes, in the protocol's shape
@@ -37,8 +38,7 @@ import numpy as np
 from fastapi import APIRouter, Depends, Path, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__, explanations
@@ -48,33 +48,25 @@ from service.api.deps import (
     ModelDep,
     StateDep,
     api_key_guard,
-    decoded_image,
     explanation_slot,
-    image_input,
     in_flight_slot,
 )
 from service.api.explain import question_of, run_explanation
 from service.api.method_params import call_bounds, check_params, offered
 from service.api.placement import ON_EXPLAIN, ON_GATEWAY, ON_PREDICT
+from service.api.v2_inputs import IMAGE_INPUT, TENSOR_INPUT, face_params, model_inputs, read_input
 from service.api.v2_tensors import (
-    BINARY_DATA_OUTPUT,
     INFERENCE_HEADER,
     OCTET_STREAM,
     Output,
-    Tensor,
     answer,
     invalid,
-    read_request,
 )
 from service.bundle.open_set import OpenSetRule
 from service.errors import UnknownMethod, UnknownModel
 from service.explain import EXPLAINERS, Explainer
 from service.explain.base import MethodCall
-from service.explanations import UploadFacts
-from service.faces.aligned import whole_image
-from service.faces.choice import FaceChoice
-from service.inference.model import Classification, ModelInput, ServingModel
-from service.schemas.common import ImageInfo
+from service.inference.model import Classification, ServingModel
 from service.schemas.predict import OpenSetVerdict
 from service.schemas.v2 import (
     InferenceError,
@@ -92,10 +84,6 @@ from service.state import ServiceState
 SERVER_NAME = "celebxai"
 EXTENSIONS = ["binary_tensor_data", "explain"]
 PLATFORM = "onnxruntime_onnx"
-IMAGE_INPUT = "image"
-TENSOR_INPUT = "input"  # model.onnx's own input name
-# Request parameters of the protocol itself, read by v2_tensors, not by the model.
-PROTOCOL_PARAMS = frozenset({BINARY_DATA_OUTPUT})
 INFER_OUTPUTS = ("probabilities", "label", "name")
 OPEN_SET_OUTPUTS = ("open_set_score", "open_set_known")
 EXPLAIN_METHOD = "method"
@@ -317,15 +305,6 @@ async def v2_model_ready(model: NamedModelDep) -> ModelReady:
 # -- inference -------------------------------------------------------------------------------
 
 
-class FaceParams(BaseModel):
-    """The request parameters that choose the face, as ``/predict``'s query parameters."""
-
-    model_config = ConfigDict(strict=True)
-
-    detect: bool = True
-    face: int | None = Field(None, ge=0)
-
-
 @_model_route(
     "POST",
     "/infer",
@@ -348,9 +327,9 @@ async def v2_infer(
     the classes' order, ``label`` and ``name`` ``[N]``, and where the bundle has an open-set
     rule ``open_set_score`` ``[N]`` and ``open_set_known`` ``[N]`` (``score >= threshold``)."""
     received_at = time.perf_counter()
-    body, tensor = await _read(request, raw)
-    choice = _face_params(body.parameters, allowed=set())
-    inputs, _ = await _model_inputs(state, model, tensor, choice, received_at, one=False)
+    body, tensor = await read_input(request, raw)
+    choice = face_params(body.parameters, allowed=set())
+    inputs, _ = await model_inputs(state, model, tensor, choice, received_at, one=False)
     results = await asyncio.gather(*(model.classify(row) for row in inputs))
     classes = model.meta.classes
     count = len(results)
@@ -386,100 +365,6 @@ def _verdict(rule: OpenSetRule, result: Classification) -> OpenSetVerdict:
     if result.open_set_score is None:  # a model with a rule scores every face
         raise RuntimeError("the model's open-set rule gave no score")
     return OpenSetVerdict.judge(rule, result.open_set_score, result.open_set_parts or {})
-
-
-async def _read(request: Request, body: bytes) -> tuple[InferenceRequest, Tensor]:
-    """The request and its one input."""
-    parsed, tensors = await run_in_threadpool(
-        read_request, body, request.headers.get(INFERENCE_HEADER)
-    )
-    if len(tensors) != 1:
-        invalid(
-            ("body", "inputs"),
-            f"{len(tensors)} inputs; send exactly one: {IMAGE_INPUT} (BYTES) or "
-            f"{TENSOR_INPUT} (FP32)",
-        )
-    return parsed, tensors[0]
-
-
-def _face_params(parameters: dict[str, Any] | None, allowed: set[str]) -> FaceParams:
-    """``detect`` and ``face`` from the request's parameters; a name neither these, the
-    protocol's nor one of ``allowed`` is 422."""
-    given = dict(parameters or {})
-    own = set(FaceParams.model_fields)
-    unknown = sorted(given.keys() - own - PROTOCOL_PARAMS - allowed)
-    if unknown:
-        known = sorted(own | PROTOCOL_PARAMS | allowed)
-        invalid(
-            ("body", "parameters", unknown[0]),
-            f"{', '.join(unknown)}: not a parameter here; parameters: {', '.join(known)}",
-        )
-    try:
-        return FaceParams.model_validate({k: v for k, v in given.items() if k in own})
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [{**error, "loc": ("body", "parameters", *error["loc"])} for error in exc.errors()]
-        ) from exc
-
-
-async def _model_inputs(
-    state: ServiceState,
-    model: ServingModel,
-    tensor: Tensor,
-    choice: FaceParams,
-    received_at: float,
-    *,
-    one: bool,
-) -> tuple[list[ModelInput], list[UploadFacts]]:
-    """The model input of every element of ``tensor`` (``one``: exactly one element), and what
-    the answer says of each one's upload."""
-    if tensor.datatype == "BYTES":
-        expected = IMAGE_INPUT
-        count = len(tensor.values)
-    else:
-        expected = TENSOR_INPUT
-        count = tensor.shape[0] if tensor.shape else 0
-    if tensor.name != expected:
-        invalid(
-            (*tensor.where, "name"),
-            f"a {tensor.datatype} input is named {expected!r} (GET /v2/models/{{name}})",
-        )
-    limit = 1 if one else state.settings.max_batch_size
-    if not 1 <= count <= limit:
-        invalid(
-            (*tensor.where, "shape"),
-            f"{count} images; send 1 to {limit} per request"
-            if limit > 1
-            else f"{count} images; send exactly 1",
-        )
-    if isinstance(tensor.values, list):
-        rows, facts = [], []
-        for data in tensor.values:  # one at a time: each holds its pixels while it is decoded
-            async with decoded_image(state, data, received_at) as image:
-                rows.append(await image_input(model, image, detect=choice.detect, face=choice.face))
-                facts.append(UploadFacts.of(image))
-        return rows, facts
-    return _tensor_inputs(model, tensor, tensor.values, received_at)
-
-
-def _tensor_inputs(
-    model: ServingModel, tensor: Tensor, values: np.ndarray, received_at: float
-) -> tuple[list[ModelInput], list[UploadFacts]]:
-    """Each row of an ``FP32`` ``[N, 3, H, W]`` input as the model input it already is: its
-    face is the whole input (no upload, no detection), so a map of it is on the model input."""
-    spec = model.meta.input
-    expected = (3, spec.height, spec.width)
-    if values.ndim != 4 or values.shape[1:] != expected:
-        invalid(
-            (*tensor.where, "shape"),
-            f"{list(values.shape)}: the model input is [N, {', '.join(map(str, expected))}]",
-        )
-    size = (spec.width, spec.height)
-    face = FaceChoice(whole_image(Image.new("RGB", size)), [], None, 0.0, size)
-    info = ImageInfo(width=size[0], height=size[1], format="FP32", mode="tensor", frames=1)
-    facts = UploadFacts(size, info, 0.0, received_at)
-    rows = [ModelInput(face, np.ascontiguousarray(row), 0.0) for row in values]
-    return rows, [facts] * len(rows)
 
 
 # -- the explanation extension ---------------------------------------------------------------
@@ -528,7 +413,7 @@ async def v2_explain(
     cancellation: ClientDep,
 ) -> Response:
     received_at = time.perf_counter()
-    body, tensor = await _read(request, raw)
+    body, tensor = await read_input(request, raw)
     parameters = dict(body.parameters or {})
     name = parameters.pop(EXPLAIN_METHOD, None)
     if not isinstance(name, str):
@@ -537,11 +422,11 @@ async def v2_explain(
     if explainer is None:
         raise UnknownMethod(f"no explanation method {name!r}; valid: {', '.join(EXPLAINERS)}")
     own = set(offered(explainer))
-    choice = _face_params(parameters, allowed=own | set(EXPLAIN_OWN))
+    choice = face_params(parameters, allowed=own | set(EXPLAIN_OWN))
     common = _explain_params(parameters)
     call = _method_call(explainer, {k: v for k, v in parameters.items() if k in own}, state)
     question = question_of(model, common.target, common.contrast)
-    inputs, facts = await _model_inputs(state, model, tensor, choice, received_at, one=True)
+    inputs, facts = await model_inputs(state, model, tensor, choice, received_at, one=True)
     explanation = await run_explanation(
         state, model, inputs[0], call, question, common.quality, cancellation, cache
     )

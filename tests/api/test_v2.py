@@ -21,7 +21,7 @@ from PIL import Image
 from service import __version__
 from service.faces.aligned import whole_image
 from service.inference.model import ServingModel
-from tests.api.conftest import API_KEY, MAX_UPLOAD_BYTES
+from tests.api.conftest import API_KEY, MAX_UPLOAD_BYTES, WEB_ORIGIN
 from tests.v2_wire import (
     binary_body,
     binary_image_request,
@@ -294,6 +294,28 @@ def test_explain_tensor_gives_the_map_on_the_model_input(
     assert float(found["heatmap"].max()) == pytest.approx(1.0, abs=1e-4)
     heatmap = next(o for o in answer.json()["outputs"] if o["name"] == "heatmap")
     assert heatmap["parameters"]["space"] == "model_input"
+
+
+def test_the_versioned_paths_answer_alike(
+    client: TestClient, photos: list[bytes], version: str, predicted: Callable, class_ids: list[str]
+):
+    request = image_request(photos[3], parameters={"method": "gradient"})
+    versioned = outputs(client.post(f"/v2/models/{MODEL}/versions/{version}/explain", json=request))
+    np.testing.assert_array_equal(
+        versioned["heatmap"], outputs(client.post(EXPLAIN, json=request))["heatmap"]
+    )
+    found = outputs(
+        client.post(f"/v2/models/{MODEL}/versions/{version}/infer", json=image_request(photos[3]))
+    )
+    _same_as_predict(found, 0, predicted(photos[3]), class_ids)
+
+
+def test_an_image_that_cannot_be_classified_is_named(client: TestClient, photos: list[bytes]):
+    """Of three images, the third is text: the request is 415, its message says which."""
+    text = b"not an image at all, just words\n" * 4
+    answer = client.post(INFER, json=image_request(photos[0], photos[1], text))
+    assert (answer.status_code, error_of(answer)) == (415, "unsupported_format")
+    assert answer.json()["error"].startswith("unsupported_format: image 2: ")
 
 
 def test_kserve_explain_path_is_the_extension(client: TestClient, photos: list[bytes]):
@@ -642,3 +664,11 @@ def test_metrics_count_protocol_requests(client: TestClient, photos: list[bytes]
     client.post(INFER, json=image_request(photos[0]))
     text = client.get("/metrics").text
     assert 'endpoint="/v2/models/{name}/infer"' in text
+
+
+def test_a_page_of_an_allowed_origin_may_read_the_binary_split(client: TestClient, photos):
+    body, headers = binary_image_request(photos[0], parameters={"binary_data_output": True})
+    answer = client.post(INFER, content=body, headers={**headers, "Origin": WEB_ORIGIN})
+    exposed = answer.headers["access-control-expose-headers"].lower()
+    assert "inference-header-content-length" in exposed
+    assert int(answer.headers["Inference-Header-Content-Length"]) < len(answer.content)
