@@ -90,6 +90,10 @@ class InferenceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     id: str | None = None
+    model_name: str | None = Field(
+        None, description="KServe's clients repeat the path's model here; the path decides"
+    )
+    model_version: str | None = Field(None, description="likewise; the path decides")
     parameters: Parameters | None = None
     inputs: list[RequestInput] = Field(min_length=1)
     outputs: list[RequestOutput] | None = None

@@ -3,10 +3,8 @@ service as it would any v2 server: liveness, readiness, server and model metadat
 readiness (with and without the version), infer with image bytes and with the model input as
 a tensor; its answers are /predict's. Its errors come back as the protocol's error object.
 
-KServe's ``InferenceRESTClient`` is not installed: its package pins ``protobuf<7`` and
-``psutil<6`` (below what Ray and the rest of this environment use) and pulls in the Kubernetes
-client; the explanation extension is driven with plain httpx here and in test_v2.py, at both
-paths (``/v2/models/{name}/explain`` and KServe's ``/v1/models/{name}:explain``).
+This client has no explanations: the extension is driven with httpx in test_v2.py, and with
+KServe's ``InferenceRESTClient`` in test_v2_kserve.py (where kserve is importable).
 """
 
 from __future__ import annotations
