@@ -88,6 +88,8 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
         document = json.loads(json_part)
     except (UnicodeDecodeError, ValueError) as exc:
         raise MalformedBody(f"the request's JSON does not parse: {exc}") from exc
+    except RecursionError as exc:  # arrays nested deeper than the parser goes
+        raise MalformedBody("the request's JSON is nested too deeply to parse") from exc
     try:
         request = InferenceRequest.model_validate(document)
     except ValidationError as exc:
@@ -216,9 +218,19 @@ def _elements(item: RequestInput, blob: bytes | None, where: tuple[str | int, ..
 
 
 def _flat(data: Any) -> list[Any]:
-    if isinstance(data, list):
-        return [value for element in data for value in _flat(element)]
-    return [data]
+    """The elements of ``data`` nested in lists at any depth, in order (without recursion:
+    the depth is the client's)."""
+    found: list[Any] = []
+    stack = [iter([data])]
+    while stack:
+        for value in stack[-1]:
+            if isinstance(value, list):
+                stack.append(iter(value))
+                break
+            found.append(value)
+        else:
+            stack.pop()
+    return found
 
 
 def _unpack_bytes(blob: bytes, name: str) -> list[bytes]:

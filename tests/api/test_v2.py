@@ -340,6 +340,13 @@ def _image_item(data: list, **fields: object) -> dict:
     return {"name": "image", "datatype": "BYTES", "shape": [len(data)], "data": data, **fields}
 
 
+def _nested(depth: int) -> list:
+    value: list = []
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 TEXT = base64.b64encode(b"not an image at all, just words\n" * 4).decode()
 
 
@@ -353,6 +360,20 @@ def _bad_requests(face: str) -> list[tuple[str, str, tuple[bytes, dict[str, str]
     return [
         ("malformed JSON", INFER, (b'{"inputs": [', {}), 400, "malformed_body"),
         ("not JSON at all", INFER, (b"\x89PNG\r\n", {}), 400, "malformed_body"),
+        (
+            "JSON nested past the parser",
+            INFER,
+            (b"[" * 50_000 + b"]" * 50_000, {}),
+            400,
+            "malformed_body",
+        ),
+        (
+            "data nested deeply",
+            INFER,
+            _json({"inputs": [{**_image_item([face]), "data": _nested(500)}]}),
+            422,
+            "validation_error",
+        ),
         ("no inputs", INFER, _json({"inputs": []}), 422, "validation_error"),
         ("inputs missing", INFER, _json({"id": "x"}), 422, "validation_error"),
         ("an unknown field", INFER, _json({**good, "extra": 1}), 422, "validation_error"),

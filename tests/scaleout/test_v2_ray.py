@@ -5,6 +5,8 @@ host's /predict and /explain, and refuse bad requests with the same protocol err
 
 from __future__ import annotations
 
+import asyncio
+import base64
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +100,52 @@ def test_same_protocol_errors_on_both_hosts(
     for host, client in clients.items():
         answer = client.post(path, content=body, headers={"Content-Type": "application/json"})
         assert (answer.status_code, error_of(answer)) == (status, code), (host, answer.text)
+
+
+def test_the_generated_client_on_both_hosts(clients: dict[str, httpx.Client], face: bytes):
+    """``open-inference-openapi``'s client: health, metadata, infer with bytes, on each host."""
+    openapi = pytest.importorskip("open_inference.openapi")
+    from open_inference.openapi.client import OpenInferenceClient
+
+    for host, client in clients.items():
+        oip = OpenInferenceClient(base_url=str(client.base_url), httpx_client=client)
+        oip.check_server_readiness()
+        oip.check_model_readiness(model_name="celebs8")
+        assert [t.name for t in oip.read_model_metadata(model_name="celebs8").inputs or []] == [
+            "image",
+            "input",
+        ]
+        image = openapi.RequestInput(
+            name="image", shape=[1], datatype="BYTES", data=[base64.b64encode(face).decode()]
+        )
+        answer = oip.model_infer(
+            model_name="celebs8", request=openapi.InferenceRequest(inputs=[image])
+        )
+        labels = {o.name: o.data.__root__ for o in answer.outputs}["label"]
+        predicted = client.post("/predict", files={"file": ("face.png", face, "image/png")})
+        assert labels == [predicted.json()["label"]], host
+
+
+def test_kserve_client_on_both_hosts(clients: dict[str, httpx.Client], face: bytes):
+    """KServe's ``InferenceRESTClient`` where kserve is importable (not in the dev extra:
+    tests/api/test_v2_kserve.py says why): readiness, infer with bytes, explain."""
+    kserve = pytest.importorskip("kserve", reason="kserve is not installed")
+
+    async def drive(url: str) -> tuple[bool, list[str], list[int]]:
+        v2 = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
+        v1 = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1"))
+        image = kserve.InferInput("image", [1], "BYTES")
+        image.set_data_from_numpy(np.array([face], dtype=np.object_), binary_data=True)
+        request = kserve.InferRequest(model_name="celebs8", infer_inputs=[image])
+        answer = await v2.infer(url, request, model_name="celebs8", headers=dict(KEY))
+        labels = list(next(o for o in answer.outputs if o.name == "label").as_numpy())
+        body = image_request(face, parameters={"method": "gradcam"})
+        explained = await v1.explain(url, "celebs8", body, headers=KEY)
+        shape = next(o["shape"] for o in explained["outputs"] if o["name"] == "heatmap")
+        return await v2.is_server_ready(url, headers=KEY), labels, shape
+
+    for host, client in clients.items():
+        ready, labels, shape = asyncio.run(drive(str(client.base_url)))
+        predicted = client.post("/predict", files={"file": ("face.png", face, "image/png")})
+        assert ready and labels == [predicted.json()["label"]], host
+        assert shape == [112, 112], host
