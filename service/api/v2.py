@@ -412,6 +412,8 @@ async def v2_explain(
     cache: ExplanationCacheDep,
     cancellation: ClientDep,
 ) -> Response:
+    """``POST /explain/{method}``'s checks in its order (method, its parameters and cost, the
+    question), then the face, the use case and its JSON answer, given as tensors."""
     received_at = time.perf_counter()
     body, tensor = await read_input(request, raw)
     parameters = dict(body.parameters or {})
