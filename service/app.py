@@ -27,6 +27,8 @@ from service.api import (
     metrics,
     page,
     predict,
+    v2,
+    v2_tensors,
 )
 from service.bundle.format import BundleError
 from service.common.lru import LruCache
@@ -60,6 +62,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     metrics.router,
     page.router,
     docs.router,
+    v2.router,
 )
 # What a page of an allowed origin may do: every method a route takes (HEAD and GET need no
 # preflight; DELETE cancels a job), and read every header an answer says something in.
@@ -72,6 +75,7 @@ CORS_EXPOSED_HEADERS = [
     SAMPLES_USED_HEADER,  # a sampling method's PNG heatmap: samples used
     SAMPLES_PLANNED_HEADER,  # and planned
     insight.CHANNELS_HEADER,  # which channel each activation tile shows
+    v2_tensors.INFERENCE_HEADER,  # where a v2 answer's JSON ends and its binary data begins
 ]
 # Room for the multipart framing around the file within the body size limit.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024

@@ -128,6 +128,21 @@ class UnknownMethod(RequestMistake):
     status, code = 404, "unknown_method"
 
 
+class UnknownModel(ServiceError):
+    """An Open Inference Protocol path (``/v2/models/{name}``) naming a model, or a version,
+    that this service does not serve."""
+
+    status, code = 404, "unknown_model"
+
+
+class MalformedBody(ServiceError):
+    """An Open Inference Protocol request body that cannot be read: JSON that does not parse,
+    or an ``Inference-Header-Content-Length`` or ``binary_data_size`` that does not fit the
+    body (its binary tensor data)."""
+
+    status, code = 400, "malformed_body"
+
+
 class TooCostly(ServiceError):
     """A request whose parameters plan more forward passes than ``max_passes_per_request``."""
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, File, Query, Request, Security, UploadFile
@@ -192,9 +193,19 @@ async def image_intake(
     decoding until the request is done (face search, rendering), so that large images are
     decoded and processed a few at a time while small ones go on."""
     received_at = time.perf_counter()
-    limits = ImageLimits.from_settings(state.settings)
-    data = await read_upload(file, limits.max_upload_bytes)
-    header = await run_in_threadpool(read_header, data, limits)
+    data = await read_upload(file, state.settings.max_upload_bytes)
+    async with decoded_image(state, data, received_at) as image:
+        yield image
+
+
+@asynccontextmanager
+async def decoded_image(
+    state: ServiceState, data: bytes, received_at: float
+) -> AsyncIterator[DecodedImage]:
+    """``data`` (an image file's bytes) checked and decoded, holding its width x height of the
+    app's ``PixelBudget`` for the body of the ``async with``: the one intake of the multipart
+    routes and the Open Inference Protocol's ``BYTES`` inputs."""
+    header = await run_in_threadpool(read_header, data, ImageLimits.from_settings(state.settings))
     del data  # the header keeps what Pillow needs
     async with state.decodes.hold(header.pixels):
         yield await run_in_threadpool(decode_pixels, header, received_at)
@@ -219,6 +230,13 @@ async def face_choice(
         ),
     ] = None,
 ) -> FaceChoice:
+    return await choose(model, image, detect=detect, face=face)
+
+
+async def choose(
+    model: ServingModel, image: DecodedImage, *, detect: bool, face: int | None
+) -> FaceChoice:
+    """The face of ``image`` to classify (``choose_face``, off the event loop)."""
     return await run_in_threadpool(
         choose_face,
         model.faces,
@@ -234,6 +252,13 @@ FaceDep = Annotated[FaceChoice, Depends(face_choice)]
 
 async def model_input(model: ModelDep, face: FaceDep) -> ModelInput:
     return await model.model_input(face)
+
+
+async def image_input(
+    model: ServingModel, image: DecodedImage, *, detect: bool = True, face: int | None = None
+) -> ModelInput:
+    """What ``ModelInputDep`` gives a multipart route, for an image decoded otherwise."""
+    return await model.model_input(await choose(model, image, detect=detect, face=face))
 
 
 ModelInputDep = Annotated[ModelInput, Depends(model_input)]

@@ -357,15 +357,34 @@ async def _explain(
     cache: explanations.ExplanationCache,
 ) -> Any:
     """The one code path of every explanation endpoint: the use case, answered as ``fmt``."""
-    graded = explanations.wants_quality(call, quality)
-    explanation = await run_in_threadpool(
-        explanations.explain, model, inputs, call, question, cache, cancellation, None, graded
+    explanation = await run_explanation(
+        state, model, inputs, call, question, quality, cancellation, cache
     )
-    if explanation.quality is not None:
-        state.metrics.verdicts.labels(call.name, explanation.quality.verdict).inc()
     if fmt in ("png", "overlay"):
         heatmap = explanation.heatmap
         png = await run_in_threadpool(render_png, fmt, image.rgb, inputs.face.aligned, heatmap)
         headers = explanations.answer_headers(explanation)
         return Response(png, media_type=PNG_MEDIA_TYPE, headers=headers)
     return await run_in_threadpool(explanations.json_answer, model, image, inputs, explanation)
+
+
+async def run_explanation(
+    state: ServiceState,
+    model: ServingModel,
+    inputs: ModelInput,
+    call: MethodCall,
+    question: Question,
+    quality: bool | None,
+    cancellation: Cancellation,
+    cache: explanations.ExplanationCache,
+) -> explanations.Explanation:
+    """The use case on a worker thread (graded as ``quality`` asks, else as the method does by
+    default), its verdict counted in ``/metrics``: what every explanation route answers from,
+    the Open Inference Protocol's extension (``service.api.v2``) included."""
+    graded = explanations.wants_quality(call, quality)
+    explanation = await run_in_threadpool(
+        explanations.explain, model, inputs, call, question, cache, cancellation, None, graded
+    )
+    if explanation.quality is not None:
+        state.metrics.verdicts.labels(call.name, explanation.quality.verdict).inc()
+    return explanation

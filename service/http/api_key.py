@@ -86,7 +86,9 @@ class ApiKeyFirstMiddleware:
             verify_api_key(self.api_key, headers.get(API_KEY_HEADER))
         except ServiceError as error:
             extra = {"Connection": "close"} if announces_body(headers) else None
-            response = error_response(error.status, error.code, error.message, extra)
+            response = error_response(
+                error.status, error.code, error.message, extra, path=scope["path"]
+            )
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -38,7 +38,8 @@ class BodySizeLimitMiddleware:
         declared = Headers(scope=scope).get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body_bytes:
             error = self._too_large()
-            await error_response(error.status, error.code, error.message)(scope, receive, send)
+            response = error_response(error.status, error.code, error.message, path=scope["path"])
+            await response(scope, receive, send)
             return
         received = 0
 

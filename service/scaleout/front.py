@@ -120,7 +120,8 @@ class Relay:
             )
         except h11.LocalProtocolError as exc:  # what uvicorn took but HTTP/1.1 does not allow
             message = f"the request cannot be relayed: {exc}"
-            await error_response(400, BAD_REQUEST_CODE, message)(scope, receive, send)
+            refusal = error_response(400, BAD_REQUEST_CODE, message, path=scope["path"])
+            await refusal(scope, receive, send)
             return
         writer.write(connection.send(head))
         answering = asyncio.create_task(_relay_answer(reader, connection, send))
@@ -252,7 +253,9 @@ def _unavailable() -> ServiceError:
 
 
 async def _answer(scope: Scope, receive: Receive, send: Send, error: ServiceError) -> None:
-    response = error_response(error.status, error.code, error.message, error.headers)
+    response = error_response(
+        error.status, error.code, error.message, error.headers, path=scope["path"]
+    )
     await response(scope, receive, send)
 
 

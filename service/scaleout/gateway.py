@@ -11,7 +11,8 @@ before its body is read, with the same answer.
 What only exists here: Ray's refusals become the service's JSON errors (a full queue: 503
 ``overloaded``; a replica that died or is unavailable: 503 ``not_ready``; both with
 ``Retry-After``; a call past ``ray_request_timeout_s``: 503 ``overloaded``), a client that hangs
-up cancels the replica's work, ``/readyz`` asks every deployment, and ``/metrics`` merges the
+up cancels the replica's work, ``/readyz`` (and the Open Inference Protocol's
+``/v2/health/ready``) asks every deployment, and ``/metrics`` merges the
 registries of all replicas (``metrics_merge``).
 """
 
@@ -41,6 +42,8 @@ from service.settings import Settings
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 10.0
+# Readiness, the service's own and the Open Inference Protocol's: every deployment is asked.
+READY_PATHS = ("/readyz", "/v2/health/ready")
 # Set by the replica on every answer it made (deployments.AppReplica): which replica, where.
 SERVED_BY_HEADER = "x-served-by"
 RETRY_AFTER_OVERLOADED = "2"
@@ -93,7 +96,7 @@ class Gateway:
             await self.local(scope, receive, send)
             return
         method, path = scope["method"], scope["path"]
-        if method in ("GET", "HEAD") and path == "/readyz":
+        if method in ("GET", "HEAD") and path in READY_PATHS:
             await self._readyz(scope, receive, send)
             return
         if method in ("GET", "HEAD") and path == "/metrics":
@@ -185,18 +188,19 @@ class Gateway:
             if left in done:  # whatever the call became (Ray cancels it too): nobody reads it
                 return None
             return _error(
+                request.path,
                 Overloaded(
                     f"the {deployment} deployment did not answer within "
                     f"{self.settings.ray_request_timeout_s:g} s; retry later",
                     headers={"Retry-After": RETRY_AFTER_OVERLOADED},
-                )
+                ),
             )
         try:
             return answer.result()
         except self.cancelled:
             return None
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a JSON 503
-            return _error(self._refusal(deployment, exc))
+            return _error(request.path, self._refusal(deployment, exc))
 
     def _refusal(self, deployment: str, exc: BaseException) -> ServiceError:
         if isinstance(exc, self.queue_full):
@@ -212,17 +216,21 @@ class Gateway:
         )
 
     async def _readyz(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """Ready when the gateway's own app and one replica of every deployment say so; else
-        503 ``not_ready`` naming the first that is not, and why."""
-        probe = ForwardedRequest(
-            method=scope["method"], path="/readyz", headers=list(scope.get("headers", []))
+        """Ready when the gateway's own app (its answer to the path asked) and one replica of
+        every deployment (their ``/readyz``) say so; else 503 ``not_ready`` naming the first
+        that is not, and why, in the path's error shape."""
+        headers = list(scope.get("headers", []))
+        own = await run_asgi(
+            self.local,
+            ForwardedRequest(method=scope["method"], path=scope["path"], headers=headers),
         )
-        own = await run_asgi(self.local, probe)
+        probe = ForwardedRequest(method=scope["method"], path="/readyz", headers=headers)
         if own.status == 200:
             for deployment in DEPLOYMENTS:
                 reason = await self._not_ready(deployment, probe)
                 if reason is not None:
-                    own = _error(NotReady(reason, headers={"Retry-After": RETRY_AFTER_UNAVAILABLE}))
+                    refusal = NotReady(reason, headers={"Retry-After": RETRY_AFTER_UNAVAILABLE})
+                    own = _error(scope["path"], refusal)
                     break
         for message in own.messages():
             await send(message)
@@ -287,8 +295,9 @@ def _replay(read: bytes, receive: Receive) -> Receive:
     return replayed
 
 
-def _error(error: ServiceError) -> ForwardedResponse:
-    rendered = error_response(error.status, error.code, error.message, error.headers)
+def _error(path: str, error: ServiceError) -> ForwardedResponse:
+    """``error`` as the answer to a request for ``path`` (whose API gives its shape)."""
+    rendered = error_response(error.status, error.code, error.message, error.headers, path=path)
     return ForwardedResponse(
         status=rendered.status_code,
         headers=[(bytes(k), bytes(v)) for k, v in rendered.raw_headers],

@@ -46,8 +46,29 @@ PLACEMENTS = {
     ("GET", "/metrics"): GATEWAY,
     ("GET", "/"): GATEWAY,
     ("GET", "/docs"): GATEWAY,
+    # the Open Inference Protocol: infer as /predict, its explanation extension as /explain
+    ("GET", "/v2"): GATEWAY,
+    ("GET", "/v2/health/live"): GATEWAY,
+    ("GET", "/v2/health/ready"): GATEWAY,  # the gateway asks every deployment, as /readyz
+    ("GET", "/v2/models/{name}"): GATEWAY,
+    ("GET", "/v2/models/{name}/ready"): GATEWAY,
+    ("POST", "/v2/models/{name}/infer"): PREDICT,
+    ("POST", "/v2/models/{name}/explain"): EXPLAIN,
+    ("GET", "/v2/models/{name}/versions/{version}"): GATEWAY,
+    ("GET", "/v2/models/{name}/versions/{version}/ready"): GATEWAY,
+    ("POST", "/v2/models/{name}/versions/{version}/infer"): PREDICT,
+    ("POST", "/v2/models/{name}/versions/{version}/explain"): EXPLAIN,
+    ("POST", "/v1/models/{name}:explain"): EXPLAIN,
+}
+PREDICT_ROUTES = {
+    "/predict",
+    "/v2/models/{name}/infer",
+    "/v2/models/{name}/versions/{version}/infer",
 }
 EXPLAIN_ROUTES = {
+    "/v2/models/{name}/explain",
+    "/v2/models/{name}/versions/{version}/explain",
+    "/v1/models/{name}:explain",
     "/explain/evaluate",
     "/explain/{method}",
     "/saliency",
@@ -87,6 +108,13 @@ EXPLAIN_ROUTES = {
         ("GET", "/model", None),
         ("GET", "/nowhere", None),
         ("POST", "/predict/extra", None),
+        ("POST", "/v2/models/celebs8/infer", PREDICT),
+        ("POST", "/v2/models/celebs8/versions/1.0.0/infer", PREDICT),
+        ("POST", "/v2/models/celebs8/explain", EXPLAIN),
+        ("POST", "/v1/models/celebs8:explain", EXPLAIN),
+        ("GET", "/v2/models/celebs8", None),
+        ("GET", "/v2/health/ready", None),
+        ("GET", "/v2/models/celebs8/infer", None),  # 405 from the gateway's own app
     ],
 )
 def test_deployment_for(method: str, path: str, expected: str | None):
@@ -98,9 +126,10 @@ def test_every_documented_operation_has_a_host():
     paths = yaml.safe_load(OPENAPI.read_text())["paths"]
     for template, operations in paths.items():
         concrete = template.replace("{method}", "gradcam").replace("{job_id}", "abc")
+        concrete = concrete.replace("{name}", "celebs8").replace("{version}", "1.0.0")
         for method in operations:
             target = deployment_for(method.upper(), concrete)
-            if (method, template) == ("post", "/predict"):
+            if method == "post" and template in PREDICT_ROUTES:
                 assert target == PREDICT
             elif (method == "post" and template in EXPLAIN_ROUTES) or (
                 template == "/insight/maximize"

@@ -36,7 +36,7 @@ LAYERS: tuple[frozenset[str], ...] = tuple(
         "api",
         "app",
         "scaleout",
-        "__main__",
+        "__main__ client",
     )
 )
 LAYER_OF = {package: index for index, layer in enumerate(LAYERS) for package in layer}
