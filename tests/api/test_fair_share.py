@@ -226,7 +226,7 @@ def test_a_job_refuses_what_the_synchronous_call_refuses(
     [
         ("/lime?num_samples=2000", 64, "lower num_samples"),
         ("/saliency?method=integrated_gradients&steps=256", 17, "lower steps"),
-        ("/explain/occlusion?window=8&stride=4", 18, "raise stride"),
+        ("/explain/occlusion?window=8&stride=4", 21, "raise stride"),
         ("/jobs/smoothgrad?samples=64&noise=0.2", 9, None),
     ],
 )
