@@ -6,9 +6,9 @@ model input as a tensor (binary outputs), and explanations at the path its ``exp
 
 ``kserve`` is not in the dev extra: kserve 0.21 requires ``protobuf<7`` and ``psutil<6``
 (older than this environment's, which Ray uses) and the Kubernetes client. Its client runs
-with this environment's versions all the same: the test runs where kserve is importable (for
-example ``pip install --no-deps --target DIR kserve==0.21.0`` with its few pure-Python
-dependencies, and ``PYTHONPATH=DIR``), and is skipped, saying so, elsewhere.
+with this environment's versions all the same: the test runs where kserve is importable, and is
+skipped, saying so, elsewhere. .ci/run installs tests/kserve-client.txt with ``--no-deps`` into
+``.kserve-client/`` and runs it with ``PYTHONPATH=.kserve-client``; so can you.
 """
 
 from __future__ import annotations
