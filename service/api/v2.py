@@ -378,6 +378,13 @@ EXPLAIN_DEPENDENCIES = [
     Depends(explanation_slot),
     ON_EXPLAIN,
 ]
+# What both explanation paths (the extension's and KServe's) declare besides their summaries.
+EXPLAIN_ROUTE: dict[str, Any] = {
+    "response_model": InferenceResponse,
+    "responses": _errors(400, 401, 404, 413, 415, 422, 503),
+    "openapi_extra": _body_schema(),
+    "dependencies": EXPLAIN_DEPENDENCIES,
+}
 
 
 class ExplainParams(BaseModel):
@@ -399,10 +406,7 @@ class ExplainParams(BaseModel):
     "`target`, `contrast`, `quality`, `detect`, `face`; one image (BYTES) or model input "
     "(FP32 [1, 3, H, W]). Outputs: `heatmap` (FP32, the JSON answer's grid), `probabilities`, "
     "`label`, `target` and, where the map was graded, `quality` (BYTES: its JSON). docs/v2.md.",
-    response_model=InferenceResponse,
-    responses=_errors(400, 401, 404, 413, 415, 422, 503),
-    openapi_extra=_body_schema(),
-    dependencies=EXPLAIN_DEPENDENCIES,
+    **EXPLAIN_ROUTE,
 )
 async def v2_explain(
     request: Request,
@@ -503,8 +507,5 @@ router.add_api_route(
     description="The same as `POST /v2/models/{name}/explain`: KServe's "
     "`InferenceRESTClient.explain` posts here (configured for its v1 protocol; for v2 it "
     "refuses to explain).",
-    response_model=InferenceResponse,
-    responses=_errors(400, 401, 404, 413, 415, 422, 503),
-    openapi_extra=_body_schema(),
-    dependencies=EXPLAIN_DEPENDENCIES,
+    **EXPLAIN_ROUTE,
 )
