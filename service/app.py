@@ -45,6 +45,7 @@ from service.inference.model import load_model
 from service.insight.inspector import Inspector, synthesis_cache
 from service.observability.cache_metrics import CacheCollector
 from service.observability.metrics import MetricsMiddleware
+from service.observability.trace_middleware import TracingMiddleware
 from service.render.upload import NEGLIGIBLE_HEADER
 from service.settings import ENV_PREFIX, Settings, get_settings
 from service.state import ServiceState
@@ -179,8 +180,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.state.connections_closed = refusal_counter(app.state.service.metrics.registry)
-    # Added innermost first. From the outside in: security headers on every response, CORS,
-    # HEAD as GET, metrics, the API key (before any body is read), the body size limit.
+    # Added innermost first. From the outside in: the request's server span (tracing), security
+    # headers on every response, CORS, HEAD as GET, metrics, the API key (before any body is
+    # read), the body size limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
@@ -197,6 +199,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
         )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(TracingMiddleware)
     return app
 
 
