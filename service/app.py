@@ -43,6 +43,7 @@ from service.http.security_headers import SecurityHeadersMiddleware
 from service.inference.engine import EngineError
 from service.inference.model import load_model
 from service.insight.inspector import Inspector, synthesis_cache
+from service.observability import tracing
 from service.observability.cache_metrics import CacheCollector
 from service.observability.metrics import MetricsMiddleware
 from service.observability.trace_middleware import TracingMiddleware
@@ -137,6 +138,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await state.model.close()
             state.model = None
         state.phase, state.reason = "stopped", "the service is shutting down"
+        # uvicorn ends the process by re-raising SIGTERM after this: export what is pending now
+        await asyncio.to_thread(tracing.flush)
 
 
 def public_reason(exc: Exception) -> str:

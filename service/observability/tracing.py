@@ -169,9 +169,17 @@ def current_context() -> Context | None:
     return otel_context.get_current() if enabled() else None
 
 
-def wall_ns(perf_counter: float) -> int:
-    """A ``time.perf_counter()`` reading as nanoseconds since the epoch (span times)."""
-    return time.time_ns() - round((time.perf_counter() - perf_counter) * 1e9)
+def wall_ns(perf_counter: float, offset_ns: int | None = None) -> int:
+    """A ``time.perf_counter()`` reading as nanoseconds since the epoch (span times);
+    ``offset_ns``: ``clock_offset_ns()`` read once for several readings, so that their
+    differences stay exact."""
+    offset_ns = clock_offset_ns() if offset_ns is None else offset_ns
+    return round(perf_counter * 1e9) + offset_ns
+
+
+def clock_offset_ns() -> int:
+    """Nanoseconds from the ``perf_counter`` clock to the epoch's, now."""
+    return time.time_ns() - time.perf_counter_ns()
 
 
 def record(
@@ -185,17 +193,18 @@ def record(
 ) -> Span:
     """A finished span under ``parent`` from ``started`` to ``ended`` (``perf_counter``
     readings), for work whose timing is known only afterwards; returns it (for links)."""
+    offset = clock_offset_ns()
     made = _tracer.start_span(
         name,
         context=parent,
         kind=SpanKind.INTERNAL,
         attributes=attributes,
         links=links,
-        start_time=wall_ns(started),
+        start_time=wall_ns(started, offset),
     )
     if error is not None:
         fail(made, error)
-    made.end(end_time=wall_ns(ended))
+    made.end(end_time=wall_ns(ended, offset))
     return made
 
 

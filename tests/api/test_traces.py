@@ -80,7 +80,7 @@ def test_predict_is_one_trace_with_a_span_per_stage(post_image, face_bytes, trac
     assert search.attributes["celebxai.faces.found"] == len(response.json()["faces"])
     (wait,) = named(members, "batch wait")
     (inference,) = named(members, "inference")
-    assert wait.end_time <= inference.start_time + 1_000  # the run starts as the wait ends
+    assert abs(wait.end_time - inference.start_time) < 1_000_000  # the run starts as it ends
     assert inference.attributes["celebxai.batch.size"] >= 1
     stages = [named(members, name)[0] for name in ("decode", "face search", "preprocess")]
     assert [span.start_time for span in stages] == sorted(span.start_time for span in stages)
