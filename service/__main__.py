@@ -85,6 +85,12 @@ def main(argv: list[str] | None = None) -> int:
         from service.errors import describe_validation_errors
 
         parser.error(f"invalid settings: {describe_validation_errors(exc.errors())}")
+    from service.observability.tracing import TracingError, configure_from_environment
+
+    try:
+        configure_from_environment()  # traces, as the OTEL_* variables ask (default: off)
+    except TracingError as exc:
+        parser.error(str(exc))
     if args.ray:
         from service.scaleout.app import run
 

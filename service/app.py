@@ -43,8 +43,10 @@ from service.http.security_headers import SecurityHeadersMiddleware
 from service.inference.engine import EngineError
 from service.inference.model import load_model
 from service.insight.inspector import Inspector, synthesis_cache
+from service.observability import tracing
 from service.observability.cache_metrics import CacheCollector
 from service.observability.metrics import MetricsMiddleware
+from service.observability.trace_middleware import TracingMiddleware
 from service.render.upload import NEGLIGIBLE_HEADER
 from service.settings import ENV_PREFIX, Settings, get_settings
 from service.state import ServiceState
@@ -136,6 +138,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             await state.model.close()
             state.model = None
         state.phase, state.reason = "stopped", "the service is shutting down"
+        # uvicorn ends the process by re-raising SIGTERM after this: export what is pending now
+        await asyncio.to_thread(tracing.flush)
 
 
 def public_reason(exc: Exception) -> str:
@@ -179,8 +183,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in ROUTERS:
         app.include_router(router)
     app.state.connections_closed = refusal_counter(app.state.service.metrics.registry)
-    # Added innermost first. From the outside in: security headers on every response, CORS,
-    # HEAD as GET, metrics, the API key (before any body is read), the body size limit.
+    # Added innermost first. From the outside in: the request's server span (tracing), security
+    # headers on every response, CORS, HEAD as GET, metrics, the API key (before any body is
+    # read), the body size limit.
     app.add_middleware(
         BodySizeLimitMiddleware,
         max_body_bytes=settings.max_upload_bytes + MULTIPART_OVERHEAD_BYTES,
@@ -197,6 +202,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=CORS_EXPOSED_HEADERS,
         )
     app.add_middleware(SecurityHeadersMiddleware)
+    app.add_middleware(TracingMiddleware)
     return app
 
 

@@ -47,6 +47,7 @@ from service.explain.quality import grade as grade_map
 from service.faces.aligned import AlignedFace
 from service.inference.model import ModelInput, ServingModel
 from service.intake.images import DecodedImage
+from service.observability import tracing
 from service.render.png import scaled_size
 from service.render.upload import MAX_JSON_SIDE, NEGLIGIBLE_HEADER, json_grid, values_grid
 from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRef, rank_classes
@@ -145,23 +146,33 @@ def explain(
     ``Question``: a contrast or the open-set score), from
     ``cache`` or computed here (a worker thread) and kept there; with ``quality``, its quality
     report too (``grade``). ``report``: the sampling methods' partial maps, for whoever
-    watches (a job)."""
+    watches (a job). Traced as ``explain`` (the method's ``explanation batch`` spans below it,
+    its forward passes counted in ``celebxai.explain.passes``) and ``quality``."""
     key = explanation_key(model, inputs, call, target)
     found = cache.get(key)
     cached, explain_ms = found is not None, 0.0
-    if found is None:
-        started = time.perf_counter()
-        handle = model_handle(model, cancellation, report)
-        found = call.explainer(handle).run(inputs.x, target, call.params)
-        cache.put(key, found)
-        explain_ms = (time.perf_counter() - started) * 1000
-    scores = photo_scores(model, inputs, found.explains, found.logits, cancellation)
+    with tracing.span(
+        "explain", {"celebxai.explain.method": call.name, "celebxai.explain.cached": cached}
+    ) as span:
+        passes = cancellation.passes
+        if found is None:
+            started = time.perf_counter()
+            handle = model_handle(model, cancellation, report)
+            found = call.explainer(handle).run(inputs.x, target, call.params)
+            cache.put(key, found)
+            explain_ms = (time.perf_counter() - started) * 1000
+        scores = photo_scores(model, inputs, found.explains, found.logits, cancellation)
+        span.set_attribute("celebxai.explain.passes", cancellation.passes - passes)
+        span.set_attribute("celebxai.explain.target", found.target)
     if not quality:
         return Explanation(found, cached, explain_ms, scores)
-    started = time.perf_counter()
-    completeness = call.explainer.completeness_baseline(inputs.x, call.params)
-    graded = grade(model, inputs, found, cache, cancellation, key, completeness)
-    quality_ms = (time.perf_counter() - started) * 1000
+    with tracing.span("quality", {"celebxai.explain.method": call.name}) as span:
+        passes = cancellation.passes
+        started = time.perf_counter()
+        completeness = call.explainer.completeness_baseline(inputs.x, call.params)
+        graded = grade(model, inputs, found, cache, cancellation, key, completeness)
+        quality_ms = (time.perf_counter() - started) * 1000
+        span.set_attribute("celebxai.explain.passes", cancellation.passes - passes)
     return Explanation(found, cached, explain_ms, scores, graded, quality_ms)
 
 

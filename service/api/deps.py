@@ -50,6 +50,7 @@ from service.inference.model import ModelInput, ServingModel
 from service.insight.inspector import InspectedModel
 from service.intake.images import DecodedImage, ImageLimits, decode_pixels, read_header, read_upload
 from service.jobs.store import owner_of
+from service.observability import tracing
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -204,11 +205,30 @@ async def decoded_image(
 ) -> AsyncIterator[DecodedImage]:
     """``data`` (an image file's bytes) checked and decoded, holding its width x height of the
     app's ``PixelBudget`` for the body of the ``async with``: the one intake of the multipart
-    routes and the Open Inference Protocol's ``BYTES`` inputs."""
-    header = await run_in_threadpool(read_header, data, ImageLimits.from_settings(state.settings))
-    del data  # the header keeps what Pillow needs
-    async with state.decodes.hold(header.pixels):
-        yield await run_in_threadpool(decode_pixels, header, received_at)
+    routes and the Open Inference Protocol's ``BYTES`` inputs. Traced as ``decode`` (the wait
+    for the budget included)."""
+    with tracing.span("decode", {"celebxai.image.bytes": len(data)}) as span:
+        limits = ImageLimits.from_settings(state.settings)
+        header = await run_in_threadpool(read_header, data, limits)
+        del data  # the header keeps what Pillow needs
+        span.set_attribute("celebxai.image.pixels", header.pixels)
+        await state.decodes.acquire(header.pixels)
+        try:
+            image = await run_in_threadpool(decode_pixels, header, received_at)
+        except BaseException:
+            state.decodes.release(header.pixels)
+            raise
+        span.set_attributes(
+            {
+                "celebxai.image.format": image.format,
+                "celebxai.image.width": image.width,
+                "celebxai.image.height": image.height,
+            }
+        )
+    try:
+        yield image
+    finally:
+        state.decodes.release(header.pixels)
 
 
 ImageDep = Annotated[DecodedImage, Depends(image_intake)]
@@ -236,15 +256,22 @@ async def face_choice(
 async def choose(
     model: ServingModel, image: DecodedImage, *, detect: bool, face: int | None
 ) -> FaceChoice:
-    """The face of ``image`` to classify (``choose_face``, off the event loop)."""
-    return await run_in_threadpool(
-        choose_face,
-        model.faces,
-        image.rgb,
-        detect=detect,
-        index=face,
-        framing=model.meta.input.framing,
-    )
+    """The face of ``image`` to classify (``choose_face``, off the event loop), traced as
+    ``face search``."""
+    with tracing.span("face search", {"celebxai.faces.detect": detect}) as span:
+        chosen = await run_in_threadpool(
+            choose_face,
+            model.faces,
+            image.rgb,
+            detect=detect,
+            index=face,
+            framing=model.meta.input.framing,
+        )
+        span.set_attribute("celebxai.faces.found", len(chosen.faces))
+        span.set_attribute("celebxai.faces.source", chosen.source)
+        if chosen.index is not None:
+            span.set_attribute("celebxai.faces.index", chosen.index)
+    return chosen
 
 
 FaceDep = Annotated[FaceChoice, Depends(face_choice)]

@@ -63,6 +63,7 @@ from service.explain.objective import OPEN_SET, Question
 from service.explain.quality import PASSES, REPEAT_PASSES, RULE, VERDICTS
 from service.inference.model import ModelInput, ServingModel
 from service.intake.images import DecodedImage
+from service.observability import tracing
 from service.render.png import MAX_RENDER_PIXELS
 from service.render.upload import NEGLIGIBLE_HEADER, PNG_MEDIA_TYPE, Format, render_png
 from service.schemas.common import error_responses
@@ -360,12 +361,14 @@ async def _explain(
     explanation = await run_explanation(
         state, model, inputs, call, question, quality, cancellation, cache
     )
-    if fmt in ("png", "overlay"):
-        heatmap = explanation.heatmap
-        png = await run_in_threadpool(render_png, fmt, image.rgb, inputs.face.aligned, heatmap)
-        headers = explanations.answer_headers(explanation)
-        return Response(png, media_type=PNG_MEDIA_TYPE, headers=headers)
-    return await run_in_threadpool(explanations.json_answer, model, image, inputs, explanation)
+    with tracing.span("render", {"celebxai.render.format": fmt}):
+        if fmt in ("png", "overlay"):
+            heatmap = explanation.heatmap
+            face = inputs.face.aligned
+            png = await run_in_threadpool(render_png, fmt, image.rgb, face, heatmap)
+            headers = explanations.answer_headers(explanation)
+            return Response(png, media_type=PNG_MEDIA_TYPE, headers=headers)
+        return await run_in_threadpool(explanations.json_answer, model, image, inputs, explanation)
 
 
 async def run_explanation(

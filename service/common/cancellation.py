@@ -60,6 +60,7 @@ class Cancellation:
         self._lock = threading.Lock()
         self._reason: str | None = None
         self._wakers: list[Callable[[], None]] = []
+        self._passes = 0
 
     @property
     def cancelled(self) -> bool:
@@ -68,6 +69,11 @@ class Cancellation:
     @property
     def reason(self) -> str | None:
         return self._reason
+
+    @property
+    def passes(self) -> int:
+        """Forward passes reported through ``batch()`` so far."""
+        return self._passes
 
     def cancel(self, reason: str) -> None:
         """Ask the work to stop at its next batch (idempotent)."""
@@ -86,8 +92,11 @@ class Cancellation:
 
     def batch(self) -> None:
         """Call right before one forward pass: raises ``Cancelled`` instead of running it when
-        the work was cancelled, else reports the pass to ``on_batch``."""
+        the work was cancelled, else counts the pass (``passes``) and reports it to
+        ``on_batch``."""
         self.check()
+        with self._lock:
+            self._passes += 1
         if self._on_batch is not None:
             self._on_batch()
 

@@ -39,10 +39,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime as ort
+from opentelemetry.context import Context
 
 from service.bundle.format import EMBEDDING_OUTPUT
 from service.common.admission import Priority, priority_of
 from service.common.cancellation import Cancellation
+from service.observability import tracing
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -118,6 +120,8 @@ class _Pending:
     item: np.ndarray
     future: asyncio.Future[tuple[np.ndarray, BatchStats]]
     submitted_at: float
+    trace: Context | None = None
+    """the submitting request's trace context (None while tracing is off)"""
 
 
 @dataclass(order=True)
@@ -267,7 +271,8 @@ class DynamicBatcher:
         future: asyncio.Future[tuple[np.ndarray, BatchStats]] = (
             asyncio.get_running_loop().create_future()
         )
-        self._queue.put_nowait(_Pending(item, future, time.perf_counter()))
+        pending = _Pending(item, future, time.perf_counter(), tracing.current_context())
+        self._queue.put_nowait(pending)
         return await future
 
     async def _serve(self) -> None:
@@ -304,11 +309,13 @@ class DynamicBatcher:
             outputs = await loop.run_in_executor(self._executor, self._run, inputs)
         except Exception as exc:  # every waiting caller gets the failure, the batcher lives on
             log.exception("batch of %d failed", len(batch))
+            trace_batch(batch, started, time.perf_counter(), exc)
             for pending in batch:
                 if not pending.future.done():
                     pending.future.set_exception(exc)
             return
         inference_s = time.perf_counter() - started
+        trace_batch(batch, started, started + inference_s)
         if self._observer is not None:
             self._observer(len(batch), inference_s, started - batch[0].submitted_at)
         for row, pending in zip(outputs, batch, strict=True):
@@ -319,6 +326,30 @@ class DynamicBatcher:
                     inference_ms=inference_s * 1000,
                 )
                 pending.future.set_result((row, stats))
+
+
+def trace_batch(
+    batch: list[_Pending], started: float, ended: float, error: Exception | None = None
+) -> None:
+    """Each traced request of ``batch`` gets a ``batch wait`` span (from its submission until
+    the batch ran) and an ``inference`` span (the batch's run, linked to the other traced
+    requests that shared it), both in its own trace."""
+    traced = [pending.trace for pending in batch if pending.trace is not None]
+    size = {"celebxai.batch.size": len(batch)}
+    for pending in batch:
+        if pending.trace is None:
+            continue
+        tracing.record("batch wait", pending.trace, pending.submitted_at, started, size)
+        links = [tracing.link_to(other) for other in traced if other is not pending.trace]
+        tracing.record("inference", pending.trace, started, ended, size, links, error)
+
+
+def trace_chunk(parent: Context, queued: float, size: int, done: Future[Any]) -> None:
+    """The ``explanation batch`` span of one chunk of forward passes run for an explanation,
+    from when it was queued on the inference thread until it ran (``done``)."""
+    error = None if done.cancelled() else done.exception()
+    attributes = {"celebxai.batch.size": size}
+    tracing.record("explanation batch", parent, queued, time.perf_counter(), attributes, (), error)
 
 
 class Engine:
@@ -432,12 +463,17 @@ class Engine:
         self, chunk: np.ndarray, cancellation: Cancellation | None, rows: bool = False
     ) -> Future[np.ndarray]:
         """``cancellation.batch()`` here, on the asking thread (a job may wait there to give
-        its turn away); the chunk queued at the work's priority."""
+        its turn away); the chunk queued at the work's priority, traced as ``explanation
+        batch`` in the asking thread's trace."""
         executor = self._running_executor()
         cancellation = cancellation or Cancellation()
         cancellation.batch()
         run = partial(self._run_chunk, cancellation, rows=rows)
-        return executor.submit_at(priority_of(cancellation), run, chunk)
+        parent, queued = tracing.current_context(), time.perf_counter()
+        future = executor.submit_at(priority_of(cancellation), run, chunk)
+        if parent is not None:
+            future.add_done_callback(partial(trace_chunk, parent, queued, len(chunk)))
+        return future
 
     def _run_chunk(
         self, cancellation: Cancellation, chunk: np.ndarray, rows: bool = False

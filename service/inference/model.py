@@ -50,6 +50,7 @@ from service.inference.engine import (
     create_session,
 )
 from service.inference.precision_probe import PrecisionChoice, resolve_precision
+from service.observability import tracing
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -147,13 +148,15 @@ class ServingModel:
     async def model_input(self, face: FaceChoice) -> ModelInput:
         """The one way from a chosen face to the model's input (what ``/predict`` classifies
         and every explanation explains): its crop preprocessed, inline when it is small, on a
-        worker thread when it is large."""
+        worker thread when it is large. Traced as ``preprocess``."""
         started = time.perf_counter()
         crop = face.aligned.crop
-        if crop.width * crop.height <= INLINE_PREPROCESS_PIXELS:
-            x = self.preprocess(crop)
-        else:
-            x = await run_in_threadpool(self.preprocess, crop)
+        attributes = {"celebxai.crop.width": crop.width, "celebxai.crop.height": crop.height}
+        with tracing.span("preprocess", attributes):
+            if crop.width * crop.height <= INLINE_PREPROCESS_PIXELS:
+                x = self.preprocess(crop)
+            else:
+                x = await run_in_threadpool(self.preprocess, crop)
         return ModelInput(face, x, (time.perf_counter() - started) * 1000)
 
     async def classify(self, inputs: ModelInput) -> Classification:

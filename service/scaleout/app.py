@@ -24,6 +24,7 @@ from ray import serve
 
 from service.http.connection_limits import refusal_counter
 from service.http.server import run_server
+from service.observability.trace_middleware import TracingMiddleware
 from service.scaleout.deployments import application
 from service.scaleout.front import Relay, Upstream, front_publisher
 from service.settings import Settings
@@ -94,8 +95,10 @@ def serve_front(settings: Settings, upstream: Upstream) -> None:
     board = serve.get_deployment_handle("MetricsBoard", app_name=APP_NAME)
     publisher = front_publisher(registry, board)
     relay = Relay(upstream, on_start=publisher.start, on_stop=publisher.stop)
+    # the front's span of each request, whose context Relay passes on to the gateway
+    front = TracingMiddleware(relay)
     # Ray's proxy dates and names its answers already; the front passes them on as they are.
-    run_server(relay, settings, closed, lifespan="on", server_header=False, date_header=False)
+    run_server(front, settings, closed, lifespan="on", server_header=False, date_header=False)
 
 
 def _free_loopback_port() -> int:

@@ -32,6 +32,8 @@ from starlette.types import ASGIApp
 from service.app import create_app
 from service.http.security_headers import SecurityHeadersMiddleware
 from service.inference.allocator import configure_malloc
+from service.observability import tracing
+from service.observability.trace_middleware import TracingMiddleware
 from service.scaleout.forward import ForwardedRequest, ForwardedResponse, run_asgi
 from service.scaleout.gateway import SERVED_BY_HEADER
 from service.scaleout.gateway import Gateway as GatewayApp
@@ -62,6 +64,7 @@ class _HostsApp:
         # The service's own loggers at its level, whatever Ray made of the worker's root logger.
         logging.getLogger("service").setLevel(settings.log_level.upper())
         configure_malloc()
+        tracing.configure_from_environment()  # as the driver does: OTEL_* (default: off)
         context = serve.get_replica_context()
         self.replica_name = f"{context.deployment}#{context.replica_id.unique_id}"
         self.node_id = ray.get_runtime_context().get_node_id()
@@ -150,7 +153,12 @@ class Gateway(_HostsApp):
     def __serve_build_asgi_app__(self) -> ASGIApp:
         # The security headers also on the answers the gateway makes itself (Ray's refusals);
         # forwarded answers already carry them (set by the replica's app: left as they are).
-        return SecurityHeadersMiddleware(self.gateway)
+        # Its span of each request is the parent of the replica's, named by the app's route.
+        routing = self.gateway.routing
+        return TracingMiddleware(
+            SecurityHeadersMiddleware(self.gateway),
+            route_of=lambda scope: routing.route_template(scope["path"], scope["method"]),
+        )
 
     async def _expositions(self) -> list[str]:
         return await self.board.snapshot.remote(self.replica_name)
@@ -187,6 +195,16 @@ class MetricsBoard:
         return self.board.snapshot(exclude)
 
 
+def actor_options(num_cpus: float) -> dict[str, Any]:
+    """Ray actor options of a deployment that hosts the app: its CPUs, and the driver's OTEL_*
+    variables where it has any (on a cluster a replica's process does not inherit them), so
+    that every replica traces as the driver does."""
+    options: dict[str, Any] = {"num_cpus": num_cpus}
+    if otel := tracing.otel_environment():
+        options["runtime_env"] = {"env_vars": otel}
+    return options
+
+
 def replica_options(group: str, settings: Settings) -> dict[str, Any]:
     """Ray Serve options of the ``Predict`` or ``Explain`` deployment, from the settings
     ``ray_predict_*`` / ``ray_explain_*``."""
@@ -199,7 +217,7 @@ def replica_options(group: str, settings: Settings) -> dict[str, Any]:
         "name": group,
         "max_ongoing_requests": setting("max_ongoing_requests"),
         "max_queued_requests": setting("max_queued_requests"),
-        "ray_actor_options": {"num_cpus": setting("cpus")},
+        "ray_actor_options": actor_options(num_cpus=setting("cpus")),
     }
     if setting("max_replicas") > setting("replicas"):
         options["autoscaling_config"] = {
@@ -221,7 +239,7 @@ def application(settings: Settings) -> serve.Application:
         num_replicas=1,
         max_ongoing_requests=GATEWAY_MAX_ONGOING_REQUESTS,
         max_queued_requests=-1,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=actor_options(num_cpus=0),
     )(Gateway)
     job_board = serve.deployment(
         name=BOARD_NAME,

@@ -33,6 +33,7 @@ from starlette.types import Receive, Scope, Send
 from service.errors import NotReady, ServiceError
 from service.http.connection_limits import BAD_REQUEST_CODE
 from service.http.errors import error_response
+from service.observability.trace_middleware import propagated
 from service.scaleout.publisher import MetricsPublisher
 
 log = logging.getLogger(__name__)
@@ -171,6 +172,7 @@ def _request_headers(scope: Scope, upstream: Upstream) -> list[tuple[bytes, byte
     headers = [
         (name, value) for name, value in scope.get("headers", []) if name.lower() not in HOP_BY_HOP
     ]
+    headers = propagated(headers)
     if not any(name.lower() == b"host" for name, _ in headers):  # HTTP/1.0 may omit it
         headers.append((b"host", f"{upstream.host}:{upstream.port}".encode()))
     client = scope.get("client")

@@ -19,6 +19,7 @@ registries of all replicas (``metrics_merge``).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import time
@@ -34,6 +35,7 @@ from service.errors import NotReady, Overloaded, ServiceError
 from service.http.api_key import API_KEY_HEADER, protected_operations, verify_api_key
 from service.http.errors import error_response
 from service.observability.metrics import ServiceMetrics
+from service.observability.trace_middleware import propagated
 from service.scaleout.forward import ForwardedRequest, ForwardedResponse, run_asgi
 from service.scaleout.metrics_merge import merge_expositions
 from service.scaleout.routing import DEPLOYMENTS, Routing
@@ -113,6 +115,7 @@ class Gateway:
             await self.local(scope, _replay(body, receive), send)
             return
         request = ForwardedRequest.from_scope(scope, body)
+        request = dataclasses.replace(request, headers=propagated(request.headers))
         started = time.perf_counter()
         response = await self._forward(deployment, request, receive)
         if response is None:

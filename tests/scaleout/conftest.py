@@ -71,16 +71,19 @@ class Service:
         return self.log_file.read_text(errors="replace")
 
 
-def start_service(log_dir: Path, flags: list[str]) -> Service:
+def start_service(
+    log_dir: Path, flags: list[str], environ: dict[str, str] | None = None
+) -> Service:
     """``python -m service [flags] --port N`` with the common flags and the caller's
-    environment minus ``CELEBXAI_*``; returned once ``/readyz`` answers 200 (Ray's proxy
-    accepts connections, and holds them, before the application is up: each poll has a
-    timeout)."""
+    environment minus ``CELEBXAI_*``, plus ``environ``; returned once ``/readyz`` answers 200
+    (Ray's proxy accepts connections, and holds them, before the application is up: each poll
+    has a timeout)."""
     port = free_port()
     log_file = log_dir / f"service-{port}.log"
     url = f"http://127.0.0.1:{port}"
     command = [*server_command(port, DEFAULT_BUNDLE, flags), *COMMON_FLAGS]
     env = {k: v for k, v in os.environ.items() if not k.startswith("CELEBXAI_")}
+    env.update(environ or {})
     started = time.perf_counter()
     with log_file.open("wb") as log:
         process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -115,7 +118,17 @@ class RayService(Service):
 
 @pytest.fixture(scope="session")
 def ray_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayService]:
-    service = start_service(tmp_path_factory.mktemp("ray"), RAY_FLAGS)
+    with started_ray_service(tmp_path_factory.mktemp("ray")) as service:
+        yield service
+
+
+@contextlib.contextmanager
+def started_ray_service(
+    log_dir: Path, environ: dict[str, str] | None = None
+) -> Iterator[RayService]:
+    """``python -m service --ray`` (``start_service``), stopped at the end with no Ray process
+    left behind."""
+    service = start_service(log_dir, RAY_FLAGS, environ)
     found = _RAY_ADDRESS.search(service.log())
     address = found.group(1) if found else ""
     ray_processes = _processes_of(address)
