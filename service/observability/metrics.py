@@ -199,22 +199,29 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        status = 500  # what the client gets if the app fails before starting a response
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
+        status = ResponseStatus(send)
         self.metrics.in_flight.inc()
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, status.send)
         finally:
             self.metrics.in_flight.dec()
-            labels = (route_template(scope), scope["method"], str(status))
+            labels = (route_template(scope), scope["method"], str(status.code))
             self.metrics.requests.labels(*labels).inc()
             self.metrics.latency.labels(*labels).observe(time.perf_counter() - started)
+
+
+class ResponseStatus:
+    """``send`` that notes the status of the response passing through it: ``code`` is 500
+    (what the client gets if the app fails before starting a response) until one starts."""
+
+    def __init__(self, send: Send) -> None:
+        self._send = send
+        self.code = 500
+
+    async def send(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.code = message["status"]
+        await self._send(message)
 
 
 def route_template(scope: Scope) -> str:

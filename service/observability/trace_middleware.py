@@ -17,10 +17,10 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.observability import tracing
-from service.observability.metrics import UNMATCHED, route_template
+from service.observability.metrics import UNMATCHED, ResponseStatus, route_template
 
 PROPAGATOR = TraceContextTextMapPropagator()
 TRACE_HEADERS = (b"traceparent", b"tracestate")
@@ -66,13 +66,7 @@ class TracingMiddleware:
             await self.app(scope, receive, send)
             return
         method = scope["method"]
-        status = 500  # what the client gets if the app fails before starting a response
-
-        async def send_with_status(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
+        response = ResponseStatus(send)
 
         server = tracing.tracer().start_span(
             method,
@@ -82,7 +76,7 @@ class TracingMiddleware:
         )
         token = otel_context.attach(trace.set_span_in_context(server))
         try:
-            await self.app(scope, receive, send_with_status)
+            await self.app(scope, receive, response.send)
         except BaseException as exc:
             tracing.fail(server, exc)
             raise
@@ -92,6 +86,7 @@ class TracingMiddleware:
             if route != UNMATCHED:
                 server.update_name(f"{method} {route}")
                 server.set_attribute("http.route", route)
+            status = response.code
             server.set_attribute("http.response.status_code", status)
             if status >= 400 and server.is_recording():
                 server.set_attribute("error.type", str(status))
