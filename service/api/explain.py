@@ -38,6 +38,7 @@ from service.api.deps import (
     ExplanationCacheDep,
     ImageDep,
     ModelDep,
+    ModelIfReadyDep,
     ModelInputDep,
     StateDep,
     api_key_guard,
@@ -144,12 +145,12 @@ router = APIRouter(tags=["explain"])
     "choices), and whether the served bundle can run it (`available`).",
     dependencies=[ON_GATEWAY],
 )
-async def list_methods(state: StateDep) -> MethodsResponse:
-    bounds = call_bounds(state)
+async def list_methods(state: StateDep, model: ModelIfReadyDep) -> MethodsResponse:
+    bounds = call_bounds(state, model)
     return MethodsResponse(
         common_parameters=list(COMMON_PARAMS),
         quality_rule=RULE,
-        methods=[_method_info(explainer, state.model, bounds) for explainer in EXPLAINERS.values()],
+        methods=[_method_info(explainer, model, bounds) for explainer in EXPLAINERS.values()],
     )
 
 
@@ -283,7 +284,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
         refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
-        call = check_params(explainer, values, call_bounds(state))
+        call = check_params(explainer, values, call_bounds(state, model))
         return await _explain(
             state, model, image, inputs, call, question, format, quality, cancellation, cache
         )

@@ -59,10 +59,11 @@ router = APIRouter(prefix="/insight", tags=["insight"], dependencies=[Depends(ap
 
 
 def get_inspector(model: ModelDep, state: StateDep) -> Inspector:
-    """The loaded model's inspector, made by the lifespan (``ModelDep``: 503 until then)."""
-    if state.inspector is None or state.inspector.model is not model:
+    """The inspector of the request's model (``ModelDep``: 503 until the default is loaded)."""
+    inspector = state.inspector_of(model)
+    if inspector is None:
         raise NotReady(state.reason, headers={"Retry-After": "5"})
-    return state.inspector
+    return inspector
 
 
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
