@@ -142,7 +142,8 @@ router = APIRouter(tags=["explain"])
     description="The methods `POST /explain/{method}` runs, in the page's order: what each "
     "shows, whether its map is signed, its units and value range, whether it needs the "
     "differentiable twin, its own query parameters as JSON Schema (defaults, bounds, "
-    "choices), and whether the served bundle can run it (`available`).",
+    "choices), and whether the bundle (`model=`) can run it (`available`).",
+    responses=error_responses(404, 503),
     dependencies=[ON_GATEWAY],
 )
 async def list_methods(state: StateDep, model: ModelIfReadyDep) -> MethodsResponse:
@@ -217,7 +218,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
             },
         },
     },
-    **error_responses(400, 401, 413, 415, 422, 503),
+    **error_responses(400, 401, 404, 413, 415, 422, 503),
 }
 
 

@@ -94,7 +94,7 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
     summary="Synthesise an image as a job",
     description="The parameters of GET /insight/maximize; the job's result is its answer "
     "(`format=json` or `png` on GET /jobs/{id}/result).",
-    responses={**ACCEPTED, **error_responses(401, 422, 429, 503)},
+    responses={**ACCEPTED, **error_responses(401, 404, 422, 429, 503)},
     dependencies=[Depends(in_flight_slot), ON_EXPLAIN],
 )
 async def maximize_job(

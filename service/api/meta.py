@@ -25,7 +25,7 @@ router = APIRouter(tags=["service"], dependencies=[ON_GATEWAY])
     "/model",
     summary="The model bundle's metadata",
     dependencies=[Depends(api_key_guard)],
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 404, 503),
 )
 async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
     """meta.json of the bundle (``model=``; default: the default one: classes, input spec,
