@@ -56,8 +56,9 @@ class Bundle:
 
 def discover(models_dir: Path, default: Bundle) -> dict[str, Bundle]:
     """``default`` and every bundle of ``models_dir``'s subfolders, by name (sorted, the default
-    first). A folder whose meta.json cannot be read is left out, saying why in the log; two
-    bundles of one name raise ``DuplicateModel``."""
+    first). A folder whose meta.json cannot be read is left out, saying why in the log, and so
+    is one named as the default (which is served under that name); two bundles of
+    ``models_dir`` of one name raise ``DuplicateModel``."""
     bundles = {default.name: default}
     if not models_dir.is_dir():
         log.warning("models_dir %s is not a folder: serving the default bundle alone", models_dir)
@@ -69,6 +70,15 @@ def discover(models_dir: Path, default: Bundle) -> dict[str, Bundle]:
             meta = read_meta(folder)
         except BundleError as exc:
             log.error("model folder %s is not served: %s", folder, exc)
+            continue
+        if meta.name == default.name:
+            # ``--model DIR`` for another build of a bundle in models_dir: as before, it serves
+            log.warning(
+                "model folder %s is not served: the default bundle %s has its name %r",
+                folder,
+                default.path,
+                meta.name,
+            )
             continue
         if meta.name in bundles:
             raise DuplicateModel(

@@ -196,3 +196,6 @@ def test_discover_skips_unreadable_bundles_and_refuses_duplicate_names(
     with pytest.raises(DuplicateModel, match="two bundles are named 'm1'"):
         discover(tmp_path, default)
     assert list(discover(tmp_path / "absent", default)) == [meta["name"]]
+    (tmp_path / "three" / "meta.json").write_text(json.dumps(meta))  # the default's name
+    assert list(discover(tmp_path, default)) == [meta["name"], "m1", "m2"]
+    assert "three is not served: the default bundle" in caplog.text
