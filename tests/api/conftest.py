@@ -17,6 +17,7 @@ from httpx import Response
 from service.app import create_app
 from service.inference.model import ServingModel
 from service.settings import Settings
+from tests.bundle_copies import bundle_copy
 
 API_KEY = "test-key"
 MAX_UPLOAD_BYTES = 1_000_000
@@ -102,6 +103,21 @@ def post_image(client: TestClient) -> Callable[..., Response]:
         return client.post(path, files={"file": (filename, data, content_type)}, headers=headers)
 
     return post
+
+
+# The bundles of ``models_dir``: the default's files under other names, one of them corrupt.
+TWIN_MODEL = "celebs8-twin"
+CORRUPT_MODEL = "celebs8-corrupt"
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, default_bundle: Path) -> Path:
+    """A ``models_dir`` beside the default bundle: ``TWIN_MODEL`` (valid, the default's
+    weights) and ``CORRUPT_MODEL`` (model.onnx's sha256 wrong in its meta.json)."""
+    folder = tmp_path_factory.mktemp("models")
+    bundle_copy(default_bundle, folder / "twin", TWIN_MODEL)
+    bundle_copy(default_bundle, folder / "corrupt", CORRUPT_MODEL, corrupt="model.onnx")
+    return folder
 
 
 @pytest.fixture(scope="session")
