@@ -1,0 +1,97 @@
+// The models the service serves (GET /models) and the page's choice among them: a select beside
+// the upload, hidden where there is only one model, each option with the model's test accuracy.
+// The choice goes to api.js (``chosenModel``), so that every request of the page asks that model.
+// A service without GET /models (an older one) serves one model: the page names none.
+
+import { ApiError, chosenModel, getJson } from "./api.js";
+
+/** ``{default, maxLoaded, models}``: ``models`` ``[{name, version, default, loaded, accuracy,
+ * classes}]`` as GET /models lists them (``accuracy``: the test accuracy, or null); a service
+ * that has no GET /models (404): no models, and no default. */
+async function loadModels() {
+  try {
+    const answer = await getJson("/models", { model: null });
+    const models = answer.models.map((model) => ({ ...model, accuracy: model.metrics?.test_accuracy ?? null }));
+    return { default: answer.default, maxLoaded: answer.max_loaded ?? null, models };
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 404) return { default: null, maxLoaded: null, models: [] };
+    throw error;
+  }
+}
+
+/** "celebs8 1.0.0 · test accuracy 99.6 %" (and "default" for the service's default). */
+export function modelTitle(model) {
+  const accuracy = model.accuracy == null ? "no test accuracy" : `test accuracy ${(model.accuracy * 100).toFixed(1)} %`;
+  return `${model.name} ${model.version} · ${accuracy}${model.default ? " · default" : ""}`;
+}
+
+/** What the page knows of the served models, shared by its views: the list, and whether each
+ * is loaded (a request to a model that is not waits for it to load: the page says so).
+ * ``ready``: a promise of the list once read; ``onLoad(listener)``: ``listener(list)`` now if it
+ * has been read, and after every read (``reload()`` reads again: GET /models may need the API
+ * key that was missing). */
+class ModelList {
+  constructor() {
+    this.models = [];
+    this.maxLoaded = null;
+    this.listeners = [];
+    this.read = false;
+    this.ready = this.reload();
+  }
+
+  reload() {
+    this.ready = loadModels()
+      .catch(() => ({ models: [], maxLoaded: null }))
+      .then(({ models, maxLoaded }) => {
+        Object.assign(this, { models, maxLoaded, read: true });
+        for (const listener of this.listeners) listener(this);
+        return this;
+      });
+    return this.ready;
+  }
+
+  onLoad(listener) {
+    this.listeners.push(listener);
+    if (this.read) listener(this);
+  }
+
+  byName(name) {
+    return this.models.find((model) => model.name === name) ?? null;
+  }
+
+  /** Whether a request to ``name`` waits for the model to load (unknown models: no). */
+  loading(name) {
+    return this.byName(name)?.loaded === false;
+  }
+
+  /** ``name`` answered a request: it is loaded now. */
+  answered(name) {
+    const model = this.byName(name);
+    if (model) model.loaded = true;
+  }
+}
+
+/** The served models (GET /models; none where it cannot be read). */
+export const served = new ModelList();
+
+/** The page's model select (``select`` inside ``wrapper``, which is hidden for fewer than two
+ * models): fills it from ``list`` and sets ``chosenModel`` on every choice. */
+export class ModelChoice {
+  constructor(wrapper, select) {
+    this.wrapper = wrapper;
+    this.select = select;
+    select.addEventListener("change", () => chosenModel.set(select.value));
+  }
+
+  /** Offer the models of ``list`` (``served``): the one chosen before if it is still there, else
+   * the service's default. */
+  show({ models }) {
+    this.wrapper.hidden = models.length < 2;
+    if (!models.length) return;
+    this.select.replaceChildren(...models.map((model) => new Option(modelTitle(model), model.name)));
+    const kept = models.find((model) => model.name === chosenModel.get());
+    const chosen = kept ?? models.find((model) => model.default) ?? models[0];
+    this.select.value = chosen.name;
+    chosenModel.set(chosen.name);
+  }
+}
