@@ -31,6 +31,7 @@ chosenModel.onChange((model, previous) => {
 setUpKey();
 setUpUpload();
 checkReady();
+if (apiKey.get()) served.ensure();
 
 /** One panel per method of GET /explain (none when the list cannot be read), and the rule of
  * their quality lights. */
@@ -75,7 +76,7 @@ function setUpKey() {
     event.preventDefault();
     apiKey.set(input.value.trim());
     $("key-box").open = false;
-    if (!served.models.length) served.reload();  // GET /models may have needed the key
+    served.ensure();  // GET /models may have needed the key
     if (state.file) analyse(state.file);  // retry the photo that needed the key
   });
 }
@@ -124,6 +125,7 @@ async function analyse(file) {
   let prediction;
   try {
     prediction = await postImage("/predict", file, { signal: abort.signal });
+    served.ensure();  // a request passes now: the list of models can be read
     served.answered(prediction.model?.name);
   } catch (error) {
     if (!abort.signal.aborted) showError(error);

@@ -5,9 +5,9 @@
 
 import { ApiError, chosenModel, getJson } from "./api.js";
 
-/** ``{default, maxLoaded, models}``: ``models`` ``[{name, version, default, loaded, accuracy,
- * classes}]`` as GET /models lists them (``accuracy``: the test accuracy, or null); a service
- * that has no GET /models (404): no models, and no default. */
+/** ``{default, maxLoaded, models}`` as GET /models lists them: ``models`` ``[{name, version,
+ * default, loaded, accuracy, classes, ...}]`` (``accuracy``: the test accuracy, or null). A
+ * service without GET /models (an older one, 404) serves one model: none listed. */
 async function loadModels() {
   try {
     const answer = await getJson("/models", { model: null });
@@ -27,27 +27,38 @@ export function modelTitle(model) {
 
 /** What the page knows of the served models, shared by its views: the list, and whether each
  * is loaded (a request to a model that is not waits for it to load: the page says so).
- * ``ready``: a promise of the list once read; ``onLoad(listener)``: ``listener(list)`` now if it
- * has been read, and after every read (``reload()`` reads again: GET /models may need the API
- * key that was missing). */
+ *
+ * GET /models is behind the API key where the service has one, and a refused request is an
+ * error in the browser's console: the page reads the list once it knows a request can pass (a
+ * key entered, or a first answer from /predict), not on every load. ``onLoad(listener)``:
+ * ``listener(list)`` now if the list has been read, and after every read. */
 class ModelList {
   constructor() {
     this.models = [];
     this.maxLoaded = null;
     this.listeners = [];
     this.read = false;
-    this.ready = this.reload();
+    this.reading = null;
   }
 
-  reload() {
-    this.ready = loadModels()
-      .catch(() => ({ models: [], maxLoaded: null }))
-      .then(({ models, maxLoaded }) => {
-        Object.assign(this, { models, maxLoaded, read: true });
-        for (const listener of this.listeners) listener(this);
-        return this;
-      });
-    return this.ready;
+  /** Read the list unless it has been read (or is being read). */
+  ensure() {
+    if (!this.read) this.reading ??= this.reload().finally(() => (this.reading = null));
+    return this.reading;
+  }
+
+  /** Read the list (again); one that cannot be read (the key is missing or wrong, the service
+   * is away) changes nothing, and the next ``ensure()`` tries again. */
+  async reload() {
+    let answer;
+    try {
+      answer = await loadModels();
+    } catch {
+      return this;
+    }
+    Object.assign(this, { models: answer.models, maxLoaded: answer.maxLoaded, read: true });
+    for (const listener of this.listeners) listener(this);
+    return this;
   }
 
   onLoad(listener) {
@@ -71,7 +82,7 @@ class ModelList {
   }
 }
 
-/** The served models (GET /models; none where it cannot be read). */
+/** The served models (GET /models). */
 export const served = new ModelList();
 
 /** The page's model select (``select`` inside ``wrapper``, which is hidden for fewer than two
