@@ -25,12 +25,12 @@ from service.api import (
     jobs,
     meta,
     metrics,
+    models,
     page,
     predict,
     v2,
     v2_tensors,
 )
-from service.bundle.format import BundleError
 from service.common.lru import LruCache
 from service.explanations import QUALITY_HEADER, SAMPLES_PLANNED_HEADER, SAMPLES_USED_HEADER
 from service.http.api_key import API_KEY_HEADER, ApiKeyFirstMiddleware
@@ -40,8 +40,8 @@ from service.http.cors import JsonCORSMiddleware
 from service.http.errors import install_error_handlers
 from service.http.head_requests import HeadAsGetMiddleware
 from service.http.security_headers import SecurityHeadersMiddleware
-from service.inference.engine import EngineError
 from service.inference.model import load_model
+from service.inference.registry import Bundle, ModelRegistry, discover, measured, public_reason
 from service.insight.inspector import Inspector, synthesis_cache
 from service.observability import tracing
 from service.observability.cache_metrics import CacheCollector
@@ -61,6 +61,7 @@ ROUTERS: tuple[APIRouter, ...] = (
     jobs.router,
     insight.router,
     meta.router,
+    models.router,
     metrics.router,
     page.router,
     docs.router,
@@ -106,15 +107,33 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     )
     state.metrics.registry.register(caches)
     try:
-        model = await asyncio.to_thread(load_model, settings, state.metrics.observe_batch)
+        model, rss = await asyncio.to_thread(
+            measured, lambda: load_model(settings, state.metrics.observe_batch)
+        )
     except Exception as exc:  # any failure keeps the app up and not ready, saying why
         state.phase = "failed"
         state.reason = f"the model bundle cannot be served: {public_reason(exc)}"
         # The log has what clients are not shown: the bundle's path and the whole error.
         log.error("model bundle %s cannot be served: %s", settings.model, exc, exc_info=exc)
     else:
+        try:  # refuses to start on two bundles of one name (DuplicateModel)
+            bundles = discover(settings.models_dir, Bundle(settings.model, model.meta))
+        except Exception:
+            await model.close()
+            raise
         model.start(admitted=lambda: state.limiter.active)
         state.inspector = Inspector(model, syntheses)
+        state.registry = ModelRegistry(
+            bundles,
+            model,
+            settings.max_loaded_models,
+            default_rss=rss,
+            load=lambda path: load_model(
+                settings.model_copy(update={"model": path}), state.metrics.observe_batch
+            ),
+            start=lambda other: other.start(admitted=lambda: state.limiter.active),
+            metrics=state.metrics,
+        )
         state.model, state.phase, state.reason = model, "ready", "ready"
         state.metrics.ready.set(1)
         state.metrics.model_info.info(
@@ -134,21 +153,15 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.job_events.close_all()
         state.metrics.registry.unregister(caches)
         state.inspector = None
+        if state.registry is not None:
+            await state.registry.close()
+            state.registry = None
         if state.model is not None:
             await state.model.close()
             state.model = None
         state.phase, state.reason = "stopped", "the service is shutting down"
         # uvicorn ends the process by re-raising SIGTERM after this: export what is pending now
         await asyncio.to_thread(tracing.flush)
-
-
-def public_reason(exc: Exception) -> str:
-    """Why loading failed, in words a client may read: a ``BundleError`` or ``EngineError``
-    says it without paths or dumps; anything else is named by its type only (details in the
-    log)."""
-    if isinstance(exc, (BundleError, EngineError)):
-        return str(exc)
-    return f"loading failed ({type(exc).__name__}); the service log has the details"
 
 
 def log_authentication(settings: Settings) -> None:

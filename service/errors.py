@@ -129,8 +129,8 @@ class UnknownMethod(RequestMistake):
 
 
 class UnknownModel(ServiceError):
-    """An Open Inference Protocol path (``/v2/models/{name}``) naming a model, or a version,
-    that this service does not serve."""
+    """A ``model=`` query parameter, or an Open Inference Protocol path (``/v2/models/{name}``),
+    naming a model (or a version) that this service does not serve."""
 
     status, code = 404, "unknown_model"
 
@@ -201,6 +201,13 @@ class TooManyStreams(ServiceError):
 
 class NotReady(ServiceError):
     status, code = 503, "not_ready"
+
+
+class ModelUnavailable(ServiceError):
+    """A model of ``GET /models`` (not the default) that failed its load-time checks: it is
+    not tried again until the service restarts; the other models go on serving."""
+
+    status, code = 503, "model_unavailable"
 
 
 class Overloaded(ServiceError):

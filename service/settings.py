@@ -18,6 +18,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "CELEBXAI_"
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "models" / "celebs8"
+DEFAULT_MODELS_DIR = DEFAULT_MODEL.parent
 
 Providers = Literal["auto", "cpu", "cuda"]
 
@@ -30,7 +31,21 @@ class Settings(BaseSettings):
     )
 
     model: Path = Field(
-        DEFAULT_MODEL, description="model bundle directory (meta.json, model.onnx, model.pt2)"
+        DEFAULT_MODEL,
+        description="the default model bundle directory (meta.json, model.onnx, model.pt2): "
+        "loaded at start, what a request without model= uses",
+    )
+    models_dir: Path = Field(
+        DEFAULT_MODELS_DIR,
+        description="folder of the other bundles served side by side (model=, GET /models): "
+        "every subfolder holding a meta.json, known by its meta.json name",
+    )
+    max_loaded_models: int = Field(
+        2,
+        ge=1,
+        description="bundles loaded at once, the default included: another is loaded on its "
+        "first use and the least recently used one other than the default is unloaded beyond "
+        "this (once its requests in progress end)",
     )
     open_set_target_frr: float | None = Field(
         None,

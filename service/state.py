@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
+from weakref import WeakKeyDictionary
 
 from service.common.admission import ExplanationGate, InFlightLimiter
 from service.intake.pixel_budget import PixelBudget
@@ -17,6 +18,7 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.common.lru import LruCache
     from service.inference.model import ServingModel
+    from service.inference.registry import ModelRegistry
     from service.insight.inspector import Inspector
 
 Phase = Literal["loading", "ready", "failed", "stopped"]
@@ -27,6 +29,9 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics = field(default_factory=ServiceMetrics)
     model: ServingModel | None = None
+    """the default model, once loaded (``registry`` has the others)"""
+    registry: ModelRegistry | None = None
+    """every model served (``model=``, ``GET /models``); made once the default is loaded"""
     phase: Phase = "loading"
     reason: str = "the model bundle is loading"
     limiter: InFlightLimiter = field(init=False)
@@ -35,11 +40,15 @@ class ServiceState:
     jobs: Jobs = field(init=False)
     job_runner: JobRunner = field(init=False)
     job_events: EventStreams = field(init=False)
-    # Made by the lifespan: the explanation result cache (before loading) and the model's
-    # insight inspector (once it is loaded).
+    # Made by the lifespan: the explanation result cache (before loading) and the default
+    # model's insight inspector (once it is loaded); the other models' inspectors are made on
+    # first use (``inspector_of``) and go with their model.
     explanation_cache: LruCache | None = None
     grade_cache: LruCache | None = None
     inspector: Inspector | None = None
+    inspectors: WeakKeyDictionary[ServingModel, Inspector] = field(
+        default_factory=WeakKeyDictionary
+    )
 
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)
@@ -56,6 +65,19 @@ class ServiceState:
             store.results_held,
             streams=lambda: self.job_events.open,
         ).observe
+
+    def inspector_of(self, model: ServingModel) -> Inspector | None:
+        """The insight inspector of ``model`` (made on first use, sharing the default's cache of
+        syntheses, whose keys name the model); None before the default model is loaded."""
+        if self.inspector is None:
+            return None
+        if self.inspector.model is model:
+            return self.inspector
+        if model not in self.inspectors:
+            from service.insight.inspector import Inspector
+
+            self.inspectors[model] = Inspector(model, self.inspector.syntheses)
+        return self.inspectors[model]
 
     def use_job_store(self, store: Jobs) -> None:
         """Keep jobs in ``store`` (in Ray mode, the one every replica shares)."""

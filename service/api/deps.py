@@ -2,7 +2,13 @@
 
 - ``SettingsDep``: this app's ``Settings``.
 - ``StateDep``: this app's ``ServiceState`` (metrics, model, readiness).
-- ``ModelDep``: the loaded ``ServingModel``; 503 ``not_ready`` until loading succeeded.
+- ``ModelDep``: the ``ServingModel`` the request's ``model`` query parameter names (default:
+  the default bundle), held for the whole request (``ModelRegistry.lease``: another model is
+  loaded on its first use, and never unloaded under a request); 503 ``not_ready`` until the
+  default is loaded, 404 ``unknown_model`` listing the names, 503 ``model_unavailable`` for a
+  bundle that failed its checks. ``DefaultModelDep``: the default model, no ``model``
+  parameter (readiness); ``ModelIfReadyDep``: ``ModelDep``'s model, None before the default
+  is loaded.
 - ``ImageDep``: the uploaded multipart ``file`` through image intake (``service.intake``),
   within the app's budget of decoded pixels (``intake/pixel_budget.py``).
 - ``FaceDep``: the face to classify or explain in that image (``service.faces``; query
@@ -75,13 +81,58 @@ def get_settings(state: StateDep) -> Settings:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_model(state: StateDep) -> ServingModel:
+def get_default_model(state: StateDep) -> ServingModel:
     if state.model is None:
         raise NotReady(state.reason, headers={"Retry-After": "5"})
     return state.model
 
 
+DefaultModelDep = Annotated[ServingModel, Depends(get_default_model)]
+ModelQuery = Annotated[
+    str | None,
+    Query(
+        description="the model to use, by name (GET /models lists them); default: the "
+        "service's default model"
+    ),
+]
+
+
+async def get_model(state: StateDep, model: ModelQuery = None) -> AsyncIterator[ServingModel]:
+    async with model_named(state, model) as served:
+        yield served
+
+
+@asynccontextmanager
+async def model_named(state: ServiceState, name: str | None) -> AsyncIterator[ServingModel]:
+    """The model called ``name`` (None: the default), held until the ``async with`` ends: what
+    ``ModelDep`` gives, and what the Open Inference Protocol's ``/v2/models/{name}`` names."""
+    default = get_default_model(state)
+    if state.registry is None or name is None or name == default.meta.name:
+        yield default
+        return
+    lease = await state.registry.lease(name)
+    try:
+        yield lease.model
+    finally:
+        lease.release()
+
+
 ModelDep = Annotated[ServingModel, Depends(get_model)]
+
+
+async def get_model_if_ready(
+    state: StateDep, model: ModelQuery = None
+) -> AsyncIterator[ServingModel | None]:
+    """``ModelDep``'s model, or None while the default is not loaded (for a route that
+    answers then too)."""
+    if state.model is None:
+        yield None
+        return
+    async with model_named(state, model) as served:
+        yield served
+
+
+ModelIfReadyDep = Annotated[ServingModel | None, Depends(get_model_if_ready)]
 
 
 def class_index(model: ServingModel | InspectedModel, class_id: str) -> int:

@@ -37,7 +37,7 @@ from service.api.placement import ON_EXPLAIN
 from service.common.softmax import softmax
 from service.intake.images import read_upload
 from service.intake.maps import MAX_MAP_BYTES, read_map
-from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRef
+from service.schemas.common import ClassProbability, FaceBox, ImageInfo, ModelRef, error_responses
 from service.schemas.explanation import (
     EvaluationResponse,
     EvaluationTimings,
@@ -62,6 +62,7 @@ router = APIRouter(tags=["explain"])
     "answer carries (deletion and insertion areas against a random map's, their ratios, a "
     "verdict by the rule GET /explain states). Costs the prediction and one to three "
     "batched forward passes.",
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
     dependencies=[Depends(api_key_guard), *EXPLANATION_DEPENDENCIES, ON_EXPLAIN],
 )
 async def evaluate(

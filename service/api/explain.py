@@ -38,6 +38,7 @@ from service.api.deps import (
     ExplanationCacheDep,
     ImageDep,
     ModelDep,
+    ModelIfReadyDep,
     ModelInputDep,
     StateDep,
     api_key_guard,
@@ -141,15 +142,16 @@ router = APIRouter(tags=["explain"])
     description="The methods `POST /explain/{method}` runs, in the page's order: what each "
     "shows, whether its map is signed, its units and value range, whether it needs the "
     "differentiable twin, its own query parameters as JSON Schema (defaults, bounds, "
-    "choices), and whether the served bundle can run it (`available`).",
+    "choices), and whether the bundle (`model=`) can run it (`available`).",
+    responses=error_responses(404, 503),
     dependencies=[ON_GATEWAY],
 )
-async def list_methods(state: StateDep) -> MethodsResponse:
-    bounds = call_bounds(state)
+async def list_methods(state: StateDep, model: ModelIfReadyDep) -> MethodsResponse:
+    bounds = call_bounds(state, model)
     return MethodsResponse(
         common_parameters=list(COMMON_PARAMS),
         quality_rule=RULE,
-        methods=[_method_info(explainer, state.model, bounds) for explainer in EXPLAINERS.values()],
+        methods=[_method_info(explainer, model, bounds) for explainer in EXPLAINERS.values()],
     )
 
 
@@ -216,7 +218,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
             },
         },
     },
-    **error_responses(400, 401, 413, 415, 422, 503),
+    **error_responses(400, 401, 404, 413, 415, 422, 503),
 }
 
 
@@ -283,7 +285,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
         refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
-        call = check_params(explainer, values, call_bounds(state))
+        call = check_params(explainer, values, call_bounds(state, model))
         return await _explain(
             state, model, image, inputs, call, question, format, quality, cancellation, cache
         )

@@ -59,10 +59,11 @@ router = APIRouter(prefix="/insight", tags=["insight"], dependencies=[Depends(ap
 
 
 def get_inspector(model: ModelDep, state: StateDep) -> Inspector:
-    """The loaded model's inspector, made by the lifespan (``ModelDep``: 503 until then)."""
-    if state.inspector is None or state.inspector.model is not model:
+    """The inspector of the request's model (``ModelDep``: 503 until the default is loaded)."""
+    inspector = state.inspector_of(model)
+    if inspector is None:
         raise NotReady(state.reason, headers={"Retry-After": "5"})
-    return state.inspector
+    return inspector
 
 
 InspectorDep = Annotated[Inspector, Depends(get_inspector)]
@@ -129,7 +130,7 @@ EITHER_RESPONSE: dict[int | str, dict[str, Any]] = {
     "Each filter is scaled by its own largest magnitude: mid-grey is 0. A k x k filter is enlarged "
     "to k * (48 // k) pixels (7x7: 42, 3x3: 48).",
     response_class=Response,
-    responses={**GRID_RESPONSE, **error_responses(401, 422, 503)},
+    responses={**GRID_RESPONSE, **error_responses(401, 404, 422, 503)},
     dependencies=[ON_GATEWAY],
 )
 async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
@@ -147,7 +148,7 @@ async def filters(inspector: InspectorDep, layer: LayerQuery) -> Response:
     "(black 0, pale yellow the 99.5th percentile of the values shown and above). An s x s map is "
     "enlarged to s * (96 // s) pixels. The PNG's `X-Channels` header lists the channel of every "
     "tile.",
-    responses={**EITHER_RESPONSE, **error_responses(400, 401, 413, 415, 422, 503)},
+    responses={**EITHER_RESPONSE, **error_responses(400, 401, 404, 413, 415, 422, 503)},
     dependencies=[Depends(in_flight_slot), ON_GATEWAY],
 )
 async def activations(
@@ -182,7 +183,7 @@ async def activations(
 @router.get(
     "/receptive-field",
     summary="Every layer's receptive field",
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 404, 503),
     dependencies=[ON_GATEWAY],
 )
 async def receptive_field(inspector: InspectorDep) -> ReceptiveFieldResponse:
@@ -264,7 +265,7 @@ async def top_patches(
     "busy the service is, so the same parameters give the same image; results are cached per "
     "model and parameters. A client that hangs "
     "up stops the ascent at its next step.",
-    responses={**EITHER_RESPONSE, **error_responses(401, 422, 503)},
+    responses={**EITHER_RESPONSE, **error_responses(401, 404, 422, 503)},
     dependencies=[Depends(in_flight_slot), Depends(explanation_slot), ON_EXPLAIN],
 )
 async def maximize(

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, File, Query, UploadFile
@@ -69,6 +70,7 @@ from service.explain import Heatmap
 from service.explain.base import MethodCall
 from service.explain.quality import PASSES as QUALITY_PASSES
 from service.faces.aligned import AlignedFace
+from service.insight.inspector import InspectedModel
 from service.intake.images import ImageLimits, decode_pixels, read_header
 from service.jobs.events import Subscription
 from service.jobs.runner import JobWork, Publish
@@ -92,7 +94,7 @@ ACCEPTED: dict[int | str, dict[str, Any]] = {
     summary="Synthesise an image as a job",
     description="The parameters of GET /insight/maximize; the job's result is its answer "
     "(`format=json` or `png` on GET /jobs/{id}/result).",
-    responses={**ACCEPTED, **error_responses(401, 422, 429, 503)},
+    responses={**ACCEPTED, **error_responses(401, 404, 422, 429, 503)},
     dependencies=[Depends(in_flight_slot), ON_EXPLAIN],
 )
 async def maximize_job(
@@ -114,9 +116,8 @@ async def maximize_job(
         return JobResult.of(body, {"png": png})
 
     planned = params.planned_passes()
-    return await _start(
-        state, owner, "maximize", params.model_dump(), JobWork(compute, finish, planned)
-    )
+    work = JobWork(compute, finish, planned)
+    return await _start(state, owner, "maximize", params.model_dump(), work, inspector.model)
 
 
 @router.post(
@@ -168,7 +169,7 @@ async def explain_job(
     side = (int(inputs.x.shape[1]), int(inputs.x.shape[2]))
     planned = call.planned_passes(side) + (QUALITY_PASSES if graded else 0)
     work_plan = JobWork(work, finish, planned)
-    return await _start(state, owner, call.name, shown_params(call), work_plan)
+    return await _start(state, owner, call.name, shown_params(call), work_plan, model)
 
 
 @router.get(
@@ -246,9 +247,18 @@ async def delete_job(state: StateDep, owner: OwnerDep, job_id: str) -> Response:
 
 
 async def _start(
-    state: ServiceState, owner: str, method: str, parameters: dict[str, Any], work: JobWork
+    state: ServiceState,
+    owner: str,
+    method: str,
+    parameters: dict[str, Any],
+    work: JobWork,
+    model: InspectedModel,
 ) -> Response:
+    """Make the job and start its work, which holds ``model`` until it ends (the request's
+    hold ends with this 202): a job never fails because its model was unloaded."""
     job = await state.jobs.create(owner, method, parameters)
+    if state.registry is not None:
+        work = replace(work, release=state.registry.hold(model).release)
     state.job_runner.start(job, work)
     return _status_response(job, status_code=202, headers={"Location": f"/jobs/{job.id}"})
 

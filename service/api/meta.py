@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Depends
 
-from service.api.deps import ModelDep, SettingsDep, api_key_guard
+from service.api.deps import DefaultModelDep, ModelDep, SettingsDep, api_key_guard
 from service.api.placement import ON_GATEWAY
 from service.inference.precision_probe import INT8_MARGIN, ProbeTimes
 from service.schemas.common import ModelRef, error_responses
@@ -25,10 +25,11 @@ router = APIRouter(tags=["service"], dependencies=[ON_GATEWAY])
     "/model",
     summary="The model bundle's metadata",
     dependencies=[Depends(api_key_guard)],
-    responses=error_responses(401, 503),
+    responses=error_responses(401, 404, 503),
 )
 async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
-    """meta.json of the served bundle (classes, input spec, metrics, file hashes) and runtime."""
+    """meta.json of the bundle (``model=``; default: the default one: classes, input spec,
+    metrics, file hashes) and how it runs."""
     report = model.report
     choice = report.precision_choice
     runtime = RuntimeInfo(
@@ -76,7 +77,7 @@ async def healthz() -> HealthResponse:
 
 
 @router.get("/readyz", summary="Readiness", responses=error_responses(503))
-async def readyz(model: ModelDep) -> ReadinessResponse:
+async def readyz(model: DefaultModelDep) -> ReadinessResponse:
     """200 once the bundle is loaded, checked and warmed up; else 503 ``not_ready`` saying why."""
     return ReadinessResponse(
         model=ModelRef.of(model),

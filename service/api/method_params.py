@@ -20,10 +20,11 @@ from fastapi import Path, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError, create_model
 
-from service.api.deps import StateDep
+from service.api.deps import ModelDep, StateDep
 from service.errors import UnknownMethod
 from service.explain import EXPLAINERS, Explainer
 from service.explain.base import CallBounds, MethodCall
+from service.inference.model import ServingModel
 from service.state import ServiceState
 
 # Not exposed over HTTP: it trades memory for speed and never changes the map.
@@ -41,11 +42,11 @@ def shown_params(call: MethodCall) -> dict[str, Any]:
     return {name: value for name, value in call.params.model_dump().items() if name in own}
 
 
-def call_bounds(state: ServiceState) -> CallBounds | None:
-    """What calls are checked against in this app: the served model's layers and input side,
-    ``max_passes_per_request`` and whether it has a one-pass explainer; None before a model is
-    loaded (the route answers 503 ``not_ready`` then, having nothing to run)."""
-    model = state.model
+def call_bounds(state: ServiceState, model: ServingModel | None) -> CallBounds | None:
+    """What calls are checked against: ``model``'s layers and input side, the app's
+    ``max_passes_per_request`` and whether the model has a one-pass explainer; None without a
+    model (before the default is loaded: the route answers 503 ``not_ready`` then, having
+    nothing to run)."""
     if model is None:
         return None
     meta = model.meta
@@ -77,6 +78,7 @@ def check_params(
 def method_call(
     request: Request,
     state: StateDep,
+    model: ModelDep,
     method: Annotated[
         str,
         Path(
@@ -96,7 +98,7 @@ def method_call(
     refuse_foreign(request.query_params.keys() & others - set(own), method, own)
     query = request.query_params
     values = {name: query[name] for name in own if name in query}
-    return check_params(explainer, values, call_bounds(state))
+    return check_params(explainer, values, call_bounds(state, model))
 
 
 def alias_query(name: str, methods: Iterable[str], **extra: Any) -> type[BaseModel]:

@@ -15,7 +15,7 @@ router = APIRouter(tags=["predict"], dependencies=[Depends(api_key_guard), Depen
 @router.post(
     "/predict",
     summary="Classify a face image",
-    responses=error_responses(400, 401, 413, 415, 422, 503),
+    responses=error_responses(400, 401, 404, 413, 415, 422, 503),
     dependencies=[ON_PREDICT],
 )
 async def predict(model: ModelDep, image: ImageDep, inputs: ModelInputDep) -> PredictionResponse:

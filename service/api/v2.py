@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any, TypeVar
 
 import numpy as np
@@ -44,12 +44,13 @@ from starlette.concurrency import run_in_threadpool
 from service import __version__, explanations
 from service.api.deps import (
     ClientDep,
+    DefaultModelDep,
     ExplanationCacheDep,
-    ModelDep,
     StateDep,
     api_key_guard,
     explanation_slot,
     in_flight_slot,
+    model_named,
 )
 from service.api.explain import question_of, run_explanation
 from service.api.method_params import call_bounds, check_params, offered
@@ -149,11 +150,11 @@ NamePath = Annotated[str, Path(description="the model's name (GET /v2/models/{na
 VersionPath = Annotated[str, Path(description="the model's version (its metadata's versions)")]
 
 
-def named_model(model: ModelDep, name: NamePath) -> ServingModel:
-    """The served model when ``name`` is its name; else 404 ``unknown_model``."""
-    if name != model.meta.name:
-        raise UnknownModel(f"no model {name!r}; this service serves {model.meta.name!r}")
-    return model
+async def named_model(state: StateDep, name: NamePath) -> AsyncIterator[ServingModel]:
+    """The model called ``name`` (``GET /models``), held for the request; else 404
+    ``unknown_model`` listing the names (``deps.model_named``)."""
+    async with model_named(state, name) as model:
+        yield model
 
 
 def check_version(
@@ -230,7 +231,7 @@ async def v2_server_live() -> ServerLive:
     responses=_errors(503),
     dependencies=[ON_GATEWAY],
 )
-async def v2_server_ready(model: ModelDep) -> ServerReady:
+async def v2_server_ready(model: DefaultModelDep) -> ServerReady:
     """200 once the model is loaded, checked and warmed up, as ``/readyz``; else 503."""
     return ServerReady(ready=True)
 
@@ -430,7 +431,7 @@ async def v2_explain(
     own = set(offered(explainer))
     choice = face_params(parameters, allowed=own | set(EXPLAIN_OWN))
     common = _explain_params(parameters)
-    call = _method_call(explainer, {k: v for k, v in parameters.items() if k in own}, state)
+    call = _method_call(explainer, {k: v for k, v in parameters.items() if k in own}, state, model)
     question = question_of(model, common.target, common.contrast)
     inputs, facts = await model_inputs(state, model, tensor, choice, received_at, one=True)
     explanation = await run_explanation(
@@ -487,11 +488,11 @@ def _explain_params(parameters: dict[str, Any]) -> ExplainParams:
 
 
 def _method_call(
-    explainer: type[Explainer], values: dict[str, Any], state: ServiceState
+    explainer: type[Explainer], values: dict[str, Any], state: ServiceState, model: ServingModel
 ) -> MethodCall:
     """The method's parameters checked as ``POST /explain/{method}`` checks its query."""
     try:
-        return check_params(explainer, values, call_bounds(state))
+        return check_params(explainer, values, call_bounds(state, model))
     except RequestValidationError as exc:
         raise RequestValidationError(
             [{**error, "loc": ("body", "parameters", *error["loc"][1:])} for error in exc.errors()]

@@ -144,6 +144,9 @@ class ServingModel:
         """the gallery's rows as training files (answers' evidence, ``GET /evidence``)"""
         self.one_pass = one_pass
         """the bundle's one-pass explainer (``fastshap``); None where it has none"""
+        self.url_query = ""
+        """what the service's URLs to this model's resources end with (``GET /evidence``
+        links): ``?model=<name>`` for a model other than the default (``ModelRegistry``)"""
 
     async def model_input(self, face: FaceChoice) -> ModelInput:
         """The one way from a chosen face to the model's input (what ``/predict`` classifies

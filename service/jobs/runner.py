@@ -46,11 +46,14 @@ Publish = Callable[[dict[str, Any]], None]
 class JobWork:
     """What a job does, both parts on a worker thread: ``compute(cancellation, publish)`` the
     expensive part (its passes go through ``cancellation.batch()``; it may ``publish`` partial
-    results); ``finish(value)`` renders the answer; ``planned_passes`` is the compute's plan."""
+    results); ``finish(value)`` renders the answer; ``planned_passes`` is the compute's plan;
+    ``release()``, on the loop once the job has ended however it ended, lets go of what the job
+    held (its model)."""
 
     compute: Callable[[Cancellation, Publish], Any]
     finish: Callable[[Any], JobResult]
     planned_passes: int
+    release: Callable[[], None] | None = None
 
 
 class JobRunner:
@@ -94,6 +97,8 @@ class JobRunner:
         try:
             await self._turn_and_work(job, work, cancellation, publish)
         finally:
+            if work.release is not None:
+                work.release()
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await watcher

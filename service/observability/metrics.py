@@ -89,6 +89,25 @@ class ServiceMetrics:
             registry=self.registry,
         )
         self.model_info = Info(f"{PREFIX}_model", "the loaded model bundle", registry=self.registry)
+        self.models_loaded = Gauge(
+            f"{PREFIX}_models_loaded",
+            "model bundles in memory: the default, those loaded on first use (model=), and "
+            "unloaded ones whose last requests are still running",
+            registry=self.registry,
+        )
+        self.model_loads = Counter(
+            f"{PREFIX}_model_loads",
+            "model bundles loaded on first use (the default excluded), by model and outcome "
+            "(ok; failed: its load-time checks failed)",
+            ("model", "outcome"),
+            registry=self.registry,
+        )
+        self.model_evictions = Counter(
+            f"{PREFIX}_model_evictions",
+            "model bundles unloaded as least recently used beyond max_loaded_models, by model",
+            ("model",),
+            registry=self.registry,
+        )
         self.ready = Gauge(
             f"{PREFIX}_ready",
             "1 when the model is loaded, checked and warmed up, else 0",

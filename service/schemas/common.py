@@ -104,13 +104,13 @@ class ModelRef(BaseModel):
 _ERROR_DESCRIPTIONS = {
     400: "empty or corrupt upload",
     401: "API key missing or wrong",
-    404: "no such explanation method or job, or nothing stored to answer with",
+    404: "no such model, explanation method or job, or nothing stored to answer with",
     409: "the job has no result (yet)",
     413: "upload or image too large",
     415: "not a JPEG, PNG, WebP or BMP image",
     422: "invalid request or image too small",
     429: "too many jobs queued or running, or event streams open",
-    503: "model not ready, or too many requests in flight",
+    503: "model not ready or unavailable, or too many requests in flight",
 }
 
 

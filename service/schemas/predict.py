@@ -120,7 +120,8 @@ class OpenSetEvidence(BaseModel):
             url = None
             if served:
                 class_id = quote(classes[near.class_index].id, safe="")
-                url = f"{EVIDENCE_PATH}/{class_id}/{quote(faces.name_of(near.file), safe='')}"
+                file = quote(faces.name_of(near.file), safe="")
+                url = f"{EVIDENCE_PATH}/{class_id}/{file}{model.url_query}"
             return {"file": near.file, "cosine": near.cosine, "thumbnail": url}
 
         nearest = classes[found.nearest.class_index]

@@ -104,6 +104,37 @@ def post_image(client: TestClient) -> Callable[..., Response]:
     return post
 
 
+# The bundles of ``models_dir``: the default's files under other names, one of them corrupt.
+TWIN_MODEL = "celebs8-twin"
+CORRUPT_MODEL = "celebs8-corrupt"
+
+
+def bundle_copy(source: Path, target: Path, name: str, corrupt: str | None = None) -> Path:
+    """A bundle at ``target`` named ``name``: ``source``'s files linked, its meta.json
+    rewritten with the new name (meta.json is not among the hashed files), and where
+    ``corrupt`` names a file, a wrong sha256 recorded for it (its load-time check fails)."""
+    target.mkdir(parents=True)
+    for entry in source.iterdir():
+        if entry.name != "meta.json":
+            (target / entry.name).symlink_to(entry)
+    meta = json.loads((source / "meta.json").read_text())
+    meta["name"] = name
+    if corrupt is not None:
+        meta["files"][corrupt]["sha256"] = "0" * 64
+    (target / "meta.json").write_text(json.dumps(meta))
+    return target
+
+
+@pytest.fixture(scope="session")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, default_bundle: Path) -> Path:
+    """A ``models_dir`` beside the default bundle: ``TWIN_MODEL`` (valid, the default's
+    weights) and ``CORRUPT_MODEL`` (model.onnx's sha256 wrong in its meta.json)."""
+    folder = tmp_path_factory.mktemp("models")
+    bundle_copy(default_bundle, folder / "twin", TWIN_MODEL)
+    bundle_copy(default_bundle, folder / "corrupt", CORRUPT_MODEL, corrupt="model.onnx")
+    return folder
+
+
 @pytest.fixture(scope="session")
 def api_settings(client: TestClient) -> Settings:
     """The settings of the session's app."""

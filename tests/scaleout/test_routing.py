@@ -41,6 +41,7 @@ PLACEMENTS = {
     ("GET", "/insight/top-patches"): GATEWAY,
     ("GET", "/insight/maximize"): EXPLAIN,
     ("GET", "/model"): GATEWAY,
+    ("GET", "/models"): GATEWAY,
     ("GET", "/healthz"): GATEWAY,
     ("GET", "/readyz"): GATEWAY,
     ("GET", "/metrics"): GATEWAY,
