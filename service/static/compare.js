@@ -55,8 +55,10 @@ function showModels({ models, maxLoaded }) {
   part("models").replaceChildren(
     ...models.map((model, index) => {
       const box = Object.assign(document.createElement("input"), { type: "checkbox", name: "models", value: model.name });
-      box.checked = keep ? ticked.has(model.name) : index < CHOSEN_AT_FIRST;
+      box.checked = !model.unavailable && (keep ? ticked.has(model.name) : index < CHOSEN_AT_FIRST);
+      box.disabled = Boolean(model.unavailable);  // failed its load-time checks: says why on hover
       const label = document.createElement("label");
+      label.title = model.unavailable ?? "";
       label.append(box, modelTitle(model));
       return label;
     }),

@@ -19,10 +19,12 @@ async function loadModels() {
   }
 }
 
-/** "celebs8 1.0.0 · test accuracy 99.6 %" (and "default" for the service's default). */
+/** "celebs8 1.0.0 · test accuracy 99.6 %" (and "default" for the service's default, or
+ * "unavailable" for a bundle that failed its load-time checks). */
 export function modelTitle(model) {
   const accuracy = model.accuracy == null ? "no test accuracy" : `test accuracy ${(model.accuracy * 100).toFixed(1)} %`;
-  return `${model.name} ${model.version} · ${accuracy}${model.default ? " · default" : ""}`;
+  const note = model.unavailable ? " · unavailable" : model.default ? " · default" : "";
+  return `${model.name} ${model.version} · ${accuracy}${note}`;
 }
 
 /** What the page knows of the served models, shared by its views: the list, and whether each
@@ -99,7 +101,14 @@ export class ModelChoice {
   show({ models }) {
     this.wrapper.hidden = models.length < 2;
     if (!models.length) return;
-    this.select.replaceChildren(...models.map((model) => new Option(modelTitle(model), model.name)));
+    this.select.replaceChildren(
+      ...models.map((model) => {
+        const option = new Option(modelTitle(model), model.name);
+        option.disabled = Boolean(model.unavailable);
+        option.title = model.unavailable ?? "";
+        return option;
+      }),
+    );
     const kept = models.find((model) => model.name === chosenModel.get());
     const chosen = kept ?? models.find((model) => model.default) ?? models[0];
     this.select.value = chosen.name;
