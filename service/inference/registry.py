@@ -13,6 +13,7 @@ checks answers 503 ``model_unavailable`` (not tried again until a restart); the 
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import time
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 
 from service.bundle.format import META_FILE, BundleError, BundleMeta, read_meta
 from service.errors import ModelUnavailable, UnknownModel
+from service.inference.allocator import release_free_memory
 from service.inference.engine import EngineError
 from service.inference.model import ServingModel
 from service.observability.metrics import ServiceMetrics
@@ -219,6 +221,8 @@ class ModelRegistry:
     async def _load_one(self, name: str) -> Loaded:
         async with self._one_load:
             self._make_room()
+            if self._closing:  # the memory of those unloaded idle is free before this load
+                await asyncio.gather(*self._closing, return_exceptions=True)
             bundle = self.bundles[name]
             try:
                 model, rss = await asyncio.to_thread(measured, lambda: self._load(bundle.path))
@@ -266,6 +270,20 @@ class ModelRegistry:
 
     def _close(self, loaded: Loaded) -> None:
         self._retiring.discard(loaded)
-        task = asyncio.get_running_loop().create_task(loaded.model.close())
+        task = asyncio.get_running_loop().create_task(_dispose(loaded.model))
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+
+async def _dispose(model: ServingModel) -> None:
+    """Close an unloaded model and give its memory back to the system: once the last reference
+    is gone, what reference cycles hold is collected and the heaps trimmed (without the trim
+    its freed pages mostly stay resident, fragments among live blocks)."""
+    await model.close()
+    del model
+    await asyncio.to_thread(_collect)
+
+
+def _collect() -> None:
+    gc.collect()
+    release_free_memory()

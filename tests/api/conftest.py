@@ -17,6 +17,7 @@ from httpx import Response
 from service.app import create_app
 from service.inference.model import ServingModel
 from service.settings import Settings
+from tests.bundle_copies import bundle_copy
 
 API_KEY = "test-key"
 MAX_UPLOAD_BYTES = 1_000_000
@@ -107,22 +108,6 @@ def post_image(client: TestClient) -> Callable[..., Response]:
 # The bundles of ``models_dir``: the default's files under other names, one of them corrupt.
 TWIN_MODEL = "celebs8-twin"
 CORRUPT_MODEL = "celebs8-corrupt"
-
-
-def bundle_copy(source: Path, target: Path, name: str, corrupt: str | None = None) -> Path:
-    """A bundle at ``target`` named ``name``: ``source``'s files linked, its meta.json
-    rewritten with the new name (meta.json is not among the hashed files), and where
-    ``corrupt`` names a file, a wrong sha256 recorded for it (its load-time check fails)."""
-    target.mkdir(parents=True)
-    for entry in source.iterdir():
-        if entry.name != "meta.json":
-            (target / entry.name).symlink_to(entry)
-    meta = json.loads((source / "meta.json").read_text())
-    meta["name"] = name
-    if corrupt is not None:
-        meta["files"][corrupt]["sha256"] = "0" * 64
-    (target / "meta.json").write_text(json.dumps(meta))
-    return target
 
 
 @pytest.fixture(scope="session")
