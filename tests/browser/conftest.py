@@ -27,7 +27,9 @@ import httpx
 import pytest
 from load.harness import free_port, stop_server  # tests/load: the same service process helpers
 
-from tests.api.conftest import TWIN_MODEL, bundle_copy
+from tests.bundle_copies import bundle_copy
+
+TWIN_MODEL = "celebs8-twin"  # the default bundle's files under another name
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
@@ -74,7 +76,8 @@ class LiveService:
 
 @pytest.fixture(scope="package")
 def models_dir(tmp_path_factory: pytest.TempPathFactory, default_bundle: Path) -> Path:
-    """The service's other models: ``TWIN_MODEL``, the default's files under another name."""
+    """The service's other models: ``TWIN_MODEL``, the default's files under another name (as
+    the API tests make it)."""
     folder = tmp_path_factory.mktemp("models")
     bundle_copy(default_bundle, folder / "twin", TWIN_MODEL)
     return folder
