@@ -1,8 +1,11 @@
 // The service's public HTTP API, as the page uses it: the same endpoints, multipart field and
 // X-API-Key header as curl users. Every failure becomes an ApiError with the API's error code.
+// Requests that run a model carry ``model=``: the model the page has chosen (models.js), or the
+// one a caller names (the compare view asks each of its models).
 
 export const API_KEY_HEADER = "X-API-Key";
 const KEY_STORAGE = "celebxai.apiKey";
+const MODEL_PARAM = "model";
 
 export class ApiError extends Error {
   constructor(code, message, status = 0) {
@@ -17,6 +20,33 @@ export const apiKey = {
   set: (value) =>
     value ? sessionStorage.setItem(KEY_STORAGE, value) : sessionStorage.removeItem(KEY_STORAGE),
 };
+
+/** The model every request asks for unless it names its own: "" (the service's default, no
+ * ``model=`` sent) until the page chooses one. ``onChange(listener)``: ``listener(name,
+ * previous)`` after each change. */
+export const chosenModel = (() => {
+  let name = "";
+  const listeners = [];
+  return {
+    get: () => name,
+    set(value) {
+      if (value === name) return;
+      const previous = name;
+      name = value;
+      for (const listener of listeners) listener(name, previous);
+    },
+    onChange: (listener) => listeners.push(listener),
+  };
+})();
+
+/** ``path`` with ``model=`` set to ``model`` (default: the chosen model), unless the path names
+ * one already or there is none to name. */
+export function withModel(path, model = chosenModel.get()) {
+  const url = new URL(path, location.origin);
+  if (!model || url.searchParams.has(MODEL_PARAM)) return path;
+  url.searchParams.set(MODEL_PARAM, model);
+  return `${url.pathname}${url.search}`;
+}
 
 function headers() {
   const key = apiKey.get();
@@ -47,23 +77,24 @@ async function errorOf(response) {
   return new ApiError(`http_${response.status}`, response.statusText || "request failed", response.status);
 }
 
-/** GET ``path`` and parse its JSON body. */
-export async function getJson(path, { signal } = {}) {
-  const response = await send(path, { method: "GET", signal });
+/** GET ``path`` of ``model`` (default: the chosen one; null: none named, for what is not a
+ * model's: readiness, the list of models) and parse its JSON body. */
+export async function getJson(path, { signal, model } = {}) {
+  const response = await send(model === null ? path : withModel(path, model), { method: "GET", signal });
   return response.json();
 }
 
-/** POST ``file`` as multipart field ``file`` to ``path`` with query ``params``; resolves to
- * the parsed JSON (``as: "json"``), the body as a Blob (``as: "blob"``, e.g. a PNG) or the
- * Response itself (``as: "response"``, to read headers too). */
-export async function postImage(path, file, { params = {}, as = "json", signal } = {}) {
+/** POST ``file`` as multipart field ``file`` to ``path`` with query ``params``, to ``model``
+ * (default: the chosen one); resolves to the parsed JSON (``as: "json"``), the body as a Blob
+ * (``as: "blob"``, e.g. a PNG) or the Response itself (``as: "response"``, to read headers too). */
+export async function postImage(path, file, { params = {}, as = "json", signal, model } = {}) {
   const query = new URLSearchParams();
   for (const [name, value] of Object.entries(params)) {
     if (value !== "" && value !== undefined && value !== null) query.set(name, String(value));
   }
   const body = new FormData();
   body.append("file", file, file.name || "photo");
-  const url = query.size ? `${path}?${query}` : path;
+  const url = withModel(query.size ? `${path}?${query}` : path, model);
   const response = await send(url, { method: "POST", body, signal });
   if (as === "response") return response;
   return as === "blob" ? response.blob() : response.json();
@@ -113,6 +144,7 @@ const PLAIN_WORDS = {
   unknown_class: "The model has no such class.",
   unknown_layer: "The model has no such layer.",
   unknown_method: "The service does not offer that explanation method.",
+  unknown_model: "The service does not serve that model (any more).",
   bad_request: "The service could not read the request.",
   not_found: "This service does not offer that endpoint (is it an older version?).",
   network_error: "Could not reach the service. Is it still running?",

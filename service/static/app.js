@@ -1,9 +1,13 @@
 // The page: upload a photo (picker, drag and drop, paste), show the prediction with its face
 // box and class probabilities, and run the explanation panels on it: for the predicted class, a
-// class bar's, and against the "Why not …?" class; and the stranger check (stranger.js).
+// class bar's, and against the "Why not …?" class; and the stranger check (stranger.js). Where
+// the service serves several models, all of it comes from the model chosen beside the upload
+// (models.js); choosing another asks it about the same photo again.
 
-import { apiKey, describeError, getJson, postImage } from "./api.js";
+import { apiKey, chosenModel, describeError, getJson, postImage } from "./api.js";
+import { percent, probabilityBars } from "./bars.js";
 import { loadMethods } from "./methods.js";
+import { ModelChoice, served } from "./models.js";
 import { ExplanationPanel } from "./panel.js";
 import { StrangerCheck } from "./stranger.js";
 import { ContrastChoice } from "./whynot.js";
@@ -16,10 +20,18 @@ const state = { file: null, photo: null, predicting: null };
 const stranger = new StrangerCheck($("stranger"), $("stranger-toggle"));
 const whyNot = new ContrastChoice($("contrast"), explainAgainst);
 const panelsReady = buildPanels();
+const modelChoice = new ModelChoice($("model-choice"), $("model"));
+served.onLoad((list) => modelChoice.show(list));
+chosenModel.onChange((model, previous) => {
+  if (!previous) return;  // the service's default, named now that the list is read: no change
+  refreshSanity();
+  if (state.file) analyse(state.file);
+});
 
 setUpKey();
 setUpUpload();
 checkReady();
+if (apiKey.get()) served.ensure();
 
 /** One panel per method of GET /explain (none when the list cannot be read), and the rule of
  * their quality lights. */
@@ -36,7 +48,7 @@ async function buildPanels() {
 async function checkReady(waited = false) {
   const status = $("status");
   try {
-    const ready = await getJson("/readyz");
+    const ready = await getJson("/readyz", { model: null });
     status.textContent = `Model ${ready.model.name} ${ready.model.version} ready (${ready.provider.replace("ExecutionProvider", "")})`;
     status.dataset.state = "ready";
     if (waited) refreshSanity();
@@ -47,7 +59,8 @@ async function checkReady(waited = false) {
   }
 }
 
-/** The methods' sanity results once the model is loaded: GET /explain has none before. */
+/** The methods' sanity results once the model is loaded (GET /explain has none before), or of
+ * the model just chosen. */
 async function refreshSanity() {
   const [{ methods }, panels] = await Promise.all([loadMethods(), panelsReady]).catch(() => [{ methods: [] }, []]);
   const sanity = new Map(methods.map((method) => [method.name, method.sanity ?? null]));
@@ -63,6 +76,7 @@ function setUpKey() {
     event.preventDefault();
     apiKey.set(input.value.trim());
     $("key-box").open = false;
+    served.ensure();  // GET /models may have needed the key
     if (state.file) analyse(state.file);  // retry the photo that needed the key
   });
 }
@@ -103,15 +117,21 @@ async function analyse(file) {
   state.predicting?.abort();
   const abort = (state.predicting = new AbortController());
   showError(null);
-  $("drop-zone").setAttribute("aria-busy", "true");
+  const zone = $("drop-zone");
+  const model = chosenModel.get();
+  // a model's first request waits for it to load (seconds): say so rather than look stuck
+  zone.dataset.busy = served.loading(model) ? `Loading ${model}…` : "Classifying…";
+  zone.setAttribute("aria-busy", "true");
   let prediction;
   try {
     prediction = await postImage("/predict", file, { signal: abort.signal });
+    served.ensure();  // a request passes now: the list of models can be read
+    served.answered(prediction.model?.name);
   } catch (error) {
     if (!abort.signal.aborted) showError(error);
     return;
   } finally {
-    if (state.predicting === abort) $("drop-zone").setAttribute("aria-busy", "false");
+    if (state.predicting === abort) zone.setAttribute("aria-busy", "false");
   }
   if (abort.signal.aborted) return;
   if (state.photo) URL.revokeObjectURL(state.photo.url);
@@ -155,6 +175,7 @@ async function showPrediction(prediction, url) {
   $("timings").textContent =
     `model ${model.name} ${model.version} · ${image.width}×${image.height} ${image.format} · ` +
     `inference ${ms(timings.inference_ms)} (batch of ${batch}) · total ${ms(timings.total_ms)}`;
+  $("timings").dataset.model = model.name;
   $("result").hidden = false;
 }
 
@@ -207,29 +228,7 @@ function showBars(prediction) {
   label.textContent = (prediction.open_set?.known === false ? "closest: " : "") + prediction.name;
   label.dataset.label = prediction.label;
   $("confidence").textContent = percent(prediction.probability);
-  const bars = $("bars");
-  bars.replaceChildren(
-    ...prediction.probabilities.map((entry) => {
-      const item = document.createElement("li");
-      const button = document.createElement("button");
-      button.type = "button";
-      button.className = "bar";
-      button.dataset.classId = entry.id;
-      button.setAttribute("aria-pressed", "false");
-      if (entry.id === prediction.label) button.classList.add("predicted");
-      const name = Object.assign(document.createElement("span"), { className: "name", textContent: entry.name });
-      const track = Object.assign(document.createElement("span"), { className: "track" });
-      const fill = Object.assign(document.createElement("span"), { className: "fill" });
-      fill.style.width = `${(entry.probability * 100).toFixed(2)}%`;
-      track.append(fill);
-      const value = Object.assign(document.createElement("span"), { className: "value", textContent: percent(entry.probability) });
-      button.append(name, track, value);
-      button.title = `Explain ${entry.name}`;
-      button.addEventListener("click", () => explainClass(entry.id));
-      item.append(button);
-      return item;
-    }),
-  );
+  $("bars").replaceChildren(...probabilityBars(prediction.probabilities, prediction.label, { onChoose: explainClass }));
 }
 
 async function explainClass(classId) {
@@ -250,11 +249,6 @@ async function explainAgainst(classId) {
     panel.setContrast(classId);
     panel.run();
   }
-}
-
-function percent(probability) {
-  const value = probability * 100;
-  return value > 0 && value < 0.1 ? "<0.1%" : `${value.toFixed(1)}%`;
 }
 
 function ms(value) {

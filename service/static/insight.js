@@ -1,51 +1,33 @@
 // The "Model insight" tab: what the network has learned, layer by layer, from the /insight
 // endpoints -- filters, the current photo's strongest activation maps, receptive fields, the
 // training patches that excite a channel most, and images synthesised to excite a channel or a
-// class. It shares only the photo the page shows (#photo) and the API key with the rest.
+// class. It shares only the photo the page shows (#photo), the chosen model and the API key with
+// the rest; another model chosen starts it afresh (its layers are another network's).
 
-import { describeError, getJson, send } from "./api.js";
+import { chosenModel, describeError, getJson, send, withModel } from "./api.js";
+import { onPagePhoto, photoBlob } from "./pagephoto.js";
+import { addView, shownView } from "./tabs.js";
 
 const GAP = 2; // pixels between grid tiles (service/insight/grid.py)
 const TOP_MAPS = 16;
 const $ = (id) => document.getElementById(id);
 
-const main = $("main");
 const section = $("insight");
 const state = { layers: [], classes: [], photoUrl: null, photoShown: null, channels: [], urls: new Map() };
 let started = null;
 
-buildTabs();
 section.append(...buildSection());
-watchPhoto();
-
-function buildTabs() {
-  const tabs = document.createElement("div");
-  tabs.className = "tabs";
-  tabs.setAttribute("role", "tablist");
-  tabs.setAttribute("aria-label", "Views");
-  const make = (id, label, controls) => {
-    const tab = Object.assign(document.createElement("button"), { type: "button", id, className: "tab", textContent: label });
-    tab.setAttribute("role", "tab");
-    if (controls) tab.setAttribute("aria-controls", controls);
-    tab.addEventListener("click", () => select(id));
-    return tab;
-  };
-  const photoTab = make("tab-photo", "Photo and explanations");
-  const insightTab = make("tab-insight", "Model insight", "insight");
-  tabs.append(photoTab, insightTab);
-  main.prepend(tabs);
-  section.setAttribute("role", "tabpanel");
-  section.setAttribute("aria-labelledby", "tab-insight");
-
-  function select(id) {
-    const insight = id === "tab-insight";
-    main.dataset.tab = insight ? "insight" : "photo";
-    photoTab.setAttribute("aria-selected", String(!insight));
-    insightTab.setAttribute("aria-selected", String(insight));
-    if (insight) start();
-  }
-  select("tab-photo");
-}
+addView(section, "Model insight", start);
+onPagePhoto((url) => {
+  state.photoUrl = url;
+  refreshActivations();
+});
+chosenModel.onChange(() => {
+  started = null;
+  state.layers = [];
+  state.photoShown = null;
+  if (shownView() === "insight") start();
+});
 
 function buildSection() {
   const head = element("div", "section-head");
@@ -163,27 +145,15 @@ function showChannel() {
     `Channel ${channel} of ${layer.name}: the 9 training images on which it peaks highest, cropped to the unit's receptive field.`);
 }
 
-function watchPhoto() {
-  const photo = $("photo");
-  new MutationObserver(() => {
-    state.photoUrl = photo.getAttribute("src");
-    refreshActivations();
-  }).observe(photo, { attributes: true, attributeFilter: ["src"] });
-}
-
 /** Post the page's photo to /insight/activations (when this tab shows and it changed). */
 async function refreshActivations(force = false) {
   const layer = currentLayer();
-  if (!layer || !state.photoUrl || main.dataset.tab !== "insight") return;
+  if (!layer || !state.photoUrl || shownView() !== "insight") return;
   const key = `${state.photoUrl}|${layer.name}`;
   if (!force && state.photoShown === key) return;
   state.photoShown = key;
-  let photo;
-  try {
-    photo = await (await fetch(state.photoUrl)).blob();
-  } catch {
-    return; // the page has already moved on to another photo
-  }
+  const photo = await photoBlob(state.photoUrl);
+  if (!photo) return; // the page has already moved on to another photo
   const body = new FormData();
   body.append("file", photo, "photo");
   const query = new URLSearchParams({ layer: layer.name, top: TOP_MAPS });
@@ -237,7 +207,7 @@ async function load(id, path, text, init = {}, describe = null) {
   const request = (state.urls.get(id)?.request ?? 0) + 1;
   state.urls.set(id, { ...state.urls.get(id), request });
   try {
-    const response = await send(path, { method: "GET", ...init });
+    const response = await send(withModel(path), { method: "GET", ...init });
     const described = describe ? await describe(response) : text;
     const [words, blob] = Array.isArray(described) ? described : [described, await response.blob()];
     if (state.urls.get(id).request !== request) return; // a newer request replaced this one

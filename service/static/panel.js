@@ -9,8 +9,11 @@
 // (plain), why the target and not a contrast class (``contrast=``: the map of logit(target) -
 // logit(contrast)), or, for an open-set panel, why one of the classes or none (``target=open_set``,
 // the score behind /predict's stranger verdict).
+//
+// A panel asks the page's chosen model (api.js), or the model it was made for (the compare view
+// has one panel per model).
 
-import { ApiError, cancelJob, describeError, jobEvents, postImage, send } from "./api.js";
+import { ApiError, cancelJob, describeError, getJson, jobEvents, postImage, send } from "./api.js";
 import { gridPng } from "./livemap.js";
 import { QualityLight, SanityBadge } from "./quality.js";
 
@@ -29,14 +32,19 @@ let nextId = 0;
 
 export class ExplanationPanel {
   /** ``method``: an entry of ``loadMethods()`` (GET /explain). ``openSet``: the panel explains
-   * the open-set score (``target=open_set``, no contrast) instead of a class; it is not one of
-   * the method panels (no ``panel`` class), so it never counts among them. */
-  constructor(method, { openSet = false } = {}) {
+   * the open-set score (``target=open_set``, no contrast) instead of a class. ``model``: the
+   * model to ask (default: the page's chosen one). ``kind``: the panel's class, ``panel`` for
+   * the method panels; a panel of another kind never counts among them (the open-set panel is
+   * ``open-set-panel``). */
+  constructor(method, { openSet = false, model = undefined, kind = openSet ? "open-set-panel" : "panel" } = {}) {
     this.method = method;
     this.openSet = openSet;
+    this.model = model;
+    this.kind = kind;
     this.photo = null;
     this.heatUrl = null;
     this.abort = null;
+    this.shown = null;
     this.element = this.#build();
   }
 
@@ -45,6 +53,7 @@ export class ExplanationPanel {
   show(photo, classes, predicted) {
     this.photo = photo;
     this.base.src = photo.url;
+    this.shown = null;
     this.#setHeat(null);
     this.negligible.hidden = true;
     this.explains.hidden = true;
@@ -95,9 +104,10 @@ export class ExplanationPanel {
     const started = performance.now();
     this.#setBusy(true);
     this.error.hidden = true;
+    this.shown = null;
     this.quality.show(null, "pending");
     try {
-      const { response, answer } = this.method.anytime
+      const { response, answer, json } = this.method.anytime
         ? await this.#runJob(params, abort.signal)
         : await this.#runNow(params, abort.signal);
       const png = await response.blob();
@@ -113,6 +123,7 @@ export class ExplanationPanel {
       this.explains.hidden = false;
       this.element.dataset.explains = question.kind;
       this.timing.textContent = `${seconds.toFixed(1)} s`;
+      this.shown = once(json);
       const graded = params.quality ? await answer() : null;
       if (abort.signal.aborted) return;
       this.quality.show(graded?.quality ?? null, "ungraded");
@@ -131,22 +142,32 @@ export class ExplanationPanel {
     }
   }
 
-  /** The PNG answer of POST /explain/{method} (``response``), and ``answer()``: its JSON one. A
-   * PNG carries only the verdict (X-Quality-Verdict), so the figures come from asking again for
-   * JSON: the service keeps the map and its grade, so that answer costs no forward pass. */
+  /** The JSON answer (``format=json``: the heatmap's values, the prediction, the quality) of
+   * the map the panel shows; null while it shows none. */
+  async json() {
+    return this.shown ? this.shown() : null;
+  }
+
+  /** The PNG answer of POST /explain/{method} (``response``), and ``answer()`` and ``json()``:
+   * its JSON one. A PNG carries only the verdict (X-Quality-Verdict), so the figures come from
+   * asking again for JSON: the service keeps the map and its grade, so that answer costs no
+   * forward pass. */
   async #runNow(params, signal) {
     const path = `/explain/${encodeURIComponent(this.method.name)}`;
     const { file } = this.photo;
-    const response = await postImage(path, file, { params: { ...params, format: "png" }, as: "response", signal });
-    const answer = () => postImage(path, file, { params: { ...params, format: "json" }, signal });
-    return { response, answer };
+    const { model } = this;
+    const response = await postImage(path, file, { params: { ...params, format: "png" }, as: "response", signal, model });
+    const answer = once(() => postImage(path, file, { params: { ...params, format: "json" }, signal, model }));
+    return { response, answer, json: answer };
   }
 
   /** The same map as a job: progress and the refining map on the way, then its PNG result
-   * (``response``) and ``answer()``: its last event, which carries the answer's ``quality``. */
+   * (``response``), ``answer()``: its last event, which carries the answer's ``quality``, and
+   * ``json()``: its JSON result. */
   async #runJob(params, signal) {
     const path = `/jobs/${encodeURIComponent(this.method.name)}`;
-    const job = await postImage(path, this.photo.file, { params: { ...params, format: "png" }, signal });
+    const { model } = this;
+    const job = await postImage(path, this.photo.file, { params: { ...params, format: "png" }, signal, model });
     this.job = job.id;
     this.element.dataset.job = job.id;
     this.progress.value = 0;
@@ -164,9 +185,11 @@ export class ExplanationPanel {
     }
     this.job = null;
     if (last.state === "done") {
-      const result = `/jobs/${encodeURIComponent(job.id)}/result?format=png`;
-      const response = await send(result, { method: "GET", signal });
-      return { response, answer: async () => last };
+      const result = `/jobs/${encodeURIComponent(job.id)}/result`;
+      const response = await send(`${result}?format=png`, { method: "GET", signal });
+      // the job names its model: its result is read without one
+      const json = () => getJson(`${result}?format=json`, { signal, model: null });
+      return { response, answer: async () => last, json };
     }
     if (last.state === "cancelled") throw new ApiError("cancelled", "the explanation was cancelled");
     throw new ApiError(last.error?.code ?? "job_failed", last.error?.message ?? "the job failed");
@@ -270,7 +293,8 @@ export class ExplanationPanel {
     const root = document.getElementById("panel-template").content.firstElementChild.cloneNode(true);
     const part = (name) => root.querySelector(`[data-part="${name}"]`);
     root.dataset.method = this.method.name;
-    if (this.openSet) root.classList.replace("panel", "open-set-panel");
+    root.classList.replace("panel", this.kind);
+    if (this.model) root.dataset.model = this.model;
     root.setAttribute("aria-labelledby", `${id}-title`);
     Object.assign(part("title"), { id: `${id}-title`, textContent: this.method.title });
     this.sanity = new SanityBadge();
@@ -377,6 +401,12 @@ export class ExplanationPanel {
     fields.append(wrapper);
     return input;
   }
+}
+
+/** ``make()``'s promise, made on the first call only. */
+function once(make) {
+  let made = null;
+  return () => (made ??= make());
 }
 
 /** "42 % · about 3 s left" for a job's event. */

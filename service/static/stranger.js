@@ -5,7 +5,7 @@
 // training photos with their cosine, the nearest of all outlined), their thumbnails fetched
 // with the API key (GET /evidence/... is behind it, which an <img src> cannot send).
 
-import { send } from "./api.js";
+import { send, withModel } from "./api.js";
 import { ExplanationPanel } from "./panel.js";
 
 // The method of the open-set map. Occlusion reads best here: hiding a patch and watching the
@@ -137,7 +137,7 @@ export class StrangerCheck {
   }
 
   async #load(img, url, signal) {
-    const blob = await (await send(url, { method: "GET", signal })).blob();
+    const blob = await (await send(withModel(url), { method: "GET", signal })).blob();
     if (signal.aborted) return;
     const objectUrl = URL.createObjectURL(blob);
     this.thumbnails.push(objectUrl);

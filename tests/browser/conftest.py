@@ -6,7 +6,9 @@ Playwright's Python package; Playwright's own browser downloads are never used. 
 missing the tests skip with the reason; in CI (``CI`` set) they fail instead.
 
 The service is ``python -m service``'s main run by ``paced_service.py``, which paces a job's
-partial maps so that what the page shows of a running job holds on a CPU of any speed.
+partial maps so that what the page shows of a running job holds on a CPU of any speed. It serves
+two models: the default bundle and its twin (the same weights under another name, as the API
+tests make it), so that the page offers its model choice and its compare view.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ from pathlib import Path
 import httpx
 import pytest
 from load.harness import free_port, stop_server  # tests/load: the same service process helpers
+
+from tests.bundle_copies import bundle_copy
+
+TWIN_MODEL = "celebs8-twin"  # the default bundle's files under another name
 
 ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "tests" / "artifacts" / "browser"
@@ -69,18 +75,29 @@ class LiveService:
 
 
 @pytest.fixture(scope="package")
+def models_dir(tmp_path_factory: pytest.TempPathFactory, default_bundle: Path) -> Path:
+    """The service's other models: ``TWIN_MODEL``, the default's files under another name (as
+    the API tests make it)."""
+    folder = tmp_path_factory.mktemp("models")
+    bundle_copy(default_bundle, folder / "twin", TWIN_MODEL)
+    return folder
+
+
+@pytest.fixture(scope="package")
 def live_service(
-    default_bundle: Path, tmp_path_factory: pytest.TempPathFactory
+    default_bundle: Path, models_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[LiveService]:
-    """``python -m service`` on the default bundle with an API key, once it is ready; run as
-    ``paced_service`` (its main, with a job's partial maps paced: a job shows a map per batch,
-    at least an event interval apart, on a CPU of any speed), with events every 0.1 s."""
+    """``python -m service`` on the default bundle and ``models_dir``'s with an API key, once it
+    is ready; run as ``paced_service`` (its main, with a job's partial maps paced: a job shows a
+    map per batch, at least an event interval apart, on a CPU of any speed), with events every
+    0.1 s."""
     port = free_port()
     log = tmp_path_factory.mktemp("service") / "service.log"
     command = [
         sys.executable, "-m", "tests.browser.paced_service", "--model", str(default_bundle),
-        "--host", "127.0.0.1", "--port", str(port), "--threads", "2", "--api-key", API_KEY,
-        "--log-level", "warning", "--job-event-interval-s", "0.1",
+        "--models-dir", str(models_dir), "--host", "127.0.0.1", "--port", str(port),
+        "--threads", "2", "--api-key", API_KEY, "--log-level", "warning",
+        "--job-event-interval-s", "0.1",
     ]  # fmt: skip
     env = {name: value for name, value in os.environ.items() if not name.startswith("CELEBXAI_")}
     with log.open("wb") as sink:
