@@ -356,7 +356,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     )
     zoo.add_argument("--seed", type=int, default=0)
     zoo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
-    zoo.add_argument("--scratch-epochs", type=int, default=40, help="epochs of the scratch CNN")
+    zoo.add_argument("--scratch-epochs", type=int, default=30, help="epochs of the scratch CNN")
     zoo.add_argument("--scratch-lr", type=float, default=3e-3, help="its Adam learning rate")
     zoo.add_argument("--scratch-patience", type=int, default=8, help="its early stopping (epochs)")
     zoo.add_argument(

@@ -129,7 +129,7 @@ def test_tiny_zoo_scratch_bundle_passes_the_service_load_checks(celebs_root, dat
             "--others",
             str(data_root / "others"),
             "--limit-per-class",
-            "4",
+            "8",  # 6 training faces per class: one batch of 32
             "--scratch-epochs",
             "1",
             "--out-root",
