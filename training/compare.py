@@ -289,12 +289,14 @@ def plot(figures: list[BundleFigures], path: Path) -> None:
         ("parameters (millions)", lambda f: f.parameters / 1e6),
     ]
     for ax, (label, cost) in zip(axes, panels, strict=True):
-        for f in figures:
+        for i, f in enumerate(figures):
             if f.predict is None and "latency" in label:
                 continue
             x = cost(f)
             ax.scatter([x], [f.test_accuracy], s=60)
-            ax.annotate(f.name, (x, f.test_accuracy), textcoords="offset points", xytext=(6, 4))
+            # alternate above and below: bundles of one backbone share a point on the right
+            offset = (6, 4) if i % 2 == 0 else (6, -12)
+            ax.annotate(f.name, (x, f.test_accuracy), textcoords="offset points", xytext=offset)
         ax.set_xlabel(label)
         ax.set_ylabel("test accuracy")
         ax.grid(alpha=0.3)
