@@ -1,5 +1,5 @@
 """``python -m training fit|evaluate|export|insight|one-pass|open-set-study|quantize|sanity|
-twin``: see each ``--help``."""
+twin|zoo|compare``: see each ``--help``."""
 
 from __future__ import annotations
 
@@ -53,7 +53,10 @@ def get_args_parser() -> argparse.ArgumentParser:
         help="'default' (pretrained), 'none' (random) or a weights file",
     )
     fit.add_argument(
-        "--stages", default="head,top,all", help="comma-separated stages: head, top, all"
+        "--stages",
+        default="head,top,all",
+        help="comma-separated stages: head, top, all; 'none': no fine-tuning, the "
+        "frozen-feature baseline only (exported)",
     )
     fit.add_argument(
         "--epochs", type=_ints, default=[5, 6, 10], help="epochs per stage, comma-separated"
@@ -330,6 +333,86 @@ def get_args_parser() -> argparse.ArgumentParser:
     one_pass.add_argument(
         "--dry-run", action="store_true", help="run the gates without writing the bundle"
     )
+    zoo = sub.add_parser(
+        "zoo",
+        help="train the zoo (frozen-feature baseline, a CNN from scratch; optionally the "
+        "fine-tuned recipe and an ImageNet network) with fit, export each as a bundle, write "
+        "their table, then compare them",
+        formatter_class=fmt,
+    )
+    zoo.add_argument(
+        "--members",
+        default="linear,scratch",
+        help="comma-separated: linear, scratch, fine-tuned, imagenet",
+    )
+    zoo.add_argument("--data", default=DEFAULT_DATA, help="image tree <root>/<class_id>/*")
+    zoo.add_argument("--others", default=DEFAULT_OTHERS, help="strangers' faces <root>/<person>/")
+    zoo.add_argument("--out-root", default="models", help="bundles go to <out-root>/<name>")
+    zoo.add_argument("--run-root", default="runs/zoo", help="checkpoints and reports")
+    zoo.add_argument(
+        "--reference",
+        default="models/celebs8",
+        help="an existing bundle listed (and compared) beside the members; 'none': no reference",
+    )
+    zoo.add_argument("--seed", type=int, default=0)
+    zoo.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    zoo.add_argument("--scratch-epochs", type=int, default=30, help="epochs of the scratch CNN")
+    zoo.add_argument("--scratch-lr", type=float, default=3e-3, help="its Adam learning rate")
+    zoo.add_argument("--scratch-patience", type=int, default=8, help="its early stopping (epochs)")
+    zoo.add_argument(
+        "--imagenet-arch",
+        default="resnet18",
+        choices=["resnet18", "resnet50", "vgg16_bn"],
+        help="the torchvision network of member imagenet",
+    )
+    zoo.add_argument(
+        "--imagenet-weights",
+        default=None,
+        help="local ImageNet state dict (.pth) for member imagenet (required by it)",
+    )
+    zoo.add_argument(
+        "--limit-per-class", type=int, default=None, help="fit's --limit-per-class (smoke runs)"
+    )
+    zoo.add_argument(
+        "--insight", action="store_true", help="also store top patches (larger bundles)"
+    )
+    zoo.add_argument("--table", default="runs/zoo/zoo.md", help="the zoo's markdown table")
+    zoo.add_argument("--no-compare", action="store_true", help="skip the comparison")
+    zoo.add_argument("--compare-faces", type=int, default=12, help="compare's --faces")
+    zoo.add_argument("--compare-requests", type=int, default=30, help="compare's --requests")
+    zoo.add_argument("--compare-out", default="runs/zoo/compare.md", help="compare's --out")
+    zoo.add_argument("--compare-plot", default="runs/zoo/compare.png", help="compare's --plot")
+    compare = sub.add_parser(
+        "compare",
+        help="bundles side by side: test accuracy, open-set figures, /predict latency and CPU "
+        "(the service started per bundle), each explanation method's deletion/insertion AUC, "
+        "and between bundles label agreement and the rank correlation of their maps; writes a "
+        "markdown report and a PNG of accuracy against cost",
+        formatter_class=fmt,
+    )
+    compare.add_argument(
+        "bundles",
+        nargs="*",
+        default=["models/celebs8", "models/celebs8-linear", "models/celebs8-scratch"],
+        help="bundle directories",
+    )
+    compare.add_argument(
+        "--data", default="../shared/data", help="data root with celebs8/ and others/"
+    )
+    compare.add_argument(
+        "--faces", type=int, default=12, help="test faces explained per bundle (spread evenly)"
+    )
+    compare.add_argument(
+        "--requests", type=int, default=30, help="timed /predict calls per bundle (0: skip)"
+    )
+    compare.add_argument(
+        "--methods", default=None, help="comma-separated (default: every method but fastshap)"
+    )
+    compare.add_argument("--steps", type=int, default=20, help="steps per deletion/insertion curve")
+    compare.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime threads")
+    compare.add_argument("--out", default="runs/compare/compare.md", help="markdown report")
+    compare.add_argument("--plot", default="runs/compare/compare.png", help="PNG plot")
+    compare.add_argument("--json", default=None, help="also write the figures to this file")
     twin = sub.add_parser(
         "twin",
         help="re-export a bundle's torch twin from its own weights in the current format (it "
@@ -346,14 +429,17 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     from training import run  # heavy imports only after --help
+    from training.compare import compare_command
     from training.one_pass.command import one_pass_command
     from training.open_set_study import study_command
     from training.quantize import quantize_command
     from training.sanity import sanity_command
     from training.twin import twin_command
+    from training.zoo import zoo_command
 
     try:
         commands = {
+            "compare": compare_command,
             "fit": run.fit_command,
             "export": run.export_command,
             "evaluate": run.evaluate_command,
@@ -363,6 +449,7 @@ def main(argv: list[str] | None = None) -> int:
             "quantize": quantize_command,
             "sanity": sanity_command,
             "twin": twin_command,
+            "zoo": zoo_command,
         }
         return commands[args.command](args)
     except (ValueError, FileNotFoundError, RuntimeError) as error:

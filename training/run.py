@@ -34,6 +34,8 @@ from training.selection import BASELINE, FINE_TUNED, choose
 
 log = logging.getLogger("training")
 
+NO_STAGES = "none"
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -51,6 +53,14 @@ def seed_everything(seed: int) -> None:
 
 
 def _stages(args) -> list[Stage]:
+    """The fine-tuning stages; none for ``--stages none`` (only the frozen-feature baseline)."""
+    if args.stages.strip() == NO_STAGES:
+        if args.no_baseline or args.export == FINE_TUNED:
+            raise ValueError(
+                "--stages none trains only the frozen-feature baseline: it cannot go with "
+                "--no-baseline or --export fine-tuned"
+            )
+        return []
     names = [s.strip() for s in args.stages.split(",") if s.strip()]
     if not (len(names) == len(args.epochs) == len(args.lr)):
         raise ValueError(
@@ -249,31 +259,36 @@ def fit_command(args) -> int:
         baseline_model = probe_classifier(frozen, probe, args.dropout)
         log.info("baseline (frozen features + logistic regression): %s", baseline)
 
-    model = FaceClassifier(backbone, len(tree.classes), dropout=args.dropout)
-    weights = class_weights(sets["train"].labels, len(tree.classes))
-    history = fit(
-        model,
-        train_loader,
-        plain["val"],
-        prep.standardise,
-        stages=stages,
-        class_weights=weights,
-        optimizer=args.optimizer,
-        weight_decay=args.weight_decay,
-        unfreeze_last=args.unfreeze_last,
-        lr_decay=args.lr_decay,
-        patience=args.patience,
-        label_smoothing=args.label_smoothing,
-        device=device,
-    )
+    candidates: dict[str, FaceClassifier] = {}
+    history: list[dict] = []
+    if stages:
+        model = FaceClassifier(backbone, len(tree.classes), dropout=args.dropout)
+        weights = class_weights(sets["train"].labels, len(tree.classes))
+        history = fit(
+            model,
+            train_loader,
+            plain["val"],
+            prep.standardise,
+            stages=stages,
+            class_weights=weights,
+            optimizer=args.optimizer,
+            weight_decay=args.weight_decay,
+            unfreeze_last=args.unfreeze_last,
+            lr_decay=args.lr_decay,
+            patience=args.patience,
+            label_smoothing=args.label_smoothing,
+            device=device,
+        )
+        candidates[FINE_TUNED] = model
     run_dir = Path(args.run_dir or Path("runs") / Path(args.out).name)
     report_dir = run_dir / "report"
     report_dir.mkdir(parents=True, exist_ok=True)
-    candidates = {FINE_TUNED: model}
     if baseline_model is not None:
         candidates[BASELINE] = baseline_model
     val = {name: _val_figures(m, plain["val"], prep, device) for name, m in candidates.items()}
-    selection = choose(val, args.export)
+    selection = choose(val, args.export if stages else BASELINE)
+    if not stages:
+        selection["reason"] = "--stages none: the frozen-feature baseline is the only model"
     log.info("exporting the %s model: %s", selection["exported"], selection["reason"])
     model = candidates[selection["exported"]]
     metrics = {}
@@ -294,11 +309,15 @@ def fit_command(args) -> int:
         metrics["baseline_linear_probe"] = {
             split_name: {"accuracy": acc} for split_name, acc in baseline.items()
         }
-    metrics["fine_tuned"] = {
-        split_name: {"accuracy": _accuracy(candidates[FINE_TUNED], plain[split_name], prep, device)}
-        for split_name in SPLITS
-    }
-    report.plot_curves(history, report_dir / "curves.png")
+    if FINE_TUNED in candidates:
+        metrics["fine_tuned"] = {
+            split_name: {
+                "accuracy": _accuracy(candidates[FINE_TUNED], plain[split_name], prep, device)
+            }
+            for split_name in SPLITS
+        }
+    if history:
+        report.plot_curves(history, report_dir / "curves.png")
     report.write_json(
         {"metrics": metrics, "selection": selection, "history": history},
         report_dir / "metrics.json",
@@ -364,11 +383,14 @@ def summary_table(meta: dict) -> str:
             + " |"
         )
     tuned = m.get("fine_tuned", m)  # bundles from before the selection: metrics are its own
-    rows.append(
-        "| staged fine-tuning (head -> top -> all) | "
-        + " | ".join(f"{tuned[s]['accuracy']:.4f}" for s in SPLITS)
-        + " |"
-    )
+    if "fine_tuned" in m or "selection" not in meta:  # --stages none: no fine-tuned model
+        stages = " -> ".join(s["name"] for s in meta["training"].get("stages", []))
+        rows.append(
+            f"| {meta['architecture']['backbone']}, staged training "
+            f"({stages or 'head -> top -> all'}) | "
+            + " | ".join(f"{tuned[s]['accuracy']:.4f}" for s in SPLITS)
+            + " |"
+        )
     if "selection" in meta:
         rows.append(
             f"\nexported: the {meta['selection']['exported']} model ({meta['selection']['reason']})"
