@@ -20,6 +20,7 @@ from service.explain.gradcam import GradCam
 from service.explain.gradient import GradientSaliency
 from service.explain.heatmap import Heatmap
 from service.explain.integrated_gradients import IntegratedGradients
+from service.explain.layercam import LayerCam
 from service.explain.lime import Lime
 from service.explain.occlusion import Occlusion
 from service.explain.one_pass import FastShap
@@ -33,6 +34,7 @@ METHODS: tuple[type[Explainer], ...] = (
     SmoothGrad,
     IntegratedGradients,
     GradCam,
+    LayerCam,
     Occlusion,
     Lime,
     Rise,

@@ -45,7 +45,7 @@ class GradCam(TwinPass):
         """``layer`` must be one of the twin's activations (checked before any work, and
         again by the pass for a caller that skipped it)."""
         if params.layer is not None:
-            _known_layer(params.layer, layers)
+            known_layer(params.layer, layers)
 
     def _from_pass(
         self,
@@ -56,7 +56,7 @@ class GradCam(TwinPass):
         objective: Objective,
     ) -> np.ndarray:
         layers = tuple(name for name, value in activations.items() if value.ndim == 4)
-        layer = _known_layer(params.layer or self.model.gradcam_layer, layers)
+        layer = known_layer(params.layer or self.model.gradcam_layer, layers)
         activation = activations[layer]
         (gradient,) = torch.autograd.grad(score, activation)
         weights = gradient.mean(dim=(2, 3), keepdim=True)
@@ -65,7 +65,7 @@ class GradCam(TwinPass):
         return cam[0, 0].numpy()
 
 
-def _known_layer(layer: str | None, layers: tuple[str, ...]) -> str:
+def known_layer(layer: str | None, layers: tuple[str, ...]) -> str:
     """``layer`` if it is one of ``layers``, else ``UnknownLayer`` listing them."""
     if layer is None or layer not in layers:
         raise UnknownLayer(

@@ -17,6 +17,7 @@ from service.explain.occlusion import OcclusionParams
 SMALL = {
     "gradient": {},
     "gradcam": {},
+    "layercam": {},
     "smoothgrad": {"samples": 5, "batch_size": 2},
     "integrated_gradients": {"steps": 6, "batch_size": 4},
     "occlusion": {"window": 32, "stride": 24},
@@ -84,6 +85,7 @@ BOUNDS = CallBounds(("stem", "layer1", "layer2", "layer3", "layer4", "layer5"), 
 MAXIMUM = {
     "gradient": ({}, 2),
     "gradcam": ({}, 2),
+    "layercam": ({}, 2),
     "smoothgrad": ({"samples": 64}, 9),
     "integrated_gradients": ({"steps": 256}, 17),
     "occlusion": ({"window": 4, "stride": 4, "strategy": "exhaustive"}, 47),

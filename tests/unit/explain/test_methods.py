@@ -18,6 +18,7 @@ CHEAP_PARAMS: dict[str, dict[str, object]] = {
     "smoothgrad": {"samples": 4, "batch_size": 4},
     "integrated_gradients": {"steps": 8, "batch_size": 8},
     "gradcam": {},
+    "layercam": {},
     "occlusion": {"window": 30, "stride": 15},
     "lime": {"num_samples": 64, "num_segments": 30},
 }
@@ -27,6 +28,7 @@ OUT_OF_BOUNDS: dict[str, tuple[dict[str, object], str]] = {
     "smoothgrad": ({"samples": 65}, "less than or equal to 64"),
     "integrated_gradients": ({"steps": 1}, "greater than or equal to 2"),
     "gradcam": ({"layer": "x" * 65}, "at most 64 characters"),
+    "layercam": ({"layer": "x" * 65}, "at most 64 characters"),
     "occlusion": ({"window": 97}, "less than or equal to 96"),
     "lime": ({"num_samples": 2001}, "less than or equal to 2000"),
 }
