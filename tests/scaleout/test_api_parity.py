@@ -101,6 +101,11 @@ CASES = [
         upload=FACE,
         map="map",
     ),
+    # another bundle of models/ (loaded on first use in each process), and an unknown one
+    Case("GET", "/model", {"model": "celebs8-scratch"}),
+    Case("POST", "/predict", {"model": "celebs8-scratch"}, upload=FACE),
+    Case("POST", "/explain/layercam", {**JSON, "model": "celebs8-linear"}, upload=FACE),
+    Case("POST", "/predict", {"model": "nobody"}, upload=FACE),  # 404 unknown_model
     Case("GET", "/insight/filters", {"layer": "stem"}),
     Case("POST", "/insight/activations", {"layer": "layer2", "top": "4", **JSON}, upload=FACE),
     Case("GET", "/insight/receptive-field"),
