@@ -276,7 +276,7 @@ def test_get_explain_lists_every_method_of_the_registry(client):
         assert method["available"] is True and method["unavailable"] is None
     # a contrast is signed by nature: only Grad-CAM (its ReLU keeps the target's side) is not
     contrast_signed = {m["name"] for m in body["methods"] if m["contrast_signed"]}
-    assert contrast_signed == set(EXPLAINERS) - {"gradcam"}
+    assert contrast_signed == set(EXPLAINERS) - {"gradcam", "layercam"}
     occlusion = next(m for m in body["methods"] if m["name"] == "occlusion")
     window = occlusion["parameters"]["properties"]["window"]
     assert (window["minimum"], window["maximum"], window["default"]) == (4, 96, 24)

@@ -47,6 +47,7 @@ SMALL: dict[str, str] = {
     "smoothgrad": "samples=4",
     "integrated_gradients": "steps=8",
     "gradcam": "",
+    "layercam": "",
     "occlusion": "window=48&stride=48",
     "lime": "num_samples=64",
     "rise": "num_masks=64",
