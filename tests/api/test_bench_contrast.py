@@ -82,4 +82,10 @@ def test_the_bench_explains_the_service_s_face_and_score(
     curve = bench_contrast.deletion_curve(objective, handle, x, np.zeros(x.shape[1:]), 4)
 
     assert curve[0] == pytest.approx(explains["log_odds"], abs=1e-3)  # the photo's own score
+    # the served flavour (the open-set column's second figure) is the answer's value
+    served = bench_contrast.deletion_curve(
+        objective, handle, x, np.zeros(x.shape[1:]), 4, "probability"
+    )
+    assert served[0] == pytest.approx(explains["value"], abs=1e-4)
+    assert served == pytest.approx(1 / (1 + np.exp(-curve)), abs=1e-6)
     assert objective.kind == explains["kind"]
