@@ -113,11 +113,13 @@ class Loaded:
 
 
 class Lease:
-    """A hold on a loaded model: it stays usable until ``release()`` (idempotent)."""
+    """A hold on a loaded model: it stays usable until ``release()`` (idempotent). ``taken``:
+    the hold was already counted for this lease (by the load it waited for)."""
 
-    def __init__(self, registry: ModelRegistry, loaded: Loaded) -> None:
+    def __init__(self, registry: ModelRegistry, loaded: Loaded, taken: bool = False) -> None:
         self.registry, self.loaded, self.released = registry, loaded, False
-        loaded.users += 1
+        if not taken:
+            loaded.users += 1
         loaded.last_used = time.monotonic()
 
     @property
@@ -177,6 +179,10 @@ class ModelRegistry:
         self._load, self._start, self.metrics = load, start, metrics
         self._loaded: dict[str, Loaded] = {self.default: Loaded(default, default_rss)}
         self._loading: dict[str, asyncio.Future[Loaded]] = {}
+        # requests waiting for a load: it takes their holds as it ends, before another load
+        # can make room by unloading it (else two loads for one free place unload each
+        # other's model before its requests run, over and over)
+        self._waiting: dict[str, int] = {}
         self._failed: dict[str, str] = {}
         self._one_load = asyncio.Lock()  # loads one at a time: RSS growth is one bundle's
         self._retiring: set[Loaded] = set()  # unloaded, closed when their last lease ends
@@ -206,8 +212,17 @@ class ModelRegistry:
             task = asyncio.ensure_future(self._load_one(name))
             self._loading[name] = task
             task.add_done_callback(lambda _: self._loading.pop(name, None))
-        # the load goes on for the others when this request is cancelled
-        return Lease(self, await asyncio.shield(self._loading[name]))
+        loading = self._loading[name]
+        self._waiting[name] = self._waiting.get(name, 0) + 1
+        try:  # the load goes on for the others when this request is cancelled
+            loaded = await asyncio.shield(loading)
+        except BaseException:
+            if loading.done() and not loading.cancelled() and loading.exception() is None:
+                self._release(loading.result())  # the hold the load took for this request
+            elif name in self._waiting:  # still loading, or its load cancelled: no hold yet
+                self._waiting[name] -= 1
+            raise
+        return Lease(self, loaded, taken=True)
 
     def hold(self, model: object) -> Lease:
         """One more lease on a model this caller already holds one on (a job outliving its
@@ -237,6 +252,7 @@ class ModelRegistry:
             try:
                 model, rss = await asyncio.to_thread(measured, lambda: self._load(bundle.path))
             except Exception as exc:  # the model's own 503; the others keep serving
+                self._waiting.pop(name, None)
                 self._failed[name] = public_reason(exc)
                 self.metrics.model_loads.labels(name, "failed").inc()
                 log.error("model bundle %s cannot be served: %s", bundle.path, exc, exc_info=exc)
@@ -245,7 +261,7 @@ class ModelRegistry:
                 ) from exc
             model.url_query = "?" + urlencode({"model": name})
             self._start(model)
-            loaded = self._loaded[name] = Loaded(model, rss)
+            loaded = self._loaded[name] = Loaded(model, rss, users=self._waiting.pop(name, 0))
             self.metrics.model_loads.labels(name, "ok").inc()
             log.info("model %s loaded on first use (RSS +%.0f MiB)", name, (rss or 0) / 2**20)
             return loaded

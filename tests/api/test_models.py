@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,7 @@ from service.app import create_app
 from service.settings import Settings
 from tests.api.conftest import API_KEY, CORRUPT_MODEL, TWIN_MODEL
 from tests.api.job_polling import wait_for
+from tests.bundle_copies import bundle_copy
 
 DEFAULT_MODEL = "celebs8"
 CHEAP = {
@@ -210,3 +212,30 @@ def test_v2_names_the_valid_models_for_an_unknown_one(multi: TestClient) -> None
     assert response.json()["error"] == (
         f"unknown_model: no model 'nobody'; valid: {DEFAULT_MODEL}, {CORRUPT_MODEL}, {TWIN_MODEL}"
     )
+
+
+@pytest.mark.slow
+def test_requests_for_more_models_than_fit_at_once_are_all_answered(
+    make_settings: Callable[..., Settings],
+    default_bundle: Path,
+    tmp_path: Path,
+    face_bytes: bytes,
+) -> None:
+    """Room for one model beside the default and requests for two others at once (as the
+    page's compare view sends them): every request is answered by its model, none fails
+    because the other's load unloaded its model before it ran."""
+    names = ("celebs8-left", "celebs8-right")
+    for name in names:
+        bundle_copy(default_bundle, tmp_path / name, name)
+    app = create_app(make_settings(models_dir=tmp_path, max_loaded_models=2))
+    files = {"file": ("face.png", face_bytes, "image/png")}
+    asked = [name for name in names for _ in range(3)]
+    with TestClient(app, headers={"X-API-Key": API_KEY}) as client:
+        with ThreadPoolExecutor(len(asked)) as pool:
+            answers = list(
+                pool.map(lambda name: client.post(f"/predict?model={name}", files=files), asked)
+            )
+        assert [a.status_code for a in answers] == [200] * len(asked), [a.text for a in answers]
+        assert [a.json()["model"]["name"] for a in answers] == asked
+        listed = {m["name"]: m["loaded"] for m in client.get("/models").json()["models"]}
+        assert sum(listed.values()) == 2  # the bound holds once the requests are done

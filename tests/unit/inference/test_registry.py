@@ -199,3 +199,55 @@ def test_discover_skips_unreadable_bundles_and_refuses_duplicate_names(
     (tmp_path / "three" / "meta.json").write_text(json.dumps(meta))  # the default's name
     assert list(discover(tmp_path, default)) == [meta["name"], "m1", "m2"]
     assert "three is not served: the default bundle" in caplog.text
+
+
+def test_two_loads_for_one_free_place_do_not_unload_each_other_s_model_before_it_serves() -> None:
+    """With room for one model beside the default, requests for two others at once: each load
+    takes the holds of its waiting requests, so the next load unloads that model only once
+    they are done with it (without, each load closed the other's fresh model before its
+    requests ran: 'engine is not started')."""
+
+    async def scenario() -> None:
+        loads = Loads()
+        registry = _registry(loads, max_loaded=2)
+        loads.gate = threading.Event()
+        pending = {
+            name: [asyncio.ensure_future(registry.lease(name)) for _ in range(2)]
+            for name in ("a", "b")
+        }
+        await asyncio.sleep(0.05)
+        loads.gate.set()
+        leases = {name: await asyncio.gather(*tasks) for name, tasks in pending.items()}
+        for name, held in leases.items():
+            assert all(lease.model is loads.made[name] for lease in held)
+            assert not loads.made[name].closed, f"{name} closed while its requests hold it"
+        assert loads.count == {"a": 1, "b": 1}
+        assert _loaded(registry) == [DEFAULT, "b"]  # a unloaded, kept open for its leases
+        for lease in leases["a"]:
+            lease.release()
+        await asyncio.sleep(0)
+        assert loads.made["a"].closed and not loads.made["b"].closed
+
+    asyncio.run(scenario())
+
+
+def test_a_request_cancelled_while_its_model_loads_takes_no_hold() -> None:
+    async def scenario() -> None:
+        loads = Loads()
+        registry = _registry(loads, max_loaded=2)
+        loads.gate = threading.Event()
+        waiting = asyncio.ensure_future(registry.lease("a"))
+        staying = asyncio.ensure_future(registry.lease("a"))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        await asyncio.sleep(0)
+        loads.gate.set()
+        lease = await staying
+        assert registry.loaded("a").users == 1
+        lease.release()
+        assert registry.loaded("a").users == 0
+        (await registry.lease("b")).release()  # room for b: a, unused, is closed at once
+        await asyncio.sleep(0)
+        assert loads.made["a"].closed
+
+    asyncio.run(scenario())
