@@ -6,21 +6,17 @@ average's sign. LayerCAM weighs every location by its own positive gradient,
 ``ReLU(sum_c ReLU(d score / d A_c) * A_c)``, which keeps the map's detail at shallow layers,
 where Grad-CAM's channel averages blur it away. By default it reads the deepest activation at
 the finest resolution (``finest_layer``: for the face ResNet ``layer1``, 35 x 35, against
-Grad-CAM's 8 x 8 ``layer3``); bench/results/contrast.md measured why: its maps of a contrast and
-of the open-set score pass the deletion test where Grad-CAM's do not.
+Grad-CAM's 8 x 8 ``layer3``); bench/results/contrast.md measured why.
 """
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field
 
 from service.explain.base import MethodParams
-from service.explain.gradcam import known_layer
-from service.explain.objective import Objective
-from service.explain.twin import TwinPass
+from service.explain.cam import ActivationMap
 
 
 class LayerCamParams(MethodParams):
@@ -40,7 +36,7 @@ def finest_layer(activations: dict[str, torch.Tensor]) -> str:
     return [name for name, value in maps if value.shape[2] * value.shape[3] == largest][-1]
 
 
-class LayerCam(TwinPass):
+class LayerCam(ActivationMap):
     """Unsigned, [0, 1]: the layer's positively weighted activation divided by its maximum
     (all zero where nothing supports the score)."""
 
@@ -52,26 +48,11 @@ class LayerCam(TwinPass):
         "than Grad-CAM of where the network found support for the answer."
     )
     Params = LayerCamParams
-    signed = False
     units = "positive-gradient-weighted activation of the layer for the target logit"
 
-    @classmethod
-    def check_names(cls, params: LayerCamParams, layers: tuple[str, ...]) -> None:
-        if params.layer is not None:
-            known_layer(params.layer, layers)
+    def default_layer(self, activations: dict[str, torch.Tensor]) -> str | None:
+        return finest_layer(activations)
 
-    def _from_pass(
-        self,
-        inputs: torch.Tensor,
-        score: torch.Tensor,
-        activations: dict[str, torch.Tensor],
-        params: LayerCamParams,
-        objective: Objective,
-    ) -> np.ndarray:
-        layers = tuple(name for name, value in activations.items() if value.ndim == 4)
-        layer = known_layer(params.layer or finest_layer(activations), layers)
-        activation = activations[layer]
-        (gradient,) = torch.autograd.grad(score, activation)
-        cam = F.relu((F.relu(gradient) * activation.detach()).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=inputs.shape[2:], mode="bilinear", align_corners=False)
-        return cam[0, 0].numpy()
+    @staticmethod
+    def weigh(gradient: torch.Tensor, activation: torch.Tensor) -> torch.Tensor:
+        return F.relu((F.relu(gradient) * activation).sum(dim=1, keepdim=True))

@@ -19,6 +19,7 @@ from service.explain import (
     ModelHandle,
     SmoothGrad,
 )
+from service.explain.layercam import LayerCam, finest_layer
 
 
 def _input_gradient(twin, x: np.ndarray, target: int) -> torch.Tensor:
@@ -50,6 +51,27 @@ def test_gradcam_matches_the_formula_at_the_bundle_layer(handle, face):
     np.testing.assert_allclose(
         GradCam(handle).attribute(x, target=label).values, expected, atol=1e-5
     )
+
+
+def test_layercam_matches_the_formula_at_the_finest_layer(handle, face, bundle_meta):
+    """ReLU(sum_c ReLU(gradient) * A_c) at the deepest activation of the finest resolution:
+    layer1 (35 x 35) of the face ResNet, not the stem beside it nor Grad-CAM's layer3."""
+    x, label = face
+    inputs = torch.from_numpy(x[None].copy()).requires_grad_(True)
+    with torch.enable_grad():
+        logits, activations = handle.twin(inputs)
+        assert finest_layer(activations) == "layer1"
+        activation = activations["layer1"]
+        (gradient,) = torch.autograd.grad(logits[0, label], activation)
+    cam = F.relu((F.relu(gradient) * activation.detach()).sum(1, True))
+    cam = F.interpolate(cam, size=x.shape[1:], mode="bilinear", align_corners=False)[0, 0]
+    expected = (cam / cam.max()).numpy()
+    heatmap = LayerCam(handle).attribute(x, target=label)
+    np.testing.assert_allclose(heatmap.values, expected, atol=1e-5)
+    coarse = LayerCam(handle).attribute(x, target=label, layer=handle.gradcam_layer)
+    assert not np.allclose(heatmap.values, coarse.values, atol=1e-2)
+    with pytest.raises(UnknownLayer, match="valid: stem, layer1"):
+        LayerCam(handle).attribute(x, target=label, layer="layer9")
 
 
 def test_gradcam_layer_can_be_chosen(handle, face, bundle_meta):
