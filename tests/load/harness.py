@@ -25,6 +25,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import random
 import re
 import socket
 import subprocess
@@ -159,7 +160,32 @@ def seconds(duration: str) -> int:
 # -- the server and its memory -----------------------------------------------------------------
 
 
+# Ports for the services under test: above Ray's worker ports (10002-19999 by default) and below
+# the kernel's ephemeral range, from which Ray's own servers take theirs (binding port 0). A port
+# the kernel handed out (bind to 0) was free only then: a Ray started next could take it for a
+# gRPC server before the Serve proxy bound it, and the proxy's /readyz then answered HTTP/2.
+SERVICE_PORTS = (20000, 32768)
+
+
+def _ephemeral_start() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range", encoding="ascii") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return SERVICE_PORTS[1]
+
+
 def free_port() -> int:
+    """A port free on every address now, outside the ranges Ray and the kernel hand out (the
+    kernel's choice where the range is too small)."""
+    low, high = SERVICE_PORTS[0], min(SERVICE_PORTS[1], _ephemeral_start())
+    for port in random.Random().sample(range(low, high), min(64, max(high - low, 0))):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .harness import MIB, LoadConfig, Sample, check_rss, judge, seconds
+from .harness import MIB, LoadConfig, Sample, check_rss, free_port, judge, seconds
 
 CONFIG = LoadConfig(rss_slope_limit_mib_per_min=6.0)
 
@@ -218,3 +220,14 @@ def test_a_remote_host_is_judged_without_memory():
 
     assert result.passed
     assert "not measured (remote host)" in result.summary()
+
+
+def test_a_free_port_is_bindable_and_outside_the_ranges_ray_and_the_kernel_hand_out() -> None:
+    """Ray's own servers bind port 0 (the kernel's ephemeral range) and its workers take
+    10002-19999: a service port from either could be taken under the service before it binds."""
+    ephemeral = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    for _ in range(20):
+        port = free_port()
+        assert 20000 <= port < min(32768, ephemeral)
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))
