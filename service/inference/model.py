@@ -50,6 +50,7 @@ from service.inference.engine import (
     create_session,
 )
 from service.inference.precision_probe import PrecisionChoice, resolve_precision
+from service.inference.twin_fold import fold_affine
 from service.observability import tracing
 from service.settings import Settings
 
@@ -231,6 +232,7 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         observer=observer,
     )
     twin = load_twin(bundle_dir)
+    log.info("twin: %d convolutions' per-channel affine folded into them", fold_affine(twin))
     faces = None
     if meta.face_alignment is not None:
         faces = FaceFinder(
