@@ -76,26 +76,44 @@ def runs_bf16(twin: Any) -> bool:
 # parameters' flags are state shared by every thread that uses the twin.
 _TWIN_LOCK = threading.Lock()
 
+ONE_FACE_THREADS = 1
+"""torch threads of a one-face gradient pass (plain gradient, Grad-CAM, LayerCAM). Its feature
+maps are too small to share out: on the project's 2-core EPYC a pass took 21.6 ms wall and CPU
+on one thread against 23.1 ms wall and 31.6 ms CPU on two (``bench/bench_twin_pass.py``), and
+the other cores stay free for the ONNX prediction that runs beside it and for other requests.
+Batched passes (SmoothGrad's samples, integrated gradients' path) keep every thread."""
+
 
 @contextmanager
 def input_gradients(
-    twin: Any, cancellation: Cancellation | None = None, head: Head | None = None
+    twin: Any,
+    cancellation: Cancellation | None = None,
+    head: Head | None = None,
+    one_face: bool = False,
 ) -> Iterator[LogitsOnly]:
     """Gradient mode on and the twin's parameters frozen for the block; both restored after.
     Blocks of different threads run one after another, and no work pauses inside one
     (``holding_shared``: a job never gives its turn away while other work waits for the twin).
     Yields the twin as captum's forward function (its logits, or ``head`` of its outputs),
-    checking ``cancellation`` before each pass."""
+    checking ``cancellation`` before each pass.
+
+    ``one_face``: the block's passes are of one face (batch 1): they run on one torch thread
+    (``ONE_FACE_THREADS``), the configured count restored after."""
     with _TWIN_LOCK, holding_shared():
         parameters = list(twin.parameters())
         flags = [parameter.requires_grad for parameter in parameters]
         grad_was_enabled = torch.is_grad_enabled()
+        threads = torch.get_num_threads()
         try:
             for parameter in parameters:
                 parameter.requires_grad_(False)
             torch.set_grad_enabled(True)
+            if one_face and threads > ONE_FACE_THREADS:
+                torch.set_num_threads(ONE_FACE_THREADS)
             yield LogitsOnly(twin, cancellation or Cancellation(), head, runs_bf16(twin))
         finally:
             for parameter, flag in zip(parameters, flags, strict=True):
                 parameter.requires_grad_(flag)
             torch.set_grad_enabled(grad_was_enabled)
+            if torch.get_num_threads() != threads:
+                torch.set_num_threads(threads)

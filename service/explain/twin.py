@@ -56,7 +56,7 @@ class TwinPass(Explainer):
     def _explain(
         self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
     ) -> tuple[np.ndarray, Objective, np.ndarray]:
-        with input_gradients(self.model.twin):
+        with input_gradients(self.model.twin, one_face=True):
             self.model.cancellation.batch()
             inputs = as_batch(x)
             outputs = self.model.twin(inputs)
@@ -68,7 +68,7 @@ class TwinPass(Explainer):
     def _attribute(
         self, x: np.ndarray, objective: Objective, params: Any, logits: np.ndarray
     ) -> np.ndarray:
-        with input_gradients(self.model.twin):
+        with input_gradients(self.model.twin, one_face=True):
             self.model.cancellation.batch()
             inputs = as_batch(x)
             return self._from_outputs(inputs, self.model.twin(inputs), objective, params)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from service.common.cancellation import Cancellation
-from service.common.twin import input_gradients
+from service.common.twin import ONE_FACE_THREADS, input_gradients
 from service.errors import UnknownLayer
 from service.explain import (
     GradCam,
@@ -141,6 +141,41 @@ def test_input_gradients_restores_state_when_the_block_raises(handle):
         assert [p.requires_grad for p in parameters[1:]] == flags[1:]
     finally:
         parameters[0].requires_grad_(flags[0])
+
+
+def test_one_face_passes_run_on_one_thread_and_give_the_thread_count_back(handle, face):
+    """A one-face block runs torch on ``ONE_FACE_THREADS``, a batched block on the configured
+    count; both give the count back, also when the block raises. The one-thread map is the
+    all-thread map to float32 rounding."""
+    seen: list[int] = []
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        real = handle.twin
+
+        class Watched(torch.nn.Module):
+            def forward(self, inputs):
+                seen.append(torch.get_num_threads())
+                return real(inputs)
+
+        watched = ModelHandle(handle.forward, Watched(), handle.gradcam_layer)
+        one_thread = GradientSaliency(watched).attribute(face[0]).values
+        GradCam(watched).attribute(face[0])
+        SmoothGrad(watched).attribute(face[0], samples=4, stop="fixed")
+        assert seen[:2] == [ONE_FACE_THREADS, ONE_FACE_THREADS] and set(seen[2:]) == {2}
+        assert torch.get_num_threads() == 2
+
+        with pytest.raises(RuntimeError, match="boom"):
+            with input_gradients(real, one_face=True):
+                assert torch.get_num_threads() == ONE_FACE_THREADS
+                raise RuntimeError("boom")
+        assert torch.get_num_threads() == 2
+
+        gradient = _input_gradient(real, face[0], int(np.argmax(handle.forward(face[0][None]))))
+        all_threads = gradient.abs().amax(dim=0).numpy()
+        np.testing.assert_allclose(one_thread, all_threads / all_threads.max(), rtol=0, atol=1e-2)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_failing_twin_leaves_grad_mode_as_it_was(handle, face):
