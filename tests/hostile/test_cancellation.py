@@ -6,6 +6,8 @@ explanations at once, 8 waiting, the rest refused with 503), waits until they ha
 forward passes, reads ``celebxai_explanation_batches`` (forward passes run for explanations and
 syntheses), then closes every socket. What may still run after that is the pass each running
 request had in flight, and one more that may have started between the reading and the hang-up.
+The service is the directory's shared one: every count is the difference over the test's own
+requests (other tests' /lime requests are counted on the same endpoint).
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tests.hostile.hang_up import (
 )
 from tests.image_bytes import face_png
 
-# a service process of its own (tests/hostile/conftest.py), started as users start it
+# the directory's shared service process (tests/hostile/conftest.py), started as users start it
 pytestmark = pytest.mark.slow
 
 MAX_EXPLANATIONS = 2  # the service's default max_explanations
