@@ -2,8 +2,13 @@
 
 Every test here talks to a real ``python -m service`` process on a free loopback port (the
 README's serve command, plus only the flags a test names: port, and an API key where a test
-needs one), so what is measured is what users run. ``service_process`` starts one per test
-module; ``start_service`` starts one with extra flags or environment for a single test.
+needs one), so what is measured is what users run. ``service_process`` is one such process
+shared by every test of this directory that uses it (started at the first, stopped after the
+last): what such a test asserts must hold whatever the tests before it sent, so it reads the
+service's counters as differences over its own requests. ``own_service_process`` starts one
+per test module, for tests whose assertions depend on what the process served before them
+(RSS against a baseline, a high-water gauge); ``start_service`` starts one with extra flags or
+environment for a single test.
 """
 
 from __future__ import annotations
@@ -75,10 +80,25 @@ def launch(
     raise RuntimeError(f"service not ready within {READY_TIMEOUT_S:.0f} s:\n{tail(log_file)}")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def service_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The README's ``python -m service`` on a free port, shared by a test module."""
+    """The README's ``python -m service`` on a free port, shared by every module of this
+    directory that uses it, and stopped once the directory's tests are done. Its tests must not
+    damage it (kill it, change its settings, keep its connections) and must pass whatever it
+    served before them: counters are read before and after, never as absolute values."""
     service = launch(tmp_path_factory.mktemp("service"))
+    try:
+        yield service
+    finally:
+        stop_server(service.process)
+
+
+@pytest.fixture(scope="module")
+def own_service_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The README's ``python -m service`` on a free port, for one test module alone: for
+    assertions that earlier traffic on a shared process would distort (RSS growth over a
+    baseline, a high-water gauge such as ``celebxai_decode_pixels_peak``)."""
+    service = launch(tmp_path_factory.mktemp("own-service"))
     try:
         yield service
     finally:

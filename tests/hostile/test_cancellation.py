@@ -6,6 +6,8 @@ explanations at once, 8 waiting, the rest refused with 503), waits until they ha
 forward passes, reads ``celebxai_explanation_batches`` (forward passes run for explanations and
 syntheses), then closes every socket. What may still run after that is the pass each running
 request had in flight, and one more that may have started between the reading and the hang-up.
+The service is the directory's shared one: every count is the difference over the test's own
+requests (other tests' /lime requests are counted on the same endpoint).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import socket
 import time
 import urllib.request
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -30,7 +33,7 @@ from tests.hostile.hang_up import (
 )
 from tests.image_bytes import face_png
 
-# a service process of its own (tests/hostile/conftest.py), started as users start it
+# the directory's shared service process (tests/hostile/conftest.py), started as users start it
 pytestmark = pytest.mark.slow
 
 MAX_EXPLANATIONS = 2  # the service's default max_explanations
@@ -61,14 +64,21 @@ def _hang_up_once_running(service: ServiceProcess, sockets: list, start: int) ->
     return before
 
 
-def _refused(service: ServiceProcess, sockets: list[socket.socket], expected: int) -> int:
+def _answered_since(service: ServiceProcess, endpoint: str, before: Counter[str]) -> Counter[str]:
+    """Requests answered on ``endpoint`` since ``before`` (``request_counts`` then), by status."""
+    return request_counts(service.url, endpoint) - before
+
+
+def _refused(
+    service: ServiceProcess, sockets: list[socket.socket], before: Counter[str], expected: int
+) -> int:
     """How many of ``sockets`` were answered 503, read once ``/metrics`` counts ``expected``
-    /lime 503s (or ``SETTLE_TIMEOUT_S`` passed): one short look at every socket, not a wait on
-    each for an answer that the admitted ones never give (which left their work seconds to run
-    to its end before the hang-up)."""
+    /lime 503s since ``before`` (or ``SETTLE_TIMEOUT_S`` passed): one short look at every
+    socket, not a wait on each for an answer that the admitted ones never give (which left their
+    work seconds to run to its end before the hang-up)."""
     with contextlib.suppress(TimeoutError):
         wait_for(
-            lambda: request_counts(service.url, "/lime")["503"] >= expected,
+            lambda: _answered_since(service, "/lime", before)["503"] >= expected,
             SETTLE_TIMEOUT_S,
             f"{expected} /lime requests refused",
             every_s=0.02,
@@ -102,6 +112,7 @@ def test_abandoned_lime_requests_stop_and_count_as_499(
 ):
     service = service_process
     sent = 16
+    answered_before = request_counts(service.url, "/lime")
     start = explanation_batches(service.url)
     sockets = [
         send_request(
@@ -115,16 +126,16 @@ def test_abandoned_lime_requests_stop_and_count_as_499(
     ]
     # /predict keeps answering while explanations run
     assert _predict(service, face)["label"] == "tom_hanks"
-    refused = _refused(service, sockets, sent - ADMITTED)
+    refused = _refused(service, sockets, answered_before, sent - ADMITTED)
 
     before = _hang_up_once_running(service, sockets, start)
 
     wait_for(
-        lambda: sum(request_counts(service.url, "/lime").values()) == sent,
+        lambda: sum(_answered_since(service, "/lime", answered_before).values()) == sent,
         SETTLE_TIMEOUT_S,
         f"all {sent} /lime requests answered",
     )
-    counts = request_counts(service.url, "/lime")
+    counts = _answered_since(service, "/lime", answered_before)
     after = explanation_batches(service.url)
     assert counts == {"499": sent - refused, "503": refused}
     assert refused == sent - ADMITTED  # 2 running + 8 waiting; the queue holds no more
@@ -137,6 +148,7 @@ def test_abandoned_lime_requests_stop_and_count_as_499(
 def test_abandoned_syntheses_stop_and_count_as_499(service_process: ServiceProcess, face: bytes):
     service = service_process
     sent = 4
+    answered_before = request_counts(service.url, "/insight/maximize")
     start = explanation_batches(service.url)
     sockets = [
         send_request(
@@ -153,12 +165,14 @@ def test_abandoned_syntheses_stop_and_count_as_499(service_process: ServiceProce
     before = _hang_up_once_running(service, sockets, start)
 
     wait_for(
-        lambda: sum(request_counts(service.url, "/insight/maximize").values()) == sent,
+        lambda: (
+            sum(_answered_since(service, "/insight/maximize", answered_before).values()) == sent
+        ),
         SETTLE_TIMEOUT_S,
         f"all {sent} /insight/maximize requests answered",
     )
     after = explanation_batches(service.url)
-    assert request_counts(service.url, "/insight/maximize") == {"499": sent}
+    assert _answered_since(service, "/insight/maximize", answered_before) == {"499": sent}
     # 300 steps each would be 1200 passes of the twin
     assert after - before <= PASSES_AFTER_HANG_UP
 

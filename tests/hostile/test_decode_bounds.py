@@ -23,7 +23,8 @@ from service.render.png import MAX_RENDER_PIXELS
 from .conftest import ServiceProcess
 from .heavy_uploads import flat_png, latencies_while, post_at_once, rss_peak
 
-# a service process of its own (tests/hostile/conftest.py), started as users start it
+# a service process of its own (tests/hostile/conftest.py), started as users start it: the RSS
+# growth and the decode_pixels_peak high-water gauge would count what a shared one served before
 pytestmark = pytest.mark.slow
 
 SIDE = 6000
@@ -53,25 +54,25 @@ def big_png() -> bytes:
 
 
 def test_concurrent_huge_decodes_stay_within_the_budget(
-    service_process: ServiceProcess, big_png: bytes, celebs_root
+    own_service_process: ServiceProcess, big_png: bytes, celebs_root
 ):
     assert len(big_png) < 300 * 1024
-    before = service_process.rss_mib()
+    before = own_service_process.rss_mib()
     face = face_png(celebs_root, "tom_hanks")
 
     def uploads() -> list[int]:
-        responses = post_at_once(f"{service_process.url}/predict", big_png, UPLOADS)
+        responses = post_at_once(f"{own_service_process.url}/predict", big_png, UPLOADS)
         return [response.status_code for response in responses]
 
-    with rss_peak(service_process.process.pid) as rss:
+    with rss_peak(own_service_process.process.pid) as rss:
         statuses, latencies = latencies_while(
-            uploads, f"{service_process.url}/predict?detect=false", face
+            uploads, f"{own_service_process.url}/predict?detect=false", face
         )
 
     # No face in a flat image: every upload was decoded and searched, then answered 422.
     assert statuses == [422] * UPLOADS
     assert latencies  # /predict answered (200, checked by latencies_while) meanwhile
-    gauges = _gauges(service_process)
+    gauges = _gauges(own_service_process)
     assert gauges["celebxai_decode_pixels_capacity"] == CORES * PIXEL_LIMIT
     assert gauges["celebxai_decode_pixels_in_use"] == 0
     assert gauges["celebxai_decode_waiting"] == 0
@@ -84,11 +85,11 @@ def test_concurrent_huge_decodes_stay_within_the_budget(
 
 @pytest.mark.parametrize("fmt", ["png", "overlay"])
 def test_a_render_of_a_huge_upload_is_bounded(
-    service_process: ServiceProcess, big_png: bytes, fmt: str
+    own_service_process: ServiceProcess, big_png: bytes, fmt: str
 ):
-    url = f"{service_process.url}/saliency?method=gradient&detect=false&format={fmt}"
-    before = service_process.rss_mib()
-    with rss_peak(service_process.process.pid) as rss:
+    url = f"{own_service_process.url}/saliency?method=gradient&detect=false&format={fmt}"
+    before = own_service_process.rss_mib()
+    with rss_peak(own_service_process.process.pid) as rss:
         (response,) = post_at_once(url, big_png, 1)
     assert response.status_code == 200, response.text
     image = Image.open(io.BytesIO(response.content))

@@ -23,7 +23,8 @@ from .conftest import ServiceProcess, launch
 from .detector_uploads import FACE, WORST_CASES
 from .scrape import metric_samples
 
-# a service process of its own (tests/hostile/conftest.py), started as users start it
+# a service process of its own without the face search cache, and the directory's shared one
+# (tests/hostile/conftest.py), both started as users start them
 pytestmark = pytest.mark.slow
 
 # Two passes of at most SEARCH_MAX_PIXELS each; a bucket bound of the histogram.

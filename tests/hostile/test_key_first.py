@@ -21,7 +21,7 @@ from tests.load.harness import stop_server
 from .conftest import ROOT, ServiceProcess, launch
 from .raw_http import connect, multipart, read_until_closed, request_head
 
-# two service processes of its own (with and without an API key)
+# a service process of its own with an API key, and the directory's shared one without
 pytestmark = pytest.mark.slow
 
 KEY = "hostile-test-key"

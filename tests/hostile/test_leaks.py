@@ -22,7 +22,7 @@ from tests.load.harness import free_port, stop_server, tail
 from .conftest import READY_TIMEOUT_S, ROOT
 from .raw_http import connect, multipart, read_until_closed
 
-# a service process of its own (tests/hostile/conftest.py), started as users start it
+# the directory's shared service process (tests/hostile/conftest.py), started as users start it
 pytestmark = pytest.mark.slow
 
 LEAK_PATTERNS = [

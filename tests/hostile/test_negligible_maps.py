@@ -17,7 +17,7 @@ from PIL import Image
 
 from .conftest import ServiceProcess
 
-# a service process of its own (tests/hostile/conftest.py), started as users start it
+# the directory's shared service process (tests/hostile/conftest.py), started as users start it
 pytestmark = pytest.mark.slow
 
 FLAT_METHODS = [
