@@ -78,7 +78,10 @@ class Settings(BaseSettings):
         "gate passes)",
     )
     threads: int = Field(
-        0, ge=0, description="intra-op threads for ONNX Runtime and torch; 0 = one per core"
+        0,
+        ge=0,
+        description="intra-op threads for ONNX Runtime and torch (a gradient pass of one face "
+        "runs on one); 0 = one per core",
     )
     max_batch_size: int = Field(
         32, ge=1, description="largest batch the dynamic batcher sends to the model"
