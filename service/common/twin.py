@@ -14,16 +14,22 @@ bfloat16 autocast and returns float32 scores. One-pass methods that read the twi
 
 from __future__ import annotations
 
+import contextvars
+import logging
 import threading
 import weakref
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from service.common.cancellation import Cancellation, holding_shared
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 Head = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 """The twin's ``(logits, activations)`` -> what to differentiate, ``(N, K)``."""
@@ -83,37 +89,68 @@ on one thread against 23.1 ms wall and 31.6 ms CPU on two (``bench/bench_twin_pa
 the other cores stay free for the ONNX prediction that runs beside it and for other requests.
 Batched passes (SmoothGrad's samples, integrated gradients' path) keep every thread."""
 
+# The thread one-face passes run on. torch's thread count is process-wide, and each thread takes
+# it once, at its first parallel operation: switching it around a pass would pin any thread that
+# first ran torch meanwhile to one thread for good. So one thread takes ONE_FACE_THREADS once, at
+# load, and the passes go to it.
+_one_face: ThreadPoolExecutor | None = None
+_ONE_FACE_START = threading.Lock()
+
+
+def start_one_face_thread() -> None:
+    """Start, once per process, the thread that one-face passes run on, with torch on
+    ``ONE_FACE_THREADS`` there and the process's count everywhere else. Call it while loading,
+    before serving: for the moment it takes, torch's process-wide count is one."""
+    global _one_face
+    with _ONE_FACE_START:
+        if _one_face is not None:
+            return
+        threads = torch.get_num_threads()
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="twin-one-face")
+
+        def take_one_thread() -> int:
+            torch.set_num_threads(ONE_FACE_THREADS)
+            torch.zeros(2).add_(1)  # the thread's first parallel operation: it keeps the count
+            return torch.get_num_threads()
+
+        taken = executor.submit(take_one_thread).result()
+        torch.set_num_threads(threads)  # back for this thread and every thread to come
+        if taken != ONE_FACE_THREADS:  # an OpenMP that shares one count among threads
+            executor.shutdown()
+            log.warning("torch threads are not per thread here: one-face passes use %d", threads)
+            return
+        _one_face = executor
+
+
+def on_one_face_thread(work: Callable[[], T]) -> T:
+    """``work()``'s result (or exception), computed on the one-face thread with the caller's
+    context variables (its trace); in the calling thread where none was started (training,
+    benches, tests that load no service)."""
+    if _one_face is None:
+        return work()
+    context = contextvars.copy_context()
+    return _one_face.submit(context.run, work).result()
+
 
 @contextmanager
 def input_gradients(
-    twin: Any,
-    cancellation: Cancellation | None = None,
-    head: Head | None = None,
-    one_face: bool = False,
+    twin: Any, cancellation: Cancellation | None = None, head: Head | None = None
 ) -> Iterator[LogitsOnly]:
     """Gradient mode on and the twin's parameters frozen for the block; both restored after.
     Blocks of different threads run one after another, and no work pauses inside one
     (``holding_shared``: a job never gives its turn away while other work waits for the twin).
     Yields the twin as captum's forward function (its logits, or ``head`` of its outputs),
-    checking ``cancellation`` before each pass.
-
-    ``one_face``: the block's passes are of one face (batch 1): they run on one torch thread
-    (``ONE_FACE_THREADS``), the configured count restored after."""
+    checking ``cancellation`` before each pass."""
     with _TWIN_LOCK, holding_shared():
         parameters = list(twin.parameters())
         flags = [parameter.requires_grad for parameter in parameters]
         grad_was_enabled = torch.is_grad_enabled()
-        threads = torch.get_num_threads()
         try:
             for parameter in parameters:
                 parameter.requires_grad_(False)
             torch.set_grad_enabled(True)
-            if one_face and threads > ONE_FACE_THREADS:
-                torch.set_num_threads(ONE_FACE_THREADS)
             yield LogitsOnly(twin, cancellation or Cancellation(), head, runs_bf16(twin))
         finally:
             for parameter, flag in zip(parameters, flags, strict=True):
                 parameter.requires_grad_(flag)
             torch.set_grad_enabled(grad_was_enabled)
-            if torch.get_num_threads() != threads:
-                torch.set_num_threads(threads)

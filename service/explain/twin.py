@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from service.common.twin import Head, input_gradients
+from service.common.twin import Head, input_gradients, on_one_face_thread
 from service.errors import OpenSetUnavailable
 from service.explain.base import Explainer, Prediction
 from service.explain.objective import EMBEDDING, Objective, Question, resolve
@@ -48,7 +48,9 @@ class TwinPass(Explainer):
     """A method whose map needs one forward pass of the twin and the gradient of the target's
     logit through it. The forward pass does not depend on the target, so it runs while the
     prediction (which picks the default target and is the answer's prediction) runs on the
-    inference thread; only the backward pass waits for it. Subclasses override ``_from_pass``.
+    inference thread; only the backward pass waits for it. The pass runs on the one-face thread
+    (``service.common.twin.on_one_face_thread``: torch on one thread, the other cores left to the
+    prediction and to other requests). Subclasses override ``_from_pass``.
     """
 
     needs_twin = True
@@ -56,22 +58,28 @@ class TwinPass(Explainer):
     def _explain(
         self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
     ) -> tuple[np.ndarray, Objective, np.ndarray]:
-        with input_gradients(self.model.twin, one_face=True):
-            self.model.cancellation.batch()
-            inputs = as_batch(x)
-            outputs = self.model.twin(inputs)
-            logits = prediction.logits()
-            objective = resolve(question, logits, self.model.open_set)
-            raw = self._from_outputs(inputs, outputs, objective, params)
-        return raw, objective, logits
+        def one_pass() -> tuple[np.ndarray, Objective, np.ndarray]:
+            with input_gradients(self.model.twin):
+                self.model.cancellation.batch()
+                inputs = as_batch(x)
+                outputs = self.model.twin(inputs)
+                logits = prediction.logits()
+                objective = resolve(question, logits, self.model.open_set)
+                raw = self._from_outputs(inputs, outputs, objective, params)
+            return raw, objective, logits
+
+        return on_one_face_thread(one_pass)
 
     def _attribute(
         self, x: np.ndarray, objective: Objective, params: Any, logits: np.ndarray
     ) -> np.ndarray:
-        with input_gradients(self.model.twin, one_face=True):
-            self.model.cancellation.batch()
-            inputs = as_batch(x)
-            return self._from_outputs(inputs, self.model.twin(inputs), objective, params)
+        def one_pass() -> np.ndarray:
+            with input_gradients(self.model.twin):
+                self.model.cancellation.batch()
+                inputs = as_batch(x)
+                return self._from_outputs(inputs, self.model.twin(inputs), objective, params)
+
+        return on_one_face_thread(one_pass)
 
     def _from_outputs(
         self, inputs: torch.Tensor, outputs: Any, objective: Objective, params: Any

@@ -37,6 +37,7 @@ from service.bundle.format import BundleError, BundleMeta, read_meta
 from service.bundle.open_set import OpenSetRule, open_set_rule
 from service.bundle.preprocess import Preprocessor
 from service.common.softmax import softmax
+from service.common.twin import start_one_face_thread
 from service.explain.objective import OpenSetScore
 from service.explain.one_pass import OnePassModel
 from service.faces.choice import FaceChoice
@@ -233,6 +234,7 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
     )
     twin = load_twin(bundle_dir)
     log.info("twin: %d convolutions' per-channel affine folded into them", fold_affine(twin))
+    start_one_face_thread()
     faces = None
     if meta.face_alignment is not None:
         faces = FaceFinder(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import Future
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from service.common.cancellation import Cancellation
-from service.common.twin import ONE_FACE_THREADS, input_gradients
+from service.common.twin import ONE_FACE_THREADS, input_gradients, start_one_face_thread
 from service.errors import UnknownLayer
 from service.explain import (
     GradCam,
@@ -143,39 +144,55 @@ def test_input_gradients_restores_state_when_the_block_raises(handle):
         parameters[0].requires_grad_(flags[0])
 
 
-def test_one_face_passes_run_on_one_thread_and_give_the_thread_count_back(handle, face):
-    """A one-face block runs torch on ``ONE_FACE_THREADS``, a batched block on the configured
-    count; both give the count back, also when the block raises. The one-thread map is the
-    all-thread map to float32 rounding."""
-    seen: list[int] = []
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        real = handle.twin
+def test_one_face_passes_run_on_a_thread_of_their_own_with_one_torch_thread(handle, face):
+    """Plain gradient and Grad-CAM run their pass on the one-face thread, torch on
+    ``ONE_FACE_THREADS`` there; SmoothGrad's batches run in the caller's thread on the
+    process's count, which neither the caller nor a thread started afterwards loses. An error
+    in the pass reaches the caller. The one-thread map is the all-thread map to float32
+    rounding."""
+    start_one_face_thread()
+    seen: list[tuple[str, int]] = []
+    real = handle.twin
 
-        class Watched(torch.nn.Module):
-            def forward(self, inputs):
-                seen.append(torch.get_num_threads())
-                return real(inputs)
+    class Watched(torch.nn.Module):
+        def forward(self, inputs):
+            seen.append((threading.current_thread().name, torch.get_num_threads()))
+            return real(inputs)
 
-        watched = ModelHandle(handle.forward, Watched(), handle.gradcam_layer)
-        one_thread = GradientSaliency(watched).attribute(face[0]).values
-        GradCam(watched).attribute(face[0])
-        SmoothGrad(watched).attribute(face[0], samples=4, stop="fixed")
-        assert seen[:2] == [ONE_FACE_THREADS, ONE_FACE_THREADS] and set(seen[2:]) == {2}
-        assert torch.get_num_threads() == 2
+    watched = ModelHandle(handle.forward, Watched(), handle.gradcam_layer)
+    threads = torch.get_num_threads()
+    one_thread = GradientSaliency(watched).attribute(face[0]).values
+    GradCam(watched).attribute(face[0])
+    SmoothGrad(watched).attribute(face[0], samples=4, stop="fixed")
 
-        with pytest.raises(RuntimeError, match="boom"):
-            with input_gradients(real, one_face=True):
-                assert torch.get_num_threads() == ONE_FACE_THREADS
-                raise RuntimeError("boom")
-        assert torch.get_num_threads() == 2
+    caller = threading.current_thread().name
+    assert [count for _, count in seen[:2]] == [ONE_FACE_THREADS] * 2
+    assert all(name.startswith("twin-one-face") for name, _ in seen[:2])
+    assert {name for name, _ in seen[2:]} == {caller} and {n for _, n in seen[2:]} == {threads}
+    assert torch.get_num_threads() == threads
+    later: list[int] = []
 
-        gradient = _input_gradient(real, face[0], int(np.argmax(handle.forward(face[0][None]))))
-        all_threads = gradient.abs().amax(dim=0).numpy()
-        np.testing.assert_allclose(one_thread, all_threads / all_threads.max(), rtol=0, atol=1e-2)
-    finally:
-        torch.set_num_threads(before)
+    def first_torch_work() -> None:
+        torch.ones(64).add(1)  # the thread's first parallel operation takes its count
+        later.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=first_torch_work)
+    thread.start()
+    thread.join()
+    assert later == [threads]
+
+    def broken(inputs):
+        raise RuntimeError("twin failed on the one-face thread")
+
+    class Broken(torch.nn.Module):
+        forward = staticmethod(broken)
+
+    with pytest.raises(RuntimeError, match="one-face thread"):
+        GradientSaliency(ModelHandle(handle.forward, Broken(), None)).attribute(face[0])
+
+    gradient = _input_gradient(real, face[0], int(np.argmax(handle.forward(face[0][None]))))
+    all_threads = gradient.abs().amax(dim=0).numpy()
+    np.testing.assert_allclose(one_thread, all_threads / all_threads.max(), rtol=0, atol=1e-2)
 
 
 def test_a_failing_twin_leaves_grad_mode_as_it_was(handle, face):
