@@ -10,6 +10,10 @@ Where the load-time gate allowed it (``service.inference.bf16_gate``), a twin is
 ``set_bf16``: the module ``input_gradients`` yields then runs its forward passes under CPU
 bfloat16 autocast and returns float32 scores. One-pass methods that read the twin's activations
 (plain gradient, Grad-CAM) call the twin themselves and stay FP32.
+
+Those one-face passes run on a thread of their own (``on_one_face_thread``), the one thread whose
+torch takes ``ONE_FACE_THREADS`` intra-op threads, once, when ``start_one_face_thread`` starts
+it at load.
 """
 
 from __future__ import annotations
