@@ -9,7 +9,8 @@ forward and backward pass (plain gradient, Grad-CAM). The twin itself is driven 
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -18,6 +19,8 @@ from service.common.twin import Head, input_gradients, on_one_face_thread
 from service.errors import OpenSetUnavailable
 from service.explain.base import Explainer, Prediction
 from service.explain.objective import EMBEDDING, Objective, Question, resolve
+
+T = TypeVar("T")
 
 
 def as_batch(x: np.ndarray) -> torch.Tensor:
@@ -58,26 +61,29 @@ class TwinPass(Explainer):
     def _explain(
         self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
     ) -> tuple[np.ndarray, Objective, np.ndarray]:
-        def one_pass() -> tuple[np.ndarray, Objective, np.ndarray]:
-            with input_gradients(self.model.twin):
-                self.model.cancellation.batch()
-                inputs = as_batch(x)
-                outputs = self.model.twin(inputs)
-                logits = prediction.logits()
-                objective = resolve(question, logits, self.model.open_set)
-                raw = self._from_outputs(inputs, outputs, objective, params)
-            return raw, objective, logits
+        def finish(inputs: torch.Tensor, outputs: Any) -> tuple[np.ndarray, Objective, np.ndarray]:
+            logits = prediction.logits()
+            objective = resolve(question, logits, self.model.open_set)
+            return self._from_outputs(inputs, outputs, objective, params), objective, logits
 
-        return on_one_face_thread(one_pass)
+        return self._on_twin(x, finish)
 
     def _attribute(
         self, x: np.ndarray, objective: Objective, params: Any, logits: np.ndarray
     ) -> np.ndarray:
-        def one_pass() -> np.ndarray:
+        return self._on_twin(
+            x, lambda inputs, outputs: self._from_outputs(inputs, outputs, objective, params)
+        )
+
+    def _on_twin(self, x: np.ndarray, then: Callable[[torch.Tensor, Any], T]) -> T:
+        """One pass of the twin on ``x`` on the one-face thread: its forward pass, then
+        ``then(inputs, outputs)`` (the backward pass), inside ``input_gradients``."""
+
+        def one_pass() -> T:
             with input_gradients(self.model.twin):
                 self.model.cancellation.batch()
                 inputs = as_batch(x)
-                return self._from_outputs(inputs, self.model.twin(inputs), objective, params)
+                return then(inputs, self.model.twin(inputs))
 
         return on_one_face_thread(one_pass)
 
