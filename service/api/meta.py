@@ -49,6 +49,7 @@ async def model_info(model: ModelDep, settings: SettingsDep) -> ModelResponse:
         twin_precision=report.twin_precision.dtype,
         twin_precision_reason=report.twin_precision.reason,
         twin_bf16_spearman=report.twin_precision.spearman,
+        one_pass=model.one_pass.how if model.one_pass else None,
         load_ms=report.load_ms,
         warmup_ms=report.warmup_ms,
         loaded_at=report.loaded_at,

@@ -269,7 +269,7 @@ class Explainer(ABC):
         question = Question.of(target)
         signed = self.signed_for(question)
         self.map_range = SIGNED_RANGE if signed else UNSIGNED_RANGE
-        prediction = Prediction.start(self.model, x)
+        prediction = self._start_prediction(x, question)
         raw, objective, logits = self._explain(x, question, checked, prediction)
         raw = np.asarray(raw, dtype=np.float64)
         if raw.shape != x.shape[1:]:
@@ -292,6 +292,12 @@ class Explainer(ABC):
             objective=objective,
             sampling=self.sampling,
         )
+
+    def _start_prediction(self, x: np.ndarray, question: Question) -> Prediction:
+        """The prediction of ``x`` for the answer (and the default target), started before
+        ``_explain``: queued on the model (``Prediction.start``) unless a method's own pass
+        gives it."""
+        return Prediction.start(self.model, x)
 
     def _explain(
         self, x: np.ndarray, question: Question, params: Any, prediction: Prediction

@@ -9,8 +9,10 @@ the two classes' maps. The open-set score is not a logit the explainer learned: 
 open_set`` is 422 ``open_set_unavailable``. The grid is laid on the model input bilinearly
 (cell centres), like Grad-CAM's 8x8 maps.
 
-Cost: the prediction and one pass of the explainer (the model's trunk up to one stage and a
-small head: docs/explanations.md#one-pass-shapley-values-fastshap), no sampling.
+Cost: one pass where the explainer is grafted onto the served graph (the prediction and the
+map from the same run), else the prediction and one pass of the explainer beside it (the model's
+trunk up to one stage and a small head: docs/explanations.md#one-pass-shapley-values-fastshap);
+no sampling.
 """
 
 from __future__ import annotations
@@ -43,13 +45,19 @@ class OnePassModel:
     - ``baseline_logits``: ``(C,)`` the model's logits on the deletion baseline image (every
       cell hidden), what the values of a face add up from;
     - ``grid``: ``G``;
-    - ``value``: what the values of a class add up to (``Value``).
+    - ``value``: what the values of a class add up to (``Value``);
+    - ``predict``: where the explainer is grafted onto the served graph
+      (``service.inference.one_pass_graph``), ``run`` with the model's ``(N, C)`` logits from
+      the same single pass; None where it runs on its own beside the prediction;
+    - ``how``: which of the two, in words (``GET /model``).
     """
 
     run: Callable[[np.ndarray], np.ndarray]
     baseline_logits: np.ndarray
     grid: int
     value: Value = "logit"
+    predict: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+    how: str = ""
 
 
 def class_values(logits: ArrayT, value: Value) -> ArrayT:
@@ -90,18 +98,29 @@ class FastShap(Explainer):
     needs_one_pass = True
     explains_open_set = False
 
-    def _explain(
-        self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
-    ) -> tuple[np.ndarray, Objective, np.ndarray]:
+    def _start_prediction(self, x: np.ndarray, question: Question) -> Prediction:
+        """Grafted: the one pass that gives the map gives the prediction too."""
         one_pass: OnePassModel = self.model.one_pass  # checked by Explainer.__init__
         if question.open_set:
             raise OpenSetUnavailable(
                 "fastshap explains class logits, not the open-set score; ask another method "
                 "for target=open_set"
             )
-        self.model.cancellation.batch()  # the explainer's pass, counted as every pass is
-        # runs here while the prediction runs on the inference thread
-        self._raw = np.asarray(one_pass.run(x[None]), dtype=np.float64)[0]
+        if one_pass.predict is None:
+            return super()._start_prediction(x, question)
+        self.model.cancellation.batch()  # the one pass, counted as every pass is
+        values, logits = one_pass.predict(x[None])
+        self._raw = np.asarray(values, dtype=np.float64)[0]
+        return Prediction.known(logits[0])
+
+    def _explain(
+        self, x: np.ndarray, question: Question, params: Any, prediction: Prediction
+    ) -> tuple[np.ndarray, Objective, np.ndarray]:
+        one_pass: OnePassModel = self.model.one_pass
+        if one_pass.predict is None:
+            self.model.cancellation.batch()  # the explainer's pass, counted as every pass is
+            # runs here while the prediction runs on the inference thread
+            self._raw = np.asarray(one_pass.run(x[None]), dtype=np.float64)[0]
         return super()._explain(x, question, params, prediction)
 
     def _attribute(

@@ -73,8 +73,12 @@ def choose_providers(requested: str, available: list[str]) -> list[str]:
     raise EngineError(f"unknown providers {requested!r}; valid: auto, cpu, cuda")
 
 
-def create_session(model_path: Path, providers: str, threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime session on the providers asked for; logs which one runs."""
+def create_session(
+    model_path: Path, providers: str, threads: int, graph: bytes | None = None
+) -> ort.InferenceSession:
+    """An ONNX Runtime session on the providers asked for; logs which one runs. ``graph``: the
+    serialised graph to run instead of ``model_path``'s (one built at load; ``model_path`` then
+    only names it in the log)."""
     if providers != "cpu" and hasattr(ort, "preload_dlls"):
         # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels (installed with torch) this way
         ort.preload_dlls()
@@ -88,7 +92,8 @@ def create_session(model_path: Path, providers: str, threads: int) -> ort.Infere
     # Idle ORT threads would otherwise spin between runs, taking the cores that the event loop
     # and image decoding need while the next batch is being collected.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    session = ort.InferenceSession(str(model_path), sess_options=options, providers=chosen)
+    source = str(model_path) if graph is None else graph
+    session = ort.InferenceSession(source, sess_options=options, providers=chosen)
     active = session.get_providers()
     if providers == "cuda" and active[0] != CUDA:
         raise EngineError(f"providers=cuda, but ONNX Runtime runs on {active[0]}")

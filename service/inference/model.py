@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,7 +19,6 @@ import numpy as np
 from starlette.concurrency import run_in_threadpool
 
 from service.bundle.checks import (
-    check_one_pass,
     check_parity,
     load_gallery,
     load_twin,
@@ -50,6 +48,7 @@ from service.inference.engine import (
     Engine,
     create_session,
 )
+from service.inference.one_pass_load import load_one_pass
 from service.inference.precision_probe import PrecisionChoice, resolve_precision
 from service.inference.twin_fold import fold_affine
 from service.observability import tracing
@@ -262,7 +261,7 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
                 f"{open_set.gallery.shape[1]}"
             )
     one_pass = load_one_pass(
-        bundle_dir, meta, engine.run, probe, settings.providers, settings.threads
+        bundle_dir, meta, engine.run, probe, settings.providers, settings.threads, graph.file
     )
     warmup_s = engine.warm_up(probe[0])
     report = LoadReport(
@@ -298,41 +297,3 @@ def load_model(settings: Settings, observer: BatchObserver | None = None) -> Ser
         training_faces,
         one_pass,
     )
-
-
-def load_one_pass(
-    bundle_dir: Path,
-    meta: BundleMeta,
-    forward: Callable[[np.ndarray], np.ndarray],
-    probe: np.ndarray,
-    providers: str = "cpu",
-    threads: int = 0,
-) -> OnePassModel | None:
-    """The bundle's one-pass explainer, checked on ``probe`` (``check_one_pass``), with the
-    model's logits (``forward``) on the all-hidden image that its values add up from; None where
-    the bundle has none (``fastshap`` is then unavailable). Its sha256 was checked with the
-    other files. It runs on the calling worker thread, not the inference thread: one pass per
-    request, never batched with others."""
-    spec = meta.one_pass
-    if spec is None:
-        log.info("bundle has no one-pass explainer: fastshap is unavailable")
-        return None
-    session = create_session(bundle_dir / spec.file, providers, threads)
-    input_name = session.get_inputs()[0].name
-
-    def run(batch: np.ndarray) -> np.ndarray:
-        values: np.ndarray = session.run([spec.output], {input_name: batch})[0]
-        return values
-
-    try:
-        check_one_pass(meta, run(probe), probe)
-    except BundleError:
-        raise
-    except Exception as exc:  # ONNX Runtime raises its own types for a graph that does not fit
-        raise BundleError(
-            f"the one-pass explainer {spec.file} does not run on the model input "
-            f"({type(exc).__name__})"
-        ) from exc
-    baseline = forward(np.zeros_like(probe[:1]))[0]
-    log.info("one-pass explainer %s: %dx%d grid", spec.file, spec.grid, spec.grid)
-    return OnePassModel(run, np.asarray(baseline, dtype=np.float32), spec.grid, spec.value)

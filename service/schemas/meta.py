@@ -65,6 +65,11 @@ class RuntimeInfo(BaseModel):
     twin_bf16_spearman: float | None = Field(
         description="the bf16 gate's rank correlation with FP32 maps; null where not tried"
     )
+    one_pass: str | None = Field(
+        description="how the one-pass explainer (fastshap) runs: grafted onto the served graph "
+        "(one run gives the prediction and the map) or on its own beside the prediction, and "
+        "why; null where the bundle has none"
+    )
     load_ms: float
     warmup_ms: float
     loaded_at: datetime

@@ -63,6 +63,38 @@ def test_its_map_is_signed_and_its_cells_add_up_to_the_logit_gain(client, face, 
     assert body["target"]["id"] == body["label"]
 
 
+def batcher_batches(client: TestClient) -> float:
+    """The batches the dynamic batcher has run (``celebxai_batch_size_count``)."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("celebxai_batch_size_count "):
+            return float(line.split()[1])
+    raise AssertionError("no batch size histogram in /metrics")
+
+
+def test_one_run_of_the_served_graph_gives_the_prediction_and_the_map(
+    client, serving_model, held_out_faces
+):
+    """Grafted onto the graph that serves, the explainer needs no prediction of the batcher: a
+    photo's map runs one pass and no batch there, and its prediction is the served graph's."""
+    runtime = client.get("/model").json()["runtime"]
+    assert runtime["one_pass"].startswith(f"grafted onto {runtime['onnx_file']}")
+    assert serving_model.one_pass.predict is not None
+    photo = held_out_faces[11][0].read_bytes()
+
+    before, passes = batcher_batches(client), batches(client)
+    answer = send(client, "/explain/fastshap", photo, detect="false")
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["cached"] is False
+    assert (batcher_batches(client), batches(client)) == (before, passes + 1)
+    predicted = send(client, "/predict", photo, detect="false").json()
+    assert batcher_batches(client) == before + 1
+    assert answer.json()["label"] == predicted["label"]
+    mine = {c["id"]: c["probability"] for c in answer.json()["probabilities"]}
+    theirs = {c["id"]: c["probability"] for c in predicted["probabilities"]}
+    assert mine.keys() == theirs.keys()
+    assert all(abs(mine[key] - theirs[key]) < 1e-4 for key in mine)
+
+
 def test_a_contrast_and_the_open_set_score(client, face):
     ranked = send(client, "/predict", face, detect="false").json()["probabilities"]
     first, second = ranked[0]["id"], ranked[1]["id"]

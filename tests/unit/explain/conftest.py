@@ -14,7 +14,7 @@ from service.bundle.format import BundleMeta, read_meta
 from service.bundle.preprocess import Preprocessor
 from service.explain import ModelHandle
 from service.inference.engine import create_session
-from service.inference.model import load_one_pass
+from service.inference.one_pass_load import load_one_pass
 
 THREADS = 2
 
