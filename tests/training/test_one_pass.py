@@ -142,7 +142,8 @@ def test_the_faithfulness_gate_refuses_a_map_that_points_the_wrong_way(
     model = load_model(Settings(_env_file=None, model=default_bundle, threads=2, precision="fp32"))
     committed = model.one_pass
     assert committed is not None, "the committed bundle ships its one-pass explainer"
-    inverted = dataclasses.replace(committed, run=lambda batch: -committed.run(batch))
+    # the explainer's values negated, run on their own (``predict=None``: not the grafted pass)
+    inverted = dataclasses.replace(committed, run=lambda batch: -committed.run(batch), predict=None)
     preprocess = Preprocessor(read_meta(default_bundle).input)
     faces, _ = split_faces(default_bundle, celebs_root, "test", preprocess, 3)
     result = faithfulness(model.engine.run, inverted, list(faces))
