@@ -1,5 +1,5 @@
 """What job tests read of a service through its client: a job's state, polled until it is one
-of some states, and the explanation passes run so far (``/metrics``)."""
+of some states, and the explanation passes run so far (``/metrics``, read by ``metric``)."""
 
 from __future__ import annotations
 
@@ -19,10 +19,15 @@ def wait_for(client: TestClient, job_id: str, states: set[str], timeout: float =
     raise AssertionError(f"job {job_id} not {states} within {timeout} s: {status}")
 
 
+def metric(client: TestClient, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in the service's ``/metrics``."""
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.split()[1])
+    raise AssertionError(f"no {name} in /metrics")
+
+
 def batches(client: TestClient) -> float:
     """The forward passes the service's explanations and jobs have run
     (``celebxai_explanation_batches_total``)."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("celebxai_explanation_batches_total "):
-            return float(line.split()[1])
-    raise AssertionError("no explanation batch counter in /metrics")
+    return metric(client, "celebxai_explanation_batches_total")

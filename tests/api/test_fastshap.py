@@ -17,7 +17,7 @@ from httpx import Response
 from service.app import create_app
 from service.bundle.format import ONE_PASS_FILE
 from tests.api.conftest import API_KEY
-from tests.api.job_polling import batches
+from tests.api.job_polling import batches, metric
 
 
 def send(client: TestClient, path: str, photo: bytes, **params: Any) -> Response:
@@ -65,10 +65,7 @@ def test_its_map_is_signed_and_its_cells_add_up_to_the_logit_gain(client, face, 
 
 def batcher_batches(client: TestClient) -> float:
     """The batches the dynamic batcher has run (``celebxai_batch_size_count``)."""
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("celebxai_batch_size_count "):
-            return float(line.split()[1])
-    raise AssertionError("no batch size histogram in /metrics")
+    return metric(client, "celebxai_batch_size_count")
 
 
 def test_one_run_of_the_served_graph_gives_the_prediction_and_the_map(

@@ -34,7 +34,7 @@ from service.http.connection_limits import ConnectionLimits, protocol_class
 from service.intake.images import DecodedImage, decode_pixels
 from service.jobs.store import JobView
 from service.schemas.jobs import JobStatus
-from tests.api.job_polling import batches, wait_for
+from tests.api.job_polling import batches, metric, wait_for
 from tests.hostile.raw_http import request_head
 from tests.load.harness import free_port
 from tests.pacing import HeldPasses
@@ -401,10 +401,7 @@ def test_a_status_splices_the_stored_result_bytes_in_as_they_are() -> None:
 
 
 def pixels_in_use(client: TestClient) -> float:
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("celebxai_decode_pixels_in_use "):
-            return float(line.split()[1])
-    raise AssertionError("no pixel budget gauge in /metrics")
+    return metric(client, "celebxai_decode_pixels_in_use")
 
 
 def test_an_overlay_job_renders_inside_the_pixel_budget(
