@@ -23,9 +23,8 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
-from _common import add_bundle_args, machine_load, split_items, spread
-from bench_twin_pass import pass_ms
-from PIL import Image
+from _common import machine_load
+from bench_twin_pass import add_rounds_args, pass_ms, split_inputs
 from scipy.stats import spearmanr
 
 from service.bundle.checks import probe_batch
@@ -41,10 +40,7 @@ Variant = tuple[str, Callable[[np.ndarray], np.ndarray], OnePassModel]
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_bundle_args(parser)
-    parser.add_argument("--faces", type=int, default=16, help="test faces (default: 16)")
-    parser.add_argument("--rounds", type=int, default=5, help="rounds per variant (default: 5)")
+    parser = add_rounds_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), 16)
     parser.add_argument(
         "--threads", type=int, default=0, help="intra-op threads (default: 0, the service's)"
     )
@@ -93,10 +89,7 @@ def one_map(
 def main(args: argparse.Namespace) -> None:
     meta = read_meta(args.model)
     preprocess = Preprocessor(meta.input)
-    faces = [
-        preprocess(Image.open(args.data / "celebs8" / relative).convert("RGB"))
-        for relative, _ in spread(split_items(args.model, "test"), args.faces)
-    ]
+    faces = split_inputs(args, preprocess)
     found = variants(args, probe_batch(preprocess))
     unit = pass_ms(args.model, faces[0])
     print(f"CPU {cpu_info().describe()}; {machine_load({os.getpid()})}")

@@ -39,11 +39,25 @@ from service.inference.twin_fold import fold_affine
 PASS_BATCH = 32
 
 
-def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_rounds_args(parser: argparse.ArgumentParser, faces: int) -> argparse.ArgumentParser:
+    """The bundle's arguments, ``--faces`` (default ``faces``) and ``--rounds``: what a bench
+    that interleaves variants round by round over test faces takes."""
     add_bundle_args(parser)
-    parser.add_argument("--faces", type=int, default=8, help="test faces (default: 8)")
+    parser.add_argument("--faces", type=int, default=faces, help=f"test faces (default: {faces})")
     parser.add_argument("--rounds", type=int, default=5, help="rounds per variant (default: 5)")
+    return parser
+
+
+def split_inputs(args: argparse.Namespace, preprocess: Preprocessor) -> list[np.ndarray]:
+    """``args.faces`` test faces spread over the bundle's split, as model inputs."""
+    return [
+        preprocess(Image.open(args.data / "celebs8" / relative).convert("RGB"))
+        for relative, _ in spread(split_items(args.model, "test"), args.faces)
+    ]
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = add_rounds_args(argparse.ArgumentParser(description=__doc__.split("\n\n")[0]), 8)
     parser.add_argument(
         "--threads",
         type=int,
@@ -92,10 +106,7 @@ def variants(args: argparse.Namespace) -> Iterator[tuple[str, int, torch.memory_
 def main(args: argparse.Namespace) -> None:
     meta = read_meta(args.model)
     preprocess = Preprocessor(meta.input)
-    faces = [
-        preprocess(Image.open(args.data / "celebs8" / relative).convert("RGB"))
-        for relative, _ in spread(split_items(args.model, "test"), args.faces)
-    ]
+    faces = split_inputs(args, preprocess)
     twins = {False: load_twin(args.model), True: load_twin(args.model)}
     fold_affine(twins[True])  # as the service serves it (service.inference.model)
     for twin in twins.values():

@@ -14,6 +14,7 @@ the explainer runs on its own beside the prediction, as the bundle ships it, and
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable
 from pathlib import Path
@@ -81,9 +82,7 @@ def load_one_pass(
             )
         except Exception as exc:  # a graft that fails in any way costs speed, not service
             reason = exc if isinstance(exc, GraftError) else f"{type(exc).__name__}: {exc}"
-            one_pass = OnePassModel(
-                run, baseline, spec.grid, spec.value, how=f"{one_pass.how} ({reason})"
-            )
+            one_pass = dataclasses.replace(one_pass, how=f"{one_pass.how} ({reason})")
             log.warning("one-pass explainer not grafted onto %s: %s", served, exc)
     log.info("one-pass explainer %s: %dx%d grid; %s", spec.file, spec.grid, spec.grid, one_pass.how)
     return one_pass
@@ -135,11 +134,4 @@ def _grafted(
         f"grafted onto {served}: one run gives the prediction and the map (values' "
         f"correlation with {spec.file} on the probe input: {agreement:.3f})"
     )
-    return OnePassModel(
-        lambda batch: predict(batch)[0],
-        alone.baseline_logits,
-        alone.grid,
-        alone.value,
-        predict=predict,
-        how=how,
-    )
+    return dataclasses.replace(alone, run=lambda batch: predict(batch)[0], predict=predict, how=how)
