@@ -31,6 +31,9 @@
 
 An explanation router declares ``model: ModelDep, image: ImageDep`` and gets the same checks,
 errors and limits as ``/predict``.
+
+The dependencies that only read what is at hand are ``async def``: FastAPI runs a plain ``def``
+dependency on a worker thread, and that hop cost more than their work (about 0.2 ms each).
 """
 
 from __future__ import annotations
@@ -67,24 +70,29 @@ _api_key_header = APIKeyHeader(
 )
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
     return request.app.state.service
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
 
 
-def get_settings(state: StateDep) -> Settings:
+async def get_settings(state: StateDep) -> Settings:
     return state.settings
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
-def get_default_model(state: StateDep) -> ServingModel:
+def default_model(state: ServiceState) -> ServingModel:
+    """The default model; 503 ``not_ready`` until it is loaded."""
     if state.model is None:
         raise NotReady(state.reason, headers={"Retry-After": "5"})
     return state.model
+
+
+async def get_default_model(state: StateDep) -> ServingModel:
+    return default_model(state)
 
 
 DefaultModelDep = Annotated[ServingModel, Depends(get_default_model)]
@@ -106,7 +114,7 @@ async def get_model(state: StateDep, model: ModelQuery = None) -> AsyncIterator[
 async def model_named(state: ServiceState, name: str | None) -> AsyncIterator[ServingModel]:
     """The model called ``name`` (None: the default), held until the ``async with`` ends: what
     ``ModelDep`` gives, and what the Open Inference Protocol's ``/v2/models/{name}`` names."""
-    default = get_default_model(state)
+    default = default_model(state)
     if state.registry is None or name is None or name == default.meta.name:
         yield default
         return
@@ -154,7 +162,7 @@ async def api_key_guard(
     verify_api_key(settings.api_key, key)
 
 
-def key_owner(
+async def key_owner(
     request: Request,
     settings: SettingsDep,
     key: Annotated[str | None, Security(_api_key_header)],
@@ -342,7 +350,7 @@ async def image_input(
 ModelInputDep = Annotated[ModelInput, Depends(model_input)]
 
 
-def get_explanation_cache(
+async def get_explanation_cache(
     state: StateDep, key: Annotated[str | None, Security(_api_key_header)]
 ) -> ExplanationCache:
     """The explanation cache in this request's scope: its key's (a digest, as jobs' owners)

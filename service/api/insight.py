@@ -58,7 +58,7 @@ MAX_TOP = 256
 router = APIRouter(prefix="/insight", tags=["insight"], dependencies=[Depends(api_key_guard)])
 
 
-def get_inspector(model: ModelDep, state: StateDep) -> Inspector:
+async def get_inspector(model: ModelDep, state: StateDep) -> Inspector:
     """The inspector of the request's model (``ModelDep``: 503 until the default is loaded)."""
     inspector = state.inspector_of(model)
     if inspector is None:

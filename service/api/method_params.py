@@ -75,7 +75,7 @@ def check_params(
         ) from exc
 
 
-def method_call(
+async def method_call(
     request: Request,
     state: StateDep,
     model: ModelDep,

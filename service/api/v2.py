@@ -157,7 +157,7 @@ async def named_model(state: StateDep, name: NamePath) -> AsyncIterator[ServingM
         yield model
 
 
-def check_version(
+async def check_version(
     model: Annotated[ServingModel, Depends(named_model)], version: VersionPath
 ) -> None:
     """404 ``unknown_model`` unless ``version`` is the served model's."""

@@ -18,7 +18,7 @@ import numpy as np
 
 from service.explain.base import Forward
 from service.explain.objective import Objective
-from service.explain.perturb import Baseline, baseline_image, target_scores
+from service.explain.perturb import Baseline, baseline_image, blend, target_scores
 
 DELETION_BASELINE: Baseline = "zero"
 INSERTION_BASELINE: Baseline = "blur"
@@ -63,8 +63,7 @@ def score_curve(
     counts = np.round(np.linspace(0, order.size, steps + 1)).astype(np.int64)
 
     def images(first: int, stop: int) -> np.ndarray:
-        switched = ranks[None] < counts[first:stop, None, None]  # (n, H, W)
-        return np.where(switched[:, None], end[None], start[None])
+        return blend(end, ranks[None] < counts[first:stop, None, None], start)
 
     return target_scores(scorer, images, steps + 1, batch_size)
 

@@ -24,6 +24,7 @@ from service.explain.perturb import (
     Baseline,
     PerturbationParams,
     baseline_image,
+    blend,
     score_kind,
     target_scores,
 )
@@ -103,8 +104,7 @@ class Lime(Explainer):
         baseline = baseline_image(x, params.baseline)
 
         def perturbed(start: int, stop: int) -> np.ndarray:
-            keep = patterns[start:stop][:, segments].astype(bool)  # (n, H, W)
-            return np.where(keep[:, None], x[None], baseline[None])
+            return blend(x, patterns[start:stop][:, segments], baseline)
 
         features, kernel = patterns.astype(np.float64), pattern_kernel(patterns)
 

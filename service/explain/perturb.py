@@ -64,6 +64,16 @@ def baseline_image(x: np.ndarray, kind: Baseline) -> np.ndarray:
     raise ValueError(f"unknown baseline {kind!r}; valid: zero, mean, blur")
 
 
+def blend(shown: np.ndarray, mask: np.ndarray, hidden: np.ndarray) -> np.ndarray:
+    """``(N, 3, H, W)`` float32 images that show ``shown`` where ``mask`` ``(N, H, W)`` (0/1 or
+    bool) is set and ``hidden`` elsewhere (both ``(3, H, W)`` float32): ``hidden + mask *
+    (shown - hidden)``, twice as fast as ``np.where`` over the broadcast images; shown pixels
+    may differ from ``shown`` by a rounding of the last bit."""
+    images = mask.astype(np.float32)[:, None] * (shown - hidden)[None]
+    images += hidden[None]
+    return images
+
+
 def target_scores(
     scorer: Callable[[np.ndarray], np.ndarray],
     make_batch: Callable[[int, int], np.ndarray],

@@ -34,7 +34,7 @@ from service.explain.faithfulness import (
 )
 from service.explain.heatmap import Heatmap
 from service.explain.objective import Objective, Rows
-from service.explain.perturb import baseline_image
+from service.explain.perturb import baseline_image, blend
 
 STEPS = 16
 BATCH = 32
@@ -234,8 +234,7 @@ class _Plan:
         return len(self.counts)
 
     def image(self, index: int) -> np.ndarray:
-        switched = self.ranks < self.counts[index]
-        return np.where(switched[None], self.end, self.start)
+        return blend(self.end, (self.ranks < self.counts[index])[None], self.start)[0]
 
 
 class _Ends:

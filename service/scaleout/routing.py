@@ -50,7 +50,7 @@ def placed_routes(routes: Sequence[BaseRoute]) -> list[PlacedRoute]:
     """Every route of ``routes`` (an app's), in the order the app tries them, with the
     placement it declares."""
     placed = []
-    for route in _flat(routes):
+    for route in flat_routes(routes):
         original = getattr(route, "original_route", route)
         methods = getattr(route, "methods", None)
         placed.append(
@@ -66,7 +66,7 @@ def placed_routes(routes: Sequence[BaseRoute]) -> list[PlacedRoute]:
     return placed
 
 
-def _flat(routes: Sequence[BaseRoute]) -> Iterator[Any]:
+def flat_routes(routes: Sequence[BaseRoute]) -> Iterator[Any]:
     """The routes of the routers that ``routes`` include, in place of those routers: recent
     FastAPI keeps an included router as one route of the app (``iter_route_contexts`` walks
     it); older versions copied its routes into the app's."""

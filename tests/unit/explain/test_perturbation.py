@@ -10,7 +10,7 @@ from pydantic import ValidationError
 from service.explain import Lime, ModelHandle, Occlusion
 from service.explain.lime import fit_surrogate, pattern_kernel, select_features, superpixels
 from service.explain.occlusion import window_starts
-from service.explain.perturb import baseline_image
+from service.explain.perturb import baseline_image, blend
 
 SIZE = 48
 BLOCK = 16
@@ -149,3 +149,17 @@ def test_select_features():
     np.testing.assert_array_equal(select_features(weights, False, 2), [0.5, -0.9, 0, 0])
     np.testing.assert_array_equal(select_features(weights, True, None), [0.5, 0, 0.1, 0])
     np.testing.assert_array_equal(select_features(weights, True, 1), [0.5, 0, 0, 0])
+
+
+def test_blend_shows_one_image_where_the_mask_is_set_and_the_other_elsewhere(
+    bright_image: np.ndarray,
+) -> None:
+    hidden = baseline_image(bright_image, "blur")
+    masks = np.random.default_rng(1).integers(0, 2, size=(5, SIZE, SIZE), dtype=np.uint8)
+    images = blend(bright_image, masks, hidden)
+    expected = np.where(masks[:, None].astype(bool), bright_image[None], hidden[None])
+    assert images.shape == (5, 3, SIZE, SIZE) and images.dtype == np.float32
+    off = np.broadcast_to(~masks[:, None].astype(bool), images.shape)
+    np.testing.assert_array_equal(images[off], expected[off])  # hidden pixels exactly
+    np.testing.assert_array_max_ulp(images, expected, maxulp=1)  # shown: the last bit at most
+    assert np.array_equal(blend(bright_image, masks.astype(bool), hidden), images)
