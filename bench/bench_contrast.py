@@ -142,7 +142,7 @@ def deletion_curve(
     deleted, most important first: ``(steps + 1,)``, the photo's first, the fully deleted
     image's last."""
     scorer = objective.scorer(handle.forward, handle.rows, score)
-    order = pixel_order(values, np.random.default_rng(0))
+    order = pixel_order(values, 0)
     deleted = baseline_image(x, DELETION_BASELINE)
     return score_curve(scorer, x, deleted, order, steps, BATCH)
 

@@ -11,24 +11,41 @@ order: a *higher* area is better. Areas are the trapezoid rule over the removed 
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import partial
+from functools import lru_cache, partial
 from typing import Literal
 
 import numpy as np
 
 from service.explain.base import Forward
 from service.explain.objective import Objective
-from service.explain.perturb import Baseline, baseline_image, blend, target_scores
+from service.explain.perturb import (
+    Baseline,
+    baseline_image,
+    batch_buffer,
+    blend,
+    target_scores,
+)
 
 DELETION_BASELINE: Baseline = "zero"
 INSERTION_BASELINE: Baseline = "blur"
 Curve = Literal["deletion", "insertion"]
 
 
-def pixel_order(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Flat pixel indices of an ``(H, W)`` map, largest value first, ties in random order."""
+def pixel_order(values: np.ndarray, seed: int) -> np.ndarray:
+    """Flat pixel indices of an ``(H, W)`` map, largest value first, ties in ``seed``'s random
+    order: ``np.lexsort((default_rng(seed).random(size), -values))``, a tenth of its time."""
     flat = np.asarray(values, dtype=np.float64).ravel()
-    return np.lexsort((rng.random(flat.size), -flat))
+    ties = _tie_order(seed, flat.size)
+    return ties[np.argsort(-flat[ties], kind="stable")]
+
+
+@lru_cache(maxsize=16)
+def _tie_order(seed: int, size: int) -> np.ndarray:
+    """The pixels in ``seed``'s random order (read-only): sorted stably by value after it,
+    equal values keep it."""
+    order = np.argsort(np.random.default_rng(seed).random(size), kind="stable")
+    order.flags.writeable = False
+    return order
 
 
 def probability_curve(
@@ -62,8 +79,10 @@ def score_curve(
     ranks = switched_at.reshape(height, width)
     counts = np.round(np.linspace(0, order.size, steps + 1)).astype(np.int64)
 
+    buffer = batch_buffer(min(batch_size, steps + 1), start.shape)
+
     def images(first: int, stop: int) -> np.ndarray:
-        return blend(end, ranks[None] < counts[first:stop, None, None], start)
+        return blend(end, ranks[None] < counts[first:stop, None, None], start, buffer)
 
     return target_scores(scorer, images, steps + 1, batch_size)
 
@@ -93,7 +112,7 @@ def curve_auc(
         start, end = baseline_image(x, INSERTION_BASELINE), x
     else:
         raise ValueError(f"unknown curve {curve!r}; valid: deletion, insertion")
-    order = pixel_order(values, np.random.default_rng(seed))
+    order = pixel_order(values, seed)
     return area_under(probability_curve(forward, start, end, order, target, steps, batch_size))
 
 

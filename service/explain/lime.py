@@ -24,6 +24,7 @@ from service.explain.perturb import (
     Baseline,
     PerturbationParams,
     baseline_image,
+    batch_buffer,
     blend,
     score_kind,
     target_scores,
@@ -103,8 +104,10 @@ class Lime(Explainer):
         patterns[0] = 1
         baseline = baseline_image(x, params.baseline)
 
+        buffer = batch_buffer(params.batch_size, x.shape)
+
         def perturbed(start: int, stop: int) -> np.ndarray:
-            return blend(x, patterns[start:stop][:, segments], baseline)
+            return blend(x, patterns[start:stop][:, segments], baseline, buffer)
 
         features, kernel = patterns.astype(np.float64), pattern_kernel(patterns)
 

@@ -34,6 +34,7 @@ from service.explain.perturb import (
     Baseline,
     PerturbationParams,
     baseline_image,
+    batch_buffer,
     score_kind,
     target_scores,
 )
@@ -131,11 +132,14 @@ class Occlusion(Explainer):
                 spread(known, row_starts, col_starts, (window_h, window_w), (height, width))
             )
 
+        buffer = batch_buffer(params.batch_size, x.shape)
+
         def drops_at(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
             corners = [(row_starts[r], col_starts[c]) for r, c in zip(rows, cols, strict=True)]
 
             def occluded(start: int, stop: int) -> np.ndarray:
-                batch = np.repeat(x[None], stop - start, axis=0)
+                batch = buffer[: stop - start]
+                batch[...] = x
                 for row, (top, left) in zip(batch, corners[start:stop], strict=True):
                     patch = (slice(None), slice(top, top + window_h), slice(left, left + window_w))
                     row[patch] = baseline[patch]

@@ -64,13 +64,26 @@ def baseline_image(x: np.ndarray, kind: Baseline) -> np.ndarray:
     raise ValueError(f"unknown baseline {kind!r}; valid: zero, mean, blur")
 
 
-def blend(shown: np.ndarray, mask: np.ndarray, hidden: np.ndarray) -> np.ndarray:
-    """``(N, 3, H, W)`` float32 images that show ``shown`` where ``mask`` ``(N, H, W)`` (0/1 or
-    bool) is set and ``hidden`` elsewhere (both ``(3, H, W)`` float32): ``hidden + mask *
-    (shown - hidden)``, twice as fast as ``np.where`` over the broadcast images; shown pixels
-    may differ from ``shown`` by a rounding of the last bit."""
-    images = mask.astype(np.float32)[:, None] * (shown - hidden)[None]
-    images += hidden[None]
+def batch_buffer(batch_size: int, shape: tuple[int, ...]) -> np.ndarray:
+    """One float32 array to build every batch of one explanation's perturbed images in: each
+    batch is scored before the next is built (``target_scores``), so one array serves them all.
+    A fresh array per batch cost more than the building: arrays over 1 MiB are mapped afresh
+    and given back to the system when freed (``service.inference.allocator``), and faulting in
+    their pages made building and scoring LIME's 7 batches of 32 a quarter slower."""
+    return np.empty((batch_size, *shape), dtype=np.float32)
+
+
+def blend(
+    shown: np.ndarray, mask: np.ndarray, hidden: np.ndarray, out: np.ndarray | None = None
+) -> np.ndarray:
+    """``(N, 3, H, W)`` float32 images that show ``shown`` where ``mask`` ``(N, H, W)`` is 1
+    and ``hidden`` where it is 0 (both ``(3, H, W)``): ``hidden + mask * (shown - hidden)``,
+    so a soft mask in between mixes them (RISE). Twice as fast as ``np.where`` over the
+    broadcast images; shown pixels may differ from ``shown`` in the last bit. ``out``: a
+    ``batch_buffer`` of at least N rows to build them in (its first N rows are returned)."""
+    images = batch_buffer(len(mask), shown.shape) if out is None else out[: len(mask)]
+    np.multiply(mask[:, None], shown - hidden, out=images)
+    images += hidden
     return images
 
 

@@ -34,7 +34,7 @@ from service.explain.faithfulness import (
 )
 from service.explain.heatmap import Heatmap
 from service.explain.objective import Objective, Rows
-from service.explain.perturb import baseline_image, blend
+from service.explain.perturb import baseline_image, batch_buffer, blend
 
 STEPS = 16
 BATCH = 32
@@ -224,7 +224,7 @@ class _Plan:
 
     def __init__(self, start: np.ndarray, end: np.ndarray, values: np.ndarray) -> None:
         self.start, self.end = start, end
-        order = pixel_order(values, np.random.default_rng(RANDOM_SEED))
+        order = pixel_order(values, RANDOM_SEED)
         ranks = np.empty(order.size, dtype=np.int64)
         ranks[order] = np.arange(order.size)
         self.ranks = ranks.reshape(values.shape)
@@ -294,12 +294,14 @@ def _run(
     index = [(p, i) for p, plan in enumerate(plans) for i in range(len(plan))]
     logits: list[np.ndarray] = []
     embeddings: list[np.ndarray] = []
+    buffer: np.ndarray | None = None
     for start in range(0, len(index), BATCH):
         if cancellation is not None:
             cancellation.check()
-        chunk = index[start : start + BATCH]
-        batch = np.stack([plans[p].image(i) for p, i in chunk]).astype(np.float32)
-        z, emb = outputs(batch)
+        images = [plans[p].image(i) for p, i in index[start : start + BATCH]]
+        if buffer is None:
+            buffer = batch_buffer(BATCH, images[0].shape)
+        z, emb = outputs(np.stack(images, out=buffer[: len(images)]))
         logits.append(np.asarray(z, dtype=np.float64))
         if emb is not None:
             embeddings.append(np.asarray(emb, dtype=np.float32))

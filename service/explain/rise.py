@@ -30,6 +30,8 @@ from service.explain.perturb import (
     PerturbationParams,
     baseline_image,
     batch_bounds,
+    batch_buffer,
+    blend,
     score_kind,
 )
 
@@ -98,11 +100,11 @@ class Rise(Explainer):
         parity_total = np.zeros((2, height, width), dtype=np.float64)
         parity_weighted = np.zeros((2, height, width), dtype=np.float64)
         used, agreement = params.num_masks, 0.0
+        buffer = batch_buffer(params.batch_size, x.shape)
         for start, stop in batch_bounds(params.num_masks, params.batch_size):
             self.model.cancellation.check()
             masks = _upsampled(cells[start:stop], shifts[start:stop], (cell_h, cell_w), x.shape)
-            batch = baseline + (x - baseline) * masks[:, None]
-            scores[start:stop] = scorer(batch.astype(np.float32))
+            scores[start:stop] = scorer(blend(x, masks, baseline, buffer))
             for side, (a, b) in enumerate(((start, min(stop, half)), (max(start, half), stop))):
                 if a < b:
                     weighted[side] += np.tensordot(scores[a:b], masks[a - start : b - start], 1)

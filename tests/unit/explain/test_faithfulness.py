@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from service.explain import EXPLAINERS, ModelHandle
-from service.explain.faithfulness import area_under, deletion_auc, insertion_auc
+from service.explain.faithfulness import area_under, deletion_auc, insertion_auc, pixel_order
 
 from .test_methods import FAST_PARAMS
 from .test_perturbation import _region_mask, _region_model
@@ -18,6 +18,18 @@ STEPS = 10
 def test_area_under_a_curve():
     assert area_under(np.array([1.0, 1.0, 1.0])) == pytest.approx(1.0)
     assert area_under(np.array([1.0, 0.0])) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize("levels", [2, 7, None])  # a binary map, a few levels, no ties
+def test_pixel_order_is_value_then_the_seeds_random_order(levels: int | None) -> None:
+    rng = np.random.default_rng(3)
+    values = rng.random((40, 50))
+    if levels is not None:
+        values = np.floor(values * levels)
+    for seed in (0, 1):
+        definition = np.lexsort((np.random.default_rng(seed).random(values.size), -values.ravel()))
+        np.testing.assert_array_equal(pixel_order(values, seed), definition)
+    assert not np.array_equal(pixel_order(values, 0), pixel_order(values, 1)) or levels is None
 
 
 def test_a_perfect_map_beats_its_reverse_on_a_known_model():
