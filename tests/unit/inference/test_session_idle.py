@@ -1,5 +1,5 @@
-"""ONNX Runtime's threads spin while a run hands them work and stop when it ends: an idle
-service leaves both cores to the event loop (``create_session``'s spinning options)."""
+"""ONNX Runtime's threads do not spin once a run has ended: an idle service leaves both cores
+to the event loop (``create_session``'s spinning option)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 # In a process of its own, so that no other test's threads count: a session made as the
 # service makes it runs a batch of 32, then the process sleeps; the CPU time spent while it
-# sleeps is the threads' spinning. Without force_spinning_stop it was 45-50 ms of 200.
+# sleeps is the threads' spinning. With spinning allowed between runs it was 40-50 ms of 200.
 SCRIPT = """
 import json, os, sys, time
 from pathlib import Path
