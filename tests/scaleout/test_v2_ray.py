@@ -5,7 +5,6 @@ host's /predict and /explain, and refuse bad requests with the same protocol err
 
 from __future__ import annotations
 
-import asyncio
 import base64
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import numpy as np
 import pytest
 
 from tests.image_bytes import face_png
+from tests.kserve_calls import kserve_calls
 from tests.scaleout.conftest import API_KEY, MAX_UPLOAD_BYTES, RayService, Service
 from tests.v2_wire import binary_image_request, error_of, image_request, outputs
 
@@ -126,43 +126,28 @@ def test_the_generated_client_on_both_hosts(clients: dict[str, httpx.Client], fa
         assert labels == [predicted.json()["label"]], host
 
 
-def test_kserve_client_on_both_hosts(clients: dict[str, httpx.Client], face: bytes):
-    """KServe's ``InferenceRESTClient`` where kserve is importable (not in the dev extra:
-    tests/api/test_v2_kserve.py says why): liveness and readiness, infer with bytes and with a
-    model input tensor, explain."""
-    kserve = pytest.importorskip("kserve", reason="kserve is not installed")
-
-    async def drive(url: str) -> tuple[tuple[bool, ...], list[str], np.ndarray, list[int]]:
-        v2 = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
-        v1 = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v1"))
-        health = (
-            await v2.is_server_live(url, headers=KEY),
-            await v2.is_server_ready(url, headers=KEY),
-            await v2.is_model_ready(url, "celebs8", headers=KEY),
-        )
-        image = kserve.InferInput("image", [1], "BYTES")
-        image.set_data_from_numpy(np.array([face], dtype=np.object_), binary_data=True)
-        request = kserve.InferRequest(model_name="celebs8", infer_inputs=[image])
-        answer = await v2.infer(url, request, model_name="celebs8", headers=dict(KEY))
-        labels = list(next(o for o in answer.outputs if o.name == "label").as_numpy())
-        x = np.zeros((1, 3, 150, 150), dtype=np.float32)
-        tensor = kserve.InferInput("input", list(x.shape), "FP32")
-        tensor.set_data_from_numpy(x, binary_data=True)
-        request = kserve.InferRequest(model_name="celebs8", infer_inputs=[tensor])
-        answer = await v2.infer(url, request, model_name="celebs8", headers=dict(KEY))
-        blank = next(o for o in answer.outputs if o.name == "probabilities").as_numpy()
-        body = image_request(face, parameters={"method": "gradcam"})
-        explained = await v1.explain(url, "celebs8", body, headers=KEY)
-        shape = next(o["shape"] for o in explained["outputs"] if o["name"] == "heatmap")
-        return health, labels, blank, shape
-
+def test_kserve_client_on_both_hosts(clients: dict[str, httpx.Client], face: bytes, tmp_path: Path):
+    """KServe's ``InferenceRESTClient``, in a process of its own (tests/kserve_calls.py says
+    why): liveness and readiness, infer with bytes and with a model input tensor, explain."""
+    photo = tmp_path / "face.png"
+    photo.write_bytes(face)
     blanks = {}
     for host, client in clients.items():
-        health, labels, blanks[host], shape = asyncio.run(drive(str(client.base_url)))
+        found = kserve_calls(
+            "--url",
+            str(client.base_url),
+            "--photo",
+            str(photo),
+            "--api-key",
+            API_KEY,
+            "--method",
+            "gradcam",
+        )
         predicted = client.post("/predict", files={"file": ("face.png", face, "image/png")})
-        assert health == (True, True, True), host
-        assert labels == [predicted.json()["label"]], host
-        assert shape == [112, 112], host
+        assert found["health"] == [True, True, True], host
+        assert found["binary"]["label"] == [predicted.json()["label"]], host
+        assert found["heatmap"]["shape"] == [112, 112], host
+        blanks[host] = np.asarray(found["tensor"]["probabilities"])
     # the same model input classified alike by both hosts
     np.testing.assert_allclose(blanks["single"], blanks["ray"], atol=1e-6)
     assert blanks["single"].shape == (1, 8)
