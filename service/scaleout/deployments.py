@@ -49,6 +49,11 @@ log = logging.getLogger(__name__)
 GATEWAY_MAX_ONGOING_REQUESTS = 4096
 # anyio's default thread limit: the worker threads the app has in the single process.
 APP_THREADS = 40
+# How often a stopping replica checks for requests still in progress (Ray Serve's default is 2
+# s, slept before the first check even when none is: with the deployments stopped one after
+# another, gateway first, that made a shutdown 8.7 s longer). In-progress requests are still
+# waited for, up to Ray Serve's graceful_shutdown_timeout_s.
+STOP_CHECK_S = 0.25
 
 
 class _HostsApp:
@@ -214,6 +219,7 @@ def replica_options(group: str, settings: Settings) -> dict[str, Any]:
         return getattr(settings, prefix + name)
 
     options: dict[str, Any] = {
+        "graceful_shutdown_wait_loop_s": STOP_CHECK_S,
         "name": group,
         "max_ongoing_requests": setting("max_ongoing_requests"),
         "max_queued_requests": setting("max_queued_requests"),
@@ -232,7 +238,11 @@ def replica_options(group: str, settings: Settings) -> dict[str, Any]:
 
 def application(settings: Settings) -> serve.Application:
     """The whole service as one Ray Serve application (ingress: the gateway)."""
-    board = serve.deployment(num_replicas=1, ray_actor_options={"num_cpus": 0})(MetricsBoard)
+    board = serve.deployment(
+        num_replicas=1,
+        ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_wait_loop_s=STOP_CHECK_S,
+    )(MetricsBoard)
     predict = serve.deployment(**replica_options(PREDICT, settings))(AppReplica)
     explain = serve.deployment(**replica_options(EXPLAIN, settings))(AppReplica)
     gateway = serve.deployment(
@@ -240,6 +250,7 @@ def application(settings: Settings) -> serve.Application:
         max_ongoing_requests=GATEWAY_MAX_ONGOING_REQUESTS,
         max_queued_requests=-1,
         ray_actor_options=actor_options(num_cpus=0),
+        graceful_shutdown_wait_loop_s=STOP_CHECK_S,
     )(Gateway)
     job_board = serve.deployment(
         name=BOARD_NAME,
@@ -247,6 +258,7 @@ def application(settings: Settings) -> serve.Application:
         max_ongoing_requests=MAX_ONGOING_CALLS,
         max_queued_requests=-1,
         ray_actor_options={"num_cpus": 0},
+        graceful_shutdown_wait_loop_s=STOP_CHECK_S,
     )(JobBoard)
     boards = board.bind()
     jobs = job_board.bind(settings, boards)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from service.scaleout.app import build_app
-from service.scaleout.deployments import replica_options
+from service.scaleout.deployments import STOP_CHECK_S, replica_options
 from service.settings import Settings
 
 
@@ -21,6 +21,7 @@ def test_fixed_replica_count():
     )
 
     assert replica_options("Explain", settings) == {
+        "graceful_shutdown_wait_loop_s": STOP_CHECK_S,
         "name": "Explain",
         "num_replicas": 3,
         "max_ongoing_requests": 4,
@@ -65,3 +66,7 @@ def test_build_app_from_config_args(default_bundle: Path):
     assert deployments["JobBoard"].max_ongoing_requests >= 1024
     assert deployments["Explain"].num_replicas == 2
     assert deployments["Predict"].ray_actor_options["num_cpus"] == settings.ray_predict_cpus
+    # a stopping replica checks for requests in progress every STOP_CHECK_S, not every 2 s
+    for deployment in (ingress, *deployments.values()):
+        waits = deployment._deployment_config.graceful_shutdown_wait_loop_s
+        assert waits == STOP_CHECK_S, deployment.name
