@@ -31,7 +31,9 @@ import httpx
 import numpy as np
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.conftest import ROOT
+from tests.v2_wire import image_request
+
 KSERVE_DIR = ROOT / ".kserve-client"
 MODEL = "celebs8"
 TIMEOUT_S = 300.0
@@ -94,11 +96,7 @@ async def drive(url: str, transport: Any, photo: bytes, key: dict[str, str], met
     )
     answer = await v2.infer(url, request, model_name=MODEL, headers=dict(key))
     found["tensor"] = {o.name: o.as_numpy().tolist() for o in answer.outputs}
-    photo_text = base64.b64encode(photo).decode()
-    body = {
-        "parameters": {"method": method},
-        "inputs": [{"name": "image", "datatype": "BYTES", "shape": [1], "data": [photo_text]}],
-    }
+    body = image_request(photo, parameters={"method": method})
     explained = await v1.explain(url, MODEL, body, headers=key)
     found["heatmap"] = next(o for o in explained["outputs"] if o["name"] == "heatmap")
     try:
