@@ -51,6 +51,14 @@ class ServiceProcess:
     def log(self) -> str:
         return self.log_file.read_text(errors="replace")
 
+    def errors(self, lines: int = 80) -> str:
+        """The log from its first logged error on (at most ``lines`` lines), or "" without one:
+        a test that counts statuses says with it what made a request fail."""
+        log = self.log().splitlines()
+        errors = (i for i, line in enumerate(log) if " ERROR " in line or line.startswith("ERROR:"))
+        first = next(errors, len(log))
+        return "\n".join(log[first : first + lines])
+
 
 def launch(
     log_dir: Path, args: list[str] | None = None, env: dict[str, str] | None = None
