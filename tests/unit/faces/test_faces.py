@@ -24,6 +24,28 @@ def test_similarity_transform_recovers_rotation_scale_and_shift():
     assert np.allclose(similarity_transform(points, mapped), truth, atol=1e-9)
 
 
+def _squared_error(matrix: np.ndarray, points: np.ndarray, mapped: np.ndarray) -> float:
+    return float(((points @ matrix[:, :2].T + matrix[:, 2] - mapped) ** 2).sum())
+
+
+def test_similarity_transform_is_the_least_squares_fit_of_noisy_landmarks():
+    """Against landmarks that no similarity maps exactly, no nearby rotation, scale or shift
+    fits them better than the one returned."""
+    rng = np.random.default_rng(0)
+    points = np.array([[10, 20], [40, 22], [25, 50], [12, 60], [38, 61]], float)
+    for _ in range(20):
+        mapped = points @ _matrix(rng.uniform(-40, 40), rng.uniform(0.5, 2), (3, 4))[:, :2].T
+        mapped += rng.normal(0, 2, mapped.shape)
+        matrix = similarity_transform(points, mapped)
+
+        a, b = matrix[0, 0], matrix[1, 0]  # the fit's scale x cos and scale x sin
+        for da, db, dx, dy in rng.normal(0, 0.01, (50, 4)):
+            nearby = np.array(
+                [[a + da, -(b + db), matrix[0, 2] + dx], [b + db, a + da, matrix[1, 2] + dy]]
+            )
+            assert _squared_error(nearby, points, mapped) >= _squared_error(matrix, points, mapped)
+
+
 def test_similarity_transform_never_mirrors():
     points = np.array([[10, 20], [40, 22], [25, 50], [12, 60], [38, 61]], float)
     mirrored = points * [-1, 1]
