@@ -19,7 +19,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,6 +86,22 @@ def launch(
             time.sleep(0.5)
     stop_server(process)
     raise RuntimeError(f"service not ready within {READY_TIMEOUT_S:.0f} s:\n{tail(log_file)}")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """A failed test's report shows what each service it used logged from its first error
+    on: a status a test did not expect (a 500) says there why."""
+    report = yield
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, ServiceProcess) and (errors := value.errors()):
+                report.sections.append(
+                    (f"service {value.url}: its log from its first error", errors)
+                )
+    return report
 
 
 @pytest.fixture(scope="package")
