@@ -52,11 +52,11 @@ class ServiceProcess:
         return self.log_file.read_text(errors="replace")
 
     def errors(self, lines: int = 80) -> str:
-        """The log from its first logged error on (at most ``lines`` lines), or "" without one:
-        a test that counts statuses says with it what made a request fail."""
+        """The log from its first logged error on (at most ``lines`` lines), or "" without one
+        (a failed test's report shows it: ``pytest_runtest_makereport``)."""
         log = self.log().splitlines()
-        errors = (i for i, line in enumerate(log) if " ERROR " in line or line.startswith("ERROR:"))
-        first = next(errors, len(log))
+        logged = (i for i, line in enumerate(log) if " ERROR " in line or line.startswith("ERROR:"))
+        first = next(logged, len(log))
         return "\n".join(log[first : first + lines])
 
 
@@ -90,7 +90,7 @@ def launch(
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
-    item: pytest.Item, call: pytest.CallInfo[None]
+    item: pytest.Item,
 ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
     """A failed test's report shows what each service it used logged from its first error
     on: a status a test did not expect (a 500) says there why."""
