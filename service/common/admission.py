@@ -111,12 +111,14 @@ class ExplanationGate:
         except asyncio.CancelledError:
             if turn.done() and not turn.cancelled():
                 self.release()  # handed over as we left: pass it on
-            else:
+            elif turn in line:  # a release in between may have dropped it already
                 line.remove(turn)
             raise
 
     def release(self) -> None:
-        """Give a turn back: it goes to the first interactive waiter, else the first job."""
+        """Give a turn back: it goes to the first interactive waiter, else the first job. A
+        waiter cancelled since it queued (its task has yet to run and leave the line) is
+        dropped from the line and passed over."""
         self.taken -= 1
         for priority in Priority:
             line = self._waiting[priority]

@@ -170,3 +170,68 @@ def test_a_job_cancelled_while_it_gave_way_holds_no_turn():
         assert gate.taken == 0 and gate.background_waiting == 0
 
     asyncio.run(scenario())
+
+
+def test_a_waiter_cancelled_as_the_turn_comes_back_raises_cancelled_and_holds_nothing():
+    """Its task is cancelled (its client left) and, before that task runs again, the holder
+    gives the turn back: the release passes the cancelled waiter over, and the waiter then
+    leaves with ``CancelledError``, never an error of the gate's own (once a ``ValueError``
+    that the service answered as 500 instead of 499)."""
+    gate = ExplanationGate(concurrent=1, queue=1)
+
+    async def scenario() -> None:
+        await gate.take(Priority.INTERACTIVE)  # held
+        waiter = asyncio.create_task(gate.take(Priority.INTERACTIVE))
+        await asyncio.sleep(0)  # in line
+        assert gate.interactive_waiting == 1
+        waiter.cancel()
+        gate.release()  # in the same turn of the loop, before the waiter's task runs
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        assert gate.taken == 0 and gate.interactive_waiting == 0
+        await asyncio.wait_for(gate.take(Priority.INTERACTIVE), 1.0)  # the turn is free
+        assert gate.taken == 1
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("steps", range(6))
+def test_clients_leaving_at_once_all_end_cancelled_whatever_the_interleaving(steps: int):
+    """One request runs, two wait; all three clients leave at once, and the running one gives
+    its turn back ``steps`` turns of the loop later (the service's hang-ups land in any order):
+    every request ends in ``Cancelled`` (499), and the gate ends empty."""
+    state = ServiceState(Settings(_env_file=None, max_explanations=1, explanation_queue=2))
+    ended: list[str] = []
+
+    async def wait(slot, name: str) -> None:
+        try:
+            await slot.__anext__()
+        except Cancelled:
+            ended.append(f"{name} cancelled")
+        else:
+            ended.append(f"{name} ran")
+
+    async def scenario() -> None:
+        running_client = Cancellation()
+        running = explanation_slot(state, running_client)
+        await running.__anext__()  # holds the one turn
+        clients = [Cancellation(), Cancellation()]
+        tasks = [
+            asyncio.create_task(wait(explanation_slot(state, client), f"waiting {i}"))
+            for i, client in enumerate(clients)
+        ]
+        await asyncio.sleep(0.01)
+        assert state.explanations.interactive_waiting == 2
+        for client in [running_client, *clients]:
+            client.cancel("the client closed the connection")
+        for _ in range(steps):
+            await asyncio.sleep(0)
+        with pytest.raises(StopAsyncIteration):
+            await running.__anext__()  # the running request stops and gives its turn back
+        await asyncio.gather(*tasks)  # a gate error would surface here
+        assert sorted(ended) == ["waiting 0 cancelled", "waiting 1 cancelled"]
+        gate = state.explanations
+        assert gate.taken == 0 and gate.interactive_waiting == 0
+        assert gate.admitted.active == 0
+
+    asyncio.run(scenario())
