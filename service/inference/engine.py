@@ -247,6 +247,7 @@ class DynamicBatcher:
         self._queue: asyncio.Queue[_Pending] | None = None
         self._task: asyncio.Task[None] | None = None
         self._inputs: np.ndarray | None = None
+        self._held: list[_Pending] = []  # the batch being collected or run
 
     def start(self) -> None:
         if self._task is not None:
@@ -255,7 +256,8 @@ class DynamicBatcher:
         self._task = asyncio.get_running_loop().create_task(self._serve(), name="dynamic-batcher")
 
     async def stop(self) -> None:
-        """Stop collecting; callers still waiting get ``asyncio.CancelledError``."""
+        """Stop collecting; callers still waiting (queued, or in the batch being collected
+        or run) get ``asyncio.CancelledError``."""
         if self._task is None:
             return
         self._task.cancel()
@@ -265,6 +267,9 @@ class DynamicBatcher:
             pass
         self._task = None
         assert self._queue is not None
+        for pending in self._held:
+            pending.future.cancel()  # no-op for those already answered
+        self._held = []
         while not self._queue.empty():
             self._queue.get_nowait().future.cancel()
 
@@ -287,13 +292,16 @@ class DynamicBatcher:
     async def _serve(self) -> None:
         assert self._queue is not None
         while True:
-            batch = await self._collect(self._queue)
-            batch = [pending for pending in batch if not pending.future.done()]  # caller gone
+            self._held = []
+            await self._collect(self._queue, self._held)
+            batch = [pending for pending in self._held if not pending.future.done()]  # caller gone
             if batch:
                 await self._run_batch(batch)
 
-    async def _collect(self, queue: asyncio.Queue[_Pending]) -> list[_Pending]:
-        batch = [await queue.get()]
+    async def _collect(self, queue: asyncio.Queue[_Pending], batch: list[_Pending]) -> None:
+        """Fill ``batch`` (empty) from ``queue``: at least one input, then those that come
+        before the first one's deadline, up to a full batch."""
+        batch.append(await queue.get())
         deadline = batch[0].submitted_at + self.timeout_s
         while len(batch) < self.max_batch_size:
             if not queue.empty():
@@ -305,10 +313,10 @@ class DynamicBatcher:
             if remaining <= 0:
                 break
             try:
-                batch.append(await asyncio.wait_for(queue.get(), remaining))
+                async with asyncio.timeout(remaining):
+                    batch.append(await queue.get())
             except TimeoutError:
                 break
-        return batch
 
     async def _run_batch(self, batch: list[_Pending]) -> None:
         started = time.perf_counter()

@@ -265,9 +265,8 @@ class JobStore:
         job = await self._find(job_id, owner)
         async with self._changed:
             try:
-                await asyncio.wait_for(
-                    self._changed.wait_for(lambda: job.version > version), timeout
-                )
+                async with asyncio.timeout(timeout):
+                    await self._changed.wait_for(lambda: job.version > version)
             except TimeoutError:
                 pass
         return self._view(job)

@@ -241,7 +241,8 @@ class Gateway:
     async def _not_ready(self, deployment: str, probe: ForwardedRequest) -> str | None:
         call = self.dispatch(deployment, probe)
         try:
-            answer = await asyncio.wait_for(_await(call), READY_TIMEOUT_S)
+            async with asyncio.timeout(READY_TIMEOUT_S):
+                answer = await _await(call)
         except TimeoutError:
             call.cancel()
             return f"the {deployment} deployment did not answer within {READY_TIMEOUT_S:g} s"
@@ -258,7 +259,8 @@ class Gateway:
         own = await run_asgi(self.local, request)
         if own.status == 200:
             try:
-                others = await asyncio.wait_for(self.expositions(), READY_TIMEOUT_S)
+                async with asyncio.timeout(READY_TIMEOUT_S):
+                    others = await self.expositions()
             except Exception as exc:  # the board is restarting: say what this app has
                 log.warning("replica metrics unavailable: %r", exc)
                 others = []

@@ -36,12 +36,14 @@ class MetricsPublisher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         with contextlib.suppress(Exception):  # the board may be gone first (app shutdown)
-            await asyncio.wait_for(self._withdraw(self.replica), PUBLISH_EVERY_S)
+            async with asyncio.timeout(PUBLISH_EVERY_S):
+                await self._withdraw(self.replica)
 
     async def _loop(self) -> None:
         while True:
             try:
-                await asyncio.wait_for(self._publish(self.replica, self.render()), PUBLISH_EVERY_S)
+                async with asyncio.timeout(PUBLISH_EVERY_S):
+                    await self._publish(self.replica, self.render())
             except Exception as exc:  # the board restarts: publish again next time
                 log.debug("metrics not published: %r", exc)
             await asyncio.sleep(PUBLISH_EVERY_S)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.observability.metrics import ServiceMetrics
 from service.scaleout.metrics_merge import MetricsBoard, merge_expositions
+from service.scaleout.publisher import MetricsPublisher
 
 
 def _values(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -80,3 +82,34 @@ def test_board_expires_replicas_that_stopped_publishing():
     board.publish("Gateway#g", "g2")
     now[0] = 20.0  # a died 20 s ago; g published 10 s ago
     assert board.snapshot() == ["g2"]
+
+
+def test_a_publisher_stopped_as_its_publish_completes_stops_and_withdraws():
+    """The replica stops in the same turn of the loop as the board answers a publish call:
+    ``stop`` returns and withdraws the replica's samples (``asyncio.wait_for`` on Python 3.11
+    dropped that cancellation: the publisher went on, and ``stop`` waited for ever)."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        answers: list[asyncio.Future[None]] = []
+        withdrawn: list[str] = []
+
+        async def publish(replica: str, text: str) -> None:  # the board's publish.remote(...)
+            answers.append(loop.create_future())
+            await answers[-1]
+
+        async def withdraw(replica: str) -> None:
+            withdrawn.append(replica)
+
+        publisher = MetricsPublisher("Explain#1", lambda: "# metrics\n", publish, withdraw)
+        publisher.start()
+        for _ in range(5):
+            await asyncio.sleep(0)  # it waits for the board's answer
+        assert len(answers) == 1
+        answers[0].set_result(None)  # the board answers...
+        stopping = asyncio.create_task(publisher.stop())  # ...as the replica stops
+        done, _ = await asyncio.wait({stopping}, timeout=5.0)
+        assert done, "stop() went on waiting"
+        assert withdrawn == ["Explain#1"] and len(answers) == 1
+
+    asyncio.run(scenario())

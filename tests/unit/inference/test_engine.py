@@ -475,3 +475,29 @@ def test_inference_thread_orders_by_priority_then_arrival_and_drains_on_shutdown
         failing.result()
     with pytest.raises(RuntimeError, match="shut down"):
         thread.submit(ran.append, "late")
+
+
+def test_stop_ends_the_batcher_when_an_input_arrives_in_the_same_turn():
+    """An input arrives as the engine closes (``stop``), while the batcher waits for company
+    for its first one: ``stop`` returns, and both callers end cancelled, none left waiting
+    (``asyncio.wait_for`` on Python 3.11 handed the batcher the input and dropped the
+    cancellation: ``stop`` waited for ever)."""
+
+    async def scenario() -> None:
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            batcher = DynamicBatcher(
+                RecordingModel(), executor, max_batch_size=8, timeout_s=30.0, admitted=lambda: 8
+            )
+            batcher.start()
+            first = asyncio.create_task(batcher.submit(np.ones(3, np.float32)))
+            for _ in range(5):
+                await asyncio.sleep(0)  # the batcher holds it and waits for more
+            second = asyncio.create_task(batcher.submit(np.ones(3, np.float32)))
+            stopping = asyncio.create_task(batcher.stop())
+            done, _ = await asyncio.wait({stopping}, timeout=5.0)
+            assert done, "stop() went on waiting"
+            callers, _ = await asyncio.wait({first, second}, timeout=5.0)
+            assert callers == {first, second}
+            assert first.cancelled() and second.cancelled()
+
+    asyncio.run(scenario())

@@ -238,3 +238,25 @@ def test_a_result_is_serialised_once_and_read_as_the_same_bytes() -> None:
         assert (await store.render(job_id, "a", "json"))[0] is result.body
 
     run(scenario)
+
+
+def test_a_wait_cancelled_as_the_job_changes_ends_cancelled() -> None:
+    """A reader waiting on the job leaves in the same turn of the loop as a change wakes it
+    (the last reader of a job's events hanging up as the job reports progress): the wait ends
+    in ``CancelledError``, never with the view, so whoever cancelled it is not kept waiting
+    (``asyncio.wait_for`` on Python 3.11 returned the view and dropped the cancellation)."""
+
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=4, max_jobs_per_key=4)
+        job = await store.create("a", "lime", {})
+        waiting = asyncio.create_task(store.wait(job.id, "a", job.version, timeout=30.0))
+        for _ in range(5):
+            await asyncio.sleep(0)  # it waits on the store
+        assert not waiting.done()
+        await store.update(job.id, {"state": "running"})  # wakes it...
+        waiting.cancel()  # ...and its reader leaves before it runs again
+        done, _ = await asyncio.wait({waiting}, timeout=5.0)
+        assert done, "the cancelled wait went on"
+        assert waiting.cancelled()
+
+    asyncio.run(scenario())
