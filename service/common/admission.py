@@ -84,12 +84,17 @@ class ExplanationGate:
     @property
     def interactive_waiting(self) -> int:
         """Synchronous explanations waiting for a turn (a running job gives way when > 0)."""
-        return len(self._waiting[Priority.INTERACTIVE])
+        return self._still_waiting(Priority.INTERACTIVE)
 
     @property
     def background_waiting(self) -> int:
         """Jobs waiting for a turn (queued, or given way)."""
-        return len(self._waiting[Priority.BACKGROUND])
+        return self._still_waiting(Priority.BACKGROUND)
+
+    def _still_waiting(self, priority: Priority) -> int:
+        """The line's waiters less those cancelled since they queued (each leaves the line
+        only when its task next runs): a job gives its turn away to no one who has left."""
+        return sum(not turn.done() for turn in self._waiting[priority])
 
     async def take(self, priority: Priority, *, first: bool = False) -> None:
         """Wait for a turn: at once if one is free and nobody of this priority or a higher one

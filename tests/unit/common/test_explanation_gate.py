@@ -235,3 +235,30 @@ def test_clients_leaving_at_once_all_end_cancelled_whatever_the_interleaving(ste
         assert gate.admitted.active == 0
 
     asyncio.run(scenario())
+
+
+def test_a_running_job_keeps_its_turn_when_the_only_waiter_has_just_left():
+    """The one synchronous waiter's client leaves, and before its task has left the line the
+    running job comes to its next batch: nobody waits any more, so the job keeps its turn
+    instead of handing it to the job queued behind it (and then waiting behind that one)."""
+    gate = ExplanationGate(concurrent=1, queue=4)
+
+    async def scenario() -> None:
+        running, queued = BackgroundWork(gate), BackgroundWork(gate)
+        await running.take_turn()
+        queued_turn = asyncio.create_task(queued.take_turn())
+        waiter = asyncio.create_task(gate.take(Priority.INTERACTIVE))
+        await asyncio.sleep(0.01)
+        assert gate.interactive_waiting == 1 and gate.background_waiting == 1
+        waiter.cancel()  # its turn is cancelled now; its task leaves the line when it next runs
+        assert gate.interactive_waiting == 0
+        await running._give_way()  # what the job's next batch does, in the same turn
+        assert running.holding and running.gave_way == 0
+        assert not queued.holding
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+        running.release_turn()
+        await asyncio.wait_for(queued_turn, 1.0)
+        assert queued.holding
+
+    asyncio.run(scenario())
