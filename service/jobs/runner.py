@@ -35,6 +35,7 @@ from service.jobs.store import JobResult, Jobs, JobView
 
 log = logging.getLogger(__name__)
 HEARTBEAT_S = 10.0
+STORE_RETRY_S = 1.0  # a job's watcher asks an unreachable store again after this
 DELETED = "the job was deleted"
 
 
@@ -138,6 +139,10 @@ class JobRunner:
                 await self.store.beat(job.id)
             except ServiceError:
                 return  # forgotten: nothing left to watch
+            except Exception as exc:  # the store unreachable for now (Ray: its board restarts)
+                log.warning("job %s: its store did not answer (%r); asking again", job.id, exc)
+                await asyncio.sleep(STORE_RETRY_S)
+                continue
             if view.cancel_requested:
                 cancellation.cancel(DELETED)
                 return
