@@ -21,11 +21,13 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from service.errors import (
     HTTP_STATUS_CODES,
     INTERNAL_ERROR,
     VALIDATION_ERROR,
+    ClientClosedRequest,
     ServiceError,
     describe_validation_errors,
 )
@@ -74,6 +76,9 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc.__cause__, ClientDisconnect):  # FastAPI's 400 for a body cut short
+        gone = ClientClosedRequest("the client closed the connection during the upload")
+        return await _service_error(request, gone)
     code = HTTP_STATUS_CODES.get(exc.status_code, f"http_{exc.status_code}")
     message = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     return error_response(exc.status_code, code, message, exc.headers, path=request.url.path)
