@@ -94,7 +94,9 @@ class ExplanationGate:
     def _still_waiting(self, priority: Priority) -> int:
         """The line's waiters less those cancelled since they queued (each leaves the line
         only when its task next runs): a job gives its turn away to no one who has left."""
-        return sum(not turn.done() for turn in self._waiting[priority])
+        # a job's work thread asks too: copy the line first (one C call under the GIL), since
+        # iterating it while the event loop changes it raises RuntimeError
+        return sum(not turn.done() for turn in tuple(self._waiting[priority]))
 
     async def take(self, priority: Priority, *, first: bool = False) -> None:
         """Wait for a turn: at once if one is free and nobody of this priority or a higher one

@@ -4,6 +4,8 @@ explanations before jobs, and a running job gives its turn away at its next batc
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
 
 import pytest
 
@@ -262,3 +264,45 @@ def test_a_running_job_keeps_its_turn_when_the_only_waiter_has_just_left():
         assert queued.holding
 
     asyncio.run(scenario())
+
+
+def test_a_jobs_thread_reads_the_waiting_count_while_the_loop_changes_the_lines():
+    """A job's work thread asks ``interactive_waiting`` before each batch while the event loop
+    queues and drops waiters: the count never raises (iterating a line while the loop changed
+    it raised ``RuntimeError``, and the job failed with ``internal_error``). Fixed work on both
+    sides; the interpreter switches threads often meanwhile, to give the race every chance."""
+    gate = ExplanationGate(concurrent=1, queue=64)
+    errors: list[BaseException] = []
+    done = threading.Event()
+
+    def job_thread() -> None:
+        while not done.is_set():
+            try:
+                assert 0 <= gate.interactive_waiting <= 20
+            except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+                errors.append(exc)
+                return
+
+    async def scenario() -> None:
+        await gate.take(Priority.BACKGROUND)  # the job holds the one turn
+        reader = threading.Thread(target=job_thread)
+        reader.start()
+        try:
+            for _ in range(300):  # clients arriving and hanging up
+                waiters = [asyncio.create_task(gate.take(Priority.INTERACTIVE)) for _ in range(20)]
+                await asyncio.sleep(0)
+                for waiter in waiters:
+                    waiter.cancel()
+                await asyncio.gather(*waiters, return_exceptions=True)
+        finally:
+            done.set()
+            reader.join()
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-5)
+    try:
+        asyncio.run(scenario())
+    finally:
+        sys.setswitchinterval(interval)
+    assert errors == []
+    assert gate.interactive_waiting == 0
