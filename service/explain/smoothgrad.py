@@ -84,12 +84,14 @@ class SmoothGrad(Explainer):
         def reduce(gradients: torch.Tensor) -> np.ndarray:
             return times_input(gradients, x) if contrast else channel_max_abs(gradients)
 
-        # captum draws the noise from torch's global generator: seed it, and restore it after.
+        # captum draws the noise from torch's global generator: seed it, and restore it after,
+        # both while this request holds the twin (``input_gradients``), so that no other
+        # SmoothGrad draws from a generator this one seeded or restored.
         with (
-            torch.random.fork_rng(devices=[]),
             input_gradients(
                 self.model.twin, self.model.cancellation, score_head(objective)
             ) as logits_fn,
+            torch.random.fork_rng(devices=[]),
         ):
             torch.manual_seed(params.seed)
             saliency = _Halves(logits_fn, self, params.samples, reduce, params.stop == "converged")

@@ -106,6 +106,33 @@ def test_smoothgrad_same_seed_same_map_and_global_rng_untouched(handle, face):
     assert not np.allclose(first.values, other.values)
 
 
+def test_smoothgrad_seeds_and_restores_torchs_generator_while_it_holds_the_twin(
+    handle, face, monkeypatch
+):
+    """captum draws SmoothGrad's noise from torch's process-wide generator: the seed and the
+    restore both happen while the request holds the twin, so no concurrent SmoothGrad draws
+    its noise from a state another one set (its map would then depend on the load)."""
+    from service.common import twin as twin_module
+
+    x, _ = face
+    seen: list[tuple[str, bool]] = []
+    seed, restore = torch.manual_seed, torch.set_rng_state
+
+    def seeding(value):
+        seen.append(("seed", twin_module._TWIN_LOCK.locked()))
+        return seed(value)
+
+    def restoring(state):
+        seen.append(("restore", twin_module._TWIN_LOCK.locked()))
+        return restore(state)
+
+    monkeypatch.setattr(torch, "manual_seed", seeding)
+    monkeypatch.setattr(torch, "set_rng_state", restoring)
+    SmoothGrad(handle).attribute(x, samples=4, seed=7)
+    assert ("seed", True) in seen and ("restore", True) in seen
+    assert all(held for _, held in seen), seen
+
+
 def _hooks(module: torch.nn.Module) -> int:
     return sum(
         len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks)
