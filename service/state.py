@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
-from weakref import WeakKeyDictionary
 
 from service.common.admission import ExplanationGate, InFlightLimiter
 from service.intake.pixel_budget import PixelBudget
@@ -46,9 +45,6 @@ class ServiceState:
     explanation_cache: LruCache | None = None
     grade_cache: LruCache | None = None
     inspector: Inspector | None = None
-    inspectors: WeakKeyDictionary[ServingModel, Inspector] = field(
-        default_factory=WeakKeyDictionary
-    )
 
     def __post_init__(self) -> None:
         self.limiter = InFlightLimiter(self.settings.max_in_flight)
@@ -73,11 +69,11 @@ class ServiceState:
             return None
         if self.inspector.model is model:
             return self.inspector
-        if model not in self.inspectors:
+        if model.inspector is None:
             from service.insight.inspector import Inspector
 
-            self.inspectors[model] = Inspector(model, self.inspector.syntheses)
-        return self.inspectors[model]
+            model.inspector = Inspector(model, self.inspector.syntheses)
+        return model.inspector
 
     def use_job_store(self, store: Jobs) -> None:
         """Keep jobs in ``store`` (in Ray mode, the one every replica shares)."""

@@ -145,6 +145,10 @@ class ServingModel:
         """the gallery's rows as training files (answers' evidence, ``GET /evidence``)"""
         self.one_pass = one_pass
         """the bundle's one-pass explainer (``fastshap``); None where it has none"""
+        self.inspector: Any = None
+        """its insight inspector, once ``ServiceState.inspector_of`` has made one: held here, so
+        that it goes with the model (a weak mapping from the model to it could not let go: the
+        inspector refers to its model)"""
         self.url_query = ""
         """what the service's URLs to this model's resources end with (``GET /evidence``
         links): ``?model=<name>`` for a model other than the default (``ModelRegistry``)"""
