@@ -88,5 +88,10 @@ def _png(data: bytes) -> np.ndarray:
                 )
             image.load()
             return np.asarray(image, dtype=np.float64)
+    except Image.DecompressionBombError as exc:  # Pillow's own bound, far above ours
+        raise TooManyPixels(
+            f"the map claims more than {MAX_MAP_PIXELS} pixels: {exc}; send it at the model "
+            "input's size or the JSON grid's"
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise BadMap(f"the map PNG cannot be read: {exc}") from exc

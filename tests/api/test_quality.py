@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +33,24 @@ def evaluate(client: TestClient, photo: bytes, map_bytes: bytes, name: str = "ma
         "/explain/evaluate",
         params=params,
         files={"file": ("photo.png", photo), "map": (name, map_bytes)},
+    )
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A greyscale PNG whose header claims ``width`` x ``height`` pixels, with no pixel data
+    (a decompression bomb's header, 67 bytes)."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
     )
 
 
@@ -274,6 +294,8 @@ BAD_MAPS = {
     "colour png": (png_bytes(Image.new("RGB", (150, 150))), "m.png", 422, "bad_map", "greyscale"),
     "corrupt png": (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "m.png", 422, "bad_map", "cannot be read"),
     "huge png": (png_bytes(Image.new("L", (4000, 4000))), "m.png", 413, "too_many_pixels", "4000"),
+    # beyond Pillow's own bound, its open() refuses it before the service's check can
+    "bomb png": (png_claiming(20000, 20000), "m.png", 413, "too_many_pixels", "4194304"),
 }
 
 
