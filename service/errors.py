@@ -234,6 +234,7 @@ HTTP_STATUS_CODES: dict[int, str] = {
 
 
 _OBJECT_REPR = re.compile(r"\s*<[^<>]*? at 0x[0-9a-fA-F]+>")
+_CLASS_REPR = re.compile(r"<class '(?:[\w.]+\.)?(\w+)'>")
 
 
 def exception_text(exc: BaseException) -> str:
@@ -254,6 +255,7 @@ def describe_validation_errors(errors: Iterable[Mapping[str, Any]]) -> str:
     for error in errors:
         where = ".".join(str(part) for part in error.get("loc", ()))
         message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+        message = _CLASS_REPR.sub(r"\1", message)  # "<class 'str'>" -> "str"
         problem = f"{where}: {message}" if where else message
         if problem not in problems:
             problems.append(problem)

@@ -107,7 +107,7 @@ def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
     text = header_length.strip()
-    if not text.isdigit() or not 0 < int(text) <= len(body):
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= len(body):
         raise MalformedBody(
             f"{INFERENCE_HEADER}: {header_length!r} is not a length within the body's "
             f"{len(body)} bytes"
@@ -190,11 +190,17 @@ def _numbers(
     else:
         try:
             flat = np.asarray(item.data, dtype=np.float64).ravel()
-        except (TypeError, ValueError):
-            invalid((*where, "data"), f"{item.datatype} data must be numbers, flat or nested")
+        except (TypeError, ValueError, OverflowError):
+            invalid(
+                (*where, "data"),
+                f"{item.datatype} data must be numbers within floating-point range, flat or nested",
+            )
         if flat.size != count:
             invalid((*where, "data"), f"{flat.size} numbers for shape {item.shape} ({count})")
-    values = flat.astype(np.float32).reshape(item.shape)
+    try:
+        values = flat.astype(np.float32).reshape(item.shape)
+    except ValueError:  # no elements, but dimensions numpy cannot make (too many, too large)
+        invalid((*where, "shape"), f"{item.shape} is not a shape an array can have")
     if not np.isfinite(values).all():
         invalid((*where, "data"), "holds a value that is not finite (NaN or infinity)")
     return values

@@ -50,7 +50,9 @@ def api_keys(configured: SecretStr) -> list[str]:
 def announces_body(headers: Headers) -> bool:
     """Whether the request says a body follows (a non-zero length, or chunked)."""
     length = headers.get("content-length", "0").strip()
-    return (length.isdigit() and int(length) > 0) or "transfer-encoding" in headers
+    return (
+        length.isascii() and length.isdigit() and int(length) > 0
+    ) or "transfer-encoding" in headers
 
 
 def protected_operations(openapi: dict) -> list[tuple[str, re.Pattern[str]]]:

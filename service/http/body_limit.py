@@ -36,7 +36,7 @@ class BodySizeLimitMiddleware:
             await self.app(scope, receive, send)
             return
         declared = Headers(scope=scope).get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             error = self._too_large()
             response = error_response(error.status, error.code, error.message, path=scope["path"])
             await response(scope, receive, send)

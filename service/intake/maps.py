@@ -17,10 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from service.errors import BadMap, TooManyPixels
+from service.errors import BadMap, TooManyPixels, exception_text
 
 MAX_MAP_BYTES = 16 * 1024 * 1024
 MAX_MAP_PIXELS = 2048 * 2048
+# maps are graded in float32: a larger magnitude would become infinity there
+MAX_MAP_MAGNITUDE = float(np.finfo(np.float32).max)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 GREY_MODES = ("L", "I;16", "I;16B", "I", "F")
 
@@ -39,6 +41,12 @@ def read_map(data: bytes) -> np.ndarray:
         )
     if not np.all(np.isfinite(values)):
         raise BadMap("the map holds non-finite values (NaN or infinity)")
+    if np.abs(values).max() > MAX_MAP_MAGNITUDE:
+        raise BadMap(
+            f"the map holds values beyond {MAX_MAP_MAGNITUDE:.3g} in magnitude, the range of "
+            "the 32-bit floats it is graded in: scale it down (only the order of its values "
+            "counts)"
+        )
     return values
 
 
@@ -49,6 +57,11 @@ def _json(data: bytes) -> np.ndarray:
         raise BadMap(
             "the map is neither a PNG nor JSON: send rows of numbers, an object with "
             "'values', or a greyscale PNG"
+        ) from exc
+    except (ValueError, RecursionError) as exc:  # an integer of 4300+ digits, or deep nesting
+        raise BadMap(
+            "the map's JSON holds a number too long to read or is nested too deeply: send rows "
+            "of numbers"
         ) from exc
     if isinstance(parsed, dict):
         if "values" not in parsed:
@@ -70,7 +83,11 @@ def _numbers(rows: Any) -> np.ndarray:
     flat = [value for row in rows for value in row]
     if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in flat):
         raise BadMap("the map holds something other than numbers")
-    return np.asarray(flat, dtype=np.float64).reshape(len(rows), width)
+    try:
+        values = np.asarray(flat, dtype=np.float64)
+    except OverflowError as exc:  # an integer beyond float64
+        raise BadMap("the map holds a number too large for a floating-point value") from exc
+    return values.reshape(len(rows), width)
 
 
 def _png(data: bytes) -> np.ndarray:
@@ -94,4 +111,4 @@ def _png(data: bytes) -> np.ndarray:
             "input's size or the JSON grid's"
         ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise BadMap(f"the map PNG cannot be read: {exc}") from exc
+        raise BadMap(f"the map PNG cannot be read: {exception_text(exc)}") from exc

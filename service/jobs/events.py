@@ -30,7 +30,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from service.errors import INTERNAL_ERROR, ServiceError, TooManyStreams
-from service.jobs.store import Jobs, JobView
+from service.jobs.store import Jobs, JobView, who
 
 log = logging.getLogger(__name__)
 
@@ -180,7 +180,7 @@ class EventStreams:
             )
         if self._per_owner[owner] >= self.per_key:
             raise TooManyStreams(
-                f"this API key already has {self._per_owner[owner]} event streams open (at "
+                f"{who(owner)} already has {self._per_owner[owner]} event streams open (at "
                 f"most {self.per_key}); close one, or poll GET /jobs/{{id}}",
                 headers={"Retry-After": RETRY_AFTER_S},
             )

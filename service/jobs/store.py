@@ -57,6 +57,12 @@ LOST_AFTER_S = 60.0
 RESULT_TOO_LARGE = "result_too_large"
 
 
+def who(owner: str) -> str:
+    """The owner as a refusal names it: an API key, or every client where the service has
+    none (they share one quota)."""
+    return "every client (no API keys are set)" if owner == ANONYMOUS else "this API key"
+
+
 def owner_of(api_key: str | None) -> str:
     """Who owns a job: a digest of the API key that made it (never the key itself), or
     ``anonymous`` when the service has no key."""
@@ -240,7 +246,7 @@ class JobStore:
         own = sum(job.owner == owner for job in active)
         if own >= self.max_jobs_per_key:
             raise TooManyJobs(
-                f"this API key already has {own} jobs queued or running (at most "
+                f"{who(owner)} already has {own} jobs queued or running (at most "
                 f"{self.max_jobs_per_key}); wait for one to finish or DELETE one",
                 headers={"Retry-After": RETRY_AFTER_S},
             )

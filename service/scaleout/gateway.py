@@ -132,7 +132,7 @@ class Gateway:
         (a missing or wrong key, a declared length over the limit)."""
         headers = Headers(scope=scope)
         declared = headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
             return True
         if self.settings.api_key is None:
             return False

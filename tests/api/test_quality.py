@@ -294,6 +294,11 @@ BAD_MAPS = {
     "colour png": (png_bytes(Image.new("RGB", (150, 150))), "m.png", 422, "bad_map", "greyscale"),
     "corrupt png": (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "m.png", 422, "bad_map", "cannot be read"),
     "huge png": (png_bytes(Image.new("L", (4000, 4000))), "m.png", 413, "too_many_pixels", "4000"),
+    "beyond float64": (b"[[1" + b"0" * 400 + b"]]", "map.json", 422, "bad_map", "too large"),
+    "5000 digits": (b"[[" + b"1" * 5000 + b"]]", "map.json", 422, "bad_map", "too long"),
+    "nested too deeply": (b"[" * 100_000 + b"]" * 100_000, "m.json", 422, "bad_map", "deeply"),
+    "beyond float32": (grid_json(np.full((150, 150), 1e308)), "m.json", 422, "bad_map", "beyond"),
+    "png magic only": (b"\x89PNG\r\n\x1a\n", "m.png", 422, "bad_map", "cannot identify"),
     # beyond Pillow's own bound, its open() refuses it before the service's check can
     "bomb png": (png_claiming(20000, 20000), "m.png", 413, "too_many_pixels", "4194304"),
 }
@@ -308,6 +313,7 @@ def test_a_bad_map_is_a_clear_error_and_the_service_keeps_serving(
     assert response.status_code == status, response.text
     error = response.json()["error"]
     assert error["code"] == code and words in error["message"], error
+    assert " at 0x" not in error["message"]  # no object's repr
     assert client.post("/predict", files={"file": ("f.png", face_bytes)}).status_code == 200
 
 

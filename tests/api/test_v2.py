@@ -541,6 +541,24 @@ def _bad_requests(face: str) -> list[tuple[str, str, tuple[bytes, dict[str, str]
             "malformed_body",
         ),
         (
+            "FP32 a number beyond float64",
+            INFER,
+            _json(
+                {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1], "data": [10**400]}]}
+            ),
+            422,
+            "validation_error",
+        ),
+        (
+            "FP32 no elements, in a shape no array can have",
+            INFER,
+            _json(
+                {"inputs": [{"name": "input", "datatype": "FP32", "shape": [0, 2**70], "data": []}]}
+            ),
+            422,
+            "validation_error",
+        ),
+        (
             "header length past the body",
             INFER,
             (header + blob, {"Inference-Header-Content-Length": str(len(header) + len(blob) + 1)}),
@@ -693,3 +711,14 @@ def test_a_page_of_an_allowed_origin_may_read_the_binary_split(client: TestClien
     exposed = answer.headers["access-control-expose-headers"].lower()
     assert "inference-header-content-length" in exposed
     assert int(answer.headers["Inference-Header-Content-Length"]) < len(answer.content)
+
+
+@pytest.mark.parametrize("length", ["\u00b2", "1\u00b9", "\u0663", " 12x", "-5", "0"])
+def test_a_header_length_that_is_not_plain_ascii_digits_is_malformed(length: str):
+    """``str.isdigit`` holds for superscript digits, which ``int`` refuses (a 500 once); the
+    length must be ASCII digits within the body."""
+    from service.api.v2_tensors import read_request
+    from service.errors import MalformedBody
+
+    with pytest.raises(MalformedBody, match="is not a length within the body"):
+        read_request(b'{"inputs": []}' + b"\0" * 64, length)

@@ -79,6 +79,16 @@ def test_limits_count_unfinished_jobs_per_owner_and_in_all() -> None:
     run(scenario)
 
 
+def test_without_api_keys_the_refusal_says_every_client_shares_the_limit() -> None:
+    async def scenario() -> None:
+        store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=1)
+        await store.create(ANONYMOUS, "lime", {})
+        with pytest.raises(TooManyJobs, match=r"every client \(no API keys are set\) already"):
+            await store.create(ANONYMOUS, "lime", {})
+
+    run(scenario)
+
+
 def test_delete_asks_an_unfinished_job_to_stop_and_forgets_a_finished_one() -> None:
     async def scenario() -> None:
         store = JobStore(ttl_s=60, max_jobs=3, max_jobs_per_key=3)
