@@ -119,6 +119,16 @@ def test_a_refused_cors_preflight_is_json(client):
     }
 
 
+def test_a_refused_cors_preflight_under_v2_takes_the_protocols_error_shape(client):
+    response = client.options(
+        "/v2/models/celebs8/infer",
+        headers={"Origin": "http://evil.example", "Access-Control-Request-Method": "POST"},
+    )
+
+    assert response.status_code == 403
+    assert response.json() == {"error": "cors_refused: CORS preflight refused: origin not allowed"}
+
+
 def test_readyz_of_a_missing_bundle_names_no_path(make_settings, tmp_path):
     from fastapi.testclient import TestClient
 
