@@ -27,7 +27,7 @@ from __future__ import annotations
 import inspect
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import Response
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
@@ -52,8 +52,7 @@ from service.api.method_params import (
     call_bounds,
     check_params,
     method_call,
-    offered,
-    refuse_foreign,
+    refuse_others,
 )
 from service.api.placement import ON_EXPLAIN, ON_GATEWAY
 from service.common.cancellation import Cancellation
@@ -268,6 +267,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
     query_model = alias_query(f"{summary.split()[0]}Query", methods, **extra)
 
     async def endpoint(
+        request: Request,
         state: StateDep,
         model: ModelDep,
         image: ImageDep,
@@ -284,7 +284,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         values = query.model_dump(exclude_unset=True)
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
-        refuse_foreign(values.keys() - set(offered(explainer)), method, offered(explainer))
+        refuse_others(request.query_params.keys(), method)
         call = check_params(explainer, values, call_bounds(state, model))
         return await _explain(
             state, model, image, inputs, call, question, format, quality, cancellation, cache
@@ -292,6 +292,7 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
 
     signature = inspect.signature(endpoint)
     hints = {
+        "request": Request,
         "state": StateDep,
         "model": ModelDep,
         "image": ImageDep,

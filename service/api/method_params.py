@@ -93,9 +93,8 @@ async def method_call(
     explainer = EXPLAINERS.get(method)
     if explainer is None:
         raise UnknownMethod(f"no explanation method {method!r}; valid: {', '.join(EXPLAINERS)}")
+    refuse_others(request.query_params.keys(), method)
     own = offered(explainer)
-    others = {name for other in EXPLAINERS.values() for name in offered(other)}
-    refuse_foreign(request.query_params.keys() & others - set(own), method, own)
     query = request.query_params
     values = {name: query[name] for name in own if name in query}
     return check_params(explainer, values, call_bounds(state, model))
@@ -117,6 +116,14 @@ def alias_query(name: str, methods: Iterable[str], **extra: Any) -> type[BaseMod
                 info.description = f"{info.description} ({method} only)"
             fields[field_name] = (info.annotation, info)
     return create_model(name, **fields)
+
+
+def refuse_others(names: Iterable[str], method: str) -> None:
+    """422 when ``names`` (a request's query parameters) hold another method's parameter;
+    a name that no method takes is left to the dependencies that read it."""
+    own = offered(EXPLAINERS[method])
+    others = {name for other in EXPLAINERS.values() for name in offered(other)}
+    refuse_foreign(set(names) & others - set(own), method, own)
 
 
 def refuse_foreign(foreign: Iterable[str], method: str, own: Iterable[str]) -> None:

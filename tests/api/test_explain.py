@@ -162,6 +162,14 @@ INVALID = [
     ),
     ("/saliency", {"method": "lime"}, "query.method: Input should be"),
     ("/saliency", {"samples": 4}, "samples does not apply to method=gradient"),
+    # another alias's method's parameter, which the alias's own query model does not list
+    (
+        "/saliency",
+        {"method": "smoothgrad", "samples": 2, "window": 4},
+        "window does not apply to method=smoothgrad",
+    ),
+    ("/occlusion", {"num_samples": 16}, "num_samples does not apply to method=occlusion"),
+    ("/lime", {"window": 4}, "window does not apply to method=lime"),
     ("/saliency", {"method": "smoothgrad", "samples": 65}, "less than or equal to 64"),
     ("/saliency", {"format": "gif"}, "query.format: Input should be 'json', 'png' or 'overlay'"),
     (
