@@ -95,16 +95,27 @@ ContrastQuery = Annotated[
 ]
 
 
-def question_of(model: ServingModel, target: str | None, contrast: str | None) -> Question:
+def question_of(
+    model: ServingModel,
+    target: str | None,
+    contrast: str | None,
+    explainer: type[Explainer] | None = None,
+) -> Question:
     """The query's ``target`` and ``contrast`` as a ``Question``, checked before any work: class
     ids (422 ``unknown_class``), ``target=open_set`` for the open-set score (422
-    ``open_set_unavailable`` on a model without one; no contrast with it), a contrast equal to
-    the target refused."""
+    ``open_set_unavailable`` on a model without one, or for an ``explainer`` that cannot
+    explain it; no contrast with it), a contrast equal to the target refused. A contrast equal
+    to a target left to the prediction is refused once the prediction is made."""
     contrast_index = None if contrast is None else class_index(model, contrast)
     if target == OPEN_SET:
         if model.open_set_score is None:
             raise OpenSetUnavailable(
                 "this model has no open-set score to explain (its bundle has no open_set block)"
+            )
+        if explainer is not None and not explainer.explains_open_set:
+            raise OpenSetUnavailable(
+                f"{explainer.name} explains class logits, not the open-set score; ask another "
+                "method for target=open_set"
             )
         return Question(None, contrast_index, open_set=True)
     target_index = None if target is None else class_index(model, target)
@@ -249,7 +260,7 @@ async def explain(
     format: FormatQuery = "json",
     quality: QualityQuery = None,
 ) -> ExplanationResponse:
-    question = question_of(model, target, contrast)
+    question = question_of(model, target, contrast, call.explainer)
     return await _explain(
         state, model, image, inputs, call, question, format, quality, cancellation, cache
     )
@@ -280,10 +291,10 @@ def _alias(path: str, methods: tuple[str, ...], summary: str, description: str) 
         format: FormatQuery = "json",
         quality: QualityQuery = None,
     ) -> ExplanationResponse:
-        question = question_of(model, target, contrast)
         values = query.model_dump(exclude_unset=True)
         method = values.pop("method", methods[0])
         explainer = EXPLAINERS[method]
+        question = question_of(model, target, contrast, explainer)
         refuse_others(request.query_params.keys(), method)
         call = check_params(explainer, values, call_bounds(state, model))
         return await _explain(

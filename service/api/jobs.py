@@ -144,7 +144,7 @@ async def explain_job(
     format: FormatQuery = "json",
     quality: QualityQuery = None,
 ) -> Response:
-    question = question_of(model, target, contrast)
+    question = question_of(model, target, contrast, call.explainer)
     graded = explanations.wants_quality(call, quality)
     interval = state.settings.job_event_interval_s
     upload = explanations.UploadFacts.of(image)  # the closures below never see ``image``

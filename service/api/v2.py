@@ -432,7 +432,7 @@ async def v2_explain(
     choice = face_params(parameters, allowed=own | set(EXPLAIN_OWN))
     common = _explain_params(parameters)
     call = _method_call(explainer, {k: v for k, v in parameters.items() if k in own}, state, model)
-    question = question_of(model, common.target, common.contrast)
+    question = question_of(model, common.target, common.contrast, explainer)
     inputs, facts = await model_inputs(state, model, tensor, choice, received_at, one=True)
     explanation = await run_explanation(
         state, model, inputs[0], call, question, common.quality, cancellation, cache

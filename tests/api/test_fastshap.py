@@ -100,9 +100,13 @@ def test_a_contrast_and_the_open_set_score(client, face):
     assert contrast.json()["explains"]["kind"] == "contrast"
     assert contrast.json()["target"]["id"] == first
 
-    refused = send(client, "/explain/fastshap", face, detect="false", target="open_set")
-    assert refused.status_code == 422, refused.text
-    assert refused.json()["error"]["code"] == "open_set_unavailable"
+    for path in ("/explain/fastshap", "/jobs/fastshap"):  # a job is refused before its 202
+        before = batches(client)
+        refused = send(client, path, face, detect="false", target="open_set")
+        assert refused.status_code == 422, (path, refused.text)
+        assert refused.json()["error"]["code"] == "open_set_unavailable"
+        assert "fastshap explains class logits" in refused.json()["error"]["message"]
+        assert batches(client) == before  # refused before any pass
 
 
 def test_it_answers_as_a_png_and_as_a_job(client, face):
