@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, File, Query, UploadFile
+from fastapi import APIRouter, Depends, File, Query, Request, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
@@ -70,6 +70,7 @@ from service.explain import Heatmap
 from service.explain.base import MethodCall
 from service.explain.quality import PASSES as QUALITY_PASSES
 from service.faces.aligned import AlignedFace
+from service.http.head_requests import HEAD_KEY
 from service.insight.inspector import InspectedModel
 from service.intake.images import ImageLimits, decode_pixels, read_header
 from service.jobs.events import Subscription
@@ -81,6 +82,7 @@ from service.schemas.jobs import JobStatus
 from service.state import ServiceState
 
 EVENT_STREAM = "text/event-stream"
+EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 JSON_MEDIA_TYPE = "application/json"
 router = APIRouter(prefix="/jobs", tags=["jobs"], dependencies=[Depends(api_key_guard)])
 ACCEPTED: dict[int | str, dict[str, Any]] = {
@@ -228,8 +230,10 @@ async def job_result(
     response_class=StreamingResponse,
     dependencies=[ON_GATEWAY],
 )
-async def job_events(state: StateDep, owner: OwnerDep, job_id: str) -> StreamingResponse:
+async def job_events(request: Request, state: StateDep, owner: OwnerDep, job_id: str) -> Response:
     job = await state.jobs.get(job_id, owner)
+    if request.scope.get(HEAD_KEY):  # the stream's headers, without holding one of its places
+        return Response(media_type=EVENT_STREAM, headers=EVENT_STREAM_HEADERS)
     return EventStreamResponse(state.job_events.subscribe(job, owner))
 
 
@@ -297,9 +301,7 @@ class EventStreamResponse(StreamingResponse):
 
     def __init__(self, subscription: Subscription) -> None:
         super().__init__(
-            subscription.events(),
-            media_type=EVENT_STREAM,
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            subscription.events(), media_type=EVENT_STREAM, headers=EVENT_STREAM_HEADERS
         )
         self.subscription = subscription
 

@@ -633,3 +633,31 @@ def test_a_reader_that_never_reads_is_dropped_and_does_not_hold_the_job(
         assert dropped >= 1
     finally:
         silent.close()
+
+
+def test_head_of_a_running_jobs_events_answers_at_once_and_holds_no_stream(
+    served: Served, face_bytes: bytes, hold_passes: Callable[[int], HeldPasses]
+) -> None:
+    """HEAD of the event stream answers with the stream's headers while the job runs, and
+    takes none of the job's places among streams (it used to wait for the job's end, holding
+    one: eight of them made a real reader 429)."""
+    held = hold_passes(2)  # the job waits before its 2nd pass until the test lets it go
+    job_id = start_on(served, "num_samples=64&seed=46", face_bytes)
+    held.wait_until_reached()
+    try:
+        # one kept-alive connection, as a monitoring client's: each HEAD must end before the next
+        with httpx.Client(headers=served.headers(), timeout=10) as client:
+            heads = [client.head(f"{served.url}/jobs/{job_id}/events") for _ in range(9)]
+        for head in heads:  # more than the job's places (8)
+            assert head.status_code == 200
+            assert head.content == b""
+            assert head.headers["content-type"].startswith("text/event-stream")
+            assert head.headers["cache-control"] == "no-cache"
+        assert served.metric("celebxai_job_event_streams") == 0
+        status = httpx.get(f"{served.url}/jobs/{job_id}", headers=served.headers(), timeout=10)
+        assert status.json()["state"] == "running"  # all of it while the job was held
+        unknown = httpx.head(f"{served.url}/jobs/nope/events", headers=served.headers())
+        assert unknown.status_code == 404
+    finally:
+        held.ended.set()
+        httpx.delete(f"{served.url}/jobs/{job_id}", headers=served.headers(), timeout=10)
