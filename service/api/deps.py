@@ -45,6 +45,7 @@ from contextlib import asynccontextmanager
 from typing import Annotated
 
 from fastapi import Depends, File, Query, Request, Security, UploadFile
+from fastapi.exceptions import RequestValidationError
 from fastapi.security import APIKeyHeader
 from starlette.concurrency import run_in_threadpool
 from starlette.types import Receive
@@ -247,12 +248,19 @@ async def explanation_slot(state: StateDep, cancellation: ClientDep) -> AsyncIte
 
 async def image_intake(
     state: StateDep,
+    request: Request,
     file: Annotated[UploadFile, File(description="the image: JPEG, PNG, WebP or BMP")],
 ) -> AsyncIterator[DecodedImage]:
     """The upload decoded, holding its width x height of the app's ``PixelBudget`` from before
     decoding until the request is done (face search, rendering), so that large images are
-    decoded and processed a few at a time while small ones go on."""
+    decoded and processed a few at a time while small ones go on. More than one ``file`` part
+    is 422: which one was meant cannot be told."""
     received_at = time.perf_counter()
+    sent = len((await request.form()).getlist("file"))  # the form FastAPI has already read
+    if sent > 1:
+        raise RequestValidationError(
+            [{"loc": ("body", "file"), "msg": f"send one image, not {sent}", "type": "value_error"}]
+        )
     data = await read_upload(file, state.settings.max_upload_bytes)
     async with decoded_image(state, data, received_at) as image:
         yield image

@@ -64,6 +64,12 @@ def choose_face(
     faces found.
     """
     if finder is None or not detect:
+        if index:  # face=0 names the one face the whole image is; any other none
+            raise FaceNotFound(
+                f"face={index} asked for, but the whole image is used as the face "
+                f"({'detect=false' if detect is False else 'this model aligns no faces'}): "
+                "leave face out"
+            )
         return FaceChoice(whole_image(image, framing), [], None, 0.0, image.size)
     started = time.perf_counter()
     faces = finder.detect(image)

@@ -153,6 +153,22 @@ def test_missing_file_field_is_a_validation_error(client, face_bytes, post_image
     assert "file" in response.json()["error"]["message"]
 
 
+@pytest.mark.parametrize("path", ["/predict", "/explain/gradient", "/jobs/gradient"])
+def test_two_file_parts_are_a_validation_error(client, face_bytes, post_image, path):
+    two = [
+        ("file", ("a.png", face_bytes, "image/png")),
+        ("file", ("b.png", face_bytes, "image/png")),
+    ]
+    response = client.post(path, files=two)
+
+    assert response.status_code == 422
+    assert response.json()["error"] == {
+        "code": "validation_error",
+        "message": "body.file: send one image, not 2",
+    }
+    assert post_image(face_bytes).status_code == 200
+
+
 def test_non_multipart_body_is_a_validation_error(client):
     response = client.post("/predict", content=b"\x89PNG", headers={"Content-Type": "image/png"})
 

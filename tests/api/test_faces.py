@@ -93,6 +93,14 @@ def test_the_preferred_face_is_the_large_central_one_and_face_selects_another(
     assert beyond.json()["error"]["code"] == "face_index_out_of_range"
     assert "2 face(s)" in beyond.json()["error"]["message"]
 
+    # without detection the whole image is the one face: face=0 names it, any other is refused
+    whole = post_image(data, path="/predict?detect=false&face=0")
+    assert whole.status_code == 200 and whole.json()["face_index"] is None
+    other = post_image(data, path="/predict?detect=false&face=1")
+    assert other.status_code == 422
+    assert other.json()["error"]["code"] == "face_index_out_of_range"
+    assert "the whole image is used as the face (detect=false)" in other.json()["error"]["message"]
+
 
 def test_no_face_is_a_clear_422_and_detect_false_classifies_the_whole_image(post_image):
     scene = ib.encode(_scene((300, 240), seed=3), "PNG")
