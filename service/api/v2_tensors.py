@@ -31,6 +31,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from service.errors import MalformedBody
+from service.http.body_limit import length_of
 from service.schemas.v2 import (
     InferenceRequest,
     InferenceResponse,
@@ -106,13 +107,13 @@ def read_request(body: bytes, header_length: str | None) -> tuple[InferenceReque
 def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
     if header_length is None:
         return body, b""
-    text = header_length.strip()
-    if not (text.isascii() and text.isdigit()) or not 0 < int(text) <= len(body):
+    length = length_of(header_length)
+    if length is None or not 0 < length <= len(body):
         raise MalformedBody(
             f"{INFERENCE_HEADER}: {header_length!r} is not a length within the body's "
             f"{len(body)} bytes"
         )
-    return body[: int(text)], body[int(text) :]
+    return body[:length], body[length:]
 
 
 def _binary_blobs(

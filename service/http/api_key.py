@@ -21,6 +21,7 @@ from starlette.routing import compile_path
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import InvalidApiKey, MissingApiKey, ServiceError
+from service.http.body_limit import length_of
 from service.http.errors import error_response
 
 API_KEY_HEADER = "X-API-Key"
@@ -49,10 +50,8 @@ def api_keys(configured: SecretStr) -> list[str]:
 
 def announces_body(headers: Headers) -> bool:
     """Whether the request says a body follows (a non-zero length, or chunked)."""
-    length = headers.get("content-length", "0").strip()
-    return (
-        length.isascii() and length.isdigit() and int(length) > 0
-    ) or "transfer-encoding" in headers
+    length = length_of(headers.get("content-length", "0"))
+    return (length is not None and length > 0) or "transfer-encoding" in headers
 
 
 def protected_operations(openapi: dict) -> list[tuple[str, re.Pattern[str]]]:

@@ -14,6 +14,13 @@ from service.errors import FileTooLarge
 from service.http.errors import error_response
 
 
+def length_of(text: str) -> int | None:
+    """A length header's value (``Content-Length`` and the like) as a number; None unless it is
+    plain ASCII digits (``str.isdigit`` also takes superscripts, which ``int`` refuses)."""
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() else None
+
+
 class BodyTooLarge(FileTooLarge, HTTPException):
     """``FileTooLarge`` raised while FastAPI parses the body: its parser passes an
     ``HTTPException`` through unchanged, and would answer any other exception with a 400."""
@@ -35,8 +42,8 @@ class BodySizeLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        declared = Headers(scope=scope).get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = length_of(Headers(scope=scope).get("content-length", ""))
+        if declared is not None and declared > self.max_body_bytes:
             error = self._too_large()
             response = error_response(error.status, error.code, error.message, path=scope["path"])
             await response(scope, receive, send)

@@ -33,6 +33,7 @@ from starlette.types import Message, Receive, Scope, Send
 from service.app import MULTIPART_OVERHEAD_BYTES
 from service.errors import NotReady, Overloaded, ServiceError
 from service.http.api_key import API_KEY_HEADER, protected_operations, verify_api_key
+from service.http.body_limit import length_of
 from service.http.errors import error_response
 from service.observability.metrics import ServiceMetrics
 from service.observability.trace_middleware import propagated
@@ -131,8 +132,8 @@ class Gateway:
         """Whether the gateway's own app would refuse this request from its head alone
         (a missing or wrong key, a declared length over the limit)."""
         headers = Headers(scope=scope)
-        declared = headers.get("content-length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self.max_body_bytes:
+        declared = length_of(headers.get("content-length", ""))
+        if declared is not None and declared > self.max_body_bytes:
             return True
         if self.settings.api_key is None:
             return False
